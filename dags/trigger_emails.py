@@ -1,0 +1,140 @@
+"""
+### trigger_emails — Adobe trigger messages to emails, every minute
+
+Each run is one micro-batch:
+
+1. **pull_and_land** — gets an IMS token (`adobe_ims`), reads the source (`adobe_triggers`) from
+   the stored position and lands the raw messages in `tf_event`, advancing the position in the
+   same transaction. A retry, clear or replay of this run reuses the batch it landed.
+2. **validate** — Great Expectations checks every event; failures go to `tf_quarantine` with the
+   failed expectations as the reason. The run carries on with the valid ones.
+3. **reconcile** — joins valid events to `profiles` per the routing config
+   (`include/routing.yaml`), records a decision per event and queues one `tf_send` ledger row per
+   email under a unique idempotency key.
+4. **send** — one mapped task per chunk of the ledger, each over one SMTP session (`smtp_triggers`),
+   limited by the `smtp_sessions` pool. The ledger decides what is sent: no email twice.
+5. **report** — counts and their balance (`tf_run_summary`); a batch that does not balance fails.
+
+Data moves through the store (`triggers_db`); XCom carries only batch ids and counts.
+See the README for connections, the routing config and how to replay a run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+# Heavy imports (great_expectations, pandas, SQLAlchemy) stay inside the tasks: every task process
+# re-parses this file, and the DAG processor does so every 30 s.
+
+
+@dag(
+    dag_id="trigger_emails",
+    # A bare cron string gives a zero-length interval in Airflow 3.3; batches are keyed on a real
+    # one-minute data interval.
+    schedule=CronDataIntervalTimetable("* * * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    # Pulls follow the stored source position, not the interval, so skipped minutes lose no
+    # events: the next run picks them up.
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=30),
+    default_args={
+        "owner": "triggerflow",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=10),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=5),
+    },
+    params={
+        "max_events": Param(
+            50_000,
+            type="integer",
+            minimum=1,
+            title="Max events per batch",
+            description="Upper bound on messages pulled by one run; a backlog drains over successive runs.",
+        ),
+        "chunk_size": Param(
+            2_000,
+            type="integer",
+            minimum=1,
+            title="Emails per send chunk",
+            description="Ledger rows per mapped send task (one SMTP session each).",
+        ),
+        "max_chunks": Param(
+            8,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            title="Max send chunks",
+            description="Upper bound on parallel send tasks for one batch (also bounded by the pool).",
+        ),
+    },
+    tags=["triggerflow", "adobe", "email"],
+    doc_md=__doc__,
+)
+def trigger_emails():
+    @task
+    def pull_and_land() -> dict:
+        from include.triggerflow.hooks.triggers import TriggerSourceHook
+        from include.triggerflow.runtime import batch_ref, store_engine
+        from include.triggerflow.stages.land import land_batch
+
+        context = get_current_context()
+        source = TriggerSourceHook().get_source()
+        result = land_batch(
+            store_engine(), source, batch_ref(context), max_messages=int(context["params"]["max_events"])
+        )
+        return result.as_xcom()
+
+    @task
+    def validate(landed: dict) -> dict:
+        from include.triggerflow.runtime import routing, store_engine
+        from include.triggerflow.stages.validate import validate_batch
+
+        return validate_batch(store_engine(), landed["batch_id"], routing()).as_xcom()
+
+    @task
+    def reconcile(validated: dict) -> list[dict]:
+        """Returns one ``{"batch_id", "chunk"}`` per send chunk, for the mapped send task."""
+        from include.triggerflow.runtime import routing, store_engine
+        from include.triggerflow.stages.reconcile import reconcile_batch
+
+        params = get_current_context()["params"]
+        result = reconcile_batch(
+            store_engine(),
+            validated["batch_id"],
+            routing(),
+            chunk_size=int(params["chunk_size"]),
+            max_chunks=int(params["max_chunks"]),
+        )
+        return [{"batch_id": result.batch_id, "chunk": chunk} for chunk in result.chunks]
+
+    @task(pool="smtp_sessions", map_index_template="chunk {{ chunk }}")
+    def send(batch_id: str, chunk: int) -> dict:
+        from include.triggerflow.hooks.smtp import TriggerMailHook
+        from include.triggerflow.render import Renderer
+        from include.triggerflow.runtime import routing, store_engine
+        from include.triggerflow.stages.send import send_chunk
+
+        context = get_current_context()
+        context["chunk"] = chunk  # names the mapped task instance in the UI
+        return send_chunk(store_engine(), batch_id, chunk, routing(), Renderer(), TriggerMailHook).as_xcom()
+
+    # A report that does not balance will not balance on a retry either.
+    @task(retries=0)
+    def report(validated: dict, _sent: list) -> dict:
+        from include.triggerflow.runtime import store_engine
+        from include.triggerflow.stages.report import report_batch
+
+        dag_run = get_current_context()["dag_run"]
+        return report_batch(store_engine(), validated["batch_id"], dag_id=dag_run.dag_id, run_id=dag_run.run_id).as_xcom()
+
+    validated = validate(pull_and_land())
+    sent = send.expand_kwargs(reconcile(validated))
+    report(validated, sent)
+
+
+trigger_emails()

@@ -1,0 +1,1 @@
+"""Project code importable as ``include.*`` (Astro puts $AIRFLOW_HOME on PYTHONPATH)."""

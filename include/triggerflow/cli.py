@@ -1,0 +1,110 @@
+"""Command line: ``python -m include.triggerflow.cli <command>``.
+
+    init-db                      create the store tables (idempotent)
+    load-profiles FILE.csv       upsert profiles from CSV (all-or-nothing unless --skip-bad-rows)
+    runs [--limit N]             the latest run reports, newest first
+    quarantine [--batch ID]      quarantined events and why
+
+The store is ``--db-url``, else $TRIGGERFLOW_DB_URL, else the Airflow connection ``triggers_db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from sqlalchemy import Engine, select
+
+from include.triggerflow.store.db import create_schema, describe, get_engine
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    url = args.db_url or os.environ.get("TRIGGERFLOW_DB_URL")
+    if not url:
+        from include.triggerflow.hooks.store import TriggersStoreHook
+
+        url = TriggersStoreHook().get_url()
+    engine = get_engine(url)
+    create_schema(engine)
+    return engine
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    print(f"store ready at {describe(engine)}")
+    return 0
+
+
+def cmd_load_profiles(args: argparse.Namespace) -> int:
+    from include.triggerflow.profiles import ProfileCsvError, load_profiles_csv
+
+    engine = _engine(args)
+    try:
+        result = load_profiles_csv(engine, args.csv, skip_bad_rows=args.skip_bad_rows)
+    except ProfileCsvError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"profiles loaded from {args.csv}: {result.inserted} new, {result.updated} updated")
+    for problem in result.skipped:
+        print(f"skipped: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from include.triggerflow.store.schema import run_summary
+
+    engine = _engine(args)
+    with engine.connect() as conn:
+        rows = conn.execute(select(run_summary).order_by(run_summary.c.reported_at.desc()).limit(args.limit)).all()
+    cols = ("batch_id", "pulled", "valid", "quarantined", "matched", "unmatched", "ignored", "sent", "suppressed", "failed", "balanced")
+    print("\t".join(cols))
+    for row in rows:
+        print("\t".join(str(getattr(row, c)) for c in cols))
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from include.triggerflow.store.schema import event, quarantine
+
+    engine = _engine(args)
+    stmt = (
+        select(quarantine.c.event_id, quarantine.c.batch_id, event.c.src_position, quarantine.c.reasons)
+        .join(event, event.c.event_id == quarantine.c.event_id)
+        .order_by(quarantine.c.event_id)
+    )
+    if args.batch:
+        stmt = stmt.where(quarantine.c.batch_id == args.batch)
+    with engine.connect() as conn:
+        for event_id, batch_id, position, reasons in conn.execute(stmt):
+            print(json.dumps({"event_id": event_id, "batch_id": batch_id, "position": position, "reasons": json.loads(reasons)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="triggerflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--db-url", help="SQLAlchemy URL of the store (default: $TRIGGERFLOW_DB_URL or connection triggers_db)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init-db", help="create the store tables").set_defaults(func=cmd_init_db)
+    p = sub.add_parser("load-profiles", help="upsert profiles from a CSV file")
+    p.add_argument("csv")
+    p.add_argument("--skip-bad-rows", action="store_true", help="load the good rows and list the bad ones")
+    p.set_defaults(func=cmd_load_profiles)
+    p = sub.add_parser("runs", help="latest run reports")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("quarantine", help="quarantined events and their reasons")
+    p.add_argument("--batch")
+    p.set_defaults(func=cmd_quarantine)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Loading customer profiles from CSV into the ``profiles`` table.
+
+CSV format (header row required; column order free; unknown columns are an error):
+
+    customer_id   required, unique            the profile's key in triggerflow
+    email         required, a valid address
+    first_name, last_name                     optional, used by templates
+    locale        optional, e.g. en, en_US, fr-FR
+    timezone      optional, an IANA name (Europe/Paris)
+    shopper_id    optional, matched against an eVar (e.g. eVar01) of the trigger
+    ecid          optional, Experience Cloud ID (the trigger's mcId)
+    declared_id   optional, a declared/CRM id
+    opted_out     optional, true/false/yes/no/1/0 (blank = false)
+
+Rows are upserted by ``customer_id``. Loading is all-or-nothing by default: one bad row and
+nothing is written, and every bad row is reported with its line number and what is wrong.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Engine, select, update
+
+from include.triggerflow.store.db import chunked
+from include.triggerflow.store.schema import PROFILE_COLUMNS, profiles
+
+CSV_COLUMNS = tuple(c for c in PROFILE_COLUMNS if c != "updated_at")
+REQUIRED = ("customer_id", "email")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
+_TRUE = {"true", "yes", "1", "y", "t"}
+_FALSE = {"false", "no", "0", "n", "f", ""}
+
+
+class ProfileCsvError(ValueError):
+    """The CSV has bad rows; ``errors`` lists each one."""
+
+    def __init__(self, path: str, errors: list[str]):
+        self.errors = errors
+        shown = "\n  ".join(errors[:50])
+        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
+        super().__init__(f"{path}: {len(errors)} bad row(s), nothing was loaded:\n  {shown}{more}")
+
+
+@dataclass
+class LoadResult:
+    inserted: int = 0
+    updated: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+
+def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """Validate one CSV row; returns (row, []) or (None, [errors])."""
+    errors: list[str] = []
+    row: dict[str, Any] = {}
+    for column in CSV_COLUMNS:
+        value = (raw.get(column) or "").strip()
+        row[column] = value or None
+    for column in REQUIRED:
+        if not row[column]:
+            errors.append(f"{where}: {column} is empty")
+    email = row["email"]
+    if email and not _EMAIL.match(email):
+        errors.append(f"{where}: email {email[:80]!r} is not a valid address")
+    locale = row["locale"]
+    if locale and not _LOCALE.match(locale):
+        errors.append(f"{where}: locale {locale!r} is not like 'en' or 'en_US'")
+    tz = row["timezone"]
+    if tz:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            errors.append(f"{where}: timezone {tz!r} is not an IANA time zone name (e.g. Europe/Paris)")
+    opted = (raw.get("opted_out") or "").strip().lower()
+    if opted in _TRUE:
+        row["opted_out"] = True
+    elif opted in _FALSE:
+        row["opted_out"] = False
+    else:
+        errors.append(f"{where}: opted_out {opted!r} is not true/false")
+    return (None, errors) if errors else (row, [])
+
+
+def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileCsvError(str(path), [f"{path}: no such file"])
+    rows: list[dict[str, Any]] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        unknown = [h for h in header if h not in CSV_COLUMNS]
+        missing = [c for c in REQUIRED if c not in header]
+        if unknown or missing:
+            problems = []
+            if missing:
+                problems.append(f"missing column(s) {', '.join(missing)}")
+            if unknown:
+                problems.append(f"unknown column(s) {', '.join(unknown)} (expected: {', '.join(CSV_COLUMNS)})")
+            raise ProfileCsvError(str(path), [f"{path} line 1 (header): " + "; ".join(problems)])
+        for raw in reader:
+            where = f"{path.name} line {reader.line_num}"
+            if None in raw:  # more fields than the header
+                errors.append(f"{where}: {len(header) + len(raw[None])} fields, the header has {len(header)}")
+                continue
+            row, row_errors = parse_row(raw, where)
+            if row is None:
+                errors.extend(row_errors)
+                continue
+            if row["customer_id"] in seen:
+                errors.append(f"{where}: customer_id {row['customer_id']!r} already on line {seen[row['customer_id']]}")
+                continue
+            seen[row["customer_id"]] = reader.line_num
+            rows.append(row)
+    return rows, errors
+
+
+def upsert_profiles(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadResult:
+    """Insert new customers and update existing ones, in one transaction."""
+    rows = list(rows)
+    result = LoadResult()
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        existing: set[str] = set()
+        ids = [r["customer_id"] for r in rows]
+        for part in chunked(ids, 500):
+            existing.update(conn.execute(select(profiles.c.customer_id).where(profiles.c.customer_id.in_(list(part)))).scalars())
+        new = [{**r, "updated_at": now} for r in rows if r["customer_id"] not in existing]
+        if new:
+            conn.execute(profiles.insert(), new)
+        for r in rows:
+            if r["customer_id"] in existing:
+                values = {k: v for k, v in r.items() if k != "customer_id"}
+                conn.execute(update(profiles).where(profiles.c.customer_id == r["customer_id"]).values(**values, updated_at=now))
+        result.inserted = len(new)
+        result.updated = len(rows) - len(new)
+    return result
+
+
+def load_profiles_csv(engine: Engine, path: str | Path, *, skip_bad_rows: bool = False) -> LoadResult:
+    rows, errors = read_csv(path)
+    if errors and not skip_bad_rows:
+        raise ProfileCsvError(str(path), errors)
+    result = upsert_profiles(engine, rows)
+    result.skipped = errors
+    return result

@@ -1,0 +1,53 @@
+"""Glue between Airflow's task context and the stages: which batch, which engine, which config.
+
+Kept out of the DAG file so the DAG reads like the data flow, and so a stage can be run from a
+test or the CLI with the same wiring.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from include.triggerflow.stages.land import BatchRef
+
+
+def batch_ref(context: Mapping[str, Any]) -> BatchRef:
+    """The batch of this run. Manual runs may have no logical date or interval in Airflow 3
+    (the context then lacks ``data_interval_start``), so every key is read defensively."""
+    dag_run = context["dag_run"]
+    start = context.get("data_interval_start") or getattr(dag_run, "data_interval_start", None)
+    end = context.get("data_interval_end") or getattr(dag_run, "data_interval_end", None)
+    run_type = getattr(dag_run, "run_type", None)
+    return BatchRef(
+        dag_id=dag_run.dag_id,
+        run_id=dag_run.run_id,
+        run_type=str(getattr(run_type, "value", run_type)) if run_type is not None else None,
+        interval_start=_dt(start),
+        interval_end=_dt(end),
+    )
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def store_engine():
+    """The store engine from connection ``triggers_db``; creates missing tables."""
+    from include.triggerflow.hooks.store import TriggersStoreHook
+    from include.triggerflow.store.db import create_schema
+
+    engine = TriggersStoreHook().get_conn()
+    create_schema(engine)
+    return engine
+
+
+def routing():
+    from include.triggerflow.config import load_routing
+
+    return load_routing()

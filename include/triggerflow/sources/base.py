@@ -1,0 +1,42 @@
+"""The small interface every trigger source implements.
+
+A source reads raw messages after the stored positions and yields them page by page, each page
+with the positions it advances to. The landing stage commits each page and its positions in one
+transaction, so a source never needs to remember anything itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class SourceError(RuntimeError):
+    """The source cannot be read; the message says what to check."""
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    partition: int
+    position: str  # where this message sits in its partition (opaque for the journal)
+    payload: str  # the message as received (pipeline envelope JSON text)
+
+
+@dataclass
+class Page:
+    messages: list[RawMessage]
+    # Positions to store once this page is landed: partition -> position to read *after*.
+    next_positions: dict[int, str] = field(default_factory=dict)
+    bytes_read: int = 0
+
+
+class TriggerSource(Protocol):
+    #: key under which positions are stored in tf_source_position
+    source_key: str
+    #: where the source was reached (reported in the status document)
+    endpoint: str
+
+    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        """Yield pages of at most ``max_messages`` messages in total, starting after ``positions``."""
+        ...

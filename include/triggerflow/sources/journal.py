@@ -1,0 +1,137 @@
+"""Adobe I/O Events journaling: the public pull route to Analytics trigger messages.
+
+``GET <journal url>?since=<position>&limit=<n>`` with ``Authorization: Bearer``, ``x-api-key``
+(the client id) and ``x-ims-org-id``; 200 gives ``{"events": [{"position", "event": {"event_id",
+"event": <pipeline envelope>}}], "_page": {"last", "count"}}`` and a ``Link: rel="next"``; 204
+with ``retry-after`` means nothing newer (reference/adobe-triggers.md §1.11, IOE-JRN).
+
+The journal is one ordered stream, so it is stored as partition 0 with the journal position.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from urllib.parse import urlparse
+
+import requests
+
+from include.triggerflow.sources.base import Page, RawMessage, SourceError
+
+log = logging.getLogger(__name__)
+
+JOURNAL_PARTITION = 0
+RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+
+
+class JournalSource:
+    """Reads an I/O Events journal registration."""
+
+    def __init__(
+        self,
+        *,
+        journal_url: str,
+        api_key: str,
+        org_id: str,
+        token_provider: Callable[[bool], str],
+        page_limit: int = 500,
+        reset: str = "earliest",
+        timeout: float = 30.0,
+        max_tries: int = 4,
+        max_retry_wait_s: float = 30.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        if reset not in {"earliest", "latest"}:
+            raise SourceError(f"adobe_triggers: reset must be 'earliest' or 'latest', not {reset!r}")
+        self.journal_url = journal_url
+        self.api_key = api_key
+        self.org_id = org_id
+        self._token = token_provider
+        self.page_limit = page_limit
+        self.reset = reset
+        self.timeout = timeout
+        self.max_tries = max_tries
+        self.max_retry_wait_s = max_retry_wait_s
+        self.session = session or requests.Session()
+        # Keyed by the registration path, not the host: moving the emulator to another port, or
+        # Adobe's host name changing, must not reset the stored position.
+        self.source_key = f"journal:{urlparse(journal_url).path}"
+        self.endpoint = journal_url
+
+    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        since = positions.get(JOURNAL_PARTITION)
+        remaining = max_messages
+        while remaining > 0:
+            params: dict[str, str | int] = {"limit": min(self.page_limit, remaining)}
+            if since:
+                params["since"] = since
+            elif self.reset == "latest":
+                params["latest"] = "true"
+            resp = self._get(params)
+            if resp.status_code == 204:
+                return
+            body = resp.json()
+            items = body.get("events") or []
+            if not items:
+                return
+            messages: list[RawMessage] = []
+            for item in items:
+                position = str(item.get("position"))
+                inner = item.get("event")
+                envelope = inner.get("event") if isinstance(inner, dict) and "event" in inner else inner
+                payload = envelope if isinstance(envelope, str) else json.dumps(envelope, separators=(",", ":"))
+                messages.append(RawMessage(partition=JOURNAL_PARTITION, position=position, payload=payload))
+            last = str((body.get("_page") or {}).get("last") or messages[-1].position)
+            yield Page(messages=messages, next_positions={JOURNAL_PARTITION: last}, bytes_read=len(resp.content))
+            since = last
+            remaining -= len(messages)
+
+    def _headers(self, refresh: bool) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {self._token(refresh)}",
+            "x-api-key": self.api_key,
+            "x-ims-org-id": self.org_id,
+            "Accept": "application/json",
+        }
+
+    def _get(self, params: Mapping[str, str | int]) -> requests.Response:
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = self.session.get(
+                    self.journal_url, params=params, headers=self._headers(refreshed), timeout=self.timeout
+                )
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt >= self.max_tries:
+                    raise SourceError(
+                        f"journal {self.journal_url} unreachable after {attempt} tries: {exc.__class__.__name__}"
+                    ) from None
+                self._sleep(None, attempt)
+                continue
+            if resp.status_code in (200, 204):
+                return resp
+            if resp.status_code == 401:
+                if refreshed:
+                    raise SourceError(
+                        "journal refused a freshly minted IMS token (401 twice): check that the "
+                        "adobe_ims credential has access to this registration"
+                    )
+                refreshed = True  # the token expired or was revoked: mint a new one once
+                continue
+            if resp.status_code in RETRYABLE_STATUS and attempt < self.max_tries:
+                self._sleep(resp.headers.get("retry-after"), attempt)
+                continue
+            raise SourceError(f"journal answered HTTP {resp.status_code}: {resp.text[:300]}")
+
+    def _sleep(self, retry_after: str | None, attempt: int) -> None:
+        try:
+            wait = float(retry_after) if retry_after is not None else 0.5 * 2 ** (attempt - 1)
+        except ValueError:
+            wait = 0.5 * 2 ** (attempt - 1)
+        wait = min(wait, self.max_retry_wait_s)
+        log.warning("journal busy or unreachable, retrying in %.1f s (try %d)", wait, attempt)
+        time.sleep(wait)

@@ -1,0 +1,148 @@
+"""Stage 5 — the run's report: counts, their balance, and how old the sent triggers were.
+
+Every pulled event must end in exactly one bucket:
+
+    pulled  = valid + quarantined
+    valid   = matched + unmatched + ignored
+    matched = sent + suppressed + duplicate + failed + deferred + ambiguous + pending
+
+A batch whose counts do not balance has lost or double-counted something; the report raises
+:class:`CountsDoNotBalance` and the run fails loudly rather than going green.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select
+
+from include.triggerflow.store.schema import batch, decision, event, run_summary, send
+
+log = logging.getLogger(__name__)
+
+
+class CountsDoNotBalance(RuntimeError):
+    """The batch's buckets do not add up."""
+
+
+@dataclass(frozen=True)
+class Report:
+    batch_id: str
+    counts: dict[str, Any]
+    balanced: bool
+    problems: list[str]
+
+    def as_xcom(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "balanced": self.balanced, **self.counts}
+
+    def table(self) -> str:
+        c = self.counts
+        lines = [
+            f"batch {self.batch_id}",
+            f"  pulled      {c['pulled']:>8}  = valid {c['valid']} + quarantined {c['quarantined']}",
+            f"  valid       {c['valid']:>8}  = matched {c['matched']} + unmatched {c['unmatched']} + ignored {c['ignored']}",
+            f"  matched     {c['matched']:>8}  = sent {c['sent']} + suppressed {c['suppressed']} + duplicate "
+            f"{c['duplicate']} + failed {c['failed']} + deferred {c['deferred']} + ambiguous {c['ambiguous']} "
+            f"+ pending {c['pending']}",
+        ]
+        if c.get("oldest_sent_age_s") is not None:
+            lines.append(f"  oldest trigger sent was {c['oldest_sent_age_s']:.1f} s old when the server accepted it")
+        lines.append("  balanced" if self.balanced else "  NOT BALANCED: " + "; ".join(self.problems))
+        return "\n".join(lines)
+
+
+def _group_counts(conn: Any, column: Any, table: Any, batch_id: str) -> dict[str, int]:
+    rows = conn.execute(select(column, func.count()).select_from(table).where(table.c.batch_id == batch_id).group_by(column))
+    return {str(k): int(n) for k, n in rows}
+
+
+def compute_report(engine: Engine, batch_id: str) -> Report:
+    with engine.connect() as conn:
+        statuses = _group_counts(conn, event.c.status, event, batch_id)
+        decisions = _group_counts(conn, decision.c.decision, decision, batch_id)
+        states = _group_counts(conn, send.c.state, send, batch_id)
+        sent_rows = conn.execute(
+            select(send.c.trigger_ts, send.c.sent_at).where(send.c.batch_id == batch_id, send.c.state == "sent")
+        ).all()
+
+    suppressed = sum(n for k, n in decisions.items() if k.startswith("suppressed"))
+    counts: dict[str, Any] = {
+        "pulled": sum(statuses.values()),
+        "valid": statuses.get("valid", 0),
+        "quarantined": statuses.get("quarantined", 0),
+        "unvalidated": statuses.get("landed", 0),
+        "ignored": decisions.get("ignored", 0),
+        "unmatched": decisions.get("unmatched", 0),
+        "suppressed": suppressed,
+        "duplicate": decisions.get("duplicate", 0),
+        "sent": states.get("sent", 0),
+        "failed": states.get("failed", 0),
+        "deferred": states.get("deferred", 0),
+        "ambiguous": states.get("ambiguous", 0),
+        "pending": states.get("pending", 0) + states.get("sending", 0),
+    }
+    counts["matched"] = decisions.get("matched", 0) + suppressed + counts["duplicate"]
+    ages = [
+        (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=timezone.utc)).total_seconds()
+        for ts, sent_at in sent_rows
+        if ts is not None and sent_at is not None
+    ]
+    counts["oldest_sent_age_s"] = round(max(ages), 3) if ages else None
+
+    problems = []
+    if counts["pulled"] != counts["valid"] + counts["quarantined"]:
+        problems.append(f"pulled {counts['pulled']} != valid + quarantined ({counts['unvalidated']} never validated)")
+    decided = counts["matched"] + counts["unmatched"] + counts["ignored"]
+    if counts["valid"] != decided:
+        problems.append(f"valid {counts['valid']} != matched + unmatched + ignored ({decided})")
+    accounted = sum(
+        counts[k] for k in ("sent", "suppressed", "duplicate", "failed", "deferred", "ambiguous", "pending")
+    )
+    if counts["matched"] != accounted:
+        problems.append(f"matched {counts['matched']} != sum of send outcomes ({accounted})")
+    return Report(batch_id=batch_id, counts=counts, balanced=not problems, problems=problems)
+
+
+def report_batch(engine: Engine, batch_id: str, *, dag_id: str, run_id: str) -> Report:
+    """Compute, store and return the report; raise if it does not balance."""
+    report = compute_report(engine, batch_id)
+    c = report.counts
+    with engine.begin() as conn:
+        conn.execute(delete(run_summary).where(run_summary.c.batch_id == batch_id))
+        conn.execute(
+            insert(run_summary).values(
+                batch_id=batch_id,
+                dag_id=dag_id,
+                run_id=run_id,
+                pulled=c["pulled"],
+                valid=c["valid"],
+                quarantined=c["quarantined"],
+                matched=c["matched"],
+                unmatched=c["unmatched"],
+                ignored=c["ignored"],
+                sent=c["sent"],
+                suppressed=c["suppressed"],
+                failed=c["failed"],
+                duplicate=c["duplicate"],
+                pending=c["pending"] + c["deferred"],
+                balanced=report.balanced,
+                oldest_sent_age_s=c["oldest_sent_age_s"],
+                counts=json.dumps({**c, "balanced": report.balanced, "problems": report.problems}),
+                reported_at=datetime.now(timezone.utc),
+            )
+        )
+        exists = conn.execute(select(func.count()).select_from(batch).where(batch.c.batch_id == batch_id)).scalar_one()
+    log.info("run report\n%s", report.table())
+    if not exists:
+        log.info("no batch %s was landed", batch_id)
+    if not report.balanced:
+        raise CountsDoNotBalance(f"batch {batch_id} does not balance: " + "; ".join(report.problems))
+    return report
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

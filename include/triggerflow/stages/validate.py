@@ -1,0 +1,198 @@
+"""Stage 2 — validate a landed batch with Great Expectations; bad events go to quarantine.
+
+The expectation suite (built in code: the GX Airflow provider cannot install beside Airflow 3.3)
+checks each event for required fields, types, a sane trigger timestamp and, for routed triggers,
+the presence of the identity the route reconciles on. An event failing any expectation is
+quarantined with every failed expectation as its reason; the run goes on with the rest.
+
+Timestamps are judged against the time the event was *received*, not the wall clock, so
+validating the same batch again (a clear, a replay) gives the same answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select, update
+
+from include.triggerflow.config import RoutingConfig
+from include.triggerflow.events import as_int, parse_envelope
+from include.triggerflow.store.db import chunked
+from include.triggerflow.store.schema import event, quarantine
+
+log = logging.getLogger(__name__)
+
+# A trigger older than this when it reached us is not sane input (the journal keeps 7 days,
+# the Pipeline "a few days"); staleness for *sending* is a separate, per-trigger rule.
+MAX_AGE_MS = 8 * 24 * 3600 * 1000
+# Clocks drift; a trigger from further in the future than this is corrupt.
+MAX_FUTURE_MS = 10 * 60 * 1000
+VALUE_LIMIT = 120
+UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z-]{7,63}$"
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    batch_id: str
+    valid: int
+    quarantined: int
+
+    def as_xcom(self) -> dict[str, object]:
+        return {"batch_id": self.batch_id, "valid": self.valid, "quarantined": self.quarantined}
+
+
+def flatten(event_id: int, payload: str, received_at: datetime, routing: RoutingConfig) -> dict[str, Any]:
+    """One row of the frame GX validates: text columns keep the raw value for the reason."""
+    parsed = parse_envelope(payload)
+    route = routing.route_for(parsed.trigger_id) if isinstance(parsed.trigger_id, str) else None
+    received_ms = int(received_at.replace(tzinfo=received_at.tzinfo or timezone.utc).timestamp() * 1000)
+    ts = as_int(parsed.trigger_ts)
+    return {
+        "event_id": event_id,
+        "parse_error": parsed.parse_error,
+        "envelope_type": _text(parsed.envelope_type),
+        "message_id": _text(parsed.message_id),
+        "trigger_id": _text(parsed.trigger_id),
+        "trigger_ts": _text(parsed.trigger_ts),
+        "trigger_age_ms": (received_ms - ts) if ts is not None else None,
+        "routed": route is not None,
+        "identity": route.identity.extract(parsed) if route is not None else None,
+    }
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)[:500]
+    return str(value)
+
+
+def build_suite(gx: Any, gxe: Any) -> Any:
+    """The expectations every event must meet. Column-map expectations skip nulls, so each
+    required column gets an explicit not-null expectation too."""
+    return gx.ExpectationSuite(
+        name="trigger_events",
+        expectations=[
+            gxe.ExpectColumnValuesToBeNull(column="parse_error"),
+            gxe.ExpectColumnValuesToNotBeNull(column="envelope_type"),
+            gxe.ExpectColumnValuesToBeInSet(column="envelope_type", value_set=["DATA"]),
+            gxe.ExpectColumnValuesToNotBeNull(column="message_id"),
+            gxe.ExpectColumnValuesToMatchRegex(column="message_id", regex=UUIDISH),
+            gxe.ExpectColumnValuesToNotBeNull(column="trigger_id"),
+            gxe.ExpectColumnValuesToMatchRegex(column="trigger_id", regex=r"\S"),
+            gxe.ExpectColumnValuesToNotBeNull(column="trigger_ts"),
+            # epoch milliseconds: an integer of 12-13 digits (types are checked per row, on text)
+            gxe.ExpectColumnValuesToMatchRegex(column="trigger_ts", regex=r"^\d{12,13}$"),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="trigger_age_ms", min_value=-MAX_FUTURE_MS, max_value=MAX_AGE_MS
+            ),
+            gxe.ExpectColumnValuesToNotBeNull(
+                column="identity", row_condition="routed==True", condition_parser="pandas"
+            ),
+        ],
+    )
+
+
+def run_expectations(rows: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Validate the rows; return {event_id: [failed expectation, ...]} for the failures."""
+    if not rows:
+        return {}
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    import pandas as pd
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    frame = pd.DataFrame(rows)
+    frame["trigger_age_ms"] = pd.to_numeric(frame["trigger_age_ms"], errors="coerce").astype("Float64")
+    frame["routed"] = frame["routed"].astype(bool)
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_def = (
+        ctx.data_sources.add_pandas("trigger_events")
+        .add_dataframe_asset("batch")
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    suite = ctx.suites.add(build_suite(gx, gxe))
+    definition = ctx.validation_definitions.add(gx.ValidationDefinition(name="trigger_events", data=batch_def, suite=suite))
+    result = definition.run(
+        batch_parameters={"dataframe": frame},
+        result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["event_id"]},
+    )
+    failures: dict[int, list[dict[str, Any]]] = {}
+    for res in result.results:
+        if res.success:
+            continue
+        config = res.expectation_config
+        column = config.kwargs.get("column")
+        for item in res.result.get("unexpected_index_list") or []:
+            event_id = int(item["event_id"])
+            failures.setdefault(event_id, []).append(
+                {"expectation": config.type, "column": column, "value": _truncate(item.get(column))}
+            )
+    return failures
+
+
+def _truncate(value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        import math
+
+        if isinstance(value, float) and math.isnan(value):
+            return None
+    except TypeError:
+        pass
+    if hasattr(value, "item"):
+        value = value.item()  # numpy scalar -> python
+    text = value if isinstance(value, (int, float, bool)) else str(value)
+    if isinstance(text, str) and len(text) > VALUE_LIMIT:
+        return text[:VALUE_LIMIT] + "…"
+    return text
+
+
+def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> ValidateResult:
+    with engine.connect() as conn:
+        stored = conn.execute(
+            select(event.c.event_id, event.c.payload, event.c.received_at).where(event.c.batch_id == batch_id)
+        ).all()
+    rows = [flatten(int(eid), payload, received, routing) for eid, payload, received in stored]
+    failures = run_expectations(rows)
+    # The parse error itself is the most useful part of the reason; keep its text.
+    for row in rows:
+        if row["parse_error"] and row["event_id"] in failures:
+            for reason in failures[row["event_id"]]:
+                if reason["column"] == "parse_error":
+                    reason["value"] = _truncate(row["parse_error"])
+
+    bad_ids = sorted(failures)
+    good_ids = sorted(int(r["event_id"]) for r in rows if int(r["event_id"]) not in failures)
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(delete(quarantine).where(quarantine.c.batch_id == batch_id))
+        if bad_ids:
+            conn.execute(
+                insert(quarantine),
+                [
+                    {
+                        "event_id": eid,
+                        "batch_id": batch_id,
+                        "reasons": json.dumps(failures[eid], default=str),
+                        "quarantined_at": now,
+                    }
+                    for eid in bad_ids
+                ],
+            )
+        for status, ids in (("quarantined", bad_ids), ("valid", good_ids)):
+            for part in chunked(ids, 500):
+                conn.execute(update(event).where(event.c.event_id.in_(part)).values(status=status))
+    if bad_ids:
+        log.warning("batch %s: %d of %d events quarantined", batch_id, len(bad_ids), len(rows))
+    return ValidateResult(batch_id=batch_id, valid=len(good_ids), quarantined=len(bad_ids))

@@ -1,0 +1,193 @@
+"""The triggerflow store: every table, as SQLAlchemy Core, portable between SQLite and PostgreSQL.
+
+One batch = one DAG run's landed events. Every stage reads its input here by ``batch_id`` and
+writes its output here; XCom only ever carries ids and counts.
+
+    tf_source_position   where each source partition has been read up to (advanced with landing)
+    tf_batch             one row per landed batch (the unit a run processes, clears and replays)
+    tf_event             every pulled message, raw, unique on its source position
+    tf_quarantine        events that failed validation, with the failed expectations as reasons
+    tf_decision          what reconciliation decided for each valid event (and why no email)
+    tf_send              the send ledger: one row per email, unique idempotency key, written
+                         before the SMTP transaction
+    tf_run_summary       the report: counts, their balance, latency
+    profiles             the customers (default schema; see README "Profiles")
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# Autoincrement primary keys must be INTEGER on SQLite to alias ROWID; BIGINT on PostgreSQL.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+source_position = Table(
+    "tf_source_position",
+    metadata,
+    # e.g. "journal:<registration>" or "pipeline:<consumer>:<topic>"
+    Column("source", String(200), primary_key=True),
+    # Pipeline partition; the I/O Events journal is one ordered stream, recorded as partition 0.
+    Column("partition", Integer, primary_key=True),
+    # Opaque to us: a journal position string, or a Pipeline offset written as text.
+    Column("position", String(200), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+batch = Table(
+    "tf_batch",
+    metadata,
+    Column("batch_id", String(250), primary_key=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("run_type", String(50)),
+    Column("interval_start", DateTime(timezone=True)),
+    Column("interval_end", DateTime(timezone=True)),
+    Column("source", String(200), nullable=False),
+    # pulling -> landed. A batch left in "pulling" (task died between pages) is resumed by the
+    # same run's retry; only a "landed" batch is frozen.
+    Column("state", String(20), nullable=False),
+    Column("pulled", Integer, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("landed_at", DateTime(timezone=True)),
+)
+
+event = Table(
+    "tf_event",
+    metadata,
+    Column("event_id", BigId, primary_key=True, autoincrement=True),
+    Column("batch_id", String(250), ForeignKey("tf_batch.batch_id"), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("src_partition", Integer, nullable=False),
+    Column("src_position", String(200), nullable=False),
+    # Lifted from the payload at landing when readable; the payload stays the source of truth.
+    Column("message_id", String(200)),
+    Column("trigger_id", String(200)),
+    Column("trigger_ts", BigInteger),
+    Column("payload", Text, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # landed -> valid | quarantined (set by validate; reprocessing may flip quarantined -> valid)
+    Column("status", String(20), nullable=False),
+    UniqueConstraint("source", "src_partition", "src_position", name="uq_tf_event_source_position"),
+)
+Index("ix_tf_event_batch", event.c.batch_id)
+Index("ix_tf_event_message_id", event.c.message_id)
+
+quarantine = Table(
+    "tf_quarantine",
+    metadata,
+    Column("event_id", BigId, ForeignKey("tf_event.event_id"), primary_key=True),
+    Column("batch_id", String(250), nullable=False),
+    # JSON list of {"expectation", "column", "value"}; values truncated.
+    Column("reasons", Text, nullable=False),
+    Column("quarantined_at", DateTime(timezone=True), nullable=False),
+    Column("reprocessed_at", DateTime(timezone=True)),
+)
+Index("ix_tf_quarantine_batch", quarantine.c.batch_id)
+
+decision = Table(
+    "tf_decision",
+    metadata,
+    Column("event_id", BigId, ForeignKey("tf_event.event_id"), primary_key=True),
+    Column("batch_id", String(250), nullable=False),
+    Column("trigger_id", String(200)),
+    Column("route", String(100)),
+    Column("customer_key", String(200)),
+    Column("profile_id", String(100)),
+    # matched | unmatched | ignored | suppressed:opt-out | duplicate | render-error ...
+    Column("decision", String(50), nullable=False),
+    Column("detail", Text),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_tf_decision_batch", decision.c.batch_id)
+Index("ix_tf_decision_profile", decision.c.profile_id)
+
+send = Table(
+    "tf_send",
+    metadata,
+    Column("send_id", BigId, primary_key=True, autoincrement=True),
+    # sha256(trigger id, trigger timestamp, customer, template): the same trigger for the same
+    # customer can never produce two emails, whichever batch or retry it comes through.
+    Column("idempotency_key", String(64), nullable=False, unique=True),
+    Column("batch_id", String(250), nullable=False),
+    Column("chunk", Integer, nullable=False),
+    Column("event_id", BigId, ForeignKey("tf_event.event_id"), nullable=False),
+    Column("profile_id", String(100), nullable=False),
+    Column("trigger_id", String(200), nullable=False),
+    Column("route", String(100), nullable=False),
+    Column("recipient", String(320), nullable=False),
+    # pending -> sending -> sent | deferred (4xx) | failed (5xx, render or address error)
+    Column("state", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("message_id", String(300)),
+    Column("subject", Text),
+    Column("smtp_code", Integer),
+    Column("smtp_reply", Text),
+    Column("trigger_ts", BigInteger),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("resend", Boolean, nullable=False, default=False),
+)
+Index("ix_tf_send_batch_chunk", send.c.batch_id, send.c.chunk, send.c.state)
+
+run_summary = Table(
+    "tf_run_summary",
+    metadata,
+    Column("batch_id", String(250), primary_key=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("pulled", Integer, nullable=False),
+    Column("valid", Integer, nullable=False),
+    Column("quarantined", Integer, nullable=False),
+    Column("matched", Integer, nullable=False),
+    Column("unmatched", Integer, nullable=False),
+    Column("ignored", Integer, nullable=False),
+    Column("sent", Integer, nullable=False),
+    Column("suppressed", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    Column("duplicate", Integer, nullable=False),
+    Column("pending", Integer, nullable=False),
+    Column("balanced", Boolean, nullable=False),
+    Column("oldest_sent_age_s", Float),
+    Column("counts", Text, nullable=False),  # the full JSON report
+    Column("reported_at", DateTime(timezone=True), nullable=False),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("customer_id", String(100), primary_key=True),
+    Column("email", String(320), nullable=False),
+    Column("first_name", String(200)),
+    Column("last_name", String(200)),
+    Column("locale", String(20)),
+    Column("timezone", String(64)),
+    Column("shopper_id", String(200)),
+    Column("ecid", String(64)),
+    Column("declared_id", String(200)),
+    Column("opted_out", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_profiles_shopper_id", profiles.c.shopper_id)
+Index("ix_profiles_ecid", profiles.c.ecid)
+Index("ix_profiles_declared_id", profiles.c.declared_id)
+Index("ix_profiles_email", profiles.c.email)
+
+PROFILE_COLUMNS = tuple(c.name for c in profiles.columns)

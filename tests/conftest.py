@@ -1,0 +1,83 @@
+"""Shared fixtures: a throw-away Airflow home, and the store on SQLite or PostgreSQL.
+
+The store runs on SQLite unless TRIGGERFLOW_TEST_PG_URL is set (a server URL such as
+``postgresql+psycopg2://postgres@127.0.0.1:5432/postgres``); then every test gets a fresh
+PostgreSQL database created on that server and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration at import time: point it at a private home before any test
+# module imports airflow, so the suite never touches a developer's ~/airflow.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="triggerflow-test-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """An initialised Airflow metadata DB (needed by dag.test())."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        cwd=PROJECT_ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    return _AIRFLOW_HOME
+
+
+def _pg_server_url() -> str | None:
+    return os.environ.get("TRIGGERFLOW_TEST_PG_URL") or None
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> Iterator[str]:
+    """URL of an empty store database for one test."""
+    server = _pg_server_url()
+    if not server:
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"tf_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from include.triggerflow.store.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store_engine(store_url: str):
+    from include.triggerflow.store.db import create_schema, get_engine
+
+    engine = get_engine(store_url)
+    create_schema(engine)
+    return engine
