@@ -1,0 +1,200 @@
+"""Start the dev-stack servers (Adobe emulator, SMTP sink) as real subprocesses.
+
+Tests and the demo use these context managers so that triggerflow talks to separate processes
+over real sockets, exactly as it would talk to Adobe and a mail relay. Each server is started with
+``--port 0 --ready-file <tmp>``; we wait for the ready file (written atomically by the server once
+it listens), and on exit we send SIGTERM, then SIGKILL if it has not stopped after 5 s.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import IO, cast
+
+from devstack.emulator_client import EmulatorClient
+from devstack.messages import DEMO_IMS_ORG
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class RunningEmulator:
+    base_url: str
+    client: EmulatorClient
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class RunningSmtpSink:
+    host: str
+    port: int
+    out_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def eml_paths(self) -> list[Path]:
+        """Stored messages in name order (= arrival order: UTC timestamp, then sequence)."""
+        return sorted(self.out_dir.glob("*.eml"))
+
+    def messages(self) -> list[EmailMessage]:
+        """Stored messages parsed with ``email.policy.default``, in name order.
+
+        Files keep the CRLF line endings of the SMTP wire; they are parsed with LF endings (the
+        in-memory convention of the email package) so ``get_content()`` returns plain ``\\n`` text.
+        """
+        parsed: list[EmailMessage] = []
+        for path in self.eml_paths():
+            raw = path.read_bytes().replace(b"\r\n", b"\n")
+            parsed.append(cast(EmailMessage, email.message_from_bytes(raw, policy=email.policy.default)))
+        return parsed
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        """Wait until at least ``count`` messages are stored (for senders that do not block on the
+        SMTP reply, e.g. a DAG run), then return all messages."""
+        deadline = time.monotonic() + timeout
+        while len(self.eml_paths()) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{len(self.eml_paths())} of {count} messages after {timeout}s in {self.out_dir}"
+                )
+            time.sleep(0.05)
+        return self.messages()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(PROJECT_ROOT) + (os.pathsep + existing if existing else "")
+    # Server logs must reach the log file line by line, even if the process is killed.
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _read_log(path: Path, limit: int = 8000) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        return f"<log unavailable: {exc}>"
+    return text[-limit:]
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@contextmanager
+def _server_process(
+    module: str, args: list[str], log_path: str | os.PathLike[str] | None
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """Spawn ``python -m devstack.<module>``; yield (process, ready-file content, log path)."""
+    work_dir = Path(tempfile.mkdtemp(prefix=f"triggerflow-{module}-"))
+    ready_file = work_dir / "ready"
+    log = Path(log_path) if log_path is not None else work_dir / f"{module}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log_fh: IO[bytes] = open(log, "ab")
+    command = [
+        sys.executable, "-m", f"devstack.{module}",
+        "--port", "0", "--ready-file", str(ready_file), *args,
+    ]
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=_child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready_file.exists():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"devstack.{module} exited with code {process.returncode} before it was ready; "
+                    f"log {log}:\n{_read_log(log)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"devstack.{module} not ready after {READY_TIMEOUT_S:.0f}s; "
+                    f"log {log}:\n{_read_log(log)}"
+                )
+            time.sleep(0.02)
+        yield process, ready_file.read_text(encoding="utf-8").strip(), log
+    finally:
+        if process is not None:
+            _stop(process)
+        log_fh.close()
+        # Keep a caller-chosen log; the temp dir (ready file, default log) goes.
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@contextmanager
+def start_emulator(
+    *,
+    client_id: str = "triggerflow-local",
+    client_secret: str = "local-dev-secret",
+    org_id: str = DEMO_IMS_ORG,
+    integration_id: str = "triggerflow-int",
+    registration_id: str = "triggerflow-reg",
+    token_ttl: int | None = None,
+    partitions: int | None = None,
+    log_path: str | os.PathLike[str] | None = None,
+) -> Iterator[RunningEmulator]:
+    """Run ``devstack.adobe_emulator`` in a subprocess for the duration of the block."""
+    args = [
+        "--client-id", client_id,
+        "--client-secret", client_secret,
+        "--org-id", org_id,
+        "--integration-id", integration_id,
+        "--registration-id", registration_id,
+    ]
+    if token_ttl is not None:
+        args += ["--token-ttl", str(token_ttl)]
+    if partitions is not None:
+        args += ["--partitions", str(partitions)]
+    with _server_process("adobe_emulator", args, log_path) as (process, base_url, log):
+        client = EmulatorClient(
+            base_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            org_id=org_id,
+            integration_id=integration_id,
+            registration_id=registration_id,
+        )
+        try:
+            yield RunningEmulator(base_url=base_url, client=client, process=process, log_path=log)
+        finally:
+            client.close()
+
+
+@contextmanager
+def start_smtp_sink(
+    out_dir: str | os.PathLike[str], *, log_path: str | os.PathLike[str] | None = None
+) -> Iterator[RunningSmtpSink]:
+    """Run ``devstack.smtp_sink`` in a subprocess writing .eml files to ``out_dir``."""
+    out = Path(out_dir).resolve()
+    with _server_process("smtp_sink", ["--out", str(out)], log_path) as (process, address, log):
+        host, _, port = address.rpartition(":")
+        yield RunningSmtpSink(host=host, port=int(port), out_dir=out, process=process, log_path=log)
