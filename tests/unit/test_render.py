@@ -1,0 +1,467 @@
+"""Tests for include.triggerflow.render and the shipped templates: content, escaping, strictness, caching."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from include.triggerflow import DEFAULT_ROUTING_FILE
+from include.triggerflow.config import IdentityRule, TriggerRoute, load_routing
+from include.triggerflow.events import TriggerEvent, parse_envelope
+from include.triggerflow.render import (
+    FILTERS,
+    RenderedEmail,
+    Renderer,
+    TemplateRenderError,
+    build_context,
+    datetime_format,
+    http_url,
+    money,
+)
+
+CART_ID = "5c2c6a3e-2b8f-4d6e-9a51-7f0d3c9b1a01"
+BROWSE_ID = "9e4b1f27-6c3d-4a8e-b2f5-0d7c8a6e3b02"
+# 2018-01-19 01:09:17.242 UTC (Adobe's FAQ sample trigger time)
+TRIGGER_MS = 1516324157242
+
+
+def envelope(
+    *,
+    trigger_id: str = CART_ID,
+    pages: list[Any] | None = None,
+    products: dict[str, Any] | None = None,
+    trigger_ts: Any = TRIGGER_MS,
+) -> dict[str, Any]:
+    """A pipeline envelope as documented in events.py."""
+    summary: dict[str, Any] = {
+        "dimensions": {
+            " eVar01": {"type": "string", "data": ["SHOP-42", "SHOP-42"]},
+            "pageURL": {"type": "string", "data": pages if pages is not None else []},
+        },
+    }
+    if products is not None:
+        summary["products"] = products
+    return {
+        "envelopeType": "DATA",
+        "partition": 13,
+        "offset": 438465548,
+        "createTime": 1516324157242,
+        "topic": "triggers",
+        "com.adobe.mcloud.pipeline.pipelineMessage": {
+            "header": {
+                "messageType": "TRIGGER",
+                "source": "triggers",
+                "sentTime": 1516324157242,
+                "imsOrg": "ORG@AdobeOrg",
+                "messageId": "1a2b3c4d-0000-4000-8000-000000000001",
+                "properties": [{"name": "truncated", "value": "false"}],
+            },
+            "com.adobe.mcloud.protocol.trigger": {
+                "triggerId": trigger_id,
+                "triggerTimestamp": trigger_ts,
+                "mcId": "12345678901234567890123456789012345678",
+                "enrichments": {"analyticsHitSummary": summary},
+                "triggerPath": [],
+            },
+        },
+    }
+
+
+CART_PAGES = [
+    "https://shop.example.com/product/shoe",
+    "https://shop.example.com/cart?step=1",
+    "https://shop.example.com/my/cart",
+    "https://shop.example.com/product/mug",
+]
+CART_PRODUCTS = {
+    "SKU-1": {
+        "name": "Trail Shoe",
+        "price": 89.5,
+        "quantity": 1,
+        "url": "https://shop.example.com/product/shoe",
+    },
+    "SKU-2": {"name": "Coffee Mug", "price": "1234.5", "quantity": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def routing():
+    return load_routing(DEFAULT_ROUTING_FILE)
+
+
+@pytest.fixture
+def cart_route(routing) -> TriggerRoute:
+    route = routing.route_for(CART_ID)
+    assert route is not None
+    return route
+
+
+@pytest.fixture
+def browse_route(routing) -> TriggerRoute:
+    route = routing.route_for(BROWSE_ID)
+    assert route is not None
+    return route
+
+
+@pytest.fixture
+def renderer() -> Renderer:
+    return Renderer()
+
+
+def event_of(**kwargs: Any) -> TriggerEvent:
+    event = parse_envelope(envelope(**kwargs))
+    assert event.parse_error is None
+    return event
+
+
+def render(
+    renderer: Renderer, route: TriggerRoute, profile: dict[str, Any], event: TriggerEvent, **extra: Any
+) -> RenderedEmail:
+    return renderer.render(route, build_context(profile=profile, event=event, route=route, extra=extra))
+
+
+# -- context ---------------------------------------------------------------------------------------
+def test_build_context_shape(cart_route: TriggerRoute) -> None:
+    event = event_of(pages=CART_PAGES + [CART_PAGES[0]], products=CART_PRODUCTS)
+    profile = {"first_name": "Ada", "email": "ada@example.com"}
+    context = build_context(
+        profile=profile, event=event, route=cart_route, extra={"unsubscribe_url": "https://u/1"}
+    )
+
+    assert context["profile"] == profile and context["profile"] is not profile
+    assert context["unsubscribe_url"] == "https://u/1"
+    ev = context["event"]
+    assert ev["trigger_id"] == CART_ID
+    assert ev["name"] == "cart_abandonment"
+    assert ev["triggered_at"] == datetime(2018, 1, 19, 1, 9, 17, 242000, tzinfo=timezone.utc)
+    assert ev["pages"] == CART_PAGES  # distinct, in hit order
+    assert [p["name"] for p in ev["products"]] == ["Trail Shoe", "Coffee Mug"]
+    assert ev["products"][1] == {"sku": "SKU-2", "name": "Coffee Mug", "price": "1234.5", "quantity": 2}
+    assert ev["dimensions"] == {"eVar01": ["SHOP-42", "SHOP-42"], "pageURL": CART_PAGES + [CART_PAGES[0]]}
+
+
+# -- the cart email ----------------------------------------------------------------------------------
+def test_cart_email_content(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    event = event_of(pages=CART_PAGES, products=CART_PRODUCTS)
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event)
+
+    assert email.subject == "Ada, you left something in your cart"
+    for part in (email.text, email.html):
+        assert "Hi Ada," in part
+        assert "Trail Shoe" in part
+        assert "Coffee Mug" in part
+        assert "$89.50" in part
+        assert "$1,234.50" in part
+        assert "19 Jan 2018 01:09 UTC" in part
+        assert "triggerflow shop" in part
+    # products listed, so pages are not
+    assert "https://shop.example.com/product/mug" not in email.text
+    # CTA: the last page URL ending in "cart"
+    assert 'href="https://shop.example.com/my/cart"' in email.html
+    assert "Return to your cart: https://shop.example.com/my/cart" in email.text
+    assert 'href="https://shop.example.com/product/shoe"' in email.html
+    assert "- Trail Shoe x 1: $89.50\n  https://shop.example.com/product/shoe\n" in email.text
+    assert "- Coffee Mug x 2: $1,234.50\n" in email.text
+
+
+def test_cart_email_lists_pages_when_no_products(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    pages = ["https://shop.example.com/product/shoe", "https://shop.example.com/product/mug"]
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(pages=pages))
+
+    assert (
+        "Pages you were looking at:\n"
+        "- https://shop.example.com/product/shoe\n"
+        "- https://shop.example.com/product/mug\n"
+    ) in email.text
+    assert '<a href="https://shop.example.com/product/mug"' in email.html
+    # no page ends in "cart": the default cart URL
+    assert 'href="https://shop.example.com/cart"' in email.html
+    assert "Return to your cart: https://shop.example.com/cart\n" in email.text
+
+
+def test_html_is_a_complete_email_safe_document(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(products=CART_PRODUCTS))
+    html = email.html
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.rstrip().endswith("</html>")
+    assert "max-width:600px" in html
+    assert "<style" not in html  # inline CSS only
+    assert 'role="presentation"' in html
+    assert "Your cart is saved." in html  # preheader
+    assert email.text.startswith("triggerflow shop\n")
+
+
+def test_unsubscribe_link_only_when_given(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    event = event_of(products=CART_PRODUCTS)
+    without = render(renderer, cart_route, {"first_name": "Ada"}, event)
+    assert "Unsubscribe" not in without.html and "Unsubscribe" not in without.text
+    empty = render(renderer, cart_route, {"first_name": "Ada"}, event, unsubscribe_url="")
+    assert "Unsubscribe" not in empty.html
+
+    with_link = render(
+        renderer,
+        cart_route,
+        {"first_name": "Ada"},
+        event,
+        unsubscribe_url="https://shop.example.com/u?t=a&b=1",
+    )
+    assert 'href="https://shop.example.com/u?t=a&amp;b=1"' in with_link.html
+    assert "Unsubscribe: https://shop.example.com/u?t=a&b=1\n" in with_link.text
+
+
+def test_null_first_name_falls_back_to_a_greeting(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    email = render(renderer, cart_route, {"first_name": None}, event_of(products=CART_PRODUCTS))
+    assert email.subject == "Hello, you left something in your cart"
+    assert "Hi there," in email.text and "None" not in email.text
+
+
+def test_event_without_timestamp_omits_time(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    event = event_of(products=CART_PRODUCTS, trigger_ts="soon")
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event)
+    assert "You left something in your cart. We kept it for you." in email.text
+
+
+# -- untrusted data ----------------------------------------------------------------------------------
+def test_html_escapes_event_and_profile_data_text_keeps_it(
+    renderer: Renderer, cart_route: TriggerRoute
+) -> None:
+    products = {"X": {"name": "<script>alert('p')</script>", "price": 1, "quantity": "<b>2</b>"}}
+    profile = {"first_name": "<script>alert('n')</script>"}
+    email = render(renderer, cart_route, profile, event_of(products=products))
+
+    assert "<script>" not in email.html
+    assert "&lt;script&gt;alert(&#39;p&#39;)&lt;/script&gt;" in email.html
+    assert "Hi &lt;script&gt;alert(&#39;n&#39;)&lt;/script&gt;," in email.html
+    assert "&lt;b&gt;2&lt;/b&gt;" in email.html
+    assert "- <script>alert('p')</script> x <b>2</b>: $1.00" in email.text
+    assert "Hi <script>alert('n')</script>," in email.text
+    # the subject is a header, not HTML: no entity escaping
+    assert email.subject == "<script>alert('n')</script>, you left something in your cart"
+
+
+def test_unsafe_urls_are_not_linked(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    pages = ['javascript:alert(1)//cart', 'https://shop.example.com/x" onmouseover="alert(1)']
+    products = {"X": {"name": "Shoe", "url": "javascript:alert(document.cookie)"}}
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(pages=pages, products=products))
+    assert "javascript:" not in email.html
+    assert 'href="https://shop.example.com/cart"' in email.html  # the javascript: "cart" page was not used
+    assert "onmouseover" not in email.html
+
+
+def test_quotes_in_links_cannot_break_the_attribute(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    pages = ['https://shop.example.com/a"b<c']
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(pages=pages))
+    assert 'href="https://shop.example.com/a&#34;b&lt;c"' in email.html
+
+
+# -- errors ------------------------------------------------------------------------------------------
+def test_missing_profile_column_raises_naming_it(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render(renderer, cart_route, {"last_name": "Lovelace"}, event_of(products=CART_PRODUCTS))
+    message = str(info.value)
+    assert message.startswith("route 'cart_abandonment': subject, line 1: undefined variable:")
+    assert "'first_name'" in message
+    assert info.value.route == "cart_abandonment"
+
+
+def test_undefined_variable_in_template_file_names_file_and_line(
+    renderer: Renderer, cart_route: TriggerRoute
+) -> None:
+    route = dataclasses.replace(cart_route, subject="Your cart")
+    with pytest.raises(TemplateRenderError) as info:
+        render(renderer, route, {"email": "a@example.com"}, event_of(products=CART_PRODUCTS))
+    message = str(info.value)
+    assert "route 'cart_abandonment': cart_abandonment/email.txt, line " in message
+    assert "undefined variable: 'dict object' has no attribute 'first_name'" in message
+
+
+def test_undefined_top_level_variable_in_subject(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    route = dataclasses.replace(cart_route, subject="{{ coupon_code }} for you")
+    with pytest.raises(TemplateRenderError, match="'coupon_code' is undefined"):
+        render(renderer, route, {"first_name": "Ada"}, event_of())
+
+
+@pytest.mark.parametrize("bad", ["Ada\nBcc: victim@example.com", "Ada\r", "Ada\r\nX-Evil: 1", "Ada\0"])
+def test_subject_with_line_break_raises(renderer: Renderer, cart_route: TriggerRoute, bad: str) -> None:
+    with pytest.raises(TemplateRenderError) as info:
+        render(renderer, cart_route, {"first_name": bad}, event_of(products=CART_PRODUCTS))
+    assert str(info.value).startswith(
+        "route 'cart_abandonment': subject would contain a line break (CR, LF or NUL) after rendering"
+    )
+
+
+def test_subject_is_stripped(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    route = dataclasses.replace(cart_route, subject="  {{ profile.first_name }}  ")
+    # a trailing newline from data is outside the stripped subject, so it is harmless
+    email = render(renderer, route, {"first_name": "Ada\n"}, event_of())
+    assert email.subject == "Ada"
+
+
+def test_empty_subject_raises(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    route = dataclasses.replace(cart_route, subject="{{ profile.first_name }}")
+    with pytest.raises(TemplateRenderError, match="subject rendered empty"):
+        render(renderer, route, {"first_name": "   "}, event_of())
+
+
+def test_bad_price_raises_instead_of_showing_garbage(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    products = {"X": {"name": "Shoe", "price": "free!"}}
+    with pytest.raises(TemplateRenderError) as info:
+        render(renderer, cart_route, {"first_name": "Ada"}, event_of(products=products))
+    assert "cart_abandonment/email.txt, line " in str(info.value)
+    assert "ValueError: money: 'free!' is not a number" in str(info.value)
+
+
+def write_templates(root: Path, html: str, txt: str = "{{ profile.first_name }}") -> Path:
+    (root / "t").mkdir(parents=True, exist_ok=True)
+    (root / "t" / "email.html").write_text(html)
+    (root / "t" / "email.txt").write_text(txt)
+    return root
+
+
+ROUTE_T = TriggerRoute(
+    name="t", trigger_id="*", template="t", subject="Hi", identity=IdentityRule("field", "mcId", "ecid")
+)
+
+
+def test_error_in_parent_template_names_the_parent(tmp_path: Path) -> None:
+    (tmp_path / "base.html").write_text("<p>top</p>\n<p>{{ brand }}</p>\n{% block content %}{% endblock %}")
+    write_templates(tmp_path, '{% extends "base.html" %}{% block content %}x{% endblock %}')
+    with pytest.raises(TemplateRenderError) as info:
+        Renderer(tmp_path).render(ROUTE_T, {"profile": {"first_name": "A"}})
+    assert str(info.value) == "route 't': base.html, line 2: undefined variable: 'brand' is undefined"
+
+
+def test_template_syntax_error(tmp_path: Path) -> None:
+    write_templates(tmp_path, "<p>\n{% if x %}\n</p>")
+    with pytest.raises(TemplateRenderError) as info:
+        Renderer(tmp_path).render(ROUTE_T, {"profile": {"first_name": "A"}})
+    message = str(info.value)
+    assert message.startswith("route 't': template t/email.html, line 3: Unexpected end of template.")
+
+
+def test_missing_template_file(tmp_path: Path) -> None:
+    write_templates(tmp_path, "<p>hi</p>")
+    (tmp_path / "t" / "email.txt").unlink()
+    with pytest.raises(TemplateRenderError) as info:
+        Renderer(tmp_path).render(ROUTE_T, {"profile": {}})
+    assert str(info.value) == f"route 't': template 't/email.txt' not found in {tmp_path}"
+
+
+def test_autoescape_follows_extension(tmp_path: Path) -> None:
+    write_templates(tmp_path, "<p>{{ profile.first_name }}</p>")
+    email = Renderer(tmp_path).render(ROUTE_T, {"profile": {"first_name": "A&B <i>"}})
+    assert email == RenderedEmail(subject="Hi", text="A&B <i>", html="<p>A&amp;B &lt;i&gt;</p>")
+
+
+# -- caching -----------------------------------------------------------------------------------------
+def test_templates_are_compiled_once_per_route(
+    renderer: Renderer, cart_route: TriggerRoute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    event = event_of(products=CART_PRODUCTS)
+    first = render(renderer, cart_route, {"first_name": "Ada"}, event)
+    compiled = renderer.compiled(cart_route)
+
+    def no_more_loading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("template read or compiled again")
+
+    # Reading a source file and compiling are the costly steps; neither may happen again
+    # (base.html, reached through {% extends %}, comes from Jinja's own cache without a stat).
+    monkeypatch.setattr(renderer.env.loader, "get_source", no_more_loading)
+    monkeypatch.setattr(renderer.env, "compile", no_more_loading)
+    second = render(renderer, cart_route, {"first_name": "Bob"}, event)
+
+    assert renderer.compiled(cart_route) is compiled
+    assert compiled.html.name == "cart_abandonment/email.html"
+    assert compiled.text.name == "cart_abandonment/email.txt"
+    assert first.subject == "Ada, you left something in your cart"
+    assert second.subject == "Bob, you left something in your cart"
+    # another route gets its own compiled templates
+    other = dataclasses.replace(cart_route, subject="Other")
+    monkeypatch.undo()
+    assert renderer.compiled(other) is not compiled
+    assert renderer.compiled(other) is renderer.compiled(other)
+
+
+# -- browse email ------------------------------------------------------------------------------------
+def test_browse_email(renderer: Renderer, browse_route: TriggerRoute) -> None:
+    pages = ["https://shop.example.com/product/shoe", "https://shop.example.com/product/mug"]
+    email = render(renderer, browse_route, {"first_name": "Ada"}, event_of(trigger_id=BROWSE_ID, pages=pages))
+    assert email.subject == "Ada, still looking? Your picks are waiting"
+    assert "Hi Ada," in email.text and "Hi Ada," in email.html
+    assert "- https://shop.example.com/product/shoe\n- https://shop.example.com/product/mug\n" in email.text
+    assert "Continue browsing: https://shop.example.com/product/mug" in email.text
+    assert "19 Jan 2018 01:09 UTC" in email.html
+
+    with_products = render(
+        renderer, browse_route, {"first_name": "Ada"}, event_of(trigger_id=BROWSE_ID, products=CART_PRODUCTS)
+    )
+    assert "- Trail Shoe: $89.50\n" in with_products.text
+    assert "Continue browsing: https://shop.example.com/\n" in with_products.text
+
+
+# -- filters -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("value", "args", "expected"),
+    [
+        (19.5, (), "$19.50"),
+        (2.675, (), "$2.68"),  # rounds as written, not as binary float 2.67499...
+        ("1234567.891", (), "$1,234,567.89"),
+        (Decimal("-3.5"), (), "-$3.50"),
+        (0, ("€",), "€0.00"),
+        (7, ("£",), "£7.00"),
+    ],
+)
+def test_money(value: Any, args: tuple[str, ...], expected: str) -> None:
+    assert money(value, *args) == expected
+
+
+@pytest.mark.parametrize("value", ["abc", None, True, "nan", "inf", [1]])
+def test_money_rejects_non_numbers(value: Any) -> None:
+    with pytest.raises(ValueError, match="money: "):
+        money(value)
+
+
+def test_datetime_format() -> None:
+    moment = datetime(2024, 3, 5, 14, 7, tzinfo=timezone.utc)
+    assert datetime_format(moment) == "05 Mar 2024 14:07 UTC"
+    assert datetime_format(moment, "%Y-%m-%d") == "2024-03-05"
+    # converted to UTC first, so the "UTC" label is true
+    paris = datetime(2024, 3, 5, 15, 7, tzinfo=timezone(timedelta(hours=1)))
+    assert datetime_format(paris) == "05 Mar 2024 14:07 UTC"
+    with pytest.raises(ValueError, match="naive"):
+        datetime_format(datetime(2024, 3, 5, 14, 7))
+    with pytest.raises(TypeError, match="expected a datetime, got str"):
+        datetime_format("2024-03-05")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("https://shop.example.com/cart", "https://shop.example.com/cart"),
+        ("  http://shop.example.com/a?b=c  ", "http://shop.example.com/a?b=c"),
+        ("javascript:alert(1)", ""),
+        ("JavaScript:alert(1)", ""),
+        ("data:text/html,<b>", ""),
+        ("//shop.example.com/x", ""),
+        ("/relative", ""),
+        ("https://", ""),
+        ("https://shop.example.com/a b", ""),
+        ("https://shop.example.com/\tx", ""),
+        (None, ""),
+        (42, ""),
+    ],
+)
+def test_http_url(value: Any, expected: str) -> None:
+    assert http_url(value) == expected
+
+
+def test_filters_registered() -> None:
+    assert set(FILTERS) == {"money", "datetime_format", "http_url"}
+    env = Renderer().env
+    assert env.filters["money"] is money
+    assert env.filters["datetime_format"] is datetime_format
