@@ -106,7 +106,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextmanager
 def _server_process(
-    module: str, args: list[str], log_path: str | os.PathLike[str] | None
+    module: str, args: list[str], log_path: str | os.PathLike[str] | None, port: int = 0
 ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     """Spawn ``python -m devstack.<module>``; yield (process, ready-file content, log path)."""
     work_dir = Path(tempfile.mkdtemp(prefix=f"triggerflow-{module}-"))
@@ -116,7 +116,7 @@ def _server_process(
     log_fh: IO[bytes] = open(log, "ab")
     command = [
         sys.executable, "-m", f"devstack.{module}",
-        "--port", "0", "--ready-file", str(ready_file), *args,
+        "--port", str(port), "--ready-file", str(ready_file), *args,
     ]
     process: subprocess.Popen[bytes] | None = None
     try:
@@ -161,6 +161,7 @@ def start_emulator(
     token_ttl: int | None = None,
     partitions: int | None = None,
     log_path: str | os.PathLike[str] | None = None,
+    port: int = 0,
 ) -> Iterator[RunningEmulator]:
     """Run ``devstack.adobe_emulator`` in a subprocess for the duration of the block."""
     args = [
@@ -174,7 +175,7 @@ def start_emulator(
         args += ["--token-ttl", str(token_ttl)]
     if partitions is not None:
         args += ["--partitions", str(partitions)]
-    with _server_process("adobe_emulator", args, log_path) as (process, base_url, log):
+    with _server_process("adobe_emulator", args, log_path, port) as (process, base_url, log):
         client = EmulatorClient(
             base_url,
             client_id=client_id,
@@ -191,10 +192,10 @@ def start_emulator(
 
 @contextmanager
 def start_smtp_sink(
-    out_dir: str | os.PathLike[str], *, log_path: str | os.PathLike[str] | None = None
+    out_dir: str | os.PathLike[str], *, log_path: str | os.PathLike[str] | None = None, port: int = 0
 ) -> Iterator[RunningSmtpSink]:
     """Run ``devstack.smtp_sink`` in a subprocess writing .eml files to ``out_dir``."""
     out = Path(out_dir).resolve()
-    with _server_process("smtp_sink", ["--out", str(out)], log_path) as (process, address, log):
+    with _server_process("smtp_sink", ["--out", str(out)], log_path, port) as (process, address, log):
         host, _, port = address.rpartition(":")
         yield RunningSmtpSink(host=host, port=int(port), out_dir=out, process=process, log_path=log)
