@@ -54,7 +54,7 @@ MAX_SINGLE_MESSAGE_BYTES = 1_000_000
 MAX_BATCH_BYTES = 2_000_000
 
 POSITION_PREFIX = "v2:"
-POSITION_RE = re.compile(r"^v2:(\d{12})$")
+POSITION_RE = re.compile(r"^v2:(\d{12,18})$")
 
 # Query parameters whose values must never reach the log.
 _SECRET_PARAMS = frozenset({"client_secret", "access_token", "token", "jwt_token", "code", "password"})
@@ -119,9 +119,11 @@ class EmulatorState:
     partitions: int
     lock: threading.Lock = field(default_factory=threading.Lock)
     journal: list[JournalEntry] = field(default_factory=list)
-    # Sequence numbers are never reused, not even across /_emulator/reset, so a position handed out
-    # before a reset can never silently point at a different event afterwards.
-    last_seq: int = 0
+    # Sequence numbers are never reused, not even across /_emulator/reset or a restart of the
+    # emulator: they start at the start-up time in microseconds, so a position stored by a client
+    # of an earlier emulator process is *older* than this journal (served from its start, like a
+    # position whose events aged out of Adobe's 7-day retention), never a different event.
+    last_seq: int = field(default_factory=lambda: time.time_ns() // 1000)
     tokens: dict[str, float] = field(default_factory=dict)
     next_offsets: dict[int, int] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
@@ -356,6 +358,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         with self.state.lock:
             if since_text is not None:
                 since_seq = parse_position(since_text)
+                # Older than anything retained (an earlier emulator process): serve from the start.
                 if since_seq is None or since_seq > self.state.last_seq:
                     raise ApiError(
                         400,

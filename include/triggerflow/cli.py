@@ -4,6 +4,9 @@
     load-profiles FILE.csv       upsert profiles from CSV (all-or-nothing unless --skip-bad-rows)
     runs [--limit N]             the latest run reports, newest first
     quarantine [--batch ID]      quarantined events and why
+    positions                    the stored source positions
+    forget-position SOURCE       drop a source's stored positions: its next pull starts where the
+                                 adobe_triggers connection's `reset` says (earliest or latest)
 
 The store is ``--db-url``, else $TRIGGERFLOW_DB_URL, else the Airflow connection ``triggers_db``.
 """
@@ -83,6 +86,30 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_positions(args: argparse.Namespace) -> int:
+    from include.triggerflow.store.schema import source_position
+
+    engine = _engine(args)
+    with engine.connect() as conn:
+        rows = conn.execute(select(source_position).order_by(source_position.c.source, source_position.c.partition)).all()
+    print("source\tpartition\tposition\tupdated_at")
+    for row in rows:
+        print(f"{row.source}\t{row.partition}\t{row.position}\t{row.updated_at}")
+    return 0
+
+
+def cmd_forget_position(args: argparse.Namespace) -> int:
+    from sqlalchemy import delete
+
+    from include.triggerflow.store.schema import source_position
+
+    engine = _engine(args)
+    with engine.begin() as conn:
+        removed = conn.execute(delete(source_position).where(source_position.c.source == args.source)).rowcount
+    print(f"forgot {removed} stored position(s) of {args.source}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triggerflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db-url", help="SQLAlchemy URL of the store (default: $TRIGGERFLOW_DB_URL or connection triggers_db)")
@@ -98,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quarantine", help="quarantined events and their reasons")
     p.add_argument("--batch")
     p.set_defaults(func=cmd_quarantine)
+    sub.add_parser("positions", help="stored source positions").set_defaults(func=cmd_positions)
+    p = sub.add_parser("forget-position", help="drop a source's stored positions")
+    p.add_argument("source", help="the source key, as listed by `positions`")
+    p.set_defaults(func=cmd_forget_position)
     return parser
 
 
