@@ -135,7 +135,11 @@ def _int_or_none(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+        # isdigit() also accepts text int() refuses ("--5", "²"): never raise on event data.
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
     return None
 
 

@@ -12,7 +12,7 @@ CSV format (header row required; column order free; unknown columns are an error
     declared_id   optional, a declared/CRM id
     opted_out     optional, true/false/yes/no/1/0 (blank = false)
 
-Rows are upserted by ``customer_id``. Loading is all-or-nothing by default: one bad row and
+Rows are upserted by ``customer_id``; columns absent from the file are left as they are. Loading is all-or-nothing by default: one bad row and
 nothing is written, and every bad row is reported with its line number and what is wrong.
 """
 
@@ -122,7 +122,9 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                 errors.append(f"{where}: customer_id {row['customer_id']!r} already on line {seen[row['customer_id']]}")
                 continue
             seen[row["customer_id"]] = reader.line_num
-            rows.append(row)
+            # Only the file's columns: re-loading a CSV without, say, `ecid` must not blank the
+            # ecid of existing profiles.
+            rows.append({k: v for k, v in row.items() if k in header})
     return rows, errors
 
 

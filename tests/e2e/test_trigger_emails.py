@@ -100,6 +100,15 @@ def _batch_of(engine, run_id: str) -> str:
         return conn.execute(select(batch.c.batch_id).where(batch.c.run_id == run_id)).scalar_one()
 
 
+def _xcom_values(run_id: str) -> dict:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(XComModel.dag_id == "trigger_emails", XComModel.run_id == run_id).all()
+        return {row.task_id: row.value for row in rows}
+
+
 def _summary(engine, batch_id: str) -> dict:
     from include.triggerflow.store.schema import run_summary
 
@@ -153,6 +162,15 @@ def test_trigger_emails_end_to_end(stack) -> None:
     assert sum(1 for f in failed if ("expect_column_values_to_be_null", "parse_error") in f) == 2
     assert decisions["SHOP-NOBODY"] == "unmatched"
     assert decisions["SHOP-OPTOUT"] == "suppressed:opt-out"
+
+    # XCom carries ids and counts only: no event data, no addresses, no secrets.
+    xcoms = _xcom_values(run.run_id)
+    assert {"pull_and_land", "validate", "reconcile", "send", "report"} <= set(xcoms)
+    for task_id, value in xcoms.items():
+        text = json.dumps(value)
+        assert len(text) < 1000, task_id
+        for secret_or_data in ("ada@example.com", "Lovelace", "SHOP-ADA", emu.client.client_secret, "eVar01"):
+            assert secret_or_data not in text, (task_id, secret_or_data)
 
     # A later run finds nothing new and sends nothing more.
     run2 = dag.test(logical_date=logical + timedelta(minutes=1))

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 import requests
 
@@ -71,6 +71,14 @@ class JournalSource:
                 params["latest"] = "true"
             resp = self._get(params)
             if resp.status_code == 204:
+                if not since and self.reset == "latest":
+                    # Nothing newer than "latest" yet. Pin the end of the journal (the 204's
+                    # Link: rel="next" carries it) so the next read continues from here; without
+                    # a stored position every read would start at the end again and skip
+                    # whatever arrived in between.
+                    pinned = _since_of(resp.links.get("next", {}).get("url"))
+                    if pinned:
+                        yield Page(messages=[], next_positions={JOURNAL_PARTITION: pinned})
                 return
             body = resp.json()
             items = body.get("events") or []
@@ -135,3 +143,11 @@ class JournalSource:
         wait = min(wait, self.max_retry_wait_s)
         log.warning("journal busy or unreachable, retrying in %.1f s (try %d)", wait, attempt)
         time.sleep(wait)
+
+
+def _since_of(link_url: str | None) -> str | None:
+    """The ``since`` position of a journal Link URL, if it has one."""
+    if not link_url:
+        return None
+    values = parse_qs(urlparse(link_url).query).get("since")
+    return values[-1] if values else None

@@ -178,8 +178,10 @@ def _land_page(
                 conn.execute(insert(event), rows)
     except IntegrityError as exc:
         raise PositionConflict(
-            f"messages of {source_key} were landed concurrently by another run; nothing was stored "
-            "by this page, and the next try continues from the stored position"
+            f"{source_key}: this page collides with what is already stored (another run advanced "
+            "the position or landed these messages concurrently, or the source served an "
+            "already-landed position again); nothing of this page was stored and the stored "
+            "position did not move"
         ) from exc
     return len(rows)
 

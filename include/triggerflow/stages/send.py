@@ -28,6 +28,7 @@ from include.triggerflow.mailer import (
     HeaderInjectionError,
     InvalidAddressError,
     build_message,
+    check_header_value,
     message_id_for,
     validate_address,
 )
@@ -100,6 +101,15 @@ def send_chunk(
     routes = {r.name: r for r in routing.routes}
     profile_cols = [c.name for c in profiles.columns]
     with open_session() as mail:
+        # The session's From address and Message-ID domain are configuration, not data of one
+        # email: a mistake there must fail the task (rows stay pending for the retry once the
+        # connection is fixed), not mark every row of the chunk failed for good.
+        sender = validate_address(mail.sender)
+        from_name = mail.from_name
+        if from_name is not None:
+            check_header_value("From", from_name)
+        message_id_domain = mail.message_id_domain
+        message_id_for("0", message_id_domain)
         for row in rows:
             mapping = row._mapping
             profile = {c: mapping[c] for c in profile_cols}
@@ -109,10 +119,10 @@ def send_chunk(
                     raise TemplateRenderError(f"route {row.route!r} is no longer in the routing config")
                 rendered = renderer.render(route, build_context(profile=profile, event=parse_envelope(row.payload), route=route))
                 recipient = validate_address(row.recipient)
-                message_id = message_id_for(row.idempotency_key, mail.message_id_domain)
+                message_id = message_id_for(row.idempotency_key, message_id_domain)
                 message = build_message(
-                    from_addr=mail.sender,
-                    from_name=mail.from_name,
+                    from_addr=sender,
+                    from_name=from_name,
                     to_addr=recipient,
                     subject=rendered.subject,
                     text=rendered.text,

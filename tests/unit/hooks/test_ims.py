@@ -1,0 +1,132 @@
+"""Tests for include.triggerflow.hooks.ims against the real Adobe emulator process.
+
+Token requests are counted on the emulator side (``/_emulator/stats``), so "cached" means the
+IMS endpoint really was not called again."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from include.triggerflow.hooks.ims import EXPIRY_MARGIN_S, AdobeImsHook, ImsAuthError, ImsToken
+
+
+def token_requests(emu) -> int:
+    return emu.client.stats()["token_requests"]
+
+
+def test_token_is_minted_once_and_shared_by_hook_instances(emu, adobe_conns) -> None:
+    first = AdobeImsHook()
+    token = first.get_token()
+    assert isinstance(token, str) and len(token) > 20
+    assert first.get_token() == token
+    assert first.get_conn() == token
+    second = AdobeImsHook()
+    assert second.get_token() == token
+    assert token_requests(emu) == 1
+    assert (first.token_requests, second.token_requests) == (1, 0)
+
+
+def test_minted_token_is_accepted_by_the_journal(emu, adobe_conns) -> None:
+    token = AdobeImsHook().get_token()
+    import requests
+
+    resp = requests.get(emu.client.journal_url, headers=emu.client.journal_headers(token), timeout=10)
+    assert resp.status_code == 204  # empty journal, but authorised
+
+
+def test_force_refresh_mints_a_new_token_and_caches_it(emu, adobe_conns) -> None:
+    hook = AdobeImsHook()
+    old = hook.get_token()
+    new = hook.get_token(force_refresh=True)
+    assert new != old
+    assert AdobeImsHook().get_token() == new
+    assert token_requests(emu) == 2
+
+
+def test_invalidate_drops_the_cached_token(emu, adobe_conns) -> None:
+    hook = AdobeImsHook()
+    old = hook.get_token()
+    hook.invalidate()
+    assert hook.get_token() != old
+    assert token_requests(emu) == 2
+
+
+def test_wrong_secret_names_client_id_and_secret(emu, adobe_conns) -> None:
+    adobe_conns(client_secret="not-the-secret")
+    with pytest.raises(ImsAuthError) as info:
+        AdobeImsHook().get_token()
+    message = str(info.value)
+    assert "401 invalid_client" in message
+    assert "client id (login)" in message and "client secret (password)" in message
+    assert "'adobe_ims'" in message
+    assert "not-the-secret" not in message
+    assert token_requests(emu) == 1
+    assert emu.client.stats()["tokens_issued"] == 0
+
+
+def test_empty_org_id_explains_like_pipelined(emu, adobe_conns) -> None:
+    adobe_conns(org_id="  ")
+    with pytest.raises(ImsAuthError, match="the subject must be a valid organization or client") as info:
+        _ = AdobeImsHook().org_id
+    assert "extra.org_id is empty" in str(info.value)
+
+
+def test_missing_password_and_host_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps(
+        {"conn_type": "http", "host": "http://127.0.0.1:9", "login": "cid", "extra": {"org_id": "O@AdobeOrg"}}
+    ))
+    with pytest.raises(ImsAuthError, match="has no password \\(the client secret\\)"):
+        AdobeImsHook().get_token()
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps({"conn_type": "http", "login": "cid", "password": "x"}))
+    with pytest.raises(ImsAuthError, match="has no host \\(the IMS base URL\\)"):
+        AdobeImsHook().get_token()
+
+
+def test_unreachable_ims_is_an_auth_error_naming_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps({
+        "conn_type": "http", "host": f"http://127.0.0.1:{port}", "login": "cid", "password": "secret-value",
+        "extra": {"org_id": "O@AdobeOrg"},
+    }))
+    with pytest.raises(ImsAuthError, match=f"IMS token request to http://127.0.0.1:{port}/ims/token/v3 failed"):
+        AdobeImsHook(timeout=2).get_token()
+
+
+def test_host_without_scheme_gets_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps(
+        {"conn_type": "http", "host": "ims-na1.adobelogin.com", "schema": "https", "login": "cid", "password": "x"}
+    ))
+    assert AdobeImsHook().base_url == "https://ims-na1.adobelogin.com"
+
+
+def test_token_repr_never_shows_the_token() -> None:
+    token = ImsToken(access_token="eyJhbGciOiJSUzI1NiJ9.very-secret-token", expires_at=1_900_000_000.0)
+    assert "very-secret-token" not in repr(token)
+    assert "eyJ" not in repr(token)
+    assert repr(token) == "ImsToken(expires_at=1900000000)"
+
+
+def test_token_usable_until_the_margin() -> None:
+    now = time.time()
+    token = ImsToken(access_token="t", expires_at=now + EXPIRY_MARGIN_S + 60)
+    assert token.usable(now)
+    assert not token.usable(now + 61)
+
+
+def test_tokens_are_cached_per_scope(emu, adobe_conns, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = AdobeImsHook().get_token()
+    monkeypatch.setenv("AIRFLOW_CONN_OTHER_IMS", json.dumps({
+        "conn_type": "http", "host": emu.base_url, "login": emu.client.client_id,
+        "password": emu.client.client_secret, "extra": {"org_id": emu.client.org_id, "scopes": "openid"},
+    }))
+    other = AdobeImsHook("other_ims").get_token()
+    assert other != first
+    assert AdobeImsHook("other_ims").get_token() == other
+    assert token_requests(emu) == 2

@@ -1,0 +1,285 @@
+"""Tests for include.triggerflow.stages.land: pull from the real emulator journal into the store.
+
+The source is the production JournalSource built by the adobe_triggers hook; a fake source is used
+only to interleave a competing puller between two pages (PositionConflict)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+import requests
+from sqlalchemy import update
+
+from devstack.messages import trigger_message
+from include.triggerflow.hooks.triggers import TriggerSourceHook
+from include.triggerflow.runtime import batch_ref
+from include.triggerflow.sources.base import Page, RawMessage
+from include.triggerflow.stages.land import BatchRef, LandResult, PositionConflict, land_batch, stored_positions
+from include.triggerflow.store.schema import batch, event, source_position
+
+from tests.unit.conftest import envelope_json
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def ref(minute: int = 0, run_id: str | None = None) -> BatchRef:
+    start = T0 + timedelta(minutes=minute)
+    return BatchRef(
+        dag_id="trigger_emails", run_id=run_id or f"scheduled__{start.isoformat()}", run_type="scheduled",
+        interval_start=start, interval_end=start + timedelta(minutes=1),
+    )
+
+
+def events_of(kit, batch_id: str) -> list[dict]:
+    return kit.rows(event, event.c.batch_id == batch_id, order_by=event.c.event_id)
+
+
+def journal_requests(emu) -> int:
+    return emu.client.stats()["journal_requests"]
+
+
+# -- BatchRef ----------------------------------------------------------------------------------------
+def test_batch_id_is_keyed_on_the_data_interval() -> None:
+    assert ref(0).batch_id == "trigger_emails/2026-03-01T12:00:00Z/2026-03-01T12:01:00Z"
+    # the run id does not matter when there is an interval: a re-triggered run finds the same batch
+    assert ref(0, run_id="manual__again").batch_id == ref(0).batch_id
+
+
+def test_batch_id_normalises_intervals_to_utc() -> None:
+    paris = timezone(timedelta(hours=1))
+    aware = BatchRef("d", "r", interval_start=datetime(2026, 3, 1, 13, 0, tzinfo=paris),
+                     interval_end=datetime(2026, 3, 1, 13, 1, tzinfo=paris))
+    naive = BatchRef("d", "r", interval_start=datetime(2026, 3, 1, 12, 0), interval_end=datetime(2026, 3, 1, 12, 1))
+    assert aware.batch_id == naive.batch_id == "d/2026-03-01T12:00:00Z/2026-03-01T12:01:00Z"
+
+
+def test_batch_id_without_interval_is_the_run() -> None:
+    assert BatchRef("trigger_emails", "manual__2026-03-01T12:00:05").batch_id == "trigger_emails/run/manual__2026-03-01T12:00:05"
+    half = BatchRef("trigger_emails", "manual__x", interval_start=T0, interval_end=None)
+    assert half.batch_id == "trigger_emails/run/manual__x"
+
+
+def test_runtime_batch_ref_reads_the_context() -> None:
+    dag_run = SimpleNamespace(dag_id="trigger_emails", run_id="scheduled__1", run_type=SimpleNamespace(value="scheduled"),
+                              data_interval_start=None, data_interval_end=None)
+    with_interval = batch_ref({"dag_run": dag_run, "data_interval_start": T0, "data_interval_end": "2026-03-01T12:01:00+00:00"})
+    assert with_interval == BatchRef("trigger_emails", "scheduled__1", "scheduled", T0, T0 + timedelta(minutes=1))
+    # a manual run of Airflow 3 may have no interval at all: its own batch
+    manual = SimpleNamespace(dag_id="trigger_emails", run_id="manual__2", run_type=None)
+    assert batch_ref({"dag_run": manual}).batch_id == "trigger_emails/run/manual__2"
+
+
+def test_land_result_as_xcom() -> None:
+    result = LandResult(batch_id="b", pulled=3, newly_landed=2, reused=False, bytes_read=99)
+    assert result.as_xcom() == {"batch_id": "b", "pulled": 3, "newly_landed": 2, "reused": False}
+
+
+# -- against the emulator ----------------------------------------------------------------------------
+def test_first_pull_lands_everything_and_advances_the_position(emu, adobe_conns, publisher: Callable, kit) -> None:
+    published = publisher(3, shopper_id="SHOP-ADA")
+    journal = requests.get(emu.client.journal_url, headers=emu.client.journal_headers(), timeout=10).json()
+    source = TriggerSourceHook().get_source()
+
+    result = land_batch(kit.engine, source, ref(0))
+
+    assert (result.batch_id, result.pulled, result.newly_landed, result.reused) == (ref(0).batch_id, 3, 3, False)
+    assert result.bytes_read > 0
+    assert stored_positions(kit.engine, source.source_key) == {0: journal["_page"]["last"]}
+    assert journal["_page"]["last"] == published[-1]
+    rows = events_of(kit, result.batch_id)
+    assert [r["src_position"] for r in rows] == published
+    assert {r["status"] for r in rows} == {"landed"}
+    assert {r["source"] for r in rows} == {source.source_key}
+    envelopes = [e["event"]["event"] for e in journal["events"]]
+    assert [r["message_id"] for r in rows] == [
+        env["com.adobe.mcloud.pipeline.pipelineMessage"]["header"]["messageId"] for env in envelopes
+    ]
+    assert [json.loads(r["payload"]) for r in rows] == envelopes
+    assert all(r["trigger_id"] == "5c2c6a3e-2b8f-4d6e-9a51-7f0d3c9b1a01" and r["trigger_ts"] > 0 for r in rows)
+    [batch_row] = kit.rows(batch, batch.c.batch_id == result.batch_id)
+    assert (batch_row["state"], batch_row["pulled"], batch_row["run_type"]) == ("landed", 3, "scheduled")
+    assert batch_row["landed_at"] is not None
+
+
+def test_second_land_of_the_same_batch_reuses_it_without_calling_the_journal(emu, adobe_conns, publisher: Callable, kit) -> None:
+    publisher(2)
+    first = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
+    publisher(2)  # newer events must not sneak into the frozen batch
+    requests_before = journal_requests(emu)
+
+    again = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
+
+    assert (again.batch_id, again.pulled, again.newly_landed, again.reused) == (first.batch_id, 2, 0, True)
+    assert journal_requests(emu) == requests_before
+    assert len(events_of(kit, first.batch_id)) == 2
+
+
+def test_a_new_batch_pulls_only_what_is_new(emu, adobe_conns, publisher: Callable, kit) -> None:
+    old = publisher(2)
+    land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
+    new = publisher(3)
+
+    result = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(1))
+
+    assert (result.pulled, result.newly_landed, result.reused) == (3, 3, False)
+    assert [r["src_position"] for r in events_of(kit, result.batch_id)] == new
+    assert [r["src_position"] for r in events_of(kit, ref(0).batch_id)] == old
+    # and a batch with nothing new is landed empty
+    empty = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(2))
+    assert (empty.pulled, empty.newly_landed) == (0, 0)
+    assert kit.rows(batch, batch.c.batch_id == empty.batch_id)[0]["state"] == "landed"
+
+
+def test_max_messages_bounds_a_batch_and_the_next_continues_without_gap_or_repeat(
+    emu, adobe_conns, publisher: Callable, kit
+) -> None:
+    adobe_conns(page_limit=2)
+    published = publisher(7)
+    landed: list[list[str]] = []
+    for minute in range(4):
+        result = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(minute), max_messages=3)
+        landed.append([r["src_position"] for r in events_of(kit, result.batch_id)])
+    assert [len(b) for b in landed] == [3, 3, 1, 0]
+    flat = [p for b in landed for p in b]
+    assert flat == published  # in order: no gap, no repeat
+    assert len(set(flat)) == len(flat)
+    assert emu.client.stats()["events_served"] == 7  # nothing was read twice from the journal
+
+
+class CrashAfterFirstPage:
+    """The real source, but the task 'dies' after landing its first page."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.source_key = real.source_key
+        self.endpoint = real.endpoint
+
+    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        pages = self.real.read(positions, max_messages)
+        yield next(pages)
+        raise RuntimeError("task killed")
+
+
+def test_a_batch_left_pulling_is_resumed_by_the_retry(emu, adobe_conns, publisher: Callable, kit) -> None:
+    adobe_conns(page_limit=2)
+    published = publisher(6)
+    with pytest.raises(RuntimeError, match="task killed"):
+        land_batch(kit.engine, CrashAfterFirstPage(TriggerSourceHook().get_source()), ref(0), max_messages=5)
+    assert kit.rows(batch, batch.c.batch_id == ref(0).batch_id)[0]["state"] == "pulling"
+    assert [r["src_position"] for r in events_of(kit, ref(0).batch_id)] == published[:2]
+
+    retry = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0), max_messages=5)
+
+    # resumes from the stored position, and the bound counts what the first try landed
+    assert (retry.pulled, retry.newly_landed, retry.reused) == (5, 3, False)
+    assert [r["src_position"] for r in events_of(kit, ref(0).batch_id)] == published[:5]
+    assert kit.rows(batch, batch.c.batch_id == ref(0).batch_id)[0]["state"] == "landed"
+
+
+def test_malformed_events_are_landed_not_refused(emu, adobe_conns, kit) -> None:
+    """Landing never judges content: junk is stored for validate to quarantine, and never crashes
+    the pull (a crash here would block the source at this position forever)."""
+    odd_ts = trigger_message(trigger_id="t", shopper_id="S")
+    odd_ts["message"]["triggerTimestamp"] = "--5"
+    super_ts = trigger_message(trigger_id="t", shopper_id="S")
+    super_ts["message"]["triggerTimestamp"] = "²"
+    emu.client.publish([odd_ts, super_ts])
+    emu.client.inject_raw(["not json at all", {"envelopeType": "DATA"}, [1, 2]])
+
+    result = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
+
+    rows = events_of(kit, result.batch_id)
+    assert result.newly_landed == 5
+    assert [r["trigger_ts"] for r in rows] == [None] * 5
+    assert rows[2]["payload"] == "not json at all"
+    assert [r["message_id"] is None for r in rows] == [False, False, True, True, True]
+
+
+# -- competing pullers (fake source) -----------------------------------------------------------------
+class ScriptedSource:
+    """Yields prepared pages; ``between`` runs after each yielded page (e.g. another puller)."""
+
+    source_key = "test:scripted"
+    endpoint = "memory://scripted"
+
+    def __init__(self, pages: list[Page], between: Callable[[int], None] | None = None) -> None:
+        self.pages = pages
+        self.between = between
+        self.asked: list[tuple[dict[int, str], int]] = []
+
+    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        self.asked.append((dict(positions), max_messages))
+        for index, page in enumerate(self.pages):
+            yield page
+            if self.between is not None:
+                self.between(index)
+
+
+def page(*positions: str, partition: int = 0) -> Page:
+    return Page(
+        messages=[RawMessage(partition=partition, position=p, payload=envelope_json(offset=i)) for i, p in enumerate(positions)],
+        next_positions={partition: positions[-1]},
+    )
+
+
+def test_position_moved_by_another_puller_is_a_conflict_and_the_page_is_not_stored(kit) -> None:
+    def other_puller(index: int) -> None:
+        if index == 0:
+            with kit.engine.begin() as conn:
+                conn.execute(
+                    update(source_position)
+                    .where(source_position.c.source == ScriptedSource.source_key)
+                    .values(position="p9")
+                )
+
+    source = ScriptedSource([page("p1", "p2"), page("p3", "p4")], between=other_puller)
+    with pytest.raises(PositionConflict, match="moved from 'p2'"):
+        land_batch(kit.engine, source, ref(0))
+
+    assert [r["src_position"] for r in events_of(kit, ref(0).batch_id)] == ["p1", "p2"]
+    assert kit.count(event, event.c.src_position.in_(["p3", "p4"])) == 0
+    assert stored_positions(kit.engine, ScriptedSource.source_key) == {0: "p9"}
+    assert kit.rows(batch, batch.c.batch_id == ref(0).batch_id)[0]["state"] == "pulling"
+
+
+def test_first_read_of_a_partition_conflicts_when_another_puller_inserted_it(kit) -> None:
+    source = ScriptedSource([page("p1", "p2")])
+    original_read = source.read
+
+    def racing_read(positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        # after we read the (empty) positions, another puller lands the first page of partition 0
+        with kit.engine.begin() as conn:
+            conn.execute(source_position.insert().values(
+                source=ScriptedSource.source_key, partition=0, position="p2", updated_at=datetime.now(timezone.utc)
+            ))
+        yield from original_read(positions, max_messages)
+
+    source.read = racing_read  # type: ignore[method-assign]
+    with pytest.raises(PositionConflict, match=r"test:scripted\b.*\bstored\b"):  # names the source, says what was kept
+        land_batch(kit.engine, source, ref(0))
+    assert kit.count(event) == 0
+    assert stored_positions(kit.engine, ScriptedSource.source_key) == {0: "p2"}
+
+
+def test_messages_already_landed_elsewhere_are_a_conflict(kit) -> None:
+    land_batch(kit.engine, ScriptedSource([page("p1", "p2")]), ref(0))
+    # a source that ignores the stored position and serves p2 again
+    assert stored_positions(kit.engine, ScriptedSource.source_key) == {0: "p2"}
+    replay = ScriptedSource([Page(messages=page("p2", "p3").messages, next_positions={})])
+    with pytest.raises(PositionConflict, match=r"test:scripted\b.*\bstored\b"):
+        land_batch(kit.engine, replay, ref(1))
+    assert kit.count(event, event.c.batch_id == ref(1).batch_id) == 0
+    assert kit.count(event) == 2
+
+
+def test_max_messages_passed_to_the_source_accounts_for_already_landed(kit) -> None:
+    kit.add_batch(ref(0).batch_id, state="pulling", source=ScriptedSource.source_key)
+    kit.add_event(ref(0).batch_id, envelope_json(), status="landed", source="other")
+    source = ScriptedSource([])
+    result = land_batch(kit.engine, source, ref(0), max_messages=10)
+    assert source.asked == [({}, 9)]
+    assert (result.pulled, result.newly_landed, result.reused) == (1, 0, False)

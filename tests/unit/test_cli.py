@@ -1,0 +1,146 @@
+"""Tests for include.triggerflow.cli, run as a real ``python -m include.triggerflow.cli`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy import inspect, insert
+
+from include.triggerflow.store.schema import quarantine, run_summary
+
+from tests.unit.conftest import envelope_json
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+HEADER = "customer_id,email,first_name,shopper_id,opted_out"
+
+
+def cli(store_url: str | None, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "include.triggerflow.cli"]
+    if store_url is not None:
+        command += ["--db-url", store_url]
+    return subprocess.run(
+        [*command, *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_init_db_creates_the_tables(store_url: str) -> None:
+    done = cli(store_url, "init-db")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("store ready at ")
+    from include.triggerflow.store.db import get_engine
+
+    assert {"tf_event", "tf_send", "tf_run_summary", "profiles"} <= set(inspect(get_engine(store_url)).get_table_names())
+
+
+def test_db_url_from_the_environment(store_url: str) -> None:
+    done = cli(None, "init-db", env={"TRIGGERFLOW_DB_URL": store_url})
+    assert done.returncode == 0, done.stderr
+    from include.triggerflow.store.db import get_engine
+
+    assert "tf_batch" in inspect(get_engine(store_url)).get_table_names()
+
+
+def test_load_profiles_prints_counts(kit, store_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "profiles.csv"
+    csv.write_text(f"{HEADER}\nC1,ada@example.com,Ada,SHOP-ADA,\nC2,grace@example.com,Grace,SHOP-GRACE,no\n")
+
+    done = cli(store_url, "load-profiles", str(csv))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"profiles loaded from {csv}: 2 new, 0 updated"
+    assert done.stderr == ""
+    from include.triggerflow.store.schema import profiles
+
+    assert kit.count(profiles) == 2
+    again = cli(store_url, "load-profiles", str(csv))
+    assert again.stdout.strip() == f"profiles loaded from {csv}: 0 new, 2 updated"
+
+
+def test_bad_csv_exits_2_with_the_error_on_stderr(kit, store_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "bad.csv"
+    csv.write_text(f"{HEADER}\nC1,ada@example.com,Ada,SHOP-ADA,\nC2,not-an-email,Grace,SHOP-GRACE,\n")
+
+    done = cli(store_url, "load-profiles", str(csv))
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: {csv}: 1 bad row(s), nothing was loaded:")
+    assert "bad.csv line 3: email 'not-an-email' is not a valid address" in done.stderr
+    from include.triggerflow.store.schema import profiles
+
+    assert kit.count(profiles) == 0
+
+
+def test_skip_bad_rows_loads_the_rest_and_lists_skips(kit, store_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "mixed.csv"
+    csv.write_text(f"{HEADER}\nC1,ada@example.com,Ada,SHOP-ADA,\nC2,not-an-email,Grace,SHOP-GRACE,\n")
+
+    done = cli(store_url, "load-profiles", "--skip-bad-rows", str(csv))
+
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"profiles loaded from {csv}: 1 new, 0 updated"
+    assert done.stderr.strip() == "skipped: mixed.csv line 3: email 'not-an-email' is not a valid address"
+
+
+def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
+    empty = cli(store_url, "runs")
+    assert empty.returncode == 0
+    assert empty.stdout.splitlines() == [
+        "batch_id\tpulled\tvalid\tquarantined\tmatched\tunmatched\tignored\tsent\tsuppressed\tfailed\tbalanced"
+    ]
+    with kit.engine.begin() as conn:
+        for batch_id, minute, balanced in (("b-old", 1, True), ("b-new", 2, False)):
+            conn.execute(insert(run_summary).values(
+                batch_id=batch_id, dag_id="trigger_emails", run_id=f"run-{batch_id}", pulled=9, valid=5,
+                quarantined=4, matched=3, unmatched=1, ignored=1, sent=2, suppressed=1, failed=0, duplicate=0,
+                pending=0, balanced=balanced, oldest_sent_age_s=1.5, counts="{}",
+                reported_at=datetime(2026, 3, 1, 12, minute, tzinfo=timezone.utc),
+            ))
+
+    done = cli(store_url, "runs")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\tFalse",
+        "b-old\t9\t5\t4\t3\t1\t1\t2\t1\t0\tTrue",
+    ]
+    assert cli(store_url, "runs", "--limit", "1").stdout.splitlines()[1:] == ["b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\tFalse"]
+
+
+def test_quarantine_prints_one_json_line_per_event(kit, store_url: str) -> None:
+    kit.add_batch("b1")
+    kit.add_batch("b2")
+    first = kit.add_event("b1", "not even an object", status="quarantined")
+    second = kit.add_event("b2", envelope_json(shopper_id=None), status="quarantined")
+    reasons = {
+        first: [{"expectation": "expect_column_values_to_be_null", "column": "parse_error", "value": "payload is not valid JSON"}],
+        second: [{"expectation": "expect_column_values_to_not_be_null", "column": "identity", "value": None}],
+    }
+    with kit.engine.begin() as conn:
+        for eid, batch_id in ((first, "b1"), (second, "b2")):
+            conn.execute(insert(quarantine).values(
+                event_id=eid, batch_id=batch_id, reasons=json.dumps(reasons[eid]), quarantined_at=datetime.now(timezone.utc),
+            ))
+
+    done = cli(store_url, "quarantine")
+
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines == [
+        {"event_id": first, "batch_id": "b1", "position": "pos-000001", "reasons": reasons[first]},
+        {"event_id": second, "batch_id": "b2", "position": "pos-000002", "reasons": reasons[second]},
+    ]
+    only_b2 = cli(store_url, "quarantine", "--batch", "b2")
+    assert [json.loads(line)["event_id"] for line in only_b2.stdout.splitlines()] == [second]
+
+
+def test_a_command_is_required(store_url: str) -> None:
+    done = cli(store_url)
+    assert done.returncode == 2
+    assert "the following arguments are required: command" in done.stderr

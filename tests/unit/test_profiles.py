@@ -1,0 +1,165 @@
+"""Tests for include.triggerflow.profiles: CSV -> profiles table, all-or-nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from include.triggerflow.profiles import CSV_COLUMNS, LoadResult, ProfileCsvError, load_profiles_csv, read_csv
+from include.triggerflow.store.schema import profiles
+
+HEADER = "customer_id,email,first_name,last_name,locale,timezone,shopper_id,ecid,declared_id,opted_out"
+GOOD_ROWS = [
+    "C1,ada@example.com,Ada,Lovelace,en_GB,Europe/London,SHOP-ADA,,,false",
+    "C2,grace@example.com,Grace,Hopper,en-US,America/New_York,SHOP-GRACE,12345678901234567890123456789012345678,CRM-2,no",
+    "C3,donald@example.com,Donald,Knuth,fr,,SHOP-OPTOUT,,,YES",
+]
+
+
+def write_csv(tmp_path: Path, *lines: str, name: str = "profiles.csv") -> Path:
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def by_id(kit) -> dict[str, dict]:
+    return {r["customer_id"]: r for r in kit.rows(profiles)}
+
+
+def test_good_csv_loads_then_updates(kit, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, HEADER, *GOOD_ROWS)
+
+    result = load_profiles_csv(kit.engine, path)
+
+    assert result == LoadResult(inserted=3, updated=0, skipped=[])
+    rows = by_id(kit)
+    assert set(rows) == {"C1", "C2", "C3"}
+    c1 = rows["C1"]
+    assert (c1["email"], c1["first_name"], c1["locale"], c1["timezone"], c1["shopper_id"]) == (
+        "ada@example.com", "Ada", "en_GB", "Europe/London", "SHOP-ADA"
+    )
+    assert (c1["ecid"], c1["declared_id"], c1["opted_out"]) == (None, None, False)  # blanks are NULL
+    assert (rows["C2"]["ecid"], rows["C2"]["declared_id"], rows["C2"]["opted_out"]) == ("1234567890" * 3 + "12345678", "CRM-2", False)
+    assert rows["C3"]["opted_out"] is True and rows["C3"]["timezone"] is None
+
+    # second load: C1 changed, C4 new, C2/C3 unchanged but present
+    path2 = write_csv(
+        tmp_path, HEADER, "C1,ada.lovelace@example.com,Ada,Byron,en_GB,Europe/London,SHOP-ADA,,,true",
+        *GOOD_ROWS[1:], "C4,alan@example.com,Alan,Turing,en,,SHOP-ALAN,,,", name="second.csv",
+    )
+    assert load_profiles_csv(kit.engine, path2) == LoadResult(inserted=1, updated=3, skipped=[])
+    rows = by_id(kit)
+    assert len(rows) == 4
+    assert (rows["C1"]["email"], rows["C1"]["last_name"], rows["C1"]["opted_out"]) == ("ada.lovelace@example.com", "Byron", True)
+    assert rows["C1"]["updated_at"] is not None
+    assert rows["C4"]["opted_out"] is False
+
+
+def test_columns_in_any_order_with_only_the_required_ones(kit, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, " email , customer_id ", "ada@example.com,C1")
+    assert load_profiles_csv(kit.engine, path).inserted == 1
+    assert by_id(kit)["C1"]["email"] == "ada@example.com"
+
+
+def test_columns_absent_from_the_file_are_left_unchanged_on_update(kit, tmp_path: Path) -> None:
+    load_profiles_csv(kit.engine, write_csv(tmp_path, HEADER, *GOOD_ROWS))
+    # An email-only update of C2 and C3 must keep their shopper ids, ecid and opt-out.
+    update = write_csv(tmp_path, "customer_id,email", "C2,g.hopper@example.com", "C3,dk@example.com", name="emails.csv")
+    assert load_profiles_csv(kit.engine, update) == LoadResult(inserted=0, updated=2, skipped=[])
+    rows = by_id(kit)
+    assert (rows["C2"]["email"], rows["C2"]["shopper_id"], rows["C2"]["declared_id"]) == ("g.hopper@example.com", "SHOP-GRACE", "CRM-2")
+    assert (rows["C3"]["email"], rows["C3"]["opted_out"], rows["C3"]["first_name"]) == ("dk@example.com", True, "Donald")
+
+
+def test_utf8_bom_and_quoted_fields(kit, tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes(("\ufeff" + HEADER + '\nC1,ada@example.com,"Ada, Countess",Lovelace,,,,,,\n').encode("utf-8"))
+    assert load_profiles_csv(kit.engine, path).inserted == 1
+    assert by_id(kit)["C1"]["first_name"] == "Ada, Countess"
+
+
+BAD_ROW_CASES = [
+    ("bad-email", "C9,not-an-email,X,,,,,,,", "line 3: email 'not-an-email' is not a valid address"),
+    ("empty-customer-id", " ,nine@example.com,X,,,,,,,", "line 3: customer_id is empty"),
+    ("empty-email", "C9,,X,,,,,,,", "line 3: email is empty"),
+    ("bad-timezone", "C9,nine@example.com,X,,,Mars/Olympus,,,,", "line 3: timezone 'Mars/Olympus' is not an IANA time zone name"),
+    ("bad-opted-out", "C9,nine@example.com,X,,,,,,,maybe", "line 3: opted_out 'maybe' is not true/false"),
+    ("bad-locale", "C9,nine@example.com,X,,english!,,,,,", "line 3: locale 'english!' is not like 'en' or 'en_US'"),
+    ("duplicate-customer-id", "C1,other@example.com,X,,,,,,,", "line 3: customer_id 'C1' already on line 2"),
+    ("extra-fields", "C9,nine@example.com,X,,,,,,,,surprise", "line 3: 11 fields, the header has 10"),
+]
+
+
+@pytest.mark.parametrize(("row", "problem"), [c[1:] for c in BAD_ROW_CASES], ids=[c[0] for c in BAD_ROW_CASES])
+def test_a_bad_row_names_file_line_and_problem_and_nothing_is_written(kit, tmp_path: Path, row: str, problem: str) -> None:
+    kit.add_profiles({"customer_id": "C0", "email": "zero@example.com"})
+    path = write_csv(tmp_path, HEADER, GOOD_ROWS[0], row)
+    before = by_id(kit)
+
+    with pytest.raises(ProfileCsvError) as info:
+        load_profiles_csv(kit.engine, path)
+
+    assert len(info.value.errors) == 1
+    assert info.value.errors[0].startswith(f"profiles.csv {problem}")
+    message = str(info.value)
+    assert message.startswith(f"{path}: 1 bad row(s), nothing was loaded:")
+    assert f"profiles.csv {problem}" in message
+    assert by_id(kit) == before  # C1 (a good row) was not written either
+
+
+def test_every_bad_row_is_reported_at_once(kit, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, HEADER, "C1,bad,,,,,,,,", GOOD_ROWS[1], "C3,x@y.z,,,,Nowhere/Land,,,,perhaps")
+    with pytest.raises(ProfileCsvError) as info:
+        load_profiles_csv(kit.engine, path)
+    assert info.value.errors == [
+        "profiles.csv line 2: email 'bad' is not a valid address",
+        "profiles.csv line 4: timezone 'Nowhere/Land' is not an IANA time zone name (e.g. Europe/Paris)",
+        "profiles.csv line 4: opted_out 'perhaps' is not true/false",
+    ]
+    assert kit.count(profiles) == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (HEADER + ",loyalty_tier", "unknown column(s) loyalty_tier (expected: " + ", ".join(CSV_COLUMNS) + ")"),
+        ("customer_id,first_name", "missing column(s) email"),
+        ("first_name,e-mail", "missing column(s) customer_id, email; unknown column(s) e-mail"),
+    ],
+    ids=["unknown-column", "missing-email", "missing-and-unknown"],
+)
+def test_bad_header_is_refused(kit, tmp_path: Path, header: str, problem: str) -> None:
+    path = write_csv(tmp_path, header, "C1,ada@example.com")
+    with pytest.raises(ProfileCsvError) as info:
+        load_profiles_csv(kit.engine, path)
+    assert info.value.errors[0].startswith(f"{path} line 1 (header): {problem}")
+    assert kit.count(profiles) == 0
+
+
+def test_missing_file(kit, tmp_path: Path) -> None:
+    with pytest.raises(ProfileCsvError, match="no such file"):
+        load_profiles_csv(kit.engine, tmp_path / "nope.csv")
+
+
+def test_skip_bad_rows_loads_the_good_ones_and_lists_the_rest(kit, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, HEADER, GOOD_ROWS[0], "C9,not-an-email,,,,,,,,", GOOD_ROWS[1], "C1,dup@example.com,,,,,,,,")
+
+    result = load_profiles_csv(kit.engine, path, skip_bad_rows=True)
+
+    assert (result.inserted, result.updated) == (2, 0)
+    assert result.skipped == [
+        "profiles.csv line 3: email 'not-an-email' is not a valid address",
+        "profiles.csv line 5: customer_id 'C1' already on line 2",
+    ]
+    assert set(by_id(kit)) == {"C1", "C2"}
+    assert by_id(kit)["C1"]["email"] == "ada@example.com"  # the first C1 wins, the duplicate is skipped
+
+
+def test_read_csv_strips_values(tmp_path: Path) -> None:
+    rows, errors = read_csv(write_csv(tmp_path, HEADER, "  C1 , ada@example.com ,  Ada ,,,,,,,  TRUE "))
+    assert errors == []
+    assert rows == [{
+        "customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "last_name": None, "locale": None,
+        "timezone": None, "shopper_id": None, "ecid": None, "declared_id": None, "opted_out": True,
+    }]
