@@ -23,12 +23,24 @@ class RawMessage:
     payload: str  # the message as received (pipeline envelope JSON text)
 
 
+@dataclass(frozen=True)
+class Gap:
+    """The source resumed somewhere else than asked: messages in between are not coming."""
+
+    partition: int
+    expected: str | None  # the position we asked for (None when nothing was stored)
+    resumed: str  # where the source actually resumed
+    reason: str
+
+
 @dataclass
 class Page:
     messages: list[RawMessage]
     # Positions to store once this page is landed: partition -> position to read *after*.
     next_positions: dict[int, str] = field(default_factory=dict)
     bytes_read: int = 0
+    # Reported with the page, in the same transaction: a gap is never silent.
+    gaps: list[Gap] = field(default_factory=list)
 
 
 class TriggerSource(Protocol):

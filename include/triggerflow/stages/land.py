@@ -23,7 +23,14 @@ from sqlalchemy.exc import IntegrityError
 
 from include.triggerflow.events import as_int, parse_envelope
 from include.triggerflow.sources.base import Page, TriggerSource
-from include.triggerflow.store.schema import batch, event, source_position
+from include.triggerflow.store.schema import (
+    batch,
+    event,
+    source_gap,
+    source_health,
+    source_hourly,
+    source_position,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,12 +133,19 @@ def land_batch(
     newly = 0
     bytes_read = 0
     positions = stored_positions(engine, source.source_key)
-    for page in source.read(positions, max(max_messages - already, 0)):
-        landed = _land_page(engine, source.source_key, batch_id, page, positions)
-        positions.update(page.next_positions)
-        newly += landed
-        bytes_read += page.bytes_read
-        log.info("landed %d messages (batch total %d)", landed, already + newly)
+    try:
+        for page in source.read(positions, max(max_messages - already, 0)):
+            landed = _land_page(engine, source, batch_id, page, positions)
+            positions.update(page.next_positions)
+            newly += landed
+            bytes_read += page.bytes_read
+            log.info("landed %d messages (batch total %d)", landed, already + newly)
+    except PositionConflict:
+        raise
+    except Exception as exc:
+        record_source_failure(engine, source, exc)
+        raise
+    record_source_alive(engine, source)
 
     with engine.begin() as conn:
         conn.execute(
@@ -149,9 +163,8 @@ def _count_events(engine: Engine, batch_id: str) -> int:
         return int(conn.execute(select(func.count()).select_from(event).where(event.c.batch_id == batch_id)).scalar_one())
 
 
-def _land_page(
-    engine: Engine, source_key: str, batch_id: str, page: Page, expected: Mapping[int, str]
-) -> int:
+def _land_page(engine: Engine, source: TriggerSource, batch_id: str, page: Page, expected: Mapping[int, str]) -> int:
+    source_key = source.source_key
     received_at = _now()
     rows = []
     for msg in page.messages:
@@ -176,6 +189,28 @@ def _land_page(
                 _advance(conn, source_key, partition, expected.get(partition), new_position)
             if rows:
                 conn.execute(insert(event), rows)
+            for gap in page.gaps:
+                log.warning(
+                    "%s partition %d: asked for %s, the source resumed at %s (%s)",
+                    source_key, gap.partition, gap.expected, gap.resumed, gap.reason,
+                )
+                conn.execute(
+                    insert(source_gap).values(
+                        source=source_key,
+                        partition=gap.partition,
+                        expected_position=gap.expected,
+                        resumed_position=gap.resumed,
+                        reason=gap.reason,
+                        batch_id=batch_id,
+                        detected_at=received_at,
+                    )
+                )
+            _bump_health(
+                conn, source, alive=True, bytes_read=page.bytes_read, messages=len(rows),
+                flushes=1 if page.next_positions else 0,
+            )
+            if rows:
+                _bump_hourly(conn, source_key, received_at, len(rows))
     except IntegrityError as exc:
         raise PositionConflict(
             f"{source_key}: this page collides with what is already stored (another run advanced "
@@ -184,6 +219,67 @@ def _land_page(
             "position did not move"
         ) from exc
     return len(rows)
+
+
+def _bump_health(
+    conn,
+    source: TriggerSource,
+    *,
+    alive: bool = False,
+    error: str | None = None,
+    bytes_read: int = 0,
+    messages: int = 0,
+    flushes: int = 0,
+) -> None:
+    """Counters and last contact per source, for the pipelined-style status document."""
+    now = _now()
+    row = conn.execute(select(source_health).where(source_health.c.source == source.source_key)).mappings().first()
+    values: dict[str, object] = {"endpoint": getattr(source, "endpoint", None), "updated_at": now}
+    if alive:
+        values["last_alive_at"] = now
+    if error is not None:
+        values["last_failed_at"] = now
+        values["last_error"] = error[:1000]
+    if row is None:
+        conn.execute(
+            insert(source_health).values(
+                source=source.source_key, bytes_read=bytes_read, messages_received=messages,
+                pointer_flushes=flushes, **values,
+            )
+        )
+    else:
+        conn.execute(
+            update(source_health)
+            .where(source_health.c.source == source.source_key)
+            .values(
+                bytes_read=row["bytes_read"] + bytes_read,
+                messages_received=row["messages_received"] + messages,
+                pointer_flushes=row["pointer_flushes"] + flushes,
+                **values,
+            )
+        )
+
+
+def _bump_hourly(conn, source_key: str, at: datetime, messages: int) -> None:
+    hour = at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    where = and_(source_hourly.c.source == source_key, source_hourly.c.hour == hour)
+    done = conn.execute(update(source_hourly).where(where).values(messages=source_hourly.c.messages + messages))
+    if done.rowcount == 0:
+        conn.execute(insert(source_hourly).values(source=source_key, hour=hour, messages=messages))
+
+
+def record_source_alive(engine: Engine, source: TriggerSource) -> None:
+    with engine.begin() as conn:
+        _bump_health(conn, source, alive=True)
+
+
+def record_source_failure(engine: Engine, source: TriggerSource, exc: BaseException) -> None:
+    """Best effort: the failure being reported must not be hidden by a failing store."""
+    try:
+        with engine.begin() as conn:
+            _bump_health(conn, source, error=f"{exc.__class__.__name__}: {exc}")
+    except Exception:  # noqa: BLE001 - the original exception is re-raised by the caller
+        log.exception("could not record the source failure in tf_source_health")
 
 
 def _advance(conn, source_key: str, partition: int, old: str | None, new: str) -> None:

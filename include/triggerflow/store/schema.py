@@ -11,6 +11,10 @@ writes its output here; XCom only ever carries ids and counts.
     tf_send              the send ledger: one row per email, unique idempotency key, written
                          before the SMTP transaction
     tf_run_summary       the report: counts, their balance, latency
+    tf_source_health     per source: last successful/failed contact, host, bytes, pointer flushes
+    tf_source_gap        every time a source resumed past where we asked (retention, reset)
+    tf_source_hourly     messages received per source per hour (Campaign's 5-day report)
+    tf_ims_token         IMS access tokens shared by tasks and runs, encrypted
     profiles             the customers (default schema; see README "Profiles")
 """
 
@@ -168,6 +172,53 @@ run_summary = Table(
     Column("oldest_sent_age_s", Float),
     Column("counts", Text, nullable=False),  # the full JSON report
     Column("reported_at", DateTime(timezone=True), nullable=False),
+)
+
+source_health = Table(
+    "tf_source_health",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("endpoint", String(500)),  # the host actually read (pipelined's `pipeline-host`)
+    Column("last_alive_at", DateTime(timezone=True)),
+    Column("last_failed_at", DateTime(timezone=True)),
+    Column("last_error", Text),
+    Column("bytes_read", BigInteger, nullable=False, default=0),
+    Column("messages_received", BigInteger, nullable=False, default=0),
+    Column("pointer_flushes", BigInteger, nullable=False, default=0),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+source_gap = Table(
+    "tf_source_gap",
+    metadata,
+    Column("gap_id", BigId, primary_key=True, autoincrement=True),
+    Column("source", String(200), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("expected_position", String(200)),  # where we asked to read from (None: nothing stored)
+    Column("resumed_position", String(200), nullable=False),  # where the source actually resumed
+    Column("reason", Text, nullable=False),
+    Column("batch_id", String(250)),
+    Column("detected_at", DateTime(timezone=True), nullable=False),
+)
+
+source_hourly = Table(
+    "tf_source_hourly",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    Column("hour", DateTime(timezone=True), primary_key=True),  # UTC, truncated to the hour
+    Column("messages", BigInteger, nullable=False),
+)
+
+ims_token = Table(
+    "tf_ims_token",
+    metadata,
+    # sha256 of (IMS URL, client id, scopes, auth mode): never the client id itself in clear
+    Column("cache_key", String(64), primary_key=True),
+    # Fernet ciphertext; the key is derived from the client secret, which only lives in the
+    # connection, so a reader of the store alone cannot use the token.
+    Column("ciphertext", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("minted_at", DateTime(timezone=True), nullable=False),
 )
 
 profiles = Table(
