@@ -72,6 +72,11 @@ def test_empty_org_id_explains_like_pipelined(emu, adobe_conns) -> None:
     with pytest.raises(ImsAuthError, match="the subject must be a valid organization or client") as info:
         _ = AdobeImsHook().org_id
     assert "extra.org_id is empty" in str(info.value)
+    # checked before any request, not only when a source asks for the org id
+    hook = AdobeImsHook()
+    with pytest.raises(ImsAuthError, match="connection 'adobe_ims': extra.org_id is empty"):
+        hook.get_token()
+    assert token_requests(emu) == 0 and hook.token_requests == 0
 
 
 def test_missing_password_and_host_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,8 +100,10 @@ def test_unreachable_ims_is_an_auth_error_naming_the_url(monkeypatch: pytest.Mon
         "conn_type": "http", "host": f"http://127.0.0.1:{port}", "login": "cid", "password": "secret-value",
         "extra": {"org_id": "O@AdobeOrg"},
     }))
-    with pytest.raises(ImsAuthError, match=f"IMS token request to http://127.0.0.1:{port}/ims/token/v3 failed"):
+    with pytest.raises(ImsAuthError, match=f"IMS token request to http://127.0.0.1:{port}/ims/token/v3 failed") as info:
         AdobeImsHook(timeout=2).get_token()
+    assert "failed: ConnectionError" in str(info.value)
+    assert "secret-value" not in str(info.value)
 
 
 def test_host_without_scheme_gets_one(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -113,11 +120,55 @@ def test_token_repr_never_shows_the_token() -> None:
     assert repr(token) == "ImsToken(expires_at=1900000000)"
 
 
-def test_token_usable_until_the_margin() -> None:
+def test_token_of_unknown_lifetime_usable_until_the_full_margin() -> None:
     now = time.time()
     token = ImsToken(access_token="t", expires_at=now + EXPIRY_MARGIN_S + 60)
+    assert token.lifetime_s is None
     assert token.usable(now)
     assert not token.usable(now + 61)
+
+
+def test_token_usable_until_a_margin_scaled_to_its_lifetime() -> None:
+    # 10% of a 600 s token (60 s) is less than the 300 s cap: usable until 540 s
+    token = ImsToken(access_token="t", expires_at=1_000_600.0, minted_at=1_000_000.0)
+    assert token.usable(1_000_539.0)
+    assert not token.usable(1_000_541.0)
+    assert token.usable(0.0)  # "now" of 0 is a time, not "use the clock"
+
+
+def test_unknown_auth_type_is_refused_before_any_request(emu, adobe_conns, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps({
+        "conn_type": "http", "host": emu.base_url, "login": emu.client.client_id,
+        "password": emu.client.client_secret, "extra": {"org_id": emu.client.org_id, "auth_type": "basic"},
+    }))
+    with pytest.raises(ImsAuthError, match="extra.auth_type 'basic' is not one of"):
+        AdobeImsHook().get_token()
+    assert token_requests(emu) == 0
+
+
+def test_explicit_oauth_auth_type_is_the_default_mode(emu, adobe_conns, monkeypatch: pytest.MonkeyPatch) -> None:
+    default_key = AdobeImsHook().cache_key
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps({
+        "conn_type": "http", "host": emu.base_url, "login": emu.client.client_id,
+        "password": emu.client.client_secret,
+        "extra": {"org_id": emu.client.org_id, "scopes": "openid,AdobeID", "auth_type": "oauth"},
+    }))
+    hook = AdobeImsHook()
+    assert hook.cache_key == default_key
+    assert hook.get_token()
+    assert token_requests(emu) == 1
+
+
+def test_ims_server_error_is_reported_with_its_status(emu, adobe_conns) -> None:
+    emu.client.add_faults({"endpoint": "token", "kind": "status", "status": 503})
+    hook = AdobeImsHook()
+    with pytest.raises(ImsAuthError) as info:
+        hook.get_token()
+    message = str(info.value)
+    assert "connection 'adobe_ims': IMS refused the token request (503 " in message
+    assert "IMS may be unavailable; retry later" in message
+    assert hook.get_token()  # the next attempt goes through and is not blocked by the failure
+    assert token_requests(emu) == 2
 
 
 def test_tokens_are_cached_per_scope(emu, adobe_conns, monkeypatch: pytest.MonkeyPatch) -> None:
