@@ -7,6 +7,9 @@
     positions                    the stored source positions
     forget-position SOURCE       drop a source's stored positions: its next pull starts where the
                                  adobe_triggers connection's `reset` says (earliest or latest)
+    status [--source KEY] [--consumer NAME]
+                                 Campaign's `pipelined` status document (JSON), as served at
+                                 /pipelined/status by the Airflow plugin
 
 The store is ``--db-url``, else $TRIGGERFLOW_DB_URL, else the Airflow connection ``triggers_db``.
 """
@@ -110,6 +113,64 @@ def cmd_forget_position(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional_connection(conn_id: str):
+    """The Airflow connection, or None when it is not defined or cannot be read here."""
+    try:
+        from airflow.sdk import BaseHook
+
+        return BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - the status falls back to flags and defaults
+        return None
+
+
+def _pool_slots(pool_name: str) -> int | None:
+    """Slots of an Airflow pool, or None when the metadata DB is not reachable from here."""
+    try:
+        from airflow.models.pool import Pool
+
+        pool = Pool.get_pool(pool_name)
+        return int(pool.slots) if pool is not None else None
+    except Exception:  # noqa: BLE001 - optional information
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from include.triggerflow.config import RoutingConfigError, load_routing
+    from include.triggerflow.status import (
+        SEND_POOL,
+        build_status,
+        latest_source,
+        resolve_consumer,
+        source_key_for_connection,
+        status_settings_from_connection,
+    )
+
+    engine = _engine(args)
+    conn = _optional_connection("adobe_triggers")
+    extra = dict(conn.extra_dejson or {}) if conn is not None else {}
+    host = conn.host if conn is not None else None
+    routing_error = None
+    try:
+        routing = load_routing()
+    except RoutingConfigError as exc:
+        routing, routing_error = None, str(exc)
+    try:
+        source = args.source or source_key_for_connection(host, extra) or latest_source(engine)
+        consumer = resolve_consumer(explicit=args.consumer, extra=extra, routing=routing, host=host, source_key=source)
+        settings = status_settings_from_connection(extra, pool_slots=_pool_slots(SEND_POOL))
+        document = build_status(engine, routing, source_key=source, consumer=consumer, settings=settings)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        print(f"error: cannot read the store at {describe(engine)}: {reason}", file=sys.stderr)
+        return 1
+    if routing_error is not None:
+        document["routing"]["error"] = routing_error
+    print(json.dumps(document, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triggerflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db-url", help="SQLAlchemy URL of the store (default: $TRIGGERFLOW_DB_URL or connection triggers_db)")
@@ -129,6 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forget-position", help="drop a source's stored positions")
     p.add_argument("source", help="the source key, as listed by `positions`")
     p.set_defaults(func=cmd_forget_position)
+    p = sub.add_parser("status", help="Campaign's pipelined status document (JSON)")
+    p.add_argument(
+        "--source",
+        help="source key (default: the one connection adobe_triggers reads, else the most recently active)",
+    )
+    p.add_argument(
+        "--consumer",
+        help="consumer name to show (default: adobe_triggers extra.consumer, the Campaign option's "
+        "consumer, the journal registration id, else the source key)",
+    )
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -20,11 +20,34 @@ message that names the file, the entry and the problem, not fail silently at sen
 found are reported together so a data engineer can fix the file in one pass. As in Campaign, a trigger
 that is not configured is not an error: :meth:`RoutingConfig.route_for` returns ``None`` and the caller
 counts the event as ignored.
+
+**Pasting Campaign's option.** An administrator moving from Campaign can paste the value of their
+``NmsPipeline_Config`` option (reference/adobe-triggers.md §3.1) instead of, or beside, the
+``triggers`` list, and say what each Campaign JS connector becomes in triggerflow::
+
+    version: 1
+    campaign:
+      config: nms_pipeline_config.json      # the option value, in a file next to this one, OR
+      # config_json: '{"topics": [...]}'    # the option value inline
+      handlers:                             # jsConnector -> what triggerflow does instead
+        "cus:triggers.js":
+          template: cart_abandonment
+          subject: "{{ profile.first_name }}, you left something in your cart"
+          identity: {dimension: eVar01, profile_column: shopper_id}
+    triggers: [...]                         # optional when `campaign` is given
+
+The option is parsed as strict JSON, as Campaign does (Adobe's documented sample has comments and a
+trailing comma: both are rejected with the line, the column and how to fix it). Each trigger of the
+``triggers`` topic becomes a route named ``campaign_<first 8 characters of the UID>`` (``campaign_all``
+for ``"*"``); an ``aliases`` topic is accepted and only shown in the status document. A trigger id routed
+both by the YAML list and by the option is an error. :func:`load_campaign_json` parses an option value
+on its own.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -45,10 +68,15 @@ __all__ = [
     "EVENT_FIELDS",
     "PROFILE_IDENTITY_COLUMNS",
     "ROUTING_FILE_ENV",
+    "CampaignConfig",
+    "CampaignConfigError",
+    "CampaignTopic",
+    "CampaignTrigger",
     "IdentityRule",
     "RoutingConfig",
     "RoutingConfigError",
     "TriggerRoute",
+    "load_campaign_json",
     "load_routing",
 ]
 
@@ -64,6 +92,10 @@ EVENT_FIELDS = ("mcId", "messageId")
 TEMPLATE_FILES = ("email.html", "email.txt")
 
 _TOP_KEYS = ("version", "triggers")
+# `campaign` is accepted at the top level but optional; messages keep listing the two usual keys.
+_ALL_TOP_KEYS = (*_TOP_KEYS, "campaign")
+_CAMPAIGN_KEYS = ("config", "config_json", "handlers")
+_HANDLER_KEYS = ("template", "subject", "identity")
 _ROUTE_KEYS = ("name", "trigger_id", "template", "subject", "identity")
 _IDENTITY_KEYS = ("dimension", "field", "profile_column")
 _NAME_RE = re.compile(r"[a-z0-9_]+")
@@ -103,6 +135,8 @@ class TriggerRoute:
     template: str
     subject: str
     identity: IdentityRule
+    #: the Campaign ``jsConnector`` this route was made from (None: a route of the YAML list)
+    handler: str | None = None
 
     @property
     def is_catch_all(self) -> bool:
@@ -115,6 +149,8 @@ class RoutingConfig:
 
     path: Path
     routes: tuple[TriggerRoute, ...]
+    #: the pasted ``NmsPipeline_Config`` option, when the file has a ``campaign`` section
+    campaign: CampaignConfig | None = None
     _by_id: Mapping[str, TriggerRoute] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -129,9 +165,367 @@ class RoutingConfig:
             return None
         return self._by_id.get(trigger_id) or self._by_id.get(CATCH_ALL)
 
+    @property
+    def campaign_consumer(self) -> str | None:
+        """The consumer of the Campaign option's ``triggers`` topic (the instance name), or None."""
+        return self.campaign.consumer if self.campaign is not None else None
+
     def describe(self) -> dict[str, str]:
-        """``{trigger_id: template}``, the routing map as Campaign's ``pipelined`` status page shows it."""
-        return {route.trigger_id: route.template for route in self.routes}
+        """``{trigger_id: handler}``: the routes as Campaign's ``pipelined`` status page lists them.
+
+        The handler is the route's Campaign ``jsConnector`` when it came from the pasted option, else
+        its template. Flat on purpose (existing callers); :meth:`routing_map` gives the full
+        ``routing`` object of the status document.
+        """
+        return {route.trigger_id: route.handler if route.handler is not None else route.template for route in self.routes}
+
+    def routing_map(self) -> dict[str, dict[str, str]]:
+        """The ``routing`` object of the status document, in Campaign's shape:
+        ``{"triggers": {uid or "*": jsConnector or template}}``, plus ``"aliases": {...}`` when the
+        pasted option has an ``aliases`` topic (accepted, not processed)."""
+        shown: dict[str, dict[str, str]] = {"triggers": self.describe()}
+        if self.campaign is not None and self.campaign.aliases is not None:
+            shown["aliases"] = {alias.name: alias.js_connector for alias in self.campaign.aliases}
+        return shown
+
+
+# -- Campaign's NmsPipeline_Config option ------------------------------------------------------------
+CAMPAIGN_TRIGGERS_TOPIC = "triggers"
+CAMPAIGN_ALIASES_TOPIC = "aliases"
+_CAMPAIGN_TOPICS = (CAMPAIGN_TRIGGERS_TOPIC, CAMPAIGN_ALIASES_TOPIC)
+_JSON_TOP_KEYS = ("topics",)
+_JSON_TOPIC_KEYS = ("name", "consumer", "triggers")
+_JSON_TRIGGER_KEYS = ("name", "jsConnector")
+_STRICT_JSON_HINT = "remove comments: the option must be strict JSON"
+_START_HINT = "the option should start with '[' or '{'"
+
+
+class CampaignConfigError(RoutingConfigError):
+    """The pasted ``NmsPipeline_Config`` value is not valid. Each problem names where: the file (or
+    ``<routing file>: campaign.config_json``), then the line and column or the JSON path."""
+
+
+@dataclass(frozen=True)
+class CampaignTrigger:
+    """One ``{"name", "jsConnector"}`` entry of a topic."""
+
+    name: str  # the triggerType UID from Analytics, or "*"
+    js_connector: str
+    path: str  # where it is in the option, e.g. "topics[0].triggers[2]"
+
+
+@dataclass(frozen=True)
+class CampaignTopic:
+    name: str  # "triggers" or "aliases"
+    consumer: str | None
+    triggers: tuple[CampaignTrigger, ...]
+    path: str  # "topics[0]"
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    """A parsed ``NmsPipeline_Config`` value: ``{"topics": [{"name", "consumer", "triggers": [...]}]}``."""
+
+    origin: str  # the file it was read from, or where it was written inline
+    topics: tuple[CampaignTopic, ...]
+
+    def topic(self, name: str) -> CampaignTopic | None:
+        return next((topic for topic in self.topics if topic.name == name), None)
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """Every consumer name of the option, in order, without repeats."""
+        return tuple(dict.fromkeys(topic.consumer for topic in self.topics if topic.consumer))
+
+    @property
+    def consumer(self) -> str | None:
+        """The consumer of the ``triggers`` topic: the name Pipeline tracks this instance's offsets for."""
+        topic = self.topic(CAMPAIGN_TRIGGERS_TOPIC)
+        return topic.consumer if topic is not None else None
+
+    @property
+    def triggers(self) -> tuple[CampaignTrigger, ...]:
+        """The configured triggers (of the ``triggers`` topic): what triggerflow processes."""
+        topic = self.topic(CAMPAIGN_TRIGGERS_TOPIC)
+        return topic.triggers if topic is not None else ()
+
+    @property
+    def aliases(self) -> tuple[CampaignTrigger, ...] | None:
+        """The ``aliases`` topic's entries (accepted and shown, not processed); None without that topic."""
+        topic = self.topic(CAMPAIGN_ALIASES_TOPIC)
+        return topic.triggers if topic is not None else None
+
+    def routing_map(self) -> dict[str, dict[str, str]]:
+        """The option as Campaign's status page shows it: ``{"triggers": {uid: jsConnector}, "aliases": ...}``."""
+        shown = {"triggers": {t.name: t.js_connector for t in self.triggers}}
+        if self.aliases is not None:
+            shown["aliases"] = {t.name: t.js_connector for t in self.aliases}
+        return shown
+
+
+class _JsonObject(dict):
+    """A JSON object that remembers its repeated keys: ``json.loads`` would silently keep the last."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    obj = _JsonObject()
+    repeated: list[str] = []
+    for key, value in pairs:
+        if key in obj and key not in repeated:
+            repeated.append(key)
+        obj[key] = value
+    obj.duplicates = tuple(repeated)
+    return obj
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    return "number"
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
+
+
+def _json_syntax_problem(origin: str, text: str, exc: json.JSONDecodeError) -> str:
+    """``origin: line L, column C: invalid JSON (msg); hint`` for a JSONDecodeError."""
+    hints: list[str] = []
+    pos = exc.pos
+    ahead = text[pos : pos + 2]
+    before = text[:pos].rstrip()
+    if ahead.startswith(("//", "/*", "#")):
+        hints.append(_STRICT_JSON_HINT)
+    elif before.endswith(",") and ahead[:1] in ("}", "]"):
+        line, col = _line_col(text, len(before) - 1)
+        hints.append(
+            f"trailing comma: remove the ',' at line {line}, column {col} "
+            f"(strict JSON allows no comma before '{ahead[:1]}')"
+        )
+    elif not before and ahead[:1] not in ("{", "["):
+        # The very first character is not JSON: Campaign's own message for this case.
+        hints.append(_START_HINT)
+    message = f"{origin}: line {exc.lineno}, column {exc.colno}: invalid JSON ({exc.msg})"
+    return message + ("; " + "; ".join(hints) if hints else "")
+
+
+class _CampaignParser:
+    """Walks a decoded option, collecting every structural problem with its JSON path."""
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self.problems: list[str] = []
+
+    def fail(self, where: str | None, problem: str) -> None:
+        self.problems.append(f"{self.origin}: {where}: {problem}" if where else f"{self.origin}: {problem}")
+
+    def keys(self, where: str | None, obj: _JsonObject, allowed: tuple[str, ...]) -> None:
+        for key in getattr(obj, "duplicates", ()):
+            self.fail(where, f"key {key!r} appears more than once in this object")
+        for key in obj:
+            if key not in allowed:
+                problem = _unknown_key(key, allowed)
+                if "did you mean" not in problem:
+                    problem += "; triggerflow does not support it: remove it"
+                self.fail(where, problem)
+
+    def parse(self, data: Any) -> CampaignConfig | None:
+        if not isinstance(data, dict):
+            self.fail(None, f"top level must be an object with 'topics', got {_json_type(data)}")
+            return None
+        self.keys(None, data, _JSON_TOP_KEYS)
+        if "topics" not in data:
+            self.fail(None, "missing 'topics' (expected {\"topics\": [{\"name\": \"triggers\", ...}]})")
+            return None
+        raw_topics = data["topics"]
+        if not isinstance(raw_topics, list):
+            self.fail("topics", f"must be an array of topics, got {_json_type(raw_topics)}")
+            return None
+        topics: list[CampaignTopic] = []
+        seen: dict[str, str] = {}
+        for index, raw in enumerate(raw_topics):
+            topic = self.topic(f"topics[{index}]", raw, seen)
+            if topic is not None:
+                topics.append(topic)
+        if CAMPAIGN_TRIGGERS_TOPIC not in seen and not any(
+            isinstance(t, dict) and t.get("name") == CAMPAIGN_TRIGGERS_TOPIC for t in raw_topics
+        ):
+            self.fail(
+                "topics",
+                f"no topic named {CAMPAIGN_TRIGGERS_TOPIC!r}: pipelined would process nothing "
+                '(add {"name": "triggers", "consumer": "<instance>", "triggers": [...]})',
+            )
+        return CampaignConfig(origin=self.origin, topics=tuple(topics)) if not self.problems else None
+
+    def topic(self, where: str, raw: Any, seen: dict[str, str]) -> CampaignTopic | None:
+        if not isinstance(raw, dict):
+            self.fail(where, f"a topic must be an object, got {_json_type(raw)}")
+            return None
+        before = len(self.problems)
+        self.keys(where, raw, _JSON_TOPIC_KEYS)
+        name = raw.get("name")
+        if "name" not in raw:
+            self.fail(where, f"missing 'name' (one of: {', '.join(_CAMPAIGN_TOPICS)})")
+        elif name not in _CAMPAIGN_TOPICS:
+            self.fail(where, f"unknown topic name {name!r}: pipelined reads {' and '.join(map(repr, _CAMPAIGN_TOPICS))}")
+        elif name in seen:
+            self.fail(where, f"topic {name!r} is already defined at {seen[name]}")
+        else:
+            seen[name] = where
+        is_triggers = name == CAMPAIGN_TRIGGERS_TOPIC
+
+        consumer = raw.get("consumer")
+        if "consumer" not in raw:
+            if is_triggers:
+                self.fail(where, "missing 'consumer' (the instance name Pipeline keeps this reader's offsets under)")
+        elif not isinstance(consumer, str) or not consumer.strip():
+            self.fail(where, f"'consumer' must be a non-empty string, got {json.dumps(consumer)}")
+            consumer = None
+        else:
+            consumer = consumer.strip()
+
+        entries: list[CampaignTrigger] = []
+        if "triggers" not in raw:
+            if is_triggers:
+                self.fail(where, "missing 'triggers' (an array of {\"name\": \"<trigger UID or *>\", \"jsConnector\": ...})")
+        elif not isinstance(raw["triggers"], list):
+            self.fail(f"{where}.triggers", f"must be an array, got {_json_type(raw['triggers'])}")
+        elif not raw["triggers"] and is_triggers:
+            self.fail(f"{where}.triggers", "is empty: list at least one trigger (or \"*\")")
+        else:
+            names: dict[str, str] = {}
+            for index, entry in enumerate(raw["triggers"]):
+                trigger = self.trigger(f"{where}.triggers[{index}]", entry, names)
+                if trigger is not None:
+                    entries.append(trigger)
+        if len(self.problems) != before:
+            return None
+        return CampaignTopic(name=str(name), consumer=consumer, triggers=tuple(entries), path=where)
+
+    def trigger(self, where: str, raw: Any, names: dict[str, str]) -> CampaignTrigger | None:
+        if not isinstance(raw, dict):
+            self.fail(where, f"a trigger must be an object with 'name' and 'jsConnector', got {_json_type(raw)}")
+            return None
+        before = len(self.problems)
+        self.keys(where, raw, _JSON_TRIGGER_KEYS)
+        name = raw.get("name")
+        if "name" not in raw:
+            self.fail(where, "missing 'name' (the trigger UID from Analytics, or \"*\")")
+        elif not isinstance(name, str) or not name.strip():
+            self.fail(where, f"'name' must be a non-empty string (the trigger UID, or \"*\"), got {json.dumps(name)}")
+        else:
+            name = name.strip()
+            if name in names:
+                what = "catch-all '*'" if name == CATCH_ALL else f"trigger {name!r}"
+                self.fail(where, f"{what} is already listed at {names[name]}")
+            else:
+                names[name] = where
+        connector = raw.get("jsConnector")
+        if "jsConnector" not in raw:
+            self.fail(where, "missing 'jsConnector'")
+        elif not isinstance(connector, str):
+            self.fail(where, f"'jsConnector' must be a string, got {json.dumps(connector)}")
+        if len(self.problems) != before:
+            return None
+        return CampaignTrigger(name=name, js_connector=connector, path=where)
+
+
+def _parse_campaign_text(text: str, origin: str) -> tuple[CampaignConfig | None, list[str]]:
+    """Parse an option value; returns the config or the list of problems (each prefixed by origin)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        return None, [
+            f"{origin}: the option is empty; {_START_HINT} (the JSON object with 'topics'; Campaign "
+            "reports a JSON parse error, iRc=16384, for an unset option)"
+        ]
+    try:
+        data = json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError as exc:
+        return None, [_json_syntax_problem(origin, text, exc)]
+    except RecursionError:
+        return None, [f"{origin}: invalid JSON: nested too deeply"]
+    parser = _CampaignParser(origin)
+    config = parser.parse(data)
+    return config, parser.problems
+
+
+def _read_campaign_file(path: Path) -> str:
+    shown = _display_path(path)
+    if not path.exists():
+        raise CampaignConfigError(f"{shown}: NmsPipeline_Config file not found")
+    if not path.is_file():
+        raise CampaignConfigError(f"{shown}: NmsPipeline_Config path is not a regular file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CampaignConfigError(f"{shown}: not UTF-8 text: {exc}") from exc
+    except OSError as exc:
+        raise CampaignConfigError(f"{shown}: cannot read the file: {exc.strerror or exc}") from exc
+
+
+def load_campaign_json(text_or_path: str | os.PathLike[str], *, origin: str | None = None) -> CampaignConfig:
+    """Parse a ``NmsPipeline_Config`` option value: JSON text, or the path of a file holding it.
+
+    A :class:`~os.PathLike` is always a file. A ``str`` is the JSON itself when it is empty or starts
+    with ``{`` or ``[`` (after blanks), else a file path when such a file exists or it looks like one
+    (ends with ``.json`` or has a directory separator); anything else is parsed, and fails, as JSON.
+
+    Strict JSON, as in Campaign: comments and trailing commas are errors, reported with line and
+    column and how to fix them; structural problems name their JSON path (``topics[0].triggers[2]``);
+    repeated keys and keys triggerflow does not know are errors too. All problems are reported
+    together.
+
+    :param origin: how to name the value in messages (default: the file path, or ``NmsPipeline_Config``).
+    :raises CampaignConfigError: the value is not a valid option.
+    """
+    if isinstance(text_or_path, os.PathLike):
+        path = Path(text_or_path)
+        text, shown = _read_campaign_file(path), _display_path(path)
+    else:
+        raw = str(text_or_path)
+        stripped = raw.lstrip("\ufeff \t\r\n")
+        looks_like_json = not stripped or stripped[0] in "{["
+        candidate = None if looks_like_json or "\n" in raw else Path(raw)
+        if candidate is not None and (
+            candidate.exists() or candidate.suffix.lower() == ".json" or os.sep in raw or "/" in raw
+        ):
+            text, shown = _read_campaign_file(candidate), _display_path(candidate)
+        else:
+            text, shown = raw, "NmsPipeline_Config"
+    config, problems = _parse_campaign_text(text, origin or shown)
+    if problems or config is None:
+        raise CampaignConfigError(problems)
+    return config
+
+
+def _campaign_route_name(trigger_id: str, taken: set[str]) -> str:
+    """``campaign_<first 8 chars of the UID>`` (``campaign_all`` for ``*``), made unique: the whole
+    UID, then a numeric suffix, when that name is already used."""
+    if trigger_id == CATCH_ALL:
+        candidates = ["campaign_all"]
+    else:
+        clean = re.sub(r"[^a-z0-9]+", "_", trigger_id.lower()).strip("_") or "trigger"
+        short = re.sub(r"[^a-z0-9]+", "_", trigger_id[:8].lower()).strip("_") or "trigger"
+        candidates = [f"campaign_{short}", f"campaign_{clean[:80]}"]
+    for name in candidates:
+        if name not in taken:
+            return name
+    number = 2
+    while f"{candidates[0]}_{number}" in taken:
+        number += 1
+    return f"{candidates[0]}_{number}"
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -252,31 +646,190 @@ class _Loader:
             got = "an empty document" if data is None else f"a {_type_name(data)}"
             raise self.fatal(f"top level must be a mapping with 'version' and 'triggers', got {got}")
 
-        for problem in _check_keys(data, _TOP_KEYS, _TOP_KEYS):
-            self.fail(None, problem)
+        has_campaign = "campaign" in data
+        for key in data:
+            if key not in _ALL_TOP_KEYS:
+                problem = _unknown_key(key, _TOP_KEYS)
+                if "did you mean" not in problem and isinstance(key, str):
+                    close = difflib.get_close_matches(key, _ALL_TOP_KEYS, n=1)
+                    if close:
+                        problem += f"; did you mean {close[0]!r}?"
+                self.fail(None, problem)
+        required = ("version",) if has_campaign else _TOP_KEYS
+        missing = [key for key in required if key not in data]
+        if missing:
+            self.fail(None, f"missing required key{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
         if "version" in data:
             version = data["version"]
             if isinstance(version, bool) or version != SUPPORTED_VERSION:
                 self.fail(None, f"version must be {SUPPORTED_VERSION}, got {version!r}")
 
         routes: list[TriggerRoute] = []
+        names: dict[str, str] = {}
+        ids: dict[str, str] = {}
         if "triggers" in data:
             triggers = data["triggers"]
-            if triggers is None or triggers == []:  # `triggers:` with nothing under it is null
+            if (triggers is None or triggers == []) and not has_campaign:  # `triggers:` alone is null
                 self.fail(None, "'triggers' is empty: configure at least one trigger")
-            elif not isinstance(triggers, list):
+            elif triggers is not None and not isinstance(triggers, list):
                 self.fail(None, f"'triggers' must be a list of trigger entries, got {_type_name(triggers)}")
-            else:
-                routes = self.load_routes(triggers)
+            elif triggers:
+                routes = self.load_routes(triggers, names, ids)
+
+        campaign: CampaignConfig | None = None
+        if has_campaign:
+            campaign, campaign_routes = self.load_campaign(data["campaign"], names, ids)
+            routes.extend(campaign_routes)
 
         if self.problems:
             raise RoutingConfigError(self.problems)
-        return RoutingConfig(path=self.path, routes=tuple(routes))
+        return RoutingConfig(path=self.path, routes=tuple(routes), campaign=campaign)
 
-    def load_routes(self, triggers: list[Any]) -> list[TriggerRoute]:
+    def load_campaign(
+        self, section: Any, names: dict[str, str], ids: dict[str, str]
+    ) -> tuple[CampaignConfig | None, list[TriggerRoute]]:
+        """The ``campaign`` section: the pasted option plus a handler per jsConnector, as routes."""
+        where = "campaign"
+        if not isinstance(section, dict):
+            self.fail(
+                where,
+                "must be a mapping with 'config' (a file) or 'config_json' (inline) and 'handlers', "
+                f"got {_type_name(section)}",
+            )
+            return None, []
+        for problem in _check_keys(section, _CAMPAIGN_KEYS, ("handlers",)):
+            self.fail(where, problem)
+
+        handlers = self.load_handlers(section.get("handlers")) if "handlers" in section else None
+        config = self.load_campaign_option(section)
+        if config is None or handlers is None:
+            return config, []
+
         routes: list[TriggerRoute] = []
-        names: dict[str, str] = {}
-        ids: dict[str, str] = {}
+        taken = set(names)
+        for trigger in config.triggers:
+            at = f"{config.origin}: {trigger.path}"
+            if trigger.js_connector not in handlers:
+                known = [key for key in handlers]
+                defined = ", ".join(repr(key) for key in known) if known else "none"
+                message = (
+                    f"{at}: jsConnector {trigger.js_connector!r} has no handler in {self.shown}: "
+                    f"campaign.handlers (defined: {defined})"
+                )
+                close = difflib.get_close_matches(trigger.js_connector, [k for k in known if isinstance(k, str)], n=1)
+                if close:
+                    message += f"; did you mean {close[0]!r}?"
+                self.problems.append(message)
+                continue
+            handler = handlers[trigger.js_connector]
+            if handler is None:  # the handler itself is invalid: already reported
+                continue
+            if trigger.name in ids:
+                what = "catch-all '*'" if trigger.name == CATCH_ALL else f"trigger_id {trigger.name!r}"
+                self.problems.append(
+                    f"{at}: {what} is routed both here and by {self.shown}: {ids[trigger.name]}; keep one"
+                )
+                continue
+            ids[trigger.name] = at
+            name = _campaign_route_name(trigger.name, taken)
+            taken.add(name)
+            names[name] = at
+            template, subject, identity = handler
+            routes.append(
+                TriggerRoute(
+                    name=name,
+                    trigger_id=trigger.name,
+                    template=template,
+                    subject=subject,
+                    identity=identity,
+                    handler=trigger.js_connector,
+                )
+            )
+        return config, routes
+
+    def load_campaign_option(self, section: Mapping[str, Any]) -> CampaignConfig | None:
+        where = "campaign"
+        if "config" in section and "config_json" in section:
+            self.fail(where, "has both 'config' and 'config_json': give exactly one")
+            return None
+        if "config" in section:
+            value = section["config"]
+            if not isinstance(value, str) or not value.strip():
+                self.fail(
+                    f"{where}.config",
+                    f"must be the path of the file holding the NmsPipeline_Config value, got {value!r}",
+                )
+                return None
+            path = Path(value.strip())
+            if not path.is_absolute():
+                path = self.path.parent / path  # relative to the routing file, not the cwd
+            try:
+                text = _read_campaign_file(path)
+            except CampaignConfigError as exc:
+                self.fail(f"{where}.config", str(exc))
+                return None
+            origin = _display_path(path)
+        elif "config_json" in section:
+            text = section["config_json"]
+            if text is None:
+                text = ""
+            if not isinstance(text, str):
+                self.fail(
+                    f"{where}.config_json",
+                    "must be the option value as a string (quote it, or use a '|' block), "
+                    f"got {_type_name(text)}",
+                )
+                return None
+            origin = f"{self.shown}: {where}.config_json"
+        else:
+            self.fail(
+                where,
+                "needs 'config' (a file holding the NmsPipeline_Config value) or 'config_json' (the value inline)",
+            )
+            return None
+        config, problems = _parse_campaign_text(text, origin)
+        self.problems.extend(problems)
+        return config
+
+    def load_handlers(self, handlers: Any) -> dict[str, tuple[str, str, IdentityRule] | None] | None:
+        """jsConnector -> (template, subject, identity), or None for a handler with problems."""
+        where = "campaign.handlers"
+        if not isinstance(handlers, dict) or not handlers:
+            got = "an empty mapping" if handlers == {} else _type_name(handlers)
+            self.fail(
+                where,
+                "must map each Campaign jsConnector (e.g. \"cus:triggers.js\") to "
+                f"template, subject and identity, got {got}",
+            )
+            return None
+        loaded: dict[str, tuple[str, str, IdentityRule] | None] = {}
+        for connector, spec in handlers.items():
+            at = f"{where}[{connector!r}]"
+            if not isinstance(connector, str):
+                self.fail(at, f"the jsConnector must be a string, got {_type_name(connector)}")
+                continue
+            if not isinstance(spec, dict):
+                self.fail(at, f"must be a mapping with {', '.join(_HANDLER_KEYS)}, got {_type_name(spec)}")
+                loaded[connector] = None
+                continue
+            before = len(self.problems)
+            for problem in _check_keys(spec, _HANDLER_KEYS, _HANDLER_KEYS):
+                self.fail(at, problem)
+            if "template" in spec:
+                self.check_template(at, spec["template"])
+            if "subject" in spec:
+                self.check_subject(at, spec["subject"])
+            identity = self.load_identity(at, spec["identity"]) if "identity" in spec else None
+            ok = len(self.problems) == before and identity is not None
+            loaded[connector] = (spec["template"], spec["subject"], identity) if ok else None
+        return loaded
+
+    def load_routes(
+        self, triggers: list[Any], names: dict[str, str] | None = None, ids: dict[str, str] | None = None
+    ) -> list[TriggerRoute]:
+        routes: list[TriggerRoute] = []
+        names = {} if names is None else names
+        ids = {} if ids is None else ids
         for index, entry in enumerate(triggers):
             where = f"triggers[{index}]"
             if not isinstance(entry, dict):

@@ -1,0 +1,414 @@
+"""The ``pipelined`` status document: Campaign's monitoring JSON, computed from the store.
+
+Campaign's ``pipelined`` answers ``GET /pipelined/status`` with counters that monitoring tools poll
+(reference/adobe-triggers.md §4). :func:`build_status` returns the same indicator names, computed
+from the triggerflow store, so a monitor written for Campaign keeps working (served by
+``plugins/pipelined_status.py`` and printed by ``python -m include.triggerflow.cli status``)::
+
+    {"consumer": "...", "source": "journal:/events/...", "generated-at": "2026-11-27T07:12:03Z",
+     "http-request": {"last-alive-ms-ago", "last-failed-cnx-ms-ago", "pipeline-host", "last-error"},
+     "pointer": {"current-offsets": "0:1090921,1:1071369", "last-flush-ms-ago", "processed-since-last-flush"},
+     "routing": {"triggers": {"<uid or *>": "<jsConnector or template>"}, "aliases": {...}},
+     "stats": {...}, "settings": {...}, "messages-per-hour": [{"hour": "...Z", "messages": n}, ...]}
+
+Where each indicator comes from (``S`` = the source; "unprocessed" = an event with status ``landed``,
+or ``valid`` without a ``tf_decision`` row; "open batches" = batches of ``S`` with no balanced run
+report in ``tf_run_summary``):
+
+==================================== ==================================================================
+indicator                            from the store
+==================================== ==================================================================
+consumer                             given by the caller (:func:`resolve_consumer`)
+http-request.last-alive-ms-ago       now - ``tf_source_health.last_alive_at`` (last successful read), null if never
+http-request.last-failed-cnx-ms-ago  now - ``tf_source_health.last_failed_at`` (last failed read), null if never
+http-request.pipeline-host           scheme://host[:port] of ``tf_source_health.endpoint``
+http-request.last-error              ``tf_source_health.last_error`` (triggerflow addition)
+pointer.current-offsets              ``tf_source_position`` of S as ``partition:position`` CSV, by partition
+pointer.last-flush-ms-ago            now - max(``tf_source_position.updated_at``) of S, null if none
+pointer.processed-since-last-flush   unprocessed events of S's latest batch: what the last pull
+                                     landed (its pointer flushes) and the run has not yet validated and
+                                     reconciled; 0 when caught up. (Campaign's sense, messages handled
+                                     ahead of the saved pointer, is always 0 here: the pointer moves in
+                                     the transaction that lands the messages it covers.)
+stats.trigger-received               count of ``tf_event`` rows of S (every message landed)
+stats.trigger-processed              events of S with a decision or quarantined
+                                     = trigger-received - current-messages (statuses partition them)
+stats.trigger-discarded              ``tf_quarantine`` rows of S whose event is still ``quarantined``
+                                     (Campaign: discarded after retries; must be 0 normally)
+stats.trigger-failures               ``tf_send`` rows of S's batches in state ``failed``
+stats.current-messages               unprocessed events of S (in open batches: a balanced report
+                                     proves its batch has none); should stay near 0
+stats.current-retries                ``tf_send`` rows of S's batches in state ``deferred`` (4xx, to retry)
+stats.bytes-read                     ``tf_source_health.bytes_read`` (response bytes of every page)
+stats.pointer-flushes                ``tf_source_health.pointer_flushes`` (pages that moved the position)
+stats.average-trigger-processing-time-ms  mean(``sent_at`` - event ``received_at``) over the last 1000
+                                     ``sent`` ledger rows of S (by send_id), null if none
+stats.gaps                           ``tf_source_gap`` rows of S (resumed past the stored position)
+settings                             given by the caller (:func:`status_settings_from_connection`)
+messages-per-hour                    ``tf_source_hourly`` of S for the last 120 hours (5 days), the
+                                     current hour last, hours without messages as 0
+==================================== ==================================================================
+
+Counters are cumulative over what the store holds (Campaign's reset when the process restarts).
+
+Every query is SQLAlchemy Core and bounded by an index: ``tf_event`` is only read by ``source`` (the
+leading column of its unique key), by ``batch_id`` for open batches, or by primary key;
+``tf_send`` by ``batch_id`` (``ix_tf_send_batch_chunk``) or backwards along its primary key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from sqlalchemy import Engine, and_, func, literal, or_, select
+
+from include.triggerflow.store.schema import (
+    batch,
+    decision,
+    event,
+    quarantine,
+    run_summary,
+    send,
+    source_gap,
+    source_health,
+    source_hourly,
+    source_position,
+)
+
+if TYPE_CHECKING:
+    from include.triggerflow.config import RoutingConfig
+
+__all__ = [
+    "AVERAGE_OVER_SENT",
+    "HOURS_SHOWN",
+    "build_status",
+    "latest_source",
+    "resolve_consumer",
+    "retry_validity_ms",
+    "source_key_for_connection",
+    "status_settings_from_connection",
+]
+
+HOURS_SHOWN = 120  # Campaign's "Pipeline messages" report: messages per hour over 5 days
+AVERAGE_OVER_SENT = 1000
+
+# The trigger_emails DAG's settings (dags/trigger_emails.py), mirrored here rather than parsed from
+# the DAG at request time; tests/unit/test_status.py fails if they drift apart.
+DAG_SCHEDULE_PERIOD_MS = 60_000  # schedule "* * * * *": each run lands what arrived since the last one
+DAG_RETRIES = 3
+DAG_RETRY_DELAY_S = 10
+DAG_RETRY_EXPONENTIAL_BACKOFF = 2.0
+DAG_MAX_RETRY_DELAY_S = 300
+DEFAULT_PAGE_LIMIT = 500  # hooks/triggers.py default for extra.page_limit (journal)
+DEFAULT_PAGE_SIZE = 1000  # ... and for extra.page_size (pipeline: pipelined's pointerFlushMessageCount)
+DEFAULT_TOPIC = "triggers"
+ENVIRONMENT_VARIABLE = "TRIGGERFLOW_ENVIRONMENT"  # replaces {env} in extra.consumer, as the hook does
+DEFAULT_ENVIRONMENT = "dev"
+SEND_POOL = "smtp_sessions"
+
+
+# -- settings ----------------------------------------------------------------------------------------
+def retry_validity_ms(
+    retries: int = DAG_RETRIES,
+    retry_delay_s: float = DAG_RETRY_DELAY_S,
+    backoff: float = DAG_RETRY_EXPONENTIAL_BACKOFF,
+    max_retry_delay_s: float = DAG_MAX_RETRY_DELAY_S,
+) -> int:
+    """How long a failing stage is retried before its run fails for good: the sum of the longest
+    waits Airflow 3.3 can pick before each retry (``TaskInstance.next_retry_datetime``: with a
+    backoff, try n waits between ceil(delay * backoff**(n-1)) and twice that, minus 1 s, capped)."""
+    total = 0.0
+    for try_number in range(1, retries + 1):
+        if backoff and backoff != 1.0:
+            least = max(1, math.ceil(retry_delay_s * backoff ** (try_number - 1)))
+            longest = 2 * least - 1
+        else:
+            longest = retry_delay_s
+        total += min(longest, max_retry_delay_s)
+    return int(total * 1000)
+
+
+def status_settings_from_connection(
+    extra: Mapping[str, Any] | None, *, pool_slots: int | None = None
+) -> dict[str, int | None]:
+    """Campaign's ``settings`` block from the ``adobe_triggers`` connection extras and the DAG.
+
+    ===========================  ============================================================
+    flush-pointer-msg-count      messages per landed page, with which the position is saved:
+                                 ``extra.page_limit`` of a journal (default 500), or
+                                 ``extra.page_size`` of a pipeline source (default 1000)
+    flush-pointer-period-ms      60000: the DAG pulls (and flushes) once a minute
+    processing-threads-JS        slots of the ``smtp_sessions`` pool (parallel send sessions)
+                                 when known, else null: there is no JS
+    retry-period-ms              10000: the DAG's ``retry_delay`` (then exponential backoff)
+    retry-validity-duration-ms   :func:`retry_validity_ms` of the DAG's retry settings
+    ===========================  ============================================================
+    """
+    extra = extra or {}
+    if _kind(extra) == "pipeline":
+        raw_limit = extra.get("page_size", DEFAULT_PAGE_SIZE)
+    else:
+        raw_limit = extra.get("page_limit", DEFAULT_PAGE_LIMIT)
+    try:
+        page_limit: int | None = int(raw_limit)
+    except (TypeError, ValueError):
+        page_limit = None  # the source would refuse it too; show that it is unusable
+    return {
+        "flush-pointer-msg-count": page_limit,
+        "flush-pointer-period-ms": DAG_SCHEDULE_PERIOD_MS,
+        "processing-threads-JS": int(pool_slots) if pool_slots is not None else None,
+        "retry-period-ms": DAG_RETRY_DELAY_S * 1000,
+        "retry-validity-duration-ms": retry_validity_ms(),
+    }
+
+
+def _kind(extra: Mapping[str, Any]) -> str:
+    return str(extra.get("kind", "journal"))
+
+
+def _connection_consumer(extra: Mapping[str, Any]) -> str | None:
+    """``extra.consumer`` with ``{env}`` replaced, as the adobe_triggers hook does."""
+    raw = extra.get("consumer")
+    if not isinstance(raw, str) or not raw.strip():
+        return None
+    env = str(extra.get("environment") or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_ENVIRONMENT).strip()
+    return raw.strip().replace("{env}", env)
+
+
+def source_key_for_connection(host: str | None, extra: Mapping[str, Any] | None) -> str | None:
+    """The store key of the source an ``adobe_triggers`` connection reads, as the sources key it:
+    ``journal:<registration path>`` for the journal, ``pipeline:<consumer>:<topic>`` for the
+    Pipeline; None when the connection does not say (then the most recently active source is shown)."""
+    extra = extra or {}
+    if _kind(extra) == "pipeline":
+        consumer = _connection_consumer(extra)
+        topic = str(extra.get("topic") or DEFAULT_TOPIC).strip()
+        return f"pipeline:{consumer}:{topic}" if consumer else None
+    url = (host or "").strip()
+    if _kind(extra) != "journal" or not url.startswith(("http://", "https://")):
+        return None
+    return f"journal:{urlparse(url).path}"
+
+
+def resolve_consumer(
+    *,
+    explicit: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    routing: RoutingConfig | None = None,
+    host: str | None = None,
+    source_key: str | None = None,
+) -> str:
+    """The consumer name shown: ``explicit`` (a --consumer flag), else ``extra.consumer`` of the
+    ``adobe_triggers`` connection (``{env}`` replaced), else the consumer of the pasted Campaign
+    option's ``triggers`` topic, else the I/O Events registration id (last segment of the journal
+    URL: like a Pipeline consumer, each registration gets its own copy of every event), else the
+    source key."""
+    extra = extra or {}
+    candidates = [
+        explicit,
+        _connection_consumer(extra),
+        routing.campaign_consumer if routing is not None else None,
+    ]
+    if _kind(extra) == "journal" and source_key_for_connection(host, extra) is not None:
+        candidates.append(urlparse(str(host).strip()).path.rstrip("/").rpartition("/")[2])
+    candidates.append(source_key)
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate.strip():
+            return candidate.strip()
+    return "triggerflow"
+
+
+# -- the document ------------------------------------------------------------------------------------
+def _utc(value: datetime | None) -> datetime | None:
+    """Store datetimes are UTC; SQLite gives them back naive, PostgreSQL aware."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def _ms_ago(now: datetime, then: datetime | None) -> int | None:
+    then = _utc(then)
+    if then is None:
+        return None
+    return max(0, int((now - then).total_seconds() * 1000))
+
+
+def _host_of(endpoint: str | None) -> str | None:
+    if not endpoint:
+        return None
+    parsed = urlparse(endpoint)
+    if not parsed.scheme or not parsed.hostname:
+        return endpoint
+    host = parsed.hostname if ":" not in parsed.hostname else f"[{parsed.hostname}]"
+    port = f":{parsed.port}" if parsed.port else ""
+    return f"{parsed.scheme}://{host}{port}"  # never the path, query or user info
+
+
+def _latest_source(conn: Any) -> str | None:
+    return conn.execute(
+        select(source_health.c.source)
+        .order_by(source_health.c.updated_at.desc(), source_health.c.source)
+        .limit(1)
+    ).scalar_one_or_none()
+
+
+def latest_source(engine: Engine) -> str | None:
+    """The source with the most recent activity in ``tf_source_health`` (the only one, usually)."""
+    with engine.connect() as conn:
+        return _latest_source(conn)
+
+
+def _unprocessed() -> Any:
+    """An event still to be processed: not validated yet, or valid with no decision yet."""
+    undecided = ~select(literal(1)).where(decision.c.event_id == event.c.event_id).exists()
+    return or_(event.c.status == "landed", and_(event.c.status == "valid", undecided))
+
+
+def _count(conn: Any, stmt: Any) -> int:
+    return int(conn.execute(stmt).scalar_one() or 0)
+
+
+def _hour_floor(value: datetime) -> datetime:
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_status(
+    engine: Engine,
+    routing: RoutingConfig | None,
+    *,
+    source_key: str | None = None,
+    consumer: str,
+    settings: Mapping[str, Any],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The status document of one source (see the module docstring for every field).
+
+    :param source_key: the source (``tf_source_health.source``); None = the most recently updated.
+    :param routing: shown as ``routing``; None shows no routes.
+    """
+    now = _utc(now) or datetime.now(timezone.utc)
+    with engine.connect() as conn:
+        source = source_key if source_key is not None else _latest_source(conn)
+        health = (
+            conn.execute(select(source_health).where(source_health.c.source == source)).mappings().first()
+            if source is not None
+            else None
+        )
+        positions = conn.execute(
+            select(source_position.c.partition, source_position.c.position, source_position.c.updated_at)
+            .where(source_position.c.source == source)
+            .order_by(source_position.c.partition)
+        ).all()
+
+        received = _count(conn, select(func.count()).select_from(event).where(event.c.source == source))
+        open_batches = (
+            select(batch.c.batch_id)
+            .select_from(batch.outerjoin(run_summary, run_summary.c.batch_id == batch.c.batch_id))
+            .where(
+                batch.c.source == source,
+                or_(run_summary.c.batch_id.is_(None), run_summary.c.balanced.is_(False)),
+            )
+        )
+        current = _count(
+            conn,
+            select(func.count())
+            .select_from(event)
+            .where(event.c.batch_id.in_(open_batches), event.c.source == source, _unprocessed()),
+        )
+        latest_batch = conn.execute(
+            select(batch.c.batch_id)
+            .where(batch.c.source == source)
+            .order_by(batch.c.created_at.desc(), batch.c.batch_id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        since_flush = 0
+        if latest_batch is not None:
+            since_flush = _count(
+                conn,
+                select(func.count())
+                .select_from(event)
+                .where(event.c.batch_id == latest_batch, event.c.source == source, _unprocessed()),
+            )
+        discarded = _count(
+            conn,
+            select(func.count())
+            .select_from(quarantine.join(event, event.c.event_id == quarantine.c.event_id))
+            .where(event.c.source == source, event.c.status == "quarantined"),
+        )
+        source_batches = select(batch.c.batch_id).where(batch.c.source == source)
+        ledger = dict(
+            conn.execute(
+                select(send.c.state, func.count())
+                .where(send.c.batch_id.in_(source_batches), send.c.state.in_(("failed", "deferred")))
+                .group_by(send.c.state)
+            ).all()
+        )
+        timings = conn.execute(
+            select(send.c.sent_at, event.c.received_at)
+            .select_from(send.join(event, event.c.event_id == send.c.event_id))
+            .where(event.c.source == source, send.c.state == "sent", send.c.sent_at.is_not(None))
+            .order_by(send.c.send_id.desc())
+            .limit(AVERAGE_OVER_SENT)
+        ).all()
+        gaps = _count(conn, select(func.count()).select_from(source_gap).where(source_gap.c.source == source))
+        first_hour = _hour_floor(now) - timedelta(hours=HOURS_SHOWN - 1)
+        hourly = conn.execute(
+            select(source_hourly.c.hour, source_hourly.c.messages).where(
+                source_hourly.c.source == source, source_hourly.c.hour >= first_hour
+            )
+        ).all()
+
+    per_hour: dict[datetime, int] = {}
+    for hour, messages in hourly:
+        key = _hour_floor(_utc(hour))
+        per_hour[key] = per_hour.get(key, 0) + int(messages)
+    durations = [
+        (_utc(sent_at) - _utc(received_at)).total_seconds() * 1000 for sent_at, received_at in timings
+    ]
+    last_flush = max((_utc(updated) for _, _, updated in positions), default=None)
+
+    return {
+        "consumer": consumer,
+        "source": source,
+        "generated-at": _iso(now),
+        "http-request": {
+            "last-alive-ms-ago": _ms_ago(now, health["last_alive_at"]) if health else None,
+            "last-failed-cnx-ms-ago": _ms_ago(now, health["last_failed_at"]) if health else None,
+            "pipeline-host": _host_of(health["endpoint"]) if health else None,
+            "last-error": health["last_error"] if health else None,
+        },
+        "pointer": {
+            "current-offsets": ",".join(f"{int(p)}:{position}" for p, position, _ in positions),
+            "last-flush-ms-ago": _ms_ago(now, last_flush),
+            "processed-since-last-flush": since_flush,
+        },
+        "routing": routing.routing_map() if routing is not None else {"triggers": {}},
+        "stats": {
+            "trigger-received": received,
+            "trigger-processed": received - current,
+            "trigger-discarded": discarded,
+            "trigger-failures": int(ledger.get("failed", 0)),
+            "current-messages": current,
+            "current-retries": int(ledger.get("deferred", 0)),
+            "bytes-read": int(health["bytes_read"]) if health else 0,
+            "average-trigger-processing-time-ms": round(sum(durations) / len(durations)) if durations else None,
+            "pointer-flushes": int(health["pointer_flushes"]) if health else 0,
+            "gaps": gaps,
+        },
+        "settings": dict(settings),
+        "messages-per-hour": [
+            {"hour": _iso(hour), "messages": per_hour.get(hour, 0)}
+            for hour in (first_hour + timedelta(hours=i) for i in range(HOURS_SHOWN))
+        ],
+    }

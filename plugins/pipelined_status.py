@@ -1,0 +1,358 @@
+"""Airflow plugin: Campaign's ``pipelined`` status web service, served by the Airflow API server.
+
+    GET /pipelined/status    the status document (JSON), same indicator names as Campaign's
+                             ``GET :7781/pipelined/status`` (include/triggerflow/status.py)
+    GET /pipelined/          the same as a page: the indicators to watch, a bar chart of messages
+                             per hour over the last 5 days, and every indicator in a table
+    ?source=KEY              either route: another source than the one adobe_triggers reads
+
+The page also appears in the Airflow UI: a "Triggers status" entry in the navigation opens it in
+an iframe (``/plugin/pipelined``).
+
+**Authentication.** Plugin apps are not protected by Airflow (a mount inherits no dependency), so
+every route here requires an authenticated Airflow user, checked with Airflow's own ``get_user``:
+the UI's ``_token`` cookie (the iframe sends it), or ``Authorization: Bearer <token>`` for a
+monitoring tool, with the token from ``POST /auth/token`` (``{"username": ..., "password": ...}``).
+No token: 401; an invalid one: 403; an expired one: 401. Any authenticated user may read it (counts,
+positions, the source host; no customer data).
+
+``TRIGGERFLOW_STATUS_PUBLIC=true`` (in the API server's environment) turns authentication off, for
+legacy monitors that polled Campaign's unauthenticated port; leave it unset (default: protected)
+unless the API server is only reachable from a trusted network.
+
+**Data.** Read per request in the API server process: the store from connection ``triggers_db``
+and the consumer and settings from ``adobe_triggers`` (``airflow.models.connection.Connection``,
+which includes the metastore), the routing from ``include/routing.yaml`` (or
+$TRIGGERFLOW_ROUTING_FILE). The project root must be importable (it is on PYTHONPATH under
+Astro). A missing connection or an unreachable store gives a 503 with the reason as JSON (as HTML
+on the page), never a stack trace.
+
+Plugins are imported by the scheduler, the DAG processor and the CLI too: this module imports
+only FastAPI at the top; Airflow's security module, SQLAlchemy and the triggerflow package are
+imported on the first request.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from airflow.plugins_manager import AirflowPlugin
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/pipelined"
+PUBLIC_ENV = "TRIGGERFLOW_STATUS_PUBLIC"
+STORE_CONN_ID = "triggers_db"
+SOURCE_CONN_ID = "adobe_triggers"
+PG_CONNECT_TIMEOUT_S = 5
+PAGE_REFRESH_S = 60
+#: Campaign's advice: watch these three, which should stay at 0 (reference §4)
+WATCHED = ("current-messages", "trigger-discarded", "trigger-failures")
+
+
+class StatusUnavailable(Exception):
+    """The status cannot be computed; the message says why and what to check (served as 503)."""
+
+
+def status_is_public() -> bool:
+    return os.environ.get(PUBLIC_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+async def require_user(request: Request) -> Any:
+    """An authenticated Airflow user (Bearer header, else the UI's ``_token`` cookie), unless
+    $TRIGGERFLOW_STATUS_PUBLIC is true. Airflow's ``get_user`` raises 401/403 itself."""
+    if status_is_public():
+        return None
+    # Imported here: it costs ~1.7 s and plugins load in every Airflow process.
+    from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
+
+    credentials = await bearer_scheme(request)
+    try:
+        return await get_user(request, _oauth_token=None, bearer_credentials=credentials)
+    except RuntimeError as exc:  # get_auth_manager(): not running inside an initialised API server
+        log.warning("pipelined status: cannot check the token: %s", exc)
+        raise HTTPException(status_code=503, detail="Airflow's auth manager is not initialised in this process")
+
+
+# -- collecting the document -------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _connection(conn_id: str, *, required: bool) -> Any:
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
+    try:
+        return Connection.get_connection_from_secrets(conn_id)
+    except AirflowNotFoundException:
+        if required:
+            raise StatusUnavailable(
+                f"Airflow connection {conn_id!r} is not defined: it names the triggerflow store "
+                "(see README, Connections)"
+            ) from None
+    except Exception as exc:  # noqa: BLE001 - reported, never a stack trace
+        if required:
+            raise StatusUnavailable(f"cannot read Airflow connection {conn_id!r}: {_first_line(exc)}") from None
+        log.warning("pipelined status: connection %s unreadable: %s", conn_id, _first_line(exc))
+    return None
+
+
+def _store_url(conn: Any) -> str:
+    from sqlalchemy.engine import make_url
+
+    from include.triggerflow.store.db import StoreConfigError, url_from_parts
+
+    try:
+        url = url_from_parts(
+            conn_type=conn.conn_type,
+            host=conn.host,
+            schema=conn.schema,
+            login=conn.login,
+            password=conn.password,
+            port=conn.port,
+            extra=conn.extra_dejson,
+        )
+        parsed = make_url(url)
+    except StoreConfigError as exc:
+        raise StatusUnavailable(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed extra.sqlalchemy_url
+        raise StatusUnavailable(f"connection {STORE_CONN_ID!r} does not give a database URL: {_first_line(exc)}") from None
+    # A status request must not hang on an unreachable server for the OS's TCP timeout.
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
+    return parsed.render_as_string(hide_password=False)
+
+
+def _pool_slots(pool_name: str) -> int | None:
+    try:
+        from airflow.models.pool import Pool
+
+        pool = Pool.get_pool(pool_name)
+        return int(pool.slots) if pool is not None else None
+    except Exception:  # noqa: BLE001 - optional information
+        return None
+
+
+def collect_status(source: str | None = None, consumer: str | None = None) -> dict[str, Any]:
+    """The status document, from the Airflow connections. Raises :class:`StatusUnavailable`."""
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from include.triggerflow.config import RoutingConfigError, load_routing
+        from include.triggerflow.status import (
+            SEND_POOL,
+            build_status,
+            latest_source,
+            resolve_consumer,
+            source_key_for_connection,
+            status_settings_from_connection,
+        )
+        from include.triggerflow.store.db import describe, get_engine
+    except ImportError as exc:
+        raise StatusUnavailable(
+            f"the triggerflow package cannot be imported ({exc}): put the project root on the API "
+            "server's PYTHONPATH"
+        ) from None
+
+    engine = get_engine(_store_url(_connection(STORE_CONN_ID, required=True)))
+    source_conn = _connection(SOURCE_CONN_ID, required=False)
+    extra = dict(source_conn.extra_dejson or {}) if source_conn is not None else {}
+    host = source_conn.host if source_conn is not None else None
+    routing_error = None
+    try:
+        routing = load_routing()
+    except RoutingConfigError as exc:
+        routing, routing_error = None, str(exc)
+    try:
+        source_key = source or source_key_for_connection(host, extra) or latest_source(engine)
+        document = build_status(
+            engine,
+            routing,
+            source_key=source_key,
+            consumer=resolve_consumer(explicit=consumer, extra=extra, routing=routing, host=host, source_key=source_key),
+            settings=status_settings_from_connection(extra, pool_slots=_pool_slots(SEND_POOL)),
+        )
+    except SQLAlchemyError as exc:
+        raise StatusUnavailable(
+            f"the triggerflow store at {describe(engine)} cannot be read: {_first_line(exc)} "
+            "(if its tables are missing: python -m include.triggerflow.cli init-db, or run the DAG once)"
+        ) from None
+    if routing_error is not None:
+        document["routing"]["error"] = routing_error
+    return document
+
+
+def _collect_or_raise(source: str | None, consumer: str | None) -> dict[str, Any]:
+    try:
+        return collect_status(source, consumer)
+    except StatusUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - logged with its traceback here, never sent
+        log.exception("pipelined status failed")
+        raise StatusUnavailable(f"status unavailable: {exc.__class__.__name__}: {_first_line(exc)}") from None
+
+
+# -- the page ----------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _chart(per_hour: list[dict[str, Any]]) -> str:
+    """Messages per hour as an inline SVG bar chart (oldest left), with day boundaries labelled."""
+    width, height, left, bottom, top = 960, 220, 48, 28, 12
+    plot_w, plot_h = width - left - 8, height - bottom - top
+    peak = max((int(h["messages"]) for h in per_hour), default=0)
+    scale = peak or 1
+    step = plot_w / max(len(per_hour), 1)
+    parts = [
+        f'<svg id="messages-per-hour" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="100%" role="img" aria-label="Messages per hour over the last 5 days, peak {peak}">',
+        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}"/>',
+        f'<text class="tick" x="{left - 6}" y="{top + plot_h}" text-anchor="end">0</text>',
+        f'<text class="tick" x="{left - 6}" y="{top + 10}" text-anchor="end">{peak:,}</text>',
+    ]
+    for index, hour in enumerate(per_hour):
+        x = left + index * step
+        stamp = str(hour["hour"])
+        if stamp[11:13] == "00":  # midnight UTC: a day boundary
+            parts.append(f'<line class="day" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}"/>')
+            parts.append(f'<text class="tick" x="{x + 3:.1f}" y="{height - 8}">{html.escape(stamp[:10])}</text>')
+        messages = int(hour["messages"])
+        if messages:
+            bar_h = max(1.0, plot_h * messages / scale)
+            parts.append(
+                f'<rect class="bar" x="{x + 0.5:.1f}" y="{top + plot_h - bar_h:.1f}" width="{max(step - 1, 1):.1f}" '
+                f'height="{bar_h:.1f}"><title>{html.escape(stamp)}: {messages:,} messages</title></rect>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _rows(prefix: str, values: Any) -> list[str]:
+    if isinstance(values, dict):
+        rows: list[str] = []
+        for key, value in values.items():
+            rows.extend(_rows(f"{prefix}.{key}" if prefix else str(key), value))
+        return rows
+    return [f"<tr><th>{html.escape(prefix)}</th><td>{html.escape(_fmt(values))}</td></tr>"]
+
+
+def render_page(document: dict[str, Any], *, json_href: str = "status") -> str:
+    """The status as an HTML page: watched indicators, the 5-day chart, then every indicator."""
+    stats = document.get("stats", {})
+    cards = "".join(
+        f'<div class="card {"ok" if not stats.get(name) else "alert"}" id="{name}">'
+        f'<div class="value">{_fmt(stats.get(name))}</div><div class="label">{name}</div></div>'
+        for name in WATCHED
+    )
+    table = {key: document[key] for key in ("consumer", "source", "generated-at", "http-request", "pointer", "stats", "settings") if key in document}
+    routing = document.get("routing", {})
+    routing_rows = "".join(
+        f"<tr><th>{html.escape(section)}: {html.escape(str(trigger))}</th><td>{html.escape(str(handler))}</td></tr>"
+        for section, mapping in routing.items()
+        if isinstance(mapping, dict)
+        for trigger, handler in mapping.items()
+    )
+    if routing.get("error"):
+        routing_rows += f'<tr><th>routing error</th><td class="err">{html.escape(str(routing["error"]))}</td></tr>'
+    total = sum(int(h["messages"]) for h in document.get("messages-per-hour", []))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{PAGE_REFRESH_S}">
+<title>Triggers status (pipelined)</title>
+<style>
+ body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #1f2328; background: #fff; }}
+ h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 15px; margin: 20px 0 6px; }}
+ .sub {{ color: #59636e; }} .cards {{ display: flex; gap: 12px; margin: 12px 0; }}
+ .card {{ border-radius: 6px; padding: 8px 16px; min-width: 140px; border: 1px solid #d1d9e0; }}
+ .card .value {{ font-size: 26px; font-weight: 600; }} .card.ok {{ background: #dafbe1; }}
+ .card.alert {{ background: #ffebe9; }} table {{ border-collapse: collapse; }}
+ th, td {{ text-align: left; padding: 3px 12px 3px 0; border-bottom: 1px solid #eef0f2; font-weight: normal; }}
+ th {{ color: #59636e; font-family: ui-monospace, monospace; }} td {{ font-variant-numeric: tabular-nums; }}
+ .err {{ color: #cf222e; white-space: pre-wrap; }} svg .bar {{ fill: #0969da; }}
+ svg .axis {{ stroke: #59636e; }} svg .day {{ stroke: #d1d9e0; stroke-dasharray: 2 2; }}
+ svg .tick {{ font-size: 11px; fill: #59636e; }}
+ @media (prefers-color-scheme: dark) {{
+  body {{ color: #e6edf3; background: #0d1117; }} .card.ok {{ background: #12361f; }}
+  .card.alert {{ background: #4b1113; }} th, td {{ border-color: #21262d; }} svg .bar {{ fill: #4493f8; }}
+ }}
+</style></head><body>
+<h1>Triggers status</h1>
+<div class="sub">consumer <b>{html.escape(_fmt(document.get("consumer")))}</b> · source
+{html.escape(_fmt(document.get("source")))} · at {html.escape(_fmt(document.get("generated-at")))} ·
+<a href="{html.escape(json_href)}">JSON</a></div>
+<div class="cards">{cards}</div>
+<h2>Messages per hour, last 5 days (UTC) — {total:,} in all</h2>
+{_chart(document.get("messages-per-hour", []))}
+<h2>Indicators</h2>
+<table id="indicators">{"".join(_rows("", table))}</table>
+<h2>Routing</h2>
+<table id="routing">{routing_rows}</table>
+</body></html>
+"""
+
+
+def _error_page(message: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Triggers status unavailable</title>'
+        f'<meta http-equiv="refresh" content="{PAGE_REFRESH_S}"></head><body style="font: 14px system-ui, sans-serif">'
+        f'<h1 style="font-size: 20px">Triggers status unavailable</h1><p id="error">{html.escape(message)}</p>'
+        "</body></html>"
+    )
+
+
+# -- the app -----------------------------------------------------------------------------------------
+app = FastAPI(title="triggerflow pipelined status", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.get("/status")
+def status(
+    source: str | None = Query(None, description="source key (default: the one adobe_triggers reads)"),
+    consumer: str | None = Query(None, description="consumer name to show"),
+    _user: Any = Depends(require_user),
+) -> JSONResponse:
+    try:
+        document = _collect_or_raise(source, consumer)
+    except StatusUnavailable as exc:
+        return JSONResponse({"status": 503, "error": str(exc)}, status_code=503)
+    return JSONResponse(document, headers={"Cache-Control": "no-store"})
+
+
+@app.get("/", response_class=HTMLResponse)
+def page(
+    request: Request,
+    source: str | None = Query(None),
+    consumer: str | None = Query(None),
+    _user: Any = Depends(require_user),
+) -> HTMLResponse:
+    try:
+        document = _collect_or_raise(source, consumer)
+    except StatusUnavailable as exc:
+        return HTMLResponse(_error_page(str(exc)), status_code=503)
+    query = request.url.query
+    return HTMLResponse(render_page(document, json_href="status" + (f"?{query}" if query else "")), headers={"Cache-Control": "no-store"})
+
+
+class PipelinedStatusPlugin(AirflowPlugin):
+    name = "pipelined_status"
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "pipelined status"}]
+    external_views = [
+        {
+            "name": "Triggers status",
+            "href": f"{PREFIX}/",
+            "destination": "nav",
+            "url_route": "pipelined",  # shown in the UI shell as an iframe at /plugin/pipelined
+        }
+    ]

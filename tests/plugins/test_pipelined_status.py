@@ -1,0 +1,418 @@
+"""Tests for plugins/pipelined_status.py: the /pipelined app, its authentication, its errors and
+the page, with FastAPI's TestClient; and once against a real ``airflow api-server`` (e2e)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import requests
+from sqlalchemy import insert
+
+from include.triggerflow.store.schema import source_health, source_hourly, source_position
+
+# The emulator and store fixtures of tests/unit (a conftest there, not on this folder's path).
+from tests.unit.conftest import adobe_conns, emu, emulator_process, kit, publisher, routing  # noqa: F401
+
+with warnings.catch_warnings():  # starlette's note about httpx, raised by this import only
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_FILE = PROJECT_ROOT / "plugins" / "pipelined_status.py"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+FIELDS = ["consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour"]
+
+
+@pytest.fixture(scope="module")
+def plugin() -> ModuleType:
+    """The plugin module, imported from its file under the name Airflow's plugin manager gives it."""
+    module = sys.modules.get("pipelined_status")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("pipelined_status", PLUGIN_FILE)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["pipelined_status"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def client(plugin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.delenv(plugin.PUBLIC_ENV, raising=False)
+    with TestClient(plugin.app) as test_client:
+        yield test_client
+    plugin.app.dependency_overrides.clear()
+
+
+@pytest.fixture
+def store_conn(store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Connection triggers_db -> the test's store (SQLite or PostgreSQL), with its tables."""
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}))
+    return store_url
+
+
+class FakeUser:
+    """Stands in for Airflow's user: the dependency override skips token checks. The real paths
+    (Airflow's get_user with a real token) are tested in-process below and on a real server (e2e)."""
+
+    def get_name(self) -> str:
+        return "monitor"
+
+
+def as_user(plugin: ModuleType) -> None:
+    plugin.app.dependency_overrides[plugin.require_user] = lambda: FakeUser()
+
+
+def fill_store(engine, source: str = "journal:/events/organizations/O/integrations/I/reg-1") -> None:
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        conn.execute(insert(source_position).values(source=source, partition=0, position="pos-9", updated_at=now))
+        conn.execute(
+            insert(source_health).values(
+                source=source, endpoint="http://127.0.0.1:8765/events/x", last_alive_at=now, bytes_read=2048,
+                messages_received=9, pointer_flushes=3, updated_at=now,
+            )
+        )
+        conn.execute(
+            insert(source_hourly).values(source=source, hour=now.replace(minute=0, second=0, microsecond=0), messages=9)
+        )
+
+
+# -- the plugin object -------------------------------------------------------------------------------
+def test_plugin_declares_the_app_and_the_nav_view(plugin: ModuleType) -> None:
+    from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
+    from airflow.plugins_manager import AirflowPlugin
+
+    cls = plugin.PipelinedStatusPlugin
+    assert issubclass(cls, AirflowPlugin) and cls.name == "pipelined_status"
+    [app] = cls.fastapi_apps
+    assert (app["app"], app["url_prefix"]) == (plugin.app, "/pipelined")
+    assert not any(app["url_prefix"].startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
+    assert cls.external_views == [
+        {"name": "Triggers status", "href": "/pipelined/", "destination": "nav", "url_route": "pipelined"}
+    ]
+    assert {route.path for route in plugin.app.routes} == {"/status", "/"}  # no unauthenticated /docs
+
+
+def test_importing_the_plugin_stays_cheap() -> None:
+    """Plugins load in the scheduler, DAG processor and CLI: nothing heavy at import time."""
+    code = (
+        "import sys, runpy, json\n"
+        "import airflow.plugins_manager, fastapi, fastapi.responses\n"  # what loading any plugin costs
+        "before = set(sys.modules)\n"
+        "runpy.run_path(sys.argv[1])\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(PLUGIN_FILE)], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    added = json.loads(done.stdout.strip().splitlines()[-1])
+    heavy = ("include", "airflow.api_fastapi", "airflow.models", "sqlalchemy", "yaml", "jinja2", "pandas", "great_expectations")
+    assert [m for m in added if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+
+
+# -- authentication ----------------------------------------------------------------------------------
+def test_anonymous_requests_are_refused(client: TestClient, store_conn: str) -> None:
+    for path in ("/status", "/"):
+        response = client.get(path)
+        assert response.status_code == 401
+        assert response.json() == {"detail": "Not authenticated"}
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", 200), ("TRUE", 200), ("1", 200), ("false", 401), ("", 401), ("no", 401)])
+def test_public_opt_out(client: TestClient, plugin: ModuleType, store_conn: str, monkeypatch: pytest.MonkeyPatch, value: str, expected: int) -> None:
+    monkeypatch.setenv(plugin.PUBLIC_ENV, value)
+    assert client.get("/status").status_code == expected
+    assert client.get("/").status_code == expected
+
+
+def test_authenticated_user_gets_the_document(
+    client: TestClient, plugin: ModuleType, emu, adobe_conns, publisher, kit, store_conn: str, routing
+) -> None:
+    from include.triggerflow.hooks.triggers import TriggerSourceHook
+    from include.triggerflow.stages.land import BatchRef, land_batch
+    from include.triggerflow.status import build_status, status_settings_from_connection
+
+    adobe_conns(page_limit=2)
+    publisher(3)
+    source = TriggerSourceHook().get_source()
+    landed = land_batch(kit.engine, source, BatchRef("trigger_emails", "manual__1"))
+    as_user(plugin)
+
+    response = client.get("/status")
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    doc = response.json()
+    assert list(doc) == FIELDS
+    expected = build_status(
+        kit.engine, routing, source_key=source.source_key, consumer="triggerflow-reg",
+        settings=status_settings_from_connection({"page_limit": 2}),
+    )
+    volatile = {"last-alive-ms-ago", "last-flush-ms-ago", "generated-at"}
+
+    def stable(d: dict) -> dict:
+        return {k: stable(v) if isinstance(v, dict) else v for k, v in d.items() if k not in volatile}
+
+    assert stable(doc) == stable(expected)
+    assert doc["consumer"] == "triggerflow-reg"
+    assert doc["source"] == source.source_key
+    assert doc["stats"]["trigger-received"] == 3 and doc["stats"]["bytes-read"] == landed.bytes_read
+    assert doc["settings"]["flush-pointer-msg-count"] == 2
+    assert 0 <= doc["http-request"]["last-alive-ms-ago"] < 60_000
+    # query parameters choose another source or consumer
+    other = client.get("/status", params={"source": "journal:/other", "consumer": "customer_dev"}).json()
+    assert (other["source"], other["consumer"], other["stats"]["trigger-received"]) == ("journal:/other", "customer_dev", 0)
+
+
+def test_real_airflow_tokens_in_process(client: TestClient, store_conn: str, airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow's own get_user on real JWTs from the SimpleAuthManager (no server process)."""
+    from airflow.api_fastapi import app as airflow_app
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+    monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_hex(32))
+    monkeypatch.setenv("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", str(airflow_db / "unit-passwords.json"))
+    previous = airflow_app._AuthManagerState.instance
+    airflow_app._AuthManagerState.instance = None
+    try:
+        manager = airflow_app.create_auth_manager()
+        manager.init()
+        token = manager.generate_jwt(SimpleAuthManagerUser(username="monitor", role="viewer"))
+
+        assert client.get("/status", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/status", headers={"Authorization": f"Bearer {token[:-4]}AAAA"}).status_code == 403
+        assert client.get("/status", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403
+        client.cookies.set("_token", token)  # what the UI's iframe sends
+        assert client.get("/").status_code == 200
+    finally:
+        airflow_app._AuthManagerState.instance = previous
+
+
+def test_token_cannot_be_checked_outside_the_api_server(client: TestClient, store_conn: str) -> None:
+    from airflow.api_fastapi import app as airflow_app
+
+    if airflow_app._AuthManagerState.instance is not None:
+        pytest.skip("an auth manager is initialised in this process")
+    response = client.get("/status", headers={"Authorization": "Bearer abc"})
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Airflow's auth manager is not initialised in this process"}
+
+
+# -- errors ------------------------------------------------------------------------------------------
+def test_missing_store_connection_is_503(client: TestClient, plugin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_TRIGGERS_DB", raising=False)
+    as_user(plugin)
+    response = client.get("/status")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": 503,
+        "error": "Airflow connection 'triggers_db' is not defined: it names the triggerflow store (see README, Connections)",
+    }
+    page = client.get("/")
+    assert page.status_code == 503 and "text/html" in page.headers["content-type"]
+    assert "Airflow connection &#x27;triggers_db&#x27; is not defined" in page.text
+
+
+def test_store_without_tables_is_503(client: TestClient, plugin: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "empty.db")}))
+    as_user(plugin)
+    response = client.get("/status")
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error.startswith(f"the triggerflow store at sqlite:///{tmp_path / 'empty.db'} cannot be read: no such table: tf_")
+    assert error.endswith("(if its tables are missing: python -m include.triggerflow.cli init-db, or run the DAG once)")
+
+
+def test_bad_store_connection_is_503(client: TestClient, plugin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "mysql", "host": "db"}))
+    as_user(plugin)
+    response = client.get("/status")
+    assert response.status_code == 503
+    assert response.json()["error"].startswith("triggers_db: unsupported conn_type 'mysql'")
+
+
+def test_unreachable_postgres_is_503_quickly(client: TestClient, plugin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRIGGERS_DB",
+        json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": port, "login": "u", "password": "secret-pw", "schema": "tf"}),
+    )
+    as_user(plugin)
+    started = time.monotonic()
+    response = client.get("/status")
+    assert time.monotonic() - started < 15
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error.startswith(f"the triggerflow store at postgresql+psycopg2://u:***@127.0.0.1:{port}/tf?connect_timeout=5 cannot be read:")
+    assert "secret-pw" not in response.text
+
+
+def test_unexpected_errors_are_503_without_a_traceback(
+    client: TestClient, plugin: ModuleType, store_conn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import include.triggerflow.status as status_module
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom\nsecond line")
+
+    monkeypatch.setattr(status_module, "build_status", broken)
+    as_user(plugin)
+    response = client.get("/status")
+    assert response.status_code == 503
+    assert response.json() == {"status": 503, "error": "status unavailable: ValueError: boom"}
+    assert "Traceback" not in response.text and "Traceback" not in client.get("/").text
+
+
+def test_a_broken_routing_file_is_reported_not_fatal(
+    client: TestClient, plugin: ModuleType, store_conn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "routing.yaml"
+    broken.write_text("version: 1\ntriggers: []\n")
+    monkeypatch.setenv("TRIGGERFLOW_ROUTING_FILE", str(broken))
+    as_user(plugin)
+    response = client.get("/status")
+    assert response.status_code == 200
+    assert response.json()["routing"] == {
+        "triggers": {},
+        "error": f"{broken}: 'triggers' is empty: configure at least one trigger",
+    }
+
+
+# -- the page ----------------------------------------------------------------------------------------
+def test_page_shows_indicators_and_a_chart(client: TestClient, plugin: ModuleType, store_conn: str, store_engine) -> None:
+    fill_store(store_engine)
+    as_user(plugin)
+
+    page = client.get("/")
+
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "<svg" in html and 'id="messages-per-hour"' in html
+    assert len(re.findall(r"<rect class=\"bar\"", html)) == 1  # one hour with messages
+    assert re.search(r"<title>\d{4}-\d\d-\d\dT\d\d:00:00Z: 9 messages</title>", html)
+    for name in plugin.WATCHED:
+        assert f'id="{name}"' in html
+    assert "<th>stats.bytes-read</th><td>2,048</td>" in html
+    assert "<th>pointer.current-offsets</th><td>0:pos-9</td>" in html
+    assert "<th>http-request.pipeline-host</th><td>http://127.0.0.1:8765</td>" in html
+    assert 'href="status"' in html
+
+
+def test_page_escapes_what_it_shows(client: TestClient, plugin: ModuleType, store_conn: str) -> None:
+    as_user(plugin)
+    page = client.get("/", params={"source": "<script>alert(1)</script>"})
+    assert page.status_code == 200
+    assert "<script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+def test_render_page_chart_scale(plugin: ModuleType) -> None:
+    start = datetime(2026, 3, 1, 11, tzinfo=timezone.utc)
+    hours = [{"hour": (start + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%SZ"), "messages": 0} for i in range(120)]
+    hours[5]["messages"], hours[100]["messages"] = 1500, 750
+    page = plugin.render_page({"stats": {"current-messages": 3}, "messages-per-hour": hours, "routing": {"triggers": {"*": "cus:pipeline.js"}}})
+    heights = [float(h) for h in re.findall(r'<rect class="bar"[^>]* height="([\d.]+)"', page)]
+    assert len(heights) == 2 and heights[0] == pytest.approx(2 * heights[1], rel=0.01)
+    assert ">1,500</text>" in page  # the peak labels the y axis
+    assert page.count('class="day"') == 5  # five midnights in 120 hours from 11:00
+    assert 'class="card alert" id="current-messages"' in page and 'class="card ok" id="trigger-failures"' in page
+    assert "<th>triggers: *</th><td>cus:pipeline.js</td>" in page
+    assert "2,250 in all" in page
+
+
+# -- a real API server -------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_url: str, store_engine, tmp_path: Path) -> None:
+    fill_store(store_engine)
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    passwords = tmp_path / "passwords.json"
+    passwords.write_text(json.dumps({"monitor": "monitor-pw"}))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(airflow_db),
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "monitor:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
+        "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}),
+    }
+    env.pop("TRIGGERFLOW_STATUS_PUBLIC", None)
+    log_path = tmp_path / "api-server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, f"api-server exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"api-server not up after 90 s:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+
+        anonymous = requests.get(f"{base}/pipelined/status", timeout=30)
+        assert anonymous.status_code == 401, anonymous.text
+        assert requests.get(f"{base}/pipelined/", timeout=30).status_code == 401
+
+        login = requests.post(f"{base}/auth/token", json={"username": "monitor", "password": "monitor-pw"}, timeout=30)
+        assert login.status_code == 201, login.text
+        token = login.json()["access_token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+
+        response = requests.get(f"{base}/pipelined/status", headers=bearer, timeout=30)
+        assert response.status_code == 200, response.text
+        doc = response.json()
+        assert list(doc) == FIELDS
+        assert doc["source"] == "journal:/events/organizations/O/integrations/I/reg-1"
+        assert (doc["stats"]["bytes-read"], doc["stats"]["pointer-flushes"], doc["pointer"]["current-offsets"]) == (2048, 3, "0:pos-9")
+        assert len(doc["messages-per-hour"]) == 120
+
+        page = requests.get(f"{base}/pipelined/", cookies={"_token": token}, timeout=30)  # as the UI iframe
+        assert page.status_code == 200 and "<svg" in page.text
+        assert requests.get(f"{base}/pipelined/status", headers={"Authorization": "Bearer x.y.z"}, timeout=30).status_code == 403
+
+        plugins = requests.get(f"{base}/api/v2/plugins", headers=bearer, timeout=30)
+        assert plugins.status_code == 200, plugins.text
+        [ours] = [p for p in plugins.json()["plugins"] if p["name"] == "pipelined_status"]
+        assert [(a["url_prefix"], a["name"]) for a in ours["fastapi_apps"]] == [("/pipelined", "pipelined status")]
+        [view] = ours["external_views"]
+        assert (view["name"], view["href"], view["destination"], view["url_route"]) == ("Triggers status", "/pipelined/", "nav", "pipelined")
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=5)

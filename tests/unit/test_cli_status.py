@@ -1,0 +1,107 @@
+"""Tests for ``python -m include.triggerflow.cli status``, run as a real process against a store
+landed from the emulator process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+
+from include.triggerflow.hooks.triggers import TriggerSourceHook
+from include.triggerflow.stages.land import BatchRef, land_batch
+from include.triggerflow.store.schema import source_health, source_position
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+FIELDS = {"consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour"}
+
+
+def cli(store_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "include.triggerflow.cli", "--db-url", store_url, *args],
+        cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
+    )
+
+
+def status(store_url: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    done = cli(store_url, "status", *args, env=env)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture
+def landed(emu, adobe_conns, publisher, kit):
+    adobe_conns(page_limit=2)
+    publisher(3)
+    source = TriggerSourceHook().get_source()
+    result = land_batch(kit.engine, source, BatchRef("trigger_emails", "manual__1", "manual", T0, T0 + timedelta(minutes=1)))
+    assert result.pulled == 3
+    return source, result
+
+
+def test_status_prints_the_document(landed, emu, kit, store_url: str, routing) -> None:
+    source, result = landed
+
+    doc = status(store_url)
+
+    assert set(doc) == FIELDS
+    [position] = kit.rows(source_position)
+    assert doc["consumer"] == "triggerflow-reg"  # the journal registration of connection adobe_triggers
+    assert doc["source"] == source.source_key
+    assert doc["http-request"]["pipeline-host"] == emu.base_url
+    assert 0 <= doc["http-request"]["last-alive-ms-ago"] < 60_000
+    assert doc["pointer"]["current-offsets"] == f"0:{position['position']}"
+    assert doc["pointer"]["processed-since-last-flush"] == 3
+    assert doc["stats"] == {
+        "trigger-received": 3,
+        "trigger-processed": 0,
+        "trigger-discarded": 0,
+        "trigger-failures": 0,
+        "current-messages": 3,
+        "current-retries": 0,
+        "bytes-read": result.bytes_read,
+        "average-trigger-processing-time-ms": None,
+        "pointer-flushes": 2,
+        "gaps": 0,
+    }
+    assert doc["settings"]["flush-pointer-msg-count"] == 2  # the connection's page_limit
+    assert doc["settings"]["retry-validity-duration-ms"] == 137_000
+    assert doc["routing"] == routing.routing_map()
+    assert len(doc["messages-per-hour"]) == 120
+    assert sum(h["messages"] for h in doc["messages-per-hour"]) == 3
+
+
+def test_consumer_and_source_flags(landed, store_url: str) -> None:
+    source, _ = landed
+    assert status(store_url, "--consumer", "customer_dev")["consumer"] == "customer_dev"
+    other = status(store_url, "--source", "journal:/elsewhere")
+    assert other["source"] == "journal:/elsewhere"
+    assert other["stats"]["trigger-received"] == 0 and other["pointer"]["current-offsets"] == ""
+    assert other["consumer"] == "triggerflow-reg"
+    assert status(store_url, "--source", source.source_key)["stats"]["trigger-received"] == 3
+
+
+def test_without_the_source_connection(kit, store_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_ADOBE_TRIGGERS", raising=False)
+    with kit.engine.begin() as conn:
+        conn.execute(insert(source_health).values(source="journal:/x/reg", bytes_read=42, updated_at=T0))
+    broken = tmp_path / "routing.yaml"
+    broken.write_text("version: 2\n")
+
+    doc = status(store_url, env={"TRIGGERFLOW_ROUTING_FILE": str(broken)})
+
+    assert (doc["source"], doc["consumer"]) == ("journal:/x/reg", "journal:/x/reg")  # most recent source
+    assert doc["stats"]["bytes-read"] == 42
+    assert doc["settings"]["flush-pointer-msg-count"] == 500  # the default page_limit
+    assert doc["routing"]["triggers"] == {}
+    assert doc["routing"]["error"].splitlines() == [
+        f"{broken}: missing required key: triggers",
+        f"{broken}: version must be 1, got 2",
+    ]
+    assert status(store_url, "--consumer", "c1")["consumer"] == "c1"

@@ -1,0 +1,510 @@
+"""Tests for include.triggerflow.status: the pipelined status document, from a store filled by the
+real stages (journal landed from the emulator process, validated, reconciled, sent to the SMTP sink
+process), plus exact checks of each mapping on rows written directly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select, update
+
+from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
+from include.triggerflow.hooks.triggers import TriggerSourceHook
+from include.triggerflow.render import Renderer
+from include.triggerflow.stages.land import BatchRef, land_batch
+from include.triggerflow.stages.reconcile import reconcile_batch
+from include.triggerflow.stages.report import report_batch
+from include.triggerflow.stages.send import send_chunk
+from include.triggerflow.stages.validate import validate_batch
+from include.triggerflow.status import (
+    DAG_MAX_RETRY_DELAY_S,
+    DAG_RETRIES,
+    DAG_RETRY_DELAY_S,
+    DAG_RETRY_EXPONENTIAL_BACKOFF,
+    DAG_SCHEDULE_PERIOD_MS,
+    HOURS_SHOWN,
+    build_status,
+    latest_source,
+    resolve_consumer,
+    retry_validity_ms,
+    source_key_for_connection,
+    status_settings_from_connection,
+)
+from include.triggerflow.store.schema import (
+    decision,
+    event,
+    quarantine,
+    run_summary,
+    send,
+    source_gap,
+    source_health,
+    source_hourly,
+    source_position,
+)
+
+from tests.unit.conftest import envelope_json
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+SETTINGS = {"flush-pointer-msg-count": 2, "retry-period-ms": 10_000}
+UNROUTED = "00000000-0000-0000-0000-000000000000"
+
+
+def cart(**kwargs: Any) -> dict[str, Any]:
+    return trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, **kwargs)
+
+
+def ref(minute: int) -> BatchRef:
+    start = T0 + timedelta(minutes=minute)
+    return BatchRef("trigger_emails", f"scheduled__{minute}", "scheduled", start, start + timedelta(minutes=1))
+
+
+def utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def iso_hour(value: datetime) -> str:
+    return utc(value).replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class GreylistingSession:
+    """The real SMTP session to the sink, except that the given recipients get a 4xx reply, which
+    the sink (it accepts everything) cannot give."""
+
+    def __init__(self, real: TriggerMailHook, deferred: set[str]) -> None:
+        self.real, self.deferred = real, deferred
+        self.sender, self.from_name, self.message_id_domain = real.sender, real.from_name, real.message_id_domain
+
+    def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
+        if recipient in self.deferred:
+            return SmtpOutcome(accepted=False, code=451, reply="4.7.1 greylisted, try later", permanent=False)
+        return self.real.send_prepared(recipient, message)
+
+
+def greylisting(*recipients: str) -> Callable[[], Any]:
+    @contextmanager
+    def open_session():
+        with TriggerMailHook() as real:
+            yield GreylistingSession(real, set(recipients))
+
+    return open_session
+
+
+def status_now(kit, routing, **kwargs: Any) -> tuple[dict[str, Any], datetime]:
+    now = datetime.now(timezone.utc)
+    kwargs.setdefault("consumer", "customer_dev")
+    kwargs.setdefault("settings", SETTINGS)
+    return build_status(kit.engine, routing, now=now, **kwargs), now
+
+
+# -- the whole pipeline ------------------------------------------------------------------------------
+def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, smtp, kit, routing) -> None:
+    adobe_conns(page_limit=2)
+    kit.add_profiles(
+        {"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "shopper_id": "SHOP-1"},
+        {"customer_id": "C2", "email": "grace@example.com", "first_name": "Grace", "shopper_id": "SHOP-2"},
+        {"customer_id": "C3", "email": "donald at example.com", "first_name": "Donald", "shopper_id": "SHOP-3"},
+    )
+    published = emu.client.publish([
+        cart(shopper_id="SHOP-1"),  # sent
+        cart(shopper_id="SHOP-2"),  # deferred (4xx): a retry
+        cart(shopper_id="SHOP-3"),  # bad address: a failure
+        trigger_message(trigger_id=UNROUTED, shopper_id="SHOP-1"),  # ignored: processed, not sent
+    ])
+    assert published["accepted"] == 4
+    emu.client.inject_raw([{"not": "an envelope"}])  # quarantined: discarded
+    source = TriggerSourceHook().get_source()
+
+    # -- landed, nothing processed yet ---------------------------------------------------------------
+    landed = land_batch(kit.engine, source, ref(0))
+    assert landed.pulled == 5
+    doc, now = status_now(kit, routing)
+
+    [position] = kit.rows(source_position)
+    events = kit.rows(event, order_by=event.c.event_id)
+    landing_hour = iso_hour(events[0]["received_at"])
+    assert doc["consumer"] == "customer_dev"
+    assert doc["source"] == source.source_key  # the only source: found without being named
+    assert doc["http-request"]["pipeline-host"] == emu.base_url
+    assert 0 <= doc["http-request"]["last-alive-ms-ago"] < 30_000
+    assert doc["http-request"]["last-failed-cnx-ms-ago"] is None
+    assert doc["http-request"]["last-error"] is None
+    assert doc["pointer"] == {
+        "current-offsets": f"0:{position['position']}",
+        "last-flush-ms-ago": doc["pointer"]["last-flush-ms-ago"],
+        "processed-since-last-flush": 5,
+    }
+    assert position["position"] == events[-1]["src_position"]
+    assert 0 <= doc["pointer"]["last-flush-ms-ago"] < 30_000
+    assert doc["stats"] == {
+        "trigger-received": 5,
+        "trigger-processed": 0,
+        "trigger-discarded": 0,
+        "trigger-failures": 0,
+        "current-messages": 5,
+        "current-retries": 0,
+        "bytes-read": landed.bytes_read,
+        "average-trigger-processing-time-ms": None,
+        "pointer-flushes": 3,  # pages of 2, 2 and 1
+        "gaps": 0,
+    }
+    assert landed.bytes_read > 0
+    assert doc["routing"] == routing.routing_map()
+    assert doc["settings"] == SETTINGS
+    hours = doc["messages-per-hour"]
+    assert len(hours) == HOURS_SHOWN == 120
+    assert hours[-1]["hour"] == iso_hour(now)
+    assert [datetime.fromisoformat(h["hour"].replace("Z", "+00:00")) for h in hours] == [
+        utc(now).replace(minute=0, second=0, microsecond=0) - timedelta(hours=119 - i) for i in range(120)
+    ]
+    assert {h["hour"]: h["messages"] for h in hours if h["messages"]} == {landing_hour: 5}
+
+    # -- processed: validated, reconciled, sent, reported -------------------------------------------
+    batch_id = landed.batch_id
+    assert validate_batch(kit.engine, batch_id, routing).quarantined == 1
+    reconciled = reconcile_batch(kit.engine, batch_id, routing)
+    assert reconciled.counts == {"matched": 3, "ignored": 1}
+    sent = send_chunk(kit.engine, batch_id, 0, routing, Renderer(), greylisting("grace@example.com"))
+    assert sent.counts == {"sent": 1, "deferred": 1, "failed": 1, "ambiguous": 0}
+    assert report_batch(kit.engine, batch_id, dag_id="trigger_emails", run_id="scheduled__0").balanced
+    assert [m["To"] for m in smtp.messages()] == ["ada@example.com"]
+    doc, _ = status_now(kit, routing)
+
+    [sent_row] = kit.rows(send, send.c.state == "sent")
+    [sent_event] = kit.rows(event, event.c.event_id == sent_row["event_id"])
+    expected_ms = round((utc(sent_row["sent_at"]) - utc(sent_event["received_at"])).total_seconds() * 1000)
+    assert doc["stats"] == {
+        "trigger-received": 5,
+        "trigger-processed": 5,
+        "trigger-discarded": 1,
+        "trigger-failures": 1,
+        "current-messages": 0,
+        "current-retries": 1,
+        "bytes-read": landed.bytes_read,
+        "average-trigger-processing-time-ms": expected_ms,
+        "pointer-flushes": 3,
+        "gaps": 0,
+    }
+    assert 0 <= expected_ms < 60_000
+    assert doc["pointer"]["processed-since-last-flush"] == 0
+
+    # -- a second run lands 2 more, not yet processed ------------------------------------------------
+    emu.client.publish([cart(shopper_id="SHOP-1"), cart(shopper_id="SHOP-2")])
+    second = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(1))
+    assert second.pulled == 2
+    doc, _ = status_now(kit, routing)
+    [position] = kit.rows(source_position)
+    assert doc["pointer"]["current-offsets"] == f"0:{position['position']}"
+    assert doc["pointer"]["processed-since-last-flush"] == 2
+    assert (doc["stats"]["trigger-received"], doc["stats"]["trigger-processed"], doc["stats"]["current-messages"]) == (7, 5, 2)
+    assert doc["stats"]["pointer-flushes"] == 4
+    assert doc["stats"]["bytes-read"] == landed.bytes_read + second.bytes_read
+    assert sum(h["messages"] for h in doc["messages-per-hour"]) == 7
+
+    # -- a failed contact: the IMS refuses the secret --------------------------------------------------
+    adobe_conns(page_limit=2, client_secret="wrong-secret")
+    with pytest.raises(Exception):
+        land_batch(kit.engine, TriggerSourceHook().get_source(), ref(2))
+    failed_doc, _ = status_now(kit, routing)
+    http = failed_doc["http-request"]
+    assert 0 <= http["last-failed-cnx-ms-ago"] < 30_000
+    assert http["last-failed-cnx-ms-ago"] <= http["last-alive-ms-ago"]  # the failure is the latest contact
+    [health] = kit.rows(source_health)
+    assert http["last-error"] == health["last_error"] and http["last-error"]
+    assert failed_doc["stats"]["pointer-flushes"] == 4  # nothing landed, nothing flushed
+    assert failed_doc["stats"]["trigger-received"] == 7
+
+
+# -- each mapping, on rows written directly ------------------------------------------------------
+def add_decision(kit, event_id: int, batch_id: str, outcome: str = "matched") -> None:
+    with kit.engine.begin() as conn:
+        conn.execute(insert(decision).values(event_id=event_id, batch_id=batch_id, decision=outcome, decided_at=T0))
+
+
+def add_quarantine(kit, event_id: int, batch_id: str) -> None:
+    with kit.engine.begin() as conn:
+        conn.execute(insert(quarantine).values(event_id=event_id, batch_id=batch_id, reasons="[]", quarantined_at=T0))
+
+
+def add_summary(kit, batch_id: str, *, balanced: bool) -> None:
+    zeros = dict.fromkeys(
+        ("pulled", "valid", "quarantined", "matched", "unmatched", "ignored", "sent", "suppressed", "failed", "duplicate", "pending"), 0
+    )
+    with kit.engine.begin() as conn:
+        conn.execute(
+            insert(run_summary).values(
+                batch_id=batch_id, dag_id="trigger_emails", run_id=batch_id, balanced=balanced, counts="{}", reported_at=T0, **zeros
+            )
+        )
+
+
+def test_processed_current_discarded_and_since_last_flush(kit, routing) -> None:
+    kit.add_batch("b1")
+    done = [kit.add_event("b1", envelope_json(offset=i)) for i in range(2)]
+    for event_id in done:
+        add_decision(kit, event_id, "b1")
+    bad = kit.add_event("b1", envelope_json(), status="quarantined")
+    add_quarantine(kit, bad, "b1")
+    add_summary(kit, "b1", balanced=True)
+
+    kit.add_batch("b2")  # the latest batch
+    kit.add_event("b2", envelope_json(), status="landed")  # not validated yet
+    kit.add_event("b2", envelope_json(), status="valid")  # validated, not reconciled
+    decided = kit.add_event("b2", envelope_json(), status="valid")
+    add_decision(kit, decided, "b2", "unmatched")
+    # another source's events never count
+    kit.add_batch("other", source="journal:/other")
+    kit.add_event("other", envelope_json(), status="landed", source="journal:/other")
+
+    doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
+
+    stats = doc["stats"]
+    assert (stats["trigger-received"], stats["trigger-processed"], stats["current-messages"]) == (6, 4, 2)
+    assert stats["trigger-discarded"] == 1
+    assert doc["pointer"]["processed-since-last-flush"] == 2
+
+    # processing b2 catches up; a quarantined event put back to valid is no longer discarded
+    with kit.engine.begin() as conn:
+        conn.execute(update(event).where(event.c.batch_id == "b2").values(status="valid"))
+        conn.execute(update(event).where(event.c.event_id == bad).values(status="valid"))
+    for row in kit.rows(event, event.c.batch_id == "b2"):
+        if row["event_id"] != decided:
+            add_decision(kit, row["event_id"], "b2")
+    add_decision(kit, bad, "b1", "ignored")
+    doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
+    assert (doc["stats"]["trigger-processed"], doc["stats"]["current-messages"], doc["stats"]["trigger-discarded"]) == (6, 0, 0)
+    assert doc["pointer"]["processed-since-last-flush"] == 0
+
+
+def test_only_open_batches_are_searched_for_current_messages(kit, routing) -> None:
+    """A balanced report proves its batch had no unprocessed event, so reported batches are not
+    read again (this is what keeps the tf_event query bounded); an unbalanced one is."""
+    for batch_id, landed, balanced in (("b1", 1, True), ("b2", 2, False), ("b3", 4, None)):
+        kit.add_batch(batch_id)
+        for _ in range(landed):
+            kit.add_event(batch_id, envelope_json(), status="landed")
+        if balanced is not None:
+            add_summary(kit, batch_id, balanced=balanced)
+    doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
+    assert (doc["stats"]["trigger-received"], doc["stats"]["current-messages"]) == (7, 6)  # b2 + b3
+    assert doc["pointer"]["processed-since-last-flush"] == 4  # b3, the latest
+
+
+def test_ledger_counts_and_average_processing_time(kit, routing) -> None:
+    kit.add_batch("b1")
+    received = T0
+    ids = [kit.add_event("b1", envelope_json(offset=i), received_at=received) for i in range(4)]
+    rows = [
+        ("sent", timedelta(seconds=2)),
+        ("sent", timedelta(seconds=5)),
+        ("failed", None),
+        ("deferred", None),
+    ]
+    with kit.engine.begin() as conn:
+        for n, (event_id, (state, delay)) in enumerate(zip(ids, rows)):
+            conn.execute(
+                insert(send).values(
+                    idempotency_key=f"k{n}", batch_id="b1", chunk=0, event_id=event_id, profile_id="C1",
+                    trigger_id="t", route="cart", recipient="a@example.com", state=state, attempts=1,
+                    created_at=T0, updated_at=T0, sent_at=received + delay if delay else None,
+                )
+            )
+    doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
+    assert doc["stats"]["average-trigger-processing-time-ms"] == 3500
+    assert (doc["stats"]["trigger-failures"], doc["stats"]["current-retries"]) == (1, 1)
+    # and for another source, none of them
+    other = build_status(kit.engine, routing, source_key="journal:/other", consumer="c", settings={})
+    assert other["stats"]["average-trigger-processing-time-ms"] is None
+    assert (other["stats"]["trigger-failures"], other["stats"]["current-retries"]) == (0, 0)
+
+
+def test_offsets_flush_health_and_gaps(kit, routing) -> None:
+    key = "pipeline:customer_dev:triggers"
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=timezone.utc)
+    with kit.engine.begin() as conn:
+        for partition, position, age_s in ((10, "77", 50), (2, "1071369", 3), (0, "1090921", 9)):
+            conn.execute(
+                insert(source_position).values(
+                    source=key, partition=partition, position=position, updated_at=now - timedelta(seconds=age_s)
+                )
+            )
+        conn.execute(
+            insert(source_health).values(
+                source=key, endpoint="https://user:pw@producer-pipeline-pnw.adobe.net:8443/pipeline/topics/triggers?x=1",
+                last_alive_at=now - timedelta(milliseconds=1500), last_failed_at=now - timedelta(minutes=2),
+                last_error="SourceError: boom", bytes_read=123_456, messages_received=9, pointer_flushes=17,
+                updated_at=now,
+            )
+        )
+        for partition in (0, 2):
+            conn.execute(
+                insert(source_gap).values(
+                    source=key, partition=partition, expected_position="5", resumed_position="9", reason="retention",
+                    detected_at=now,
+                )
+            )
+        conn.execute(
+            insert(source_gap).values(source="other", partition=0, resumed_position="1", reason="x", detected_at=now)
+        )
+
+    doc = build_status(kit.engine, routing, source_key=key, consumer="customer_dev", settings={}, now=now)
+
+    assert doc["pointer"] == {
+        "current-offsets": "0:1090921,2:1071369,10:77",  # by partition number, not as text
+        "last-flush-ms-ago": 3000,
+        "processed-since-last-flush": 0,
+    }
+    assert doc["http-request"] == {
+        "last-alive-ms-ago": 1500,
+        "last-failed-cnx-ms-ago": 120_000,
+        "pipeline-host": "https://producer-pipeline-pnw.adobe.net:8443",  # no credentials, path or query
+        "last-error": "SourceError: boom",
+    }
+    assert (doc["stats"]["bytes-read"], doc["stats"]["pointer-flushes"], doc["stats"]["gaps"]) == (123_456, 17, 2)
+    assert doc["generated-at"] == "2026-03-02T10:30:00Z"
+
+
+def test_messages_per_hour_is_zero_filled_over_five_days(kit, routing) -> None:
+    now = datetime(2026, 3, 6, 10, 42, 7, tzinfo=timezone.utc)
+    current = now.replace(minute=0, second=0)
+    rows = [
+        ("test:src", current, 7),
+        ("test:src", current - timedelta(hours=3), 2),
+        ("test:src", current - timedelta(hours=119), 4),  # the oldest hour shown
+        ("test:src", current - timedelta(hours=120), 99),  # too old
+        ("journal:/other", current, 1000),
+    ]
+    with kit.engine.begin() as conn:
+        conn.execute(insert(source_hourly), [{"source": s, "hour": h, "messages": n} for s, h, n in rows])
+
+    hours = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={}, now=now)["messages-per-hour"]
+
+    assert len(hours) == 120
+    assert hours[0] == {"hour": "2026-03-01T11:00:00Z", "messages": 4}
+    assert hours[-1] == {"hour": "2026-03-06T10:00:00Z", "messages": 7}
+    assert hours[-4] == {"hour": "2026-03-06T07:00:00Z", "messages": 2}
+    assert sum(h["messages"] for h in hours) == 13
+    assert [h["hour"] for h in hours] == sorted(h["hour"] for h in hours)
+
+
+def test_source_defaults_to_the_most_recently_active(kit, routing) -> None:
+    empty = build_status(kit.engine, None, consumer="c", settings={})
+    assert empty["source"] is None and latest_source(kit.engine) is None
+    assert empty["routing"] == {"triggers": {}}
+    assert empty["pointer"] == {"current-offsets": "", "last-flush-ms-ago": None, "processed-since-last-flush": 0}
+    assert set(empty["stats"].values()) == {0, None}
+    assert len(empty["messages-per-hour"]) == 120 and not any(h["messages"] for h in empty["messages-per-hour"])
+
+    with kit.engine.begin() as conn:
+        for source, age in (("journal:/old", 60), ("journal:/new", 1), ("journal:/older", 600)):
+            conn.execute(insert(source_health).values(source=source, updated_at=T0 - timedelta(seconds=age)))
+    assert latest_source(kit.engine) == "journal:/new"
+    assert build_status(kit.engine, routing, consumer="c", settings={})["source"] == "journal:/new"
+    assert build_status(kit.engine, routing, source_key="journal:/old", consumer="c", settings={})["source"] == "journal:/old"
+
+
+def test_document_is_json_serialisable(kit, routing) -> None:
+    doc = build_status(kit.engine, routing, consumer="c", settings=status_settings_from_connection({}))
+    assert json.loads(json.dumps(doc)) == doc
+    assert list(doc) == [
+        "consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour"
+    ]
+
+
+# -- settings, consumer, source key -----------------------------------------------------------------
+def test_settings_from_the_connection() -> None:
+    assert status_settings_from_connection({"kind": "journal", "page_limit": 200}, pool_slots=4) == {
+        "flush-pointer-msg-count": 200,
+        "flush-pointer-period-ms": 60_000,
+        "processing-threads-JS": 4,
+        "retry-period-ms": 10_000,
+        "retry-validity-duration-ms": 137_000,
+    }
+    defaults = status_settings_from_connection(None)
+    assert (defaults["flush-pointer-msg-count"], defaults["processing-threads-JS"]) == (500, None)
+    assert status_settings_from_connection({"page_limit": "many"})["flush-pointer-msg-count"] is None
+    assert status_settings_from_connection({"page_limit": "250"})["flush-pointer-msg-count"] == 250
+    # a Pipeline source flushes every page_size messages (pipelined's pointerFlushMessageCount)
+    assert status_settings_from_connection({"kind": "pipeline", "page_limit": 7})["flush-pointer-msg-count"] == 1000
+    assert status_settings_from_connection({"kind": "pipeline", "page_size": 300})["flush-pointer-msg-count"] == 300
+
+
+def test_retry_validity_follows_airflows_backoff() -> None:
+    # tries wait at most 19, 39 and 79 s (between ceil(10*2**(n-1)) and twice that, minus 1)
+    assert retry_validity_ms() == (19 + 39 + 79) * 1000
+    assert retry_validity_ms(retries=2, retry_delay_s=30, backoff=1.0) == 60_000
+    assert retry_validity_ms(retries=4, retry_delay_s=100, backoff=2.0, max_retry_delay_s=300) == (199 + 300 + 300 + 300) * 1000
+
+
+def test_settings_constants_match_the_dag() -> None:
+    """status.py mirrors the DAG's schedule and retry settings instead of parsing the DAG per request."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.dags.test_dag_integrity import DAGS_DIR
+
+    dag = DagBag(dag_folder=str(DAGS_DIR)).dags["trigger_emails"]
+    args = dag.default_args
+    assert args["retries"] == DAG_RETRIES
+    assert args["retry_delay"] == timedelta(seconds=DAG_RETRY_DELAY_S)
+    assert args["retry_exponential_backoff"] == DAG_RETRY_EXPONENTIAL_BACKOFF
+    assert args["max_retry_delay"] == timedelta(seconds=DAG_MAX_RETRY_DELAY_S)
+    assert dag.timetable.expression == "* * * * *" and DAG_SCHEDULE_PERIOD_MS == 60_000
+    assert dag.get_task("send").pool == "smtp_sessions"
+
+
+def test_source_key_for_connection_is_the_journal_sources_key(emu, adobe_conns) -> None:
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection("adobe_triggers")
+    key = source_key_for_connection(conn.host, conn.extra_dejson)
+    assert key == TriggerSourceHook().get_source().source_key
+    assert key == f"journal:{emu.client.journal_path}"
+    assert source_key_for_connection("", {}) is None
+    assert source_key_for_connection(conn.host, {"kind": "webhook"}) is None
+
+
+def test_source_key_of_a_pipeline_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRIGGERFLOW_ENVIRONMENT", raising=False)
+    assert source_key_for_connection(None, {"kind": "pipeline"}) is None  # no consumer: not known
+    assert source_key_for_connection(None, {"kind": "pipeline", "consumer": "shop_prod"}) == "pipeline:shop_prod:triggers"
+    extra = {"kind": "pipeline", "consumer": "triggerflow-{env}", "topic": "aliases"}
+    assert source_key_for_connection(None, extra) == "pipeline:triggerflow-dev:aliases"
+    monkeypatch.setenv("TRIGGERFLOW_ENVIRONMENT", "stage")
+    assert source_key_for_connection(None, extra) == "pipeline:triggerflow-stage:aliases"
+    assert source_key_for_connection(None, {**extra, "environment": "prod"}) == "pipeline:triggerflow-prod:aliases"
+    assert resolve_consumer(extra={**extra, "environment": "prod"}, source_key="k") == "triggerflow-prod"
+
+
+def test_source_key_matches_the_hooks_pipeline_source(emu, adobe_conns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same key as the source the adobe_triggers hook builds (once the hook has the pipeline kind)."""
+    from include.triggerflow.hooks import triggers as triggers_hook
+
+    if "pipeline" not in getattr(triggers_hook, "SOURCE_KINDS", ()):
+        pytest.skip("the adobe_triggers hook has no pipeline kind in this tree")
+    extra = {"kind": "pipeline", "consumer": "triggerflow-{env}", "environment": "qa", "ims_conn_id": "adobe_ims"}
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_TRIGGERS", json.dumps({"conn_type": "http", "host": "", "extra": extra}))
+    assert source_key_for_connection("", extra) == TriggerSourceHook().get_source().source_key == "pipeline:triggerflow-qa:triggers"
+
+
+def test_consumer_resolution_order(routing, tmp_path) -> None:
+    from include.triggerflow.config import load_routing
+
+    option = {"topics": [{"name": "triggers", "consumer": "campaign_prod", "triggers": [{"name": "*", "jsConnector": "j"}]}]}
+    (tmp_path / "nms.json").write_text(json.dumps(option))
+    (tmp_path / "routing.yaml").write_text(
+        "version: 1\ncampaign:\n  config: nms.json\n  handlers:\n    j: {template: cart_abandonment, subject: Hi, "
+        "identity: {dimension: eVar01, profile_column: shopper_id}}\n"
+    )
+    campaign = load_routing(tmp_path / "routing.yaml")
+    host = "https://events.adobe.io/events/organizations/ORG/integrations/INT/REG-1/"
+    assert resolve_consumer(explicit="cli", extra={"consumer": "x"}, routing=campaign, host=host, source_key="k") == "cli"
+    assert resolve_consumer(extra={"consumer": "x"}, routing=campaign, host=host, source_key="k") == "x"
+    assert resolve_consumer(extra={}, routing=campaign, host=host, source_key="k") == "campaign_prod"
+    assert resolve_consumer(extra={}, routing=routing, host=host, source_key="k") == "REG-1"
+    assert resolve_consumer(routing=routing, source_key="journal:/a/b") == "journal:/a/b"
+    assert resolve_consumer() == "triggerflow"
