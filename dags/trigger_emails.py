@@ -83,10 +83,10 @@ def trigger_emails():
         from include.triggerflow.stages.land import land_batch
 
         context = get_current_context()
-        source = TriggerSourceHook().get_source()
-        result = land_batch(
-            store_engine(), source, batch_ref(context), max_messages=int(context["params"]["max_events"])
-        )
+        engine = store_engine()
+        # The store also holds the (encrypted) IMS token, shared by every task and run.
+        source = TriggerSourceHook().get_source(token_store=engine)
+        result = land_batch(engine, source, batch_ref(context), max_messages=int(context["params"]["max_events"]))
         return result.as_xcom()
 
     @task

@@ -1,44 +1,79 @@
 """Local stand-in for the Adobe services triggerflow talks to, as one real HTTP server.
 
-triggerflow cannot reach Adobe from a laptop or CI, so this process emulates the three wire
-contracts it depends on (reference/adobe-triggers.md):
+triggerflow cannot reach Adobe from a laptop or CI, so this process emulates the wire contracts
+it depends on (reference/adobe-triggers.md):
 
 * IMS OAuth Server-to-Server token endpoint, ``POST /ims/token/v3`` (DC-S2S, §6.1);
+* the legacy IMS service-account (JWT) exchange, ``POST /ims/exchange/jwt`` (DC-JWT, §6.2);
+  enabled with ``--jwt-public-key``. Unlike ``/ims/token/v3`` (``expires_in`` in *seconds*),
+  Adobe's JWT exchange reports ``expires_in`` in *milliseconds*, and so does this emulator;
 * the I/O Events Journaling API, ``GET /events/organizations/{org}/integrations/{int}/{reg}``
   (IOE-JRN, §1.11), serving pipeline envelopes (§1.7) wrapped as ``{event_id, event}``;
 * the Pipeline v3 producer endpoint, ``POST /pipeline/topics/{topic}/messages`` (PIPE-API, §1.5),
-  used by the demo and tests to feed the journal with realistic trigger messages.
+  used by the demo and tests to feed both the journal and the pipeline topic;
+* the Pipeline v3 consume endpoint, ``GET /pipeline/topics/{topic}/messages?group=&assign=&reset=
+  &syncInterval=`` (PIPE-API, §1.5): a long-running ``application/x-ndjson`` stream of ``DATA``
+  envelopes, ``SYNC`` markers and ``PING`` keep-alives, with per-partition retention, plus
+  ``POST /pipeline/consumer/sync`` to commit a group's offsets from a ``syncMarker``;
+* the endpoint discovery service Campaign's ``discoverPipelineEndpoint`` points at,
+  ``GET /v1/endpoints?topic=`` (CC-img2, §1.4).
 
 A small unauthenticated control plane under ``/_emulator/`` lets tests inject malformed events,
-read counters, reset state and force token expiry.
+read counters, reset state, force token expiry, expire retained pipeline offsets and queue fault
+rules (HTTP errors, cut/slow/stalled streams, duplicated or malformed lines).
 
 Run it with ``python -m devstack.adobe_emulator --port 0 --ready-file /tmp/x``; it prints
-``adobe-emulator listening on http://127.0.0.1:<port>`` once bound. Standard library only, so it
-starts fast and runs anywhere the project runs.
+``adobe-emulator listening on http://127.0.0.1:<port>`` once bound. Standard library only, except
+the JWT exchange, which verifies signatures with pyjwt/cryptography (imported only when a public
+key is configured), so the emulator starts fast and runs anywhere the project runs.
+
+Consume stream, in detail (what the emulator does; Adobe documents only the parameters):
+
+* ``assign=p:o,...`` serves exactly the listed partitions, each from offset ``o`` (the *next*
+  offset to read). Without ``assign`` every partition is served from the offsets the group
+  committed through ``POST /pipeline/consumer/sync``, or per ``reset`` when it has none.
+* An offset below the partition's earliest retained offset (expired) or above its end is
+  replaced according to ``reset`` (PIPE-API default ``latest``): ``earliest`` = the earliest
+  retained offset, ``latest`` = the end (only new messages).
+* DATA lines come in offset order within a partition, partitions interleaved round-robin.
+* A ``PING`` line is sent as soon as the stream has caught up (nothing more waiting), again
+  every ``--ping-interval`` seconds while idle, and again each time it catches up after new data.
+  ``SYNC`` lines are sent every ``syncInterval`` ms when it is > 0; their ``syncMarker`` is an
+  opaque token for the stream's current offsets.
+* The response stays open, serving messages as they are published, until the client
+  disconnects or ``--stream-max-seconds`` passes; then it ends with the chunk terminator.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from devstack.messages import DEMO_IMS_ORG, envelope
+from devstack.messages import DEMO_IMS_ORG, envelope, now_ms
+from include.triggerflow.events import PIPELINE_MESSAGE
 
 TOKEN_PATH = "/ims/token/v3"
+JWT_EXCHANGE_PATH = "/ims/exchange/jwt"
+DISCOVERY_PATH = "/v1/endpoints"
+CONSUMER_SYNC_PATH = "/pipeline/consumer/sync"
 JOURNAL_PREFIX = "/events/organizations/"
 PRODUCER_RE = re.compile(r"^/pipeline/topics/(?P<topic>[^/]+)/messages$")
 JOURNAL_RE = re.compile(
@@ -55,6 +90,22 @@ MAX_BATCH_BYTES = 2_000_000
 
 POSITION_PREFIX = "v2:"
 POSITION_RE = re.compile(r"^v2:(\d{12,18})$")
+
+DEFAULT_TECHNICAL_ACCOUNT_ID = "TECHACCT1234@techacct.adobe.com"
+DEFAULT_METASCOPE = "ent_analytics_bulk_ingest_sdk"
+DEFAULT_PING_INTERVAL_S = 1.0
+DEFAULT_STREAM_MAX_SECONDS = 30.0
+# DATA lines taken from the store per lock acquisition while streaming.
+STREAM_BATCH = 200
+# Pipeline Central's location codes (PIPE-CEN); any of them would do for a local emulator.
+DISCOVERY_LOCATION = "VA7"
+
+FAULT_ENDPOINTS = ("consume", "journal", "token", "discovery", "exchange")
+FAULT_KINDS = ("status", "cut", "slow", "duplicate", "malformed", "stall")
+# Request/response endpoints have no stream to cut, duplicate or garble.
+_REQUEST_FAULT_KINDS = ("status", "slow", "stall")
+_STREAM_FAULT_KINDS = ("cut", "slow", "duplicate", "malformed", "stall")
+_INT_RE = re.compile(r"^\d{1,18}$")
 
 # Query parameters whose values must never reach the log.
 _SECRET_PARAMS = frozenset({"client_secret", "access_token", "token", "jwt_token", "code", "password"})
@@ -89,6 +140,19 @@ class EmulatorSettings:
     registration_id: str = "triggerflow-reg"
     token_ttl: int = 86399
     partitions: int = 15
+    # Offset of the first message of every partition (also after /_emulator/reset). Pipeline
+    # offsets restart here with each emulator process, like a recreated topic; a consumer whose
+    # stored offsets are beyond it drops the reused offsets as already read, so a long-lived dev
+    # stack that restarts the emulator should pass a growing value (e.g. the epoch seconds).
+    first_offset: int = FIRST_OFFSET
+    # Topics that exist from the start; the producer endpoint creates others on first publish.
+    topics: tuple[str, ...] = ("triggers",)
+    ping_interval: float = DEFAULT_PING_INTERVAL_S
+    stream_max_seconds: float = DEFAULT_STREAM_MAX_SECONDS
+    # PEM of the RSA public key of the (legacy) service-account integration; None = JWT is off.
+    jwt_public_key_pem: bytes | None = field(default=None, repr=False)
+    technical_account_id: str = DEFAULT_TECHNICAL_ACCOUNT_ID
+    metascope: str = DEFAULT_METASCOPE
 
     @property
     def journal_path(self) -> str:
@@ -113,10 +177,152 @@ class JournalEntry:
 
 
 @dataclass
+class PartitionLog:
+    """One partition of a pipeline topic: the retained envelopes, at contiguous offsets that end
+    just before ``next_offset``. Expiry drops from the front, so the earliest retained offset
+    moves up; offsets are never reused."""
+
+    next_offset: int = FIRST_OFFSET
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def earliest(self) -> int:
+        return self.next_offset - len(self.messages)
+
+    def append(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        self.next_offset += 1
+
+    def at(self, offset: int) -> dict[str, Any]:
+        return self.messages[offset - self.earliest]
+
+    def expire_before(self, offset: int) -> int:
+        """Drop every retained message below ``offset``; returns how many were dropped."""
+        drop = max(0, min(len(self.messages), offset - self.earliest))
+        del self.messages[:drop]
+        return drop
+
+    def expire_created_before(self, ms: int) -> int:
+        drop = 0
+        while drop < len(self.messages) and _create_time(self.messages[drop]) < ms:
+            drop += 1
+        del self.messages[:drop]
+        return drop
+
+
+def _create_time(message: dict[str, Any]) -> int:
+    value = message.get("createTime")
+    return value if isinstance(value, int) else 0
+
+
+@dataclass
+class FaultRule:
+    """One queued fault. ``times`` counts requests (status, and slow/stall on request/response
+    endpoints), streams (cut, slow, duplicate, stall on the consume stream) or lines
+    (malformed)."""
+
+    endpoint: str
+    kind: str
+    times: int = 1
+    status: int = 503
+    retry_after: float | None = None
+    after_messages: int = 0
+    delay_ms: int = 0
+    seconds: float = 0.0
+    # malformed: only the message at this partition/offset (both optional), or a raw line to
+    # insert before the next DATA line instead of garbling a message body.
+    partition: int | None = None
+    offset: int | None = None
+    line: str | None = None
+    message: str | None = None
+    rule_id: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def parse_fault_rules(payload: Any) -> list[FaultRule]:
+    """Validate ``POST /_emulator/faults`` (a rule or a list of rules); ApiError 400 otherwise."""
+    items = payload if isinstance(payload, list) else [payload]
+    rules: list[FaultRule] = []
+    for index, item in enumerate(items):
+        where = f"rule #{index}"
+        if not isinstance(item, dict):
+            raise ApiError(400, "bad_request", f"{where} is not a JSON object")
+        endpoint, kind = item.get("endpoint"), item.get("kind")
+        if endpoint not in FAULT_ENDPOINTS:
+            raise ApiError(400, "bad_request", f"{where}: endpoint must be one of {FAULT_ENDPOINTS}")
+        if kind not in FAULT_KINDS:
+            raise ApiError(400, "bad_request", f"{where}: kind must be one of {FAULT_KINDS}")
+        if endpoint != "consume" and kind not in _REQUEST_FAULT_KINDS:
+            raise ApiError(
+                400, "bad_request", f"{where}: kind {kind!r} applies to the consume stream only"
+            )
+        unknown = set(item) - {f for f in FaultRule.__dataclass_fields__ if f != "rule_id"}
+        if unknown:
+            raise ApiError(400, "bad_request", f"{where}: unknown fields {sorted(unknown)}")
+
+        def number(name: str, default: Any, *, integer: bool = False, minimum: float = 0) -> Any:
+            value = item.get(name, default)
+            if value is None:
+                return None
+            ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+            if isinstance(value, bool) or not ok or value < minimum:
+                kind_text = "an integer" if integer else "a number"
+                raise ApiError(400, "bad_request", f"{where}: {name} must be {kind_text} >= {minimum}")
+            return value
+
+        status = number("status", 503, integer=True, minimum=100)
+        if status > 599:
+            raise ApiError(400, "bad_request", f"{where}: status must be an HTTP status code")
+        line = item.get("line")
+        if line is not None and (not isinstance(line, str) or "\n" in line or "\r" in line):
+            raise ApiError(400, "bad_request", f"{where}: line must be one line of text")
+        message = item.get("message")
+        if message is not None and not isinstance(message, str):
+            raise ApiError(400, "bad_request", f"{where}: message must be a string")
+        rules.append(
+            FaultRule(
+                endpoint=endpoint,
+                kind=kind,
+                times=number("times", 1, integer=True, minimum=1),
+                status=status,
+                retry_after=number("retry_after", None),
+                after_messages=number("after_messages", 0, integer=True),
+                delay_ms=number("delay_ms", 0, integer=True),
+                seconds=number("seconds", 0.0),
+                partition=number("partition", None, integer=True),
+                offset=number("offset", None, integer=True),
+                line=line,
+                message=message,
+            )
+        )
+    return rules
+
+
+def _new_stats() -> dict[str, int]:
+    return {
+        "token_requests": 0,
+        "tokens_issued": 0,
+        "journal_requests": 0,
+        "events_served": 0,
+        "journal_size": 0,
+        "published": 0,
+        "consume_requests": 0,
+        "data_lines_streamed": 0,
+        "discovery_requests": 0,
+        "faults_fired": 0,
+        "jwt_exchanges": 0,
+    }
+
+
+@dataclass
 class EmulatorState:
     """Everything mutable, guarded by one lock: requests are served on many threads."""
 
     partitions: int
+    topic_names: tuple[str, ...] = ("triggers",)
+    first_offset: int = FIRST_OFFSET
     lock: threading.Lock = field(default_factory=threading.Lock)
     journal: list[JournalEntry] = field(default_factory=list)
     # Sequence numbers are never reused, not even across /_emulator/reset or a restart of the
@@ -125,24 +331,43 @@ class EmulatorState:
     # position whose events aged out of Adobe's 7-day retention), never a different event.
     last_seq: int = field(default_factory=lambda: time.time_ns() // 1000)
     tokens: dict[str, float] = field(default_factory=dict)
-    next_offsets: dict[int, int] = field(default_factory=dict)
+    # topic -> its partitions (index = partition number)
+    topics: dict[str, list[PartitionLog]] = field(default_factory=dict)
+    # (group, topic) -> {partition: next offset}, committed through POST /pipeline/consumer/sync
+    group_offsets: dict[tuple[str, str], dict[int, int]] = field(default_factory=dict)
+    faults: list[FaultRule] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    # Bumped on every change open streams care about (publish, expiry); they wait on `changed`.
+    version: int = 0
+    # Bumped by clear(): streams opened before a reset end.
+    generation: int = 0
+    stopping: bool = False
+    changed: threading.Condition = field(init=False)
+    _next_rule_id: int = 0
 
     def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
         self.clear()
 
     def clear(self) -> None:
+        """Caller holds the lock (or is the constructor) and notifies ``changed`` afterwards."""
         self.journal = []
         self.tokens = {}
-        self.next_offsets = {p: FIRST_OFFSET for p in range(self.partitions)}
-        self.stats = {
-            "token_requests": 0,
-            "tokens_issued": 0,
-            "journal_requests": 0,
-            "events_served": 0,
-            "journal_size": 0,
-            "published": 0,
-        }
+        self.topics = {name: self._new_topic() for name in self.topic_names}
+        self.group_offsets = {}
+        self.faults = []
+        self.stats = _new_stats()
+        self.version += 1
+        self.generation += 1
+
+    def _new_topic(self) -> list[PartitionLog]:
+        return [PartitionLog(next_offset=self.first_offset) for _ in range(self.partitions)]
+
+    def topic(self, name: str, *, create: bool = False) -> list[PartitionLog] | None:
+        """Caller holds the lock."""
+        if name not in self.topics and create:
+            self.topics[name] = self._new_topic()
+        return self.topics.get(name)
 
     def append(self, event: Any) -> JournalEntry:
         """Caller holds the lock."""
@@ -152,9 +377,31 @@ class EmulatorState:
         self.stats["journal_size"] = len(self.journal)
         return entry
 
+    def add_faults(self, rules: list[FaultRule]) -> None:
+        """Caller holds the lock."""
+        for rule in rules:
+            self._next_rule_id += 1
+            rule.rule_id = self._next_rule_id
+            self.faults.append(rule)
+
+    def head_fault(self, endpoint: str) -> FaultRule | None:
+        """The oldest queued rule for ``endpoint``. Caller holds the lock."""
+        return next((r for r in self.faults if r.endpoint == endpoint), None)
+
+    def use_fault(self, rule: FaultRule) -> None:
+        """Count one firing of ``rule`` and drop it once spent. Caller holds the lock."""
+        rule.times -= 1
+        self.stats["faults_fired"] += 1
+        if rule.times <= 0 and rule in self.faults:
+            self.faults.remove(rule)
+
 
 class ApiError(Exception):
-    """An error response: status, JSON body and extra headers."""
+    """An error response: status, JSON body and extra headers.
+
+    IMS and I/O Events errors are ``{"error", "error_description"}``; Pipeline errors are
+    ``{"error", "message"}`` (see :meth:`pipeline`).
+    """
 
     def __init__(
         self,
@@ -168,6 +415,37 @@ class ApiError(Exception):
         self.status = status
         self.body: dict[str, Any] = {"error": error, "error_description": description, **extra}
         self.headers = headers or {}
+
+    @classmethod
+    def pipeline(
+        cls, status: int, error: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> ApiError:
+        err = cls(status, error, message, headers)
+        err.body = {"error": error, "message": message, **extra}
+        return err
+
+
+def _status_slug(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return f"http_{status}"
+
+
+def encode_sync_marker(group: str, topic: str, offsets: dict[int, int]) -> str:
+    """Opaque to clients: base64url of the group, topic and next offsets of a stream."""
+    raw = json.dumps({"g": group, "t": topic, "o": {str(p): o for p, o in offsets.items()}}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def decode_sync_marker(marker: str) -> tuple[str, str, dict[int, int]]:
+    try:
+        padded = marker.strip() + "=" * (-len(marker.strip()) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        offsets = {int(p): int(o) for p, o in data["o"].items()}
+        return str(data["g"]), str(data["t"]), offsets
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, UnicodeError) as exc:
+        raise ApiError.pipeline(400, "bad_request", "body is not a syncMarker from a SYNC envelope") from exc
 
 
 def redact(text: str) -> str:
@@ -183,7 +461,29 @@ def loggable_path(raw_path: str) -> str:
     safe = [
         (k, "***" if k.lower() in _SECRET_PARAMS else v) for k, values in pairs.items() for v in values
     ]
-    return f"{parts.path}?{urlencode(safe, safe=':*')}"
+    return f"{parts.path}?{urlencode(safe, safe=':*,')}"
+
+
+class _StreamCut(Exception):
+    """A cut fault fired: the connection was dropped on purpose."""
+
+
+@dataclass
+class StreamFaults:
+    """The stream-level rules attached to one consume stream."""
+
+    cut: FaultRule | None = None
+    slow: FaultRule | None = None
+    duplicate: FaultRule | None = None
+    malformed: FaultRule | None = None
+    stall: FaultRule | None = None
+    stalled: bool = False
+
+    def has(self, kind: str) -> bool:
+        return getattr(self, kind) is not None
+
+    def attach(self, rule: FaultRule) -> None:
+        setattr(self, rule.kind, rule)
 
 
 class EmulatorHandler(BaseHTTPRequestHandler):
@@ -202,6 +502,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     @property
     def state(self) -> EmulatorState:
         return self.server.emulator.state
+
+    @property
+    def base_url(self) -> str:
+        return self.server.emulator.base_url
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         # The default line contains the raw request line (query secrets included): replace it.
@@ -257,18 +561,33 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             if path == TOKEN_PATH:
                 self._require_method(method, "POST")
                 self._handle_token(query)
+            elif path == JWT_EXCHANGE_PATH:
+                self._require_method(method, "POST")
+                self._handle_jwt_exchange()
             elif path.startswith(JOURNAL_PREFIX):
                 self._require_method(method, "GET")
                 self._handle_journal(path, query)
             elif PRODUCER_RE.match(path):
+                topic = PRODUCER_RE.match(path).group("topic")  # type: ignore[union-attr]
+                self._require_method(method, "GET", "POST")
+                if method == "POST":
+                    self._handle_publish(topic)
+                else:
+                    self._handle_consume(topic, query)
+            elif path == CONSUMER_SYNC_PATH:
                 self._require_method(method, "POST")
-                self._handle_publish(PRODUCER_RE.match(path).group("topic"))  # type: ignore[union-attr]
+                self._handle_consumer_sync()
+            elif path == DISCOVERY_PATH:
+                self._require_method(method, "GET")
+                self._handle_discovery(query)
             elif path.startswith("/_emulator/"):
                 self._handle_control(method, path)
             else:
                 raise ApiError(404, "not_found", f"no such endpoint: {method} {path}")
         except ApiError as err:
             self._send_json(err.status, err.body, err.headers)
+        except _StreamCut:
+            pass
         except Exception as exc:  # keep serving; report the bug to the client and the log
             self.log_message("internal error on %s: %r", loggable_path(self.path), exc)
             self._send_json(500, {"error": "internal_error", "error_description": repr(exc)})
@@ -286,23 +605,82 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     @staticmethod
-    def _require_method(method: str, allowed: str) -> None:
-        if method != allowed:
-            raise ApiError(405, "method_not_allowed", f"use {allowed}", headers={"Allow": allowed})
+    def _require_method(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            text = ", ".join(allowed)
+            raise ApiError(405, "method_not_allowed", f"use {text}", headers={"Allow": text})
+
+    def _form(self, query: dict[str, list[str]] | None = None) -> dict[str, str]:
+        """Query fields overlaid with the urlencoded body (the body wins)."""
+        fields = {k: v[-1] for k, v in (query or {}).items()}
+        if self._body:
+            try:
+                form = parse_qs(self._body.decode("utf-8"), keep_blank_values=True)
+            except UnicodeDecodeError as exc:
+                raise ApiError(400, "invalid_request", "form body is not UTF-8") from exc
+            fields.update({k: v[-1] for k, v in form.items()})
+        return fields
+
+    # -- faults ------------------------------------------------------------------------------------
+    def _request_faults(self, endpoint: str, *, pipeline_style: bool = False) -> None:
+        """Apply the oldest queued rule of a request/response endpoint, if any: a status rule
+        answers instead of the endpoint; slow/stall delay the answer. On the consume endpoint
+        only status rules fire here (stream rules attach to the stream)."""
+        with self.state.lock:
+            rule = self.state.head_fault(endpoint)
+            if rule is None or (endpoint == "consume" and rule.kind != "status"):
+                return
+            self.state.use_fault(rule)
+            kind, status, retry_after = rule.kind, rule.status, rule.retry_after
+            delay = rule.delay_ms / 1000 if kind == "slow" else rule.seconds
+            message = rule.message or f"injected fault: HTTP {status}"
+        if kind != "status":
+            self._sleep(delay)
+            return
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["Retry-After"] = f"{retry_after:g}"
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        if pipeline_style:
+            raise ApiError.pipeline(status, _status_slug(status), message, headers)
+        raise ApiError(status, _status_slug(status), message, headers)
+
+    def _stream_faults(self) -> StreamFaults:
+        """Attach the leading run of stream rules queued for ``consume`` (one per kind, up to
+        the next status rule) to the stream about to start."""
+        taken = StreamFaults()
+        with self.state.lock:
+            for rule in list(self.state.faults):
+                if rule.endpoint != "consume":
+                    continue
+                if rule.kind == "status" or taken.has(rule.kind):
+                    break
+                taken.attach(rule)
+                if rule.kind in ("slow", "duplicate"):
+                    self.state.use_fault(rule)  # fired for this whole stream
+                elif rule.kind in ("cut", "stall"):
+                    # Spent now (one stream each); counted as fired when it actually acts.
+                    rule.times -= 1
+                    if rule.times <= 0:
+                        self.state.faults.remove(rule)
+        return taken
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.state.stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     # -- IMS ---------------------------------------------------------------------------------------
     def _handle_token(self, query: dict[str, list[str]]) -> None:
         # DC-S2S prefers the form body but also accepts the query string; the body wins.
-        fields = {k: v[-1] for k, v in query.items()}
-        body = self._body
-        if body:
-            try:
-                form = parse_qs(body.decode("utf-8"), keep_blank_values=True)
-            except UnicodeDecodeError as exc:
-                raise ApiError(400, "invalid_request", "form body is not UTF-8") from exc
-            fields.update({k: v[-1] for k, v in form.items()})
         with self.state.lock:
             self.state.stats["token_requests"] += 1
+        self._request_faults("token")
+        fields = self._form(query)
         grant_type = fields.get("grant_type", "")
         if grant_type != "client_credentials":
             raise ApiError(
@@ -310,37 +688,121 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 "unsupported_grant_type",
                 f"grant_type must be client_credentials, got {grant_type!r}",
             )
-        client_ok = secrets.compare_digest(fields.get("client_id", ""), self.settings.client_id)
-        secret_ok = secrets.compare_digest(fields.get("client_secret", ""), self.settings.client_secret)
-        if not (client_ok and secret_ok):
-            raise ApiError(401, "invalid_client", "invalid client_id or client_secret")
-        token = secrets.token_urlsafe(48)
-        with self.state.lock:
-            self.state.tokens[token] = time.monotonic() + self.settings.token_ttl
-            self.state.stats["tokens_issued"] += 1
+        self._check_client(fields)
+        token = self._mint_token()
         self._send_json(
             200, {"access_token": token, "token_type": "bearer", "expires_in": self.settings.token_ttl}
         )
 
-    def _require_token(self) -> None:
+    def _check_client(self, fields: dict[str, str]) -> None:
+        client_ok = secrets.compare_digest(fields.get("client_id", ""), self.settings.client_id)
+        secret_ok = secrets.compare_digest(fields.get("client_secret", ""), self.settings.client_secret)
+        if not (client_ok and secret_ok):
+            raise ApiError(401, "invalid_client", "invalid client_id or client_secret")
+
+    def _mint_token(self) -> str:
+        token = secrets.token_urlsafe(48)
+        with self.state.lock:
+            self.state.tokens[token] = time.monotonic() + self.settings.token_ttl
+            self.state.stats["tokens_issued"] += 1
+        return token
+
+    def _handle_jwt_exchange(self) -> None:
+        """Legacy service-account exchange (DC-JWT): checks in Adobe's order, Adobe's codes.
+
+        Success answers ``expires_in`` in MILLISECONDS, as Adobe's JWT exchange does (the OAuth
+        S2S endpoint /ims/token/v3 answers seconds).
+        """
+        with self.state.lock:
+            self.state.stats["jwt_exchanges"] += 1
+        self._request_faults("exchange")
+        fields = self._form()
+        self._check_client(fields)
+        key = self.server.emulator.jwt_public_key
+        if key is None:
+            raise ApiError(400, "invalid_client", "JWT is not configured for this client")
+        jwt_token = fields.get("jwt_token", "").strip()
+        if not jwt_token:
+            raise ApiError(400, "invalid_token", "jwt_token is missing")
+
+        import jwt  # pyjwt: only needed once JWT exchange is configured
+
+        try:
+            header = jwt.get_unverified_header(jwt_token)
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(400, "invalid_signature", "jwt_token is not a JWT") from exc
+        if header.get("alg") != "RS256":
+            raise ApiError(
+                400, "invalid_signature", f"JWT must be signed with RS256, not {header.get('alg')!r}"
+            )
+        try:
+            # Signature only here; the claims are checked below, one by one, in Adobe's order.
+            claims = jwt.decode(
+                jwt_token,
+                key,
+                algorithms=["RS256"],
+                options={
+                    "verify_signature": True,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                    "verify_sub": False,
+                    "verify_jti": False,
+                },
+            )
+        except jwt.InvalidTokenError as exc:
+            raise ApiError(
+                400, "invalid_signature", "JWT signature does not verify with the integration's public key"
+            ) from exc
+
+        exp = claims.get("exp")
+        if exp is None:
+            raise ApiError(400, "invalid_token", "JWT token has no exp claim")
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+            raise ApiError(400, "invalid_token", "JWT exp claim is not a number")
+        if exp <= time.time():
+            raise ApiError(400, "invalid_token", "JWT token expired")
+        expected_aud = f"{self.base_url}/c/{self.settings.client_id}"
+        aud = claims.get("aud")
+        if not (aud == expected_aud or (isinstance(aud, list) and expected_aud in aud)):
+            raise ApiError(400, "invalid_client", "client id and aud mismatch")
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or not iss.strip() or iss != self.settings.org_id:
+            # The wording pipelined logs for an empty or wrong IMSOrgId (CC-ts).
+            raise ApiError(400, "invalid_token", "the subject must be a valid organization or client")
+        if claims.get("sub") != self.settings.technical_account_id:
+            raise ApiError(400, "invalid_token", "sub is not the technical account of this client")
+        metascope = f"{self.base_url}/s/{self.settings.metascope}"
+        if claims.get(metascope) is not True:
+            raise ApiError(400, "invalid_scope", f"metascope claim {metascope} must be true")
+        token = self._mint_token()
+        self._send_json(
+            200,
+            # MILLISECONDS, unlike /ims/token/v3 (DC-JWT sample: "expires_in": 86399973).
+            {"token_type": "bearer", "access_token": token, "expires_in": self.settings.token_ttl * 1000},
+        )
+
+    def _require_token(self, *, pipeline_style: bool = False) -> None:
         header = self.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+        make = ApiError.pipeline if pipeline_style else ApiError
         if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(
-                401, "invalid_token", "missing Authorization: Bearer <access token>", challenge
-            )
+            raise make(401, "invalid_token", "missing Authorization: Bearer <access token>", challenge)
         with self.state.lock:
             expiry = self.state.tokens.get(token.strip())
         if expiry is None:
-            raise ApiError(401, "invalid_token", "unknown access token", challenge)
+            raise make(401, "invalid_token", "unknown access token", challenge)
         if expiry <= time.monotonic():
-            raise ApiError(401, "invalid_token", "access token expired", challenge)
+            raise make(401, "invalid_token", "access token expired", challenge)
 
     # -- I/O Events journal ------------------------------------------------------------------------
     def _handle_journal(self, path: str, query: dict[str, list[str]]) -> None:
         with self.state.lock:
             self.state.stats["journal_requests"] += 1
+        self._request_faults("journal")
         self._require_token()
         if self.headers.get("x-api-key", "") != self.settings.client_id:
             raise ApiError(403, "forbidden", "x-api-key does not match the integration's client id")
@@ -426,31 +888,314 @@ class EmulatorHandler(BaseHTTPRequestHandler):
 
         accepted = []
         with self.state.lock:
+            logs = self.state.topic(topic, create=True)
+            assert logs is not None
             for message in messages:
                 if not isinstance(message.get("messageId"), str) or not message["messageId"]:
                     message = {**message, "messageId": str(uuid.uuid4())}
                 partition = partition_for(message["messageId"], self.state.partitions)
-                offset = self.state.next_offsets[partition]
-                self.state.next_offsets[partition] = offset + 1
+                offset = logs[partition].next_offset
                 wrapped = envelope(message, partition=partition, offset=offset, topic=topic)
+                # One envelope, two views: the I/O Events journal and the pipeline topic.
+                logs[partition].append(wrapped)
                 entry = self.state.append(wrapped)
                 self.state.stats["published"] += 1
                 accepted.append({"partition": partition, "offset": offset, "position": entry.position})
+            self.state.version += 1
+            self.state.changed.notify_all()
         self._send_json(200, {"accepted": len(accepted), "positions": accepted})
 
+    # -- Pipeline consume --------------------------------------------------------------------------
+    def _require_json_accept(self) -> None:
+        accept = self.headers.get("Accept", "")
+        types = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+        if "application/json" not in types:
+            raise ApiError.pipeline(
+                406,
+                "not_acceptable",
+                "only application/json is served here (send Accept: application/json; "
+                "Pipeline's x-protobuf default is not emulated)",
+            )
+
+    @staticmethod
+    def _param(query: dict[str, list[str]], name: str) -> str | None:
+        values = query.get(name)
+        return values[-1] if values else None
+
+    def _parse_assign(self, text: str) -> dict[int, int]:
+        def bad(why: str) -> ApiError:
+            return ApiError.pipeline(
+                400, "bad_request", f"invalid assign parameter {text!r}: {why}", parameter="assign"
+            )
+
+        assigned: dict[int, int] = {}
+        for item in text.split(","):
+            partition, sep, offset = item.strip().partition(":")
+            if not sep or not _INT_RE.match(partition) or not _INT_RE.match(offset):
+                raise bad(f"{item!r} is not <partition>:<offset>")
+            p, o = int(partition), int(offset)
+            if p >= self.state.partitions:
+                raise bad(f"partition {p} is not in 0..{self.state.partitions - 1}")
+            if p in assigned:
+                raise bad(f"partition {p} is listed twice")
+            assigned[p] = o
+        return assigned
+
+    def _handle_consume(self, topic: str, query: dict[str, list[str]]) -> None:
+        with self.state.lock:
+            self.state.stats["consume_requests"] += 1
+        self._request_faults("consume", pipeline_style=True)
+        self._require_token(pipeline_style=True)
+        self._require_json_accept()
+        with self.state.lock:
+            known = topic in self.state.topics
+        if not known:
+            raise ApiError.pipeline(404, "not_found", "topic missing or not accessible")
+        group = (self._param(query, "group") or "").strip()
+        if not group:
+            raise ApiError.pipeline(
+                400, "bad_request", "missing required query parameter 'group' (the consumer name)",
+                parameter="group",
+            )
+        reset = self._param(query, "reset") or "latest"  # PIPE-API default
+        if reset not in ("earliest", "latest"):
+            raise ApiError.pipeline(
+                400, "bad_request", f"reset must be 'earliest' or 'latest', not {reset!r}", parameter="reset"
+            )
+        sync_text = self._param(query, "syncInterval")
+        if sync_text is not None and not _INT_RE.match(sync_text):
+            raise ApiError.pipeline(
+                400, "bad_request", f"syncInterval must be milliseconds >= 0, not {sync_text!r}",
+                parameter="syncInterval",
+            )
+        sync_ms = int(sync_text or 0)
+        assign_text = self._param(query, "assign")
+        assigned = self._parse_assign(assign_text) if assign_text is not None else None
+
+        with self.state.lock:
+            logs = self.state.topics[topic]
+            if assigned is None:
+                committed = self.state.group_offsets.get((group, topic), {})
+                wanted: dict[int, int | None] = {p: committed.get(p) for p in range(len(logs))}
+            else:
+                wanted = dict(assigned)
+            cursors: dict[int, int] = {}
+            for p, offset in wanted.items():
+                log = logs[p]
+                if offset is None or offset < log.earliest or offset > log.next_offset:
+                    # No committed offset, expired, or beyond the end: the reset policy decides.
+                    offset = log.earliest if reset == "earliest" else log.next_offset
+                cursors[p] = offset
+        self._stream(topic, group, cursors, sync_ms, self._stream_faults())
+
+    def _gather(self, topic: str, cursors: dict[int, int], limit: int) -> list[tuple[int, int, dict[str, Any]]]:
+        """Up to ``limit`` retained messages at or after the cursors, partitions interleaved
+        round-robin, advancing the cursors. Caller holds the lock."""
+        logs = self.state.topics.get(topic)
+        out: list[tuple[int, int, dict[str, Any]]] = []
+        if logs is None:
+            return out
+        progressed = True
+        while progressed and len(out) < limit:
+            progressed = False
+            for p in sorted(cursors):
+                log = logs[p]
+                cursor = max(cursors[p], log.earliest)  # expired while the stream was open
+                if cursor < log.next_offset:
+                    out.append((p, cursor, log.at(cursor)))
+                    cursor += 1
+                    progressed = True
+                cursors[p] = cursor
+                if len(out) >= limit:
+                    break
+        return out
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
+
+    def _line(self, obj: Any) -> None:
+        self._chunk(json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n")
+
+    def _cut(self) -> None:
+        with self.state.lock:
+            self.state.stats["faults_fired"] += 1
+        self.close_connection = True
+        try:
+            # No chunk terminator: the client sees the body end mid-stream.
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raise _StreamCut()
+
+    def _stream_checkpoint(self, faults: StreamFaults, data_sent: int) -> None:
+        """Fire a cut or a stall once the stream has sent enough DATA lines."""
+        if faults.cut is not None and data_sent >= faults.cut.after_messages:
+            self._cut()
+        if faults.stall is not None and not faults.stalled and data_sent >= faults.stall.after_messages:
+            faults.stalled = True
+            with self.state.lock:
+                self.state.stats["faults_fired"] += 1
+            self._sleep(faults.stall.seconds)
+
+    def _malformed(self, faults: StreamFaults, partition: int, offset: int) -> FaultRule | None:
+        """The malformed rule to apply to this message, counted as fired, or None."""
+        rule = faults.malformed
+        if rule is None:
+            return None
+        if rule.line is None and (
+            (rule.partition is not None and rule.partition != partition)
+            or (rule.offset is not None and rule.offset != offset)
+        ):
+            return None
+        with self.state.lock:
+            if rule.times <= 0:
+                faults.malformed = None
+                return None
+            self.state.use_fault(rule)
+        return rule
+
+    def _stream(
+        self, topic: str, group: str, cursors: dict[int, int], sync_ms: int, faults: StreamFaults
+    ) -> None:
+        state, settings = self.state, self.settings
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+        started = time.monotonic()
+        deadline = started + settings.stream_max_seconds
+        next_sync = started + sync_ms / 1000 if sync_ms > 0 else math.inf
+        ping_interval = max(settings.ping_interval, 0.01)
+        last_ping = -math.inf
+        pinged_since_data = False
+        data_sent = 0
+        with state.lock:
+            generation = state.generation
+
+        def sync_due() -> None:
+            nonlocal next_sync
+            now = time.monotonic()
+            if now >= next_sync:
+                with state.lock:
+                    marker = encode_sync_marker(group, topic, dict(cursors))
+                self._line({"envelopeType": "SYNC", "syncMarker": marker, "createTime": now_ms()})
+                next_sync = now + sync_ms / 1000
+
+        try:
+            while True:
+                self._stream_checkpoint(faults, data_sent)
+                if time.monotonic() >= deadline:
+                    break
+                with state.lock:
+                    if state.stopping or state.generation != generation:
+                        break
+                    version = state.version
+                    batch = self._gather(topic, cursors, STREAM_BATCH)
+                if batch:
+                    for partition, offset, message in batch:
+                        self._stream_checkpoint(faults, data_sent)
+                        rule = self._malformed(faults, partition, offset)
+                        if rule is not None and rule.line is not None:
+                            self._chunk(rule.line.encode("utf-8") + b"\n")
+                        elif rule is not None:
+                            # Still placeable (partition/offset intact), but the body is garbage.
+                            message = {**message, PIPELINE_MESSAGE: "not an object"}
+                        copies = 2 if faults.duplicate is not None else 1
+                        for _ in range(copies):
+                            self._line(message)
+                        data_sent += 1
+                        with state.lock:
+                            state.stats["data_lines_streamed"] += copies
+                        if faults.slow is not None:
+                            self._sleep(faults.slow.delay_ms / 1000)
+                        sync_due()
+                    pinged_since_data = False
+                    continue
+                now = time.monotonic()
+                if not pinged_since_data or now - last_ping >= ping_interval:
+                    # Caught up: nothing more is waiting for this stream.
+                    self._line({"envelopeType": "PING", "createTime": now_ms()})
+                    pinged_since_data, last_ping = True, now
+                sync_due()
+                wake = min(deadline, last_ping + ping_interval, next_sync)
+                with state.changed:
+                    state.changed.wait_for(
+                        lambda: state.version != version or state.stopping or state.generation != generation,
+                        timeout=max(0.0, min(wake - time.monotonic(), 1.0)),
+                    )
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            # The client went away (read timeout, disconnect): nothing to answer.
+            self.close_connection = True
+
+    def _handle_consumer_sync(self) -> None:
+        """``POST /pipeline/consumer/sync``, body = a syncMarker: commit the group's offsets."""
+        self._require_token(pipeline_style=True)
+        try:
+            marker = self._body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ApiError.pipeline(400, "bad_request", "body is not UTF-8 text") from exc
+        group, topic, offsets = decode_sync_marker(marker)
+        with self.state.lock:
+            committed = self.state.group_offsets.setdefault((group, topic), {})
+            committed.update(offsets)
+            result = {"group": group, "topic": topic, "offsets": {str(p): o for p, o in sorted(committed.items())}}
+        self._send_json(200, result)
+
+    # -- discovery ---------------------------------------------------------------------------------
+    def _handle_discovery(self, query: dict[str, list[str]]) -> None:
+        """``GET /v1/endpoints?topic=``: which HTTP broker serves the topic (CC-img2).
+
+        Adobe does not document this response (reference §9, open questions). It is modelled on
+        the Pipeline Central topic record (PIPE-CEN, §1.6): ``httpEndPoint`` (the HTTP service
+        that produces/consumes the topic), ``partitions`` and ``location``.
+        """
+        with self.state.lock:
+            self.state.stats["discovery_requests"] += 1
+        self._request_faults("discovery", pipeline_style=True)
+        self._require_token(pipeline_style=True)
+        if self.headers.get("x-gw-ims-org-id", "") != self.settings.org_id:
+            raise ApiError.pipeline(403, "forbidden", "x-gw-ims-org-id does not match this organization")
+        wanted = self._param(query, "topic")
+        with self.state.lock:
+            names = sorted(self.state.topics)
+        endpoints = [
+            {
+                "topic": name,
+                "httpEndPoint": self.base_url,
+                "location": DISCOVERY_LOCATION,
+                "partitions": self.state.partitions,
+            }
+            for name in names
+            if wanted is None or name == wanted
+        ]
+        self._send_json(200, {"endpoints": endpoints})
+
     # -- control plane -----------------------------------------------------------------------------
+    def _json_body(self) -> Any:
+        try:
+            return json.loads(self._body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+
     def _handle_control(self, method: str, path: str) -> None:
         action = path[len("/_emulator/"):]
-        routes = {
-            "journal": "POST",
-            "stats": "GET",
-            "reset": "POST",
-            "health": "GET",
-            "expire-tokens": "POST",
+        routes: dict[str, tuple[str, ...]] = {
+            "journal": ("POST",),
+            "stats": ("GET",),
+            "reset": ("POST",),
+            "health": ("GET",),
+            "expire-tokens": ("POST",),
+            "pipeline/expire": ("POST",),
+            "faults": ("GET", "POST", "DELETE"),
         }
         if action not in routes:
             raise ApiError(404, "not_found", f"no such control endpoint: {path}")
-        self._require_method(method, routes[action])
+        self._require_method(method, *routes[action])
         state = self.state
         if action == "health":
             self._send_json(200, {"ok": True})
@@ -461,6 +1206,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         elif action == "reset":
             with state.lock:
                 state.clear()
+                state.changed.notify_all()
             self._send_json(200, {"ok": True})
         elif action == "expire-tokens":
             with state.lock:
@@ -468,11 +1214,26 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 # Keep the tokens so requests using them get "expired", not "unknown".
                 state.tokens = {token: 0.0 for token in state.tokens}
             self._send_json(200, {"expired": expired})
+        elif action == "pipeline/expire":
+            self._expire(self._json_body())
+        elif action == "faults":
+            if method == "POST":
+                rules = parse_fault_rules(self._json_body())
+                with state.lock:
+                    state.add_faults(rules)
+                    queued = len(state.faults)
+                self._send_json(200, {"added": len(rules), "queued": queued})
+            elif method == "DELETE":
+                with state.lock:
+                    cleared = len(state.faults)
+                    state.faults = []
+                self._send_json(200, {"cleared": cleared})
+            else:
+                with state.lock:
+                    listing = [rule.as_json() for rule in state.faults]
+                self._send_json(200, listing)
         else:  # journal
-            try:
-                payload = json.loads(self._body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
+            payload = self._json_body()
             if not isinstance(payload, dict) or "events" not in payload:
                 raise ApiError(400, "bad_request", 'body must be {"events": <value or list of values>}')
             raw = payload["events"]
@@ -480,6 +1241,39 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             with state.lock:
                 positions = [state.append(item).position for item in items]
             self._send_json(200, {"accepted": len(positions), "positions": positions})
+
+    def _expire(self, payload: Any) -> None:
+        """Drop retained pipeline messages, as retention would: ``{"partition", "before_offset"}``
+        or ``{"all_before_ms"}`` (createTime), optionally ``"topic"`` (default triggers)."""
+        usage = 'body must be {"partition": p, "before_offset": o} or {"all_before_ms": t}'
+        if not isinstance(payload, dict):
+            raise ApiError(400, "bad_request", usage)
+        topic = payload.get("topic", "triggers")
+
+        def whole(name: str) -> int:
+            value = payload.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ApiError(400, "bad_request", f"{usage}; {name} must be an integer >= 0")
+            return value
+
+        with self.state.lock:
+            logs = self.state.topics.get(topic) if isinstance(topic, str) else None
+            if logs is None:
+                raise ApiError(404, "not_found", f"no topic {topic!r}")
+            if "all_before_ms" in payload:
+                cutoff = whole("all_before_ms")
+                dropped = sum(log.expire_created_before(cutoff) for log in logs)
+            elif "partition" in payload and "before_offset" in payload:
+                partition = whole("partition")
+                if partition >= len(logs):
+                    raise ApiError(400, "bad_request", f"partition {partition} is not in 0..{len(logs) - 1}")
+                dropped = logs[partition].expire_before(whole("before_offset"))
+            else:
+                raise ApiError(400, "bad_request", usage)
+            earliest = {str(p): log.earliest for p, log in enumerate(logs)}
+            self.state.version += 1
+            self.state.changed.notify_all()
+        self._send_json(200, {"expired": dropped, "earliest": earliest})
 
 
 class _EmulatorHTTPServer(ThreadingHTTPServer):
@@ -489,6 +1283,17 @@ class _EmulatorHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], emulator: AdobeEmulator) -> None:
         self.emulator = emulator
         super().__init__(address, EmulatorHandler)
+
+
+def load_jwt_public_key(pem: bytes) -> Any:
+    """The RSA public key of the integration; ValueError if the PEM is not one."""
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem)
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError("the JWT public key must be an RSA public key (PEM)")
+    return key
 
 
 class AdobeEmulator:
@@ -501,7 +1306,16 @@ class AdobeEmulator:
         self.settings = settings or EmulatorSettings()
         if self.settings.partitions <= 0:
             raise ValueError("partitions must be positive")
-        self.state = EmulatorState(partitions=self.settings.partitions)
+        self.jwt_public_key: Any = None
+        if self.settings.jwt_public_key_pem is not None:
+            self.jwt_public_key = load_jwt_public_key(self.settings.jwt_public_key_pem)
+        if self.settings.first_offset < 0:
+            raise ValueError("first_offset must be >= 0")
+        self.state = EmulatorState(
+            partitions=self.settings.partitions,
+            topic_names=tuple(self.settings.topics),
+            first_offset=self.settings.first_offset,
+        )
         self._httpd = _EmulatorHTTPServer((self.settings.host, self.settings.port), self)
         self._thread: threading.Thread | None = None
 
@@ -527,6 +1341,9 @@ class AdobeEmulator:
 
     def shutdown(self) -> None:
         """Stop serving and release the socket. Must not be called from the serving thread."""
+        with self.state.lock:
+            self.state.stopping = True  # open consume streams end
+            self.state.changed.notify_all()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -552,7 +1369,7 @@ def write_ready_file(path: str, content: str) -> None:
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m devstack.adobe_emulator",
-        description="Emulate Adobe IMS, the I/O Events journal and the Pipeline producer API locally.",
+        description="Emulate Adobe IMS, the I/O Events journal and the Pipeline API locally.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
@@ -563,12 +1380,38 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registration-id", default="triggerflow-reg")
     parser.add_argument("--token-ttl", type=int, default=86399, help="access token lifetime in seconds")
     parser.add_argument("--partitions", type=int, default=15)
+    parser.add_argument(
+        "--first-offset", type=int, default=FIRST_OFFSET,
+        help="offset of the first message in every pipeline partition (default 1000)",
+    )
+    parser.add_argument(
+        "--topic", action="append", dest="topics", metavar="NAME",
+        help="a pipeline topic that exists from the start (repeatable; default: triggers)",
+    )
+    parser.add_argument(
+        "--ping-interval", type=float, default=DEFAULT_PING_INTERVAL_S,
+        help="seconds between PING lines on an idle consume stream (default 1.0)",
+    )
+    parser.add_argument(
+        "--stream-max-seconds", type=float, default=DEFAULT_STREAM_MAX_SECONDS,
+        help="a consume stream ends after this many seconds (default 30)",
+    )
+    parser.add_argument(
+        "--jwt-public-key", metavar="PATH",
+        help="PEM RSA public key of the service-account integration; enables POST /ims/exchange/jwt",
+    )
+    parser.add_argument("--technical-account-id", default=DEFAULT_TECHNICAL_ACCOUNT_ID)
+    parser.add_argument("--metascope", default=DEFAULT_METASCOPE)
     parser.add_argument("--ready-file", help="write the base URL here once listening")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    pem: bytes | None = None
+    if args.jwt_public_key:
+        with open(args.jwt_public_key, "rb") as fh:
+            pem = fh.read()
     settings = EmulatorSettings(
         host=args.host,
         port=args.port,
@@ -579,6 +1422,13 @@ def main(argv: list[str] | None = None) -> int:
         registration_id=args.registration_id,
         token_ttl=args.token_ttl,
         partitions=args.partitions,
+        first_offset=args.first_offset,
+        topics=tuple(args.topics or ("triggers",)),
+        ping_interval=args.ping_interval,
+        stream_max_seconds=args.stream_max_seconds,
+        jwt_public_key_pem=pem,
+        technical_account_id=args.technical_account_id,
+        metascope=args.metascope,
     )
     emulator = AdobeEmulator(settings)
     stop = threading.Event()

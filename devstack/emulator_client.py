@@ -1,14 +1,19 @@
 """A small client for the local Adobe emulator (devstack.adobe_emulator).
 
-Used by the tests and the demo to mint IMS tokens, publish trigger messages through the Pipeline
-producer endpoint, inject raw journal events and drive the ``/_emulator/`` control plane. It is
-deliberately not the production journal reader: triggerflow's own source code must talk to the
-emulator exactly as it would talk to Adobe.
+Used by the tests and the demo to mint IMS tokens (OAuth S2S or the legacy JWT exchange),
+publish trigger messages through the Pipeline producer endpoint, peek at the Pipeline consume
+stream, inject raw journal events and drive the ``/_emulator/`` control plane (stats, reset,
+token expiry, retention expiry, fault rules). It is deliberately not the production reader:
+triggerflow's own source code must talk to the emulator exactly as it would talk to Adobe.
+
+Secrets (client secret, tokens, JWTs) never appear in ``repr()`` or in error messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -122,6 +127,121 @@ class EmulatorClient:
                     raise
                 self._cached_token = None
         raise AssertionError("unreachable")
+
+    def _bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._cached_token or self.token()}"}
+
+    def jwt_exchange(self, jwt_token: str) -> dict[str, Any]:
+        """Legacy service-account exchange (``POST /ims/exchange/jwt``); returns the JSON answer
+        ``{"token_type", "access_token", "expires_in"}`` — ``expires_in`` in MILLISECONDS, as
+        Adobe's JWT exchange answers. Raises EmulatorError (status and Adobe's error body) on a
+        refusal; the JWT itself is never part of the error."""
+        response = self._request(
+            "POST",
+            "/ims/exchange/jwt",
+            data={"client_id": self.client_id, "client_secret": self.client_secret, "jwt_token": jwt_token},
+        )
+        return response.json()
+
+    def jwt_claims(
+        self,
+        *,
+        technical_account_id: str = "TECHACCT1234@techacct.adobe.com",
+        metascope: str = "ent_analytics_bulk_ingest_sdk",
+        ttl_s: int = 300,
+    ) -> dict[str, Any]:
+        """The claim set IMS expects from this client (DC-JWT), with the emulator as IMS host."""
+        return {
+            "exp": int(time.time()) + ttl_s,
+            "iss": self.org_id,
+            "sub": technical_account_id,
+            "aud": f"{self.base_url}/c/{self.client_id}",
+            f"{self.base_url}/s/{metascope}": True,
+        }
+
+    # -- Pipeline consume and discovery ---------------------------------------------------------
+    def consume_url(self, topic: str = "triggers") -> str:
+        return f"{self.base_url}/pipeline/topics/{quote(topic, safe='')}/messages"
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.base_url}/v1/endpoints"
+
+    def consume(
+        self,
+        topic: str = "triggers",
+        *,
+        group: str = "triggerflow-test",
+        assign: Mapping[int, int] | str | None = None,
+        reset: str | None = None,
+        sync_interval: int | None = None,
+        until_ping: bool = True,
+        max_lines: int | None = None,
+        timeout: float = 10.0,
+    ) -> list[Any]:
+        """Open a consume stream and return its lines (parsed JSON; text for non-JSON lines),
+        stopping at the first PING (included) when ``until_ping``, after ``max_lines``, or when
+        the emulator ends the stream. For tests: the production reader is PipelineSource."""
+        params: dict[str, str] = {"group": group}
+        if assign is not None:
+            params["assign"] = assign if isinstance(assign, str) else ",".join(f"{p}:{o}" for p, o in assign.items())
+        if reset is not None:
+            params["reset"] = reset
+        if sync_interval is not None:
+            params["syncInterval"] = str(sync_interval)
+        headers = {**self._bearer(), "Accept": "application/json"}
+        url = self.consume_url(topic)
+        lines: list[Any] = []
+        with self.session.get(url, params=params, headers=headers, stream=True, timeout=timeout) as response:
+            if response.status_code != 200:
+                raise EmulatorError("GET", url, response.status_code, response.text)
+            for raw in response.iter_lines():
+                if not raw:
+                    continue
+                try:
+                    item: Any = json.loads(raw)
+                except ValueError:
+                    item = raw.decode("utf-8", "replace")
+                lines.append(item)
+                if until_ping and isinstance(item, dict) and item.get("envelopeType") == "PING":
+                    break
+                if max_lines is not None and len(lines) >= max_lines:
+                    break
+        return lines
+
+    def commit_sync(self, sync_marker: str) -> dict[str, Any]:
+        """``POST /pipeline/consumer/sync`` with a SYNC envelope's marker: commit the group's offsets."""
+        headers = {**self._bearer(), "Content-Type": "text/plain"}
+        return self._request("POST", "/pipeline/consumer/sync", data=sync_marker.encode("utf-8"), headers=headers).json()
+
+    def discover(self, topic: str = "triggers") -> dict[str, Any]:
+        """``GET /v1/endpoints?topic=`` as Campaign's endpoint discovery would call it."""
+        headers = {**self._bearer(), "x-gw-ims-org-id": self.org_id}
+        return self._request("GET", "/v1/endpoints", params={"topic": topic}, headers=headers).json()
+
+    # -- control plane -------------------------------------------------------------------------
+    def add_faults(self, rules: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Queue fault rules (see devstack.adobe_emulator); returns ``{"added", "queued"}``."""
+        body = [dict(rules)] if isinstance(rules, Mapping) else [dict(r) for r in rules]
+        return self._request("POST", "/_emulator/faults", json=body).json()
+
+    def faults(self) -> list[dict[str, Any]]:
+        """The rules still queued, with their remaining ``times``."""
+        return self._request("GET", "/_emulator/faults").json()
+
+    def clear_faults(self) -> int:
+        return int(self._request("DELETE", "/_emulator/faults").json()["cleared"])
+
+    def expire(self, partition: int, before_offset: int, topic: str = "triggers") -> dict[str, Any]:
+        """Expire (drop from retention) the messages of ``partition`` below ``before_offset``;
+        returns ``{"expired": n, "earliest": {partition: earliest retained offset}}``."""
+        body = {"partition": partition, "before_offset": before_offset, "topic": topic}
+        return self._request("POST", "/_emulator/pipeline/expire", json=body).json()
+
+    def expire_created_before(self, all_before_ms: int, topic: str = "triggers") -> dict[str, Any]:
+        """Expire every retained message whose createTime is before ``all_before_ms``."""
+        body = {"all_before_ms": all_before_ms, "topic": topic}
+        return self._request("POST", "/_emulator/pipeline/expire", json=body).json()
 
     # -- control plane -------------------------------------------------------------------------
     def inject_raw(self, events: list[Any]) -> dict[str, Any]:

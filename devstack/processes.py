@@ -160,10 +160,21 @@ def start_emulator(
     registration_id: str = "triggerflow-reg",
     token_ttl: int | None = None,
     partitions: int | None = None,
+    first_offset: int | None = None,
+    ping_interval: float | None = None,
+    stream_max_seconds: float | None = None,
+    jwt_public_key_path: str | os.PathLike[str] | None = None,
+    technical_account_id: str | None = None,
+    metascope: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
     port: int = 0,
 ) -> Iterator[RunningEmulator]:
-    """Run ``devstack.adobe_emulator`` in a subprocess for the duration of the block."""
+    """Run ``devstack.adobe_emulator`` in a subprocess for the duration of the block.
+
+    ``ping_interval`` / ``stream_max_seconds`` tune the Pipeline consume stream (small values keep
+    tests fast); ``jwt_public_key_path`` (a PEM RSA public key) enables the legacy JWT exchange
+    for ``technical_account_id`` and ``metascope``. ``None`` keeps the emulator's defaults.
+    """
     args = [
         "--client-id", client_id,
         "--client-secret", client_secret,
@@ -171,10 +182,19 @@ def start_emulator(
         "--integration-id", integration_id,
         "--registration-id", registration_id,
     ]
-    if token_ttl is not None:
-        args += ["--token-ttl", str(token_ttl)]
-    if partitions is not None:
-        args += ["--partitions", str(partitions)]
+    optional: list[tuple[str, object | None]] = [
+        ("--token-ttl", token_ttl),
+        ("--partitions", partitions),
+        ("--first-offset", first_offset),
+        ("--ping-interval", ping_interval),
+        ("--stream-max-seconds", stream_max_seconds),
+        ("--jwt-public-key", jwt_public_key_path),
+        ("--technical-account-id", technical_account_id),
+        ("--metascope", metascope),
+    ]
+    for flag, value in optional:
+        if value is not None:
+            args += [flag, str(value)]
     with _server_process("adobe_emulator", args, log_path, port) as (process, base_url, log):
         client = EmulatorClient(
             base_url,

@@ -151,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     airflow_proc: subprocess.Popen | None = None
     try:
         say("[4/6]", f"starting the Adobe emulator on :{EMULATOR_PORT} and the SMTP sink on :{SMTP_PORT}")
-        emu = stack.enter_context(start_emulator(port=EMULATOR_PORT, log_path=LOGS / "emulator.log"))
+        # Pipeline offsets from a clock, so a restarted emulator never re-issues offsets the store
+        # already landed (journal positions are clock-based in the emulator itself).
+        emu = stack.enter_context(
+            start_emulator(port=EMULATOR_PORT, log_path=LOGS / "emulator.log", first_offset=int(time.time() - 1.7e9) * 1000)
+        )
         smtp = stack.enter_context(start_smtp_sink(OUTBOX, port=SMTP_PORT, log_path=LOGS / "smtp.log"))
 
         say("[5/6]", "starting Airflow (airflow standalone: api-server, scheduler, dag-processor, triggerer)")

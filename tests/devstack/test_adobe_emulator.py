@@ -23,6 +23,9 @@ CLIENT_SECRET = "s3cr3t-value-never-logged"
 ORG_ID = "ABCDEF0123456789ABCDEF01@AdobeOrg"
 TOKEN_TTL = 3600
 LINK_RE = re.compile(r'^<(?P<url>[^>]+)>; rel="next"$')
+PIPELINE_STATS_ZERO = {
+    "consume_requests": 0, "data_lines_streamed": 0, "discovery_requests": 0, "faults_fired": 0, "jwt_exchanges": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +122,27 @@ def test_token_wrong_grant_type_is_400(emu: RunningEmulator) -> None:
     assert response.status_code == 400
     assert response.json()["error"] == "unsupported_grant_type"
     assert "password" in response.json()["error_description"]
+
+
+def test_jwt_exchange_without_a_configured_public_key_is_400_invalid_client(emu: RunningEmulator) -> None:
+    """This module's emulator runs without --jwt-public-key (the default)."""
+    data = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "jwt_token": "x.y.z"}
+    response = requests.post(f"{emu.base_url}/ims/exchange/jwt", data=data, timeout=5)
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid_client", "error_description": "JWT is not configured for this client"}
+    # the client check still comes first
+    wrong = requests.post(f"{emu.base_url}/ims/exchange/jwt", data={**data, "client_secret": "nope"}, timeout=5)
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+    assert emu.client.stats()["jwt_exchanges"] == 2
+
+
+def test_publish_feeds_journal_and_pipeline_topic_alike(client: EmulatorClient) -> None:
+    receipt = client.publish([cart("J1"), cart("J2")])
+    journal = [e["event"]["event"] for e in get_journal(client).json()["events"]]
+    streamed = [line for line in client.consume(reset="earliest") if line["envelopeType"] == "DATA"]
+    key = lambda env: (env["partition"], env["offset"])  # noqa: E731
+    assert sorted(streamed, key=key) == sorted(journal, key=key)
+    assert {key(e) for e in journal} == {(p["partition"], p["offset"]) for p in receipt["positions"]}
 
 
 # -- journal auth ----------------------------------------------------------------------------------
@@ -365,6 +389,7 @@ def test_stats_count_requests_and_events(client: EmulatorClient) -> None:
     assert client.stats() == {
         "token_requests": 0, "tokens_issued": 0, "journal_requests": 0,
         "events_served": 0, "journal_size": 0, "published": 0,
+        **PIPELINE_STATS_ZERO,
     }
     client.publish([cart("S1"), cart("S2"), cart("S3")])  # 1 token
     client.inject_raw([{"junk": 1}])
@@ -376,6 +401,7 @@ def test_stats_count_requests_and_events(client: EmulatorClient) -> None:
     assert client.stats() == {
         "token_requests": 1, "tokens_issued": 1, "journal_requests": 4,
         "events_served": 5, "journal_size": 4, "published": 3,
+        **PIPELINE_STATS_ZERO,  # journal traffic leaves the pipeline counters alone
     }
 
 

@@ -1,27 +1,58 @@
 """The trigger source named by connection ``adobe_triggers``.
 
-Connection ``adobe_triggers`` (conn_type ``http``):
+Connection ``adobe_triggers`` (conn_type ``http``) for the **I/O Events journal** (the public
+pull route, reference §1.11):
 
     host    the journal URL of the I/O Events registration
             (https://events.adobe.io/events/organizations/<org>/integrations/<int>/<registration>)
-    extra   {"kind": "journal",          # the only kind so far; "pipeline" comes later
+    extra   {"kind": "journal",           # the default kind
              "ims_conn_id": "adobe_ims",  # which IMS connection mints tokens
              "page_limit": 500,           # `limit` per journal request (an upper bound for Adobe)
              "reset": "earliest"}         # where to start when no position is stored
+
+and for the **Pipeline v3 consumer** (what Campaign's ``pipelined`` reads, reference §1.4-§1.9):
+
+    host    optional: a forced Pipeline endpoint, e.g. https://producer-pipeline-lon.adobe.net
+            (Campaign's ``forcedPipelineEndpoint``); empty = use discovery
+    extra   {"kind": "pipeline",
+             "consumer": "triggerflow-{env}",   # REQUIRED: the Pipeline consumer (group) name
+             "environment": "prod",             # replaces {env}; default $TRIGGERFLOW_ENVIRONMENT, else "dev"
+             "topic": "triggers",               # default triggers
+             "partitions": 15,                  # default 15 (discovery's count wins if it differs)
+             "discovery_url": "https://producer-pipeline-pnw.adobe.net",  # discoverPipelineEndpoint
+             "reset": "earliest",               # earliest | latest: where a new partition starts
+             "page_size": 1000,                 # messages per landed page (pointerFlushMessageCount)
+             "read_timeout_s": 10,              # socket read timeout on the stream
+             "idle_stop_s": 30,                 # stop a read after this long without DATA
+             "max_tries": 4,                    # consecutive failures before the read fails
+             "ims_conn_id": "adobe_ims"}
+
+Consumer names must differ per environment: Pipeline gives every consumer name its own full copy
+of the topic and tracks it separately, so dev, stage and prod reading with the same name would
+compete for, and each miss, messages (CC-nms, CC-pipe). Put ``{env}`` in the name and set
+``environment`` (or ``$TRIGGERFLOW_ENVIRONMENT``) per deployment. Offsets are stored per
+consumer and topic (source key ``pipeline:<consumer>:<topic>``).
 
 Changing only this connection switches the source; the DAG does not change.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
 from include.triggerflow.hooks.ims import AdobeImsHook
 from include.triggerflow.sources.base import SourceError, TriggerSource
 
-SOURCE_KINDS = ("journal",)
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+SOURCE_KINDS = ("journal", "pipeline")
+RESET_POLICIES = ("earliest", "latest")
+ENVIRONMENT_VARIABLE = "TRIGGERFLOW_ENVIRONMENT"
+DEFAULT_ENVIRONMENT = "dev"
 
 
 class TriggerSourceHook(BaseHook):
@@ -34,26 +65,29 @@ class TriggerSourceHook(BaseHook):
         super().__init__()
         self.adobe_triggers_conn_id = adobe_triggers_conn_id
         self.ims_hook: AdobeImsHook | None = None
+        self._token_store: Engine | None = None
 
     def get_conn(self) -> TriggerSource:
         return self.get_source()
 
-    def get_source(self) -> TriggerSource:
+    def _error(self, text: str) -> SourceError:
+        return SourceError(f"connection {self.adobe_triggers_conn_id!r}: {text}")
+
+    def get_source(self, *, token_store: Engine | None = None) -> TriggerSource:
+        """The source; with ``token_store`` the IMS token is shared with other tasks and runs
+        through the store (encrypted), so a run does not mint a token of its own."""
+        self._token_store = token_store
         conn = self.get_connection(self.adobe_triggers_conn_id)
         extra: dict[str, Any] = dict(conn.extra_dejson or {})
         kind = str(extra.get("kind", "journal"))
         if kind not in SOURCE_KINDS:
-            raise SourceError(
-                f"connection {self.adobe_triggers_conn_id!r}: extra.kind {kind!r} is not one of {SOURCE_KINDS}"
-            )
+            raise self._error(f"extra.kind {kind!r} is not one of {SOURCE_KINDS}")
+        if kind == "pipeline":
+            return self._pipeline_source(conn, extra)
         url = (conn.host or "").strip()
         if not url.startswith(("http://", "https://")):
-            raise SourceError(
-                f"connection {self.adobe_triggers_conn_id!r}: host must be the full journal URL "
-                f"(http[s]://...), got {url!r}"
-            )
-        ims = AdobeImsHook(str(extra.get("ims_conn_id", "adobe_ims")))
-        self.ims_hook = ims
+            raise self._error(f"host must be the full journal URL (http[s]://...), got {url!r}")
+        ims = self._ims_hook(extra)
         from include.triggerflow.sources.journal import JournalSource
 
         return JournalSource(
@@ -63,4 +97,73 @@ class TriggerSourceHook(BaseHook):
             token_provider=lambda refresh: ims.get_token(force_refresh=refresh),
             page_limit=int(extra.get("page_limit", 500)),
             reset=str(extra.get("reset", "earliest")),
+        )
+
+    def _ims_hook(self, extra: dict[str, Any]) -> AdobeImsHook:
+        self.ims_hook = AdobeImsHook(str(extra.get("ims_conn_id", "adobe_ims")), token_store=self._token_store)
+        return self.ims_hook
+
+    # -- pipeline ----------------------------------------------------------------------------------
+    def consumer_name(self, extra: dict[str, Any]) -> str:
+        """``extra.consumer`` with ``{env}`` replaced by the environment name."""
+        raw = extra.get("consumer")
+        if not isinstance(raw, str) or not raw.strip():
+            raise self._error(
+                "extra.consumer is required for kind 'pipeline': the Pipeline consumer name, "
+                "unique per environment (e.g. \"triggerflow-{env}\")"
+            )
+        env = str(extra.get("environment") or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_ENVIRONMENT).strip()
+        if not env:
+            raise self._error("extra.environment is empty")
+        consumer = raw.strip().replace("{env}", env)
+        if any(ch.isspace() for ch in consumer) or "," in consumer:
+            raise self._error(f"extra.consumer {consumer!r} must not contain spaces or commas")
+        return consumer
+
+    def _number(self, extra: dict[str, Any], name: str, default: Any, *, integer: bool) -> Any:
+        value = extra.get(name, default)
+        if value is None and not integer:
+            return None
+        try:
+            number = int(value) if integer else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or isinstance(value, bool) or number <= 0 or (integer and number != float(value)):
+            text = "a positive integer" if integer else "a positive number"
+            raise self._error(f"extra.{name} must be {text}, got {value!r}")
+        return number
+
+    def _pipeline_source(self, conn: Any, extra: dict[str, Any]) -> TriggerSource:
+        from include.triggerflow.sources.pipeline import DEFAULT_DISCOVERY_URL, PipelineSource
+
+        consumer = self.consumer_name(extra)
+        reset = str(extra.get("reset", "earliest"))
+        if reset not in RESET_POLICIES:
+            raise self._error(f"extra.reset must be 'earliest' or 'latest', not {reset!r}")
+        forced = (conn.host or "").strip() or None
+        if forced is not None and not forced.startswith(("http://", "https://")):
+            raise self._error(
+                f"host is the forced Pipeline endpoint and must be a full URL (http[s]://...), got "
+                f"{forced!r}; leave it empty to use discovery"
+            )
+        discovery_url = str(extra.get("discovery_url") or DEFAULT_DISCOVERY_URL).strip()
+        if not discovery_url.startswith(("http://", "https://")):
+            raise self._error(f"extra.discovery_url must be a full URL (http[s]://...), got {discovery_url!r}")
+        topic = str(extra.get("topic") or "triggers").strip()
+        if not topic or "/" in topic:
+            raise self._error(f"extra.topic {topic!r} is not a topic name")
+        ims = self._ims_hook(extra)
+        return PipelineSource(
+            consumer=consumer,
+            topic=topic,
+            partitions=self._number(extra, "partitions", 15, integer=True),
+            token_provider=lambda refresh: ims.get_token(force_refresh=refresh),
+            org_id=ims.org_id,
+            forced_endpoint=forced,
+            discovery_url=discovery_url,
+            reset=reset,
+            read_timeout_s=self._number(extra, "read_timeout_s", 10.0, integer=False),
+            idle_stop_s=self._number(extra, "idle_stop_s", 30.0, integer=False),
+            page_size=self._number(extra, "page_size", 1000, integer=True),
+            max_tries=self._number(extra, "max_tries", 4, integer=True),
         )

@@ -76,6 +76,7 @@ def _text(value: Any) -> str | None:
 def build_suite(gx: Any, gxe: Any) -> Any:
     """The expectations every event must meet. Column-map expectations skip nulls, so each
     required column gets an explicit not-null expectation too."""
+    from great_expectations.expectations.row_conditions import Column
     return gx.ExpectationSuite(
         name="trigger_events",
         expectations=[
@@ -92,9 +93,7 @@ def build_suite(gx: Any, gxe: Any) -> Any:
             gxe.ExpectColumnValuesToBeBetween(
                 column="trigger_age_ms", min_value=-MAX_FUTURE_MS, max_value=MAX_AGE_MS
             ),
-            gxe.ExpectColumnValuesToNotBeNull(
-                column="identity", row_condition="routed==True", condition_parser="pandas"
-            ),
+            gxe.ExpectColumnValuesToNotBeNull(column="identity", row_condition=Column("routed") == True),  # noqa: E712
         ],
     )
 

@@ -165,8 +165,8 @@ def test_wrong_org_is_a_source_error(emu, adobe_conns) -> None:
 
 
 def test_unknown_source_kind_is_refused(emu, adobe_conns) -> None:
-    adobe_conns(kind="pipeline")
-    with pytest.raises(SourceError, match="extra.kind 'pipeline' is not one of \\('journal',\\)"):
+    adobe_conns(kind="webhook")
+    with pytest.raises(SourceError, match="extra.kind 'webhook' is not one of \\('journal', 'pipeline'\\)"):
         TriggerSourceHook().get_source()
 
 
