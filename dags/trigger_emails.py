@@ -21,6 +21,7 @@ See the README for connections, the routing config and how to replay a run.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -44,7 +45,8 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
     default_args={
         "owner": "triggerflow",
         "retries": 3,
-        "retry_delay": timedelta(seconds=10),
+        # TRIGGERFLOW_RETRY_DELAY_S only exists so fault tests need not wait; 10 s in production.
+        "retry_delay": timedelta(seconds=float(os.environ.get("TRIGGERFLOW_RETRY_DELAY_S", "10"))),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=5),
     },
@@ -71,6 +73,36 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
             title="Max send chunks",
             description="Upper bound on parallel send tasks for one batch (also bounded by the pool).",
         ),
+        "replay_only": Param(
+            False,
+            type="boolean",
+            title="Replay only",
+            description="Never pull: reprocess the batch already landed for this run's interval "
+            "(backfills always behave like this). An interval with no landed batch does nothing and says so.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Render every pending email and write it to the dry-run folder "
+            "($TRIGGERFLOW_DRY_RUN_DIR, default $AIRFLOW_HOME/triggerflow-dry-run); send nothing. "
+            "Recorded in tf_dry_run; the emails stay pending for a real run.",
+        ),
+        "force_resend": Param(
+            False,
+            type="boolean",
+            title="Force resend",
+            description="Send this batch's already-sent emails again, deliberately. Logged as 'resent' "
+            "with a new Message-ID; never happens without this switch.",
+        ),
+        "ambiguous_policy": Param(
+            "hold",
+            enum=["hold", "resend"],
+            title="Ambiguous sends",
+            description="An email whose task died during the SMTP transaction may or may not have been "
+            "accepted. hold: mark it ambiguous and do not send it again (default). resend: send it again "
+            "with the same Message-ID.",
+        ),
     },
     tags=["triggerflow", "adobe", "email"],
     doc_md=__doc__,
@@ -84,9 +116,14 @@ def trigger_emails():
 
         context = get_current_context()
         engine = store_engine()
+        ref = batch_ref(context)
+        # Backfills replay what was landed for their intervals; they never read the source.
+        allow_pull = not (context["params"]["replay_only"] or ref.run_type == "backfill")
         # The store also holds the (encrypted) IMS token, shared by every task and run.
-        source = TriggerSourceHook().get_source(token_store=engine)
-        result = land_batch(engine, source, batch_ref(context), max_messages=int(context["params"]["max_events"]))
+        source = TriggerSourceHook().get_source(token_store=engine) if allow_pull else None
+        result = land_batch(
+            engine, source, ref, max_messages=int(context["params"]["max_events"]), allow_pull=allow_pull
+        )
         return result.as_xcom()
 
     @task
@@ -94,7 +131,7 @@ def trigger_emails():
         from include.triggerflow.runtime import routing, store_engine
         from include.triggerflow.stages.validate import validate_batch
 
-        return validate_batch(store_engine(), landed["batch_id"], routing()).as_xcom()
+        return {**validate_batch(store_engine(), landed["batch_id"], routing()).as_xcom(), "note": landed.get("note")}
 
     @task
     def reconcile(validated: dict) -> list[dict]:
@@ -116,21 +153,30 @@ def trigger_emails():
     def send(batch_id: str, chunk: int) -> dict:
         from include.triggerflow.hooks.smtp import TriggerMailHook
         from include.triggerflow.render import Renderer
-        from include.triggerflow.runtime import routing, store_engine
+        from include.triggerflow.runtime import routing, send_options, store_engine
         from include.triggerflow.stages.send import send_chunk
 
         context = get_current_context()
         context["chunk"] = chunk  # names the mapped task instance in the UI
-        return send_chunk(store_engine(), batch_id, chunk, routing(), Renderer(), TriggerMailHook).as_xcom()
+        return send_chunk(
+            store_engine(), batch_id, chunk, routing(), Renderer(), TriggerMailHook, send_options(context)
+        ).as_xcom()
 
     # A report that does not balance will not balance on a retry either.
     @task(retries=0)
-    def report(validated: dict, _sent: list) -> dict:
+    def report(validated: dict, sent: list) -> dict:
         from include.triggerflow.runtime import store_engine
         from include.triggerflow.stages.report import report_batch
 
         dag_run = get_current_context()["dag_run"]
-        return report_batch(store_engine(), validated["batch_id"], dag_id=dag_run.dag_id, run_id=dag_run.run_id).as_xcom()
+        return report_batch(
+            store_engine(),
+            validated["batch_id"],
+            dag_id=dag_run.dag_id,
+            run_id=dag_run.run_id,
+            send_results=list(sent),
+            note=validated.get("note"),
+        ).as_xcom()
 
     validated = validate(pull_and_land())
     sent = send.expand_kwargs(reconcile(validated))

@@ -47,6 +47,30 @@ def store_engine():
     return engine
 
 
+def send_options(context: Mapping[str, Any]):
+    """The send stage's options from the run's params and the task instance's try."""
+    import os
+    from pathlib import Path
+
+    from include.triggerflow.stages.send import SendOptions
+
+    params = context["params"]
+    ti = context["ti"]
+    try_number = int(getattr(ti, "try_number", 1) or 1)
+    max_tries = int(getattr(ti, "max_tries", 0) or 0)
+    home = os.environ.get("AIRFLOW_HOME") or os.getcwd()
+    return SendOptions(
+        run_id=context["dag_run"].run_id,
+        try_number=try_number,
+        dry_run=bool(params.get("dry_run", False)),
+        dry_run_dir=Path(os.environ.get("TRIGGERFLOW_DRY_RUN_DIR") or Path(home) / "triggerflow-dry-run"),
+        force_resend=bool(params.get("force_resend", False)),
+        ambiguous_policy=str(params.get("ambiguous_policy", "hold")),
+        # Airflow retries while try_number <= max_tries; the last try keeps 4xx rows deferred.
+        last_try=try_number > max_tries,
+    )
+
+
 def routing():
     from include.triggerflow.config import load_routing
 

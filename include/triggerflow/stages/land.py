@@ -66,6 +66,8 @@ class LandResult:
     newly_landed: int  # landed by this call
     reused: bool  # the batch was already landed: nothing was pulled
     bytes_read: int = 0
+    exists: bool = True  # False: a replay-only run found no batch for its interval
+    note: str | None = None
 
     def as_xcom(self) -> dict[str, object]:
         return {
@@ -73,6 +75,8 @@ class LandResult:
             "pulled": self.pulled,
             "newly_landed": self.newly_landed,
             "reused": self.reused,
+            "exists": self.exists,
+            "note": self.note,
         }
 
 
@@ -98,15 +102,25 @@ def stored_positions(engine: Engine, source_key: str) -> dict[int, str]:
 
 def land_batch(
     engine: Engine,
-    source: TriggerSource,
+    source: TriggerSource | None,
     ref: BatchRef,
     *,
     max_messages: int = 50_000,
+    allow_pull: bool = True,
 ) -> LandResult:
-    """Land this run's batch, or return the one it already landed."""
+    """Land this run's batch, or return the one it already landed.
+
+    ``allow_pull=False`` (backfills and other replays) never reads the source: a replay
+    reprocesses what was landed for its interval, and an interval with nothing landed is
+    reported as such and left empty.
+    """
     batch_id = ref.batch_id
     with engine.begin() as conn:
         existing = conn.execute(select(batch.c.state).where(batch.c.batch_id == batch_id)).scalar_one_or_none()
+        if existing is None and not allow_pull:
+            note = f"no batch was landed for {batch_id}: nothing to replay for this interval"
+            log.info(note)
+            return LandResult(batch_id=batch_id, pulled=0, newly_landed=0, reused=False, exists=False, note=note)
         if existing is None:
             conn.execute(
                 insert(batch).values(
@@ -122,11 +136,23 @@ def land_batch(
                     created_at=_now(),
                 )
             )
+    if existing == "pulling" and not allow_pull:
+        # A replay never pulls: what the dead pull committed is the batch.
+        with engine.begin() as conn:
+            conn.execute(
+                update(batch).where(batch.c.batch_id == batch_id).values(
+                    state="landed", pulled=_count_events(engine, batch_id), landed_at=_now()
+                )
+            )
+        existing = "landed"
     if existing == "landed":
         pulled = _count_events(engine, batch_id)
-        log.info("batch %s already landed with %d events: reusing it, pulling nothing", batch_id, pulled)
-        return LandResult(batch_id=batch_id, pulled=pulled, newly_landed=0, reused=True)
+        note = f"batch {batch_id} already landed with {pulled} events: reprocessing it, pulling nothing"
+        log.info(note)
+        return LandResult(batch_id=batch_id, pulled=pulled, newly_landed=0, reused=True, note=note)
 
+    if source is None:
+        raise ValueError("land_batch needs a source to pull a new batch")
     already = _count_events(engine, batch_id)
     if already:
         log.info("batch %s was partly landed (%d events) by an earlier try: resuming the pull", batch_id, already)

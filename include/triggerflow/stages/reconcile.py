@@ -7,6 +7,7 @@ event. Each event gets exactly one decision:
     ignored              no route for its trigger id (counted, not an error)
     unmatched            no profile carries its identity
     suppressed:opt-out   the profile opted out
+    suppressed:<source>  the address is in tf_suppression (e.g. hard-bounce after a 5xx)
     duplicate            its email is already in the ledger for another event (same trigger,
                          same trigger time, same customer: at-least-once redelivery)
     matched              a ledger row is queued; the send stage decides what happens to it
@@ -21,21 +22,22 @@ import hashlib
 import json
 import logging
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from include.triggerflow.config import RoutingConfig, TriggerRoute
 from include.triggerflow.events import as_int, parse_envelope
 from include.triggerflow.store.db import chunked, insert_ignore
-from include.triggerflow.store.schema import decision, event, profiles, send
+from include.triggerflow.store.schema import decision, event, profiles, send, suppression
 
 log = logging.getLogger(__name__)
 
 IN_LIST_SIZE = 500
+#: decisions a replay may change (nothing was queued or suppressed for these events)
+REDECIDED = ("unmatched", "ignored")
 
 
 @dataclass
@@ -75,9 +77,23 @@ def reconcile_batch(
     import pandas as pd
 
     with engine.connect() as conn:
-        stored = conn.execute(
-            select(event.c.event_id, event.c.payload).where(event.c.batch_id == batch_id, event.c.status == "valid")
-        ).all()
+        # Decisions that own a ledger row (matched, duplicate) or suppress a customer are final;
+        # a replay re-decides only events not decided yet or that found no profile or route,
+        # so a profile loaded or a route added since then takes effect.
+        final = set(
+            conn.execute(
+                select(decision.c.event_id).where(
+                    decision.c.batch_id == batch_id, decision.c.decision.notin_(REDECIDED)
+                )
+            ).scalars()
+        )
+        stored = [
+            row
+            for row in conn.execute(
+                select(event.c.event_id, event.c.payload).where(event.c.batch_id == batch_id, event.c.status == "valid")
+            ).all()
+            if int(row[0]) not in final
+        ]
 
     decisions: dict[int, dict[str, Any]] = {}
     wanted: list[dict[str, Any]] = []  # routed events with their identity
@@ -113,8 +129,10 @@ def reconcile_batch(
             per_key = found.groupby("_key", sort=False).size().rename("_matches")
             first = found.drop_duplicates("_key").set_index("_key").join(per_key)
             joined = group.merge(first, how="left", left_on="customer_key", right_index=True, suffixes=("", "_p"))
-            for rec in joined.to_dict("records"):
-                decisions.update(_decide(rec, routes[rec["route"]], ledger_rows))
+            records = joined.to_dict("records")
+            suppressed = _load_suppressions(engine, [str(r["email"]) for r in records if isinstance(r.get("email"), str)])
+            for rec in records:
+                decisions.update(_decide(rec, routes[rec["route"]], ledger_rows, suppressed))
 
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
@@ -140,7 +158,12 @@ def reconcile_batch(
                     decision="duplicate",
                     detail=f"same email already queued for event {owner_event} of batch {owner_batch}",
                 )
-        conn.execute(delete(decision).where(decision.c.batch_id == batch_id))
+        # Decisions of events no longer valid and of the events decided again now are replaced.
+        conn.execute(
+            delete(decision).where(decision.c.batch_id == batch_id, decision.c.decision.in_(REDECIDED))
+        )
+        for part in chunked(sorted(decisions), IN_LIST_SIZE):
+            conn.execute(delete(decision).where(decision.c.event_id.in_(list(part))))
         rows = [
             {
                 "event_id": d["event_id"],
@@ -162,14 +185,32 @@ def reconcile_batch(
             | existing_chunks
         ) or [0]
 
-    counts: dict[str, int] = defaultdict(int)
-    for d in decisions.values():
-        counts[d["decision"]] += 1
+        counts = {
+            str(k): int(n)
+            for k, n in conn.execute(
+                select(decision.c.decision, func.count()).where(decision.c.batch_id == batch_id).group_by(decision.c.decision)
+            )
+        }
     log.info("batch %s reconciled: %s; send chunks %s", batch_id, dict(counts), chunks)
     return ReconcileResult(batch_id=batch_id, counts=dict(counts), chunks=chunks)
 
 
-def _decide(rec: dict[str, Any], route: TriggerRoute, ledger_rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+def _load_suppressions(engine: Engine, emails: list[str]) -> dict[str, str]:
+    """{address: source} of the given addresses found in tf_suppression (hard bounces...)."""
+    wanted = sorted({e.strip().lower() for e in emails if e})
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for part in chunked(wanted, IN_LIST_SIZE):
+            for address, source in conn.execute(
+                select(suppression.c.address, suppression.c.source).where(suppression.c.address.in_(list(part)))
+            ):
+                found[address] = source
+    return found
+
+
+def _decide(
+    rec: dict[str, Any], route: TriggerRoute, ledger_rows: list[dict[str, Any]], suppressed: dict[str, str]
+) -> dict[int, dict[str, Any]]:
     event_id = int(rec["event_id"])
     out = {
         "event_id": event_id,
@@ -185,6 +226,9 @@ def _decide(rec: dict[str, Any], route: TriggerRoute, ledger_rows: list[dict[str
     detail = f"{matches} profiles matched; took the first by customer_id" if matches > 1 else None
     if bool(rec.get("opted_out")):
         return {event_id: {**out, "decision": "suppressed:opt-out", "detail": "profile opted out"}}
+    address = str(rec.get("email") or "").strip().lower()
+    if address in suppressed:
+        return {event_id: {**out, "decision": f"suppressed:{suppressed[address]}", "detail": f"{address} is on the suppression list"}}
     ledger_rows.append(
         {
             "idempotency_key": idempotency_key(str(rec["trigger_id"]), int(rec["trigger_ts"]), str(customer_id), route.template),

@@ -49,6 +49,14 @@ class Report:
             f"{c['duplicate']} + failed {c['failed']} + deferred {c['deferred']} + ambiguous {c['ambiguous']} "
             f"+ pending {c['pending']}",
         ]
+        if c.get("this_run"):
+            t = c["this_run"]
+            lines.append(
+                "  this run:   sent {sent}, resent {resent}, skipped as already sent {skipped_already_sent}, "
+                "dry-run {dry_run}, deferred {deferred}, failed {failed}, ambiguous {ambiguous}".format(**t)
+            )
+        if c.get("note"):
+            lines.append(f"  note: {c['note']}")
         if c.get("oldest_sent_age_s") is not None:
             lines.append(f"  oldest trigger sent was {c['oldest_sent_age_s']:.1f} s old when the server accepted it")
         lines.append("  balanced" if self.balanced else "  NOT BALANCED: " + "; ".join(self.problems))
@@ -107,10 +115,34 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
     return Report(batch_id=batch_id, counts=counts, balanced=not problems, problems=problems)
 
 
-def report_batch(engine: Engine, batch_id: str, *, dag_id: str, run_id: str) -> Report:
-    """Compute, store and return the report; raise if it does not balance."""
+RUN_ACTIONS = ("sent", "resent", "skipped_already_sent", "dry_run", "deferred", "failed", "ambiguous")
+
+
+def report_batch(
+    engine: Engine,
+    batch_id: str,
+    *,
+    dag_id: str,
+    run_id: str,
+    send_results: list[dict[str, Any]] | None = None,
+    note: str | None = None,
+) -> Report:
+    """Compute, store and return the report; raise if it does not balance.
+
+    ``send_results`` are this run's send task results: what *this* attempt did (sent, skipped
+    as already sent by an earlier attempt, resent, dry-run...), as opposed to the batch totals.
+    """
     report = compute_report(engine, batch_id)
     c = report.counts
+    this_run = dict.fromkeys(RUN_ACTIONS, 0)
+    for result in send_results or []:
+        for key, value in (result or {}).get("counts", {}).items():
+            if key in this_run:
+                this_run[key] += int(value)
+    c["this_run"] = this_run
+    c["skipped_already_sent"] = this_run["skipped_already_sent"]
+    if note:
+        c["note"] = note
     with engine.begin() as conn:
         conn.execute(delete(run_summary).where(run_summary.c.batch_id == batch_id))
         conn.execute(

@@ -14,13 +14,15 @@ before the next SMTP step, so the ledger (not the mail library's retry loop) dec
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, select, update
+from sqlalchemy import Engine, and_, insert, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
@@ -33,7 +35,8 @@ from include.triggerflow.mailer import (
     validate_address,
 )
 from include.triggerflow.render import Renderer, TemplateRenderError, build_context
-from include.triggerflow.store.schema import event, profiles, send
+from include.triggerflow.store.db import insert_ignore
+from include.triggerflow.store.schema import dry_run, event, profiles, send, send_log, suppression
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,33 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@dataclass(frozen=True)
+class SendOptions:
+    """How a send task treats its chunk (the DAG's run parameters)."""
+
+    run_id: str | None = None
+    try_number: int | None = None
+    #: render every pending email into ``dry_run_dir`` and send nothing; ledger states stay as
+    #: they are, so a later real run sends them
+    dry_run: bool = False
+    dry_run_dir: Path | None = None
+    #: send rows already sent again, deliberately; logged as ``resent``, with a new Message-ID
+    force_resend: bool = False
+    #: what to do with a row a dead process left in ``sending``: ``hold`` marks it ``ambiguous``
+    #: and does not send it again (the default: a duplicate is worse than a gap nobody sees);
+    #: ``resend`` sends it again with the same Message-ID, so a receiver can still deduplicate
+    ambiguous_policy: str = "hold"
+    #: on a try that Airflow can still retry, 4xx deferrals raise so the retry sends them
+    last_try: bool = True
+
+
+class DeferredRecipients(RuntimeError):
+    """Some recipients answered 4xx; the task retry sends them (everything else is recorded)."""
+
+
+AMBIGUOUS_POLICIES = ("hold", "resend")
+
+
 def send_chunk(
     engine: Engine,
     batch_id: str,
@@ -69,16 +99,40 @@ def send_chunk(
     routing: RoutingConfig,
     renderer: Renderer,
     open_session: Callable[[], AbstractContextManager[MailSession]],
+    options: SendOptions | None = None,
 ) -> SendResult:
-    counts = {"sent": 0, "deferred": 0, "failed": 0, "ambiguous": 0}
+    opts = options or SendOptions()
+    if opts.ambiguous_policy not in AMBIGUOUS_POLICIES:
+        raise ValueError(f"ambiguous_policy must be one of {AMBIGUOUS_POLICIES}, not {opts.ambiguous_policy!r}")
+    if opts.dry_run and opts.dry_run_dir is None:
+        raise ValueError("dry_run needs dry_run_dir (where the rendered messages are written)")
+    counts = {k: 0 for k in ("sent", "resent", "deferred", "failed", "ambiguous", "dry_run", "skipped_already_sent")}
+    logger = _SendLog(engine, batch_id, opts)
+    in_chunk = and_(send.c.batch_id == batch_id, send.c.chunk == chunk)
+    resend_ids: set[int] = set()
     with engine.begin() as conn:
-        # Rows left in `sending` by a process that died mid-send.
-        res = conn.execute(
-            update(send)
-            .where(and_(send.c.batch_id == batch_id, send.c.chunk == chunk, send.c.state == "sending"))
-            .values(state="ambiguous", smtp_reply="process died during the SMTP transaction", updated_at=_now())
-        )
-        counts["ambiguous"] = max(res.rowcount or 0, 0)
+        # Rows left in `sending` by a process that died between committing `sending` and
+        # recording the server's reply: the message may or may not have been accepted.
+        stuck = list(conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == "sending"))).scalars())
+        if stuck:
+            conn.execute(
+                update(send)
+                .where(send.c.send_id.in_(stuck))
+                .values(state="ambiguous", smtp_reply="process died during the SMTP transaction", updated_at=_now())
+            )
+            logger.add(conn, stuck, "ambiguous", detail=f"policy {opts.ambiguous_policy}")
+            counts["ambiguous"] = len(stuck)
+        states = list(RETRYABLE_STATES)
+        if opts.ambiguous_policy == "resend":
+            states.append("ambiguous")
+            resend_ids.update(conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == "ambiguous"))).scalars())
+        already_sent = list(conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == "sent"))).scalars())
+        if opts.force_resend:
+            states.append("sent")
+            resend_ids.update(already_sent)
+        elif already_sent:
+            logger.add(conn, already_sent, "skipped-sent")
+            counts["skipped_already_sent"] = len(already_sent)
         rows = conn.execute(
             select(
                 send.c.send_id,
@@ -91,16 +145,17 @@ def send_chunk(
             )
             .join(event, event.c.event_id == send.c.event_id)
             .join(profiles, profiles.c.customer_id == send.c.profile_id)
-            .where(and_(send.c.batch_id == batch_id, send.c.chunk == chunk, send.c.state.in_(RETRYABLE_STATES)))
+            .where(and_(in_chunk, send.c.state.in_(states)))
             .order_by(send.c.send_id)
         ).all()
     if not rows:
-        log.info("batch %s chunk %d: nothing to send", batch_id, chunk)
+        log.info("batch %s chunk %d: nothing to send %s", batch_id, chunk, counts)
         return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
 
     routes = {r.name: r for r in routing.routes}
     profile_cols = [c.name for c in profiles.columns]
-    with open_session() as mail:
+    session = _DryRunSession if opts.dry_run else open_session
+    with session() as mail:
         # The session's From address and Message-ID domain are configuration, not data of one
         # email: a mistake there must fail the task (rows stay pending for the retry once the
         # connection is fixed), not mark every row of the chunk failed for good.
@@ -114,12 +169,16 @@ def send_chunk(
             mapping = row._mapping
             profile = {c: mapping[c] for c in profile_cols}
             route = routes.get(row.route)
+            resend = row.send_id in resend_ids
             try:
                 if route is None:
                     raise TemplateRenderError(f"route {row.route!r} is no longer in the routing config")
                 rendered = renderer.render(route, build_context(profile=profile, event=parse_envelope(row.payload), route=route))
                 recipient = validate_address(row.recipient)
-                message_id = message_id_for(row.idempotency_key, message_id_domain)
+                # A deliberate resend is a new message; an ambiguous one keeps its Message-ID so
+                # a receiver that did get the first copy can tell it is the same email.
+                key = f"{row.idempotency_key}.resend{row.attempts}" if resend and opts.force_resend else row.idempotency_key
+                message_id = message_id_for(key, message_id_domain)
                 message = build_message(
                     from_addr=sender,
                     from_name=from_name,
@@ -131,8 +190,25 @@ def send_chunk(
                     headers={"X-Triggerflow-Key": row.idempotency_key},
                 )
             except (TemplateRenderError, HeaderInjectionError, InvalidAddressError, ValueError) as exc:
-                _finish(engine, row.send_id, state="failed", code=None, reply=f"{exc.__class__.__name__}: {exc}")
+                if opts.dry_run:
+                    logger.one(row.send_id, "dry-run", detail=f"would fail: {exc.__class__.__name__}: {exc}")
+                else:
+                    reason = f"{exc.__class__.__name__}: {exc}"
+                    _finish(engine, row.send_id, state="failed", code=None, reply=reason)
+                    logger.one(row.send_id, "failed", detail=reason)
                 counts["failed"] += 1
+                continue
+
+            if opts.dry_run:
+                path = _write_dry_run(opts.dry_run_dir, batch_id, row.idempotency_key, recipient, message)
+                with engine.begin() as conn:
+                    conn.execute(
+                        insert(dry_run).values(
+                            send_id=row.send_id, batch_id=batch_id, run_id=opts.run_id, path=str(path), rendered_at=_now()
+                        )
+                    )
+                    logger.add(conn, [row.send_id], "dry-run", detail=str(path))
+                counts["dry_run"] += 1
                 continue
 
             _mark_sending(engine, row.send_id, message_id, rendered.subject, row.attempts)
@@ -144,16 +220,98 @@ def send_chunk(
                 _finish(engine, row.send_id, state="pending", code=None, reply="session failed; will retry")
                 raise
             if outcome.accepted:
-                _finish(engine, row.send_id, state="sent", code=outcome.code, reply=outcome.reply, sent=True)
-                counts["sent"] += 1
+                _finish(engine, row.send_id, state="sent", code=outcome.code, reply=outcome.reply, sent=True, resend=resend)
+                logger.one(row.send_id, "resent" if resend else "sent", code=outcome.code)
+                counts["resent" if resend else "sent"] += 1
             elif outcome.permanent:
                 _finish(engine, row.send_id, state="failed", code=outcome.code, reply=outcome.reply)
+                _suppress(engine, recipient, outcome.code, outcome.reply)
+                logger.one(row.send_id, "failed", code=outcome.code, detail=outcome.reply)
                 counts["failed"] += 1
             else:
                 _finish(engine, row.send_id, state="deferred", code=outcome.code, reply=outcome.reply)
+                logger.one(row.send_id, "deferred", code=outcome.code, detail=outcome.reply)
                 counts["deferred"] += 1
     log.info("batch %s chunk %d: %s", batch_id, chunk, counts)
+    if counts["deferred"] and not opts.last_try and not opts.dry_run:
+        raise DeferredRecipients(
+            f"batch {batch_id} chunk {chunk}: {counts['deferred']} recipient(s) answered 4xx and were deferred; "
+            f"the task retry sends them (sent so far: {counts['sent'] + counts['resent']}, recorded in the ledger)"
+        )
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
+
+
+class _SendLog:
+    """Appends to tf_send_log: what this run and try did to each ledger row."""
+
+    def __init__(self, engine: Engine, batch_id: str, opts: SendOptions) -> None:
+        self.engine = engine
+        self.batch_id = batch_id
+        self.opts = opts
+
+    def add(self, conn: Any, send_ids: list[int], action: str, *, code: int | None = None, detail: str | None = None) -> None:
+        if not send_ids:
+            return
+        now = _now()
+        conn.execute(
+            insert(send_log),
+            [
+                {
+                    "send_id": sid,
+                    "batch_id": self.batch_id,
+                    "run_id": self.opts.run_id,
+                    "try_number": self.opts.try_number,
+                    "action": action,
+                    "smtp_code": code,
+                    "detail": detail[:1000] if detail else None,
+                    "at": now,
+                }
+                for sid in send_ids
+            ],
+        )
+
+    def one(self, send_id: int, action: str, *, code: int | None = None, detail: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            self.add(conn, [send_id], action, code=code, detail=detail)
+
+
+class _DryRunSession:
+    """Stands in for the SMTP session in a dry run: same checks, nothing sent."""
+
+    sender = "dry-run@triggerflow.local"
+    from_name = "triggerflow dry run"
+    message_id_domain = "dry-run.triggerflow.local"
+
+    def __enter__(self) -> _DryRunSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def send_prepared(self, recipient: str, message: bytes) -> Any:  # pragma: no cover - never called
+        raise AssertionError("a dry run never sends")
+
+
+def _write_dry_run(folder: Path | None, batch_id: str, key: str, recipient: str, message: bytes) -> Path:
+    assert folder is not None
+    target = folder / re.sub(r"[^A-Za-z0-9._-]+", "_", batch_id)
+    target.mkdir(parents=True, exist_ok=True)
+    path = target / f"{key}.eml"
+    tmp = path.with_suffix(".eml.tmp")
+    tmp.write_bytes(b"X-Envelope-To: " + recipient.encode() + b"\r\n" + message)
+    tmp.replace(path)
+    return path
+
+
+def _suppress(engine: Engine, address: str, code: int | None, reply: str) -> None:
+    """A 5xx for an address: never mail it again (reconcile checks tf_suppression)."""
+    with engine.begin() as conn:
+        insert_ignore(
+            conn,
+            suppression,
+            [{"address": address.strip().lower(), "source": "hard-bounce", "reason": reply[:1000], "smtp_code": code, "created_at": _now()}],
+            keys=["address"],
+        )
 
 
 def _mark_sending(engine: Engine, send_id: int, message_id: str, subject: str, attempts: int) -> None:
@@ -165,9 +323,13 @@ def _mark_sending(engine: Engine, send_id: int, message_id: str, subject: str, a
         )
 
 
-def _finish(engine: Engine, send_id: int, *, state: str, code: int | None, reply: str, sent: bool = False) -> None:
+def _finish(
+    engine: Engine, send_id: int, *, state: str, code: int | None, reply: str, sent: bool = False, resend: bool = False
+) -> None:
     values: dict[str, Any] = {"state": state, "smtp_code": code, "smtp_reply": reply[:1000], "updated_at": _now()}
     if sent:
         values["sent_at"] = _now()
+    if resend:
+        values["resend"] = True
     with engine.begin() as conn:
         conn.execute(update(send).where(send.c.send_id == send_id).values(**values))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import as_int, parse_envelope
@@ -158,10 +158,21 @@ def _truncate(value: Any) -> Any:
 
 
 def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> ValidateResult:
+    """Validate the batch's events that are not valid yet (new, or quarantined before).
+
+    An event once valid stays valid: replaying a batch after a routing change must not turn an
+    event that was already reconciled (and maybe mailed) into a quarantined one. Quarantined
+    events are validated again, so a fix (routing corrected) lets them through.
+    """
     with engine.connect() as conn:
         stored = conn.execute(
-            select(event.c.event_id, event.c.payload, event.c.received_at).where(event.c.batch_id == batch_id)
+            select(event.c.event_id, event.c.payload, event.c.received_at).where(
+                event.c.batch_id == batch_id, event.c.status.in_(("landed", "quarantined"))
+            )
         ).all()
+        already_valid = conn.execute(
+            select(func.count()).select_from(event).where(event.c.batch_id == batch_id, event.c.status == "valid")
+        ).scalar_one()
     rows = [flatten(int(eid), payload, received, routing) for eid, payload, received in stored]
     failures = run_expectations(rows)
     # The parse error itself is the most useful part of the reason; keep its text.
@@ -175,7 +186,8 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
     good_ids = sorted(int(r["event_id"]) for r in rows if int(r["event_id"]) not in failures)
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
-        conn.execute(delete(quarantine).where(quarantine.c.batch_id == batch_id))
+        for part in chunked([int(r["event_id"]) for r in rows], 500):
+            conn.execute(delete(quarantine).where(quarantine.c.event_id.in_(part)))
         if bad_ids:
             conn.execute(
                 insert(quarantine),
@@ -194,4 +206,4 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
                 conn.execute(update(event).where(event.c.event_id.in_(part)).values(status=status))
     if bad_ids:
         log.warning("batch %s: %d of %d events quarantined", batch_id, len(bad_ids), len(rows))
-    return ValidateResult(batch_id=batch_id, valid=len(good_ids), quarantined=len(bad_ids))
+    return ValidateResult(batch_id=batch_id, valid=len(good_ids) + int(already_valid), quarantined=len(bad_ids))

@@ -15,6 +15,10 @@ writes its output here; XCom only ever carries ids and counts.
     tf_source_gap        every time a source resumed past where we asked (retention, reset)
     tf_source_hourly     messages received per source per hour (Campaign's 5-day report)
     tf_ims_token         IMS access tokens shared by tasks and runs, encrypted
+    tf_send_log          every send action per run and try (sent, resent, deferred, failed,
+                         ambiguous, dry-run, skipped-sent): the per-run audit of the ledger
+    tf_suppression       addresses never to mail again (hard bounces; later: block lists)
+    tf_dry_run           messages rendered by dry runs, with where they were written
     profiles             the customers (default schema; see README "Profiles")
 """
 
@@ -220,6 +224,45 @@ ims_token = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("minted_at", DateTime(timezone=True), nullable=False),
 )
+
+send_log = Table(
+    "tf_send_log",
+    metadata,
+    Column("log_id", BigId, primary_key=True, autoincrement=True),
+    Column("send_id", BigId, ForeignKey("tf_send.send_id"), nullable=False),
+    Column("batch_id", String(250), nullable=False),
+    Column("run_id", String(250)),
+    Column("try_number", Integer),
+    # sent | resent | deferred | failed | ambiguous | dry-run | skipped-sent
+    Column("action", String(20), nullable=False),
+    Column("smtp_code", Integer),
+    Column("detail", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_tf_send_log_batch_run", send_log.c.batch_id, send_log.c.run_id)
+Index("ix_tf_send_log_send", send_log.c.send_id)
+
+suppression = Table(
+    "tf_suppression",
+    metadata,
+    Column("address", String(320), primary_key=True),  # lower-cased
+    Column("source", String(50), nullable=False),  # hard-bounce | manual | ...
+    Column("reason", Text),
+    Column("smtp_code", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+dry_run = Table(
+    "tf_dry_run",
+    metadata,
+    Column("dry_run_id", BigId, primary_key=True, autoincrement=True),
+    Column("send_id", BigId, ForeignKey("tf_send.send_id"), nullable=False),
+    Column("batch_id", String(250), nullable=False),
+    Column("run_id", String(250)),
+    Column("path", Text, nullable=False),
+    Column("rendered_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_tf_dry_run_batch", dry_run.c.batch_id)
 
 profiles = Table(
     "profiles",

@@ -75,7 +75,7 @@ def test_runtime_batch_ref_reads_the_context() -> None:
 
 def test_land_result_as_xcom() -> None:
     result = LandResult(batch_id="b", pulled=3, newly_landed=2, reused=False, bytes_read=99)
-    assert result.as_xcom() == {"batch_id": "b", "pulled": 3, "newly_landed": 2, "reused": False}
+    assert result.as_xcom() == {"batch_id": "b", "pulled": 3, "newly_landed": 2, "reused": False, "exists": True, "note": None}
 
 
 # -- against the emulator ----------------------------------------------------------------------------
@@ -283,3 +283,16 @@ def test_max_messages_passed_to_the_source_accounts_for_already_landed(kit) -> N
     result = land_batch(kit.engine, source, ref(0), max_messages=10)
     assert source.asked == [({}, 9)]
     assert (result.pulled, result.newly_landed, result.reused) == (1, 0, False)
+
+
+def test_a_replay_without_a_landed_batch_pulls_nothing_and_says_so(emu, adobe_conns, publisher: Callable, kit) -> None:
+    publisher(1, shopper_id="SHOP-ADA")
+    before = emu.client.stats()["journal_requests"]
+    replay = BatchRef(dag_id="d", run_id="backfill__x", run_type="backfill",
+                      interval_start=datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc),
+                      interval_end=datetime(2026, 1, 1, 10, 1, tzinfo=timezone.utc))
+    result = land_batch(kit.engine, TriggerSourceHook().get_source(), replay, allow_pull=False)
+    assert (result.exists, result.pulled, result.reused) == (False, 0, False)
+    assert "no batch was landed" in (result.note or "")
+    assert emu.client.stats()["journal_requests"] == before  # the source was not read
+    assert kit.rows(batch) == []  # and no empty batch was invented

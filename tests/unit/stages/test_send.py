@@ -28,6 +28,13 @@ PROFILES = [
 ]
 
 
+def C(**counts: int) -> dict[str, int]:
+    """A chunk's full counts, zero unless given."""
+    full = dict.fromkeys(("sent", "resent", "deferred", "failed", "ambiguous", "dry_run", "skipped_already_sent"), 0)
+    full.update(counts)
+    return full
+
+
 @pytest.fixture(scope="module")
 def renderer() -> Renderer:
     return Renderer()
@@ -61,7 +68,7 @@ def test_pending_rows_are_sent_and_recorded(kit, routing, smtp, renderer) -> Non
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook)
 
-    assert result == SendResult(batch_id="b1", chunk=0, counts={"sent": 3, "deferred": 0, "failed": 0, "ambiguous": 0})
+    assert result == SendResult(batch_id="b1", chunk=0, counts=C(sent=3, deferred=0, failed=0, ambiguous=0))
     after = ledger(kit)
     for before, row in zip(rows, after):
         assert row["state"] == "sent"
@@ -91,7 +98,7 @@ def test_second_call_sends_nothing_new(kit, routing, smtp, renderer) -> None:
 
     again = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook)
 
-    assert again.counts == {"sent": 0, "deferred": 0, "failed": 0, "ambiguous": 0}
+    assert again.counts == C(skipped_already_sent=3)
     assert len(smtp.eml_paths()) == 3
     assert ledger(kit) == sent_before
 
@@ -102,7 +109,7 @@ def test_a_row_left_sending_becomes_ambiguous_and_is_not_sent(kit, routing, smtp
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook)
 
-    assert result.counts == {"sent": 2, "deferred": 0, "failed": 0, "ambiguous": 1}
+    assert result.counts == C(sent=2, deferred=0, failed=0, ambiguous=1)
     assert states(kit) == {"ada@example.com": "sent", "grace@example.com": "ambiguous", "donald@example.com": "sent"}
     assert ledger(kit)[1]["smtp_reply"] == "process died during the SMTP transaction"
     assert sorted(m["To"] for m in smtp.messages()) == ["ada@example.com", "donald@example.com"]
@@ -117,7 +124,7 @@ def test_invalid_profile_address_fails_that_row_only(kit, routing, smtp, rendere
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook)
 
-    assert result.counts == {"sent": 2, "deferred": 0, "failed": 1, "ambiguous": 0}
+    assert result.counts == C(sent=2, deferred=0, failed=1, ambiguous=0)
     failed = [r for r in ledger(kit) if r["state"] == "failed"]
     assert len(failed) == 1
     assert failed[0]["smtp_reply"].startswith("InvalidAddressError: invalid email address 'grace at example.com'")
@@ -210,7 +217,7 @@ def test_session_failure_mid_chunk_keeps_sent_rows_and_requeues_the_failing_one(
 
     # Airflow's retry sends the rest, and nothing twice.
     retry = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook)
-    assert retry.counts == {"sent": 2, "deferred": 0, "failed": 0, "ambiguous": 0}
+    assert retry.counts == C(sent=2, skipped_already_sent=1)
     assert sorted(m["To"] for m in smtp.messages()) == ["ada@example.com", "donald@example.com", "grace@example.com"]
     assert [r["attempts"] for r in ledger(kit)] == [1, 2, 1]
 
@@ -249,7 +256,7 @@ def test_4xx_defers_and_5xx_fails_and_deferred_rows_are_retried(kit, routing, re
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
 
-    assert result.counts == {"sent": 1, "deferred": 1, "failed": 1, "ambiguous": 0}
+    assert result.counts == C(sent=1, deferred=1, failed=1, ambiguous=0)
     rows = {r["recipient"]: r for r in ledger(kit)}
     assert (rows["ada@example.com"]["state"], rows["ada@example.com"]["smtp_code"], rows["ada@example.com"]["smtp_reply"]) == (
         "deferred", 451, "4.7.1 try again later"
@@ -278,5 +285,5 @@ def test_no_session_is_opened_when_there_is_nothing_to_send(kit, routing, render
         yield FakeSession({})
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, open_session)
-    assert result.as_xcom() == {"batch_id": "b1", "chunk": 0, "counts": {"sent": 0, "deferred": 0, "failed": 0, "ambiguous": 0}}
+    assert result.as_xcom() == {"batch_id": "b1", "chunk": 0, "counts": C(sent=0, deferred=0, failed=0, ambiguous=0)}
     assert opened == []
