@@ -287,3 +287,96 @@ def test_no_session_is_opened_when_there_is_nothing_to_send(kit, routing, render
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, open_session)
     assert result.as_xcom() == {"batch_id": "b1", "chunk": 0, "counts": C(sent=0, deferred=0, failed=0, ambiguous=0)}
     assert opened == []
+
+
+# -- run options: retries, suppression, dry runs, resends, ambiguous policy ------------------------------
+def log_actions(kit, batch_id: str = "b1") -> list[tuple[str, str | None]]:
+    from include.triggerflow.store.schema import send_log
+
+    return sorted((r["action"], r["run_id"]) for r in kit.rows(send_log) if r["batch_id"] == batch_id)
+
+
+def test_deferrals_raise_for_a_retry_unless_it_is_the_last_try(kit, routing, renderer) -> None:
+    from include.triggerflow.stages.send import DeferredRecipients, SendOptions
+
+    queue(kit, routing)
+    busy = FakeSession({"ada@example.com": SmtpOutcome(accepted=False, code=452, reply="4.3.1 busy", permanent=False)})
+    with pytest.raises(DeferredRecipients, match="1 recipient\\(s\\) answered 4xx"):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, busy.opener(), SendOptions(run_id="r", try_number=1, last_try=False))
+    # everything else was recorded before the raise
+    assert states(kit) == {"ada@example.com": "deferred", "grace@example.com": "sent", "donald@example.com": "sent"}
+    still_busy = FakeSession({"ada@example.com": SmtpOutcome(accepted=False, code=452, reply="4.3.1 busy", permanent=False)})
+    last = send_chunk(kit.engine, "b1", 0, routing, renderer, still_busy.opener(), SendOptions(run_id="r", try_number=4, last_try=True))
+    assert last.counts == C(deferred=1, skipped_already_sent=2)
+    assert [r for r, _ in still_busy.sent] == ["ada@example.com"]
+
+
+def test_a_5xx_suppresses_the_address_for_later_triggers(kit, routing, renderer) -> None:
+    from include.triggerflow.store.schema import decision, suppression
+
+    queue(kit, routing)
+    bounce = FakeSession({"grace@example.com": SmtpOutcome(accepted=False, code=550, reply="5.1.1 user unknown", permanent=True)})
+    send_chunk(kit.engine, "b1", 0, routing, renderer, bounce.opener())
+    assert [(r["address"], r["source"], r["smtp_code"]) for r in kit.rows(suppression)] == [("grace@example.com", "hard-bounce", 550)]
+
+    b2 = kit.add_batch("b2")
+    kit.add_event(b2, envelope_json(shopper_id="SHOP-2", products=["ALP-SHL-JKT"]))
+    reconcile_batch(kit.engine, b2, routing)
+    decided = [r for r in kit.rows(decision) if r["batch_id"] == "b2"]
+    assert [(d["decision"], d["profile_id"]) for d in decided] == [("suppressed:hard-bounce", "C2")]
+    assert ledger(kit, "b2") == []
+
+
+def test_dry_run_writes_files_records_them_and_sends_nothing(kit, routing, renderer, tmp_path) -> None:
+    from include.triggerflow.stages.send import SendOptions
+    from include.triggerflow.store.schema import dry_run
+
+    queue(kit, routing)
+    never = FakeSession({})
+    result = send_chunk(
+        kit.engine, "b1", 0, routing, renderer, never.opener(),
+        SendOptions(run_id="dry", dry_run=True, dry_run_dir=tmp_path / "dry"),
+    )
+    assert result.counts == C(dry_run=3)
+    assert never.sent == []
+    files = sorted((tmp_path / "dry" / "b1").glob("*.eml"))
+    assert len(files) == 3 and b"Subject: Ada, you left something in your cart" in b"".join(f.read_bytes() for f in files)
+    assert set(states(kit).values()) == {"pending"}
+    assert sorted(r["path"] for r in kit.rows(dry_run)) == sorted(str(f) for f in files)
+    assert log_actions(kit) == [("dry-run", "dry")] * 3
+
+
+def test_force_resend_sends_again_with_a_new_message_id_and_logs_it(kit, routing, renderer) -> None:
+    from include.triggerflow.stages.send import SendOptions
+
+    queue(kit, routing)
+    first = FakeSession({})
+    send_chunk(kit.engine, "b1", 0, routing, renderer, first.opener(), SendOptions(run_id="r1"))
+    again = FakeSession({})
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, again.opener(), SendOptions(run_id="r2", force_resend=True))
+    assert result.counts == C(resent=3)
+    ids = lambda s: {m.split(b"Message-ID: ")[1].split(b"\r\n")[0] for _, m in s.sent}  # noqa: E731
+    assert len(ids(again)) == 3 and ids(again).isdisjoint(ids(first))
+    assert all(r["resend"] for r in ledger(kit))
+    assert [a for a, run in log_actions(kit) if run == "r2"] == ["resent"] * 3
+
+
+@pytest.mark.parametrize("policy, sent_again", [("hold", False), ("resend", True)])
+def test_ambiguous_policy(kit, routing, renderer, policy: str, sent_again: bool) -> None:
+    from include.triggerflow.stages.send import SendOptions
+
+    rows = queue(kit, routing)
+    set_state(kit, rows[0]["send_id"], "sending")  # a process died during this row's SMTP transaction
+    session = FakeSession({})
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), SendOptions(run_id="r", ambiguous_policy=policy))
+    recipients = [r for r, _ in session.sent]
+    assert (rows[0]["recipient"] in recipients) is sent_again
+    assert result.counts["ambiguous"] == 1
+    assert result.counts["resent" if sent_again else "sent"] == (1 if sent_again else 2)
+    actions = [a for a, _ in log_actions(kit)]
+    assert actions.count("ambiguous") == 1 and (actions.count("resent") == 1) is sent_again
+    if sent_again:  # same Message-ID as the first attempt would have had: receivers can deduplicate
+        msg = [m for r, m in session.sent if r == rows[0]["recipient"]][0]
+        assert message_id_for(rows[0]["idempotency_key"], FakeSession.message_id_domain).encode() in msg
+    else:
+        assert states(kit)[rows[0]["recipient"]] == "ambiguous"
