@@ -1,0 +1,116 @@
+"""A backfill through the real scheduler (`POST /api/v2/backfills`, what `airflow backfill create`
+and the UI's backfill dialog do) reprocesses the batches landed for its intervals, pulls nothing,
+and says so for intervals that have no batch. Running the same backfill again sends nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from devstack.airflow_stack import airflow_standalone
+from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.processes import start_emulator, start_smtp_sink
+from include.triggerflow.profiles import upsert_profiles
+
+pytestmark = pytest.mark.e2e
+
+START = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+
+
+def _profile(customer_id: str, email: str, shopper_id: str) -> dict:
+    return {"customer_id": customer_id, "email": email, "first_name": customer_id, "last_name": None, "locale": None,
+            "timezone": None, "shopper_id": shopper_id, "ecid": None, "declared_id": None, "opted_out": False}
+
+
+def _wait_backfill_runs(af, dag_id: str, backfill_id: int, expected: int, timeout: float = 150.0) -> list[dict]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = [r for r in af.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+                if r.get("run_type") == "backfill" and str(r.get("backfill_id", backfill_id)) == str(backfill_id)]
+        if len(runs) >= expected and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        time.sleep(1)
+    raise TimeoutError(f"backfill {backfill_id}: runs {[(r['dag_run_id'], r['state']) for r in runs]}\n{af.log_tail()}")
+
+
+def _wait_backfill_closed(af, backfill_id: int, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if af.api("GET", f"/backfills/{backfill_id}").get("completed_at"):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"backfill {backfill_id} not completed after {timeout:.0f} s")
+
+
+def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
+    tmp_path: Path, store_url: str, store_engine
+) -> None:
+    from include.triggerflow.hooks.ims import clear_token_cache
+    from include.triggerflow.sources.journal import JournalSource
+    from include.triggerflow.stages.land import BatchRef, land_batch
+    from include.triggerflow.store.schema import run_summary
+
+    with start_emulator() as emu, start_smtp_sink(tmp_path / "outbox") as smtp:
+        upsert_profiles(store_engine, [_profile("C1", "ada@example.com", "SHOP-ADA"), _profile("C2", "grace@example.com", "SHOP-GRACE")])
+        emu.client.publish([
+            trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA"),
+            trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-GRACE"),
+        ])
+        # The scheduled run of 10:00-10:01 landed these two and then (say) its send failed for good.
+        source = JournalSource(journal_url=emu.client.journal_url, api_key=emu.client.client_id,
+                               org_id=emu.client.org_id, token_provider=lambda refresh: emu.client.token())
+        landed = land_batch(store_engine, source, BatchRef(
+            dag_id="trigger_emails", run_id="scheduled__2026-11-26T10:00:00+00:00", run_type="scheduled",
+            interval_start=START, interval_end=START + timedelta(minutes=1)))
+        assert landed.pulled == 2
+        # A later trigger waits in the journal: a backfill must not pull it.
+        emu.client.publish([trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA")])
+        journal_requests = emu.client.stats()["journal_requests"]
+        clear_token_cache()
+
+        env = {
+            "AIRFLOW_CONN_ADOBE_IMS": json.dumps({"conn_type": "http", "host": emu.base_url, "login": emu.client.client_id,
+                                                  "password": emu.client.client_secret, "extra": {"org_id": emu.client.org_id}}),
+            "AIRFLOW_CONN_ADOBE_TRIGGERS": json.dumps({"conn_type": "http", "host": emu.client.journal_url}),
+            "AIRFLOW_CONN_SMTP_TRIGGERS": json.dumps({"conn_type": "smtp", "host": smtp.host, "port": smtp.port, "extra": {
+                "from_email": "shop@triggerflow.test", "disable_ssl": True, "disable_tls": True}}),
+            "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}}),
+            "TRIGGERFLOW_RETRY_DELAY_S": "2",
+        }
+        with airflow_standalone(tmp_path / "airflow", env_overrides=env) as af:
+            af.unpause("trigger_emails")
+            body = {"dag_id": "trigger_emails", "from_date": START.isoformat(),
+                    "to_date": (START + timedelta(minutes=2)).isoformat(), "reprocess_behavior": "completed",
+                    "max_active_runs": 1, "run_backwards": False, "dag_run_conf": {}}
+            first = af.api("POST", "/backfills", json=body)
+            runs = _wait_backfill_runs(af, "trigger_emails", first["id"], expected=2)
+            assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
+            assert sorted(m["To"] for m in smtp.wait_for(2)) == ["ada@example.com", "grace@example.com"]
+
+            # The same backfill again (once the scheduler has closed the first): the batch is
+            # replayed, nothing is sent twice.
+            _wait_backfill_closed(af, first["id"])
+            second = af.api("POST", "/backfills", json=body)
+            again = _wait_backfill_runs(af, "trigger_emails", second["id"], expected=2)
+            assert {r["state"] for r in again} == {"success"}
+
+        assert len(smtp.messages()) == 2
+        assert emu.client.stats()["journal_requests"] == journal_requests  # backfills never read the source
+        with store_engine.connect() as conn:
+            reports = {run_id: json.loads(c) for run_id, c in conn.execute(select(run_summary.c.run_id, run_summary.c.counts))}
+        notes = [c.get("note", "") for c in reports.values()]
+        assert any("no batch was landed" in n for n in notes), notes
+        landed_report = reports[[k for k, c in reports.items() if c["pulled"] == 2][0]]
+        assert landed_report["balanced"] and landed_report["sent"] == 2
+        # the last replay of the landed batch skipped both emails as already sent
+        assert landed_report["this_run"]["skipped_already_sent"] == 2
