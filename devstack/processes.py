@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Any, cast
 
 from devstack.emulator_client import EmulatorClient
 from devstack.messages import DEMO_IMS_ORG
@@ -46,6 +47,35 @@ class RunningSmtpSink:
     out_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    faults_file: Path
+
+    def set_faults(self, rules: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Replace the sink's fault rules (see devstack.smtp_sink); takes effect at the next SMTP
+        command. Validated here first, then written atomically (temp file + rename), so the sink
+        never reads a half-written file. ``set_faults([])`` turns faults off."""
+        from devstack.smtp_sink import parse_fault_rules
+
+        items = [rules] if isinstance(rules, dict) else list(rules)
+        parse_fault_rules(items)  # raises FaultRuleError on a bad rule
+        tmp = self.faults_file.with_name(f".{self.faults_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(items), encoding="utf-8")
+        # A nanosecond mtime of our own: file-system timestamps are coarse (a few ms), and the sink
+        # detects a change by stat alone.
+        stamp = time.time_ns()
+        os.utime(tmp, ns=(stamp, stamp))
+        os.replace(tmp, self.faults_file)
+
+    def clear_faults(self) -> None:
+        self.set_faults([])
+
+    def fired_faults(self) -> list[dict[str, Any]]:
+        """Every fault the sink fired so far (from its log), oldest first."""
+        prefix = "smtp-sink fault fired: "
+        fired = []
+        for line in _read_log(self.log_path, limit=10_000_000).splitlines():
+            if line.startswith(prefix):
+                fired.append(json.loads(line[len(prefix):]))
+        return fired
 
     def eml_paths(self) -> list[Path]:
         """Stored messages in name order (= arrival order: UTC timestamp, then sequence)."""
@@ -212,10 +242,49 @@ def start_emulator(
 
 @contextmanager
 def start_smtp_sink(
-    out_dir: str | os.PathLike[str], *, log_path: str | os.PathLike[str] | None = None, port: int = 0
+    out_dir: str | os.PathLike[str],
+    *,
+    log_path: str | os.PathLike[str] | None = None,
+    port: int = 0,
+    faults_file: str | os.PathLike[str] | None = None,
+    faults: list[dict[str, Any]] | None = None,
 ) -> Iterator[RunningSmtpSink]:
-    """Run ``devstack.smtp_sink`` in a subprocess writing .eml files to ``out_dir``."""
+    """Run ``devstack.smtp_sink`` in a subprocess writing .eml files to ``out_dir``.
+
+    The sink always watches a faults file (``faults_file``, or a private temp file), so
+    :meth:`RunningSmtpSink.set_faults` works on any sink; ``faults`` are the initial rules.
+    """
     out = Path(out_dir).resolve()
-    with _server_process("smtp_sink", ["--out", str(out)], log_path, port) as (process, address, log):
-        host, _, port = address.rpartition(":")
-        yield RunningSmtpSink(host=host, port=int(port), out_dir=out, process=process, log_path=log)
+    own_dir: Path | None = None
+    if faults_file is None:
+        own_dir = Path(tempfile.mkdtemp(prefix="triggerflow-smtp-faults-"))
+        faults_path = own_dir / "faults.json"
+    else:
+        faults_path = Path(faults_file).resolve()
+        faults_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if faults is not None or not faults_path.exists():
+            from devstack.smtp_sink import parse_fault_rules
+
+            parse_fault_rules(list(faults or []))
+            faults_path.write_text(json.dumps(list(faults or [])), encoding="utf-8")
+        args = ["--out", str(out), "--faults-file", str(faults_path)]
+        with _server_process("smtp_sink", args, log_path, port) as (process, address, log):
+            host, _, bound = address.rpartition(":")
+            yield RunningSmtpSink(
+                host=host, port=int(bound), out_dir=out, process=process, log_path=log, faults_file=faults_path
+            )
+    finally:
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
+
+
+@contextmanager
+def start_airflow(home: str | os.PathLike[str], *, env_overrides: dict[str, str] | None = None, **kwargs: Any) -> Iterator[Any]:
+    """``airflow standalone`` (scheduler + LocalExecutor + API server) under ``home`` for the
+    block; see :func:`devstack.airflow_stack.airflow_standalone` (imported lazily: it is heavier
+    than the other servers and only some tests need it)."""
+    from devstack.airflow_stack import airflow_standalone
+
+    with airflow_standalone(Path(home), env_overrides=env_overrides or {}, **kwargs) as stack:
+        yield stack

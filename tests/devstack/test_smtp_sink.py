@@ -121,3 +121,129 @@ def test_ready_line_and_clean_shutdown(tmp_path: Path) -> None:
     lines = log.read_text().splitlines()
     assert lines[0] == f"smtp-sink listening on 127.0.0.1:{port}, writing to {out.resolve()}"
     assert lines[-1] == "smtp-sink stopped"
+
+
+# -- fault injection (--faults-file) ------------------------------------------------------------
+
+
+def _send(smtp: smtplib.SMTP, to: str, subject: str = "hello") -> dict:
+    return smtp.send_message(make_message(subject, to, "body\n"), from_addr="bounce@shop.example.com", to_addrs=[to])
+
+
+def test_rcpt_rule_answers_the_code_then_is_spent(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"rcpt": "Later@Example.org", "code": 451, "message": "4.2.1 try later", "times": 1}])
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            _send(smtp, "later@example.org", "first try")
+        assert refused.value.recipients == {"later@example.org": (451, b"4.2.1 try later")}
+        _send(smtp, "other@example.org", "not concerned")
+        # times: 1 -> spent: the same address is accepted now, in the same session
+        assert _send(smtp, "later@example.org", "second try") == {}
+    assert [m["Subject"] for m in sink.messages()] == ["not concerned", "second try"]
+    assert [f["rcpt_to"] for f in sink.fired_faults()] == ["later@example.org"]
+
+
+def test_rcpt_domain_rule_without_times_fires_every_time(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"rcpt_domain": "bounce.test", "code": 550, "message": "5.1.1 user unknown"}])
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        for address in ("a@bounce.test", "b@BOUNCE.test", "a@bounce.test"):
+            with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+                _send(smtp, address)
+            assert refused.value.recipients[address] == (550, b"5.1.1 user unknown")
+        _send(smtp, "a@notbounce.test")
+        _send(smtp, "a@sub.bounce.test")  # exact domain only
+    assert [m["X-Envelope-To"] for m in sink.messages()] == ["a@notbounce.test", "a@sub.bounce.test"]
+    assert len(sink.fired_faults()) == 3
+
+
+def test_drop_after_messages_closes_at_the_next_mail_from(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"drop_after_messages": 2, "times": 1}])
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        _send(smtp, "one@example.org", "one")
+        _send(smtp, "two@example.org", "two")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            _send(smtp, "three@example.org", "three")
+    # the third message was never accepted and never written
+    assert [m["Subject"] for m in sink.messages()] == ["one", "two"]
+    [fired] = sink.fired_faults()
+    assert fired["accepted_in_session"] == 2
+    # spent: a new session can send any number of messages
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        for n in range(3):
+            _send(smtp, "three@example.org", f"again {n}")
+    assert len(sink.eml_paths()) == 5
+    assert sink.process.poll() is None
+
+
+def test_drop_counts_per_session(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"drop_after_messages": 1}])  # no times: every session, after one message
+    for session in range(2):
+        with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+            _send(smtp, "x@example.org", f"session {session}")
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                _send(smtp, "x@example.org", "dropped")
+    assert [m["Subject"] for m in sink.messages()] == ["session 0", "session 1"]
+
+
+def test_data_delay_writes_the_file_before_the_delayed_250(sink: RunningSmtpSink) -> None:
+    import threading
+    import time
+
+    sink.set_faults([{"data_delay_ms": 600}])
+    seen_before_reply: list[int] = []
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        # Probe the outbox while the client is still waiting for the reply to end-of-data.
+        probe = threading.Timer(0.35, lambda: seen_before_reply.append(len(sink.eml_paths())))
+        started = time.monotonic()
+        probe.start()
+        assert _send(smtp, "slow@example.org") == {}
+        elapsed = time.monotonic() - started
+        probe.join()
+    assert elapsed >= 0.6
+    assert seen_before_reply == [1]
+
+
+def test_data_code_refuses_without_writing(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"data_code": 452, "message": "4.3.1 out of space", "times": 1}])
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            _send(smtp, "full@example.org", "refused")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (452, b"4.3.1 out of space")
+        _send(smtp, "full@example.org", "accepted")
+    assert [m["Subject"] for m in sink.messages()] == ["accepted"]
+    assert not [p for p in sink.out_dir.iterdir() if not p.name.endswith(".eml")]
+
+
+def test_rules_change_while_the_server_runs(sink: RunningSmtpSink) -> None:
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        _send(smtp, "a@example.org", "before")
+        sink.set_faults([{"rcpt": "a@example.org", "code": 550, "message": "5.7.1 blocked"}])
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            _send(smtp, "a@example.org", "during")
+        sink.clear_faults()
+        _send(smtp, "a@example.org", "after")
+    assert [m["Subject"] for m in sink.messages()] == ["before", "after"]
+
+
+def test_faults_file_given_at_start(tmp_path: Path) -> None:
+    faults = tmp_path / "faults.json"
+    faults.write_text('[{"rcpt_domain": "x.test", "code": 421, "message": "4.7.0 slow down"}]')
+    with start_smtp_sink(tmp_path / "out", faults_file=faults) as running:
+        with smtplib.SMTP(running.host, running.port, timeout=10) as smtp:
+            with pytest.raises(smtplib.SMTPRecipientsRefused):
+                _send(smtp, "y@x.test")
+        assert running.faults_file == faults.resolve()
+
+
+def test_bad_rules_are_refused_by_set_faults_and_ignored_by_the_sink(sink: RunningSmtpSink) -> None:
+    from devstack.smtp_sink import FaultRuleError
+
+    for bad in ({"rcpt": "a@b"}, {"rcpt": "a@b", "code": 250}, {"data_code": 452, "typo": 1},
+                {"drop_after_messages": -1}, {"nothing": True}, {"rcpt": "a@b", "rcpt_domain": "b", "code": 550}):
+        with pytest.raises(FaultRuleError):
+            sink.set_faults([bad])
+    # A broken file written behind the helper's back: the sink logs it and accepts mail.
+    sink.faults_file.write_text("[{not json")
+    with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
+        assert _send(smtp, "a@example.org") == {}
+    assert "ignoring faults file" in sink.log_path.read_text()

@@ -41,6 +41,28 @@ def _wait_backfill_runs(af, dag_id: str, backfill_id: int, expected: int, timeou
     raise TimeoutError(f"backfill {backfill_id}: runs {[(r['dag_run_id'], r['state']) for r in runs]}\n{af.log_tail()}")
 
 
+def _create_backfill(af, body: dict) -> dict:
+    """POST /backfills; on a SQLite metadata DB the API can answer 503 "database is locked" after
+    (or before) creating it, so a failed POST is resolved by looking the backfill up, never by
+    blindly posting again."""
+    import time
+
+    from devstack.airflow_stack import AirflowStackError
+
+    for _ in range(5):
+        try:
+            return af.api("POST", "/backfills", json=body)
+        except AirflowStackError as exc:
+            if "503" not in str(exc) and "409" not in str(exc):
+                raise
+            time.sleep(2)
+            open_ones = [b for b in af.api("GET", "/backfills", params={"dag_id": body["dag_id"]})["backfills"]
+                         if not b.get("completed_at")]
+            if open_ones:
+                return max(open_ones, key=lambda b: b["id"])
+    raise AssertionError("could not create the backfill")
+
+
 def _wait_backfill_closed(af, backfill_id: int, timeout: float = 60.0) -> None:
     import time
 
@@ -92,7 +114,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
             body = {"dag_id": "trigger_emails", "from_date": START.isoformat(),
                     "to_date": (START + timedelta(minutes=2)).isoformat(), "reprocess_behavior": "completed",
                     "max_active_runs": 1, "run_backwards": False, "dag_run_conf": {}}
-            first = af.api("POST", "/backfills", json=body)
+            first = _create_backfill(af, body)
             runs = _wait_backfill_runs(af, "trigger_emails", first["id"], expected=2)
             assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
             assert sorted(m["To"] for m in smtp.wait_for(2)) == ["ada@example.com", "grace@example.com"]
@@ -100,7 +122,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
             # The same backfill again (once the scheduler has closed the first): the batch is
             # replayed, nothing is sent twice.
             _wait_backfill_closed(af, first["id"])
-            second = af.api("POST", "/backfills", json=body)
+            second = _create_backfill(af, body)
             again = _wait_backfill_runs(af, "trigger_emails", second["id"], expected=2)
             assert {r["state"] for r in again} == {"success"}
 
