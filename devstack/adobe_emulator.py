@@ -69,6 +69,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from devstack.messages import DEMO_IMS_ORG, envelope, now_ms
 from include.triggerflow.events import PIPELINE_MESSAGE
+from devstack.readiness import write_ready_file
 
 TOKEN_PATH = "/ims/token/v3"
 JWT_EXCHANGE_PATH = "/ims/exchange/jwt"
@@ -1354,16 +1355,6 @@ class AdobeEmulator:
 
     def __exit__(self, *exc: object) -> None:
         self.shutdown()
-
-
-def write_ready_file(path: str, content: str) -> None:
-    """Write then rename, so a poller never reads a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from devstack.readiness import write_ready_file
 
 SERVER_HOSTNAME = "smtp-sink.triggerflow.local"
 
@@ -319,16 +320,6 @@ async def serve(
     finally:
         server.close()
         await server.wait_closed()
-
-
-def write_ready_file(path: str, content: str) -> None:
-    """Write then rename, so a poller never reads a half-written file."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(content)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -108,18 +108,10 @@ def _connection(conn_id: str, *, required: bool) -> Any:
 def _store_url(conn: Any) -> str:
     from sqlalchemy.engine import make_url
 
-    from include.triggerflow.store.db import StoreConfigError, url_from_parts
+    from include.triggerflow.store.db import StoreConfigError, url_from_connection
 
     try:
-        url = url_from_parts(
-            conn_type=conn.conn_type,
-            host=conn.host,
-            schema=conn.schema,
-            login=conn.login,
-            password=conn.password,
-            port=conn.port,
-            extra=conn.extra_dejson,
-        )
+        url = url_from_connection(conn)
         parsed = make_url(url)
     except StoreConfigError as exc:
         raise StatusUnavailable(str(exc)) from None
@@ -129,16 +121,6 @@ def _store_url(conn: Any) -> str:
     if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
         parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
     return parsed.render_as_string(hide_password=False)
-
-
-def _pool_slots(pool_name: str) -> int | None:
-    try:
-        from airflow.models.pool import Pool
-
-        pool = Pool.get_pool(pool_name)
-        return int(pool.slots) if pool is not None else None
-    except Exception:  # noqa: BLE001 - optional information
-        return None
 
 
 def collect_status(source: str | None = None, consumer: str | None = None) -> dict[str, Any]:
@@ -151,6 +133,7 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
             SEND_POOL,
             build_status,
             latest_source,
+            pool_slots,
             resolve_consumer,
             source_key_for_connection,
             status_settings_from_connection,
@@ -178,7 +161,7 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
             routing,
             source_key=source_key,
             consumer=resolve_consumer(explicit=consumer, extra=extra, routing=routing, host=host, source_key=source_key),
-            settings=status_settings_from_connection(extra, pool_slots=_pool_slots(SEND_POOL)),
+            settings=status_settings_from_connection(extra, pool_slots=pool_slots(SEND_POOL)),
         )
     except SQLAlchemyError as exc:
         raise StatusUnavailable(

@@ -123,17 +123,6 @@ def _optional_connection(conn_id: str):
         return None
 
 
-def _pool_slots(pool_name: str) -> int | None:
-    """Slots of an Airflow pool, or None when the metadata DB is not reachable from here."""
-    try:
-        from airflow.models.pool import Pool
-
-        pool = Pool.get_pool(pool_name)
-        return int(pool.slots) if pool is not None else None
-    except Exception:  # noqa: BLE001 - optional information
-        return None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -142,6 +131,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         SEND_POOL,
         build_status,
         latest_source,
+        pool_slots,
         resolve_consumer,
         source_key_for_connection,
         status_settings_from_connection,
@@ -159,7 +149,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         source = args.source or source_key_for_connection(host, extra) or latest_source(engine)
         consumer = resolve_consumer(explicit=args.consumer, extra=extra, routing=routing, host=host, source_key=source)
-        settings = status_settings_from_connection(extra, pool_slots=_pool_slots(SEND_POOL))
+        settings = status_settings_from_connection(extra, pool_slots=pool_slots(SEND_POOL))
         document = build_status(engine, routing, source_key=source, consumer=consumer, settings=settings)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

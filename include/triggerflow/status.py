@@ -412,3 +412,14 @@ def build_status(
             for hour in (first_hour + timedelta(hours=i) for i in range(HOURS_SHOWN))
         ],
     }
+
+
+def pool_slots(pool_name: str) -> int | None:
+    """Slots of an Airflow pool, or None when the metadata DB is not reachable from here."""
+    try:
+        from airflow.models.pool import Pool
+
+        pool = Pool.get_pool(pool_name)
+        return int(pool.slots) if pool is not None else None
+    except Exception:  # noqa: BLE001 - optional information
+        return None

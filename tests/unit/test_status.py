@@ -170,7 +170,7 @@ def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, 
     reconciled = reconcile_batch(kit.engine, batch_id, routing)
     assert reconciled.counts == {"matched": 3, "ignored": 1}
     sent = send_chunk(kit.engine, batch_id, 0, routing, Renderer(), greylisting("grace@example.com"))
-    assert sent.counts == {"sent": 1, "deferred": 1, "failed": 1, "ambiguous": 0}
+    assert {k: sent.counts[k] for k in ("sent", "deferred", "failed", "ambiguous")} == {"sent": 1, "deferred": 1, "failed": 1, "ambiguous": 0}
     assert report_batch(kit.engine, batch_id, dag_id="trigger_emails", run_id="scheduled__0").balanced
     assert [m["To"] for m in smtp.messages()] == ["ada@example.com"]
     doc, _ = status_now(kit, routing)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from airflow.sdk import BaseHook
 from sqlalchemy import Engine
 
-from include.triggerflow.store.db import get_engine, url_from_parts
+from include.triggerflow.store.db import get_engine, url_from_connection
 
 
 class TriggersStoreHook(BaseHook):
@@ -26,16 +26,7 @@ class TriggersStoreHook(BaseHook):
         self.triggers_db_conn_id = triggers_db_conn_id
 
     def get_url(self) -> str:
-        conn = self.get_connection(self.triggers_db_conn_id)
-        return url_from_parts(
-            conn_type=conn.conn_type,
-            host=conn.host,
-            schema=conn.schema,
-            login=conn.login,
-            password=conn.password,
-            port=conn.port,
-            extra=conn.extra_dejson,
-        )
+        return url_from_connection(self.get_connection(self.triggers_db_conn_id))
 
     def get_conn(self) -> Engine:
         return get_engine(self.get_url())

@@ -75,6 +75,19 @@ def url_from_parts(
     )
 
 
+def url_from_connection(conn: Any) -> str:
+    """:func:`url_from_parts` for an Airflow connection object (SDK or core)."""
+    return url_from_parts(
+        conn_type=conn.conn_type,
+        host=conn.host,
+        schema=conn.schema,
+        login=conn.login,
+        password=conn.password,
+        port=conn.port,
+        extra=conn.extra_dejson,
+    )
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the API server/CLI read while a task writes; NORMAL sync is durable across a
