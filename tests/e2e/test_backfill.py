@@ -27,18 +27,23 @@ def _profile(customer_id: str, email: str, shopper_id: str) -> dict:
             "timezone": None, "shopper_id": shopper_id, "ecid": None, "declared_id": None, "opted_out": False}
 
 
-def _wait_backfill_runs(af, dag_id: str, backfill_id: int, expected: int, timeout: float = 150.0) -> list[dict]:
+def _wait_backfill_runs(af, dag_id: str, backfill: dict, expected: int, timeout: float = 150.0) -> list[dict]:
+    """The backfill's runs once all are finished. A backfill that reprocesses completed runs
+    re-queues the existing ones (same run ids, no backfill id in the listing), so only runs
+    started after the backfill was created count."""
     import time
 
+    created = datetime.fromisoformat(str(backfill["created_at"]).replace("Z", "+00:00"))
     deadline = time.monotonic() + timeout
     runs: list[dict] = []
     while time.monotonic() < deadline:
         runs = [r for r in af.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
-                if r.get("run_type") == "backfill" and str(r.get("backfill_id", backfill_id)) == str(backfill_id)]
+                if r.get("run_type") == "backfill" and r.get("start_date")
+                and datetime.fromisoformat(r["start_date"].replace("Z", "+00:00")) >= created]
         if len(runs) >= expected and all(r["state"] in ("success", "failed") for r in runs):
             return runs
         time.sleep(1)
-    raise TimeoutError(f"backfill {backfill_id}: runs {[(r['dag_run_id'], r['state']) for r in runs]}\n{af.log_tail()}")
+    raise TimeoutError(f"backfill {backfill['id']}: runs {[(r['dag_run_id'], r['state']) for r in runs]}\n{af.log_tail()}")
 
 
 def _create_backfill(af, body: dict) -> dict:
@@ -115,7 +120,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
                     "to_date": (START + timedelta(minutes=2)).isoformat(), "reprocess_behavior": "completed",
                     "max_active_runs": 1, "run_backwards": False, "dag_run_conf": {}}
             first = _create_backfill(af, body)
-            runs = _wait_backfill_runs(af, "trigger_emails", first["id"], expected=2)
+            runs = _wait_backfill_runs(af, "trigger_emails", first, expected=2)
             assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
             assert sorted(m["To"] for m in smtp.wait_for(2)) == ["ada@example.com", "grace@example.com"]
 
@@ -123,7 +128,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
             # replayed, nothing is sent twice.
             _wait_backfill_closed(af, first["id"])
             second = _create_backfill(af, body)
-            again = _wait_backfill_runs(af, "trigger_emails", second["id"], expected=2)
+            again = _wait_backfill_runs(af, "trigger_emails", second, expected=2)
             assert {r["state"] for r in again} == {"success"}
 
         assert len(smtp.messages()) == 2

@@ -237,15 +237,16 @@ def test_discovery_retries_on_503(emu, pipeline_conn) -> None:
 def test_503_and_429_wait_retry_after_then_succeed(emu, pipeline_conn) -> None:
     accepted = publish(emu, 3)
     emu.client.add_faults([
-        {"endpoint": "consume", "kind": "status", "status": 503, "retry_after": 0.8},
+        {"endpoint": "consume", "kind": "status", "status": 503, "retry_after": 0.3},
         {"endpoint": "consume", "kind": "status", "status": 429, "retry_after": 0},
     ])
     started = time.monotonic()
     pages = read_all(source(max_retry_wait_s=30))
     elapsed = time.monotonic() - started
     assert set(places(pages)) == accepted
-    # Retry-After, not the back-off (0.5 s then 1 s = 1.5 s), sets the waits: 0.8 s then none
-    assert 0.75 <= elapsed < 1.45
+    # Retry-After, not the back-off (0.5 s then 1 s = 1.5 s), sets the waits: 0.3 s then none.
+    # The upper bound leaves a second of slack for a loaded CI machine and still excludes 1.5 s.
+    assert 0.25 <= elapsed < 1.3
     assert consume_requests(emu) == 3
 
 
