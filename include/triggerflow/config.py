@@ -51,7 +51,8 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, time, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -65,6 +66,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATCH_ALL",
+    "FrequencyCap",
+    "QuietHours",
+    "RouteRules",
+    "parse_duration",
     "EVENT_FIELDS",
     "PROFILE_IDENTITY_COLUMNS",
     "ROUTING_FILE_ENV",
@@ -84,19 +89,37 @@ ROUTING_FILE_ENV = "TRIGGERFLOW_ROUTING_FILE"
 CATCH_ALL = "*"
 SUPPORTED_VERSION = 1
 
-#: Profile columns an event may be matched on (the indexed identity columns of the profiles table).
-PROFILE_IDENTITY_COLUMNS = ("customer_id", "email", "shopper_id", "ecid", "declared_id")
+#: Profile columns an event may be matched on (the indexed identity columns of the profiles table),
+#: plus ``visitor_id``: any ECID stored for the customer (profiles.ecid or profile_visitor_ids).
+PROFILE_IDENTITY_COLUMNS = ("customer_id", "email", "shopper_id", "ecid", "declared_id", "visitor_id")
+#: What reconciliation does when several profiles carry the event's identity.
+MULTIPLE_PROFILE_POLICIES = ("first", "skip")
+#: Profile columns ``profile_order`` may sort on to pick the first of several matching profiles.
+PROFILE_ORDER_COLUMNS = ("customer_id", "updated_at", "email", "shopper_id", "declared_id")
+#: Suppression checks a route applies (all by default).
+SUPPRESSION_CHECKS = ("opt-out", "block-list", "hard-bounce", "invalid-address")
+DEFAULT_DEDUP_WINDOW_S = 24 * 3600
 #: Trigger fields usable as identity (``TriggerEvent.field_value`` names).
 EVENT_FIELDS = ("mcId", "messageId")
 
 TEMPLATE_FILES = ("email.html", "email.txt")
 
 _TOP_KEYS = ("version", "triggers")
-# `campaign` is accepted at the top level but optional; messages keep listing the two usual keys.
-_ALL_TOP_KEYS = (*_TOP_KEYS, "campaign")
+# `campaign` and `defaults` are accepted at the top level but optional; messages keep listing the
+# two usual keys.
+_ALL_TOP_KEYS = (*_TOP_KEYS, "campaign", "defaults")
+_DEFAULTS_KEYS = ("rules",)
+_RULE_KEYS = ("suppress", "dedup_window", "validity", "frequency_cap", "quiet_hours")
+_CAP_KEYS = ("max", "per")
+_QUIET_KEYS = ("start", "end", "default_timezone")
+_DURATION_RE = re.compile(r"\s*(\d+)\s*(s|m|h|d)\s*")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_CLOCK_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
+_LOCALE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _CAMPAIGN_KEYS = ("config", "config_json", "handlers")
 _HANDLER_KEYS = ("template", "subject", "identity")
 _ROUTE_KEYS = ("name", "trigger_id", "template", "subject", "identity")
+_OPTIONAL_ROUTE_KEYS = ("multiple_profiles", "profile_order", "rules")
 _IDENTITY_KEYS = ("dimension", "field", "profile_column")
 _NAME_RE = re.compile(r"[a-z0-9_]+")
 # A template is one folder name: no separators, so a config value can never reach outside templates_dir.
@@ -127,20 +150,120 @@ class IdentityRule:
 
 
 @dataclass(frozen=True)
+class FrequencyCap:
+    """At most ``max`` trigger emails per customer per ``per_s`` seconds, across all triggers."""
+
+    max: int
+    per_s: int
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A daily window, in the customer's time zone, in which nothing is sent; emails due inside it
+    are deferred to its end. ``start > end`` spans midnight (21:00-08:00)."""
+
+    start: time
+    end: time
+    #: used for profiles without a (valid) time zone
+    default_timezone: str = "UTC"
+
+    def window_end(self, at: datetime, tz_name: str | None) -> datetime | None:
+        """The end of the quiet window ``at`` falls in (an aware datetime), or None when ``at`` is
+        outside the window."""
+        zone = _zone(tz_name) or _zone(self.default_timezone) or timezone.utc
+        local = at.astimezone(zone)
+        clock = local.time().replace(tzinfo=None)
+        if self.start == self.end:
+            return None
+        if self.start < self.end:
+            inside = self.start <= clock < self.end
+            end_day = local.date()
+        else:  # spans midnight
+            inside = clock >= self.start or clock < self.end
+            end_day = local.date() + timedelta(days=1) if clock >= self.start else local.date()
+        if not inside:
+            return None
+        end_local = datetime.combine(end_day, self.end, tzinfo=zone)
+        return end_local.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class RouteRules:
+    """The eligibility rules of a route (reconciliation applies them in this order: staleness,
+    suppression, deduplication, frequency cap, quiet hours)."""
+
+    suppress: frozenset[str] = frozenset(SUPPRESSION_CHECKS)
+    #: the same trigger for the same customer inside this window sends once (None: only the exact
+    #: same trigger message is deduplicated, by the ledger's idempotency key)
+    dedup_window_s: int | None = DEFAULT_DEDUP_WINDOW_S
+    #: a trigger older than this when reconciled is expired, not sent (None: never expires)
+    validity_s: int | None = None
+    frequency_cap: FrequencyCap | None = None
+    quiet_hours: QuietHours | None = None
+
+
+@dataclass(frozen=True)
 class TriggerRoute:
-    """One configured trigger: which template to send and how to find the profile."""
+    """One configured trigger: which template to send, how to find the profile, and the rules."""
 
     name: str
     trigger_id: str
     template: str
     subject: str
-    identity: IdentityRule
+    #: the first identity rule (give this or ``identities``)
+    identity: IdentityRule | None = None
+    #: identity rules tried in order until one finds a profile (ordered fallback)
+    identities: tuple[IdentityRule, ...] = ()
     #: the Campaign ``jsConnector`` this route was made from (None: a route of the YAML list)
     handler: str | None = None
+    #: locale tag -> subject template, for locale variants (the default is ``subject``)
+    subjects: tuple[tuple[str, str], ...] = ()
+    #: several profiles match: ``first`` takes the first by ``profile_order``; ``skip`` sends nothing
+    multiple_profiles: str = "first"
+    #: (profiles column, descending) that orders several matching profiles
+    profile_order: tuple[str, bool] = ("customer_id", False)
+    rules: RouteRules = RouteRules()
+
+    def __post_init__(self) -> None:
+        if not self.identities and self.identity is None:
+            raise ValueError(f"route {self.name!r} needs at least one identity rule")
+        if not self.identities:
+            object.__setattr__(self, "identities", (self.identity,))
+        elif self.identity is None:
+            object.__setattr__(self, "identity", self.identities[0])
 
     @property
     def is_catch_all(self) -> bool:
         return self.trigger_id == CATCH_ALL
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    """A ZoneInfo for an IANA name, or None for a blank or unknown name (profile data is untrusted)."""
+    if not name or not isinstance(name, str):
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
+
+
+def parse_duration(value: Any) -> int:
+    """``"24h"``, ``"30m"``, ``"7d"``, ``"90s"`` or a number of seconds -> seconds.
+
+    :raises ValueError: with what is wrong."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative")
+        return value
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value)
+        if match:
+            return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"{value!r} is not a duration such as 90s, 30m, 6h or 7d")
 
 
 @dataclass(frozen=True)
@@ -664,6 +787,10 @@ class _Loader:
             if isinstance(version, bool) or version != SUPPORTED_VERSION:
                 self.fail(None, f"version must be {SUPPORTED_VERSION}, got {version!r}")
 
+        self.default_rules: dict[str, Any] = {}
+        if "defaults" in data:
+            self.load_defaults(data["defaults"])
+
         routes: list[TriggerRoute] = []
         names: dict[str, str] = {}
         ids: dict[str, str] = {}
@@ -735,14 +862,16 @@ class _Loader:
             taken.add(name)
             names[name] = at
             template, subject, identity = handler
+            rules = self.load_rules(f"{at}: rules (defaults)", {}) or RouteRules()
             routes.append(
                 TriggerRoute(
                     name=name,
                     trigger_id=trigger.name,
                     template=template,
                     subject=subject,
-                    identity=identity,
+                    identities=(identity,),
                     handler=trigger.js_connector,
+                    rules=rules,
                 )
             )
         return config, routes
@@ -839,7 +968,7 @@ class _Loader:
             if isinstance(name, str) and name:
                 where = f"{where} ({name})"
             before = len(self.problems)
-            for problem in _check_keys(entry, _ROUTE_KEYS, _ROUTE_KEYS):
+            for problem in _check_keys(entry, (*_ROUTE_KEYS, *_OPTIONAL_ROUTE_KEYS), _ROUTE_KEYS):
                 self.fail(where, problem)
 
             if "name" in entry:
@@ -868,21 +997,176 @@ class _Loader:
 
             if "template" in entry:
                 self.check_template(where, entry["template"])
-            if "subject" in entry:
-                self.check_subject(where, entry["subject"])
-            identity = self.load_identity(where, entry["identity"]) if "identity" in entry else None
+            subject, subjects = self.load_subjects(where, entry["subject"]) if "subject" in entry else (None, ())
+            identities = self.load_identities(where, entry["identity"]) if "identity" in entry else None
+            policy = entry.get("multiple_profiles", "first")
+            if policy not in MULTIPLE_PROFILE_POLICIES:
+                self.fail(where, f"multiple_profiles {policy!r} is not one of: {', '.join(MULTIPLE_PROFILE_POLICIES)}")
+            order = self.load_profile_order(where, entry.get("profile_order", "customer_id"))
+            rules = self.load_rules(f"{where}: rules", entry.get("rules") if "rules" in entry else {})
 
-            if len(self.problems) == before and identity is not None:
+            if len(self.problems) == before and identities and subject is not None and order and rules:
                 routes.append(
                     TriggerRoute(
                         name=name,
                         trigger_id=trigger_id,
                         template=entry["template"],
-                        subject=entry["subject"],
-                        identity=identity,
+                        subject=subject,
+                        identities=identities,
+                        subjects=subjects,
+                        multiple_profiles=policy,
+                        profile_order=order,
+                        rules=rules,
                     )
                 )
         return routes
+
+    def load_subjects(self, where: str, value: Any) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+        """``subject`` is one template, or a mapping of locale tag -> template with a ``default``."""
+        if not isinstance(value, dict):
+            before = len(self.problems)
+            self.check_subject(where, value)
+            return (value if len(self.problems) == before else None), ()
+        if "default" not in value:
+            self.fail(where, "subject: a per-locale mapping needs a 'default' entry (used when no locale matches)")
+        variants: list[tuple[str, str]] = []
+        default: str | None = None
+        before = len(self.problems)
+        for tag, text in value.items():
+            at = f"{where}: subject[{tag!r}]"
+            if tag != "default" and (not isinstance(tag, str) or not _LOCALE_RE.fullmatch(tag)):
+                self.fail(at, "locale must be a tag such as fr, fr-CA or pt-BR")
+                continue
+            self.check_subject(at, text)
+            if tag == "default":
+                default = text
+            else:
+                variants.append((tag, text))
+        if len(self.problems) != before:
+            return None, ()
+        return default, tuple(variants)
+
+    def load_identities(self, where: str, value: Any) -> tuple[IdentityRule, ...] | None:
+        """One identity rule, or a list of them tried in order (the first that finds a profile wins)."""
+        if isinstance(value, list):
+            if not value:
+                self.fail(f"{where}: identity", "the list is empty: give at least one rule")
+                return None
+            rules = [self.load_identity(f"{where}: identity[{i}]", item, nested=True) for i, item in enumerate(value)]
+            if any(rule is None for rule in rules):
+                return None
+            seen: set[IdentityRule] = set()
+            for i, rule in enumerate(rules):
+                if rule in seen:
+                    self.fail(f"{where}: identity[{i}]", "repeats an earlier rule of the list")
+                seen.add(rule)
+            return tuple(r for r in rules if r is not None)
+        rule = self.load_identity(where, value)
+        return (rule,) if rule is not None else None
+
+    def load_profile_order(self, where: str, value: Any) -> tuple[str, bool] | None:
+        parts = value.split() if isinstance(value, str) else []
+        if (
+            not parts
+            or len(parts) > 2
+            or parts[0] not in PROFILE_ORDER_COLUMNS
+            or (len(parts) == 2 and parts[1].lower() not in ("asc", "desc"))
+        ):
+            self.fail(
+                where,
+                f"profile_order {value!r} must be a profiles column ({', '.join(PROFILE_ORDER_COLUMNS)}) "
+                "optionally followed by asc or desc, e.g. 'updated_at desc'",
+            )
+            return None
+        return parts[0], len(parts) == 2 and parts[1].lower() == "desc"
+
+    def load_defaults(self, value: Any) -> None:
+        where = "defaults"
+        if not isinstance(value, dict):
+            self.fail(where, f"must be a mapping with 'rules', got {_type_name(value)}")
+            return
+        for problem in _check_keys(value, _DEFAULTS_KEYS, ()):
+            self.fail(where, problem)
+        rules = value.get("rules", {})
+        if self.load_rules("defaults: rules", rules, merge_defaults=False) is not None and isinstance(rules, dict):
+            self.default_rules = dict(rules)
+
+    def load_rules(self, where: str, value: Any, *, merge_defaults: bool = True) -> RouteRules | None:
+        """A route's ``rules`` mapping over the file's ``defaults.rules`` (the route wins per key)."""
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(where, f"must be a mapping of rules ({', '.join(_RULE_KEYS)}), got {_type_name(value)}")
+            return None
+        before = len(self.problems)
+        for problem in _check_keys(value, _RULE_KEYS, ()):
+            self.fail(where, problem)
+        merged = {**(getattr(self, "default_rules", {}) if merge_defaults else {}), **value}
+        rules = RouteRules()
+
+        if "suppress" in merged:
+            checks = merged["suppress"]
+            if not isinstance(checks, list) or any(c not in SUPPRESSION_CHECKS for c in checks):
+                self.fail(
+                    where,
+                    f"suppress must be a list of: {', '.join(SUPPRESSION_CHECKS)} ([] turns suppression off), got {checks!r}",
+                )
+            else:
+                rules = replace(rules, suppress=frozenset(checks))
+        for key, attr in (("dedup_window", "dedup_window_s"), ("validity", "validity_s")):
+            if key in merged:
+                raw = merged[key]
+                if raw is None or raw == 0 or raw == "0":
+                    rules = replace(rules, **{attr: None})
+                    continue
+                try:
+                    rules = replace(rules, **{attr: parse_duration(raw)})
+                except ValueError as exc:
+                    self.fail(where, f"{key}: {exc}")
+        if merged.get("frequency_cap") is not None:
+            cap = merged["frequency_cap"]
+            if not isinstance(cap, dict):
+                self.fail(where, f"frequency_cap must be a mapping like {{max: 3, per: 24h}}, got {_type_name(cap)}")
+            else:
+                for problem in _check_keys(cap, _CAP_KEYS, _CAP_KEYS):
+                    self.fail(f"{where}: frequency_cap", problem)
+                count = cap.get("max")
+                if "max" in cap and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+                    self.fail(f"{where}: frequency_cap", f"max must be a whole number >= 1, got {count!r}")
+                per = None
+                if "per" in cap:
+                    try:
+                        per = parse_duration(cap["per"])
+                        if per == 0:
+                            raise ValueError("the period is zero")
+                    except ValueError as exc:
+                        self.fail(f"{where}: frequency_cap", f"per: {exc}")
+                        per = None
+                if per is not None and isinstance(count, int) and not isinstance(count, bool) and count >= 1:
+                    rules = replace(rules, frequency_cap=FrequencyCap(max=count, per_s=per))
+        if merged.get("quiet_hours") is not None:
+            quiet = merged["quiet_hours"]
+            if not isinstance(quiet, dict):
+                self.fail(where, f"quiet_hours must be a mapping like {{start: '21:00', end: '08:00'}}, got {_type_name(quiet)}")
+            else:
+                for problem in _check_keys(quiet, _QUIET_KEYS, ("start", "end")):
+                    self.fail(f"{where}: quiet_hours", problem)
+                clocks = {}
+                for key in ("start", "end"):
+                    raw = quiet.get(key)
+                    match = _CLOCK_RE.fullmatch(raw) if isinstance(raw, str) else None
+                    if key in quiet and match is None:
+                        self.fail(f"{where}: quiet_hours", f"{key} must be a quoted 24-hour time such as '21:00', got {raw!r}")
+                    elif match:
+                        clocks[key] = time(int(match.group(1)), int(match.group(2)))
+                tz_name = quiet.get("default_timezone", "UTC")
+                if _zone(tz_name) is None:
+                    self.fail(f"{where}: quiet_hours", f"default_timezone {tz_name!r} is not an IANA time zone such as Europe/Paris")
+                if len(clocks) == 2 and clocks["start"] == clocks["end"]:
+                    self.fail(f"{where}: quiet_hours", "start and end are equal: the window would be empty")
+                elif len(clocks) == 2 and _zone(tz_name) is not None:
+                    rules = replace(rules, quiet_hours=QuietHours(start=clocks["start"], end=clocks["end"], default_timezone=tz_name))
+        return rules if len(self.problems) == before else None
 
     def check_template(self, where: str, template: Any) -> None:
         shown_dir = _display_path(self.templates_dir)
@@ -917,8 +1201,8 @@ class _Loader:
         except jinja2.TemplateSyntaxError as exc:
             self.fail(where, f"subject is not a valid Jinja template: {exc.message}")
 
-    def load_identity(self, where: str, identity: Any) -> IdentityRule | None:
-        where = f"{where}: identity"
+    def load_identity(self, where: str, identity: Any, *, nested: bool = False) -> IdentityRule | None:
+        where = where if nested else f"{where}: identity"
         if not isinstance(identity, dict):
             self.fail(
                 where,

@@ -10,6 +10,9 @@ CSV format (header row required; column order free; unknown columns are an error
     shopper_id    optional, matched against an eVar (e.g. eVar01) of the trigger
     ecid          optional, Experience Cloud ID (the trigger's mcId)
     declared_id   optional, a declared/CRM id
+    visitor_ids   optional, more ECIDs seen for this customer, separated by ';' (other devices and
+                  browsers; Campaign keeps them from tracking logs). Matched by identity rules with
+                  ``profile_column: visitor_id``, as is ``ecid``. Given, it replaces the stored list.
     opted_out     optional, true/false/yes/no/1/0 (blank = false)
 
 Rows are upserted by ``customer_id``; columns absent from the file are left as they are. Loading is all-or-nothing by default: one bad row and
@@ -30,9 +33,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Engine, select, update
 
 from include.triggerflow.store.db import chunked
-from include.triggerflow.store.schema import PROFILE_COLUMNS, profiles
+from include.triggerflow.store.schema import PROFILE_COLUMNS, profile_visitor_ids, profiles
 
-CSV_COLUMNS = tuple(c for c in PROFILE_COLUMNS if c != "updated_at")
+CSV_COLUMNS = (*(c for c in PROFILE_COLUMNS if c != "updated_at"), "visitor_ids")
+_ECID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 REQUIRED = ("customer_id", "email")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
@@ -79,6 +83,11 @@ def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any]
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
             errors.append(f"{where}: timezone {tz!r} is not an IANA time zone name (e.g. Europe/Paris)")
+    visitor_ids = [v.strip() for v in (row.get("visitor_ids") or "").split(";") if v.strip()]
+    bad = [v for v in visitor_ids if not _ECID.match(v)]
+    if bad:
+        errors.append(f"{where}: visitor_ids {bad[0][:80]!r} is not an ECID (letters, digits, '-'; at most 64)")
+    row["visitor_ids"] = visitor_ids
     opted = (raw.get("opted_out") or "").strip().lower()
     if opted in _TRUE:
         row["opted_out"] = True
@@ -138,6 +147,8 @@ def upsert_profiles(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadRe
         ids = [r["customer_id"] for r in rows]
         for part in chunked(ids, 500):
             existing.update(conn.execute(select(profiles.c.customer_id).where(profiles.c.customer_id.in_(list(part)))).scalars())
+        visitor_ids = {r["customer_id"]: r["visitor_ids"] for r in rows if "visitor_ids" in r}
+        rows = [{k: v for k, v in r.items() if k != "visitor_ids"} for r in rows]
         new = [{**r, "updated_at": now} for r in rows if r["customer_id"] not in existing]
         if new:
             conn.execute(profiles.insert(), new)
@@ -145,6 +156,15 @@ def upsert_profiles(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadRe
             if r["customer_id"] in existing:
                 values = {k: v for k, v in r.items() if k != "customer_id"}
                 conn.execute(update(profiles).where(profiles.c.customer_id == r["customer_id"]).values(**values, updated_at=now))
+        for part in chunked(sorted(visitor_ids), 500):
+            conn.execute(profile_visitor_ids.delete().where(profile_visitor_ids.c.customer_id.in_(list(part))))
+        links = [
+            {"visitor_id": v, "customer_id": cid, "seen_at": now}
+            for cid, ids in visitor_ids.items()
+            for v in dict.fromkeys(ids)
+        ]
+        if links:
+            conn.execute(profile_visitor_ids.insert(), links)
         result.inserted = len(new)
         result.updated = len(rows) - len(new)
     return result

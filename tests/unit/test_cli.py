@@ -144,3 +144,39 @@ def test_a_command_is_required(store_url: str) -> None:
     done = cli(store_url)
     assert done.returncode == 2
     assert "the following arguments are required: command" in done.stderr
+
+
+def test_suppress_add_list_remove_and_a_bad_entry(kit, store_url: str) -> None:
+    added = cli(store_url, "suppress", "add", "Complaint@Example.com", "@spam.example", "--reason", "feed")
+    assert added.returncode == 0 and "added 2 of 2" in added.stdout
+    listed = [json.loads(line) for line in cli(store_url, "suppress", "list").stdout.splitlines()]
+    assert sorted((r["address"], r["source"], r["reason"]) for r in listed) == [
+        ("@spam.example", "block-list", "feed"), ("complaint@example.com", "block-list", "feed")]
+    bad = cli(store_url, "suppress", "add", "ok@example.com", "not an address")
+    assert bad.returncode == 2 and "'not an address'" in bad.stderr
+    assert len(cli(store_url, "suppress", "list").stdout.splitlines()) == 2  # nothing of the bad call was added
+    assert "removed 1" in cli(store_url, "suppress", "remove", "@spam.example").stdout
+
+
+def test_decisions_per_run_customer_and_code(kit, store_url: str, routing) -> None:
+    from include.triggerflow.stages.reconcile import reconcile_batch
+
+    kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-ADA"},
+                     {"customer_id": "C2", "email": "grace@example.com", "shopper_id": "SHOP-GRACE", "opted_out": True})
+    b = kit.add_batch("b1")
+    kit.add_event(b, envelope_json(shopper_id="SHOP-ADA"))
+    kit.add_event(b, envelope_json(shopper_id="SHOP-GRACE"))
+    kit.add_event(b, envelope_json(shopper_id="SHOP-NOBODY"))
+    reconcile_batch(kit.engine, b, routing)
+
+    rows = [json.loads(line) for line in cli(store_url, "decisions", "--run", "run-b1").stdout.splitlines()]
+    assert sorted(r["decision"] for r in rows) == ["matched", "suppressed:opt-out", "unmatched"]
+    assert {r["decision"]: r["send_state"] for r in rows}["matched"] == "pending"
+    grace = [json.loads(line) for line in cli(store_url, "decisions", "--customer", "C2").stdout.splitlines()]
+    assert [(r["decision"], r["detail"]) for r in grace] == [("suppressed:opt-out", "profile opted out")]
+    nobody = [json.loads(line) for line in cli(store_url, "decisions", "--customer", "SHOP-NOBODY").stdout.splitlines()]
+    assert [r["decision"] for r in nobody] == ["unmatched"]
+    suppressed = cli(store_url, "decisions", "--code", "suppressed").stdout.splitlines()
+    assert len(suppressed) == 1
+    counts = json.loads(cli(store_url, "decisions", "--run", "run-b1", "--counts").stdout)
+    assert counts == {"matched": 1, "suppressed:opt-out": 1, "unmatched": 1}

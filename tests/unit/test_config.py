@@ -175,7 +175,7 @@ def test_identity_rule_extracts_dimension_and_field() -> None:
 
 
 def test_constants() -> None:
-    assert PROFILE_IDENTITY_COLUMNS == ("customer_id", "email", "shopper_id", "ecid", "declared_id")
+    assert PROFILE_IDENTITY_COLUMNS == ("customer_id", "email", "shopper_id", "ecid", "declared_id", "visitor_id")
     assert EVENT_FIELDS == ("mcId", "messageId")
 
 
@@ -290,7 +290,7 @@ def test_unknown_entry_key_is_reported_with_suggestion(tmp_path: Path, templates
     error = load_error(tmp_path, templates, text)
     assert error.problems == (
         f"{tmp_path / 'routing.yaml'}: triggers[0] (cart): unknown key 'subjet' "
-        "(expected one of: name, trigger_id, template, subject, identity); did you mean 'subject'?",
+        "(expected one of: name, trigger_id, template, subject, identity, multiple_profiles, profile_order, rules); did you mean 'subject'?",
         f"{tmp_path / 'routing.yaml'}: triggers[0] (cart): missing required key: subject",
     )
 
@@ -437,7 +437,7 @@ IDENTITY_CASES = [
     ),
     (
         "identity:\n          field: mcId\n          profile_column: phone",
-        "identity: profile_column 'phone' is not one of: customer_id, email, shopper_id, ecid, declared_id",
+        "identity: profile_column 'phone' is not one of: customer_id, email, shopper_id, ecid, declared_id, visitor_id",
     ),
     (
         "identity:\n          field: mcId",

@@ -314,8 +314,8 @@ def test_campaign_option_file_becomes_routes(tmp_path: Path) -> None:
     config = load_routing(write(tmp_path, HANDLERS), templates_dir=TEMPLATES_DIR)
 
     assert config.routes == (
-        TriggerRoute("campaign_3e8a2ba7", UID_1, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, "cus:triggers.js"),
-        TriggerRoute("campaign_2da3fdff", UID_2, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, "cus:triggers.js"),
+        TriggerRoute("campaign_3e8a2ba7", UID_1, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js"),
+        TriggerRoute("campaign_2da3fdff", UID_2, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js"),
     )
     assert config.route_for(UID_1).name == "campaign_3e8a2ba7"
     assert config.route_for(UID_2).template == "cart_abandonment"
@@ -443,7 +443,7 @@ def test_handler_problems_are_reported_and_its_triggers_skipped(tmp_path: Path) 
         f"{tmp_path / 'routing.yaml'}: campaign.handlers['cus:triggers.js']: template 'cart' has no folder "
         f"{(TEMPLATES_DIR / 'cart').relative_to(TEMPLATES_DIR.parents[1])}",
         f"{tmp_path / 'routing.yaml'}: campaign.handlers['cus:pipeline.js']: identity: profile_column 'phone' "
-        "is not one of: customer_id, email, shopper_id, ecid, declared_id",
+        "is not one of: customer_id, email, shopper_id, ecid, declared_id, visitor_id",
     )
 
 

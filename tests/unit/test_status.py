@@ -20,7 +20,6 @@ from include.triggerflow.render import Renderer
 from include.triggerflow.stages.land import BatchRef, land_batch
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import report_batch
-from include.triggerflow.stages.send import send_chunk
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.status import (
     DAG_MAX_RETRY_DELAY_S,
@@ -48,7 +47,7 @@ from include.triggerflow.store.schema import (
     source_position,
 )
 
-from tests.unit.conftest import envelope_json
+from tests.unit.conftest import send_chunk, envelope_json
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 SETTINGS = {"flush-pointer-msg-count": 2, "retry-period-ms": 10_000}
@@ -108,7 +107,7 @@ def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, 
     kit.add_profiles(
         {"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "shopper_id": "SHOP-1"},
         {"customer_id": "C2", "email": "grace@example.com", "first_name": "Grace", "shopper_id": "SHOP-2"},
-        {"customer_id": "C3", "email": "donald at example.com", "first_name": "Donald", "shopper_id": "SHOP-3"},
+        {"customer_id": "C3", "email": "donald@example.com", "first_name": "Donald", "shopper_id": "SHOP-3"},
     )
     published = emu.client.publish([
         cart(shopper_id="SHOP-1"),  # sent
@@ -169,6 +168,9 @@ def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, 
     assert validate_batch(kit.engine, batch_id, routing).quarantined == 1
     reconciled = reconcile_batch(kit.engine, batch_id, routing)
     assert reconciled.counts == {"matched": 3, "ignored": 1}
+    # Reconciliation suppresses invalid addresses; one that reaches the ledger fails at send time.
+    with kit.engine.begin() as conn:
+        conn.execute(update(send).where(send.c.recipient == "donald@example.com").values(recipient="donald at example.com"))
     sent = send_chunk(kit.engine, batch_id, 0, routing, Renderer(), greylisting("grace@example.com"))
     assert {k: sent.counts[k] for k in ("sent", "deferred", "failed", "ambiguous")} == {"sent": 1, "deferred": 1, "failed": 1, "ambiguous": 0}
     assert report_batch(kit.engine, batch_id, dag_id="trigger_emails", run_id="scheduled__0").balanced

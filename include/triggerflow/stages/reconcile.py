@@ -1,16 +1,27 @@
-"""Stage 3 — reconcile valid events with profiles and queue one ledger row per email.
+"""Stage 3 — reconcile valid events with profiles, apply the route's rules, queue the emails.
 
-Set-based: events are grouped by the profile column their route matches on and joined to the
-profiles table with one IN-query per few hundred keys and a pandas merge, never one query per
-event. Each event gets exactly one decision:
+Set-based: identities are looked up with one IN-query per few hundred keys per profile column,
+recent ledger rows (for deduplication and frequency caps) with one query per few hundred
+customers, never one query per event. Every valid event gets exactly one decision in
+``tf_decision`` — the "why was nothing sent" log, queryable per run and per customer:
 
-    ignored              no route for its trigger id (counted, not an error)
-    unmatched            no profile carries its identity
-    suppressed:opt-out   the profile opted out
-    suppressed:<source>  the address is in tf_suppression (e.g. hard-bounce after a 5xx)
-    duplicate            its email is already in the ledger for another event (same trigger,
-                         same trigger time, same customer: at-least-once redelivery)
-    matched              a ledger row is queued; the send stage decides what happens to it
+    ignored                    no route for its trigger id (counted, not an error)
+    unmatched                  no identity rule of the route found a profile
+    ambiguous                  several profiles matched and the route says ``multiple_profiles: skip``
+    expired                    older than the route's ``validity`` when reconciled
+    suppressed:opt-out         the profile opted out (e.g. through the unsubscribe link)
+    suppressed:invalid-address the profile's address is not a valid address
+    suppressed:block-list      the address or its domain is on the block list (tf_suppression)
+    suppressed:hard-bounce     the address answered 5xx before (tf_suppression)
+    duplicate                  the same trigger for the same customer inside ``dedup_window``, or
+                               the exact same trigger message again (the ledger's idempotency key)
+    capped                     the customer reached ``frequency_cap`` (all triggers count)
+    deferred                   queued, but inside the customer's quiet hours: the ledger row is
+                               ``scheduled`` with ``not_before`` = the end of the window
+    matched                    queued now; the send stage decides what happens to it
+
+The rules are applied in that order, and events in trigger-time order, so the earliest trigger
+of a customer is the one sent when several arrive together.
 
 Ledger rows are inserted with INSERT ... ON CONFLICT DO NOTHING on the idempotency key, so running
 this stage again for the same batch queues nothing new.
@@ -22,22 +33,39 @@ import hashlib
 import json
 import logging
 import math
+from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, or_, select
 
 from include.triggerflow.config import RoutingConfig, TriggerRoute
 from include.triggerflow.events import as_int, parse_envelope
+from include.triggerflow.mailer import InvalidAddressError, validate_address
 from include.triggerflow.store.db import chunked, insert_ignore
-from include.triggerflow.store.schema import decision, event, profiles, send, suppression
+from include.triggerflow.store.schema import (
+    decision,
+    event,
+    profile_visitor_ids,
+    profiles,
+    send,
+    suppression,
+    unsubscribe,
+)
 
 log = logging.getLogger(__name__)
 
 IN_LIST_SIZE = 500
 #: decisions a replay may change (nothing was queued or suppressed for these events)
 REDECIDED = ("unmatched", "ignored")
+#: decisions that own a ledger row
+QUEUED_DECISIONS = ("matched", "deferred")
+#: decisions of events that found a profile but get no email
+NOT_SENT_DECISIONS = ("expired", "duplicate", "capped")
+#: ledger states that count as "an email to this customer" for deduplication and frequency caps
+_COUNTED_STATES = ("pending", "sending", "sent", "deferred", "ambiguous", "scheduled")
+_TRUE = (True, 1, "1", "true", "True", "t")
 
 
 @dataclass
@@ -57,13 +85,174 @@ def idempotency_key(trigger_id: str, trigger_ts: int, customer_id: str, template
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _load_profiles(engine: Engine, column: str, keys: list[str]) -> list[dict[str, Any]]:
-    col = profiles.c[column]
-    found: list[dict[str, Any]] = []
+# -- identity ----------------------------------------------------------------------------------------
+def _profiles_by_key(engine: Engine, column: str, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """key -> every profile carrying it in ``column``. ``visitor_id`` means any stored ECID: the
+    profile's own ``ecid`` or one of its rows in profile_visitor_ids."""
+    found: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     with engine.connect() as conn:
         for part in chunked(keys, IN_LIST_SIZE):
-            found.extend(dict(r._mapping) for r in conn.execute(select(profiles).where(col.in_(list(part)))))
+            values = list(part)
+            if column == "visitor_id":
+                for row in conn.execute(select(profiles).where(profiles.c.ecid.in_(values))):
+                    found[str(row.ecid)][row.customer_id] = dict(row._mapping)
+                stmt = (
+                    select(profile_visitor_ids.c.visitor_id, profiles)
+                    .join(profiles, profiles.c.customer_id == profile_visitor_ids.c.customer_id)
+                    .where(profile_visitor_ids.c.visitor_id.in_(values))
+                )
+                for row in conn.execute(stmt):
+                    mapping = dict(row._mapping)
+                    found[str(mapping.pop("visitor_id"))][row.customer_id] = mapping
+            else:
+                col = profiles.c[column]
+                for row in conn.execute(select(profiles).where(col.in_(values))):
+                    found[str(row._mapping[column])][row.customer_id] = dict(row._mapping)
+    return {key: list(by_id.values()) for key, by_id in found.items()}
+
+
+def _sortable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return value
+
+
+def _choose(route: TriggerRoute, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates in the route's ``profile_order``; ties and profiles without a value fall
+    back to customer_id order, so the choice is the same on every replay."""
+    column, descending = route.profile_order
+    present = sorted((p for p in candidates if p.get(column) is not None), key=lambda p: p["customer_id"])
+    present.sort(key=lambda p: _sortable(p[column]), reverse=descending)  # stable sort keeps ties in order
+    absent = sorted((p for p in candidates if p.get(column) is None), key=lambda p: p["customer_id"])
+    return present + absent
+
+
+def _describe_rule(rule: Any) -> str:
+    return f"{rule.key}->{rule.profile_column}"
+
+
+def resolve_identities(engine: Engine, wanted: list[dict[str, Any]], routes: dict[str, TriggerRoute]) -> None:
+    """Fill ``profile`` (or ``identity_problem``) in each wanted event, trying the route's identity
+    rules in order: a rule whose value the event lacks, or that finds no profile, passes the event
+    to the next rule. One IN-query per profile column per rule level."""
+    pending = list(wanted)
+    level = 0
+    while pending:
+        lookups: dict[str, set[str]] = defaultdict(set)
+        for item in pending:
+            rules = routes[item["route"]].identities
+            if level < len(rules) and item["keys"][level] is not None:
+                lookups[rules[level].profile_column].add(item["keys"][level])
+        found = {column: _profiles_by_key(engine, column, sorted(keys)) for column, keys in lookups.items()}
+        still: list[dict[str, Any]] = []
+        for item in pending:
+            route = routes[item["route"]]
+            rules = route.identities
+            if level >= len(rules):
+                continue
+            rule = rules[level]
+            key = item["keys"][level]
+            candidates = found.get(rule.profile_column, {}).get(key, []) if key is not None else []
+            if key is None:
+                item["tried"].append(f"{rule.key} not in the event")
+            elif not candidates:
+                item["tried"].append(f"no profile with {rule.profile_column}={key!r}")
+            else:
+                item["customer_key"] = key
+                item["rule"] = _describe_rule(rule)
+                ordered = _choose(route, candidates)
+                item["profile"] = ordered[0]
+                item["matches"] = len(ordered)
+                continue
+            if level + 1 < len(rules):
+                still.append(item)
+        pending = still
+        level += 1
+
+
+# -- rules -------------------------------------------------------------------------------------------
+def _load_suppressions(engine: Engine, emails: list[str]) -> dict[str, str]:
+    """{address or "@domain": source} for the given addresses and their domains in tf_suppression."""
+    wanted: set[str] = set()
+    for email in emails:
+        address = email.strip().lower()
+        if address:
+            wanted.add(address)
+            if "@" in address:
+                wanted.add("@" + address.rsplit("@", 1)[1])
+    found: dict[str, str] = {}
+    with engine.connect() as conn:
+        for part in chunked(sorted(wanted), IN_LIST_SIZE):
+            for address, source in conn.execute(
+                select(suppression.c.address, suppression.c.source).where(suppression.c.address.in_(list(part)))
+            ):
+                found[address] = source
     return found
+
+
+def _unsubscribed(engine: Engine, customer_ids: list[str]) -> set[str]:
+    """Customers who used an unsubscribe link. Checked besides ``profiles.opted_out`` so that a
+    profile reload from a CRM that has not heard of the opt-out cannot undo it."""
+    found: set[str] = set()
+    with engine.connect() as conn:
+        for part in chunked(customer_ids, IN_LIST_SIZE):
+            found.update(
+                conn.execute(select(unsubscribe.c.customer_id).where(unsubscribe.c.customer_id.in_(list(part))).distinct()).scalars()
+            )
+    return found
+
+
+def _recent_sends(engine: Engine, profile_ids: list[str], since: datetime) -> dict[str, list[dict[str, Any]]]:
+    """profile_id -> its ledger rows queued since ``since`` that count as an email."""
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with engine.connect() as conn:
+        for part in chunked(profile_ids, IN_LIST_SIZE):
+            rows = conn.execute(
+                select(send.c.profile_id, send.c.route, send.c.trigger_ts, send.c.event_id, send.c.batch_id, send.c.created_at)
+                .where(send.c.profile_id.in_(list(part)), send.c.created_at >= since, send.c.state.in_(_COUNTED_STATES))
+            )
+            for row in rows:
+                created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
+                out[row.profile_id].append(
+                    {"route": row.route, "trigger_ts": row.trigger_ts, "event_id": int(row.event_id),
+                     "batch_id": row.batch_id, "created_at": created}
+                )
+    return out
+
+
+def _suppression_reason(
+    route: TriggerRoute, profile: dict[str, Any], suppressed: dict[str, str], unsubscribed: set[str]
+) -> tuple[str, str] | None:
+    checks = route.rules.suppress
+    if "opt-out" in checks and profile.get("opted_out") in _TRUE:
+        return "suppressed:opt-out", "profile opted out"
+    if "opt-out" in checks and str(profile["customer_id"]) in unsubscribed:
+        return "suppressed:opt-out", "customer used an unsubscribe link (tf_unsubscribe)"
+    raw = profile.get("email")
+    if "invalid-address" in checks:
+        try:
+            validate_address(raw if isinstance(raw, str) else "")
+        except InvalidAddressError as exc:
+            return "suppressed:invalid-address", str(exc)
+    address = str(raw or "").strip().lower()
+    domain = "@" + address.rsplit("@", 1)[1] if "@" in address else None
+    for entry in (address, domain):
+        source = suppressed.get(entry) if entry else None
+        if source is None:
+            continue
+        kind = "hard-bounce" if source == "hard-bounce" else "block-list"
+        if kind in checks:
+            what = f"domain {entry[1:]}" if entry.startswith("@") else entry
+            return f"suppressed:{kind}", f"{what} is on the suppression list ({source})"
+    return None
+
+
+def _fmt_s(seconds: int) -> str:
+    """86400 -> "24h", 7 days -> "7d", 90 -> "90s": as people write windows in the routing file."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0 and seconds >= size and not (unit == "d" and seconds < 2 * 86400):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def reconcile_batch(
@@ -73,12 +262,12 @@ def reconcile_batch(
     *,
     chunk_size: int = 2000,
     max_chunks: int = 16,
+    now: datetime | None = None,
 ) -> ReconcileResult:
-    import pandas as pd
-
+    now = now or datetime.now(timezone.utc)
     with engine.connect() as conn:
-        # Decisions that own a ledger row (matched, duplicate) or suppress a customer are final;
-        # a replay re-decides only events not decided yet or that found no profile or route,
+        # Decisions that own a ledger row (matched, deferred, duplicate) or suppress a customer are
+        # final; a replay re-decides only events not decided yet or that found no profile or route,
         # so a profile loaded or a route added since then takes effect.
         final = set(
             conn.execute(
@@ -95,8 +284,9 @@ def reconcile_batch(
             if int(row[0]) not in final
         ]
 
+    routes = {r.name: r for r in routing.routes}
     decisions: dict[int, dict[str, Any]] = {}
-    wanted: list[dict[str, Any]] = []  # routed events with their identity
+    wanted: list[dict[str, Any]] = []
     for event_id, payload in stored:
         parsed = parse_envelope(payload)
         route = routing.route_for(parsed.trigger_id)
@@ -104,44 +294,75 @@ def reconcile_batch(
         if route is None:
             decisions[int(event_id)] = {**base, "decision": "ignored", "detail": "no route for this trigger id"}
             continue
-        key = route.identity.extract(parsed)
         wanted.append(
             {
                 **base,
                 "route": route.name,
-                "customer_key": key,
-                "profile_column": route.identity.profile_column,
+                "keys": [rule.extract(parsed) for rule in route.identities],
+                "tried": [],
+                "customer_key": None,
                 "trigger_ts": as_int(parsed.trigger_ts),
             }
         )
 
-    routes = {r.name: r for r in routing.routes}
-    ledger_rows: list[dict[str, Any]] = []
-    events_frame = pd.DataFrame(wanted)
-    if not events_frame.empty:
-        for column, group in events_frame.groupby("profile_column"):
-            keys = sorted({str(k) for k in group["customer_key"].dropna()})
-            found = pd.DataFrame(_load_profiles(engine, str(column), keys))
-            if found.empty:
-                found = pd.DataFrame(columns=[c.name for c in profiles.columns])
-            found = found.sort_values("customer_id")
-            found["_key"] = found[column].astype(str)
-            per_key = found.groupby("_key", sort=False).size().rename("_matches")
-            first = found.drop_duplicates("_key").set_index("_key").join(per_key)
-            joined = group.merge(first, how="left", left_on="customer_key", right_index=True, suffixes=("", "_p"))
-            records = joined.to_dict("records")
-            suppressed = _load_suppressions(engine, [str(r["email"]) for r in records if isinstance(r.get("email"), str)])
-            for rec in records:
-                decisions.update(_decide(rec, routes[rec["route"]], ledger_rows, suppressed))
+    resolve_identities(engine, wanted, routes)
+    matched = [w for w in wanted if w.get("profile") is not None]
+    for item in wanted:
+        if item.get("profile") is None:
+            first_key = next((k for k in item["keys"] if k is not None), None)
+            decisions[item["event_id"]] = {
+                **_out(item, routes[item["route"]]),
+                "customer_key": first_key,
+                "decision": "unmatched",
+                "detail": "; ".join(item["tried"]) or "no identity rule applies",
+            }
 
-    now = datetime.now(timezone.utc)
+    suppressed = _load_suppressions(engine, [str(w["profile"].get("email") or "") for w in matched])
+    windows = [r.rules.dedup_window_s or 0 for r in routes.values()]
+    periods = [r.rules.frequency_cap.per_s for r in routes.values() if r.rules.frequency_cap]
+    earliest_ts = min((w["trigger_ts"] for w in matched if w["trigger_ts"] is not None), default=None)
+    since = now - timedelta(seconds=max(periods, default=0))
+    if earliest_ts is not None and windows:
+        since = min(since, datetime.fromtimestamp(earliest_ts / 1000, tz=timezone.utc) - timedelta(seconds=max(windows)))
+    customer_ids = sorted({str(w["profile"]["customer_id"]) for w in matched})
+    recent = _recent_sends(engine, customer_ids, since)
+    unsubscribed = _unsubscribed(engine, customer_ids)
+
+    ledger_rows: list[dict[str, Any]] = []
+    matched.sort(key=lambda w: (w["trigger_ts"] if w["trigger_ts"] is not None else 0, w["event_id"]))
+    for item in matched:
+        route = routes[item["route"]]
+        outcome = _apply_rules(item, route, suppressed, unsubscribed, recent, now)
+        decisions[item["event_id"]] = outcome
+        if outcome["decision"] in QUEUED_DECISIONS:
+            profile = item["profile"]
+            customer_id = str(profile["customer_id"])
+            ledger_rows.append(
+                {
+                    "idempotency_key": idempotency_key(str(item["trigger_id"]), int(item["trigger_ts"]), customer_id, route.template),
+                    "batch_id": batch_id,
+                    "event_id": item["event_id"],
+                    "profile_id": customer_id,
+                    "trigger_id": str(item["trigger_id"]),
+                    "route": route.name,
+                    "recipient": str(profile.get("email") or "").strip(),
+                    "trigger_ts": int(item["trigger_ts"]),
+                    "state": "scheduled" if outcome["decision"] == "deferred" else "pending",
+                    "not_before": outcome.get("not_before"),
+                }
+            )
+            recent[customer_id].append(
+                {"route": route.name, "trigger_ts": item["trigger_ts"], "event_id": item["event_id"],
+                 "batch_id": batch_id, "created_at": now}
+            )
+
     with engine.begin() as conn:
         existing_chunks = {
             int(c) for c in conn.execute(select(send.c.chunk).where(send.c.batch_id == batch_id).distinct()).scalars()
         }
         n_chunks = max(1, min(max_chunks, math.ceil(len(ledger_rows) / max(chunk_size, 1))))
         for i, row in enumerate(ledger_rows):
-            row.update(chunk=i % n_chunks, state="pending", attempts=0, created_at=now, updated_at=now)
+            row.update(chunk=i % n_chunks, attempts=0, created_at=now, updated_at=now)
         insert_ignore(conn, send, ledger_rows, keys=["idempotency_key"])
         # Which event owns each key now: an earlier batch's event means this one is a duplicate.
         owners: dict[str, tuple[int, str]] = {}
@@ -156,7 +377,7 @@ def reconcile_batch(
             if owner_event != row["event_id"]:
                 decisions[row["event_id"]].update(
                     decision="duplicate",
-                    detail=f"same email already queued for event {owner_event} of batch {owner_batch}",
+                    detail=f"same trigger message already queued for event {owner_event} of batch {owner_batch}",
                 )
         # Decisions of events no longer valid and of the events decided again now are replaced.
         conn.execute(
@@ -195,54 +416,95 @@ def reconcile_batch(
     return ReconcileResult(batch_id=batch_id, counts=dict(counts), chunks=chunks)
 
 
-def _load_suppressions(engine: Engine, emails: list[str]) -> dict[str, str]:
-    """{address: source} of the given addresses found in tf_suppression (hard bounces...)."""
-    wanted = sorted({e.strip().lower() for e in emails if e})
-    found: dict[str, str] = {}
-    with engine.connect() as conn:
-        for part in chunked(wanted, IN_LIST_SIZE):
-            for address, source in conn.execute(
-                select(suppression.c.address, suppression.c.source).where(suppression.c.address.in_(list(part)))
-            ):
-                found[address] = source
-    return found
-
-
-def _decide(
-    rec: dict[str, Any], route: TriggerRoute, ledger_rows: list[dict[str, Any]], suppressed: dict[str, str]
-) -> dict[int, dict[str, Any]]:
-    event_id = int(rec["event_id"])
-    out = {
-        "event_id": event_id,
-        "trigger_id": rec["trigger_id"],
+def _out(item: dict[str, Any], route: TriggerRoute) -> dict[str, Any]:
+    return {
+        "event_id": item["event_id"],
+        "trigger_id": item["trigger_id"],
         "route": route.name,
-        "customer_key": rec["customer_key"],
+        "customer_key": item.get("customer_key"),
     }
-    customer_id = rec.get("customer_id")
-    if customer_id is None or (isinstance(customer_id, float) and math.isnan(customer_id)):
-        return {event_id: {**out, "decision": "unmatched", "detail": f"no profile with {route.identity.profile_column}={rec['customer_key']!r}"}}
-    out["profile_id"] = str(customer_id)
-    matches = int(rec.get("_matches") or 1)
-    detail = f"{matches} profiles matched; took the first by customer_id" if matches > 1 else None
-    if bool(rec.get("opted_out")):
-        return {event_id: {**out, "decision": "suppressed:opt-out", "detail": "profile opted out"}}
-    address = str(rec.get("email") or "").strip().lower()
-    if address in suppressed:
-        return {event_id: {**out, "decision": f"suppressed:{suppressed[address]}", "detail": f"{address} is on the suppression list"}}
-    ledger_rows.append(
-        {
-            "idempotency_key": idempotency_key(str(rec["trigger_id"]), int(rec["trigger_ts"]), str(customer_id), route.template),
-            "batch_id": rec["batch_id"],
-            "event_id": event_id,
-            "profile_id": str(customer_id),
-            "trigger_id": str(rec["trigger_id"]),
-            "route": route.name,
-            "recipient": str(rec.get("email") or ""),
-            "trigger_ts": int(rec["trigger_ts"]),
-        }
-    )
-    return {event_id: {**out, "decision": "matched", "detail": detail}}
+
+
+def _apply_rules(
+    item: dict[str, Any],
+    route: TriggerRoute,
+    suppressed: dict[str, str],
+    unsubscribed: set[str],
+    recent: dict[str, list[dict[str, Any]]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The decision for one event whose profile was found (see the module docstring for the order)."""
+    profile = item["profile"]
+    customer_id = str(profile["customer_id"])
+    out = {**_out(item, route), "profile_id": customer_id}
+    matches = int(item.get("matches") or 1)
+    via = f"matched by {item['rule']}"
+    if matches > 1:
+        column, descending = route.profile_order
+        if route.multiple_profiles == "skip":
+            return {**out, "decision": "ambiguous",
+                    "detail": f"{matches} profiles matched by {item['rule']}; multiple_profiles: skip"}
+        via += f"; {matches} profiles matched, took the first by {column} {'desc' if descending else 'asc'}"
+    rules = route.rules
+    trigger_ts = item["trigger_ts"]
+    fired = datetime.fromtimestamp(trigger_ts / 1000, tz=timezone.utc) if trigger_ts is not None else None
+
+    if rules.validity_s is not None and fired is not None:
+        age = (now - fired).total_seconds()
+        if age > rules.validity_s:
+            return {**out, "decision": "expired",
+                    "detail": f"triggered at {fired.isoformat()}, {age / 60:.0f} min before reconciliation; validity {_fmt_s(rules.validity_s)}"}
+
+    reason = _suppression_reason(route, profile, suppressed, unsubscribed)
+    if reason is not None:
+        return {**out, "decision": reason[0], "detail": reason[1]}
+
+    history = recent.get(customer_id, [])
+    if rules.dedup_window_s and trigger_ts is not None:
+        window_ms = rules.dedup_window_s * 1000
+        for prior in history:
+            if (prior["route"] == route.name and prior["event_id"] != item["event_id"]
+                    and prior["trigger_ts"] is not None and abs(int(prior["trigger_ts"]) - trigger_ts) < window_ms):
+                if int(prior["trigger_ts"]) == trigger_ts:
+                    return {**out, "decision": "duplicate",
+                            "detail": f"same trigger message already queued for event {prior['event_id']} of batch {prior['batch_id']}"}
+                return {**out, "decision": "duplicate",
+                        "detail": f"{route.name} already queued for this customer within {_fmt_s(rules.dedup_window_s)} "
+                                  f"(event {prior['event_id']} of batch {prior['batch_id']})"}
+
+    cap = rules.frequency_cap
+    if cap is not None:
+        start = now - timedelta(seconds=cap.per_s)
+        count = sum(1 for prior in history if prior["created_at"] >= start)
+        if count >= cap.max:
+            return {**out, "decision": "capped",
+                    "detail": f"{count} trigger emails queued for this customer in the last {_fmt_s(cap.per_s)}; "
+                              f"cap {cap.max} per {_fmt_s(cap.per_s)}"}
+
+    if rules.quiet_hours is not None:
+        quiet = rules.quiet_hours
+        until = quiet.window_end(now, profile.get("timezone"))
+        if until is not None:
+            zone = profile.get("timezone") or quiet.default_timezone
+            return {**out, "decision": "deferred", "not_before": until,
+                    "detail": f"quiet hours {quiet.start:%H:%M}-{quiet.end:%H:%M} {zone}; scheduled for {until.isoformat()}"}
+
+    return {**out, "decision": "matched", "detail": via}
 
 
 def _short(value: Any, limit: int = 200) -> str | None:
     return None if value is None else str(value)[:limit]
+
+
+def due_scheduled(engine: Engine, now: datetime | None = None, *, exclude_batch: str | None = None) -> list[dict[str, Any]]:
+    """``[{"batch_id", "chunk"}]`` of earlier batches holding ``scheduled`` rows now due (their
+    quiet hours are over): every run sends what has become due, whichever batch queued it."""
+    now = now or datetime.now(timezone.utc)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(send.c.batch_id, send.c.chunk)
+            .where(send.c.state == "scheduled", or_(send.c.not_before.is_(None), send.c.not_before <= now))
+            .distinct()
+            .order_by(send.c.batch_id, send.c.chunk)
+        ).all()
+    return [{"batch_id": b, "chunk": int(c)} for b, c in rows if b != exclude_batch]

@@ -3,8 +3,12 @@
 Every pulled event must end in exactly one bucket:
 
     pulled  = valid + quarantined
-    valid   = matched + unmatched + ignored
-    matched = sent + suppressed + duplicate + failed + deferred + ambiguous + pending
+    valid   = matched + unmatched + ambiguous_identity + ignored
+    matched = queued + suppressed + duplicate + capped + expired      (a profile was found)
+    queued  = sent + failed + deferred + ambiguous + pending + scheduled   (ledger rows)
+
+``deferred`` is a 4xx answer waiting for a retry; ``scheduled`` an email held for the customer's
+quiet hours (decision ``deferred``), sent by a later run once the window is over.
 
 A batch whose counts do not balance has lost or double-counted something; the report raises
 :class:`CountsDoNotBalance` and the run fails loudly rather than going green.
@@ -44,17 +48,24 @@ class Report:
         lines = [
             f"batch {self.batch_id}",
             f"  pulled      {c['pulled']:>8}  = valid {c['valid']} + quarantined {c['quarantined']}",
-            f"  valid       {c['valid']:>8}  = matched {c['matched']} + unmatched {c['unmatched']} + ignored {c['ignored']}",
-            f"  matched     {c['matched']:>8}  = sent {c['sent']} + suppressed {c['suppressed']} + duplicate "
-            f"{c['duplicate']} + failed {c['failed']} + deferred {c['deferred']} + ambiguous {c['ambiguous']} "
-            f"+ pending {c['pending']}",
+            f"  valid       {c['valid']:>8}  = matched {c['matched']} + unmatched {c['unmatched']} "
+            f"+ ambiguous identity {c['ambiguous_identity']} + ignored {c['ignored']}",
+            f"  matched     {c['matched']:>8}  = queued {c['queued']} + suppressed {c['suppressed']} + duplicate "
+            f"{c['duplicate']} + capped {c['capped']} + expired {c['expired']}",
+            f"  queued      {c['queued']:>8}  = sent {c['sent']} + failed {c['failed']} + deferred {c['deferred']} "
+            f"+ ambiguous {c['ambiguous']} + pending {c['pending']} + scheduled {c['scheduled']}",
         ]
+        if c.get("suppressed_by"):
+            lines.append("  suppressed by: " + ", ".join(f"{k} {n}" for k, n in sorted(c["suppressed_by"].items())))
         if c.get("this_run"):
             t = c["this_run"]
             lines.append(
                 "  this run:   sent {sent}, resent {resent}, skipped as already sent {skipped_already_sent}, "
                 "dry-run {dry_run}, deferred {deferred}, failed {failed}, ambiguous {ambiguous}".format(**t)
             )
+        if c.get("released"):
+            r = c["released"]
+            lines.append(f"  released from quiet hours (earlier batches): sent {r.get('sent', 0)}, failed {r.get('failed', 0)}")
         if c.get("note"):
             lines.append(f"  note: {c['note']}")
         if c.get("oldest_sent_age_s") is not None:
@@ -77,7 +88,8 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
             select(send.c.trigger_ts, send.c.sent_at).where(send.c.batch_id == batch_id, send.c.state == "sent")
         ).all()
 
-    suppressed = sum(n for k, n in decisions.items() if k.startswith("suppressed"))
+    suppressed_by = {k.split(":", 1)[1]: n for k, n in decisions.items() if k.startswith("suppressed:")}
+    suppressed = sum(suppressed_by.values())
     counts: dict[str, Any] = {
         "pulled": sum(statuses.values()),
         "valid": statuses.get("valid", 0),
@@ -85,15 +97,22 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         "unvalidated": statuses.get("landed", 0),
         "ignored": decisions.get("ignored", 0),
         "unmatched": decisions.get("unmatched", 0),
+        "ambiguous_identity": decisions.get("ambiguous", 0),
         "suppressed": suppressed,
+        "suppressed_by": suppressed_by,
         "duplicate": decisions.get("duplicate", 0),
+        "capped": decisions.get("capped", 0),
+        "expired": decisions.get("expired", 0),
+        "deferred_quiet_hours": decisions.get("deferred", 0),
+        "queued": decisions.get("matched", 0) + decisions.get("deferred", 0),
         "sent": states.get("sent", 0),
         "failed": states.get("failed", 0),
         "deferred": states.get("deferred", 0),
         "ambiguous": states.get("ambiguous", 0),
         "pending": states.get("pending", 0) + states.get("sending", 0),
+        "scheduled": states.get("scheduled", 0),
     }
-    counts["matched"] = decisions.get("matched", 0) + suppressed + counts["duplicate"]
+    counts["matched"] = counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"]
     ages = [
         (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=timezone.utc)).total_seconds()
         for ts, sent_at in sent_rows
@@ -104,14 +123,12 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
     problems = []
     if counts["pulled"] != counts["valid"] + counts["quarantined"]:
         problems.append(f"pulled {counts['pulled']} != valid + quarantined ({counts['unvalidated']} never validated)")
-    decided = counts["matched"] + counts["unmatched"] + counts["ignored"]
+    decided = counts["matched"] + counts["unmatched"] + counts["ambiguous_identity"] + counts["ignored"]
     if counts["valid"] != decided:
-        problems.append(f"valid {counts['valid']} != matched + unmatched + ignored ({decided})")
-    accounted = sum(
-        counts[k] for k in ("sent", "suppressed", "duplicate", "failed", "deferred", "ambiguous", "pending")
-    )
-    if counts["matched"] != accounted:
-        problems.append(f"matched {counts['matched']} != sum of send outcomes ({accounted})")
+        problems.append(f"valid {counts['valid']} != matched + unmatched + ambiguous identity + ignored ({decided})")
+    accounted = sum(counts[k] for k in ("sent", "failed", "deferred", "ambiguous", "pending", "scheduled"))
+    if counts["queued"] != accounted:
+        problems.append(f"queued {counts['queued']} != sum of ledger states ({accounted})")
     return Report(batch_id=batch_id, counts=counts, balanced=not problems, problems=problems)
 
 
@@ -135,11 +152,16 @@ def report_batch(
     report = compute_report(engine, batch_id)
     c = report.counts
     this_run = dict.fromkeys(RUN_ACTIONS, 0)
+    released = dict.fromkeys(RUN_ACTIONS, 0)
     for result in send_results or []:
+        # chunks of earlier batches whose quiet hours ended are reported apart from this batch
+        into = this_run if (result or {}).get("batch_id", batch_id) == batch_id else released
         for key, value in (result or {}).get("counts", {}).items():
-            if key in this_run:
-                this_run[key] += int(value)
+            if key in into:
+                into[key] += int(value)
     c["this_run"] = this_run
+    if any(released.values()):
+        c["released"] = released
     c["skipped_already_sent"] = this_run["skipped_already_sent"]
     if note:
         c["note"] = note
@@ -160,7 +182,7 @@ def report_batch(
                 suppressed=c["suppressed"],
                 failed=c["failed"],
                 duplicate=c["duplicate"],
-                pending=c["pending"] + c["deferred"],
+                pending=c["pending"] + c["deferred"] + c["scheduled"],
                 balanced=report.balanced,
                 oldest_sent_age_s=c["oldest_sent_age_s"],
                 counts=json.dumps({**c, "balanced": report.balanced, "problems": report.problems}),

@@ -61,7 +61,10 @@ def flatten(event_id: int, payload: str, received_at: datetime, routing: Routing
         "trigger_ts": _text(parsed.trigger_ts),
         "trigger_age_ms": (received_ms - ts) if ts is not None else None,
         "routed": route is not None,
-        "identity": route.identity.extract(parsed) if route is not None else None,
+        # any identity rule of the route will do: they are an ordered fallback
+        "identity": next((v for v in (r.extract(parsed) for r in route.identities) if v is not None), None)
+        if route is not None
+        else None,
     }
 
 

@@ -88,6 +88,24 @@ def url_from_connection(conn: Any) -> str:
     )
 
 
+def request_url_from_connection(conn: Any, *, connect_timeout_s: int = 5) -> str:
+    """:func:`url_from_connection` for code answering an HTTP request (the API server plugins):
+    any problem is a :class:`StoreConfigError` naming the connection, and a PostgreSQL URL gets a
+    connect timeout so a request never hangs for the OS's TCP timeout on an unreachable server."""
+    try:
+        parsed = make_url(url_from_connection(conn))
+    except StoreConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed extra.sqlalchemy_url
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise StoreConfigError(
+            f"connection {getattr(conn, 'conn_id', None)!r} does not give a database URL: {first}"
+        ) from None
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": str(connect_timeout_s)})
+    return parsed.render_as_string(hide_password=False)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the API server/CLI read while a task writes; NORMAL sync is durable across a
@@ -124,9 +142,56 @@ def dispose_engines() -> None:
         _engines.clear()
 
 
+#: Additive changes to tables that existed before them: (migration id, table, columns, indexes).
+#: ``create_all`` creates missing tables with everything in them but never alters an existing
+#: table, so a store created by an earlier version gets these here, once, recorded in
+#: tf_schema_version. Only additions (nullable columns, indexes) belong here: they are safe while
+#: older tasks still run.
+ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "0002_send_quiet_hours_locale",
+        "tf_send",
+        ("not_before", "locale"),
+        ("ix_tf_send_profile_created", "ix_tf_send_state_not_before"),
+    ),
+)
+
+
 def create_schema(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
+    """Create missing tables and apply pending additive migrations (idempotent)."""
+    from datetime import datetime, timezone
+
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy import inspect, select
+    from sqlalchemy.schema import CreateIndex
+
+    from include.triggerflow.store.schema import schema_version
+
     metadata.create_all(engine)
+    with engine.begin() as conn:
+        done = set(conn.execute(select(schema_version.c.migration)).scalars())
+        pending = [m for m in ADDITIVE_MIGRATIONS if m[0] not in done]
+        if not pending:
+            return
+        inspector = inspect(conn)
+        for migration, table_name, columns, indexes in pending:
+            table = metadata.tables[table_name]
+            have_cols = {c["name"] for c in inspector.get_columns(table_name)}
+            missing = [name for name in columns if name not in have_cols]
+            if missing:
+                # Alembic renders ALTER TABLE ... ADD COLUMN portably (types, defaults) for both
+                # dialects; it is installed with Airflow.
+                ops = Operations(MigrationContext.configure(conn))
+                for name in missing:
+                    ops.add_column(table_name, table.c[name].copy())
+            have_idx = {i["name"] for i in inspector.get_indexes(table_name)}
+            for index in table.indexes:
+                if index.name in indexes and index.name not in have_idx:
+                    conn.execute(CreateIndex(index))
+            conn.execute(
+                schema_version.insert().values(migration=migration, applied_at=datetime.now(timezone.utc))
+            )
 
 
 def describe(engine: Engine) -> str:

@@ -17,9 +17,12 @@ writes its output here; XCom only ever carries ids and counts.
     tf_ims_token         IMS access tokens shared by tasks and runs, encrypted
     tf_send_log          every send action per run and try (sent, resent, deferred, failed,
                          ambiguous, dry-run, skipped-sent): the per-run audit of the ledger
-    tf_suppression       addresses never to mail again (hard bounces; later: block lists)
+    tf_suppression       addresses never to mail again (hard bounces, block list, manual)
     tf_dry_run           messages rendered by dry runs, with where they were written
+    tf_unsubscribe       every opt-out received through a signed unsubscribe link
+    tf_schema_version    which additive migrations of existing tables have been applied
     profiles             the customers (default schema; see README "Profiles")
+    profile_visitor_ids  ECIDs (Experience Cloud visitor ids) known for each customer
 """
 
 from __future__ import annotations
@@ -152,8 +155,16 @@ send = Table(
     Column("sent_at", DateTime(timezone=True)),
     Column("dry_run", Boolean, nullable=False, default=False),
     Column("resend", Boolean, nullable=False, default=False),
+    # Quiet hours: a row in state "scheduled" is not sent before this instant (the end of the
+    # customer's quiet window); any later run's send stage picks it up once it is due.
+    Column("not_before", DateTime(timezone=True)),
+    # The template locale the email was rendered in (None: the default templates).
+    Column("locale", String(20)),
 )
 Index("ix_tf_send_batch_chunk", send.c.batch_id, send.c.chunk, send.c.state)
+# Frequency caps and deduplication windows look up a customer's recent emails.
+Index("ix_tf_send_profile_created", send.c.profile_id, send.c.created_at)
+Index("ix_tf_send_state_not_before", send.c.state, send.c.not_before)
 
 run_summary = Table(
     "tf_run_summary",
@@ -264,6 +275,25 @@ dry_run = Table(
 )
 Index("ix_tf_dry_run_batch", dry_run.c.batch_id)
 
+unsubscribe = Table(
+    "tf_unsubscribe",
+    metadata,
+    Column("unsubscribe_id", BigId, primary_key=True, autoincrement=True),
+    Column("customer_id", String(100), nullable=False),
+    Column("route", String(100)),  # the trigger route of the email whose link was used
+    Column("method", String(20), nullable=False),  # one-click (RFC 8058 POST) | page (confirm form)
+    Column("issued_at", DateTime(timezone=True)),  # when the link was signed
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_tf_unsubscribe_customer", unsubscribe.c.customer_id)
+
+schema_version = Table(
+    "tf_schema_version",
+    metadata,
+    Column("migration", String(100), primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
 profiles = Table(
     "profiles",
     metadata,
@@ -283,5 +313,16 @@ Index("ix_profiles_shopper_id", profiles.c.shopper_id)
 Index("ix_profiles_ecid", profiles.c.ecid)
 Index("ix_profiles_declared_id", profiles.c.declared_id)
 Index("ix_profiles_email", profiles.c.email)
+
+profile_visitor_ids = Table(
+    "profile_visitor_ids",
+    metadata,
+    # Campaign keeps the visitor ids of recipients who clicked its emails (nms:trackingLogRcp
+    # @sourceID); a customer can have several (devices, browsers).
+    Column("visitor_id", String(64), primary_key=True),
+    Column("customer_id", String(100), primary_key=True),
+    Column("seen_at", DateTime(timezone=True)),
+)
+Index("ix_profile_visitor_ids_customer", profile_visitor_ids.c.customer_id)
 
 PROFILE_COLUMNS = tuple(c.name for c in profiles.columns)

@@ -49,8 +49,8 @@ def test_one_decision_per_valid_event(kit, routing) -> None:
     assert set(got) == {matched, browse, unmatched, opted_out, ignored}
     summary = {eid: (d["decision"], d["route"], d["customer_key"], d["profile_id"], d["detail"]) for eid, d in got.items()}
     assert summary == {
-        matched: ("matched", "cart_abandonment", "SHOP-ADA", "C1", None),
-        browse: ("matched", "browse_abandonment", "SHOP-GRACE", "C2", None),
+        matched: ("matched", "cart_abandonment", "SHOP-ADA", "C1", "matched by eVar01->shopper_id"),
+        browse: ("matched", "browse_abandonment", "SHOP-GRACE", "C2", "matched by eVar01->shopper_id"),
         unmatched: ("unmatched", "cart_abandonment", "SHOP-NOBODY", None, "no profile with shopper_id='SHOP-NOBODY'"),
         opted_out: ("suppressed:opt-out", "cart_abandonment", "SHOP-OPTOUT", "C3", "profile opted out"),
         ignored: ("ignored", None, None, None, "no route for this trigger id"),
@@ -89,7 +89,7 @@ def test_several_profiles_with_the_same_shopper_id_take_the_first_by_customer_id
     d = decisions_by_event(kit, b)[eid]
     # customer_id is text: "C10" < "C2" < "C9"
     assert (d["decision"], d["profile_id"]) == ("matched", "C10")
-    assert d["detail"] == "3 profiles matched; took the first by customer_id"
+    assert d["detail"] == "matched by eVar01->shopper_id; 3 profiles matched, took the first by customer_id asc"
     assert [(r["profile_id"], r["recipient"]) for r in ledger(kit, b)] == [("C10", "ten@example.com")]
 
 
@@ -108,7 +108,7 @@ def test_same_trigger_in_a_later_batch_is_a_duplicate_without_a_new_ledger_row(k
     assert result.counts == {"duplicate": 1}
     d = decisions_by_event(kit, "b2")[again]
     assert (d["decision"], d["profile_id"]) == ("duplicate", "C1")
-    assert d["detail"] == f"same email already queued for event {first} of batch b1"
+    assert d["detail"] == f"same trigger message already queued for event {first} of batch b1"
     assert [r["event_id"] for r in ledger(kit)] == [first]
     assert ledger(kit, "b2") == []
     assert result.chunks == [0]
@@ -119,7 +119,8 @@ def test_same_trigger_twice_in_one_batch(kit, routing) -> None:
     b = kit.add_batch("b1")
     first = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=TS))
     second = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=TS))
-    later = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=TS + 1))  # another trigger
+    # another trigger, outside the default 24 h deduplication window
+    later = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=TS + 25 * 3600 * 1000))
 
     result = reconcile_batch(kit.engine, b, routing)
 

@@ -12,11 +12,10 @@ from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.render import Renderer
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import CountsDoNotBalance, compute_report, report_batch
-from include.triggerflow.stages.send import send_chunk
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.schema import decision, event, run_summary, send
 
-from tests.unit.conftest import envelope_json
+from tests.unit.conftest import send_chunk, envelope_json
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
 
@@ -98,8 +97,8 @@ def test_valid_events_without_a_decision_do_not_balance(kit) -> None:
     kit.add_event(b, envelope_json(), status="valid")
     report = compute_report(kit.engine, b)
     assert not report.balanced
-    assert report.problems == ["valid 1 != matched + unmatched + ignored (0)"]
-    assert "NOT BALANCED: valid 1 != matched + unmatched + ignored (0)" in report.table()
+    assert report.problems == ["valid 1 != matched + unmatched + ambiguous identity + ignored (0)"]
+    assert "NOT BALANCED: valid 1 != matched + unmatched + ambiguous identity + ignored (0)" in report.table()
 
 
 def test_matched_without_a_ledger_row_does_not_balance(kit, routing) -> None:
@@ -110,7 +109,7 @@ def test_matched_without_a_ledger_row_does_not_balance(kit, routing) -> None:
     with kit.engine.begin() as conn:
         conn.execute(send.delete())
 
-    with pytest.raises(CountsDoNotBalance, match=r"matched 1 != sum of send outcomes \(0\)"):
+    with pytest.raises(CountsDoNotBalance, match=r"queued 1 != sum of ledger states \(0\)"):
         report_batch(kit.engine, b, dag_id="trigger_emails", run_id="run-1")
     assert summary(kit, b)["balanced"] is False
 
