@@ -6,28 +6,39 @@ one plain ``local@domain`` each, so no data can add a header (``Bcc:``) or a rec
 
 :func:`build_message` is a pure function of its arguments (only the Date defaults to now): given the
 same inputs, including ``date``, it returns the same bytes, so a retried send can be rebuilt unchanged.
+
+:func:`list_unsubscribe_headers` builds the RFC 2369 ``List-Unsubscribe`` and RFC 8058
+``List-Unsubscribe-Post`` headers. Machine-read extra headers such as these are written verbatim
+(folded only at their own spaces), never RFC 2047-encoded: the email package would otherwise turn a
+long URL into ``=?utf-8?q?...?=`` words, which mailbox providers do not decode in that header.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
+from urllib.parse import urlsplit
 
 __all__ = [
     "HeaderInjectionError",
     "InvalidAddressError",
     "build_message",
     "check_header_value",
+    "list_unsubscribe_headers",
     "message_id_for",
     "validate_address",
 ]
 
 _HEADER_BREAKS = ("\r", "\n", "\0")
+# Every other character str.splitlines() breaks on: the email package refuses them in some headers
+# with a bare ValueError and would encode them into others, so they are refused here, as injection.
+_OTHER_LINE_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
 # RFC 5322 field-name: printable ASCII except ":".
 _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")
 _MESSAGE_ID_KEY_RE = re.compile(r"[A-Za-z0-9._-]+")
@@ -42,6 +53,16 @@ _RESERVED_HEADERS = frozenset(
      "content-transfer-encoding"}
 )
 _MAX_SHOWN = 80
+# RFC 5322 §2.1.1: lines SHOULD be at most 78 characters and MUST be at most 998 (excluding CRLF).
+_FOLD_AT = 78
+_MAX_LINE = 998
+# Characters that would end a URI inside List-Unsubscribe's "<uri>, <uri>" list or start a new header.
+_LIST_URI_BREAKERS = frozenset("<>,")
+_LOOPBACK_NAMES = ("localhost",)
+LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
+# Header objects fold themselves as usual; refold_source="none" only concerns values set with
+# set_raw (the verbatim extra headers), which are written exactly as _fold_verbatim left them.
+_SERIALIZE = policy.SMTP.clone(refold_source="none")
 
 
 class HeaderInjectionError(ValueError):
@@ -58,11 +79,14 @@ def _shown(value: str) -> str:
 
 
 def check_header_value(name: str, value: str) -> str:
-    """Return ``value`` unchanged, or raise HeaderInjectionError if it contains CR, LF or NUL."""
+    """Return ``value`` unchanged, or raise HeaderInjectionError if it contains CR, LF or NUL, or any
+    other character Python treats as a line boundary (VT, FF, FS, GS, RS, NEL, U+2028, U+2029)."""
     if not isinstance(value, str):
         raise TypeError(f"header {name}: value must be a str, got {type(value).__name__}")
     if any(char in value for char in _HEADER_BREAKS):
         raise HeaderInjectionError(f"header {name}: value contains CR, LF or NUL: {_shown(value)}")
+    if any(char in value for char in _OTHER_LINE_BREAKS):
+        raise HeaderInjectionError(f"header {name}: value contains a line separator character: {_shown(value)}")
     return value
 
 
@@ -107,6 +131,93 @@ def message_id_for(idempotency_key: str, domain: str = "triggerflow.local") -> s
     if not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"Message-ID domain {domain!r} is not a dotted domain name")
     return f"<{idempotency_key}@{domain}>"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_list_uri(kind: str, value: str) -> None:
+    """Refuse what could break out of ``<...>`` in the header or out of the header line."""
+    if not isinstance(value, str):
+        raise TypeError(f"List-Unsubscribe {kind} must be a str, got {type(value).__name__}")
+    if any(char in value for char in _HEADER_BREAKS):
+        raise HeaderInjectionError(f"List-Unsubscribe {kind} contains CR, LF or NUL: {_shown(value)}")
+    if any(char.isspace() for char in value):
+        raise HeaderInjectionError(f"List-Unsubscribe {kind} contains whitespace: {_shown(value)}")
+    if any(char in _LIST_URI_BREAKERS for char in value):
+        raise HeaderInjectionError(
+            f"List-Unsubscribe {kind} contains '<', '>' or ',' (they delimit the header's URI list): {_shown(value)}"
+        )
+    if not value.isascii() or any(ord(char) < 0x20 or ord(char) == 0x7F for char in value):
+        raise ValueError(f"List-Unsubscribe {kind} must be ASCII (percent-encode it): {_shown(value)}")
+
+
+def list_unsubscribe_headers(url: str, mailto: str | None = None) -> dict[str, str]:
+    """The RFC 2369 / RFC 8058 one-click unsubscribe headers for one email::
+
+        {"List-Unsubscribe": "<https://...>" (+ ", <mailto:...>"),
+         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
+
+    ``url`` must be an absolute ``https://`` URL with a host: RFC 8058 requires HTTPS for one-click,
+    and mailbox providers ignore the header otherwise. ``http://`` is accepted only for a loopback
+    host (``localhost``, ``127.0.0.1``, ``::1``), so local tests and the demo can use the dev server;
+    it is refused everywhere else. ``mailto`` (``unsubscribe@example.com`` or ``mailto:...``) is an
+    optional second method for clients without one-click support.
+
+    The URL is signed per recipient and therefore data-derived: anything that could end the ``<...>``
+    list item or the header line (CR, LF, NUL, whitespace, ``<``, ``>``, ``,``) is refused with
+    :class:`HeaderInjectionError`; a non-http(s), relative or non-ASCII URL with ValueError.
+    """
+    _check_list_uri("URL", url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"List-Unsubscribe URL {_shown(url)} is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        raise ValueError(f"List-Unsubscribe URL {_shown(url)} must be an absolute https:// URL with a host")
+    if scheme == "http" and not _is_loopback(host):
+        raise ValueError(
+            f"List-Unsubscribe URL {_shown(url)} must use https (RFC 8058); http is allowed only for "
+            "localhost / loopback addresses in local tests"
+        )
+    targets = [f"<{url}>"]
+    if mailto is not None:
+        _check_list_uri("mailto", mailto)
+        target = mailto if mailto.lower().startswith("mailto:") else f"mailto:{mailto}"
+        address = target[len("mailto:"):].split("?", 1)[0]
+        try:
+            validate_address(address)
+        except InvalidAddressError as exc:
+            raise InvalidAddressError(f"List-Unsubscribe mailto: {exc}") from None
+        targets.append(f"<{target}>")
+    return {"List-Unsubscribe": ", ".join(targets), "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST}
+
+
+def _fold_verbatim(name: str, value: str) -> str:
+    """``value`` folded (LF + space, before an existing space) so lines stay within 78 characters
+    where its own spaces allow; it is otherwise written as is. ValueError when a line would still
+    exceed RFC 5322's hard limit of 998 characters (no server has to accept it)."""
+    words = value.split(" ")
+    lines = [f"{name}: {words[0]}"]
+    for word in words[1:]:
+        # never fold before an empty word (double or trailing space): a continuation line must
+        # carry more than whitespace
+        if word and len(lines[-1]) + 1 + len(word) > _FOLD_AT:
+            lines.append(f" {word}")
+        else:
+            lines[-1] += f" {word}"
+    if max(len(line) for line in lines) > _MAX_LINE:
+        raise ValueError(f"header {name}: a line would exceed {_MAX_LINE} characters; shorten the value")
+    return "\n".join(lines)[len(name) + 2:]
 
 
 def _check_extra_header(name: str, value: str) -> None:
@@ -155,8 +266,12 @@ def build_message(
     if not _MESSAGE_ID_RE.fullmatch(message_id):
         raise ValueError(f"Message-ID {message_id!r} must look like <id@domain>")
     extra = dict(headers or {})
+    seen: set[str] = set()
     for name, value in extra.items():
         _check_extra_header(name, value)
+        if name.lower() in seen:
+            raise ValueError(f"header {name} is given twice (header names are case-insensitive)")
+        seen.add(name.lower())
     if date is None:
         date = datetime.now(timezone.utc)
     elif date.tzinfo is None or date.utcoffset() is None:
@@ -170,7 +285,12 @@ def build_message(
     msg["Message-ID"] = message_id
     msg["MIME-Version"] = "1.0"
     for name, value in extra.items():
-        msg[name] = value
+        if value.isascii() and value.isprintable():
+            # Verbatim: the serialising policy below keeps raw values as they are (refold_source
+            # "none"), so a long URL is not turned into RFC 2047 encoded-words.
+            msg.set_raw(name, _fold_verbatim(name, value))
+        else:
+            msg[name] = value
     msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
     msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
     for part in msg.iter_parts():
@@ -179,4 +299,4 @@ def build_message(
     # A boundary derived from the Message-ID keeps the output deterministic. It starts with "=_", which
     # quoted-printable bodies can never contain ("=" is always encoded as "=3D"), so it is always safe.
     msg.set_boundary("=_tf_" + hashlib.sha256(message_id.encode("ascii", "replace")).hexdigest()[:32])
-    return msg.as_bytes(policy=policy.SMTP)
+    return msg.as_bytes(policy=_SERIALIZE)

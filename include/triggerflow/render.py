@@ -4,25 +4,36 @@ Everything in the context comes from Adobe events or customer profiles, so it is
 
 * HTML templates are autoescaped (by file extension); templates never mark data ``|safe``.
 * The subject is a mail header, so it is rendered without HTML escaping and refused when it would
-  contain CR, LF or NUL: header injection is impossible by construction, whatever a profile holds.
+  contain CR, LF, NUL or another line separator (U+2028...): header injection is impossible by
+  construction, whatever a profile holds.
 * ``StrictUndefined`` turns a missing variable into an error. A template bug or a missing profile
   column raises :class:`TemplateRenderError`; it never produces a blank or half-filled email.
 
-The send stage renders thousands of emails per task, so a :class:`Renderer` compiles each route's
-three templates once and keeps them.
+**Locale variants.** A route's folder holds the default pair ``email.html``/``email.txt`` and may
+hold variants ``email.<tag>.html``/``email.<tag>.txt`` (``email.fr.html``, ``email.fr-CA.html``).
+The profile's locale (``fr_CA``, ``FR-ca``...) is normalised by :func:`locale_chain` into the
+candidates, most specific first (``["fr-CA", "fr"]``); the first candidate with *both* files wins,
+else the default pair. A variant is chosen as a pair so the text and HTML parts of one email never
+speak different languages. The subject follows the same choice through ``route.subjects``.
+
+The send stage renders thousands of emails per task, so a :class:`Renderer` compiles the templates
+of each (route, variant) once and keeps them; the variants present in a folder are listed once.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
@@ -35,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DATETIME_FORMAT",
+    "DEFAULT_LOCAL_DATETIME_FORMAT",
     "FILTERS",
     "CompiledRoute",
     "RenderedEmail",
@@ -43,13 +55,25 @@ __all__ = [
     "build_context",
     "datetime_format",
     "http_url",
+    "local_datetime",
+    "locale_chain",
     "money",
+    "normalize_locale",
 ]
 
 DEFAULT_DATETIME_FORMAT = "%d %b %Y %H:%M UTC"
+#: ``%Z`` prints the zone's abbreviation (``CET``, ``EDT``) or ``UTC`` after the fallback.
+DEFAULT_LOCAL_DATETIME_FORMAT = "%d %b %Y %H:%M %Z"
 HTML_TEMPLATE = "email.html"
 TEXT_TEMPLATE = "email.txt"
-_HEADER_BREAKS = ("\r", "\n", "\0")
+# CR, LF, NUL and every other character str.splitlines() breaks on (VT, FF, FS, GS, RS, NEL, U+2028/9).
+_HEADER_BREAKS = ("\r", "\n", "\0", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+
+# BCP 47-ish: a 2-3 letter language, then subtags of 2-8 letters or digits. Only such a tag is ever
+# put into a template file name, so no profile value can name a path ("../", "/", "\\", ".").
+_LOCALE_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
+_MAX_LOCALE_CHARS = 35  # RFC 5646 advises supporting tags of at least 35 characters
+_VARIANT_RE = re.compile(r"email\.(?P<tag>[^./\\]+)\.(?P<ext>html|txt)")
 
 
 class TemplateRenderError(Exception):
@@ -66,15 +90,78 @@ class RenderedEmail:
     subject: str
     text: str
     html: str
+    #: the locale variant of the templates used (``"fr"``, ``"fr-CA"``); None: the default pair.
+    #: The send stage records it (``tf_send.locale``) so a report can say who got which language.
+    locale: str | None = None
 
 
 @dataclass(frozen=True)
 class CompiledRoute:
-    """The compiled templates of one route, reused for every email of that route."""
+    """The compiled templates of one route in one variant, reused for every email of that kind."""
 
     subject: Template
     text: Template
     html: Template
+    #: the variant of the text/HTML pair (None: ``email.html``/``email.txt``)
+    locale: str | None = None
+    #: the ``route.subjects`` tag the subject came from (None: ``route.subject``)
+    subject_locale: str | None = None
+
+
+# -- locales -----------------------------------------------------------------------------------------
+def normalize_locale(locale: Any) -> str | None:
+    """``fr_CA``, ``FR-ca``, `` fr-CA `` → ``fr-CA``; None for anything that is not a plain tag.
+
+    Case follows BCP 47 conventions (language lower, 2-letter region upper, 4-letter script title)
+    so that ``email.fr-CA.html`` is found on case-sensitive file systems whatever the profile holds.
+    POSIX suffixes (``fr_FR.UTF-8``, ``de_DE@euro``) are refused, not guessed at.
+    """
+    if not isinstance(locale, str):
+        return None
+    text = locale.strip().replace("_", "-")
+    if not text or len(text) > _MAX_LOCALE_CHARS or not _LOCALE_RE.fullmatch(text):
+        return None
+    first, *rest = text.split("-")
+    parts = [first.lower()]
+    for sub in rest:
+        if len(sub) == 2 and sub.isalpha():
+            parts.append(sub.upper())
+        elif len(sub) == 4 and sub.isalpha():
+            parts.append(sub.title())
+        else:
+            parts.append(sub.lower())
+    return "-".join(parts)
+
+
+def locale_chain(locale: str | None) -> list[str]:
+    """The variant tags to try for a profile locale, most specific first: ``fr_CA`` →
+    ``["fr-CA", "fr"]``; ``[]`` for None, blank or anything that is not a BCP 47-ish tag.
+
+    Every tag returned matches ``[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*``: it is safe in a file name.
+    """
+    tag = normalize_locale(locale)
+    if tag is None:
+        return []
+    parts = tag.split("-")
+    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
+def _route_subjects(route: TriggerRoute) -> dict[str, str]:
+    """``{normalised tag: subject template}`` from ``route.subjects``.
+
+    Read with getattr: routes built before the field existed (or by tests) have none. A tag that
+    does not normalise is skipped here; the routing loader is where config typos are reported.
+    """
+    subjects: dict[str, str] = {}
+    for item in route.subjects:
+        try:
+            tag, text = item
+        except (TypeError, ValueError):
+            continue
+        key = normalize_locale(tag)
+        if key is not None and isinstance(text, str) and key not in subjects:
+            subjects[key] = text
+    return subjects
 
 
 # -- filters -----------------------------------------------------------------------------------------
@@ -85,8 +172,24 @@ def _raise_if_undefined(value: Any) -> None:
         str(value)
 
 
-def money(value: Any, symbol: str = "$") -> str:
+# (thousands separator, decimal mark, symbol after the amount) by language; anything else: English.
+_MONEY_STYLES: dict[str, tuple[str, str, bool]] = {
+    "en": (",", ".", False),
+    "fr": ("\u202f", ",", True),  # narrow no-break space, as French typography writes 1 234,50 €
+    "de": (".", ",", True),
+    "es": (".", ",", True),
+    "it": (".", ",", True),
+    "nl": (".", ",", False),
+    "pt": (".", ",", True),
+}
+
+
+def money(value: Any, symbol: str = "$", locale: str | None = None) -> str:
     """``19.5`` → ``$19.50``: two decimals (half-up), thousands separators, the symbol before the amount.
+
+    ``locale`` (a tag such as ``fr`` or ``fr-CA``; its language decides) switches to that language's
+    separators and symbol position: ``money(1234.5, "$", "fr")`` → ``1 234,50 $``, so a translated
+    template does not show English number formatting. The currency itself is the caller's choice.
 
     Accepts int, float, Decimal and numeric strings (event payloads carry prices either way); anything
     else raises ValueError so a garbled price fails the render instead of showing a wrong amount.
@@ -103,7 +206,23 @@ def money(value: Any, symbol: str = "$") -> str:
         raise ValueError(f"money: {value!r} is not a finite number")
     amount = amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
     sign = "-" if amount < 0 else ""
-    return f"{sign}{symbol}{abs(amount):,.2f}"
+    chain = locale_chain(locale)
+    thousands, decimal_mark, after = _MONEY_STYLES.get(chain[-1] if chain else "en", _MONEY_STYLES["en"])
+    digits = f"{abs(amount):,.2f}"
+    if (thousands, decimal_mark) != (",", "."):
+        digits = digits.replace(",", "\0").replace(".", decimal_mark).replace("\0", thousands)
+    if after:
+        return f"{sign}{digits}\u00a0{symbol}" if symbol else f"{sign}{digits}"
+    return f"{sign}{symbol}{digits}"
+
+
+def _aware(value: Any, filter_name: str) -> datetime:
+    _raise_if_undefined(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"{filter_name}: expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{filter_name}: naive datetime (no time zone)")
+    return value
 
 
 def datetime_format(value: Any, fmt: str = DEFAULT_DATETIME_FORMAT) -> str:
@@ -111,21 +230,56 @@ def datetime_format(value: Any, fmt: str = DEFAULT_DATETIME_FORMAT) -> str:
 
     Naive datetimes are refused: their time zone is unknown, so printing them as UTC could be wrong.
     """
-    _raise_if_undefined(value)
-    if not isinstance(value, datetime):
-        raise TypeError(f"datetime_format: expected a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("datetime_format: naive datetime (no time zone)")
-    return value.astimezone(timezone.utc).strftime(fmt)
+    return _aware(value, "datetime_format").astimezone(timezone.utc).strftime(fmt)
 
 
-def http_url(value: Any) -> str:
-    """The value if it is an absolute http(s) URL, else ``""``.
+@lru_cache(maxsize=512)
+def _zone(name: str) -> tzinfo:
+    """The zone called ``name``, or UTC when it is not a zone this machine knows.
+
+    Cached (bounded) because the send stage converts one time per email; zoneinfo refuses keys that
+    would leave its data directory (``../``, absolute paths) with ValueError, caught like a typo.
+    """
+    key = name.strip()
+    if not key or len(key) > 64:
+        return timezone.utc
+    try:
+        return ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
+        return timezone.utc
+
+
+def local_datetime(value: Any, tz_name: Any = None, fmt: str = DEFAULT_LOCAL_DATETIME_FORMAT) -> str:
+    """strftime of an aware datetime in the customer's time zone (an IANA name, ``Europe/Paris``).
+
+    A blank, unknown or non-string zone falls back to UTC, and the default format's ``%Z`` then says
+    ``UTC``: a profile with a bad ``timezone`` column still gets a correct (if less friendly) time,
+    never a failed email. A naive datetime is refused as in :func:`datetime_format`; a *missing*
+    variable (StrictUndefined) still raises, because that is a template or context bug.
+    """
+    moment = _aware(value, "local_datetime")
+    _raise_if_undefined(tz_name)
+    zone = _zone(tz_name) if isinstance(tz_name, str) else timezone.utc
+    return moment.astimezone(zone).strftime(fmt)
+
+
+def http_url(value: Any, required: bool = False) -> str:
+    """The value if it is an absolute http(s) URL, else ``""`` (or ValueError when ``required``).
 
     Autoescaping stops a URL from breaking out of an ``href`` attribute but not ``javascript:`` or
-    ``data:`` URLs, so links built from event data go through this filter first.
+    ``data:`` URLs, so links built from event data go through this filter first. ``required=True`` is
+    for links an email must not go out without (the unsubscribe link): an empty ``href`` there would
+    be a silent compliance failure, so the render fails instead.
     """
     _raise_if_undefined(value)
+    result = _http_url(value)
+    if required and not result:
+        shown = value if not isinstance(value, str) else (value if len(value) <= 80 else value[:80] + "...")
+        raise ValueError(f"http_url: {shown!r} is not an absolute http(s) URL")
+    return result
+
+
+def _http_url(value: Any) -> str:
     if not isinstance(value, str):
         return ""
     text = value.strip()
@@ -140,10 +294,24 @@ def http_url(value: Any) -> str:
     return text
 
 
+def last_page_ending(pages: Any, suffix: str, default: str = "") -> str:
+    """The last http(s) page URL of ``pages`` whose path ends with ``suffix`` (case-insensitive,
+    trailing "/" ignored), else ``default``: e.g. the cart page a visitor left, for the button."""
+    _raise_if_undefined(pages)
+    found = default
+    for page in pages or ():
+        url = http_url(page)
+        if url and url.rstrip("/").lower().endswith(suffix.lower()):
+            found = url
+    return found
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "money": money,
     "datetime_format": datetime_format,
+    "local_datetime": local_datetime,
     "http_url": http_url,
+    "last_page_ending": last_page_ending,
 }
 
 
@@ -157,7 +325,8 @@ def build_context(
 ) -> dict[str, Any]:
     """The template context: ``profile``, ``event`` (a plain dict view of the trigger) and ``extra``.
 
-    ``extra`` (e.g. ``unsubscribe_url``) is merged at the top level, last, so a caller can override.
+    ``extra`` (e.g. ``unsubscribe_url``, which the base layouts require) is merged at the top level,
+    last, so a caller can override.
     """
     return {
         "profile": dict(profile),
@@ -197,9 +366,11 @@ def _error_location(exc: BaseException, templates_dir: Path) -> tuple[str, int] 
 
 
 class Renderer:
-    """One Jinja environment per templates folder; each route's templates compiled once and cached.
+    """One Jinja environment per templates folder; each (route, variant) compiled once and cached.
 
-    Thread-safe: compiled templates are immutable, and the cache is filled under a lock.
+    Thread-safe: compiled templates are immutable, and the caches are filled under a lock. The cache
+    keys are the *chosen* variant and subject tag (bounded by the files and the routing config), not
+    the profile's locale, so odd locales in the data cannot grow the cache.
     """
 
     def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
@@ -214,22 +385,85 @@ class Renderer:
             auto_reload=False,
         )
         self.env.filters.update(FILTERS)
-        self._compiled: dict[TriggerRoute, CompiledRoute] = {}
+        self._compiled: dict[tuple[TriggerRoute, str | None, str | None], CompiledRoute] = {}
+        self._variants: dict[str, dict[str, tuple[str, str]]] = {}
         self._lock = threading.Lock()
 
-    def compiled(self, route: TriggerRoute) -> CompiledRoute:
-        """The compiled templates of ``route`` (compiled on first use)."""
-        cached = self._compiled.get(route)
+    # -- variants ------------------------------------------------------------------------------------
+    def variants(self, template: str) -> dict[str, tuple[str, str]]:
+        """``{tag: (html name, text name)}`` of the complete locale variants in a route's folder.
+
+        Listed once per folder. A variant with only one of its two files is left out (the default
+        pair is used instead), so a half-translated folder can never mix languages in one email.
+        """
+        cached = self._variants.get(template)
         if cached is not None:
             return cached
         with self._lock:
-            cached = self._compiled.get(route)
+            cached = self._variants.get(template)
             if cached is None:
-                cached = self._compile(route)
-                self._compiled[route] = cached
+                cached = self._list_variants(template)
+                self._variants[template] = cached
             return cached
 
-    def _compile(self, route: TriggerRoute) -> CompiledRoute:
+    def _list_variants(self, template: str) -> dict[str, tuple[str, str]]:
+        folder = self.templates_dir / template
+        found: dict[str, dict[str, str]] = {}
+        try:
+            names = sorted(entry.name for entry in folder.iterdir() if entry.is_file())
+        except OSError:
+            return {}  # a missing folder is reported when the default pair is loaded
+        for name in names:
+            match = _VARIANT_RE.fullmatch(name)
+            tag = normalize_locale(match["tag"]) if match else None
+            if match is None or tag is None:
+                continue
+            files = found.setdefault(tag, {})
+            if match["ext"] in files:
+                raise TemplateRenderError(
+                    f"template folder {template!r}: {files[match['ext']]} and {name} are both the "
+                    f"{tag!r} variant; keep one",
+                    template=f"{template}/{name}",
+                )
+            files[match["ext"]] = name
+        return {
+            tag: (f"{template}/{files['html']}", f"{template}/{files['txt']}")
+            for tag, files in found.items()
+            if "html" in files and "txt" in files
+        }
+
+    def choose(self, route: TriggerRoute, locale: str | None) -> tuple[str | None, str | None]:
+        """``(variant, subject tag)`` for a profile locale; None means the default of each.
+
+        The subject is the one of the chosen variant when ``route.subjects`` has it, else the one of
+        the first candidate in the locale chain that has one, else ``route.subject``.
+        """
+        chain = locale_chain(locale)
+        if not chain:
+            return None, None
+        variants = self.variants(route.template)
+        variant = next((tag for tag in chain if tag in variants), None)
+        subjects = _route_subjects(route)
+        if variant is not None and variant in subjects:
+            return variant, variant
+        return variant, next((tag for tag in chain if tag in subjects), None)
+
+    # -- compiling -----------------------------------------------------------------------------------
+    def compiled(self, route: TriggerRoute, locale: str | None = None) -> CompiledRoute:
+        """The compiled templates of ``route`` for a profile ``locale`` (compiled on first use)."""
+        variant, subject_tag = self.choose(route, locale)
+        key = (route, variant, subject_tag)
+        cached = self._compiled.get(key)
+        if cached is not None:
+            return cached
+        with self._lock:
+            cached = self._compiled.get(key)
+            if cached is None:
+                cached = self._compile(route, variant, subject_tag)
+                self._compiled[key] = cached
+            return cached
+
+    def _compile(self, route: TriggerRoute, variant: str | None, subject_tag: str | None) -> CompiledRoute:
         def load(name: str) -> Template:
             try:
                 return self.env.get_template(name)
@@ -246,44 +480,54 @@ class Renderer:
                     template=exc.name or name,
                 ) from exc
 
+        subject_source = route.subject if subject_tag is None else _route_subjects(route)[subject_tag]
+        label = _subject_label(subject_tag)
         try:
             # from_string on this environment: no autoescape (default_for_string=False), as a header needs.
-            subject = self.env.from_string(route.subject)
+            subject = self.env.from_string(subject_source)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateRenderError(
-                f"route {route.name!r}: subject is not a valid Jinja template: {exc.message}",
+                f"route {route.name!r}: {label} is not a valid Jinja template: {exc.message}",
                 route=route.name,
-                template="subject",
+                template=label,
             ) from exc
+        if variant is None:
+            html_name, text_name = f"{route.template}/{HTML_TEMPLATE}", f"{route.template}/{TEXT_TEMPLATE}"
+        else:
+            html_name, text_name = self.variants(route.template)[variant]
         return CompiledRoute(
             subject=subject,
-            text=load(f"{route.template}/{TEXT_TEMPLATE}"),
-            html=load(f"{route.template}/{HTML_TEMPLATE}"),
+            text=load(text_name),
+            html=load(html_name),
+            locale=variant,
+            subject_locale=subject_tag,
         )
 
-    def render(self, route: TriggerRoute, context: Mapping[str, Any]) -> RenderedEmail:
-        """Render the subject, text and HTML parts of ``route``'s email.
+    # -- rendering -----------------------------------------------------------------------------------
+    def render(self, route: TriggerRoute, context: Mapping[str, Any], locale: str | None = None) -> RenderedEmail:
+        """Render the subject, text and HTML parts of ``route``'s email in the best variant for
+        ``locale`` (the profile's locale; None: the default templates).
 
         :raises TemplateRenderError: a template is missing or invalid, a variable is undefined, a filter
             refused a value, or the subject would contain a line break.
         """
-        compiled = self.compiled(route)
-        subject = self._render(route, compiled.subject, "subject", context).strip()
+        compiled = self.compiled(route, locale)
+        label = _subject_label(compiled.subject_locale)
+        subject = self._render(route, compiled.subject, label, context).strip()
         if any(char in subject for char in _HEADER_BREAKS):
             raise TemplateRenderError(
-                f"route {route.name!r}: subject would contain a line break (CR, LF or NUL) after "
+                f"route {route.name!r}: {label} would contain a line break (CR, LF, NUL or another line separator) after "
                 f"rendering; refusing to build a Subject header from it: {subject[:80]!r}",
                 route=route.name,
-                template="subject",
+                template=label,
             )
         if not subject:
-            raise TemplateRenderError(
-                f"route {route.name!r}: subject rendered empty", route=route.name, template="subject"
-            )
+            raise TemplateRenderError(f"route {route.name!r}: {label} rendered empty", route=route.name, template=label)
         return RenderedEmail(
             subject=subject,
-            text=self._render(route, compiled.text, f"{route.template}/{TEXT_TEMPLATE}", context),
-            html=self._render(route, compiled.html, f"{route.template}/{HTML_TEMPLATE}", context),
+            text=self._render(route, compiled.text, str(compiled.text.name), context),
+            html=self._render(route, compiled.html, str(compiled.html.name), context),
+            locale=compiled.locale,
         )
 
     def _render(self, route: TriggerRoute, template: Template, label: str, context: Mapping[str, Any]) -> str:
@@ -302,3 +546,7 @@ class Renderer:
             raise TemplateRenderError(
                 f"route {route.name!r}: {where}: {kind}: {message}", route=route.name, template=label
             ) from exc
+
+
+def _subject_label(tag: str | None) -> str:
+    return "subject" if tag is None else f"subject ({tag})"

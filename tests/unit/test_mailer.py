@@ -15,6 +15,7 @@ from include.triggerflow.mailer import (
     InvalidAddressError,
     build_message,
     check_header_value,
+    list_unsubscribe_headers,
     message_id_for,
     validate_address,
 )
@@ -263,3 +264,211 @@ def test_message_id_for_rejects_bad_keys(key: str) -> None:
 def test_message_id_for_rejects_bad_domain() -> None:
     with pytest.raises(ValueError, match="not a dotted domain name"):
         message_id_for("abc", domain="local host")
+
+
+# -- List-Unsubscribe (RFC 2369 / RFC 8058) -----------------------------------------------------------
+UNSUB = "https://airflow.example.com/triggerflow/unsubscribe/?t=v1.eyJjIjoiQzAwMDEifQ.c2lnbmF0dXJl"
+BASE_HEADERS = {"From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type"}
+
+
+def header_block(raw: bytes) -> list[bytes]:
+    """The raw header lines of the top-level header block (continuation lines start with a space)."""
+    return raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def field_names(raw: bytes) -> list[str]:
+    """Names of the header fields in the raw bytes, in order, one per field (not per line)."""
+    return [line.split(b":", 1)[0].decode() for line in header_block(raw) if not line[:1].isspace()]
+
+
+def test_list_unsubscribe_headers() -> None:
+    assert list_unsubscribe_headers(UNSUB) == {
+        "List-Unsubscribe": f"<{UNSUB}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    both = list_unsubscribe_headers(UNSUB, "unsubscribe@example.com")
+    assert both["List-Unsubscribe"] == f"<{UNSUB}>, <mailto:unsubscribe@example.com>"
+    already = list_unsubscribe_headers(UNSUB, mailto="mailto:unsubscribe@example.com?subject=stop")
+    assert already["List-Unsubscribe"] == f"<{UNSUB}>, <mailto:unsubscribe@example.com?subject=stop>"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://localhost:8080/triggerflow/unsubscribe/?t=x", "http://127.0.0.1:8080/u", "http://[::1]/u", "http://demo.localhost/u"],
+)
+def test_http_is_allowed_for_loopback_hosts_only(url: str) -> None:
+    assert list_unsubscribe_headers(url)["List-Unsubscribe"] == f"<{url}>"
+
+
+@pytest.mark.parametrize(
+    ("url", "error", "match"),
+    [
+        ("http://shop.example.com/u?t=1", ValueError, "must use https \\(RFC 8058\\)"),
+        ("http://10.0.0.5/u", ValueError, "must use https"),
+        ("ftp://shop.example.com/u", ValueError, "absolute https:// URL with a host"),
+        ("javascript:alert(1)", ValueError, "absolute https:// URL with a host"),
+        ("mailto:u@example.com", ValueError, "absolute https:// URL with a host"),
+        ("/triggerflow/unsubscribe/?t=1", ValueError, "absolute https:// URL with a host"),
+        ("https://", ValueError, "absolute https:// URL with a host"),
+        ("", ValueError, "absolute https:// URL with a host"),
+        ("https://shop.example.com:99999/u", ValueError, "not a valid URL"),
+        ("https://shop.example.com/dé", ValueError, "must be ASCII"),
+        (UNSUB + "\r\nBcc: victim@example.com", HeaderInjectionError, "contains CR, LF or NUL"),
+        (UNSUB + "\nBcc: victim@example.com", HeaderInjectionError, "contains CR, LF or NUL"),
+        (UNSUB + "\r", HeaderInjectionError, "contains CR, LF or NUL"),
+        (UNSUB + "\0", HeaderInjectionError, "contains CR, LF or NUL"),
+        (UNSUB + " x", HeaderInjectionError, "contains whitespace"),
+        (UNSUB + "\tx", HeaderInjectionError, "contains whitespace"),
+        (UNSUB + "\u2028x", HeaderInjectionError, "contains whitespace"),
+        (UNSUB + "><https://evil.example/u", HeaderInjectionError, "contains '<', '>' or ','"),
+        (UNSUB + ",https://evil.example/u", HeaderInjectionError, "contains '<', '>' or ','"),
+        ("<" + UNSUB, HeaderInjectionError, "contains '<', '>' or ','"),
+    ],
+)
+def test_list_unsubscribe_refuses_bad_urls(url: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        list_unsubscribe_headers(url)
+
+
+@pytest.mark.parametrize(
+    ("mailto", "error"),
+    [
+        ("u@example.com\r\nBcc: victim@example.com", HeaderInjectionError),
+        ("u@example.com>, <mailto:victim@example.com", HeaderInjectionError),
+        ("not-an-address", InvalidAddressError),
+        ("mailto:", InvalidAddressError),
+    ],
+)
+def test_list_unsubscribe_refuses_bad_mailto(mailto: str, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        list_unsubscribe_headers(UNSUB, mailto)
+
+
+def test_list_unsubscribe_headers_pass_build_message_checks_and_survive_a_round_trip() -> None:
+    headers = list_unsubscribe_headers(UNSUB, "unsubscribe@example.com")
+    raw = build(headers=headers)
+    msg = parse(raw)
+    assert set(msg.keys()) == BASE_HEADERS | {"List-Unsubscribe", "List-Unsubscribe-Post"}
+    assert msg["List-Unsubscribe"] == headers["List-Unsubscribe"]
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert field_names(raw).count("List-Unsubscribe") == 1
+
+
+def test_long_unsubscribe_url_is_written_verbatim_not_rfc2047_encoded() -> None:
+    """Mailbox providers read List-Unsubscribe literally: a long signed URL must not become
+    ``=?utf-8?q?...?=`` encoded-words (what the email package does to long unbreakable words)."""
+    url = "https://airflow.example.com/triggerflow/unsubscribe/?t=v1." + "A" * 180 + "." + "B" * 43
+    headers = list_unsubscribe_headers(url, "unsubscribe@example.com")
+    raw = build(headers=headers)
+    lines = header_block(raw)
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"List-Unsubscribe:"))
+    assert lines[start] == f"List-Unsubscribe: <{url}>,".encode()
+    assert lines[start + 1] == b" <mailto:unsubscribe@example.com>"  # folded at the list's own space
+    assert b"=?" not in b"".join(lines[start:start + 2])
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    assert parse(raw)["List-Unsubscribe"] == headers["List-Unsubscribe"]
+
+
+@pytest.mark.parametrize("value", ["a  " + "b" * 90 + "  c", "x " * 60 + " ", "w" * 200, "w" * 80 + " ", "w" * 80 + "  z", "one two"])
+def test_verbatim_headers_round_trip_and_never_fold_into_blank_lines(value: str) -> None:
+    raw = build(headers={"X-Data": value})
+    lines = header_block(raw)
+    start = next(i for i, line in enumerate(lines) if line.startswith(b"X-Data:"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i][:1].isspace())
+    assert all(line.strip() for line in lines[start + 1:end])
+    assert b"=?" not in b"".join(lines[start:end])
+    assert parse(raw)["X-Data"] == value
+
+
+def test_extra_header_longer_than_the_smtp_line_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="would exceed 998 characters"):
+        build(headers=list_unsubscribe_headers("https://x.example/?t=" + "A" * 1000))
+
+
+def test_non_ascii_extra_header_is_still_encoded() -> None:
+    raw = build(headers={"X-Note": "café crème"})
+    assert b"X-Note: =?utf-8?" in raw
+    assert parse(raw)["X-Note"] == "café crème"
+
+
+def test_extra_header_names_are_case_insensitive_duplicates() -> None:
+    with pytest.raises(ValueError, match="given twice"):
+        build(headers={"List-Unsubscribe": "<https://a.example/u>", "list-unsubscribe": "<https://b.example/u>"})
+
+
+# -- header injection from event or profile data: never a second header line ------------------------
+INJECTIONS = [
+    "x\r\nBcc: victim@example.com",
+    "x\nBcc: victim@example.com",
+    "x\rBcc: victim@example.com",
+    "x\0Bcc: victim@example.com",
+    "x\u2028Bcc: victim@example.com",
+    "x\x85Bcc: victim@example.com",
+    "x\x0bBcc: victim@example.com",
+    "x\x0cBcc: victim@example.com",
+]
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+@pytest.mark.parametrize("field", ["subject", "from_name"])
+def test_line_breaks_in_subject_or_display_name_are_refused(field: str, payload: str) -> None:
+    with pytest.raises(HeaderInjectionError):
+        build(**{field: payload})
+
+
+@pytest.mark.parametrize(
+    "to_addr",
+    [
+        *("ada@example.org" + payload[1:] for payload in INJECTIONS),
+        "ada@example.org, victim@example.com",
+        "ada@example.org>, <victim@example.com",
+        "Ada <ada@example.org>, victim@example.com",
+    ],
+)
+def test_injection_through_the_recipient_is_refused(to_addr: str) -> None:
+    with pytest.raises((HeaderInjectionError, InvalidAddressError)):
+        build(to_addr=to_addr)
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_injection_through_the_unsubscribe_url_is_refused(payload: str) -> None:
+    url = UNSUB + payload.replace("x", "", 1)
+    with pytest.raises(HeaderInjectionError):
+        list_unsubscribe_headers(url)
+    with pytest.raises(HeaderInjectionError):
+        build(headers={"List-Unsubscribe": f"<{url}>"})
+
+
+def test_profile_data_in_the_subject_cannot_add_a_header() -> None:
+    """End to end through the real renderer: a first_name with a line break fails the render;
+    one without stays inside the Subject, and the message has exactly the expected headers."""
+    from include.triggerflow import DEFAULT_ROUTING_FILE
+    from include.triggerflow.config import load_routing
+    from include.triggerflow.events import parse_envelope
+    from include.triggerflow.render import Renderer, TemplateRenderError, build_context
+    from tests.unit.test_render import CART_ID, envelope
+
+    route = load_routing(DEFAULT_ROUTING_FILE).route_for(CART_ID)
+    assert route is not None
+    renderer = Renderer()
+    event = parse_envelope(envelope(products={"S": {"name": "Shoe\r\nBcc: victim@example.com", "price": 1}}))
+
+    def render(first_name: str):
+        profile = {"first_name": first_name, "timezone": None, "locale": None}
+        context = build_context(profile=profile, event=event, route=route, extra={"unsubscribe_url": UNSUB})
+        return renderer.render(route, context)
+
+    for payload in INJECTIONS:
+        with pytest.raises(TemplateRenderError, match="would contain a line break"):
+            render(payload)
+
+    email_ = render("Ada Bcc: victim@example.com <victim@example.com>")
+    raw = build(subject=email_.subject, text=email_.text, html=email_.html, headers=list_unsubscribe_headers(UNSUB))
+    msg = parse(raw)
+    assert set(msg.keys()) == BASE_HEADERS | {"List-Unsubscribe", "List-Unsubscribe-Post"}
+    assert sorted(field_names(raw)) == sorted(msg.keys())
+    assert msg["Bcc"] is None
+    assert msg["Subject"] == "Ada Bcc: victim@example.com <victim@example.com>, you left something in your cart"
+    assert [a.addr_spec for a in msg["To"].addresses] == ["ada@example.org"]
+    # the product name with CRLF is body text, never a header
+    assert "Shoe" in msg.get_body(preferencelist=("plain",)).get_content()

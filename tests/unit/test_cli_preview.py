@@ -1,0 +1,177 @@
+"""Tests for the ``preview`` and ``test-send`` commands, run as real ``python -m
+include.triggerflow.cli`` processes against the shipped templates, the store of the test and a
+real SMTP sink process."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import subprocess
+import sys
+from email import policy
+from pathlib import Path
+
+import pytest
+
+from devstack.processes import RunningSmtpSink
+from include.triggerflow.preview import DEFAULT_UNSUBSCRIBE_URL, SAMPLES_DIR
+from tests.unit.conftest import smtp_conn
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    child_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop}
+    return subprocess.run(
+        [sys.executable, "-m", "include.triggerflow.cli", *args],
+        cwd=PROJECT_ROOT, env=child_env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def sink(smtp_sink_process: RunningSmtpSink) -> RunningSmtpSink:
+    for path in smtp_sink_process.out_dir.glob("*.eml"):
+        path.unlink()
+    smtp_sink_process.clear_faults()
+    return smtp_sink_process
+
+
+# -- preview -----------------------------------------------------------------------------------------
+def test_preview_with_the_samples(tmp_path: Path) -> None:
+    out = tmp_path / "preview"
+    done = cli("preview", "--route", "cart_abandonment", "--out", str(out))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "subject: Grace, you left something in your cart",
+        *(f"wrote {out / name}" for name in ("subject.txt", "email.html", "email.txt", "message.eml")),
+    ]
+    msg = email.message_from_bytes((out / "message.eml").read_bytes(), policy=policy.default)
+    assert msg["To"] == "grace.hopper@example.com"
+    assert msg["List-Unsubscribe"] == f"<{DEFAULT_UNSUBSCRIBE_URL}>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+def test_preview_with_files_and_a_locale_override(tmp_path: Path) -> None:
+    event = tmp_path / "event.json"
+    event.write_text((SAMPLES_DIR / "cart_abandonment.event.json").read_text())
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps({"email": "zoe@example.fr", "first_name": "Zoé", "timezone": "Europe/Paris"}))
+    out = tmp_path / "out"
+
+    done = cli(
+        "preview", "--route", "cart_abandonment", "--event", str(event), "--profile", str(profile),
+        "--locale", "fr_CA", "--unsubscribe-url", "https://u.example.com/x?t=1", "--out", str(out),
+    )
+
+    assert done.returncode == 0, done.stderr
+    text = (out / "email.txt").read_text()
+    assert "Bonjour Zoé, votre panier vous attend" in text
+    assert "le 14/03/2026 à 18:42 CET." in text
+    assert "Se désabonner en un clic : https://u.example.com/x?t=1" in text
+
+
+def test_preview_reads_the_profile_from_the_store(kit, store_url: str, tmp_path: Path) -> None:
+    kit.add_profiles({"customer_id": "C9", "email": "lin@example.com", "first_name": "Lin", "timezone": "Asia/Tokyo"})
+    out = tmp_path / "out"
+
+    done = cli("--db-url", store_url, "preview", "--route", "browse_abandonment", "--customer-id", "C9", "--out", str(out))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("subject: Lin, still looking? Your picks are waiting\n")
+    assert "on 15 Mar 2026 at 02:42 JST." in (out / "email.txt").read_text()
+
+    missing = cli("--db-url", store_url, "preview", "--route", "browse_abandonment", "--customer-id", "C404", "--out", str(out))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith("error: no profile with customer_id 'C404' in the store at ")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--route", "nope"), "error: unknown route 'nope'; available routes: browse_abandonment, cart_abandonment\n"),
+        (("--route", "cart_abandonment", "--event", "/nonexistent/event.json"), "error: cannot read the event file /nonexistent/event.json: No such file or directory\n"),
+    ],
+)
+def test_preview_errors_exit_2(tmp_path: Path, args: tuple[str, ...], message: str) -> None:
+    done = cli("preview", *args, "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_preview_render_error_exits_2(tmp_path: Path) -> None:
+    profile = tmp_path / "p.json"
+    profile.write_text(json.dumps({"email": "a@example.com", "first_name": "A\nBcc: v@example.com"}))
+    done = cli("preview", "--route", "cart_abandonment", "--profile", str(profile), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: cannot render: route 'cart_abandonment': subject would contain a line break")
+
+
+# -- test-send ---------------------------------------------------------------------------------------
+def test_test_send_over_the_connection(kit, store_url: str, sink: RunningSmtpSink) -> None:
+    kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "timezone": "Europe/London"})
+
+    done = cli(
+        "--db-url", store_url, "test-send", "--route", "cart_abandonment", "--customer-id", "C1",
+        "--to", "qa1@example.com", "--to", "qa2@example.com",
+        env={"AIRFLOW_CONN_SMTP_TRIGGERS": smtp_conn(sink)},
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert [(line[0], line[1]) for line in lines] == [("qa1@example.com", "accepted"), ("qa2@example.com", "accepted")]
+    messages = sink.wait_for(2)
+    assert sorted(str(m["To"]) for m in messages) == ["qa1@example.com", "qa2@example.com"]
+    for msg in messages:
+        assert msg["Subject"] == "[TEST] Ada, you left something in your cart"
+        assert msg["From"] == "triggerflow shop <shop@triggerflow.test>"  # from_name/from_email of the connection
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # the customer's own address got nothing, and the send ledger was not touched
+    assert "ada@example.com" not in {str(m["X-Envelope-To"]) for m in messages}
+    from include.triggerflow.store.schema import send
+
+    assert kit.count(send) == 0
+
+
+def test_test_send_with_flags_and_no_connection(sink: RunningSmtpSink) -> None:
+    done = cli(
+        "test-send", "--route", "browse_abandonment", "--to", "qa@example.com", "--smtp-conn", "no_such_conn",
+        "--smtp-host", sink.host, "--smtp-port", str(sink.port), "--from", "qa-sender@example.com",
+        "--subject-prefix", "[QA] ",
+        drop=("AIRFLOW_CONN_SMTP_TRIGGERS",),
+    )
+    assert done.returncode == 0, done.stderr
+    (msg,) = sink.wait_for(1)
+    assert msg["Subject"] == "[QA] Grace, still looking? Your picks are waiting"
+    assert msg["X-Envelope-From"] == "qa-sender@example.com"
+
+
+def test_test_send_refuses_a_bad_seed_and_sends_nothing(sink: RunningSmtpSink) -> None:
+    done = cli(
+        "test-send", "--route", "cart_abandonment", "--to", "qa@example.com", "--to", "not-an-address",
+        env={"AIRFLOW_CONN_SMTP_TRIGGERS": smtp_conn(sink)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: refusing to send to any seed: invalid email address 'not-an-address'")
+    assert sink.eml_paths() == []
+
+
+def test_test_send_without_smtp_settings(sink: RunningSmtpSink) -> None:
+    done = cli("test-send", "--route", "cart_abandonment", "--to", "qa@example.com", "--smtp-conn", "no_such_conn")
+    assert done.returncode == 2
+    assert done.stderr == (
+        "error: no SMTP --smtp-host and --from: connection 'no_such_conn' is not defined; pass --smtp-host, --from\n"
+    )
+
+
+def test_test_send_exits_1_when_the_server_refuses_a_seed(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"rcpt": "full@example.com", "code": 552, "message": "5.2.2 mailbox full"}])
+    done = cli(
+        "test-send", "--route", "cart_abandonment", "--to", "full@example.com", "--to", "qa@example.com",
+        env={"AIRFLOW_CONN_SMTP_TRIGGERS": smtp_conn(sink)},
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stdout.splitlines()[0].startswith("full@example.com\trefused 552: 5.2.2 mailbox full\t<test.")
+    assert [str(m["To"]) for m in sink.wait_for(1)] == ["qa@example.com"]

@@ -1,0 +1,240 @@
+"""Tests for include.triggerflow.preview: previews rendered from the shipped templates and samples,
+and test sends delivered to a real SMTP sink process (devstack.smtp_sink)."""
+
+from __future__ import annotations
+
+import email
+import json
+import socket
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.processes import RunningSmtpSink
+from include.triggerflow.preview import (
+    DEFAULT_UNSUBSCRIBE_URL,
+    PREVIEW_FILES,
+    SAMPLES_DIR,
+    PreviewError,
+    TestSendResult,
+    complete_profile,
+    render_preview,
+    sample_event,
+    sample_profile,
+    send_test,
+)
+
+PROFILE = {
+    "customer_id": "C0003",
+    "email": "grace.hopper@example.com",
+    "first_name": "Grace",
+    "locale": "en_US",
+    "timezone": "America/New_York",
+}
+FRENCH = {**PROFILE, "customer_id": "C0004", "email": "marie@example.fr", "first_name": "Marie", "locale": "fr_FR", "timezone": "Europe/Paris"}
+SENDER = "shop@triggerflow.test"
+
+
+def cart_event() -> dict[str, Any]:
+    return json.loads((SAMPLES_DIR / "cart_abandonment.event.json").read_text())
+
+
+def parse_eml(path: Path) -> EmailMessage:
+    msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def body(msg: EmailMessage, kind: str) -> str:
+    part = msg.get_body(preferencelist=(kind,))
+    assert part is not None
+    return part.get_content().replace("\r\n", "\n")
+
+
+# -- preview -----------------------------------------------------------------------------------------
+def test_preview_writes_the_four_files(tmp_path: Path) -> None:
+    paths = render_preview("cart_abandonment", cart_event(), PROFILE, out_dir=tmp_path / "out")
+
+    assert list(paths) == list(PREVIEW_FILES)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(PREVIEW_FILES)
+    assert paths["subject.txt"].read_text() == "Grace, you left something in your cart\n"
+    html = paths["email.html"].read_text()
+    text = paths["email.txt"].read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Trail Runner 2 Running Shoes" in html
+    assert "on 14 Mar 2026 at 13:42 EDT." in text  # the event time in the profile's zone
+    assert f"Unsubscribe with one click: {DEFAULT_UNSUBSCRIBE_URL}\n" in text
+
+    msg = parse_eml(paths["message.eml"])
+    assert msg["From"] == "triggerflow preview <preview@triggerflow.local>"
+    assert msg["To"] == "grace.hopper@example.com"
+    assert msg["Subject"] == "Grace, you left something in your cart"
+    assert msg["Message-ID"] == "<triggerflow-preview@triggerflow.local>"
+    assert msg["List-Unsubscribe"] == f"<{DEFAULT_UNSUBSCRIBE_URL}>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["X-Triggerflow-Route"] == "cart_abandonment"
+    assert body(msg, "plain") == text
+    assert body(msg, "html") == html + "\n"  # the MIME part ends its last line
+
+
+def test_preview_uses_the_profile_locale_and_the_given_unsubscribe_url(tmp_path: Path) -> None:
+    url = "https://airflow.example.com/triggerflow/unsubscribe/?t=v1.abc.def"
+    paths = render_preview("cart_abandonment", cart_event(), FRENCH, out_dir=tmp_path, unsubscribe_url=url)
+    text = paths["email.txt"].read_text()
+    assert "Bonjour Marie, votre panier vous attend" in text
+    assert "le 14/03/2026 à 18:42 CET." in text
+    assert f'href="{url}"' in paths["email.html"].read_text()
+    assert parse_eml(paths["message.eml"])["List-Unsubscribe"] == f"<{url}>"
+
+
+@pytest.mark.parametrize("shape", ["envelope", "json text", "producer message", "trigger body"])
+def test_preview_accepts_the_usual_event_shapes(tmp_path: Path, shape: str) -> None:
+    envelope = cart_event()
+    pipeline = envelope["com.adobe.mcloud.pipeline.pipelineMessage"]
+    trigger = pipeline["com.adobe.mcloud.protocol.trigger"]
+    payload: Any = {
+        "envelope": envelope,
+        "json text": json.dumps(envelope),
+        "producer message": {**pipeline["header"], "message": trigger},
+        "trigger body": trigger,
+    }[shape]
+    paths = render_preview("cart_abandonment", payload, PROFILE, out_dir=tmp_path)
+    assert "Alpine Shell Waterproof Jacket" in paths["email.txt"].read_text()
+
+
+def test_unknown_route_names_the_available_ones(tmp_path: Path) -> None:
+    with pytest.raises(PreviewError, match=r"^unknown route 'cart'; available routes: browse_abandonment, cart_abandonment$"):
+        render_preview("cart", cart_event(), PROFILE, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_render_error_is_reported_and_nothing_is_written(tmp_path: Path) -> None:
+    event = cart_event()
+    trigger = event["com.adobe.mcloud.pipeline.pipelineMessage"]["com.adobe.mcloud.protocol.trigger"]
+    trigger["enrichments"]["analyticsHitSummary"]["products"]["TRL-RUN-42"]["price"] = "free!"
+    with pytest.raises(PreviewError) as info:
+        render_preview("cart_abandonment", event, PROFILE, out_dir=tmp_path / "out")
+    assert str(info.value).startswith("cannot render: route 'cart_abandonment': cart_abandonment/email.txt, line ")
+    assert "ValueError: money: 'free!' is not a number" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("event", "match"),
+    [("{not json", "event is not valid JSON"), ({"hello": 1}, "event cannot be read: envelope has no")],
+)
+def test_unreadable_event(tmp_path: Path, event: Any, match: str) -> None:
+    with pytest.raises(PreviewError, match=match):
+        render_preview("cart_abandonment", event, PROFILE, out_dir=tmp_path)
+
+
+def test_bad_profile_email_and_unsubscribe_url_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(PreviewError, match=r"the profile's email cannot be a recipient: invalid email address 'nope'"):
+        render_preview("cart_abandonment", cart_event(), {**PROFILE, "email": "nope"}, out_dir=tmp_path)
+    with pytest.raises(PreviewError, match="must use https"):
+        render_preview("cart_abandonment", cart_event(), PROFILE, out_dir=tmp_path, unsubscribe_url="http://shop.example.com/u")
+    with pytest.raises(PreviewError, match="is not an absolute http"):
+        render_preview("cart_abandonment", cart_event(), PROFILE, out_dir=tmp_path, unsubscribe_url="javascript:x")
+
+
+def test_profile_injection_cannot_reach_the_headers(tmp_path: Path) -> None:
+    with pytest.raises(PreviewError, match="subject would contain a line break"):
+        render_preview("cart_abandonment", cart_event(), {**PROFILE, "first_name": "G\r\nBcc: v@example.com"}, out_dir=tmp_path)
+    with pytest.raises(PreviewError, match="contains CR, LF or NUL"):
+        render_preview("cart_abandonment", cart_event(), {**PROFILE, "email": "g@example.com\nBcc: v@example.com"}, out_dir=tmp_path)
+
+
+def test_samples_and_profile_completion() -> None:
+    assert sample_event()["com.adobe.mcloud.pipeline.pipelineMessage"]["com.adobe.mcloud.protocol.trigger"]["triggerId"]
+    assert sample_profile()["locale"] == "en_US"
+    assert sample_profile("fr")["locale"] == "fr_FR"
+    assert sample_profile("xx") == sample_profile()
+    completed = complete_profile({"email": "a@example.com"})
+    assert completed["timezone"] is None and completed["first_name"] is None and completed["opted_out"] is False
+    assert completed["email"] == "a@example.com"
+
+
+def test_browse_preview_from_the_samples(tmp_path: Path) -> None:
+    from include.triggerflow.config import load_routing
+
+    route = next(r for r in load_routing().routes if r.name == "browse_abandonment")
+    paths = render_preview("browse_abandonment", sample_event(route), sample_profile(), out_dir=tmp_path)
+    text = paths["email.txt"].read_text()
+    assert "Hi Grace, still looking?" in text and "Headlamp 400 Lumen Rechargeable: $54.00" in text
+
+
+# -- test send (real SMTP sink) ----------------------------------------------------------------------
+@pytest.fixture
+def sink(smtp_sink_process: RunningSmtpSink) -> RunningSmtpSink:
+    for path in smtp_sink_process.out_dir.glob("*.eml"):
+        path.unlink()
+    smtp_sink_process.clear_faults()
+    return smtp_sink_process
+
+
+def send(sink: RunningSmtpSink, seeds: list[str], profile: dict[str, Any] = PROFILE, **kwargs: Any) -> list[TestSendResult]:
+    return send_test(
+        "cart_abandonment", cart_event(), profile, seeds, smtp_host=sink.host, smtp_port=sink.port, sender=SENDER, **kwargs
+    )
+
+
+def test_send_test_delivers_to_every_seed(sink: RunningSmtpSink) -> None:
+    results = send(sink, ["qa1@example.com", "qa2@example.org"], from_name="triggerflow shop")
+
+    assert [(r.recipient, r.accepted, r.code) for r in results] == [("qa1@example.com", True, 250), ("qa2@example.org", True, 250)]
+    messages = sink.wait_for(2)
+    assert len(messages) == 2
+    by_to = {str(m["To"]): m for m in messages}
+    assert set(by_to) == {"qa1@example.com", "qa2@example.org"}
+    for seed, msg in by_to.items():
+        assert msg["X-Envelope-To"] == seed
+        assert msg["X-Envelope-From"] == SENDER
+        assert msg["From"] == f"triggerflow shop <{SENDER}>"
+        assert msg["Subject"] == "[TEST] Grace, you left something in your cart"
+        assert msg["X-Triggerflow-Test"] == "true"
+        assert msg["List-Unsubscribe"] == f"<{DEFAULT_UNSUBSCRIBE_URL}>"
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "Hi Grace, your cart is waiting" in body(msg, "plain")
+    assert {r.message_id for r in results} == {str(m["Message-ID"]) for m in messages}
+    assert len({r.message_id for r in results}) == 2
+
+
+def test_send_test_french_profile_and_custom_prefix(sink: RunningSmtpSink) -> None:
+    send(sink, ["qa@example.com"], profile=FRENCH, subject_prefix="[QA fr] ")
+    (msg,) = sink.wait_for(1)
+    assert msg["Subject"] == "[QA fr] Marie, you left something in your cart"
+    assert "Bonjour Marie, votre panier vous attend" in body(msg, "plain")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["not-an-address", "qa@example.com\r\nBcc: victim@example.com", "qa@example.com, victim@example.com", ""],
+)
+def test_one_bad_seed_refuses_them_all(sink: RunningSmtpSink, bad: str) -> None:
+    with pytest.raises(PreviewError, match="^refusing to send to any seed: "):
+        send(sink, ["qa1@example.com", bad, "qa2@example.com"])
+    with pytest.raises(PreviewError, match="at least one seed"):
+        send(sink, [])
+    # nothing reached the server
+    assert sink.eml_paths() == []
+
+
+def test_a_seed_refused_by_the_server_is_reported(sink: RunningSmtpSink) -> None:
+    sink.set_faults([{"rcpt": "full@example.com", "code": 552, "message": "5.2.2 mailbox full"}])
+    results = send(sink, ["full@example.com", "qa@example.com", "QA@example.com"])  # the duplicate is dropped
+    assert [(r.recipient, r.accepted, r.code) for r in results] == [("full@example.com", False, 552), ("qa@example.com", True, 250)]
+    assert "mailbox full" in results[0].reply
+    assert [str(m["To"]) for m in sink.wait_for(1)] == ["qa@example.com"]
+
+
+def test_bad_sender_and_unreachable_server(sink: RunningSmtpSink) -> None:
+    with pytest.raises(PreviewError, match="bad sender"):
+        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], smtp_host=sink.host, smtp_port=sink.port, sender="shop@localhost")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]  # bound, never listening: connection refused
+        with pytest.raises(PreviewError, match=rf"^SMTP session with 127.0.0.1:{closed_port} failed: ConnectionRefusedError"):
+            send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], smtp_host="127.0.0.1", smtp_port=closed_port, sender=SENDER, timeout=5)
+    assert sink.eml_paths() == []
