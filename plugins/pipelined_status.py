@@ -106,21 +106,12 @@ def _connection(conn_id: str, *, required: bool) -> Any:
 
 
 def _store_url(conn: Any) -> str:
-    from sqlalchemy.engine import make_url
-
-    from include.triggerflow.store.db import StoreConfigError, url_from_connection
+    from include.triggerflow.store.db import StoreConfigError, request_url_from_connection
 
     try:
-        url = url_from_connection(conn)
-        parsed = make_url(url)
+        return request_url_from_connection(conn, connect_timeout_s=PG_CONNECT_TIMEOUT_S)
     except StoreConfigError as exc:
         raise StatusUnavailable(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - e.g. a malformed extra.sqlalchemy_url
-        raise StatusUnavailable(f"connection {STORE_CONN_ID!r} does not give a database URL: {_first_line(exc)}") from None
-    # A status request must not hang on an unreachable server for the OS's TCP timeout.
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
-    return parsed.render_as_string(hide_password=False)
 
 
 def collect_status(source: str | None = None, consumer: str | None = None) -> dict[str, Any]:

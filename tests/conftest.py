@@ -13,6 +13,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,12 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# Every email carries a signed unsubscribe link; tests sign with a test-only secret.
+UNSUBSCRIBE_CONN_JSON = (
+    '{"conn_type": "generic", "host": "http://localhost:8080", '
+    '"password": "triggerflow-tests-only-unsubscribe-secret"}'
+)
+os.environ.setdefault("AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE", UNSUBSCRIBE_CONN_JSON)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
 
 
@@ -49,12 +56,13 @@ def _pg_server_url() -> str | None:
     return os.environ.get("TRIGGERFLOW_TEST_PG_URL") or None
 
 
-@pytest.fixture
-def store_url(tmp_path: Path) -> Iterator[str]:
-    """URL of an empty store database for one test."""
+@contextmanager
+def empty_store(folder: Path) -> Iterator[str]:
+    """URL of an empty store database: a SQLite file in ``folder``, or a fresh PostgreSQL database
+    on TRIGGERFLOW_TEST_PG_URL's server, dropped afterwards."""
     server = _pg_server_url()
     if not server:
-        yield f"sqlite:///{tmp_path / 'store.db'}"
+        yield f"sqlite:///{folder / 'store.db'}"
         return
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
@@ -72,6 +80,13 @@ def store_url(tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> Iterator[str]:
+    """URL of an empty store database for one test."""
+    with empty_store(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

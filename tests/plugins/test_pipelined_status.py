@@ -27,6 +27,7 @@ from include.triggerflow.store.schema import source_health, source_hourly, sourc
 
 # The emulator and store fixtures of tests/unit (a conftest there, not on this folder's path).
 from tests.unit.conftest import adobe_conns, emu, emulator_process, kit, publisher, routing  # noqa: F401
+from tests.plugins.conftest import load_plugin
 
 with warnings.catch_warnings():  # starlette's note about httpx, raised by this import only
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
@@ -40,15 +41,7 @@ FIELDS = ["consumer", "source", "generated-at", "http-request", "pointer", "rout
 
 @pytest.fixture(scope="module")
 def plugin() -> ModuleType:
-    """The plugin module, imported from its file under the name Airflow's plugin manager gives it."""
-    module = sys.modules.get("pipelined_status")
-    if module is None:
-        spec = importlib.util.spec_from_file_location("pipelined_status", PLUGIN_FILE)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["pipelined_status"] = module
-        spec.loader.exec_module(module)
-    return module
+    return load_plugin("pipelined_status")
 
 
 @pytest.fixture

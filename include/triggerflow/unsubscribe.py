@@ -1,0 +1,310 @@
+"""Signed one-click unsubscribe links (RFC 8058) and recording the opt-outs they carry.
+
+Every email carries
+
+    List-Unsubscribe: <https://airflow.example.com/triggerflow/unsubscribe/?token=TOKEN>
+    List-Unsubscribe-Post: List-Unsubscribe=One-Click
+
+(``include.triggerflow.mailer.list_unsubscribe_headers``) and the same URL in its footer. The URL
+is served by the Airflow plugin ``plugins/unsubscribe.py`` (mounted at :data:`URL_PREFIX` in the
+API server): a mail client's one-click ``POST`` records the opt-out at once; a human's ``GET``
+shows a page with an "Unsubscribe" button (a GET never unsubscribes: mail scanners prefetch
+links). The token travels as ``?token=``: Airflow's access log writes that parameter as ``***``.
+
+**The token** is the only authentication of that public endpoint::
+
+    v1.<payload>.<signature>
+
+* ``payload`` = base64url (no padding) of the compact JSON ``["<customer id>", "<route>"|null,
+  <issued at, epoch seconds>]``;
+* ``signature`` = base64url of HMAC-SHA256 over the ASCII text ``v1.<payload>`` under a key
+  derived once (per :class:`UnsubscribeLinks`) from the connection's secret:
+  ``HMAC-SHA256(secret, "triggerflow-unsubscribe-v1")``, so the same secret used elsewhere never
+  yields a valid token here. Only the canonical encoding of the signature is accepted and it is
+  compared with :func:`hmac.compare_digest`.
+
+Every character is in ``[A-Za-z0-9_.-]``, so the token needs no escaping in a URL or a header.
+A token names a customer, it carries no secret; it is not encrypted (the customer id is readable
+by whoever holds the link, like in any footer link). :meth:`UnsubscribeLinks.verify` checks the
+version, then the signature, and only then decodes the payload, then the time: a token issued more
+than :data:`FUTURE_SKEW` in the future is refused, and one older than ``max_age`` when a maximum
+age is set. Rotating the secret invalidates every link already sent: keep links valid for as long
+as recipients may reasonably use them (mailbox providers expect a one-click link to keep working;
+the default is no expiry).
+
+**Recording**: :func:`record_opt_out` sets ``profiles.opted_out`` and writes a ``tf_unsubscribe``
+row in one transaction; reconcile then decides ``suppressed:opt-out`` for that customer's next
+triggers. The secret lives only in the Airflow connection ``triggerflow_unsubscribe``
+(``include/triggerflow/hooks/unsubscribe.py``); it is never logged, and neither is a token's
+signature (:func:`redact_token` gives a loggable form).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+#: where the plugin is mounted in the API server (not under a reserved prefix: /api/v2, /ui,
+#: /execution, /auth, /pluginsv2)
+URL_PREFIX = "/triggerflow/unsubscribe"
+#: the path of the signed URL, below the base URL of the API server
+URL_PATH = URL_PREFIX + "/"
+#: the query parameter carrying the token. Named "token" on purpose: Airflow's HTTP access log
+#: (api_fastapi/common/http_access_log.py) writes every request's query string but replaces the
+#: value of parameters with sensitive names (token, password, secret...) by ***, so the API
+#: server's logs never contain a token's signature.
+TOKEN_PARAM = "token"
+
+TOKEN_VERSION = "v1"
+MIN_SECRET_BYTES = 16
+#: a token issued up to this far in the future is accepted (clocks of workers and API server differ)
+FUTURE_SKEW = timedelta(minutes=5)
+#: longer tokens are refused before any work (a customer id and a route are at most 100 chars each)
+MAX_TOKEN_CHARS = 1024
+MAX_ID_CHARS = 100  # profiles.customer_id and tf_unsubscribe.route are String(100)
+
+METHOD_ONE_CLICK = "one-click"
+METHOD_PAGE = "page"
+METHODS = (METHOD_ONE_CLICK, METHOD_PAGE)
+
+_KEY_INFO = b"triggerflow-unsubscribe-" + TOKEN_VERSION.encode("ascii")
+_B64 = re.compile(r"[A-Za-z0-9_-]+")
+_VERSION = re.compile(r"v[0-9]{1,3}")
+
+
+class InvalidUnsubscribeToken(ValueError):
+    """The token cannot be trusted. ``reason`` is one of ``malformed``, ``version``, ``signature``,
+    ``expired``, ``future``; the message says what is wrong, never the secret nor the signature."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class UnsubscribeClaim:
+    """What a valid token says: this customer asked to stop receiving emails (of this route)."""
+
+    customer_id: str
+    route: str | None
+    issued_at: datetime  # UTC, whole seconds
+
+
+def _b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("issued_at/now must be timezone-aware (UTC)")
+    return value.astimezone(timezone.utc)
+
+
+def redact_token(token: str | None) -> str:
+    """A token safe for logs: version and payload (customer id, route, time), never the signature."""
+    if not token:
+        return "<none>"
+    head, _, _ = str(token)[:MAX_TOKEN_CHARS].rpartition(".")
+    return f"{head}.<signature>" if head else "<malformed>"
+
+
+def check_base_url(base_url: str) -> str:
+    """``base_url`` without its trailing slash; ValueError unless it is an absolute http(s) URL
+    with a host and without query or fragment (a path prefix, e.g. behind a proxy, is fine)."""
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise ValueError("unsubscribe base URL is empty: set the public URL of the Airflow API server, e.g. https://airflow.example.com")
+    text = base_url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ValueError(f"unsubscribe base URL {text!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"unsubscribe base URL {text!r} must be an absolute http:// or https:// URL with a host "
+            "(the Airflow API server as recipients reach it, e.g. https://airflow.example.com)"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"unsubscribe base URL {text!r} must not have credentials, a query or a fragment")
+    if any(c.isspace() or c in "<>\"'" for c in text):
+        raise ValueError("unsubscribe base URL must not contain spaces, quotes or angle brackets")
+    return text.rstrip("/")
+
+
+def _secret_bytes(secret: str | bytes) -> bytes:
+    if isinstance(secret, str):
+        raw = secret.encode("utf-8")
+    elif isinstance(secret, (bytes, bytearray)):
+        raw = bytes(secret)
+    else:
+        raise TypeError("unsubscribe secret must be str or bytes")
+    if len(raw) < MIN_SECRET_BYTES:
+        # never echo the secret, not even its length beyond "too short"
+        raise ValueError(
+            f"unsubscribe signing secret is too short: use at least {MIN_SECRET_BYTES} bytes "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return raw
+
+
+class UnsubscribeLinks:
+    """Signs and verifies unsubscribe tokens, and builds the URLs that carry them.
+
+    The signing key is derived once here; :meth:`url_for` then costs one HMAC-SHA256 (a copy of a
+    keyed HMAC object), a small JSON dump and two base64 encodings.
+    """
+
+    __slots__ = ("base_url", "max_age", "_mac", "_url_head")
+
+    def __init__(self, secret: str | bytes, base_url: str, *, max_age: timedelta | None = None) -> None:
+        key = hmac.new(_secret_bytes(secret), _KEY_INFO, hashlib.sha256).digest()
+        self.base_url = check_base_url(base_url)
+        if max_age is not None and max_age <= timedelta(0):
+            raise ValueError("unsubscribe max_age must be positive (or None: links never expire)")
+        self.max_age = max_age
+        self._mac = hmac.new(key, digestmod=hashlib.sha256)
+        self._url_head = f"{self.base_url}{URL_PATH}?{TOKEN_PARAM}="
+
+    def __repr__(self) -> str:  # never the key
+        return f"UnsubscribeLinks(base_url={self.base_url!r}, max_age={self.max_age!r})"
+
+    def _signature(self, signed: str) -> str:
+        mac = self._mac.copy()
+        mac.update(signed.encode("ascii"))
+        return _b64encode(mac.digest())
+
+    def sign(self, customer_id: str, route: str | None = None, *, issued_at: datetime | None = None) -> str:
+        """The token for this customer (and route), issued now or at ``issued_at`` (aware)."""
+        if not isinstance(customer_id, str) or not customer_id:
+            raise ValueError("customer_id must be a non-empty string")
+        if len(customer_id) > MAX_ID_CHARS:
+            raise ValueError(f"customer_id is longer than {MAX_ID_CHARS} characters")
+        if route is not None and (not isinstance(route, str) or len(route) > MAX_ID_CHARS):
+            raise ValueError(f"route must be None or a string of at most {MAX_ID_CHARS} characters")
+        when = datetime.now(timezone.utc) if issued_at is None else _utc(issued_at)
+        raw = json.dumps([customer_id, route or None, int(when.timestamp())], separators=(",", ":"), ensure_ascii=False)
+        signed = f"{TOKEN_VERSION}.{_b64encode(raw.encode('utf-8'))}"
+        return f"{signed}.{self._signature(signed)}"
+
+    def url_for(self, customer_id: str, route: str | None = None, *, issued_at: datetime | None = None) -> str:
+        """``{base_url}/triggerflow/unsubscribe/?token=<token>``: the List-Unsubscribe and footer URL."""
+        return self._url_head + self.sign(customer_id, route, issued_at=issued_at)
+
+    def verify(self, token: str, *, now: datetime | None = None) -> UnsubscribeClaim:
+        """The claim of a valid token; :class:`InvalidUnsubscribeToken` otherwise."""
+        if not isinstance(token, str) or not token:
+            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: it is empty")
+        if len(token) > MAX_TOKEN_CHARS:
+            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: it is too long")
+        parts = token.split(".")
+        if len(parts) != 3 or not all(parts):
+            raise InvalidUnsubscribeToken(
+                "malformed", "malformed unsubscribe token: expected 3 dot-separated parts (version.payload.signature)"
+            )
+        version, payload, signature = parts
+        if version != TOKEN_VERSION:
+            shown = f" {version!r}" if _VERSION.fullmatch(version) else ""
+            raise InvalidUnsubscribeToken("version", f"unknown unsubscribe token version{shown}: this server reads {TOKEN_VERSION!r}")
+        if not _B64.fullmatch(payload) or not _B64.fullmatch(signature):
+            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: payload or signature is not base64url")
+        expected = self._signature(f"{version}.{payload}")
+        if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
+            raise InvalidUnsubscribeToken(
+                "signature", "bad unsubscribe token signature: the link was altered or signed with another secret"
+            )
+        # Authentic from here on: the payload was written by sign() with this key.
+        try:
+            customer_id, route, issued = json.loads(_b64decode(payload).decode("utf-8"))
+        except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: the payload cannot be read") from None
+        if (
+            not isinstance(customer_id, str)
+            or not customer_id
+            or not (route is None or isinstance(route, str))
+            or not isinstance(issued, int)
+            or isinstance(issued, bool)
+        ):
+            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: unexpected payload fields")
+        try:
+            issued_at = datetime.fromtimestamp(issued, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: issued-at out of range") from None
+        current = datetime.now(timezone.utc) if now is None else _utc(now)
+        if issued_at - current > FUTURE_SKEW:
+            raise InvalidUnsubscribeToken(
+                "future", f"unsubscribe token issued in the future ({issued_at:%Y-%m-%dT%H:%M:%SZ}): check the workers' clocks"
+            )
+        if self.max_age is not None and current - issued_at > self.max_age:
+            raise InvalidUnsubscribeToken(
+                "expired",
+                f"unsubscribe token expired: issued {issued_at:%Y-%m-%dT%H:%M:%SZ}, links are valid for {_age(self.max_age)}",
+            )
+        return UnsubscribeClaim(customer_id=customer_id, route=route, issued_at=issued_at)
+
+
+def _age(value: timedelta) -> str:
+    if value % timedelta(days=1) == timedelta(0):
+        days = value // timedelta(days=1)
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{int(value.total_seconds())} s"
+
+
+def record_opt_out(engine: Any, claim: UnsubscribeClaim, *, method: str, now: datetime | None = None) -> bool:
+    """Record a verified unsubscribe request; True when the customer is in ``profiles``.
+
+    One transaction: ``profiles.opted_out = True`` (and ``updated_at``) for ``claim.customer_id``
+    and one ``tf_unsubscribe`` row (``method`` ``one-click`` or ``page``). Idempotent: a repeated
+    request keeps the profile opted out (its ``updated_at`` is not touched again) and returns True.
+
+    Every verified request gets a ``tf_unsubscribe`` row, also for a customer id that is not (or
+    no longer) in ``profiles``: the signature proves we mailed that id, and the row keeps the
+    request for an audit or for a profile loaded later. Then the answer is False (a warning is
+    logged), not an error: the recipient asked not to be mailed, and nobody with that id can be.
+    Database errors propagate (the caller answers "try again later").
+    """
+    from sqlalchemy import false, insert, select, update
+
+    from include.triggerflow.store.schema import profiles, unsubscribe
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    at = datetime.now(timezone.utc) if now is None else _utc(now)
+    with engine.begin() as conn:
+        changed = conn.execute(
+            update(profiles)
+            .where(profiles.c.customer_id == claim.customer_id, profiles.c.opted_out == false())
+            .values(opted_out=True, updated_at=at)
+        ).rowcount
+        known = bool(changed) or conn.execute(
+            select(profiles.c.customer_id).where(profiles.c.customer_id == claim.customer_id)
+        ).first() is not None
+        conn.execute(
+            insert(unsubscribe).values(
+                customer_id=claim.customer_id,
+                route=claim.route,
+                method=method,
+                issued_at=claim.issued_at,
+                received_at=at,
+            )
+        )
+    if known:
+        log.info("unsubscribe: customer %s opted out (%s%s)", claim.customer_id, method, "" if changed else ", already opted out")
+    else:
+        log.warning("unsubscribe: customer %s is not in profiles; request recorded in tf_unsubscribe only (%s)", claim.customer_id, method)
+    return known
+

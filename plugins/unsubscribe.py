@@ -1,0 +1,269 @@
+"""Airflow plugin: the signed one-click unsubscribe endpoint (RFC 8058), served by the API server.
+
+    POST /triggerflow/unsubscribe/?token=T   body ``List-Unsubscribe=One-Click`` (form-encoded or
+                                             multipart): a mail client's one-click unsubscribe.
+                                             Valid token -> the opt-out is recorded -> 200 page.
+    GET  /triggerflow/unsubscribe/?token=T   a person clicking the footer link: a page with an
+                                             "Unsubscribe" button (a form POSTing the same URL with
+                                             ``List-Unsubscribe=One-Click`` and ``via=page``). A GET
+                                             never unsubscribes: mail scanners prefetch links.
+
+The parameter is called ``token`` so that Airflow's HTTP access log, which writes each request's
+query string, replaces its value with ``***`` (it redacts parameters with sensitive names).
+
+A bad, altered, expired or missing token is refused with 400 and a small page; nothing is recorded.
+A POST without ``List-Unsubscribe=One-Click`` is refused with 400 too.
+
+**Public on purpose.** Recipients are not Airflow users: the token's HMAC signature is the
+authentication (``include/triggerflow/unsubscribe.py``). Nothing else is served here (no docs, no
+OpenAPI), and the pages carry no cookies, no scripts and a strict Content-Security-Policy.
+
+**Data.** Read per request in the API server process (``airflow.models.connection.Connection``,
+which includes the metastore): the signing secret and base URL from connection
+``triggerflow_unsubscribe`` (``include/triggerflow/hooks/unsubscribe.py``), the store from
+``triggers_db``. The opt-out sets ``profiles.opted_out`` and writes a ``tf_unsubscribe`` row in one
+transaction (``record_opt_out``); the next reconcile decides ``suppressed:opt-out``. A missing or
+invalid connection or an unreachable store gives a 503 page with the reason, never a traceback.
+Logs name the customer id and the refusal reason, never a token's signature nor the secret.
+
+Plugins are imported by the scheduler, the DAG processor and the CLI too: this module imports only
+FastAPI at the top; SQLAlchemy, Airflow's models and the triggerflow package load on first request.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse
+
+from airflow.plugins_manager import AirflowPlugin
+
+log = logging.getLogger(__name__)
+
+#: must equal include.triggerflow.unsubscribe.URL_PREFIX (the links point here); not under one of
+#: Airflow's reserved prefixes (/api/v2, /ui, /execution, /auth, /pluginsv2)
+PREFIX = "/triggerflow/unsubscribe"
+#: must equal include.triggerflow.unsubscribe.TOKEN_PARAM; a sensitive name, so Airflow's access
+#: log writes token=*** instead of the token (see there)
+TOKEN_PARAM = "token"
+LINKS_CONN_ID = "triggerflow_unsubscribe"
+STORE_CONN_ID = "triggers_db"
+PG_CONNECT_TIMEOUT_S = 5
+MAX_BODY_BYTES = 16 * 1024
+ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"
+VIA_FIELD, VIA_PAGE = "via", "page"
+
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",  # the token is in the URL
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
+
+
+class Unavailable(Exception):
+    """The request cannot be served now; the message says why (served as a 503 page)."""
+
+
+class BadRequest(Exception):
+    """The request is refused (served as a 400 page); the message is shown to the recipient."""
+
+
+# -- pages -------------------------------------------------------------------------------------------
+def render(title: str, message: str, *, status: int, form_token: str | None = None, element_id: str = "message") -> HTMLResponse:
+    """A small self-contained page; every dynamic text is escaped."""
+    form = ""
+    if form_token is not None:
+        action = html.escape(f"?{TOKEN_PARAM}={form_token}", quote=True)
+        form = (
+            f'<form id="unsubscribe-form" method="post" action="{action}" style="margin-top:20px">'
+            f'<input type="hidden" name="{ONE_CLICK_FIELD}" value="{ONE_CLICK_VALUE}">'
+            f'<input type="hidden" name="{VIA_FIELD}" value="{VIA_PAGE}">'
+            '<button type="submit" style="font:inherit;padding:10px 22px;border:0;border-radius:6px;'
+            'background:#cf222e;color:#fff;cursor:pointer">Unsubscribe</button></form>'
+        )
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="robots" content="noindex, nofollow">'
+        f"<title>{html.escape(title)}</title></head>"
+        '<body style="font:16px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1f2328;background:#f6f8fa;margin:0">'
+        '<main style="max-width:480px;margin:12vh auto;padding:28px 32px;background:#fff;border:1px solid #d1d9e0;border-radius:8px">'
+        f'<h1 style="font-size:22px;margin:0 0 12px">{html.escape(title)}</h1>'
+        f'<p id="{html.escape(element_id, quote=True)}" style="margin:0">{html.escape(message)}</p>'
+        f"{form}</main></body></html>"
+    )
+    return HTMLResponse(page, status_code=status, headers=HEADERS)
+
+
+def _invalid_page(reason: str) -> HTMLResponse:
+    if reason == "expired":
+        text = "This unsubscribe link has expired. Please use the link in a more recent email from us."
+    elif reason == "missing":
+        text = "This unsubscribe link is incomplete. Please copy the whole link from the email."
+    else:
+        text = "This unsubscribe link is not valid: it may be incomplete or altered. Please copy the whole link from the email."
+    return render("Invalid unsubscribe link", text, status=400, element_id="invalid")
+
+
+def _unavailable_page(reason: str) -> HTMLResponse:
+    return render(
+        "Unsubscribe unavailable",
+        f"We cannot process unsubscribe requests right now; please try again later. ({reason})",
+        status=503,
+        element_id="unavailable",
+    )
+
+
+# -- data --------------------------------------------------------------------------------------------
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0][:300] if text else exc.__class__.__name__
+
+
+def _connection(conn_id: str, what: str) -> Any:
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
+    try:
+        return Connection.get_connection_from_secrets(conn_id)
+    except AirflowNotFoundException:
+        raise Unavailable(f"Airflow connection {conn_id!r} is not defined: it names {what}") from None
+    except Exception as exc:  # noqa: BLE001 - reported, never a stack trace
+        raise Unavailable(f"cannot read Airflow connection {conn_id!r}: {exc.__class__.__name__}") from None
+
+
+def get_links() -> Any:
+    """UnsubscribeLinks from connection ``triggerflow_unsubscribe``; Unavailable if unusable."""
+    try:
+        from include.triggerflow.hooks.unsubscribe import UnsubscribeConfigError, links_from_connection
+    except ImportError as exc:
+        raise Unavailable(f"the triggerflow package cannot be imported ({exc.name}): put the project root on the API server's PYTHONPATH") from None
+    conn = _connection(LINKS_CONN_ID, "the unsubscribe links' base URL and signing secret")
+    try:
+        return links_from_connection(conn)
+    except UnsubscribeConfigError as exc:  # messages never contain the secret
+        raise Unavailable(str(exc)) from None
+
+
+def get_store() -> Any:
+    """The store engine from connection ``triggers_db`` (PostgreSQL with a connect timeout: a
+    recipient's click must not hang on an unreachable server)."""
+    from include.triggerflow.store.db import StoreConfigError, get_engine, request_url_from_connection
+
+    conn = _connection(STORE_CONN_ID, "the triggerflow store")
+    try:
+        return get_engine(request_url_from_connection(conn, connect_timeout_s=PG_CONNECT_TIMEOUT_S))
+    except StoreConfigError as exc:
+        raise Unavailable(str(exc)) from None
+
+
+def _verify(links: Any, token: str | None) -> Any:
+    from include.triggerflow.unsubscribe import InvalidUnsubscribeToken
+
+    if not token:
+        raise InvalidUnsubscribeToken("missing", "no unsubscribe token in the request")
+    return links.verify(token)
+
+
+async def _form_fields(request: Request) -> dict[str, list[str]]:
+    """The POST body's fields: application/x-www-form-urlencoded or multipart/form-data (RFC 8058
+    allows both), read up to MAX_BODY_BYTES."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise BadRequest("The request is too large.")
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() == "multipart/form-data":
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+        fields: dict[str, list[str]] = {}
+        if message.is_multipart():
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                if name:
+                    payload = part.get_payload(decode=True) or b""
+                    fields.setdefault(str(name), []).append(payload.decode("utf-8", "replace").strip())
+        return fields
+    return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+
+
+# -- the app -----------------------------------------------------------------------------------------
+app = FastAPI(title="triggerflow unsubscribe", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.get("/", response_class=HTMLResponse)
+def confirm(request: Request) -> HTMLResponse:
+    """The footer link: verify, then offer the button. Records nothing."""
+    from include.triggerflow.unsubscribe import InvalidUnsubscribeToken
+
+    token = request.query_params.get(TOKEN_PARAM)
+    try:
+        _verify(get_links(), token)
+    except Unavailable as exc:
+        log.warning("unsubscribe: unavailable: %s", exc)
+        return _unavailable_page(str(exc))
+    except InvalidUnsubscribeToken as exc:
+        log.info("unsubscribe: refused a link (GET, %s): %s", exc.reason, exc)
+        return _invalid_page(exc.reason)
+    except Exception as exc:  # noqa: BLE001 - no traceback: its frames hold the token and the key
+        log.error("unsubscribe: GET failed: %s: %s", exc.__class__.__name__, _first_line(exc))
+        return _unavailable_page("unexpected error")
+    return render(
+        "Unsubscribe",
+        "Do you want to stop receiving these emails? Press the button to unsubscribe.",
+        status=200,
+        form_token=token,
+        element_id="question",
+    )
+
+
+@app.post("/", response_class=HTMLResponse)
+async def unsubscribe(request: Request) -> HTMLResponse:
+    """RFC 8058 one-click (or the page's button): verify, record, confirm."""
+    from starlette.concurrency import run_in_threadpool
+
+    from include.triggerflow.unsubscribe import METHOD_ONE_CLICK, METHOD_PAGE, InvalidUnsubscribeToken, record_opt_out
+
+    token = request.query_params.get(TOKEN_PARAM)
+    try:
+        links = await run_in_threadpool(get_links)
+        claim = _verify(links, token)
+        fields = await _form_fields(request)
+        if fields.get(ONE_CLICK_FIELD, [None])[-1] != ONE_CLICK_VALUE:
+            raise BadRequest(f"This is not an unsubscribe request (expected {ONE_CLICK_FIELD}={ONE_CLICK_VALUE}).")
+        method = METHOD_PAGE if fields.get(VIA_FIELD, [None])[-1] == VIA_PAGE else METHOD_ONE_CLICK
+        engine = await run_in_threadpool(get_store)
+        await run_in_threadpool(record_opt_out, engine, claim, method=method)
+    except Unavailable as exc:
+        log.warning("unsubscribe: unavailable: %s", exc)
+        return _unavailable_page(str(exc))
+    except InvalidUnsubscribeToken as exc:
+        log.info("unsubscribe: refused a link (POST, %s): %s", exc.reason, exc)
+        return _invalid_page(exc.reason)
+    except BadRequest as exc:
+        log.info("unsubscribe: refused a POST: %s", exc)
+        return render("Not an unsubscribe request", str(exc), status=400, element_id="invalid")
+    except Exception as exc:  # noqa: BLE001 - e.g. the store is down; no traceback (see confirm)
+        log.error("unsubscribe: could not record an opt-out: %s: %s", exc.__class__.__name__, _first_line(exc))
+        return _unavailable_page("the request could not be recorded")
+    # record_opt_out logged the customer id and the method
+    return render(
+        "You are unsubscribed",
+        "Done: you will not receive these emails any more.",
+        status=200,
+        element_id="done",
+    )
+
+
+class UnsubscribePlugin(AirflowPlugin):
+    name = "triggerflow_unsubscribe"
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "triggerflow unsubscribe"}]

@@ -1,0 +1,399 @@
+"""Tests for plugins/unsubscribe.py: the public one-click unsubscribe endpoint (RFC 8058).
+
+In process with FastAPI's TestClient (every branch: pages, refusals, 503s, what is logged), then
+against a REAL ``airflow standalone`` stack (devstack.airflow_stack, e2e): anonymous requests to
+the API server, with the store on SQLite (or PostgreSQL when TRIGGERFLOW_TEST_PG_URL is set).
+One stack serves every e2e test of this module (it takes ~30-60 s to start); each test uses its
+own customers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from sqlalchemy import Engine, insert, select
+
+from include.triggerflow.store.schema import profiles, unsubscribe
+from include.triggerflow.unsubscribe import URL_PREFIX, UnsubscribeLinks
+from tests.plugins.conftest import load_plugin
+
+with warnings.catch_warnings():  # starlette's note about httpx, raised by this import only
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PLUGIN_FILE = PROJECT_ROOT / "plugins" / "unsubscribe.py"
+SECRET = "plugin-test-secret-" + secrets.token_hex(16)
+ONE_CLICK = {"List-Unsubscribe": "One-Click"}
+
+
+@pytest.fixture(scope="module")
+def plugin() -> ModuleType:
+    return load_plugin("unsubscribe")
+
+
+@pytest.fixture
+def client(plugin: ModuleType) -> Iterator[TestClient]:
+    with TestClient(plugin.app, base_url="http://testserver") as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def links(monkeypatch: pytest.MonkeyPatch) -> UnsubscribeLinks:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE",
+        json.dumps({"conn_type": "generic", "host": "http://testserver", "password": SECRET}),
+    )
+    return UnsubscribeLinks(SECRET, "http://testserver")
+
+
+@pytest.fixture
+def store(store_url: str, store_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}))
+    return store_engine
+
+
+def add_profile(engine: Engine, customer_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            insert(profiles).values(
+                customer_id=customer_id, email=f"{customer_id.lower()}@example.com", opted_out=False,
+                updated_at=datetime.now(timezone.utc),
+            )
+        )
+
+
+def opted_out(engine: Engine, customer_id: str) -> bool:
+    with engine.connect() as conn:
+        return bool(conn.execute(select(profiles.c.opted_out).where(profiles.c.customer_id == customer_id)).scalar_one())
+
+
+def requests_for(engine: Engine, customer_id: str) -> list[tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(unsubscribe.c.method, unsubscribe.c.route)
+            .where(unsubscribe.c.customer_id == customer_id)
+            .order_by(unsubscribe.c.unsubscribe_id)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+def path_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.path.removeprefix(URL_PREFIX)}?{parts.query}"
+
+
+def tampered(url: str) -> str:
+    """The URL with one character of the token's signature changed."""
+    head, signature = url.rsplit(".", 1)
+    return f"{head}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+
+
+# -- the plugin object -------------------------------------------------------------------------------
+def test_plugin_mounts_a_public_app_at_an_unreserved_prefix(plugin: ModuleType) -> None:
+    from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
+    from airflow.plugins_manager import AirflowPlugin
+
+    cls = plugin.UnsubscribePlugin
+    assert issubclass(cls, AirflowPlugin) and cls.name == "triggerflow_unsubscribe"
+    [app] = cls.fastapi_apps
+    assert (app["app"], app["url_prefix"]) == (plugin.app, URL_PREFIX)  # where the links point
+    assert not any(app["url_prefix"].startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
+    assert {(route.path, tuple(sorted(route.methods))) for route in plugin.app.routes} == {("/", ("GET",)), ("/", ("POST",))}
+
+
+def test_importing_the_plugin_stays_cheap() -> None:
+    """Plugins load in the scheduler, DAG processor and CLI: nothing heavy at import time."""
+    code = (
+        "import sys, runpy, json\n"
+        "import airflow.plugins_manager, fastapi, fastapi.responses\n"
+        "before = set(sys.modules)\n"
+        "runpy.run_path(sys.argv[1])\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(PLUGIN_FILE)], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr
+    added = json.loads(done.stdout.strip().splitlines()[-1])
+    heavy = ("include", "airflow.api_fastapi", "airflow.models", "sqlalchemy", "yaml", "jinja2", "pandas", "great_expectations")
+    assert [m for m in added if m.split(".")[0] in heavy or m.startswith(heavy)] == []
+
+
+# -- in process --------------------------------------------------------------------------------------
+def test_get_shows_a_form_and_records_nothing(client: TestClient, links: UnsubscribeLinks, store: Engine) -> None:
+    add_profile(store, "C0001")
+    url = links.url_for("C0001", "cart_abandonment")
+    page = client.get(path_of(url))
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    form = re.search(r'<form id="unsubscribe-form" method="post" action="([^"]+)"', page.text)
+    assert form and form.group(1) == f"?token={token}"
+    assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in page.text
+    assert '<input type="hidden" name="via" value="page">' in page.text
+    assert "<script" not in page.text
+    assert page.headers["cache-control"] == "no-store" and page.headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert not opted_out(store, "C0001") and requests_for(store, "C0001") == []
+
+
+def test_one_click_post_records_the_opt_out(client: TestClient, links: UnsubscribeLinks, store: Engine) -> None:
+    add_profile(store, "C0001")
+    add_profile(store, "C0002")
+    url = links.url_for("C0001", "cart_abandonment")
+    done = client.post(path_of(url), data=ONE_CLICK)
+    assert done.status_code == 200, done.text
+    assert 'id="done"' in done.text and "you will not receive these emails any more" in done.text
+    assert opted_out(store, "C0001") and not opted_out(store, "C0002")
+    assert requests_for(store, "C0001") == [("one-click", "cart_abandonment")]
+    # a second click is fine
+    assert client.post(path_of(url), data=ONE_CLICK).status_code == 200
+    assert opted_out(store, "C0001") and len(requests_for(store, "C0001")) == 2
+
+
+def test_the_pages_button_posts_with_method_page(client: TestClient, links: UnsubscribeLinks, store: Engine) -> None:
+    add_profile(store, "C0003")
+    page = client.get(path_of(links.url_for("C0003")))
+    action = re.search(r'action="([^"]+)"', page.text).group(1).replace("&amp;", "&")
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]+)">', page.text))
+    done = client.post(f"/{action}", data=fields)  # the browser resolves ?token=... against the page URL
+    assert done.status_code == 200 and 'id="done"' in done.text
+    assert opted_out(store, "C0003") and requests_for(store, "C0003") == [("page", None)]
+
+
+def test_multipart_one_click_is_accepted(client: TestClient, links: UnsubscribeLinks, store: Engine) -> None:
+    """RFC 8058 §3.1: the POST may be multipart/form-data."""
+    add_profile(store, "C0004")
+    done = client.post(path_of(links.url_for("C0004")), files={"List-Unsubscribe": (None, "One-Click")})
+    assert done.status_code == 200, done.text
+    assert opted_out(store, "C0004") and requests_for(store, "C0004") == [("one-click", None)]
+
+
+@pytest.mark.parametrize("body", [{}, {"List-Unsubscribe": "Yes"}, {"unsubscribe": "One-Click"}])
+def test_a_post_without_the_one_click_field_is_refused(client: TestClient, links: UnsubscribeLinks, store: Engine, body: dict) -> None:
+    add_profile(store, "C0005")
+    refused = client.post(path_of(links.url_for("C0005")), data=body)
+    assert refused.status_code == 400 and "List-Unsubscribe=One-Click" in refused.text
+    assert not opted_out(store, "C0005") and requests_for(store, "C0005") == []
+
+
+def test_bad_tokens_are_refused_and_nothing_is_recorded(client: TestClient, links: UnsubscribeLinks, store: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    add_profile(store, "C0006")
+    url = links.url_for("C0006")
+    other = UnsubscribeLinks("another-secret-0123456789abcdef", "http://testserver").url_for("C0006")
+    caplog.set_level(logging.DEBUG)
+    for bad in (tampered(url), other, url[:-5], f"{URL_PREFIX}/?token=garbage", f"{URL_PREFIX}/", f"{URL_PREFIX}/?token="):
+        for response in (client.get(path_of(bad)), client.post(path_of(bad), data=ONE_CLICK)):
+            assert response.status_code == 400, (bad, response.text)
+            assert 'id="invalid"' in response.text and "<form" not in response.text
+            assert "Invalid unsubscribe link" in response.text
+    assert not opted_out(store, "C0006") and requests_for(store, "C0006") == []
+    assert "incomplete" in client.get(f"{URL_PREFIX}/".removeprefix(URL_PREFIX)).text
+    # logged: the reason, never a signature nor the secret
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert "refused a link (POST, signature)" in logs and "refused a link (GET, missing)" in logs
+    for value in (SECRET, url.rsplit(".", 1)[1], tampered(url).rsplit(".", 1)[1]):
+        assert value not in logs
+
+
+def test_expired_link_says_so(client: TestClient, store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE",
+        json.dumps({"conn_type": "generic", "host": "http://testserver", "password": SECRET, "extra": {"max_age_days": 1}}),
+    )
+    add_profile(store, "C0007")
+    old = UnsubscribeLinks(SECRET, "http://testserver").url_for("C0007", issued_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    response = client.post(path_of(old), data=ONE_CLICK)
+    assert response.status_code == 400 and "has expired" in response.text
+    assert not opted_out(store, "C0007")
+
+
+def test_unknown_customer_gets_the_confirmation(client: TestClient, links: UnsubscribeLinks, store: Engine) -> None:
+    done = client.post(path_of(links.url_for("NOT-IN-PROFILES")), data=ONE_CLICK)
+    assert done.status_code == 200 and 'id="done"' in done.text
+    assert requests_for(store, "NOT-IN-PROFILES") == [("one-click", None)]
+
+
+def test_the_page_escapes_what_it_shows(plugin: ModuleType) -> None:
+    page = plugin.render("<b>t</b>", "<script>alert(1)</script>", status=200, form_token='x"><script>')
+    assert page.status_code == 200
+    body = page.body.decode()
+    assert "<script>" not in body and "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+    assert 'action="?token=x&quot;&gt;&lt;script&gt;"' in body and "&lt;b&gt;t&lt;/b&gt;" in body
+
+
+# -- unavailable -------------------------------------------------------------------------------------
+def test_missing_links_connection_is_503(client: TestClient, links: UnsubscribeLinks, store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = links.url_for("C0008")
+    monkeypatch.delenv("AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE")
+    for response in (client.get(path_of(url)), client.post(path_of(url), data=ONE_CLICK)):
+        assert response.status_code == 503 and 'id="unavailable"' in response.text
+        assert "Airflow connection &#x27;triggerflow_unsubscribe&#x27; is not defined" in response.text
+        assert "Traceback" not in response.text
+
+
+def test_links_connection_without_secret_is_503(client: TestClient, store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE", json.dumps({"conn_type": "generic", "host": "http://testserver"}))
+    response = client.get("/?token=v1.a.b")
+    assert response.status_code == 503 and "the signing secret is missing" in response.text
+
+
+def test_missing_store_connection_is_503_and_nothing_is_recorded(client: TestClient, links: UnsubscribeLinks, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_TRIGGERS_DB", raising=False)
+    url = links.url_for("C0009")
+    assert client.get(path_of(url)).status_code == 200  # the page needs no store
+    response = client.post(path_of(url), data=ONE_CLICK)
+    assert response.status_code == 503 and "Airflow connection &#x27;triggers_db&#x27; is not defined" in response.text
+
+
+def test_store_without_tables_is_503_without_a_traceback(
+    client: TestClient, links: UnsubscribeLinks, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "empty.db")}))
+    caplog.set_level(logging.DEBUG)
+    url = links.url_for("C0010")
+    response = client.post(path_of(url), data=ONE_CLICK)
+    assert response.status_code == 503 and "could not be recorded" in response.text
+    assert "Traceback" not in response.text
+    assert "could not record an opt-out: OperationalError: no such table" in caplog.text
+    assert url.rsplit(".", 1)[1] not in caplog.text and "Traceback" not in caplog.text
+
+
+# -- a real Airflow stack (e2e) ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def e2e_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
+    """One store for the module's stack: SQLite, or a fresh PostgreSQL database."""
+    from include.triggerflow.store.db import create_schema, get_engine
+
+    from tests.conftest import empty_store
+
+    with empty_store(tmp_path_factory.mktemp("unsub-store")) as url:
+        engine = get_engine(url)
+        create_schema(engine)
+        yield url, engine
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, e2e_store: tuple[str, Engine]) -> Iterator[object]:
+    """``airflow standalone`` with the project's plugins and connections triggers_db and
+    triggerflow_unsubscribe (host = this stack's API server, as recipients would reach it)."""
+    from devstack.airflow_stack import airflow_standalone, free_port
+
+    port = free_port()
+    store_url, _ = e2e_store
+    env = {
+        "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}),
+        "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": json.dumps(
+            {"conn_type": "generic", "host": f"http://127.0.0.1:{port}", "password": SECRET, "extra": {"max_age_days": 30}}
+        ),
+    }
+    with airflow_standalone(tmp_path_factory.mktemp("unsub-airflow"), env_overrides=env, api_port=port) as running:
+        yield running
+
+
+@pytest.fixture
+def e2e(stack, e2e_store: tuple[str, Engine]) -> tuple[object, Engine, UnsubscribeLinks, str]:
+    """(stack, store engine, links signed like a worker, a fresh customer id in profiles)."""
+    _, engine = e2e_store
+    customer = f"E2E-{uuid.uuid4().hex[:8]}"
+    add_profile(engine, customer)
+    return stack, engine, UnsubscribeLinks(SECRET, stack.base_url), customer
+
+
+@pytest.mark.e2e
+def test_real_server_get_shows_the_form_and_unsubscribes_nobody(e2e) -> None:
+    stack, engine, links, customer = e2e
+    url = links.url_for(customer, "cart_abandonment")
+    assert url.startswith(f"{stack.base_url}/triggerflow/unsubscribe/?token=v1.")
+    page = requests.get(url, timeout=30, allow_redirects=False)  # anonymous: no cookie, no token
+    assert page.status_code == 200, page.text[:500]
+    assert '<form id="unsubscribe-form" method="post"' in page.text  # ours, not the UI's index.html
+    assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in page.text
+    assert not opted_out(engine, customer) and requests_for(engine, customer) == []
+
+
+@pytest.mark.e2e
+def test_real_server_one_click_post_opts_out(e2e) -> None:
+    stack, engine, links, customer = e2e
+    url = links.url_for(customer, "browse_abandonment")
+    # as a mail client does it (RFC 8058 §3.2): no cookies, no authorization, the fixed body
+    done = requests.post(url, data="List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30, allow_redirects=False)
+    assert done.status_code == 200, done.text[:500]
+    assert 'id="done"' in done.text
+    assert opted_out(engine, customer)
+    assert requests_for(engine, customer) == [("one-click", "browse_abandonment")]
+
+
+@pytest.mark.e2e
+def test_real_server_page_button_opts_out_with_method_page(e2e) -> None:
+    stack, engine, links, customer = e2e
+    url = links.url_for(customer)
+    with requests.Session() as browser:
+        page = browser.get(url, timeout=30)
+        action = re.search(r'<form id="unsubscribe-form" method="post" action="([^"]+)"', page.text).group(1).replace("&amp;", "&")
+        fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]+)">', page.text))
+        done = browser.post(requests.compat.urljoin(page.url, action), data=fields, timeout=30, allow_redirects=False)
+    assert done.status_code == 200, done.text[:500]
+    assert opted_out(engine, customer) and requests_for(engine, customer) == [("page", None)]
+
+
+def wait_for_log(stack, *needles: str, timeout: float = 20) -> str:
+    """The stack's log once it contains every needle (standalone relays its components' output
+    with a delay)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = stack.log_path.read_text(errors="replace")
+        if all(n in text for n in needles) or time.monotonic() > deadline:
+            return text
+        time.sleep(0.2)
+
+
+@pytest.mark.e2e
+def test_real_server_never_logs_a_token(e2e) -> None:
+    """Airflow's access log writes each request's query string: the token's value must be ***."""
+    stack, engine, links, customer = e2e
+    url = links.url_for(customer, "cart_abandonment")
+    run = uuid.uuid4().hex
+    ids = [f"{run}-get", f"{run}-post", f"{run}-bad"]
+    assert requests.get(url, headers={"x-request-id": ids[0]}, timeout=30).status_code == 200
+    assert requests.post(url, data=ONE_CLICK, headers={"x-request-id": ids[1]}, timeout=30).status_code == 200
+    assert requests.post(tampered(url), data=ONE_CLICK, headers={"x-request-id": ids[2]}, timeout=30).status_code == 400
+    log = wait_for_log(stack, *(f"request_id={i}" for i in ids))
+    lines = [line for line in log.splitlines() if "request finished" in line and run in line]
+    assert len(lines) == 3, log[-3000:]
+    assert all("path=/triggerflow/unsubscribe/ query='token=%2A%2A%2A'" in line for line in lines), lines
+    assert url.rsplit(".", 1)[1] not in log and tampered(url).rsplit(".", 1)[1] not in log and SECRET not in log
+    assert f"customer {customer} opted out (one-click)" in log  # what is logged instead
+    assert "refused a link (POST, signature)" in log
+
+
+@pytest.mark.e2e
+def test_real_server_refuses_tampered_and_missing_tokens(e2e) -> None:
+    stack, engine, links, customer = e2e
+    url = links.url_for(customer)
+    foreign = UnsubscribeLinks("not-the-servers-secret-0123456789", stack.base_url).url_for(customer)
+    for bad in (tampered(url), foreign, f"{stack.base_url}/triggerflow/unsubscribe/", f"{stack.base_url}/triggerflow/unsubscribe/?token=v1.x.y"):
+        for response in (
+            requests.get(bad, timeout=30, allow_redirects=False),
+            requests.post(bad, data=ONE_CLICK, timeout=30, allow_redirects=False),
+        ):
+            assert response.status_code == 400, (bad, response.status_code, response.text[:300])
+            assert 'id="invalid"' in response.text
+    assert not opted_out(engine, customer) and requests_for(engine, customer) == []
+    log = stack.log_path.read_text(errors="replace")
+    assert SECRET not in log and "Traceback" not in log

@@ -1,0 +1,333 @@
+"""Tests for include.triggerflow.unsubscribe: signed one-click unsubscribe tokens and URLs, the
+List-Unsubscribe headers, and recording opt-outs in the store (SQLite, or PostgreSQL when
+TRIGGERFLOW_TEST_PG_URL is set), up to reconcile suppressing the customer's next trigger."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from sqlalchemy import select
+
+from include.triggerflow.store.schema import decision, profiles, unsubscribe
+from include.triggerflow.unsubscribe import (
+    FUTURE_SKEW,
+    URL_PATH,
+    InvalidUnsubscribeToken,
+    UnsubscribeClaim,
+    UnsubscribeLinks,
+    record_opt_out,
+    redact_token,
+)
+from tests.unit.conftest import envelope_json
+
+SECRET = "unit-test-secret-0123456789abcdef"
+BASE = "https://airflow.example.com"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+@pytest.fixture
+def links() -> UnsubscribeLinks:
+    return UnsubscribeLinks(SECRET, BASE)
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def refused(links: UnsubscribeLinks, token, reason: str, match: str, **kwargs) -> InvalidUnsubscribeToken:
+    with pytest.raises(InvalidUnsubscribeToken, match=match) as info:
+        links.verify(token, **kwargs)
+    assert info.value.reason == reason
+    assert SECRET not in str(info.value)
+    return info.value
+
+
+# -- tokens ------------------------------------------------------------------------------------------
+def test_sign_verify_round_trip(links: UnsubscribeLinks) -> None:
+    token = links.sign("C0001", "cart_abandonment", issued_at=T0)
+    assert links.verify(token, now=T0 + timedelta(days=400)) == UnsubscribeClaim("C0001", "cart_abandonment", T0)
+    assert links.verify(links.sign("C0002")).route is None
+    # ids with any characters survive (JSON inside base64url)
+    odd = "Ünïcødé id/with?&=#. and \"quotes\""
+    assert links.verify(links.sign(odd, "r", issued_at=T0), now=T0).customer_id == odd
+
+
+def test_token_is_versioned_compact_and_deterministic(links: UnsubscribeLinks) -> None:
+    token = links.sign("C0001", "cart_abandonment", issued_at=T0)
+    version, payload, signature = token.split(".")
+    assert version == "v1"
+    assert json.loads(unb64(payload)) == ["C0001", "cart_abandonment", int(T0.timestamp())]
+    assert len(unb64(signature)) == 32  # the full HMAC-SHA256
+    assert token == links.sign("C0001", "cart_abandonment", issued_at=T0)
+    assert token != links.sign("C0001", "browse_abandonment", issued_at=T0)
+    assert token != links.sign("C0001", "cart_abandonment", issued_at=T0 + timedelta(seconds=1))
+    assert len(token) < 120
+
+
+def test_tampered_payload_is_refused(links: UnsubscribeLinks) -> None:
+    version, _, signature = links.sign("C0001", "cart_abandonment", issued_at=T0).split(".")
+    forged = b64(json.dumps(["C0002", "cart_abandonment", int(T0.timestamp())], separators=(",", ":")).encode())
+    refused(links, f"{version}.{forged}.{signature}", "signature", "^bad unsubscribe token signature: the link was altered or signed with another secret$")
+
+
+def test_tampered_signature_is_refused(links: UnsubscribeLinks) -> None:
+    token = links.sign("C0001", issued_at=T0)
+    head, signature = token.rsplit(".", 1)
+    flipped = signature[:10] + ("A" if signature[10] != "A" else "B") + signature[11:]
+    refused(links, f"{head}.{flipped}", "signature", "bad unsubscribe token signature")
+    # the last character carries 2 unused bits: a non-canonical spelling of the same bytes is refused too
+    last = signature[-1]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    sibling = alphabet[alphabet.index(last) ^ 1]
+    assert unb64(signature[:-1] + sibling) == unb64(signature)
+    refused(links, f"{head}.{signature[:-1]}{sibling}", "signature", "bad unsubscribe token signature")
+
+
+def test_wrong_secret_is_refused(links: UnsubscribeLinks) -> None:
+    other = UnsubscribeLinks("another-secret-0123456789abcdef", BASE)
+    refused(links, other.sign("C0001"), "signature", "signed with another secret")
+    # the key is derived from the secret for this purpose: a bare HMAC under the secret is not valid
+    import hashlib
+    import hmac
+
+    payload = b64(json.dumps(["C0001", None, int(time.time())]).encode())
+    naive = b64(hmac.new(SECRET.encode(), f"v1.{payload}".encode(), hashlib.sha256).digest())
+    refused(links, f"v1.{payload}.{naive}", "signature", "bad unsubscribe token signature")
+
+
+@pytest.mark.parametrize("cut", [1, 10, 43])
+def test_truncated_token_is_refused(links: UnsubscribeLinks, cut: int) -> None:
+    token = links.sign("C0001", issued_at=T0)
+    with pytest.raises(InvalidUnsubscribeToken) as info:
+        links.verify(token[:-cut])
+    assert info.value.reason in {"signature", "malformed"}
+    refused(links, token.rsplit(".", 1)[0], "malformed", "expected 3 dot-separated parts")
+    refused(links, token.rsplit(".", 1)[0] + ".", "malformed", "expected 3 dot-separated parts")
+
+
+@pytest.mark.parametrize(
+    ("garbage", "reason", "match"),
+    [
+        ("", "malformed", "it is empty"),
+        (None, "malformed", "it is empty"),
+        ("hello", "malformed", "expected 3 dot-separated parts"),
+        ("a.b.c.d", "malformed", "expected 3 dot-separated parts"),
+        ("v1.!!!.abc", "malformed", "not base64url"),
+        ("v1.abc.a b", "malformed", "not base64url"),
+        ("v1." + "A" * 2000 + ".x", "malformed", "too long"),
+        ("v2.abc.def", "version", r"^unknown unsubscribe token version 'v2': this server reads 'v1'$"),
+        ("<script>.abc.def", "version", r"^unknown unsubscribe token version: this server reads 'v1'$"),
+    ],
+)
+def test_garbage_is_refused(links: UnsubscribeLinks, garbage, reason: str, match: str) -> None:
+    error = refused(links, garbage, reason, match)
+    assert "<script>" not in str(error)
+
+
+def test_signed_but_unreadable_payload_is_malformed(links: UnsubscribeLinks) -> None:
+    """Defence in depth: a payload that verifies but is not ours (e.g. another signer's format)."""
+    for raw in (b"not json", json.dumps({"c": "C1"}).encode(), json.dumps(["", None, 1]).encode(), json.dumps(["C1", None, "1"]).encode()):
+        signed = f"v1.{b64(raw)}"
+        error = refused(links, f"{signed}.{links._signature(signed)}", "malformed", "^malformed unsubscribe token: ")
+        assert "payload" in str(error)
+
+
+def test_expired_token_is_refused() -> None:
+    links = UnsubscribeLinks(SECRET, BASE, max_age=timedelta(days=30))
+    token = links.sign("C0001", issued_at=T0)
+    assert links.verify(token, now=T0 + timedelta(days=30)).customer_id == "C0001"
+    refused(
+        links, token, "expired",
+        r"^unsubscribe token expired: issued 2026-03-01T12:00:00Z, links are valid for 30 days$",
+        now=T0 + timedelta(days=30, seconds=1),
+    )
+    # without max_age a link does not expire
+    assert UnsubscribeLinks(SECRET, BASE).verify(token, now=T0 + timedelta(days=3650)).issued_at == T0
+
+
+def test_future_issued_at_beyond_the_skew_is_refused(links: UnsubscribeLinks) -> None:
+    assert links.verify(links.sign("C0001", issued_at=T0 + FUTURE_SKEW), now=T0).issued_at == T0 + FUTURE_SKEW
+    refused(
+        links, links.sign("C0001", issued_at=T0 + FUTURE_SKEW + timedelta(seconds=1)), "future",
+        r"^unsubscribe token issued in the future \(2026-03-01T12:05:01Z\)", now=T0,
+    )
+
+
+def test_naive_datetimes_are_refused(links: UnsubscribeLinks) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        links.sign("C0001", issued_at=datetime(2026, 3, 1, 12))
+
+
+@pytest.mark.parametrize("secret", ["", "s3cr3tQ", "Q" * 15, b"\x00" * 15])
+def test_short_secret_is_refused(secret) -> None:
+    with pytest.raises(ValueError, match=r"^unsubscribe signing secret is too short: use at least 16 bytes") as info:
+        UnsubscribeLinks(secret, BASE)
+    assert not secret or str(secret) not in str(info.value)
+    UnsubscribeLinks("x" * 16, BASE)  # 16 bytes is enough
+    UnsubscribeLinks(b"\x00" * 16, BASE)
+
+
+@pytest.mark.parametrize("base", ["", "localhost:8080", "/triggerflow", "ftp://example.com", "https://", "http://exa mple.com", "https://example.com/?a=1", "https://user:pw@example.com", "https://example.com:99999"])
+def test_relative_or_odd_base_url_is_refused(base: str) -> None:
+    with pytest.raises(ValueError, match="unsubscribe base URL"):
+        UnsubscribeLinks(SECRET, base)
+
+
+def test_bad_customer_or_route_is_refused(links: UnsubscribeLinks) -> None:
+    for customer in ("", None, "x" * 101):
+        with pytest.raises(ValueError, match="customer_id"):
+            links.sign(customer)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="route"):
+        links.sign("C1", "r" * 101)
+
+
+def test_repr_hides_the_key(links: UnsubscribeLinks) -> None:
+    assert SECRET not in repr(links) and "airflow.example.com" in repr(links)
+
+
+# -- URLs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("base", "prefix"), [(BASE, BASE), (BASE + "/", BASE), ("http://localhost:8080", "http://localhost:8080"), ("https://example.com/airflow/", "https://example.com/airflow")])
+def test_url_for_parses_and_is_url_safe(base: str, prefix: str) -> None:
+    links = UnsubscribeLinks(SECRET, base)
+    url = links.url_for("C0001 / ü", "cart_abandonment")
+    assert url.startswith(f"{prefix}{URL_PATH}?token=")
+    parts = urlsplit(url)
+    assert parts.path.endswith("/triggerflow/unsubscribe/") and parts.fragment == ""
+    [token] = parse_qs(parts.query, strict_parsing=True)["token"]
+    assert URL_SAFE.fullmatch(token) and URL_SAFE.fullmatch(parts.query[len("token="):])
+    assert links.verify(token).customer_id == "C0001 / ü"
+
+
+def test_url_prefix_is_not_reserved_by_airflow() -> None:
+    from airflow.api_fastapi.app import RESERVED_URL_PREFIXES
+
+    assert not any(URL_PATH.startswith(prefix) for prefix in RESERVED_URL_PREFIXES)
+
+
+def test_the_token_parameter_is_redacted_in_airflows_access_log(links: UnsubscribeLinks) -> None:
+    """The API server logs every request's query string; a parameter named like a secret is
+    written as ***, so the access log never holds a token (checked on a real server in
+    tests/plugins/test_unsubscribe_plugin.py)."""
+    from airflow.api_fastapi.common.http_access_log import _redact_query_string
+
+    url = links.url_for("C0001", "cart_abandonment")
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    logged = _redact_query_string(urlsplit(url).query)
+    assert token.rsplit(".", 1)[1] not in logged and token not in logged
+
+
+def test_url_for_is_fast(links: UnsubscribeLinks) -> None:
+    started = time.perf_counter()
+    for i in range(10_000):
+        links.url_for(f"C{i:06d}", "cart_abandonment")
+    assert time.perf_counter() - started < 1.0  # ~0.15 s on a 2-core machine
+
+
+def test_redact_token_drops_the_signature(links: UnsubscribeLinks) -> None:
+    token = links.sign("C0001", issued_at=T0)
+    signature = token.rsplit(".", 1)[1]
+    assert redact_token(token) == token.rsplit(".", 1)[0] + ".<signature>"
+    assert signature not in redact_token(token)
+    assert redact_token(None) == "<none>" and redact_token("garbage") == "<malformed>"
+
+
+# -- recording ---------------------------------------------------------------------------------------
+def _profile(kit, customer_id: str = "C0001", **values) -> None:
+    kit.add_profiles({"customer_id": customer_id, "email": f"{customer_id.lower()}@example.com", "shopper_id": f"SHOP-{customer_id}", **values})
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def test_record_opt_out_sets_the_flag_and_logs_the_request(kit, links: UnsubscribeLinks) -> None:
+    _profile(kit, "C0001")
+    _profile(kit, "C0002")
+    claim = links.verify(links.sign("C0001", "cart_abandonment", issued_at=T0), now=T0)
+    at = T0 + timedelta(hours=1)
+
+    assert record_opt_out(kit.engine, claim, method="one-click", now=at) is True
+
+    rows = {r["customer_id"]: r for r in kit.rows(profiles)}
+    assert rows["C0001"]["opted_out"] is True and _utc(rows["C0001"]["updated_at"]) == at
+    assert rows["C0002"]["opted_out"] is False  # nobody else
+    [logged] = kit.rows(unsubscribe)
+    assert (logged["customer_id"], logged["route"], logged["method"]) == ("C0001", "cart_abandonment", "one-click")
+    assert _utc(logged["issued_at"]) == T0 and _utc(logged["received_at"]) == at
+
+
+def test_record_opt_out_is_idempotent(kit, links: UnsubscribeLinks) -> None:
+    _profile(kit, "C0001")
+    claim = links.verify(links.sign("C0001", issued_at=T0), now=T0)
+    first = T0 + timedelta(minutes=1)
+    assert record_opt_out(kit.engine, claim, method="page", now=first) is True
+    assert record_opt_out(kit.engine, claim, method="one-click", now=first + timedelta(minutes=5)) is True
+
+    [row] = kit.rows(profiles)
+    assert row["opted_out"] is True and _utc(row["updated_at"]) == first  # set once
+    assert [r["method"] for r in kit.rows(unsubscribe, order_by=unsubscribe.c.unsubscribe_id)] == ["page", "one-click"]
+
+
+def test_unknown_customer_is_logged_not_an_error(kit, links: UnsubscribeLinks) -> None:
+    _profile(kit, "C0001")
+    claim = links.verify(links.sign("GONE-42", "browse_abandonment"))
+    assert record_opt_out(kit.engine, claim, method="one-click") is False
+    assert [r["opted_out"] for r in kit.rows(profiles)] == [False]
+    [logged] = kit.rows(unsubscribe)
+    assert (logged["customer_id"], logged["route"]) == ("GONE-42", "browse_abandonment")
+
+
+def test_record_opt_out_refuses_an_unknown_method(kit, links: UnsubscribeLinks) -> None:
+    _profile(kit, "C0001")
+    with pytest.raises(ValueError, match="method must be one of one-click, page"):
+        record_opt_out(kit.engine, links.verify(links.sign("C0001")), method="email")
+    assert kit.count(unsubscribe) == 0 and kit.rows(profiles)[0]["opted_out"] is False
+
+
+def test_record_opt_out_is_one_transaction(kit, links: UnsubscribeLinks, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the tf_unsubscribe insert fails, the profile is not changed either."""
+    _profile(kit, "C0001")
+    claim = UnsubscribeClaim(customer_id="C0001", route="r" * 500, issued_at=T0)  # too long for PostgreSQL's VARCHAR(100)
+    if kit.engine.dialect.name == "sqlite":  # SQLite does not enforce lengths: break the insert another way
+        with kit.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TRIGGER tf_unsub_fail BEFORE INSERT ON tf_unsubscribe BEGIN SELECT RAISE(ABORT, 'boom'); END")
+    with pytest.raises(Exception):
+        record_opt_out(kit.engine, claim, method="one-click")
+    assert kit.rows(profiles)[0]["opted_out"] is False
+    assert kit.count(unsubscribe) == 0
+
+
+def test_the_next_reconcile_suppresses_the_customer(kit, routing, links: UnsubscribeLinks) -> None:
+    """The requirement end to end in the store: after the opt-out, the customer's next trigger is
+    decided ``suppressed:opt-out`` and gets no ledger row."""
+    from include.triggerflow.stages.reconcile import reconcile_batch
+    from include.triggerflow.store.schema import send
+
+    _profile(kit, "C0001", shopper_id="SHOP-ADA")
+    before = kit.add_batch("b1")
+    kit.add_event(before, envelope_json(shopper_id="SHOP-ADA", offset=1))
+    reconcile_batch(kit.engine, before, routing)
+    assert [d["decision"] for d in kit.rows(decision, decision.c.batch_id == before)] == ["matched"]
+
+    url = links.url_for("C0001", "cart_abandonment")
+    token = parse_qs(urlsplit(url).query)["token"][0]
+    assert record_opt_out(kit.engine, links.verify(token), method="one-click") is True
+
+    after = kit.add_batch("b2")
+    kit.add_event(after, envelope_json(shopper_id="SHOP-ADA", offset=2))
+    reconcile_batch(kit.engine, after, routing)
+    assert [d["decision"] for d in kit.rows(decision, decision.c.batch_id == after)] == ["suppressed:opt-out"]
+    assert kit.count(send, send.c.batch_id == after) == 0
+    with kit.engine.connect() as conn:
+        assert conn.execute(select(profiles.c.opted_out).where(profiles.c.customer_id == "C0001")).scalar_one() is True
