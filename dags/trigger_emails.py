@@ -8,11 +8,14 @@ Each run is one micro-batch:
    same transaction. A retry, clear or replay of this run reuses the batch it landed.
 2. **validate** — Great Expectations checks every event; failures go to `tf_quarantine` with the
    failed expectations as the reason. The run carries on with the valid ones.
-3. **reconcile** — joins valid events to `profiles` per the routing config
-   (`include/routing.yaml`), records a decision per event and queues one `tf_send` ledger row per
-   email under a unique idempotency key.
+3. **reconcile** — finds each valid event's profile per the routing config
+   (`include/routing.yaml`: identity rules with fallback), applies the route's rules (staleness,
+   suppression, deduplication, frequency cap, quiet hours), records a decision per event in
+   `tf_decision` and queues one `tf_send` ledger row per email under a unique idempotency key.
+   It also picks up emails of earlier batches held for quiet hours that are now due.
 4. **send** — one mapped task per chunk of the ledger, each over one SMTP session (`smtp_triggers`),
-   limited by the `smtp_sessions` pool. The ledger decides what is sent: no email twice.
+   limited by the `smtp_sessions` pool. The ledger decides what is sent: no email twice. Every
+   email carries a signed one-click unsubscribe link (`triggerflow_unsubscribe`).
 5. **report** — counts and their balance (`tf_run_summary`); a batch that does not balance fails.
 
 Data moves through the store (`triggers_db`); XCom carries only batch ids and counts.
@@ -135,19 +138,22 @@ def trigger_emails():
 
     @task
     def reconcile(validated: dict) -> list[dict]:
-        """Returns one ``{"batch_id", "chunk"}`` per send chunk, for the mapped send task."""
+        """Returns one ``{"batch_id", "chunk"}`` per send chunk, for the mapped send task: this
+        batch's chunks, then chunks of earlier batches whose quiet-hours emails are now due."""
         from include.triggerflow.runtime import routing, store_engine
-        from include.triggerflow.stages.reconcile import reconcile_batch
+        from include.triggerflow.stages.reconcile import due_scheduled, reconcile_batch
 
         params = get_current_context()["params"]
+        engine = store_engine()
         result = reconcile_batch(
-            store_engine(),
+            engine,
             validated["batch_id"],
             routing(),
             chunk_size=int(params["chunk_size"]),
             max_chunks=int(params["max_chunks"]),
         )
-        return [{"batch_id": result.batch_id, "chunk": chunk} for chunk in result.chunks]
+        own = [{"batch_id": result.batch_id, "chunk": chunk} for chunk in result.chunks]
+        return own + due_scheduled(engine, exclude_batch=result.batch_id)
 
     @task(pool="smtp_sessions", map_index_template="chunk {{ chunk }}")
     def send(batch_id: str, chunk: int) -> dict:

@@ -4,12 +4,23 @@
     load-profiles FILE.csv       upsert profiles from CSV (all-or-nothing unless --skip-bad-rows)
     runs [--limit N]             the latest run reports, newest first
     quarantine [--batch ID]      quarantined events and why
+    decisions [--run ID] [--batch ID] [--customer ID] [--code CODE] [--counts]
+                                 the decision log: why each event did or did not become an email
+    suppress add|remove|list [ENTRY...] [--reason TEXT]
+                                 the block list: addresses and whole @domains never mailed
     positions                    the stored source positions
     forget-position SOURCE       drop a source's stored positions: its next pull starts where the
                                  adobe_triggers connection's `reset` says (earliest or latest)
     status [--source KEY] [--consumer NAME]
                                  Campaign's `pipelined` status document (JSON), as served at
                                  /pipelined/status by the Airflow plugin
+    preview --route NAME --out DIR [--event EVENT.json] [--profile PROFILE.json | --customer-id ID]
+                                 render a route's email to DIR (subject.txt, email.html, email.txt,
+                                 message.eml); no event/profile: the samples in include/templates/samples
+    test-send --route NAME --to ADDR [--to ADDR...] [--event ...] [--profile ... | --customer-id ID]
+                                 send that email, subject prefixed "[TEST] ", to seed addresses over
+                                 connection smtp_triggers (or --smtp-host/--smtp-port/--from); the
+                                 send ledger is not touched
 
 The store is ``--db-url``, else $TRIGGERFLOW_DB_URL, else the Airflow connection ``triggers_db``.
 """
@@ -22,9 +33,14 @@ import os
 import sys
 from collections.abc import Sequence
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Engine, select
 
 from include.triggerflow.store.db import create_schema, describe, get_engine
+
+if TYPE_CHECKING:
+    from include.triggerflow.config import RoutingConfig
 
 
 def _engine(args: argparse.Namespace) -> Engine:
@@ -86,6 +102,37 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     with engine.connect() as conn:
         for event_id, batch_id, position, reasons in conn.execute(stmt):
             print(json.dumps({"event_id": event_id, "batch_id": batch_id, "position": position, "reasons": json.loads(reasons)}))
+    return 0
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    from include.triggerflow.decisions import decision_counts, query_decisions
+
+    engine = _engine(args)
+    if args.counts:
+        print(json.dumps(decision_counts(engine, run_id=args.run, batch_id=args.batch), sort_keys=True))
+        return 0
+    for row in query_decisions(engine, run_id=args.run, batch_id=args.batch, customer=args.customer, code=args.code, limit=args.limit):
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    from include.triggerflow.suppression import SuppressionEntryError, add_entries, list_entries, remove_entries
+
+    engine = _engine(args)
+    try:
+        if args.action == "add":
+            added = add_entries(engine, args.entries, reason=args.reason)
+            print(f"added {added} of {len(set(args.entries))} entr{'y' if len(args.entries) == 1 else 'ies'} to the block list")
+        elif args.action == "remove":
+            print(f"removed {remove_entries(engine, args.entries)} entries")
+        else:
+            for row in list_entries(engine, source=args.source):
+                print(json.dumps(row, default=str))
+    except SuppressionEntryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -161,6 +208,142 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- preview / test-send -------------------------------------------------------------------------------
+class _CliError(Exception):
+    """A usage or input problem: printed as ``error: ...`` with exit status 2."""
+
+
+def _read_json_file(path: str, what: str) -> object:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise _CliError(f"cannot read the {what} file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise _CliError(f"the {what} file {path} is not valid JSON: {exc}") from None
+
+
+def _preview_inputs(args: argparse.Namespace) -> tuple[RoutingConfig, dict, object]:
+    """(routing, profile, event payload, renderer) for preview/test-send, from files, the store or
+    the shipped samples."""
+    from include.triggerflow.config import RoutingConfigError, load_routing
+    from include.triggerflow.preview import PreviewError, find_route, sample_event, sample_profile
+
+    try:
+        routing = load_routing()
+    except RoutingConfigError as exc:
+        raise _CliError(f"routing config: {exc}") from None
+    try:
+        route = find_route(routing, args.route)
+    except PreviewError as exc:
+        raise _CliError(str(exc)) from None
+    event = _read_json_file(args.event, "event") if args.event else sample_event(route)
+    if args.profile:
+        profile = _read_json_file(args.profile, "profile")
+        if not isinstance(profile, dict):
+            raise _CliError(f"the profile file {args.profile} must hold a JSON object of profile columns")
+    elif args.customer_id:
+        from include.triggerflow.store.schema import profiles
+
+        engine = _engine(args)
+        with engine.connect() as conn:
+            row = conn.execute(select(profiles).where(profiles.c.customer_id == args.customer_id)).first()
+        if row is None:
+            raise _CliError(f"no profile with customer_id {args.customer_id!r} in the store at {describe(engine)}")
+        profile = dict(row._mapping)
+    else:
+        profile = sample_profile(args.locale)
+    if args.locale:
+        profile = {**profile, "locale": args.locale}
+    return routing, profile, event
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from include.triggerflow.preview import PreviewError, render_preview
+
+    try:
+        routing, profile, event = _preview_inputs(args)
+        paths = render_preview(
+            args.route, event, profile, routing=routing, unsubscribe_url=args.unsubscribe_url, out_dir=Path(args.out)
+        )
+    except (_CliError, PreviewError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    subject = paths["subject.txt"].read_text(encoding="utf-8").strip()
+    print(f"subject: {subject}")
+    for name, path in paths.items():
+        print(f"wrote {path}")
+    return 0
+
+
+def _smtp_settings(args: argparse.Namespace) -> dict:
+    """Host, port, sender and TLS/login settings: the connection (the smtp provider's semantics:
+    SSL unless extra.disable_ssl, STARTTLS unless extra.disable_tls), then the command-line flags."""
+    conn = _optional_connection(args.smtp_conn)
+    extra = dict(conn.extra_dejson or {}) if conn is not None else {}
+    use_ssl = conn is not None and not bool(extra.get("disable_ssl", False))
+    settings = {
+        "smtp_host": args.smtp_host or (conn.host if conn is not None else None),
+        "smtp_port": args.smtp_port or (conn.port if conn is not None and conn.port else (465 if use_ssl else 25)),
+        "sender": args.sender or extra.get("from_email"),
+        "from_name": extra.get("from_name"),
+        "smtp_user": conn.login if conn is not None else None,
+        "smtp_password": conn.password if conn is not None else None,
+        "use_ssl": use_ssl,
+        "starttls": conn is not None and not use_ssl and not bool(extra.get("disable_tls", False)),
+        "timeout": float(extra.get("timeout", 30)),
+        "message_id_domain": str(extra.get("message_id_domain") or "triggerflow.local"),
+    }
+    missing = [flag for key, flag in (("smtp_host", "--smtp-host"), ("sender", "--from")) if not settings[key]]
+    if missing:
+        where = f"connection {args.smtp_conn!r}" + (" is not defined" if conn is None else " lacks them")
+        raise _CliError(f"no SMTP {' and '.join(missing)}: {where}; pass {', '.join(missing)}")
+    return settings
+
+
+def cmd_test_send(args: argparse.Namespace) -> int:
+    from include.triggerflow.preview import PreviewError, send_test
+
+    try:
+        routing, profile, event = _preview_inputs(args)
+        settings = _smtp_settings(args)
+        results = send_test(
+            args.route,
+            event,
+            profile,
+            args.to,
+            routing=routing,
+            unsubscribe_url=args.unsubscribe_url,
+            subject_prefix=args.subject_prefix,
+            **settings,
+        )
+    except (_CliError, PreviewError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for result in results:
+        state = "accepted" if result.accepted else f"refused {result.code}: {result.reply}"
+        print(f"{result.recipient}\t{state}\t{result.message_id}")
+    return 0 if all(result.accepted for result in results) else 1
+
+
+def _add_preview_arguments(p: argparse.ArgumentParser) -> None:
+    from include.triggerflow.preview import DEFAULT_UNSUBSCRIBE_URL
+
+    p.add_argument("--route", required=True, help="route name from the routing config (e.g. cart_abandonment)")
+    p.add_argument("--event", help="event JSON (envelope, producer message or trigger body); default: the route's sample")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--profile", help="profile JSON (profile columns); default: include/templates/samples/profile.json")
+    who.add_argument("--customer-id", help="read the profile from the store (profiles.customer_id)")
+    p.add_argument("--locale", help="override the profile's locale (e.g. fr, fr_CA) to preview a variant")
+    p.add_argument(
+        "--unsubscribe-url",
+        default=DEFAULT_UNSUBSCRIBE_URL,
+        help="unsubscribe link to put in the footer and List-Unsubscribe (default: a placeholder that unsubscribes nobody)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="triggerflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--db-url", help="SQLAlchemy URL of the store (default: $TRIGGERFLOW_DB_URL or connection triggers_db)")
@@ -176,6 +359,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quarantine", help="quarantined events and their reasons")
     p.add_argument("--batch")
     p.set_defaults(func=cmd_quarantine)
+    p = sub.add_parser("decisions", help="the decision log: why each event did or did not become an email")
+    p.add_argument("--run", help="a DAG run id")
+    p.add_argument("--batch", help="a batch id")
+    p.add_argument("--customer", help="a profile id, or the identity value the event carried")
+    p.add_argument("--code", help="a decision (capped, duplicate, suppressed:opt-out...; 'suppressed' for all suppressions)")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--counts", action="store_true", help="print {decision: count} instead of the rows")
+    p.set_defaults(func=cmd_decisions)
+    p = sub.add_parser("suppress", help="the block list: addresses and @domains never mailed")
+    p.add_argument("action", choices=("add", "remove", "list"))
+    p.add_argument("entries", nargs="*", help="addresses or @domain.example")
+    p.add_argument("--reason", help="why (kept with the entry)")
+    p.add_argument("--source", choices=("block-list", "hard-bounce"), help="list only this source")
+    p.set_defaults(func=cmd_suppress)
     sub.add_parser("positions", help="stored source positions").set_defaults(func=cmd_positions)
     p = sub.add_parser("forget-position", help="drop a source's stored positions")
     p.add_argument("source", help="the source key, as listed by `positions`")
@@ -191,6 +388,19 @@ def build_parser() -> argparse.ArgumentParser:
         "consumer, the journal registration id, else the source key)",
     )
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser("preview", help="render a route's email for an event and a profile to files")
+    _add_preview_arguments(p)
+    p.add_argument("--out", required=True, help="folder to write subject.txt, email.html, email.txt, message.eml")
+    p.set_defaults(func=cmd_preview)
+    p = sub.add_parser("test-send", help="send a route's email to seed addresses (no ledger)")
+    _add_preview_arguments(p)
+    p.add_argument("--to", action="append", required=True, metavar="ADDR", help="seed address (repeat for several)")
+    p.add_argument("--smtp-conn", default="smtp_triggers", help="Airflow connection for host/port/from (default smtp_triggers)")
+    p.add_argument("--smtp-host", help="override the connection's host")
+    p.add_argument("--smtp-port", type=int, help="override the connection's port")
+    p.add_argument("--from", dest="sender", help="override the connection's from_email")
+    p.add_argument("--subject-prefix", default="[TEST] ", help='prefix of the subject (default "[TEST] ")')
+    p.set_defaults(func=cmd_test_send)
     return parser
 
 

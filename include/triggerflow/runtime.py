@@ -54,8 +54,11 @@ def send_options(context: Mapping[str, Any]):
 
     from include.triggerflow.stages.send import SendOptions
 
+    from include.triggerflow.hooks.unsubscribe import UnsubscribeHook
+
     params = context["params"]
     ti = context["ti"]
+    unsubscribe = UnsubscribeHook()
     try_number = int(getattr(ti, "try_number", 1) or 1)
     max_tries = int(getattr(ti, "max_tries", 0) or 0)
     home = os.environ.get("AIRFLOW_HOME") or os.getcwd()
@@ -68,6 +71,8 @@ def send_options(context: Mapping[str, Any]):
         ambiguous_policy=str(params.get("ambiguous_policy", "hold")),
         # Airflow retries while try_number <= max_tries; the last try keeps 4xx rows deferred.
         last_try=try_number > max_tries,
+        unsubscribe=unsubscribe.get_links(),
+        unsubscribe_mailto=unsubscribe.mailto,
     )
 
 

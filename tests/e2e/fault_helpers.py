@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from tests.conftest import UNSUBSCRIBE_CONN_JSON
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,6 +68,7 @@ def connection_env(emu: Any, smtp: Any, store_url: str, *, source: Mapping[str, 
                       "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 20},
         }),
         "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}}),
+        "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": UNSUBSCRIBE_CONN_JSON,
     }
 
 

@@ -32,6 +32,30 @@ from devstack.processes import RunningEmulator, RunningSmtpSink, start_emulator,
 
 FROM_EMAIL = "shop@triggerflow.test"
 FROM_NAME = "triggerflow shop"
+#: the unsubscribe signer of the unit tests (the same test-only secret tests/conftest.py puts in
+#: AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE)
+UNSUBSCRIBE_BASE_URL = "http://localhost:8080"
+UNSUBSCRIBE_SECRET = "triggerflow-tests-only-unsubscribe-secret"
+
+
+def unsubscribe_links():
+    from include.triggerflow.unsubscribe import UnsubscribeLinks
+
+    return UnsubscribeLinks(UNSUBSCRIBE_SECRET, UNSUBSCRIBE_BASE_URL)
+
+
+def send_chunk(engine, batch_id, chunk, routing, renderer, open_session, options=None):
+    """``stages.send.send_chunk`` with the tests' unsubscribe signer filled into the options
+    (production gets it from connection triggerflow_unsubscribe)."""
+    from dataclasses import replace
+
+    from include.triggerflow.stages.send import SendOptions
+    from include.triggerflow.stages.send import send_chunk as real_send_chunk
+
+    options = options or SendOptions()
+    if options.unsubscribe is None:
+        options = replace(options, unsubscribe=unsubscribe_links())
+    return real_send_chunk(engine, batch_id, chunk, routing, renderer, open_session, options)
 
 BASE_PROFILE: dict[str, Any] = {
     "email": None,

@@ -9,6 +9,12 @@ before the next SMTP step, so the ledger (not the mail library's retry loop) dec
 * A 4xx reply defers the row (sent by a later try); a 5xx, a render error or a bad address fails
   it with the reason. A broken session re-raises: nothing was accepted without a 250, the rows
   go back to ``pending`` and Airflow's retry sends them.
+* A ``scheduled`` row (held for the customer's quiet hours) is sent once its ``not_before`` has
+  passed, by whichever run's send task gets its chunk first (see reconcile.due_scheduled).
+
+Every email carries a signed one-click unsubscribe link (RFC 8058 ``List-Unsubscribe`` and
+``List-Unsubscribe-Post`` headers, and ``unsubscribe_url`` in the templates), and is rendered in
+the profile's locale when the template has a variant for it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, insert, or_, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
@@ -31,6 +37,7 @@ from include.triggerflow.mailer import (
     InvalidAddressError,
     build_message,
     check_header_value,
+    list_unsubscribe_headers,
     message_id_for,
     validate_address,
 )
@@ -41,6 +48,14 @@ from include.triggerflow.store.schema import dry_run, event, profiles, send, sen
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATES = ("pending", "deferred")
+
+
+class UnsubscribeLinkMaker(Protocol):
+    def url_for(self, customer_id: str, route: str | None = None) -> str: ...
+
+
+class UnsubscribeNotConfigured(RuntimeError):
+    """No unsubscribe links: marketing email must not go out without one."""
 
 
 class MailSession(Protocol):
@@ -83,6 +98,10 @@ class SendOptions:
     ambiguous_policy: str = "hold"
     #: on a try that Airflow can still retry, 4xx deferrals raise so the retry sends them
     last_try: bool = True
+    #: signs each email's one-click unsubscribe URL (connection ``triggerflow_unsubscribe``)
+    unsubscribe: UnsubscribeLinkMaker | None = None
+    #: an optional ``mailto:`` address added to List-Unsubscribe
+    unsubscribe_mailto: str | None = None
 
 
 class DeferredRecipients(RuntimeError):
@@ -106,6 +125,12 @@ def send_chunk(
         raise ValueError(f"ambiguous_policy must be one of {AMBIGUOUS_POLICIES}, not {opts.ambiguous_policy!r}")
     if opts.dry_run and opts.dry_run_dir is None:
         raise ValueError("dry_run needs dry_run_dir (where the rendered messages are written)")
+    if opts.unsubscribe is None:
+        raise UnsubscribeNotConfigured(
+            "no unsubscribe link signer: define the Airflow connection 'triggerflow_unsubscribe' "
+            "(host = the API server's public URL, password = the signing secret; see README, Connections)"
+        )
+    now = _now()
     counts = {k: 0 for k in ("sent", "resent", "deferred", "failed", "ambiguous", "dry_run", "skipped_already_sent")}
     logger = _SendLog(engine, batch_id, opts)
     in_chunk = and_(send.c.batch_id == batch_id, send.c.chunk == chunk)
@@ -123,6 +148,8 @@ def send_chunk(
             logger.add(conn, stuck, "ambiguous", detail=f"policy {opts.ambiguous_policy}")
             counts["ambiguous"] = len(stuck)
         states = list(RETRYABLE_STATES)
+        # quiet-hours rows whose window is over; the others wait for a later run
+        due = and_(send.c.state == "scheduled", or_(send.c.not_before.is_(None), send.c.not_before <= now))
         if opts.ambiguous_policy == "resend":
             states.append("ambiguous")
             resend_ids.update(conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == "ambiguous"))).scalars())
@@ -145,7 +172,7 @@ def send_chunk(
             )
             .join(event, event.c.event_id == send.c.event_id)
             .join(profiles, profiles.c.customer_id == send.c.profile_id)
-            .where(and_(in_chunk, send.c.state.in_(states)))
+            .where(and_(in_chunk, or_(send.c.state.in_(states), due)))
             .order_by(send.c.send_id)
         ).all()
     if not rows:
@@ -173,7 +200,12 @@ def send_chunk(
             try:
                 if route is None:
                     raise TemplateRenderError(f"route {row.route!r} is no longer in the routing config")
-                rendered = renderer.render(route, build_context(profile=profile, event=parse_envelope(row.payload), route=route))
+                unsubscribe_url = opts.unsubscribe.url_for(str(profile["customer_id"]), route.name)
+                context = build_context(
+                    profile=profile, event=parse_envelope(row.payload), route=route,
+                    extra={"unsubscribe_url": unsubscribe_url},
+                )
+                rendered = renderer.render(route, context, locale=profile.get("locale"))
                 recipient = validate_address(row.recipient)
                 # A deliberate resend is a new message; an ambiguous one keeps its Message-ID so
                 # a receiver that did get the first copy can tell it is the same email.
@@ -187,7 +219,10 @@ def send_chunk(
                     text=rendered.text,
                     html=rendered.html,
                     message_id=message_id,
-                    headers={"X-Triggerflow-Key": row.idempotency_key},
+                    headers={
+                        "X-Triggerflow-Key": row.idempotency_key,
+                        **list_unsubscribe_headers(unsubscribe_url, opts.unsubscribe_mailto),
+                    },
                 )
             except (TemplateRenderError, HeaderInjectionError, InvalidAddressError, ValueError) as exc:
                 if opts.dry_run:
@@ -211,7 +246,7 @@ def send_chunk(
                 counts["dry_run"] += 1
                 continue
 
-            _mark_sending(engine, row.send_id, message_id, rendered.subject, row.attempts)
+            _mark_sending(engine, row.send_id, message_id, rendered.subject, row.attempts, rendered.locale)
             try:
                 outcome = mail.send_prepared(recipient, message)
             except Exception:
@@ -314,12 +349,13 @@ def _suppress(engine: Engine, address: str, code: int | None, reply: str) -> Non
         )
 
 
-def _mark_sending(engine: Engine, send_id: int, message_id: str, subject: str, attempts: int) -> None:
+def _mark_sending(engine: Engine, send_id: int, message_id: str, subject: str, attempts: int, locale: str | None) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(send)
             .where(send.c.send_id == send_id)
-            .values(state="sending", message_id=message_id, subject=subject, attempts=attempts + 1, updated_at=_now())
+            .values(state="sending", message_id=message_id, subject=subject, attempts=attempts + 1,
+                    locale=locale, updated_at=_now())
         )
 
 
