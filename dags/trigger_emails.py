@@ -17,6 +17,9 @@ Each run is one micro-batch:
    limited by the `smtp_sessions` pool. The ledger decides what is sent: no email twice. Every
    email carries a signed one-click unsubscribe link (`triggerflow_unsubscribe`).
 5. **report** — counts and their balance (`tf_run_summary`); a batch that does not balance fails.
+   Also the latency of what this run sent (p50/p95/p99/max) and the age of the oldest trigger still
+   waiting; past `sla_alert_minutes` an SLA alert fires (`tf_alert`, log, email to the Variable
+   `triggerflow_alert_emails`).
 
 Data moves through the store (`triggers_db`); XCom carries only batch ids and counts.
 See the README for connections, the routing config and how to replay a run.
@@ -98,6 +101,15 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
             description="Send this batch's already-sent emails again, deliberately. Logged as 'resent' "
             "with a new Message-ID; never happens without this switch.",
         ),
+        "sla_alert_minutes": Param(
+            30,
+            type="number",
+            minimum=0,
+            title="SLA alert after (minutes)",
+            description="Alert (log, tf_alert, email to the Variable triggerflow_alert_emails) when the oldest "
+            "trigger still waiting — in the source, the ledger or an unprocessed batch — is older than this. "
+            "Adobe's response target is under an hour.",
+        ),
         "ambiguous_policy": Param(
             "hold",
             enum=["hold", "resend"],
@@ -170,23 +182,29 @@ def trigger_emails():
 
     # A report that does not balance will not balance on a retry either.
     @task(retries=0)
-    def report(validated: dict, sent: list) -> dict:
-        from include.triggerflow.runtime import store_engine
+    def report(landed: dict, validated: dict, sent: list) -> dict:
+        from include.triggerflow.runtime import sla_alert, store_engine
         from include.triggerflow.stages.report import report_batch
 
-        dag_run = get_current_context()["dag_run"]
+        context = get_current_context()
+        dag_run, params = context["dag_run"], context["params"]
+        engine = store_engine()
         return report_batch(
-            store_engine(),
+            engine,
             validated["batch_id"],
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
             send_results=list(sent),
             note=validated.get("note"),
+            source_capped=int(landed.get("newly_landed") or 0) >= int(params["max_events"]),
+            sla_alert_after_s=float(params["sla_alert_minutes"]) * 60,
+            on_sla_breach=sla_alert(engine, dag_run.dag_id, dag_run.run_id, validated["batch_id"]),
         ).as_xcom()
 
-    validated = validate(pull_and_land())
+    landed = pull_and_land()
+    validated = validate(landed)
     sent = send.expand_kwargs(reconcile(validated))
-    report(validated, sent)
+    report(landed, validated, sent)
 
 
 trigger_emails()

@@ -80,3 +80,19 @@ def routing():
     from include.triggerflow.config import load_routing
 
     return load_routing()
+
+
+def sla_alert(engine, dag_id: str, run_id: str, batch_id: str):
+    """The report's SLA-breach callback: alerts.fire_sla_alert with the recipients from the
+    Variable triggerflow_alert_emails and mail over connection smtp_triggers."""
+
+    def fire(info: dict) -> dict:
+        from include.triggerflow.alerts import alert_recipients, fire_sla_alert
+        from include.triggerflow.hooks.smtp import TriggerMailHook
+
+        return fire_sla_alert(
+            engine, dag_id=dag_id, run_id=run_id, batch_id=batch_id, recipients=alert_recipients(),
+            open_session=TriggerMailHook, **info,
+        )
+
+    return fire

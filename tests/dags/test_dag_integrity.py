@@ -69,7 +69,7 @@ def test_tasks_and_wiring(dag) -> None:
     assert dag.get_task("validate").upstream_task_ids == {"pull_and_land"}
     assert dag.get_task("reconcile").upstream_task_ids == {"validate"}
     assert dag.get_task("send").upstream_task_ids == {"reconcile"}
-    assert dag.get_task("report").upstream_task_ids == {"validate", "send"}
+    assert dag.get_task("report").upstream_task_ids == {"pull_and_land", "validate", "send"}
     assert dag.get_task("send").pool == "smtp_sessions"
     assert dag.get_task("report").retries == 0  # an unbalanced report fails once, loudly
     assert dag.get_task("pull_and_land").retries >= 2

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
 
+from include.triggerflow.sla import DEFAULT_ALERT_AFTER_S, latency_summary, oldest_waiting, run_latencies
 from include.triggerflow.store.schema import batch, decision, event, run_summary, send
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,17 @@ class Report:
             lines.append(f"  note: {c['note']}")
         if c.get("oldest_sent_age_s") is not None:
             lines.append(f"  oldest trigger sent was {c['oldest_sent_age_s']:.1f} s old when the server accepted it")
+        lat = c.get("latency_s") or {}
+        if lat.get("count"):
+            lines.append(
+                f"  latency trigger -> accepted, {lat['count']} emails of this run: p50 {lat['p50']:.1f} s, "
+                f"p95 {lat['p95']:.1f} s, p99 {lat['p99']:.1f} s, max {lat['max']:.1f} s"
+            )
+        sla = c.get("sla") or {}
+        if sla.get("oldest_waiting_age_s") is not None:
+            lines.append(f"  oldest trigger still waiting: {sla['oldest_waiting_age_s']:.1f} s, in the {sla['waiting_where']}")
+        if sla.get("breached"):
+            lines.append(f"  SLA ALERT: {sla.get('alert', {}).get('detail', '')} ({sla.get('alert', {}).get('notified', '')})")
         lines.append("  balanced" if self.balanced else "  NOT BALANCED: " + "; ".join(self.problems))
         return "\n".join(lines)
 
@@ -143,14 +156,35 @@ def report_batch(
     run_id: str,
     send_results: list[dict[str, Any]] | None = None,
     note: str | None = None,
+    source_capped: bool = False,
+    sla_alert_after_s: float | None = DEFAULT_ALERT_AFTER_S,
+    on_sla_breach: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Report:
     """Compute, store and return the report; raise if it does not balance.
 
     ``send_results`` are this run's send task results: what *this* attempt did (sent, skipped
     as already sent by an earlier attempt, resent, dry-run...), as opposed to the batch totals.
+    ``source_capped``: the pull stopped at ``max_events``, so more messages wait in the source.
+    When the oldest waiting trigger is older than ``sla_alert_after_s``, ``on_sla_breach`` is
+    called with ``{"age_s", "where", "threshold_s"}`` and what it returns goes into the report.
     """
     report = compute_report(engine, batch_id)
     c = report.counts
+    c["latency_s"] = latency_summary(run_latencies(engine, run_id))
+    waiting = oldest_waiting(engine, batch_id, source_capped=source_capped)
+    breached = (
+        sla_alert_after_s is not None and waiting["age_s"] is not None and waiting["age_s"] > sla_alert_after_s
+    )
+    c["sla"] = {
+        "oldest_waiting_age_s": waiting["age_s"],
+        "waiting_where": waiting["where"],
+        "alert_after_s": sla_alert_after_s,
+        "breached": breached,
+    }
+    if breached and on_sla_breach is not None:
+        c["sla"]["alert"] = on_sla_breach(
+            {"age_s": waiting["age_s"], "where": waiting["where"], "threshold_s": sla_alert_after_s}
+        )
     this_run = dict.fromkeys(RUN_ACTIONS, 0)
     released = dict.fromkeys(RUN_ACTIONS, 0)
     for result in send_results or []:

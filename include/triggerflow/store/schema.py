@@ -21,6 +21,7 @@ writes its output here; XCom only ever carries ids and counts.
     tf_dry_run           messages rendered by dry runs, with where they were written
     tf_unsubscribe       every opt-out received through a signed unsubscribe link
     tf_schema_version    which additive migrations of existing tables have been applied
+    tf_alert             SLA alerts fired (oldest waiting trigger older than the threshold)
     profiles             the customers (default schema; see README "Profiles")
     profile_visitor_ids  ECIDs (Experience Cloud visitor ids) known for each customer
 """
@@ -286,6 +287,22 @@ unsubscribe = Table(
     Column("received_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_tf_unsubscribe_customer", unsubscribe.c.customer_id)
+
+alert = Table(
+    "tf_alert",
+    metadata,
+    Column("alert_id", BigId, primary_key=True, autoincrement=True),
+    Column("kind", String(50), nullable=False),  # sla-breach
+    Column("dag_id", String(250)),
+    Column("run_id", String(250)),
+    Column("batch_id", String(250)),
+    Column("oldest_waiting_age_s", Float),
+    Column("threshold_s", Float),
+    Column("detail", Text, nullable=False),
+    Column("notified", Text),  # who was told (addresses), or why nobody was
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_tf_alert_kind_fired", alert.c.kind, alert.c.fired_at)
 
 schema_version = Table(
     "tf_schema_version",
