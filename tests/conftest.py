@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import UNSUBSCRIBE_CONN_JSON
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Airflow reads its configuration at import time: point it at a private home before any test
@@ -29,11 +31,6 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(PROJECT_ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-# Every email carries a signed unsubscribe link; tests sign with a test-only secret.
-UNSUBSCRIBE_CONN_JSON = (
-    '{"conn_type": "generic", "host": "http://localhost:8080", '
-    '"password": "triggerflow-tests-only-unsubscribe-secret"}'
-)
 os.environ.setdefault("AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE", UNSUBSCRIBE_CONN_JSON)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
 

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
-from tests.conftest import UNSUBSCRIBE_CONN_JSON
+from tests.support import UNSUBSCRIBE_CONN_JSON
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,14 +39,15 @@ def customers(n: int, *, domain: str = "example.com", prefix: str = "C") -> list
     ]
 
 
-def triggers_for(profiles: Iterable[Mapping[str, Any]], *, later_ms: int = 0, **kwargs: Any) -> list[dict[str, Any]]:
-    """One cart-abandonment trigger per customer (a distinct trigger timestamp each, two minutes
-    ago + ``later_ms``; a new messageId each call)."""
+def triggers_for(
+    profiles: Iterable[Mapping[str, Any]], *, later_ms: int = 0, trigger_id: str = CART_ABANDONMENT_TRIGGER_ID,
+    **kwargs: Any,
+) -> list[dict[str, Any]]:
+    """One trigger per customer, cart abandonment by default (a distinct trigger timestamp each,
+    two minutes ago + ``later_ms``; a new messageId each call)."""
     base = int(datetime.now(timezone.utc).timestamp() * 1000) - 120_000 + later_ms
     return [
-        trigger_message(
-            trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id=p["shopper_id"], triggered_at_ms=base + i, **kwargs
-        )
+        trigger_message(trigger_id=trigger_id, shopper_id=p["shopper_id"], triggered_at_ms=base + i, **kwargs)
         for i, p in enumerate(profiles)
     ]
 

@@ -16,7 +16,7 @@ from devstack.airflow_stack import airflow_standalone
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
-from tests.conftest import UNSUBSCRIBE_CONN_JSON
+from tests.support import UNSUBSCRIBE_CONN_JSON
 
 pytestmark = pytest.mark.e2e
 

@@ -24,7 +24,7 @@ from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TR
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from include.triggerflow.suppression import add_entries
-from tests.conftest import UNSUBSCRIBE_CONN_JSON
+from tests.support import UNSUBSCRIBE_CONN_JSON
 
 pytestmark = pytest.mark.e2e
 

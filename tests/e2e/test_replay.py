@@ -89,7 +89,8 @@ def test_replaying_a_runs_interval_reprocesses_its_batch_and_sends_nothing_twice
     _ok(first)
     assert len(smtp.wait_for(2)) == 2
     # A new trigger arrives; the replay of the first interval must not pull it.
-    emu.client.publish([trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA")])
+    # (a browse trigger: another cart trigger for Ada inside 24 h would be a duplicate)
+    emu.client.publish([trigger_message(trigger_id=BROWSE_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA")])
     replay = _dag("trigger_emails").test(logical_date=_minute(0), run_conf={"replay_only": True})
     _ok(replay)
     counts = _report(engine, replay.run_id)

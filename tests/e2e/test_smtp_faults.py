@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
@@ -162,7 +163,8 @@ def test_5xx_fails_with_the_reason_and_suppresses_the_address(stack) -> None:
     # The server would accept now; the suppression list alone keeps the bounced address quiet,
     # while a later trigger for a good customer goes out.
     smtp.clear_faults()
-    emu.client.publish(triggers_for([bouncing[0], good[0]], later_ms=60_000))  # later triggers, not redeliveries
+    # later triggers, not redeliveries: another trigger (a cart one inside 24 h would be a duplicate)
+    emu.client.publish(triggers_for([bouncing[0], good[0]], later_ms=60_000, trigger_id=BROWSE_ABANDONMENT_TRIGGER_ID))
     run2 = _run(1)
 
     batch2 = batch_of(engine, run2.run_id)
