@@ -22,6 +22,22 @@ A small unauthenticated control plane under ``/_emulator/`` lets tests inject ma
 read counters, reset state, force token expiry, expire retained pipeline offsets and queue fault
 rules (HTTP errors, cut/slow/stalled streams, duplicated or malformed lines).
 
+Load generation (``POST /_emulator/generate``, for benchmarks): ``{"count": n, "seed": s,
+"customers": N, "customer_offset": o, "mix": {...}, "start": i0, "trigger_ts_ms": t, "topic":
+"triggers"}`` produces
+messages ``i0 .. i0+n-1`` of :class:`devstack.loadgen.MessageFactory` as if each had been
+published through the producer endpoint: each gets its partition (from its messageId, as a
+publish would), the next offset there and the next journal position, and is served by the
+journal and the consume stream exactly like a published message. Only the generation parameters
+and a few integers are kept per message; the envelope is rendered again, identically, on every
+read, so a journal of a million messages costs ~200 MB. ``start`` omitted continues after the
+last message generated for the seed; ``trigger_ts_ms`` omitted is the time of the request
+(``createTime`` always is). ``GET /_emulator/generate`` reports what was generated. A
+``--max-limit`` above the default 1000 lets benchmark clients read large journal pages, and a
+full journal page (``limit`` >= 100) has the next page rendered in the background while the
+client reads it (``--no-read-ahead`` turns that off), so a reader's parsing and the emulator's
+rendering overlap on a multi-core machine.
+
 Run it with ``python -m devstack.adobe_emulator --port 0 --ready-file /tmp/x``; it prints
 ``adobe-emulator listening on http://127.0.0.1:<port>`` once bound. Standard library only, except
 the JWT exchange, which verifies signatures with pyjwt/cryptography (imported only when a public
@@ -49,6 +65,8 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import bisect
+import concurrent.futures
 import hashlib
 import json
 import math
@@ -67,6 +85,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+from devstack.loadgen import MessageFactory, Mix, event_id_for, factory_for
 from devstack.messages import DEMO_IMS_ORG, envelope, now_ms
 from include.triggerflow.events import PIPELINE_MESSAGE
 from devstack.readiness import write_ready_file
@@ -82,7 +101,13 @@ JOURNAL_RE = re.compile(
 )
 
 DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
+MAX_LIMIT = 1000  # default cap of the journal's ``limit``; --max-limit raises it
+# POST /_emulator/generate: messages per request.
+MAX_GENERATE = 5_000_000
+# Journal read-ahead: full pages of at least this many entries have the next page rendered in
+# the background; at most this many rendered pages are kept.
+READ_AHEAD_MIN_LIMIT = 100
+READ_AHEAD_PAGES = 2
 RETRY_AFTER_SECONDS = 10
 FIRST_OFFSET = 1000
 # PIPE-API limits: 1 MB for one message, 2 MB for a batch.
@@ -154,6 +179,10 @@ class EmulatorSettings:
     jwt_public_key_pem: bytes | None = field(default=None, repr=False)
     technical_account_id: str = DEFAULT_TECHNICAL_ACCOUNT_ID
     metascope: str = DEFAULT_METASCOPE
+    # Largest journal page served (a larger ``limit`` is capped to it).
+    max_limit: int = MAX_LIMIT
+    # Render the next full journal page in the background while the client reads this one.
+    read_ahead: bool = True
 
     @property
     def journal_path(self) -> str:
@@ -176,6 +205,88 @@ class JournalEntry:
     def as_json(self) -> dict[str, Any]:
         return {"position": self.position, "event": {"event_id": self.event_id, "event": self.event}}
 
+    def item_bytes(self) -> bytes:
+        """This entry as one element of a journal page's ``events`` (compact JSON)."""
+        return json.dumps(self.as_json(), separators=(",", ":")).encode("utf-8")
+
+
+class GeneratedRun:
+    """The parameters shared by the messages of one ``POST /_emulator/generate``."""
+
+    __slots__ = ("factory", "trigger_ts_ms", "create_time_ms", "topic", "salt")
+
+    def __init__(self, factory: MessageFactory, trigger_ts_ms: int, create_time_ms: int, topic: str, salt: int) -> None:
+        self.factory = factory
+        self.trigger_ts_ms = trigger_ts_ms
+        self.create_time_ms = create_time_ms
+        self.topic = topic
+        self.salt = salt
+
+
+class GeneratedEntry:
+    """One generated message: both a journal entry and a pipeline partition's message.
+
+    Nothing of the message is stored; :meth:`envelope_bytes` renders it from (run, i) and its
+    placement, the same bytes on every call."""
+
+    __slots__ = ("run", "i", "seq", "partition", "offset")
+
+    def __init__(self, run: GeneratedRun, i: int, seq: int, partition: int, offset: int) -> None:
+        self.run = run
+        self.i = i
+        self.seq = seq
+        self.partition = partition
+        self.offset = offset
+
+    @property
+    def position(self) -> str:
+        return format_position(self.seq)
+
+    @property
+    def event_id(self) -> str:
+        return event_id_for(self.run.salt, self.seq)
+
+    @property
+    def create_time(self) -> int:
+        return self.run.create_time_ms
+
+    def envelope_bytes(self) -> bytes:
+        run = self.run
+        return run.factory.render_envelope(
+            self.i, run.trigger_ts_ms, partition=self.partition, offset=self.offset,
+            create_time_ms=run.create_time_ms, topic=run.topic,
+        )
+
+    @property
+    def event(self) -> dict[str, Any]:
+        """The envelope as a dict (what a published entry stores)."""
+        return json.loads(self.envelope_bytes())
+
+    def as_json(self) -> dict[str, Any]:
+        return {"position": self.position, "event": {"event_id": self.event_id, "event": self.event}}
+
+    def item_bytes(self) -> bytes:
+        run = self.run
+        return run.factory.render_journal_item(
+            self.i, run.trigger_ts_ms, partition=self.partition, offset=self.offset,
+            create_time_ms=run.create_time_ms, topic=run.topic,
+            position=format_position(self.seq), event_id=event_id_for(run.salt, self.seq),
+        )
+
+
+def _entry_seq(entry: JournalEntry | GeneratedEntry) -> int:
+    return entry.seq
+
+
+def _journal_events_bytes(batch: list[Any]) -> bytes:
+    """The ``"events":[...]`` array of a journal page, compact JSON."""
+    return b"[" + b",".join([e.item_bytes() for e in batch]) + b"]"
+
+
+def _as_envelope(message: Any) -> Any:
+    """A partition log's message as a dict (generated ones are rendered)."""
+    return message.event if isinstance(message, GeneratedEntry) else message
+
 
 @dataclass
 class PartitionLog:
@@ -184,17 +295,18 @@ class PartitionLog:
     moves up; offsets are never reused."""
 
     next_offset: int = FIRST_OFFSET
-    messages: list[dict[str, Any]] = field(default_factory=list)
+    # Envelope dicts (published) or GeneratedEntry objects (rendered when read).
+    messages: list[Any] = field(default_factory=list)
 
     @property
     def earliest(self) -> int:
         return self.next_offset - len(self.messages)
 
-    def append(self, message: dict[str, Any]) -> None:
+    def append(self, message: Any) -> None:
         self.messages.append(message)
         self.next_offset += 1
 
-    def at(self, offset: int) -> dict[str, Any]:
+    def at(self, offset: int) -> Any:
         return self.messages[offset - self.earliest]
 
     def expire_before(self, offset: int) -> int:
@@ -211,7 +323,9 @@ class PartitionLog:
         return drop
 
 
-def _create_time(message: dict[str, Any]) -> int:
+def _create_time(message: Any) -> int:
+    if isinstance(message, GeneratedEntry):
+        return message.run.create_time_ms
     value = message.get("createTime")
     return value if isinstance(value, int) else 0
 
@@ -325,7 +439,8 @@ class EmulatorState:
     topic_names: tuple[str, ...] = ("triggers",)
     first_offset: int = FIRST_OFFSET
     lock: threading.Lock = field(default_factory=threading.Lock)
-    journal: list[JournalEntry] = field(default_factory=list)
+    # In seq order (bisected by seq); GeneratedEntry objects are shared with the topic logs.
+    journal: list[Any] = field(default_factory=list)
     # Sequence numbers are never reused, not even across /_emulator/reset or a restart of the
     # emulator: they start at the start-up time in microseconds, so a position stored by a client
     # of an earlier emulator process is *older* than this journal (served from its start, like a
@@ -338,6 +453,13 @@ class EmulatorState:
     group_offsets: dict[tuple[str, str], dict[int, int]] = field(default_factory=dict)
     faults: list[FaultRule] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
+    # POST /_emulator/generate: next message index per seed, messages generated.
+    generated_next: dict[int, int] = field(default_factory=dict)
+    generated: int = 0
+    # Salt of the event_id of generated entries (derived from their seq).
+    event_salt: int = field(default_factory=lambda: secrets.randbits(64))
+    # (generation, since seq, limit) -> the rendered events of that full page, being rendered.
+    read_ahead: dict[tuple[int, int, int], concurrent.futures.Future[bytes]] = field(default_factory=dict)
     # Bumped on every change open streams care about (publish, expiry); they wait on `changed`.
     version: int = 0
     # Bumped by clear(): streams opened before a reset end.
@@ -358,6 +480,11 @@ class EmulatorState:
         self.group_offsets = {}
         self.faults = []
         self.stats = _new_stats()
+        self.generated_next = {}
+        self.generated = 0
+        for pending in self.read_ahead.values():
+            pending.cancel()
+        self.read_ahead = {}
         self.version += 1
         self.generation += 1
 
@@ -377,6 +504,27 @@ class EmulatorState:
         self.journal.append(entry)
         self.stats["journal_size"] = len(self.journal)
         return entry
+
+    def append_generated(self, run: GeneratedRun, start: int, partitions: list[int]) -> tuple[int, int]:
+        """Place generated messages ``start ..`` (their partitions given) in the topic and the
+        journal, as publishing them would; returns (first seq, last seq). Caller holds the lock."""
+        logs = self.topic(run.topic, create=True)
+        assert logs is not None
+        journal = self.journal
+        seq = self.last_seq
+        first = seq + 1
+        for k, partition in enumerate(partitions):
+            log = logs[partition]
+            seq += 1
+            entry = GeneratedEntry(run, start + k, seq, partition, log.next_offset)
+            log.messages.append(entry)
+            log.next_offset += 1
+            journal.append(entry)
+        self.last_seq = seq
+        self.stats["journal_size"] = len(journal)
+        self.stats["published"] += len(partitions)
+        self.generated += len(partitions)
+        return first, seq
 
     def add_faults(self, rules: list[FaultRule]) -> None:
         """Caller holds the lock."""
@@ -539,8 +687,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        self._send_bytes(status, data, "application/json", headers)
+
+    def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -833,10 +984,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 since_seq = self.state.last_seq
             else:
                 since_seq = 0
-            # Entries are appended in seq order, so the first newer entry can be bisected; a
-            # linear scan is fine at dev-stack sizes and easier to trust.
-            batch = [e for e in self.state.journal if e.seq > since_seq][:limit]
+            # Entries are appended in seq order: bisect for the first newer one.
+            journal = self.state.journal
+            first = bisect.bisect_right(journal, since_seq, key=_entry_seq)
+            batch = journal[first : first + limit]
             self.state.stats["events_served"] += len(batch)
+            ahead = self._read_ahead(journal, first, batch, since_seq, limit)
 
         base = f"{self.server.emulator.base_url}{path}"
 
@@ -850,11 +1003,40 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             return
         last = batch[-1].position
         link = next_link(last)
-        body = {"events": [e.as_json() for e in batch], "_page": {"last": last, "count": len(batch)}}
-        self._send_json(200, body, {"Link": link})
+        # Compact JSON, the same bytes json.dumps({"events": [...], "_page": {...}}) would give,
+        # assembled from the entries' own bytes (rendered ahead when this page was foreseen).
+        events: bytes | None = None
+        if ahead is not None:
+            try:
+                events = ahead.result()
+            except concurrent.futures.CancelledError:
+                events = None
+        if events is None:
+            events = _journal_events_bytes(batch)
+        page = json.dumps({"last": last, "count": len(batch)}, separators=(",", ":")).encode("utf-8")
+        data = b'{"events":' + events + b',"_page":' + page + b"}"
+        self._send_bytes(200, data, "application/json", {"Link": link})
 
-    @staticmethod
-    def _limit(query: dict[str, list[str]]) -> int:
+    def _read_ahead(
+        self, journal: list[Any], first: int, batch: list[Any], since_seq: int, limit: int
+    ) -> concurrent.futures.Future[bytes] | None:
+        """The rendering of this page if it was started ahead, and start the next one. Only full
+        pages are rendered ahead: the journal only grows, so a full page never changes.
+        Caller holds the lock."""
+        state = self.state
+        pool = self.server.emulator.read_ahead_pool
+        if pool is None or limit < READ_AHEAD_MIN_LIMIT or len(batch) < limit:
+            return None
+        ahead = state.read_ahead.pop((state.generation, since_seq, limit), None)
+        following = journal[first + limit : first + 2 * limit]
+        key = (state.generation, batch[-1].seq, limit)
+        if len(following) == limit and key not in state.read_ahead:
+            state.read_ahead[key] = pool.submit(_journal_events_bytes, following)
+            while len(state.read_ahead) > READ_AHEAD_PAGES:
+                state.read_ahead.pop(next(iter(state.read_ahead))).cancel()
+        return ahead
+
+    def _limit(self, query: dict[str, list[str]]) -> int:
         if "limit" not in query:
             return DEFAULT_LIMIT
         raw = query["limit"][-1]
@@ -864,7 +1046,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             value = 0
         if value <= 0:
             raise ApiError(400, "invalid_limit", f"limit must be a positive integer, got {raw!r}")
-        return min(value, MAX_LIMIT)
+        return min(value, self.settings.max_limit)
 
     # -- Pipeline producer -------------------------------------------------------------------------
     def _handle_publish(self, topic: str) -> None:
@@ -989,11 +1171,11 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 cursors[p] = offset
         self._stream(topic, group, cursors, sync_ms, self._stream_faults())
 
-    def _gather(self, topic: str, cursors: dict[int, int], limit: int) -> list[tuple[int, int, dict[str, Any]]]:
+    def _gather(self, topic: str, cursors: dict[int, int], limit: int) -> list[tuple[int, int, Any]]:
         """Up to ``limit`` retained messages at or after the cursors, partitions interleaved
         round-robin, advancing the cursors. Caller holds the lock."""
         logs = self.state.topics.get(topic)
-        out: list[tuple[int, int, dict[str, Any]]] = []
+        out: list[tuple[int, int, Any]] = []
         if logs is None:
             return out
         progressed = True
@@ -1104,10 +1286,13 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                             self._chunk(rule.line.encode("utf-8") + b"\n")
                         elif rule is not None:
                             # Still placeable (partition/offset intact), but the body is garbage.
-                            message = {**message, PIPELINE_MESSAGE: "not an object"}
+                            message = {**_as_envelope(message), PIPELINE_MESSAGE: "not an object"}
                         copies = 2 if faults.duplicate is not None else 1
                         for _ in range(copies):
-                            self._line(message)
+                            if isinstance(message, GeneratedEntry):
+                                self._chunk(message.envelope_bytes() + b"\n")
+                            else:
+                                self._line(message)
                         data_sent += 1
                         with state.lock:
                             state.stats["data_lines_streamed"] += copies
@@ -1193,6 +1378,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             "expire-tokens": ("POST",),
             "pipeline/expire": ("POST",),
             "faults": ("GET", "POST", "DELETE"),
+            "generate": ("GET", "POST"),
         }
         if action not in routes:
             raise ApiError(404, "not_found", f"no such control endpoint: {path}")
@@ -1217,6 +1403,16 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, {"expired": expired})
         elif action == "pipeline/expire":
             self._expire(self._json_body())
+        elif action == "generate":
+            if method == "POST":
+                self._generate(self._json_body())
+            else:
+                with state.lock:
+                    info = {
+                        "generated": state.generated,
+                        "next_start": {str(seed): nxt for seed, nxt in sorted(state.generated_next.items())},
+                    }
+                self._send_json(200, info)
         elif action == "faults":
             if method == "POST":
                 rules = parse_fault_rules(self._json_body())
@@ -1242,6 +1438,73 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             with state.lock:
                 positions = [state.append(item).position for item in items]
             self._send_json(200, {"accepted": len(positions), "positions": positions})
+
+    def _generate(self, payload: Any) -> None:
+        """``POST /_emulator/generate`` (see the module docstring)."""
+        usage = (
+            'body must be {"count": n, "seed": s, "customers": N, "customer_offset": o, "mix": {...}, '
+            '"start": i0, "trigger_ts_ms": t, "topic": "triggers"} (all but count optional)'
+        )
+        if not isinstance(payload, dict):
+            raise ApiError(400, "bad_request", usage)
+        unknown = sorted(
+            set(payload) - {"count", "seed", "customers", "customer_offset", "mix", "start", "trigger_ts_ms", "topic"}
+        )
+        if unknown:
+            raise ApiError(400, "bad_request", f"unknown fields {unknown}; {usage}")
+
+        def integer(name: str, default: Any, low: int, high: int | None = None) -> Any:
+            value = payload.get(name, default)
+            if value is None and default is None:
+                return None
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+                bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+                raise ApiError(400, "bad_request", f"{name} must be an integer {bounds}, got {value!r}")
+            return value
+
+        count = integer("count", 0, 1, MAX_GENERATE)
+        seed = integer("seed", 7, -(2**63), 2**63 - 1)
+        customers = integer("customers", 1_000_000, 1)
+        customer_offset = integer("customer_offset", 0, 0)
+        start = integer("start", None, 0, 2**62)
+        trigger_ts = integer("trigger_ts_ms", None, 0)
+        topic = payload.get("topic", "triggers")
+        if not isinstance(topic, str) or not topic or "/" in topic:
+            raise ApiError(400, "bad_request", f"topic must be a topic name, got {topic!r}")
+        try:
+            mix = Mix.from_json(payload.get("mix"))
+        except (TypeError, ValueError) as exc:
+            raise ApiError(400, "bad_request", f"mix: {exc}") from exc
+        factory = factory_for(seed, customers, mix, customer_offset)
+        with self.state.lock:
+            if start is None:
+                start = self.state.generated_next.get(seed, 0)
+            salt = self.state.event_salt
+        created = now_ms()
+        run = GeneratedRun(factory, created if trigger_ts is None else trigger_ts, created, topic, salt)
+        # The expensive part (message ids, partitions) outside the lock.
+        partitions_n = self.state.partitions
+        partitions = [partition_for(factory.message_id(i), partitions_n) for i in range(start, start + count)]
+        with self.state.lock:
+            first, last = self.state.append_generated(run, start, partitions)
+            nxt = max(self.state.generated_next.get(seed, 0), start + count)
+            self.state.generated_next[seed] = nxt
+            self.state.version += 1
+            self.state.changed.notify_all()
+            journal_size = len(self.state.journal)
+        self._send_json(
+            200,
+            {
+                "accepted": count,
+                "start": start,
+                "next_start": nxt,
+                "first_position": format_position(first),
+                "last_position": format_position(last),
+                "trigger_ts_ms": run.trigger_ts_ms,
+                "create_time_ms": created,
+                "journal_size": journal_size,
+            },
+        )
 
     def _expire(self, payload: Any) -> None:
         """Drop retained pipeline messages, as retention would: ``{"partition", "before_offset"}``
@@ -1312,11 +1575,16 @@ class AdobeEmulator:
             self.jwt_public_key = load_jwt_public_key(self.settings.jwt_public_key_pem)
         if self.settings.first_offset < 0:
             raise ValueError("first_offset must be >= 0")
+        if self.settings.max_limit < 1:
+            raise ValueError("max_limit must be >= 1")
         self.state = EmulatorState(
             partitions=self.settings.partitions,
             topic_names=tuple(self.settings.topics),
             first_offset=self.settings.first_offset,
         )
+        self.read_ahead_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        if self.settings.read_ahead:
+            self.read_ahead_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal-read-ahead")
         self._httpd = _EmulatorHTTPServer((self.settings.host, self.settings.port), self)
         self._thread: threading.Thread | None = None
 
@@ -1349,6 +1617,8 @@ class AdobeEmulator:
         self._httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.read_ahead_pool is not None:
+            self.read_ahead_pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> AdobeEmulator:
         return self.start()
@@ -1393,6 +1663,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--technical-account-id", default=DEFAULT_TECHNICAL_ACCOUNT_ID)
     parser.add_argument("--metascope", default=DEFAULT_METASCOPE)
+    parser.add_argument(
+        "--max-limit", type=int, default=MAX_LIMIT,
+        help=f"largest journal page served; a larger limit is capped (default {MAX_LIMIT})",
+    )
+    parser.add_argument(
+        "--no-read-ahead", dest="read_ahead", action="store_false",
+        help="do not render the next full journal page in the background",
+    )
     parser.add_argument("--ready-file", help="write the base URL here once listening")
     return parser
 
@@ -1420,6 +1698,8 @@ def main(argv: list[str] | None = None) -> int:
         jwt_public_key_pem=pem,
         technical_account_id=args.technical_account_id,
         metascope=args.metascope,
+        max_limit=args.max_limit,
+        read_ahead=args.read_ahead,
     )
     emulator = AdobeEmulator(settings)
     stop = threading.Event()

@@ -2,8 +2,8 @@
 
 Used by the tests and the demo to mint IMS tokens (OAuth S2S or the legacy JWT exchange),
 publish trigger messages through the Pipeline producer endpoint, peek at the Pipeline consume
-stream, inject raw journal events and drive the ``/_emulator/`` control plane (stats, reset,
-token expiry, retention expiry, fault rules). It is deliberately not the production reader:
+stream, inject raw journal events, generate load (``devstack.loadgen`` messages) and drive the
+``/_emulator/`` control plane (stats, reset, token expiry, retention expiry, fault rules). It is deliberately not the production reader:
 triggerflow's own source code must talk to the emulator exactly as it would talk to Adobe.
 
 Secrets (client secret, tokens, JWTs) never appear in ``repr()`` or in error messages.
@@ -247,6 +247,37 @@ class EmulatorClient:
     def inject_raw(self, events: list[Any]) -> dict[str, Any]:
         """Append values to the journal verbatim as the inner ``event`` (no envelope)."""
         return self._request("POST", "/_emulator/journal", json={"events": list(events)}).json()
+
+    def generate(
+        self,
+        count: int,
+        *,
+        seed: int = 7,
+        customers: int = 1_000_000,
+        mix: Mapping[str, Any] | None = None,
+        start: int | None = None,
+        trigger_ts_ms: int | None = None,
+        topic: str = "triggers",
+        customer_offset: int = 0,
+    ) -> dict[str, Any]:
+        """Have the emulator produce ``count`` load-generator messages (``devstack.loadgen``) as
+        if they had been published; returns ``{"accepted", "start", "next_start",
+        "first_position", "last_position", "trigger_ts_ms", "create_time_ms", "journal_size"}``.
+        ``start`` None continues after the last message generated for ``seed``."""
+        body: dict[str, Any] = {"count": count, "seed": seed, "customers": customers, "topic": topic}
+        if customer_offset:
+            body["customer_offset"] = customer_offset
+        if mix is not None:
+            body["mix"] = dict(mix)
+        if start is not None:
+            body["start"] = start
+        if trigger_ts_ms is not None:
+            body["trigger_ts_ms"] = trigger_ts_ms
+        return self._request("POST", "/_emulator/generate", json=body).json()
+
+    def generated(self) -> dict[str, Any]:
+        """``{"generated": n, "next_start": {seed: next index}}``."""
+        return self._request("GET", "/_emulator/generate").json()
 
     def stats(self) -> dict[str, int]:
         return self._request("GET", "/_emulator/stats").json()

@@ -48,6 +48,45 @@ class RunningSmtpSink:
     process: subprocess.Popen[bytes]
     log_path: Path
     faults_file: Path
+    # "eml" (a file per message in out_dir) or "none" (accept and count only).
+    store: str = "eml"
+    # JSON counters the sink rewrites every stats_interval seconds and at exit.
+    stats_file: Path | None = None
+    # One "<unix ts>\t<X-Triggerflow-Key or Message-ID>" line per accepted message, if asked for.
+    accept_log: Path | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """The sink's counters as of its last stats write (at most ``stats_interval`` old):
+        ``accepted``, ``refused``, ``bytes``, ``sessions``, ``store``, ``updated_at``, ``pid``."""
+        if self.stats_file is None:
+            raise RuntimeError("this sink was started without a stats file")
+        return json.loads(self.stats_file.read_text(encoding="utf-8"))
+
+    def accepted(self) -> int:
+        """Messages accepted so far (``stats()["accepted"]``; in eml mode also the .eml count)."""
+        return int(self.stats()["accepted"])
+
+    def wait_accepted(self, count: int, timeout: float = 10.0) -> int:
+        """Wait until the sink reports at least ``count`` accepted messages; returns the count."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.accepted()
+            if seen >= count:
+                return seen
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the sink accepted {seen} of {count} messages in {timeout}s")
+            time.sleep(0.05)
+
+    def accept_log_lines(self) -> list[tuple[float, str]]:
+        """The accept log as (unix time accepted, key); only lines the sink has flushed."""
+        if self.accept_log is None:
+            raise RuntimeError("this sink was started without an accept log")
+        lines = []
+        if self.accept_log.exists():
+            for line in self.accept_log.read_text(encoding="ascii", errors="replace").splitlines():
+                stamp, _, key = line.partition("\t")
+                lines.append((float(stamp), key))
+        return lines
 
     def set_faults(self, rules: list[dict[str, Any]] | dict[str, Any]) -> None:
         """Replace the sink's fault rules (see devstack.smtp_sink); takes effect at the next SMTP
@@ -198,12 +237,16 @@ def start_emulator(
     metascope: str | None = None,
     log_path: str | os.PathLike[str] | None = None,
     port: int = 0,
+    max_limit: int | None = None,
+    read_ahead: bool | None = None,
 ) -> Iterator[RunningEmulator]:
     """Run ``devstack.adobe_emulator`` in a subprocess for the duration of the block.
 
     ``ping_interval`` / ``stream_max_seconds`` tune the Pipeline consume stream (small values keep
     tests fast); ``jwt_public_key_path`` (a PEM RSA public key) enables the legacy JWT exchange
-    for ``technical_account_id`` and ``metascope``. ``None`` keeps the emulator's defaults.
+    for ``technical_account_id`` and ``metascope``; ``max_limit`` raises the journal's page cap
+    (default 1000) for benchmark readers; ``read_ahead=False`` stops it rendering the next full
+    journal page in the background. ``None`` keeps the emulator's defaults.
     """
     args = [
         "--client-id", client_id,
@@ -221,10 +264,13 @@ def start_emulator(
         ("--jwt-public-key", jwt_public_key_path),
         ("--technical-account-id", technical_account_id),
         ("--metascope", metascope),
+        ("--max-limit", max_limit),
     ]
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]
+    if read_ahead is False:
+        args.append("--no-read-ahead")
     with _server_process("adobe_emulator", args, log_path, port) as (process, base_url, log):
         client = EmulatorClient(
             base_url,
@@ -242,41 +288,67 @@ def start_emulator(
 
 @contextmanager
 def start_smtp_sink(
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None = None,
     *,
     log_path: str | os.PathLike[str] | None = None,
     port: int = 0,
     faults_file: str | os.PathLike[str] | None = None,
     faults: list[dict[str, Any]] | None = None,
+    store: str = "eml",
+    accept_log: str | os.PathLike[str] | None = None,
+    stats_file: str | os.PathLike[str] | None = None,
+    stats_interval: float | None = None,
+    engine: str | None = None,
 ) -> Iterator[RunningSmtpSink]:
     """Run ``devstack.smtp_sink`` in a subprocess writing .eml files to ``out_dir``.
 
     The sink always watches a faults file (``faults_file``, or a private temp file), so
     :meth:`RunningSmtpSink.set_faults` works on any sink; ``faults`` are the initial rules.
+    ``store="none"`` only accepts and counts (``out_dir`` optional, nothing written there), for
+    benchmarks, by default with the sink's lean SMTP engine (``engine="aiosmtpd"`` to compare);
+    ``accept_log`` adds a line per accepted message. The counters are always
+    available through :meth:`RunningSmtpSink.stats` (``stats_file``, or a private temp file,
+    rewritten every ``stats_interval`` seconds, default 1).
     """
-    out = Path(out_dir).resolve()
-    own_dir: Path | None = None
+    if store not in ("eml", "none"):
+        raise ValueError(f"store must be 'eml' or 'none', not {store!r}")
+    if store == "eml" and out_dir is None:
+        raise ValueError("store='eml' needs out_dir")
+    out = Path(out_dir).resolve() if out_dir is not None else None
+    own_dir = Path(tempfile.mkdtemp(prefix="triggerflow-smtp-"))
     if faults_file is None:
-        own_dir = Path(tempfile.mkdtemp(prefix="triggerflow-smtp-faults-"))
         faults_path = own_dir / "faults.json"
     else:
         faults_path = Path(faults_file).resolve()
         faults_path.parent.mkdir(parents=True, exist_ok=True)
+    stats_path = Path(stats_file).resolve() if stats_file is not None else own_dir / "stats.json"
+    accept_path = Path(accept_log).resolve() if accept_log is not None else None
     try:
         if faults is not None or not faults_path.exists():
             from devstack.smtp_sink import parse_fault_rules
 
             parse_fault_rules(list(faults or []))
             faults_path.write_text(json.dumps(list(faults or [])), encoding="utf-8")
-        args = ["--out", str(out), "--faults-file", str(faults_path)]
+        args = ["--faults-file", str(faults_path), "--stats-file", str(stats_path)]
+        if out is not None:
+            args += ["--out", str(out)]
+        if store != "eml":
+            args += ["--store", store]
+        if accept_path is not None:
+            args += ["--accept-log", str(accept_path)]
+        if stats_interval is not None:
+            args += ["--stats-interval", str(stats_interval)]
+        if engine is not None:
+            args += ["--engine", engine]
         with _server_process("smtp_sink", args, log_path, port) as (process, address, log):
             host, _, bound = address.rpartition(":")
             yield RunningSmtpSink(
-                host=host, port=int(bound), out_dir=out, process=process, log_path=log, faults_file=faults_path
+                host=host, port=int(bound), out_dir=out if out is not None else own_dir / "no-outbox",
+                process=process, log_path=log, faults_file=faults_path, store=store,
+                stats_file=stats_path, accept_log=accept_path,
             )
     finally:
-        if own_dir is not None:
-            shutil.rmtree(own_dir, ignore_errors=True)
+        shutil.rmtree(own_dir, ignore_errors=True)
 
 
 @contextmanager

@@ -466,3 +466,78 @@ def test_position_from_an_earlier_emulator_process_reads_the_new_journal_from_it
         events = response.json()["events"]
         assert served_ids(events) == [fresh["messageId"]]
         assert events[0]["position"] > old_last  # same width, so string order is numeric order
+
+
+# -- generated messages (POST /_emulator/generate, devstack.loadgen) --------------------------------
+def generate(client: EmulatorClient, count: int, **body: Any) -> dict[str, Any]:
+    return client.generate(count, **body)
+
+
+def test_generated_and_published_messages_share_one_journal_in_order(client: EmulatorClient) -> None:
+    from devstack.loadgen import MessageFactory, Mix
+
+    published = [cart("P1"), cart("P2"), cart("P3")]
+    before = client.publish(published[:2])
+    answer = generate(client, count=3, seed=21, customers=100, trigger_ts_ms=1_796_000_000_000)
+    after = client.publish(published[2])
+    assert (answer["accepted"], answer["start"], answer["next_start"]) == (3, 0, 3)
+    assert answer["first_position"] > before["positions"][-1]["position"]
+    assert answer["last_position"] < after["positions"][0]["position"]
+
+    # page across the published/generated boundaries with the default cap's small pages
+    events: list[dict[str, Any]] = []
+    response = get_journal(client, limit=2)
+    while response.status_code == 200:
+        events.extend(response.json()["events"])
+        response = get_journal(client, url=next_link(response))
+    assert response.status_code == 204
+    positions = [e["position"] for e in events]
+    assert positions == sorted(positions) and len(set(positions)) == 6
+    assert positions[2] == answer["first_position"] and positions[4] == answer["last_position"]
+    factory = MessageFactory(21, 100, Mix())
+    assert served_ids(events) == [
+        published[0]["messageId"], published[1]["messageId"],
+        *[factory.message_id(i) for i in range(3)],
+        published[2]["messageId"],
+    ]
+    assert [parse_envelope(e["event"]["event"]).trigger_ts for e in events[2:5]] == [1_796_000_000_000] * 3
+    # `since` at a generated position continues with the next one
+    from_generated = get_journal(client, since=answer["first_position"]).json()["events"]
+    assert [e["position"] for e in from_generated] == positions[3:]
+    stats = client.stats()
+    assert (stats["journal_size"], stats["published"]) == (6, 6)
+
+
+def test_generated_envelopes_are_placed_like_published_ones(client: EmulatorClient) -> None:
+    from devstack.loadgen import MessageFactory, Mix
+
+    client.publish([cart(f"X{i}") for i in range(20)])
+    generate(client, count=200, seed=2, customers=1000)
+    envelopes = [e["event"]["event"] for e in get_journal(client, limit=1000).json()["events"]]
+    factory = MessageFactory(2, 1000, Mix())
+    next_offset: dict[int, int] = {}
+    for env in envelopes:
+        parsed = parse_envelope(env)
+        # the partition follows the messageId, as for a publish (malformed bodies keep the header)
+        assert env["partition"] == partition_for(parsed.message_id, 15)
+        assert env["offset"] == next_offset.get(env["partition"], 1000)
+        next_offset[env["partition"]] = env["offset"] + 1
+    assert [parse_envelope(env).message_id for env in envelopes[20:]] == [factory.message_id(i) for i in range(200)]
+
+
+def test_reset_forgets_generated_messages_and_their_indexes(client: EmulatorClient) -> None:
+    generate(client, count=10, seed=1, customers=50)
+    assert client.stats()["journal_size"] == 10
+    client.reset()
+    assert client.stats()["journal_size"] == 0
+    assert get_journal(client).status_code == 204
+    assert generate(client, count=1, seed=1, customers=50)["start"] == 0
+    assert client.generated() == {"generated": 1, "next_start": {"1": 1}}
+
+
+def test_stats_list_is_unchanged_by_generation(client: EmulatorClient) -> None:
+    generate(client, count=5, seed=1, customers=50)
+    assert set(client.stats()) == {
+        "token_requests", "tokens_issued", "journal_requests", "events_served", "journal_size", "published",
+        *PIPELINE_STATS_ZERO,
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -247,3 +248,171 @@ def test_bad_rules_are_refused_by_set_faults_and_ignored_by_the_sink(sink: Runni
     with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
         assert _send(smtp, "a@example.org") == {}
     assert "ignoring faults file" in sink.log_path.read_text()
+
+
+# -- fast mode (--store none): accept and count, write nothing ---------------------------------------
+def keyed_message(n: int, *, key: bool = True) -> EmailMessage:
+    message = make_message(f"Message {n}", f"c{n:07d}@example.test", f"Hello {n}\n.a line starting with a dot\n")
+    message["Message-ID"] = f"<msg-{n}@triggerflow.local>"
+    if key:
+        message["X-Triggerflow-Key"] = f"{n:064x}"
+    return message
+
+
+class RawSession:
+    """A hand-driven SMTP conversation: bytes in, reply lines out."""
+
+    def __init__(self, sink: RunningSmtpSink) -> None:
+        self.sock = socket.create_connection((sink.host, sink.port), timeout=10)
+        self.fh = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> str:
+        """One complete reply (all its continuation lines)."""
+        lines = []
+        while True:
+            line = self.fh.readline().decode().rstrip("\r\n")
+            assert line, "connection closed"
+            lines.append(line)
+            if line[3:4] != "-":
+                return "\n".join(lines)
+
+    def close(self) -> None:
+        self.fh.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def fast_sink(tmp_path: Path) -> Iterator[RunningSmtpSink]:
+    with start_smtp_sink(
+        tmp_path / "outbox", store="none", accept_log=tmp_path / "accepted.log", stats_interval=0.05,
+        log_path=tmp_path / "sink.log",
+    ) as running:
+        yield running
+
+
+def test_fast_mode_counts_and_logs_without_writing_files(fast_sink: RunningSmtpSink) -> None:
+    started = time.time()
+    with smtplib.SMTP(fast_sink.host, fast_sink.port, timeout=10) as one, smtplib.SMTP(
+        fast_sink.host, fast_sink.port, timeout=10
+    ) as two:
+        for n in range(30):
+            session = one if n % 2 else two
+            refused = session.send_message(keyed_message(n, key=n != 7), from_addr="bounce@shop.example.com")
+            assert refused == {}
+    assert fast_sink.wait_accepted(30, timeout=5) == 30
+    stats = fast_sink.stats()
+    assert (stats["accepted"], stats["refused"], stats["sessions"], stats["store"]) == (30, 0, 2, "none")
+    assert stats["bytes"] > 30 * 300
+    assert not fast_sink.out_dir.exists() and fast_sink.eml_paths() == []
+    fast_sink.process.terminate()  # the sink flushes the accept log and the stats at exit
+    fast_sink.process.wait(timeout=10)
+    lines = fast_sink.accept_log_lines()
+    assert sorted(key for _, key in lines) == sorted(
+        ["<msg-7@triggerflow.local>"] + [f"{n:064x}" for n in range(30) if n != 7]
+    )
+    assert all(started <= stamp <= time.time() for stamp, _ in lines)
+    assert "smtp-sink stored" not in fast_sink.log_path.read_text()
+
+
+def test_fast_mode_speaks_smtp(fast_sink: RunningSmtpSink) -> None:
+    conversation = RawSession(fast_sink)
+    try:
+        assert conversation.reply().startswith("220 ")
+        conversation.send(b"MAIL FROM:<a@shop.example.com>\r\n")
+        assert conversation.reply().startswith("503 ")  # no HELO/EHLO yet
+        conversation.send(b"EHLO client.example\r\n")
+        ehlo = conversation.reply()
+        assert ehlo.startswith("250-") and "PIPELINING" in ehlo and ehlo.splitlines()[-1].startswith("250 ")
+        conversation.send(b"RCPT TO:<x@example.org>\r\n")
+        assert conversation.reply().startswith("503 ")  # no MAIL yet
+        conversation.send(b"MAIL FROM:<a@shop.example.com>\r\nDATA\r\n")
+        assert conversation.reply().startswith("250 ")
+        assert conversation.reply().startswith("503 ")  # no RCPT yet
+        # pipelined envelope, then a dot-stuffed body trickling in one byte at a time
+        conversation.send(b"RCPT TO:<x@example.org>\r\nRCPT TO:<y@example.org>\r\nDATA\r\n")
+        assert [conversation.reply()[:3] for _ in range(3)] == ["250", "250", "354"]
+        body = b"X-Triggerflow-Key: k-1\r\nSubject: hi\r\n\r\n..dot line\r\nlast\r\n.\r\n"
+        for byte in body:
+            conversation.send(bytes([byte]))
+        assert conversation.reply().startswith("250 2.0.0 OK")
+        # an empty message, and another one right behind it in the same write
+        conversation.send(
+            b"MAIL FROM:<a@shop.example.com>\r\nRCPT TO:<x@example.org>\r\nDATA\r\n.\r\n"
+            b"MAIL FROM:<a@shop.example.com>\r\nRCPT TO:<x@example.org>\r\nDATA\r\nMessage-ID: <m-3@x>\r\n\r\nbody\r\n.\r\n"
+        )
+        assert [conversation.reply()[:3] for _ in range(8)] == ["250", "250", "354", "250", "250", "250", "354", "250"]
+        for command, code in ((b"RSET", "250"), (b"NOOP", "250"), (b"VRFY x", "252"), (b"BOGUS", "500"), (b"QUIT", "221")):
+            conversation.send(command + b"\r\n")
+            assert conversation.reply()[:3] == code, command
+    finally:
+        conversation.close()
+    stats_bytes = len(b"X-Triggerflow-Key: k-1\r\nSubject: hi\r\n\r\n.dot line\r\nlast\r\n") + len(b"Message-ID: <m-3@x>\r\n\r\nbody\r\n")
+    assert fast_sink.wait_accepted(3, timeout=5) == 3
+    assert fast_sink.stats()["bytes"] == stats_bytes  # dot-unstuffed, terminator excluded
+    fast_sink.process.terminate()
+    fast_sink.process.wait(timeout=10)
+    assert [key for _, key in fast_sink.accept_log_lines()] == ["k-1", "-", "<m-3@x>"]
+
+
+def test_fast_mode_applies_fault_rules(fast_sink: RunningSmtpSink) -> None:
+    fast_sink.set_faults([
+        {"rcpt_domain": "bounce.test", "code": 550, "message": "5.1.1 user unknown"},
+        {"data_code": 452, "message": "4.3.1 out of space", "times": 1},
+    ])
+    with smtplib.SMTP(fast_sink.host, fast_sink.port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+            smtp.sendmail("a@shop.example.com", ["x@bounce.test"], b"Subject: a\r\n\r\nA\r\n")
+        assert refused.value.recipients["x@bounce.test"][0] == 550
+        with pytest.raises(smtplib.SMTPDataError) as data_error:
+            smtp.sendmail("a@shop.example.com", ["x@example.org"], b"Subject: b\r\n\r\nB\r\n")
+        assert data_error.value.smtp_code == 452
+        smtp.sendmail("a@shop.example.com", ["x@example.org"], b"Subject: c\r\n\r\nC\r\n")
+    fast_sink.set_faults({"drop_after_messages": 1})
+    with smtplib.SMTP(fast_sink.host, fast_sink.port, timeout=10) as smtp:
+        smtp.sendmail("a@shop.example.com", ["x@example.org"], b"Subject: d\r\n\r\nD\r\n")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.sendmail("a@shop.example.com", ["x@example.org"], b"Subject: e\r\n\r\nE\r\n")
+    assert fast_sink.wait_accepted(2, timeout=5) == 2
+    assert fast_sink.stats()["refused"] == 1
+    assert [f.get("code") or f.get("data_code") or f.get("drop_after_messages") for f in fast_sink.fired_faults()] == [550, 452, 1]
+
+
+def test_fast_mode_with_aiosmtpd_and_eml_mode_count_too(tmp_path: Path) -> None:
+    with start_smtp_sink(None, store="none", engine="aiosmtpd", stats_interval=0.05) as slow:
+        with smtplib.SMTP(slow.host, slow.port, timeout=10) as smtp:
+            for n in range(3):
+                smtp.send_message(keyed_message(n))
+        assert slow.wait_accepted(3, timeout=5) == 3
+        assert "aiosmtpd engine" in slow.log_path.read_text()
+    with start_smtp_sink(tmp_path / "outbox", stats_interval=0.05) as eml:
+        with smtplib.SMTP(eml.host, eml.port, timeout=10) as smtp:
+            for n in range(4):
+                smtp.send_message(keyed_message(n))
+        assert eml.wait_accepted(4, timeout=5) == 4 == len(eml.eml_paths())
+        assert eml.stats()["store"] == "eml"
+
+
+def test_store_modes_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="out_dir"):
+        with start_smtp_sink(None):
+            pass
+    with pytest.raises(RuntimeError, match="lean"):
+        with start_smtp_sink(tmp_path / "o", engine="lean"):
+            pass
+
+
+def test_smtp_ceiling_bench_measures_and_checks_the_count() -> None:
+    from bench.smtp_ceiling import build_message, measure_ceiling, message_bytes
+
+    message = message_bytes(build_message(6000), 42)
+    assert 6000 <= len(message) < 7000 and b"multipart/alternative" in message
+    assert f"X-Triggerflow-Key: {42:064x}".encode() in message
+    result = measure_ceiling(300, (1, 3), smtp_source=False)
+    assert [run["sessions"] for run in result["runs"]] == [1, 3]
+    for run in result["runs"]:
+        assert run["sink_accepted"] == run["messages"] == 300
+        assert run["msgs_per_s"] > 0 and len(run["per_session_msgs_per_s"]) == run["sessions"]
+    assert result["message_bytes"] == len(message)
