@@ -37,6 +37,12 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
 # re-parses this file, and the DAG processor does so every 30 s.
 
 
+def _default(name: str, fallback: int) -> int:
+    """A Param default a deployment may set without editing the DAG (scheduled runs use the
+    defaults): TRIGGERFLOW_MAX_EVENTS, TRIGGERFLOW_CHUNK_SIZE, TRIGGERFLOW_MAX_CHUNKS."""
+    return int(os.environ.get(f"TRIGGERFLOW_{name}", fallback))
+
+
 @dag(
     dag_id="trigger_emails",
     # A bare cron string gives a zero-length interval in Airflow 3.3; batches are keyed on a real
@@ -58,21 +64,21 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_conte
     },
     params={
         "max_events": Param(
-            50_000,
+            _default("MAX_EVENTS", 50_000),
             type="integer",
             minimum=1,
             title="Max events per batch",
             description="Upper bound on messages pulled by one run; a backlog drains over successive runs.",
         ),
         "chunk_size": Param(
-            2_000,
+            _default("CHUNK_SIZE", 2_000),
             type="integer",
             minimum=1,
             title="Emails per send chunk",
             description="Ledger rows per mapped send task (one SMTP session each).",
         ),
         "max_chunks": Param(
-            8,
+            _default("MAX_CHUNKS", 8),
             type="integer",
             minimum=1,
             maximum=64,
