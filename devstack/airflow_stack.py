@@ -226,7 +226,8 @@ class Stack:
 
     def ensure_pools(self, pools: Mapping[str, int]) -> None:
         for name, slots in pools.items():
-            body = {"name": name, "slots": int(slots), "description": "created by devstack.airflow_stack"}
+            body = {"name": name, "slots": int(slots), "description": "created by devstack.airflow_stack",
+                    "include_deferred": False}
             try:
                 self.api("POST", "/pools", json=body)
             except AirflowStackError:

@@ -27,7 +27,7 @@ from include.triggerflow.store.schema import metadata, source_position
 STORE_TABLES = {
     "tf_source_position", "tf_batch", "tf_event", "tf_quarantine", "tf_decision", "tf_send",
     "tf_run_summary", "tf_source_health", "tf_source_gap", "tf_source_hourly", "tf_ims_token",
-    "tf_send_log", "tf_suppression", "tf_dry_run", "tf_unsubscribe", "tf_schema_version", "profiles",
+    "tf_send_log", "tf_suppression", "tf_dry_run", "tf_unsubscribe", "tf_schema_version", "tf_alert", "profiles",
     "profile_visitor_ids",
 }
 

@@ -1,0 +1,446 @@
+"""The throughput and latency benchmark: the real scheduler runs ``trigger_emails`` end to end.
+
+    python -m bench.run_benchmark                      # the full benchmark (about 25 min)
+    python -m bench.run_benchmark --quick              # a small smoke run (about 3 min)
+    python -m bench.run_benchmark --update-readme      # and rewrite the README's results table
+
+Everything is real and local: the Adobe emulator (``devstack.adobe_emulator``) serving the I/O
+Events journal, the SMTP sink in count-only mode, ``airflow standalone`` (scheduler with the
+LocalExecutor, dag-processor, API server, triggerer; metadata on PostgreSQL), and the store on
+PostgreSQL (``--store sqlite`` for the embedded default). Phases:
+
+1. **Backlog drain**: N triggers (default 1,000,000) wait in the journal over a profiles table of
+   ``--profiles`` customers (default 1,000,000); ``trigger_emails`` is unpaused and runs on its
+   schedule until every event is decided (sent, suppressed, quarantined...). Reported: triggers/hour
+   end to end (first pull -> last SMTP acceptance) and per stage (events / summed task time).
+2. **Steady state**: ``--rate`` triggers/s (default 278 = 1M/hour) for ``--duration`` s (default
+   600); reported: trigger fired (``triggerTimestamp``) -> SMTP accepted latency p50/p95/p99/max.
+3. **Ceiling**: the SMTP sink's own acceptance rate from a minimal client (bench.smtp_ceiling), so
+   the figures read as a fraction of the physical limit of this machine.
+
+Writes ``bench/results/<timestamp>/results.json`` and PNG plots (latency histogram, latency over
+time, throughput per stage), copies the plots to ``docs/img/bench-*.png``, and with
+``--update-readme`` rewrites the table between ``<!-- bench:start -->`` and ``<!-- bench:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+PG_SERVER = os.environ.get("TRIGGERFLOW_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+DAG_ID = "trigger_emails"
+
+
+def log(message: str) -> None:
+    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- setup --------------------------------------------------------------------------------------------
+@contextmanager
+def bench_store(kind: str, folder: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'store.db'}"
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"tf_bench_{int(time.time())}"
+    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from include.triggerflow.store.db import dispose_engines
+
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def connection_env(emu: Any, smtp: Any, store_url: str, page_limit: int) -> dict[str, str]:
+    return {
+        "AIRFLOW_CONN_ADOBE_IMS": json.dumps({
+            "conn_type": "http", "host": emu.base_url, "login": emu.client.client_id,
+            "password": emu.client.client_secret, "extra": {"org_id": emu.client.org_id, "scopes": "openid,AdobeID"},
+        }),
+        "AIRFLOW_CONN_ADOBE_TRIGGERS": json.dumps({
+            "conn_type": "http", "host": emu.client.journal_url,
+            "extra": {"kind": "journal", "ims_conn_id": "adobe_ims", "page_limit": page_limit},
+        }),
+        "AIRFLOW_CONN_SMTP_TRIGGERS": json.dumps({
+            "conn_type": "smtp", "host": smtp.host, "port": smtp.port,
+            "extra": {"from_email": "shop@triggerflow.test", "from_name": "triggerflow shop",
+                      "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 60},
+        }),
+        "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}}),
+        "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": json.dumps({
+            "conn_type": "generic", "host": "http://127.0.0.1:8080", "password": "benchmark-only-unsubscribe-secret"}),
+    }
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+def store_progress(engine: Any) -> dict[str, int]:
+    from sqlalchemy import func, select
+
+    from include.triggerflow.store.schema import decision, event, quarantine, send
+
+    with engine.connect() as conn:
+        landed = conn.execute(select(func.count()).select_from(event)).scalar_one()
+        decided = conn.execute(select(func.count()).select_from(decision)).scalar_one()
+        quarantined = conn.execute(select(func.count()).select_from(quarantine)).scalar_one()
+        states = dict(conn.execute(select(send.c.state, func.count()).group_by(send.c.state)).all())
+    waiting = sum(int(states.get(s, 0)) for s in ("pending", "sending", "deferred"))
+    return {"landed": int(landed), "decided": int(decided), "quarantined": int(quarantined),
+            "sent": int(states.get("sent", 0)), "failed": int(states.get("failed", 0)), "waiting": waiting}
+
+
+def wait_processed(engine: Any, total: int, label: str, timeout_s: float, sink: Any) -> dict[str, int]:
+    """Until ``total`` events are decided or quarantined and no ledger row waits."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=label, unit="ev", dynamic_ncols=True, file=sys.stdout)
+    deadline = time.monotonic() + timeout_s
+    seen = 0
+    try:
+        while True:
+            p = store_progress(engine)
+            done = p["decided"] + p["quarantined"]
+            bar.update(max(0, min(done, total) - seen))
+            seen = max(seen, min(done, total))
+            bar.set_postfix(sent=p["sent"], accepted=sink.accepted(), waiting=p["waiting"])
+            if done >= total and p["waiting"] == 0:
+                return p
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: {done} of {total} processed after {timeout_s:.0f} s: {p}")
+            time.sleep(2)
+    finally:
+        bar.close()
+
+
+def sent_rows(engine: Any, since_ms: int | None = None, until_ms: int | None = None) -> list[tuple[int, float]]:
+    """(trigger_ts ms, sent_at epoch s) of every sent email with a trigger time in the range."""
+    from sqlalchemy import select
+
+    from include.triggerflow.store.schema import send
+
+    stmt = select(send.c.trigger_ts, send.c.sent_at).where(send.c.state == "sent", send.c.sent_at.is_not(None))
+    if since_ms is not None:
+        stmt = stmt.where(send.c.trigger_ts >= since_ms)
+    if until_ms is not None:
+        stmt = stmt.where(send.c.trigger_ts < until_ms)
+    with engine.connect() as conn:
+        return [(int(ts), _aware(at).timestamp()) for ts, at in conn.execute(stmt)]
+
+
+def first_landed(engine: Any) -> float:
+    from sqlalchemy import func, select
+
+    from include.triggerflow.store.schema import event
+
+    with engine.connect() as conn:
+        return _aware(conn.execute(select(func.min(event.c.received_at))).scalar_one()).timestamp()
+
+
+def stage_times(af: Any, since: datetime, until: datetime) -> dict[str, dict[str, float]]:
+    """Per task id: summed duration of its task instances in runs started in the window, and the
+    wall-clock span the mapped send tasks covered (they run in parallel)."""
+    runs = af.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 500, "order_by": "-start_date"})["dag_runs"]
+    per: dict[str, dict[str, float]] = {}
+    for run in runs:
+        start = run.get("start_date")
+        if not start or not (since <= _iso(start) <= until):
+            continue
+        tis = af.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances", params={"limit": 500})
+        spans: dict[str, list[tuple[float, float]]] = {}
+        for ti in tis["task_instances"]:
+            if not ti.get("start_date") or not ti.get("end_date"):
+                continue
+            s, e = _iso(ti["start_date"]).timestamp(), _iso(ti["end_date"]).timestamp()
+            spans.setdefault(ti["task_id"], []).append((s, e))
+        for task_id, items in spans.items():
+            entry = per.setdefault(task_id, {"task_seconds": 0.0, "wall_seconds": 0.0, "instances": 0})
+            entry["task_seconds"] += sum(e - s for s, e in items)
+            entry["wall_seconds"] += max(e for _, e in items) - min(s for s, _ in items)
+            entry["instances"] += len(items)
+    return per
+
+
+def latency_stats(values: list[float]) -> dict[str, Any]:
+    from include.triggerflow.sla import latency_summary
+
+    return latency_summary(values)
+
+
+# -- plots and README ---------------------------------------------------------------------------------
+def plots(out: Path, steady: list[tuple[int, float]], stages: dict[str, Any], backlog_rate: float) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    lat = [sent - ts / 1000 for ts, sent in steady]
+    if lat:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        ax.hist(lat, bins=60, color="#1d4ed8")
+        summary = latency_stats(lat)
+        for q, color in (("p50", "#16a34a"), ("p95", "#f59e0b"), ("p99", "#dc2626")):
+            ax.axvline(summary[q], color=color, linestyle="--", label=f"{q} {summary[q]:.1f} s")
+        ax.axvline(90, color="black", linestyle=":", label="target p95 90 s")
+        ax.set_xlabel("trigger fired → SMTP accepted (s)")
+        ax.set_ylabel("emails")
+        ax.set_title(f"Steady state: latency of {len(lat):,} emails")
+        ax.legend()
+        fig.tight_layout()
+        made.append(out / "bench-latency-histogram.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+
+        t0 = min(ts for ts, _ in steady) / 1000
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        ax.scatter([ts / 1000 - t0 for ts, _ in steady], lat, s=1, alpha=0.25, color="#1d4ed8")
+        ax.axhline(90, color="black", linestyle=":", label="target p95 90 s")
+        ax.set_xlabel("trigger fired (s since the start of the steady state)")
+        ax.set_ylabel("latency (s)")
+        ax.set_title("Steady state: latency over time (one dot per email)")
+        ax.legend()
+        fig.tight_layout()
+        made.append(out / "bench-latency-over-time.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+
+    order = ["pull_and_land", "validate", "reconcile", "send", "report"]
+    names = [n for n in order if n in stages]
+    if names:
+        fig, ax = plt.subplots(figsize=(8, 4.2))
+        rates = [stages[n]["events_per_hour"] / 1e6 for n in names]
+        ax.barh(names[::-1], rates[::-1], color="#1d4ed8")
+        ax.axvline(10, color="black", linestyle=":", label="target 10 M/h end to end")
+        ax.axvline(backlog_rate / 1e6, color="#dc2626", linestyle="--", label=f"end to end {backlog_rate / 1e6:.1f} M/h")
+        ax.set_xlabel("million events per hour (events / stage time in the backlog drain)")
+        ax.set_title("Throughput per stage")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        made.append(out / "bench-stage-throughput.png")
+        fig.savefig(made[-1], dpi=110)
+        plt.close(fig)
+    return made
+
+
+def readme_table(r: dict[str, Any]) -> str:
+    b, s, c = r["backlog"], r["steady"], r["ceiling"]
+    lat = s["latency_s"]
+    ceiling = c.get("best_per_second")
+    lines = [
+        f"Measured {r['finished_at'][:16].replace('T', ' ')} UTC on {r['machine']['description']} "
+        f"(store: {r['store']}, metadata: PostgreSQL, LocalExecutor, pool `smtp_sessions` = {r['config']['pool_slots']}, "
+        f"`max_events` {r['config']['max_events']:,}, `chunk_size` {r['config']['chunk_size']:,}). "
+        "Regenerate with `python -m bench.run_benchmark --update-readme`.",
+        "",
+        "| what | measured | target |",
+        "|---|---|---|",
+        f"| backlog drain, {b['events']:,} triggers, end to end (first pull → last SMTP accept) | "
+        f"**{b['triggers_per_hour'] / 1e6:.2f} M triggers/hour** ({b['seconds']:.0f} s; {b['emails']:,} emails) | ≥ 10 M/hour |",
+    ]
+    for name in ("pull_and_land", "validate", "reconcile", "send"):
+        st = b["stages"].get(name)
+        if st:
+            lines.append(f"| — stage `{name}` | {st['events_per_hour'] / 1e6:.1f} M events/hour ({st['seconds']:.0f} s) | |")
+    lines += [
+        f"| steady state, {s['rate_per_s']:.0f}/s for {s['duration_s']:.0f} s ({s['emails']:,} emails) — latency p50 / p95 / p99 / max | "
+        f"{lat['p50']:.1f} / **{lat['p95']:.1f}** / **{lat['p99']:.1f}** / {lat['max']:.1f} s | p95 ≤ 90 s, p99 ≤ 120 s |"
+        if lat.get("count") else "| steady state | no emails measured | |",
+        f"| SMTP sink ceiling (minimal client, best of {', '.join(str(k) for k in c.get('sessions', []))} sessions) | "
+        f"{ceiling:,.0f} msgs/s = {ceiling * 3600 / 1e6:.1f} M/hour; the backlog drain ran at "
+        f"{b['emails'] / max(b['seconds'], 1e-9) / ceiling * 100:.0f} % of it |  |" if ceiling else "| SMTP ceiling | not measured | |",
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(table: str) -> None:
+    text = README.read_text(encoding="utf-8")
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    README.write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
+
+
+# -- the run ------------------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
+    from devstack.loadgen import inject_backlog, inject_rate, load_profiles
+    from devstack.processes import start_emulator, start_smtp_sink
+    from include.triggerflow.store.db import get_engine
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"results go to {out}")
+    config = {"max_events": args.max_events, "chunk_size": args.chunk_size, "max_chunks": args.max_chunks,
+              "pool_slots": args.pool_slots, "page_limit": args.page_limit}
+    result: dict[str, Any] = {
+        "started_at": datetime.now(timezone.utc).isoformat(),
+        "store": args.store,
+        "config": config,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "description": f"{os.cpu_count()} vCPU, {_mem_gb():.0f} GB RAM, Python {platform.python_version()}"},
+        "args": vars(args),
+    }
+    with ExitStack() as stack:
+        store_url = stack.enter_context(bench_store(args.store, out))
+        engine = get_engine(store_url)
+        log(f"loading {args.profiles:,} profiles into the store ({args.store})")
+        loaded = load_profiles(engine, args.profiles, progress=True)
+        result["profiles"] = {"count": args.profiles, "seconds": round(loaded.seconds, 1) if hasattr(loaded, "seconds") else None}
+        emu = stack.enter_context(start_emulator(log_path=out / "emulator.log", max_limit=max(args.page_limit, 1000)))
+        sink = stack.enter_context(start_smtp_sink(store="none", log_path=out / "smtp.log"))
+        metadata_url = stack.enter_context(postgres_metadata_db(PG_SERVER))
+        env = {
+            **connection_env(emu, sink, store_url, args.page_limit),
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
+            "AIRFLOW__CORE__PARALLELISM": str(max(8, args.pool_slots + 4)),
+            "TRIGGERFLOW_MAX_EVENTS": str(args.max_events),
+            "TRIGGERFLOW_CHUNK_SIZE": str(args.chunk_size),
+            "TRIGGERFLOW_MAX_CHUNKS": str(args.max_chunks),
+            "GX_ANALYTICS_ENABLED": "false",
+        }
+        log("starting airflow standalone (PostgreSQL metadata, LocalExecutor)")
+        af = stack.enter_context(airflow_standalone(out / "airflow", env_overrides=env, metadata_url=metadata_url))
+        af.ensure_pools({"smtp_sessions": args.pool_slots})
+        af.wait_dag(DAG_ID)
+
+        # 1. backlog drain
+        log(f"phase 1: injecting a backlog of {args.backlog:,} triggers")
+        injected = inject_backlog(emu.base_url, args.backlog, customers=args.profiles, progress=True)
+        log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
+        t_unpause = datetime.now(timezone.utc)
+        af.unpause(DAG_ID)
+        done = wait_processed(engine, args.backlog, "backlog", args.timeout, sink)
+        t_done = datetime.now(timezone.utc)
+        rows = sent_rows(engine)
+        start_s = first_landed(engine)
+        last_accept = max((sent for _, sent in rows), default=time.time())
+        seconds = max(last_accept - start_s, 1e-9)
+        stages = stage_times(af, t_unpause, t_done)
+        stage_report = {}
+        for name, st in stages.items():
+            basis = st["wall_seconds"] if name == "send" else st["task_seconds"]
+            stage_report[name] = {"seconds": round(basis, 1), "instances": st["instances"],
+                                  "events_per_hour": args.backlog / max(basis, 1e-9) * 3600}
+        result["backlog"] = {
+            "events": args.backlog, "injected_in_s": round(injected.seconds, 1), "seconds": round(seconds, 1),
+            "triggers_per_hour": args.backlog / seconds * 3600, "emails": len(rows),
+            "emails_per_hour": len(rows) / seconds * 3600, "outcome": done, "stages": stage_report,
+        }
+        log(f"backlog: {args.backlog:,} triggers in {seconds:.0f} s = {args.backlog / seconds * 3600 / 1e6:.2f} M/hour; "
+            f"{len(rows):,} emails")
+
+        # 2. steady state
+        log(f"phase 2: {args.rate}/s for {args.duration} s")
+        phase_start_ms = int(time.time() * 1000)
+        # Customers after the backlog's: the backlog's would be duplicates inside the 24 h window.
+        steady_customers = max(1, args.profiles - args.backlog)
+        feeder = threading.Thread(
+            target=inject_rate, args=(emu.base_url, args.rate, args.duration),
+            kwargs={"customers": steady_customers, "customer_offset": args.backlog, "progress": True}, daemon=True,
+        )
+        feeder.start()
+        feeder.join()
+        phase_end_ms = int(time.time() * 1000)
+        expected = args.backlog + int(round(args.rate * args.duration))
+        wait_processed(engine, expected, "steady (drain)", args.timeout, sink)
+        steady = sent_rows(engine, since_ms=phase_start_ms - 5_000, until_ms=phase_end_ms + 5_000)
+        latencies = [sent - ts / 1000 for ts, sent in steady]
+        result["steady"] = {"rate_per_s": args.rate, "duration_s": args.duration, "emails": len(steady),
+                            "latency_s": latency_stats(latencies)}
+        log(f"steady: latency {result['steady']['latency_s']}")
+        (out / "steady_latencies.json").write_text(json.dumps(steady), encoding="utf-8")
+
+    # 3. ceiling (alone on the machine)
+    log("phase 3: the SMTP sink's own ceiling")
+    from bench.smtp_ceiling import measure_ceiling
+
+    ceiling = measure_ceiling(messages=args.ceiling_messages)
+    best = max((r.get("msgs_per_s", 0) for r in ceiling.get("runs", [])), default=None)
+    result["ceiling"] = {**ceiling, "best_per_second": best, "sessions": [r.get("sessions") for r in ceiling.get("runs", [])]}
+    result["finished_at"] = datetime.now(timezone.utc).isoformat()
+
+    made = plots(out, steady, result["backlog"]["stages"], result["backlog"]["triggers_per_hour"])
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    table = readme_table(result)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    if args.update_readme:
+        for path in made:
+            shutil.copy(path, ROOT / "docs" / "img" / path.name)
+        update_readme(table)
+        log("README.md table and docs/img/bench-*.png updated")
+    print(table)
+    return result
+
+
+def _mem_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
+    except (ValueError, OSError):
+        return 0.0
+
+
+def _iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.run_benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--profiles", type=int, default=1_000_000, help="at least backlog + rate x duration")
+    p.add_argument("--backlog", type=int, default=1_000_000)
+    p.add_argument("--rate", type=float, default=278.0, help="steady-state triggers per second")
+    p.add_argument("--duration", type=float, default=600.0, help="steady-state seconds")
+    p.add_argument("--max-events", type=int, default=250_000, help="the DAG's max_events for the runs")
+    p.add_argument("--chunk-size", type=int, default=10_000)
+    p.add_argument("--max-chunks", type=int, default=4)
+    p.add_argument("--pool-slots", type=int, default=4)
+    p.add_argument("--page-limit", type=int, default=10_000, help="journal page size")
+    p.add_argument("--ceiling-messages", type=int, default=20_000)
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up a phase after this many seconds")
+    p.add_argument("--update-readme", action="store_true")
+    p.add_argument("--quick", action="store_true", help="small smoke run: 20k profiles, 20k backlog, 50/s for 60 s")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.profiles, args.backlog, args.rate, args.duration = 0, 20_000, 50.0, 60.0
+        args.ceiling_messages = 5_000
+    # at least 1M customers, and enough that the steady state's customers follow the backlog's
+    args.profiles = max(args.profiles, args.backlog + int(args.rate * args.duration) + 1)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
