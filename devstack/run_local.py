@@ -201,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         say("stop", "Ctrl-C: stopping Airflow, the emulator and the SMTP sink")
     finally:
         if airflow_proc is not None and airflow_proc.poll() is None:
+            import psutil
+
+            # Airflow's components and task processes do not all stay in the standalone process
+            # group (seen: a scheduler outliving it), so every descendant is stopped by pid too.
+            descendants: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                descendants = psutil.Process(airflow_proc.pid).children(recursive=True)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(airflow_proc.pid, signal.SIGTERM)
             try:
@@ -208,9 +215,26 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(airflow_proc.pid, signal.SIGKILL)
+            alive = [p for p in descendants if _running(p)]
+            for proc in alive:
+                with contextlib.suppress(psutil.Error):
+                    proc.terminate()
+            _, still = psutil.wait_procs(alive, timeout=10)
+            for proc in still:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
         stack.close()
         say("stop", "everything stopped")
     return 0
+
+
+def _running(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 if __name__ == "__main__":
