@@ -52,25 +52,19 @@ def log(message: str) -> None:
 # -- setup --------------------------------------------------------------------------------------------
 @contextmanager
 def bench_store(kind: str, folder: Path) -> Iterator[str]:
+    """The store: a SQLite file in the results folder, or a scratch PostgreSQL database."""
     if kind == "sqlite":
         yield f"sqlite:///{folder / 'store.db'}"
         return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from devstack.airflow_stack import postgres_metadata_db
+    from include.triggerflow.store.db import dispose_engines
 
-    name = f"tf_bench_{int(time.time())}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(PG_SERVER).set(database=name).render_as_string(hide_password=False)
-    finally:
-        from include.triggerflow.store.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    # a fresh, dropped-afterwards database: the same helper gives Airflow its metadata DB
+    with postgres_metadata_db(PG_SERVER) as url:
+        try:
+            yield url
+        finally:
+            dispose_engines()
 
 
 def connection_env(emu: Any, smtp: Any, store_url: str, page_limit: int) -> dict[str, str]:
