@@ -30,7 +30,7 @@ from datetime import datetime, timezone, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
-from types import TracebackType
+from types import BuiltinMethodType, TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -195,6 +195,13 @@ def money(value: Any, symbol: str = "$", locale: str | None = None) -> str:
     else raises ValueError so a garbled price fails the render instead of showing a wrong amount.
     """
     _raise_if_undefined(value)
+    if type(value) in _CACHEABLE_AMOUNTS and type(symbol) is str and (locale is None or type(locale) is str):
+        # Prices repeat (a catalog): remember the formatted amounts (bounded; errors are not cached).
+        return _money_cached(value, symbol, locale)
+    return _money(value, symbol, locale)
+
+
+def _money(value: Any, symbol: str, locale: str | None) -> str:
     if isinstance(value, bool) or value is None:
         raise ValueError(f"money: {value!r} is not a number")
     try:
@@ -214,6 +221,12 @@ def money(value: Any, symbol: str = "$", locale: str | None = None) -> str:
     if after:
         return f"{sign}{digits}\u00a0{symbol}" if symbol else f"{sign}{digits}"
     return f"{sign}{symbol}{digits}"
+
+
+# What JSON payloads carry. typed: 1 and 1.0 are different keys, as are "1" and 1; equal floats
+# (0.0 and -0.0 too) format the same.
+_CACHEABLE_AMOUNTS = frozenset({int, float, str})
+_money_cached = lru_cache(maxsize=4096, typed=True)(_money)
 
 
 def _aware(value: Any, filter_name: str) -> datetime:
@@ -279,11 +292,25 @@ def http_url(value: Any, required: bool = False) -> str:
     return result
 
 
+# Whitespace (exactly what str.isspace() matches: both use Py_UNICODE_ISSPACE), C0 controls and DEL.
+_URL_REFUSED = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _http_url(value: Any) -> str:
     if not isinstance(value, str):
         return ""
+    if type(value) is str and len(value) <= _URL_CACHE_MAX_CHARS:
+        # Every email checks the same catalog and page URLs: remember the answers (bounded).
+        return _http_url_cached(value)
+    return _check_http_url(value)
+
+
+_URL_CACHE_MAX_CHARS = 2048
+
+
+def _check_http_url(value: str) -> str:
     text = value.strip()
-    if not text or any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+    if not text or _URL_REFUSED.search(text) is not None:
         return ""
     try:
         parts = urlsplit(text)
@@ -292,6 +319,9 @@ def _http_url(value: Any) -> str:
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         return ""
     return text
+
+
+_http_url_cached = lru_cache(maxsize=4096)(_check_http_url)
 
 
 def last_page_ending(pages: Any, suffix: str, default: str = "") -> str:
@@ -365,6 +395,26 @@ def _error_location(exc: BaseException, templates_dir: Path) -> tuple[str, int] 
     return found
 
 
+class _Context(jinja2.runtime.Context):
+    """Jinja's template context with a direct path for calls of built-in methods.
+
+    Templates call ``item.get("url")`` several times per product; ``Context.call`` first looks for
+    ``pass_context``/``pass_environment`` markers, which a built-in method (C code) can never carry,
+    so for those the call is made directly, with the same StopIteration handling."""
+
+    def call(__self, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
+        if type(__obj) is BuiltinMethodType:
+            kwargs.pop("_block_vars", None)
+            kwargs.pop("_loop_vars", None)
+            try:
+                return __obj(*args, **kwargs)
+            except StopIteration:
+                return __self.environment.undefined(
+                    "value was undefined because a callable raised a StopIteration exception"
+                )
+        return super().call(__obj, *args, **kwargs)
+
+
 class Renderer:
     """One Jinja environment per templates folder; each (route, variant) compiled once and cached.
 
@@ -384,10 +434,16 @@ class Renderer:
             # Templates do not change during a task; skip the mtime check Jinja does on each lookup.
             auto_reload=False,
         )
+        self.env.context_class = _Context
         self.env.filters.update(FILTERS)
         self._compiled: dict[tuple[TriggerRoute, str | None, str | None], CompiledRoute] = {}
         self._variants: dict[str, dict[str, tuple[str, str]]] = {}
         self._lock = threading.Lock()
+        # (id(route), profile locale) -> (route, compiled): the per-email look-up of render(). Keyed
+        # on the route's identity (hashing a route hashes every field of its config) and kept with
+        # the route itself, so an id reused by another object never matches; cleared when large, so
+        # odd locales in the data cannot grow it without bound.
+        self._by_locale: dict[tuple[int, Any], tuple[TriggerRoute, CompiledRoute]] = {}
 
     # -- variants ------------------------------------------------------------------------------------
     def variants(self, template: str) -> dict[str, tuple[str, str]]:
@@ -511,7 +567,7 @@ class Renderer:
         :raises TemplateRenderError: a template is missing or invalid, a variable is undefined, a filter
             refused a value, or the subject would contain a line break.
         """
-        compiled = self.compiled(route, locale)
+        compiled = self._compiled_for(route, locale)
         label = _subject_label(compiled.subject_locale)
         subject = self._render(route, compiled.subject, label, context).strip()
         if any(char in subject for char in _HEADER_BREAKS):
@@ -530,9 +586,23 @@ class Renderer:
             locale=compiled.locale,
         )
 
+    def _compiled_for(self, route: TriggerRoute, locale: str | None) -> CompiledRoute:
+        try:
+            key = (id(route), locale)
+            hit = self._by_locale.get(key)
+        except TypeError:  # an unhashable locale value: not remembered
+            return self.compiled(route, locale)
+        if hit is not None and hit[0] is route:
+            return hit[1]
+        compiled = self.compiled(route, locale)
+        if len(self._by_locale) >= _BY_LOCALE_MAX:
+            self._by_locale.clear()
+        self._by_locale[key] = (route, compiled)
+        return compiled
+
     def _render(self, route: TriggerRoute, template: Template, label: str, context: Mapping[str, Any]) -> str:
         try:
-            return template.render(context)
+            return _render_template(template, context)
         except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
             location = _error_location(exc, self.templates_dir)
             if location is None:
@@ -546,6 +616,35 @@ class Renderer:
             raise TemplateRenderError(
                 f"route {route.name!r}: {where}: {kind}: {message}", route=route.name, template=label
             ) from exc
+
+
+_BY_LOCALE_MAX = 1024
+# id(template) -> (template, its globals as a plain dict)
+_TEMPLATE_GLOBALS: dict[int, tuple[Template, dict[str, Any]]] = {}
+
+
+def _render_template(template: Template, context: Mapping[str, Any]) -> str:
+    """``template.render(context)`` without re-reading the template's globals on every call.
+
+    ``Template.render`` builds the context's variables as ``dict(template.globals, **context)``,
+    where ``template.globals`` is a ChainMap (template globals over environment globals) that is
+    iterated twice per render (a noticeable share of a small email's render). Here it is flattened
+    once per template; the Context is built from the same values, and errors go through Jinja's
+    own ``handle_exception`` (template file and line in the traceback), as in ``Template.render``."""
+    hit = _TEMPLATE_GLOBALS.get(id(template))
+    if hit is None or hit[0] is not template:
+        hit = (template, dict(template.globals))
+        if len(_TEMPLATE_GLOBALS) >= 4096:
+            _TEMPLATE_GLOBALS.clear()
+        _TEMPLATE_GLOBALS[id(template)] = hit
+    flat = hit[1]
+    environment = template.environment
+    ctx = environment.context_class(environment, {**flat, **context}, template.name, template.blocks, globals=flat)
+    try:
+        return environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+    except Exception:
+        environment.handle_exception()
+        raise  # pragma: no cover - handle_exception always raises
 
 
 def _subject_label(tag: str | None) -> str:
