@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from include.triggerflow.events import as_int, parse_envelope
 from include.triggerflow.sources.base import Page, TriggerSource
+from include.triggerflow.store.db import bulk_insert
 from include.triggerflow.store.schema import (
     batch,
     event,
@@ -214,7 +215,9 @@ def _land_page(engine: Engine, source: TriggerSource, batch_id: str, page: Page,
             for partition, new_position in page.next_positions.items():
                 _advance(conn, source_key, partition, expected.get(partition), new_position)
             if rows:
-                conn.execute(insert(event), rows)
+                # COPY on PostgreSQL, the driver's executemany on SQLite: same rows, same constraint
+                # errors (a collision still raises IntegrityError and rolls the whole page back)
+                bulk_insert(conn, event, rows)
             for gap in page.gaps:
                 log.warning(
                     "%s partition %d: asked for %s, the source resumed at %s (%s)",

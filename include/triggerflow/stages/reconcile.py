@@ -1,8 +1,10 @@
 """Stage 3 — reconcile valid events with profiles, apply the route's rules, queue the emails.
 
-Set-based: identities are looked up with one IN-query per few hundred keys per profile column,
-recent ledger rows (for deduplication and frequency caps) with one query per few hundred
-customers, never one query per event. Every valid event gets exactly one decision in
+Set-based: identities are looked up with one query per profile column per identity level (an
+IN-list for a few keys, a join with a temporary key table for many: ``store.db.select_in``),
+recent ledger rows (for deduplication and frequency caps), suppressions and unsubscribes the same
+way, never one query per event; decisions and ledger rows are written in bulk (COPY on
+PostgreSQL). Every valid event gets exactly one decision in
 ``tf_decision`` — the "why was nothing sent" log, queryable per run and per customer:
 
     ignored                    no route for its trigger id (counted, not an error)
@@ -38,13 +40,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, or_, select
+from sqlalchemy import Connection, Engine, delete, func, or_, select
 
 from include.triggerflow.config import RoutingConfig, TriggerRoute
 from include.triggerflow.events import as_int, parse_envelope
 from include.triggerflow.mailer import InvalidAddressError, validate_address
-from include.triggerflow.store.db import chunked, insert_ignore
+from include.triggerflow.store.db import bulk_insert, select_in, where_in
 from include.triggerflow.store.schema import (
+    PROFILE_COLUMNS,
     decision,
     event,
     profile_visitor_ids,
@@ -86,28 +89,24 @@ def idempotency_key(trigger_id: str, trigger_ts: int, customer_id: str, template
 
 
 # -- identity ----------------------------------------------------------------------------------------
-def _profiles_by_key(engine: Engine, column: str, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _profiles_by_key(conn: Connection, column: str, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
     """key -> every profile carrying it in ``column``. ``visitor_id`` means any stored ECID: the
     profile's own ``ecid`` or one of its rows in profile_visitor_ids."""
     found: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    with engine.connect() as conn:
-        for part in chunked(keys, IN_LIST_SIZE):
-            values = list(part)
-            if column == "visitor_id":
-                for row in conn.execute(select(profiles).where(profiles.c.ecid.in_(values))):
-                    found[str(row.ecid)][row.customer_id] = dict(row._mapping)
-                stmt = (
-                    select(profile_visitor_ids.c.visitor_id, profiles)
-                    .join(profiles, profiles.c.customer_id == profile_visitor_ids.c.customer_id)
-                    .where(profile_visitor_ids.c.visitor_id.in_(values))
-                )
-                for row in conn.execute(stmt):
-                    mapping = dict(row._mapping)
-                    found[str(mapping.pop("visitor_id"))][row.customer_id] = mapping
-            else:
-                col = profiles.c[column]
-                for row in conn.execute(select(profiles).where(col.in_(values))):
-                    found[str(row._mapping[column])][row.customer_id] = dict(row._mapping)
+    if column == "visitor_id":
+        for row in select_in(conn, select(profiles), profiles.c.ecid, keys):
+            profile = dict(zip(PROFILE_COLUMNS, row))
+            found[str(profile["ecid"])][profile["customer_id"]] = profile
+        stmt = select(profile_visitor_ids.c.visitor_id, profiles).join(
+            profiles, profiles.c.customer_id == profile_visitor_ids.c.customer_id
+        )
+        for row in select_in(conn, stmt, profile_visitor_ids.c.visitor_id, keys):
+            profile = dict(zip(PROFILE_COLUMNS, row[1:]))
+            found[str(row[0])][profile["customer_id"]] = profile
+    else:
+        for row in select_in(conn, select(profiles), profiles.c[column], keys):
+            profile = dict(zip(PROFILE_COLUMNS, row))
+            found[str(profile[column])][profile["customer_id"]] = profile
     return {key: list(by_id.values()) for key, by_id in found.items()}
 
 
@@ -131,10 +130,15 @@ def _describe_rule(rule: Any) -> str:
     return f"{rule.key}->{rule.profile_column}"
 
 
-def resolve_identities(engine: Engine, wanted: list[dict[str, Any]], routes: dict[str, TriggerRoute]) -> None:
+def resolve_identities(engine: Engine | Connection, wanted: list[dict[str, Any]], routes: dict[str, TriggerRoute]) -> None:
     """Fill ``profile`` (or ``identity_problem``) in each wanted event, trying the route's identity
     rules in order: a rule whose value the event lacks, or that finds no profile, passes the event
-    to the next rule. One IN-query per profile column per rule level."""
+    to the next rule. One look-up per profile column per rule level."""
+    if isinstance(engine, Engine):
+        with engine.connect() as conn:
+            resolve_identities(conn, wanted, routes)
+        return
+    conn = engine
     pending = list(wanted)
     level = 0
     while pending:
@@ -143,7 +147,7 @@ def resolve_identities(engine: Engine, wanted: list[dict[str, Any]], routes: dic
             rules = routes[item["route"]].identities
             if level < len(rules) and item["keys"][level] is not None:
                 lookups[rules[level].profile_column].add(item["keys"][level])
-        found = {column: _profiles_by_key(engine, column, sorted(keys)) for column, keys in lookups.items()}
+        found = {column: _profiles_by_key(conn, column, sorted(keys)) for column, keys in lookups.items()}
         still: list[dict[str, Any]] = []
         for item in pending:
             route = routes[item["route"]]
@@ -171,7 +175,7 @@ def resolve_identities(engine: Engine, wanted: list[dict[str, Any]], routes: dic
 
 
 # -- rules -------------------------------------------------------------------------------------------
-def _load_suppressions(engine: Engine, emails: list[str]) -> dict[str, str]:
+def _load_suppressions(conn: Connection, emails: list[str]) -> dict[str, str]:
     """{address or "@domain": source} for the given addresses and their domains in tf_suppression."""
     wanted: set[str] = set()
     for email in emails:
@@ -180,43 +184,41 @@ def _load_suppressions(engine: Engine, emails: list[str]) -> dict[str, str]:
             wanted.add(address)
             if "@" in address:
                 wanted.add("@" + address.rsplit("@", 1)[1])
-    found: dict[str, str] = {}
-    with engine.connect() as conn:
-        for part in chunked(sorted(wanted), IN_LIST_SIZE):
-            for address, source in conn.execute(
-                select(suppression.c.address, suppression.c.source).where(suppression.c.address.in_(list(part)))
-            ):
-                found[address] = source
-    return found
+    stmt = select(suppression.c.address, suppression.c.source)
+    if _smaller_than(conn, suppression, len(wanted)):
+        # the list is small (bounces, block list): read it whole rather than look up every address
+        return {address: source for address, source in conn.execute(stmt) if address in wanted}
+    return {address: source for address, source in select_in(conn, stmt, suppression.c.address, sorted(wanted))}
 
 
-def _unsubscribed(engine: Engine, customer_ids: list[str]) -> set[str]:
+def _smaller_than(conn: Connection, table: Any, keys: int) -> bool:
+    """True when ``table`` has fewer rows than ``keys`` (and there are many keys): reading the
+    table whole is then cheaper than a key look-up."""
+    if keys <= IN_LIST_SIZE:
+        return False
+    return conn.execute(select(func.count()).select_from(table)).scalar_one() < keys
+
+
+def _unsubscribed(conn: Connection, customer_ids: list[str]) -> set[str]:
     """Customers who used an unsubscribe link. Checked besides ``profiles.opted_out`` so that a
     profile reload from a CRM that has not heard of the opt-out cannot undo it."""
-    found: set[str] = set()
-    with engine.connect() as conn:
-        for part in chunked(customer_ids, IN_LIST_SIZE):
-            found.update(
-                conn.execute(select(unsubscribe.c.customer_id).where(unsubscribe.c.customer_id.in_(list(part))).distinct()).scalars()
-            )
-    return found
+    if _smaller_than(conn, unsubscribe, len(customer_ids)):
+        wanted = set(customer_ids)
+        return {cid for cid in conn.execute(select(unsubscribe.c.customer_id).distinct()).scalars() if cid in wanted}
+    return {row[0] for row in select_in(conn, select(unsubscribe.c.customer_id), unsubscribe.c.customer_id, customer_ids)}
 
 
-def _recent_sends(engine: Engine, profile_ids: list[str], since: datetime) -> dict[str, list[dict[str, Any]]]:
+def _recent_sends(conn: Connection, profile_ids: list[str], since: datetime) -> dict[str, list[dict[str, Any]]]:
     """profile_id -> its ledger rows queued since ``since`` that count as an email."""
     out: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    with engine.connect() as conn:
-        for part in chunked(profile_ids, IN_LIST_SIZE):
-            rows = conn.execute(
-                select(send.c.profile_id, send.c.route, send.c.trigger_ts, send.c.event_id, send.c.batch_id, send.c.created_at)
-                .where(send.c.profile_id.in_(list(part)), send.c.created_at >= since, send.c.state.in_(_COUNTED_STATES))
-            )
-            for row in rows:
-                created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)
-                out[row.profile_id].append(
-                    {"route": row.route, "trigger_ts": row.trigger_ts, "event_id": int(row.event_id),
-                     "batch_id": row.batch_id, "created_at": created}
-                )
+    stmt = select(send.c.profile_id, send.c.route, send.c.trigger_ts, send.c.event_id, send.c.batch_id, send.c.created_at).where(
+        send.c.created_at >= since, send.c.state.in_(_COUNTED_STATES)
+    )
+    for profile_id, route, trigger_ts, event_id, batch_id, created in select_in(conn, stmt, send.c.profile_id, profile_ids):
+        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+        out[profile_id].append(
+            {"route": route, "trigger_ts": trigger_ts, "event_id": int(event_id), "batch_id": batch_id, "created_at": created}
+        )
     return out
 
 
@@ -305,7 +307,8 @@ def reconcile_batch(
             }
         )
 
-    resolve_identities(engine, wanted, routes)
+    with engine.connect() as conn:
+        resolve_identities(conn, wanted, routes)
     matched = [w for w in wanted if w.get("profile") is not None]
     for item in wanted:
         if item.get("profile") is None:
@@ -317,7 +320,8 @@ def reconcile_batch(
                 "detail": "; ".join(item["tried"]) or "no identity rule applies",
             }
 
-    suppressed = _load_suppressions(engine, [str(w["profile"].get("email") or "") for w in matched])
+    with engine.connect() as conn:
+        suppressed = _load_suppressions(conn, [str(w["profile"].get("email") or "") for w in matched])
     windows = [r.rules.dedup_window_s or 0 for r in routes.values()]
     periods = [r.rules.frequency_cap.per_s for r in routes.values() if r.rules.frequency_cap]
     earliest_ts = min((w["trigger_ts"] for w in matched if w["trigger_ts"] is not None), default=None)
@@ -325,8 +329,9 @@ def reconcile_batch(
     if earliest_ts is not None and windows:
         since = min(since, datetime.fromtimestamp(earliest_ts / 1000, tz=timezone.utc) - timedelta(seconds=max(windows)))
     customer_ids = sorted({str(w["profile"]["customer_id"]) for w in matched})
-    recent = _recent_sends(engine, customer_ids, since)
-    unsubscribed = _unsubscribed(engine, customer_ids)
+    with engine.connect() as conn:
+        recent = _recent_sends(conn, customer_ids, since)
+        unsubscribed = _unsubscribed(conn, customer_ids)
 
     ledger_rows: list[dict[str, Any]] = []
     matched.sort(key=lambda w: (w["trigger_ts"] if w["trigger_ts"] is not None else 0, w["event_id"]))
@@ -363,14 +368,14 @@ def reconcile_batch(
         n_chunks = max(1, min(max_chunks, math.ceil(len(ledger_rows) / max(chunk_size, 1))))
         for i, row in enumerate(ledger_rows):
             row.update(chunk=i % n_chunks, attempts=0, created_at=now, updated_at=now)
-        insert_ignore(conn, send, ledger_rows, keys=["idempotency_key"])
+        inserted = bulk_insert(conn, send, ledger_rows, ignore_conflicts_on=["idempotency_key"])
         # Which event owns each key now: an earlier batch's event means this one is a duplicate.
-        owners: dict[str, tuple[int, str]] = {}
-        keys = [r["idempotency_key"] for r in ledger_rows]
-        for part in chunked(keys, IN_LIST_SIZE):
-            for key, owner_event, owner_batch in conn.execute(
-                select(send.c.idempotency_key, send.c.event_id, send.c.batch_id).where(send.c.idempotency_key.in_(list(part)))
-            ):
+        # (When every row was inserted, each key is owned by the event that queued it.)
+        owners: dict[str, tuple[int, str]] = {r["idempotency_key"]: (r["event_id"], batch_id) for r in ledger_rows}
+        if inserted != len(ledger_rows):
+            keys = [r["idempotency_key"] for r in ledger_rows]
+            stmt = select(send.c.idempotency_key, send.c.event_id, send.c.batch_id)
+            for key, owner_event, owner_batch in select_in(conn, stmt, send.c.idempotency_key, keys):
                 owners[key] = (int(owner_event), owner_batch)
         for row in ledger_rows:
             owner_event, owner_batch = owners[row["idempotency_key"]]
@@ -383,8 +388,15 @@ def reconcile_batch(
         conn.execute(
             delete(decision).where(decision.c.batch_id == batch_id, decision.c.decision.in_(REDECIDED))
         )
-        for part in chunked(sorted(decisions), IN_LIST_SIZE):
-            conn.execute(delete(decision).where(decision.c.event_id.in_(list(part))))
+        # Every decision row of this batch is final (its events were not selected) or REDECIDED
+        # (deleted just above), so the events decided now can only still have a row written under
+        # another batch id: look those up by id only if the batch has any.
+        if conn.execute(
+            select(func.count())
+            .select_from(decision.join(event, event.c.event_id == decision.c.event_id))
+            .where(event.c.batch_id == batch_id, decision.c.batch_id != batch_id)
+        ).scalar_one():
+            where_in(conn, delete(decision), decision.c.event_id, sorted(decisions))
         rows = [
             {
                 "event_id": d["event_id"],
@@ -399,8 +411,7 @@ def reconcile_batch(
             }
             for d in decisions.values()
         ]
-        for part in chunked(rows, 1000):
-            conn.execute(insert(decision), list(part))
+        bulk_insert(conn, decision, rows)
         chunks = sorted(
             {int(c) for c in conn.execute(select(send.c.chunk).where(send.c.batch_id == batch_id).distinct()).scalars()}
             | existing_chunks
