@@ -15,6 +15,16 @@ before the next SMTP step, so the ledger (not the mail library's retry loop) dec
 Every email carries a signed one-click unsubscribe link (RFC 8058 ``List-Unsubscribe`` and
 ``List-Unsubscribe-Post`` headers, and ``unsubscribe_url`` in the templates), and is rendered in
 the profile's locale when the template has a variant for it.
+
+**One commit per email.** The outcome of email *i* (its final state and its ``tf_send_log`` row)
+is committed in the same transaction as the ``sending`` mark of email *i + 1*, just before *i + 1*'s
+SMTP transaction; the last outcome is committed on its own. The invariant is unchanged: every row
+is committed ``sending`` before its SMTP transaction starts, and a process that dies leaves at
+most one row ``sending``, the one whose SMTP transaction may or may not have completed (the last
+one it started: if it died before recording the 250 of *i*, *i + 1* was never marked). Rows that
+fail before the SMTP transaction (render, address) ride along with the next commit; a broken
+session commits what is pending (its row back to ``pending``) before raising. The writes use one
+connection for the whole chunk and pre-compiled statements (``store.db.DriverStatement``).
 """
 
 from __future__ import annotations
@@ -28,21 +38,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
 from include.triggerflow.mailer import (
     HeaderInjectionError,
     InvalidAddressError,
-    build_message,
+    build_message_fast,
     check_header_value,
     list_unsubscribe_headers,
     message_id_for,
     validate_address,
 )
 from include.triggerflow.render import Renderer, TemplateRenderError, build_context
-from include.triggerflow.store.db import insert_ignore
+from include.triggerflow.store.db import DriverSession, DriverStatement, dialect_insert
 from include.triggerflow.store.schema import dry_run, event, profiles, send, send_log, suppression
 
 log = logging.getLogger(__name__)
@@ -182,91 +192,101 @@ def send_chunk(
     routes = {r.name: r for r in routing.routes}
     profile_cols = [c.name for c in profiles.columns]
     session = _DryRunSession if opts.dry_run else open_session
-    with session() as mail:
-        # The session's From address and Message-ID domain are configuration, not data of one
-        # email: a mistake there must fail the task (rows stay pending for the retry once the
-        # connection is fixed), not mark every row of the chunk failed for good.
-        sender = validate_address(mail.sender)
-        from_name = mail.from_name
-        if from_name is not None:
-            check_header_value("From", from_name)
-        message_id_domain = mail.message_id_domain
-        message_id_for("0", message_id_domain)
-        for row in rows:
-            mapping = row._mapping
-            profile = {c: mapping[c] for c in profile_cols}
-            route = routes.get(row.route)
-            resend = row.send_id in resend_ids
-            try:
-                if route is None:
-                    raise TemplateRenderError(f"route {row.route!r} is no longer in the routing config")
-                unsubscribe_url = opts.unsubscribe.url_for(str(profile["customer_id"]), route.name)
-                context = build_context(
-                    profile=profile, event=parse_envelope(row.payload), route=route,
-                    extra={"unsubscribe_url": unsubscribe_url},
-                )
-                rendered = renderer.render(route, context, locale=profile.get("locale"))
-                recipient = validate_address(row.recipient)
-                # A deliberate resend is a new message; an ambiguous one keeps its Message-ID so
-                # a receiver that did get the first copy can tell it is the same email.
-                key = f"{row.idempotency_key}.resend{row.attempts}" if resend and opts.force_resend else row.idempotency_key
-                message_id = message_id_for(key, message_id_domain)
-                message = build_message(
-                    from_addr=sender,
-                    from_name=from_name,
-                    to_addr=recipient,
-                    subject=rendered.subject,
-                    text=rendered.text,
-                    html=rendered.html,
-                    message_id=message_id,
-                    headers={
-                        "X-Triggerflow-Key": row.idempotency_key,
-                        **list_unsubscribe_headers(unsubscribe_url, opts.unsubscribe_mailto),
-                    },
-                )
-            except (TemplateRenderError, HeaderInjectionError, InvalidAddressError, ValueError) as exc:
-                if opts.dry_run:
-                    logger.one(row.send_id, "dry-run", detail=f"would fail: {exc.__class__.__name__}: {exc}")
-                else:
-                    reason = f"{exc.__class__.__name__}: {exc}"
-                    _finish(engine, row.send_id, state="failed", code=None, reply=reason)
-                    logger.one(row.send_id, "failed", detail=reason)
-                counts["failed"] += 1
-                continue
-
-            if opts.dry_run:
-                path = _write_dry_run(opts.dry_run_dir, batch_id, row.idempotency_key, recipient, message)
-                with engine.begin() as conn:
-                    conn.execute(
-                        insert(dry_run).values(
-                            send_id=row.send_id, batch_id=batch_id, run_id=opts.run_id, path=str(path), rendered_at=_now()
-                        )
+    ledger = _Ledger(engine, batch_id, opts)
+    try:
+        with session() as mail:
+            # The session's From address and Message-ID domain are configuration, not data of one
+            # email: a mistake there must fail the task (rows stay pending for the retry once the
+            # connection is fixed), not mark every row of the chunk failed for good.
+            sender = validate_address(mail.sender)
+            from_name = mail.from_name
+            if from_name is not None:
+                check_header_value("From", from_name)
+            message_id_domain = mail.message_id_domain
+            message_id_for("0", message_id_domain)
+            for row in rows:
+                mapping = row._mapping
+                profile = {c: mapping[c] for c in profile_cols}
+                route = routes.get(row.route)
+                resend = row.send_id in resend_ids
+                try:
+                    if route is None:
+                        raise TemplateRenderError(f"route {row.route!r} is no longer in the routing config")
+                    unsubscribe_url = opts.unsubscribe.url_for(str(profile["customer_id"]), route.name)
+                    context = build_context(
+                        profile=profile, event=parse_envelope(row.payload), route=route,
+                        extra={"unsubscribe_url": unsubscribe_url},
                     )
-                    logger.add(conn, [row.send_id], "dry-run", detail=str(path))
-                counts["dry_run"] += 1
-                continue
+                    rendered = renderer.render(route, context, locale=profile.get("locale"))
+                    recipient = validate_address(row.recipient)
+                    # A deliberate resend is a new message; an ambiguous one keeps its Message-ID so
+                    # a receiver that did get the first copy can tell it is the same email.
+                    key = f"{row.idempotency_key}.resend{row.attempts}" if resend and opts.force_resend else row.idempotency_key
+                    message_id = message_id_for(key, message_id_domain)
+                    message = build_message_fast(
+                        from_addr=sender,
+                        from_name=from_name,
+                        to_addr=recipient,
+                        subject=rendered.subject,
+                        text=rendered.text,
+                        html=rendered.html,
+                        message_id=message_id,
+                        headers={
+                            "X-Triggerflow-Key": row.idempotency_key,
+                            **list_unsubscribe_headers(unsubscribe_url, opts.unsubscribe_mailto),
+                        },
+                    )
+                except (TemplateRenderError, HeaderInjectionError, InvalidAddressError, ValueError) as exc:
+                    if opts.dry_run:
+                        logger.one(row.send_id, "dry-run", detail=f"would fail: {exc.__class__.__name__}: {exc}")
+                    else:
+                        reason = f"{exc.__class__.__name__}: {exc}"
+                        ledger.finish(row.send_id, state="failed", code=None, reply=reason)
+                        ledger.log(row.send_id, "failed", detail=reason)
+                    counts["failed"] += 1
+                    continue
 
-            _mark_sending(engine, row.send_id, message_id, rendered.subject, row.attempts, rendered.locale)
-            try:
-                outcome = mail.send_prepared(recipient, message)
-            except Exception:
-                # The session broke before a 250: the message was not accepted. Put the row back
-                # so the task retry sends it; everything sent so far is already recorded.
-                _finish(engine, row.send_id, state="pending", code=None, reply="session failed; will retry")
-                raise
-            if outcome.accepted:
-                _finish(engine, row.send_id, state="sent", code=outcome.code, reply=outcome.reply, sent=True, resend=resend)
-                logger.one(row.send_id, "resent" if resend else "sent", code=outcome.code)
-                counts["resent" if resend else "sent"] += 1
-            elif outcome.permanent:
-                _finish(engine, row.send_id, state="failed", code=outcome.code, reply=outcome.reply)
-                _suppress(engine, recipient, outcome.code, outcome.reply)
-                logger.one(row.send_id, "failed", code=outcome.code, detail=outcome.reply)
-                counts["failed"] += 1
-            else:
-                _finish(engine, row.send_id, state="deferred", code=outcome.code, reply=outcome.reply)
-                logger.one(row.send_id, "deferred", code=outcome.code, detail=outcome.reply)
-                counts["deferred"] += 1
+                if opts.dry_run:
+                    path = _write_dry_run(opts.dry_run_dir, batch_id, row.idempotency_key, recipient, message)
+                    with engine.begin() as conn:
+                        conn.execute(
+                            insert(dry_run).values(
+                                send_id=row.send_id, batch_id=batch_id, run_id=opts.run_id, path=str(path), rendered_at=_now()
+                            )
+                        )
+                        logger.add(conn, [row.send_id], "dry-run", detail=str(path))
+                    counts["dry_run"] += 1
+                    continue
+
+                # Commits the outcomes recorded so far together with this row's `sending`.
+                ledger.mark_sending(row.send_id, message_id, rendered.subject, row.attempts, rendered.locale)
+                try:
+                    outcome = mail.send_prepared(recipient, message)
+                except Exception:
+                    # The session broke before a 250: the message was not accepted. Put the row back
+                    # so the task retry sends it; everything sent so far is already recorded.
+                    ledger.finish(row.send_id, state="pending", code=None, reply="session failed; will retry")
+                    ledger.commit()
+                    raise
+                if outcome.accepted:
+                    ledger.finish(row.send_id, state="sent", code=outcome.code, reply=outcome.reply, sent=True, resend=resend)
+                    ledger.log(row.send_id, "resent" if resend else "sent", code=outcome.code)
+                    counts["resent" if resend else "sent"] += 1
+                elif outcome.permanent:
+                    ledger.finish(row.send_id, state="failed", code=outcome.code, reply=outcome.reply)
+                    ledger.suppress(recipient, outcome.code, outcome.reply)
+                    ledger.log(row.send_id, "failed", code=outcome.code, detail=outcome.reply)
+                    counts["failed"] += 1
+                else:
+                    ledger.finish(row.send_id, state="deferred", code=outcome.code, reply=outcome.reply)
+                    ledger.log(row.send_id, "deferred", code=outcome.code, detail=outcome.reply)
+                    counts["deferred"] += 1
+            ledger.commit()
+    except Exception:
+        ledger.commit_quietly()
+        raise
+    finally:
+        ledger.close()
     log.info("batch %s chunk %d: %s", batch_id, chunk, counts)
     if counts["deferred"] and not opts.last_try and not opts.dry_run:
         raise DeferredRecipients(
@@ -274,6 +294,119 @@ def send_chunk(
             f"the task retry sends them (sent so far: {counts['sent'] + counts['resent']}, recorded in the ledger)"
         )
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
+
+
+class _Ledger:
+    """The per-email ledger writes of one chunk, on one connection, one transaction per email.
+
+    ``finish``/``log``/``suppress`` queue their statement; ``mark_sending`` commits everything
+    queued together with the ``sending`` update, so the outcome of email *i* is committed with the
+    ``sending`` mark of *i + 1*; ``commit`` commits what is queued (the last outcome, or the
+    in-flight row put back to ``pending`` when the session broke).
+    """
+
+    def __init__(self, engine: Engine, batch_id: str, opts: SendOptions) -> None:
+        self.batch_id = batch_id
+        self.opts = opts
+        self.queued: list[tuple[DriverStatement, dict[str, Any]]] = []
+        self.session: DriverSession | None = None
+        self.engine = engine
+        self.statements = _ledger_statements(engine)
+
+    def _db(self) -> DriverSession:
+        if self.session is None:
+            self.session = DriverSession(self.engine)
+        return self.session
+
+    def finish(self, send_id: int, *, state: str, code: int | None, reply: str, sent: bool = False,
+               resend: bool = False) -> None:
+        now = _now()
+        values: dict[str, Any] = {"b_id": send_id, "b_state": state, "b_code": code, "b_reply": reply[:1000], "b_now": now}
+        kind = "finish"
+        if sent:
+            kind = "finish_resent" if resend else "finish_sent"
+        self.queued.append((self.statements[kind], values))
+
+    def log(self, send_id: int, action: str, *, code: int | None = None, detail: str | None = None) -> None:
+        self.queued.append((
+            self.statements["log"],
+            {"b_id": send_id, "b_batch": self.batch_id, "b_run": self.opts.run_id, "b_try": self.opts.try_number,
+             "b_action": action, "b_code": code, "b_detail": detail[:1000] if detail else None, "b_at": _now()},
+        ))
+
+    def suppress(self, address: str, code: int | None, reply: str) -> None:
+        """A 5xx for an address: never mail it again (reconcile checks tf_suppression)."""
+        self.queued.append((
+            self.statements["suppress"],
+            {"b_address": address.strip().lower(), "b_source": "hard-bounce", "b_reason": reply[:1000],
+             "b_code": code, "b_at": _now()},
+        ))
+
+    def mark_sending(self, send_id: int, message_id: str, subject: str, attempts: int, locale: str | None) -> None:
+        """Commit the queued outcomes and this row's ``sending`` mark, in one transaction. If that
+        fails, the outcomes stay queued and the mark is dropped (the row stays as it was)."""
+        sending = (
+            self.statements["sending"],
+            {"b_id": send_id, "b_message_id": message_id, "b_subject": subject, "b_attempts": attempts + 1,
+             "b_locale": locale, "b_now": _now()},
+        )
+        self._db().transaction([*self.queued, sending])
+        self.queued = []
+
+    def commit(self) -> None:
+        if not self.queued:
+            return
+        self._db().transaction(self.queued)
+        self.queued = []
+
+    def commit_quietly(self) -> None:
+        """After an unexpected error: try to keep the outcomes already known (emails accepted are
+        recorded ``sent`` rather than left ``sending``); the original error is what is raised."""
+        try:
+            self.commit()
+        except Exception:  # noqa: BLE001
+            log.exception("could not record the last outcomes of the chunk")
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+_STATEMENTS: dict[tuple[str, str], dict[str, DriverStatement]] = {}
+
+
+def _ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
+    """The ledger's per-email statements, compiled once per dialect and process."""
+    dialect = engine.dialect
+    key = (dialect.name, dialect.driver)
+    found = _STATEMENTS.get(key)
+    if found is not None:
+        return found
+    by_id = send.c.send_id == bindparam("b_id")
+    finish = {"state": bindparam("b_state"), "smtp_code": bindparam("b_code"), "smtp_reply": bindparam("b_reply"),
+              "updated_at": bindparam("b_now")}
+    statements = {
+        "finish": update(send).where(by_id).values(**finish),
+        "finish_sent": update(send).where(by_id).values(**finish, sent_at=bindparam("b_now")),
+        "finish_resent": update(send).where(by_id).values(**finish, sent_at=bindparam("b_now"), resend=True),
+        "sending": update(send).where(by_id).values(
+            state="sending", message_id=bindparam("b_message_id"), subject=bindparam("b_subject"),
+            attempts=bindparam("b_attempts"), locale=bindparam("b_locale"), updated_at=bindparam("b_now"),
+        ),
+        "log": insert(send_log).inline().values(
+            send_id=bindparam("b_id"), batch_id=bindparam("b_batch"), run_id=bindparam("b_run"),
+            try_number=bindparam("b_try"), action=bindparam("b_action"), smtp_code=bindparam("b_code"),
+            detail=bindparam("b_detail"), at=bindparam("b_at"),
+        ),
+        "suppress": dialect_insert(engine, suppression).values(
+            address=bindparam("b_address"), source=bindparam("b_source"), reason=bindparam("b_reason"),
+            smtp_code=bindparam("b_code"), created_at=bindparam("b_at"),
+        ).on_conflict_do_nothing(index_elements=["address"]),
+    }
+    found = {name: DriverStatement(stmt, dialect) for name, stmt in statements.items()}
+    _STATEMENTS[key] = found
+    return found
 
 
 class _SendLog:
@@ -336,36 +469,3 @@ def _write_dry_run(folder: Path | None, batch_id: str, key: str, recipient: str,
     tmp.write_bytes(b"X-Envelope-To: " + recipient.encode() + b"\r\n" + message)
     tmp.replace(path)
     return path
-
-
-def _suppress(engine: Engine, address: str, code: int | None, reply: str) -> None:
-    """A 5xx for an address: never mail it again (reconcile checks tf_suppression)."""
-    with engine.begin() as conn:
-        insert_ignore(
-            conn,
-            suppression,
-            [{"address": address.strip().lower(), "source": "hard-bounce", "reason": reply[:1000], "smtp_code": code, "created_at": _now()}],
-            keys=["address"],
-        )
-
-
-def _mark_sending(engine: Engine, send_id: int, message_id: str, subject: str, attempts: int, locale: str | None) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            update(send)
-            .where(send.c.send_id == send_id)
-            .values(state="sending", message_id=message_id, subject=subject, attempts=attempts + 1,
-                    locale=locale, updated_at=_now())
-        )
-
-
-def _finish(
-    engine: Engine, send_id: int, *, state: str, code: int | None, reply: str, sent: bool = False, resend: bool = False
-) -> None:
-    values: dict[str, Any] = {"state": state, "smtp_code": code, "smtp_reply": reply[:1000], "updated_at": _now()}
-    if sent:
-        values["sent_at"] = _now()
-    if resend:
-        values["resend"] = True
-    with engine.begin() as conn:
-        conn.execute(update(send).where(send.c.send_id == send_id).values(**values))
