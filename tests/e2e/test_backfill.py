@@ -5,14 +5,16 @@ and says so for intervals that have no batch. Running the same backfill again se
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from devstack.airflow_stack import airflow_standalone
+from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
@@ -21,6 +23,7 @@ from tests.support import UNSUBSCRIBE_CONN_JSON
 pytestmark = pytest.mark.e2e
 
 START = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+LOCAL_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 def _profile(customer_id: str, email: str, shopper_id: str) -> dict:
@@ -74,10 +77,35 @@ def _wait_backfill_runs(af, dag_id: str, backfill: dict, expected: int, timeout:
     )
 
 
-def _create_backfill(af, body: dict) -> dict:
-    """POST /backfills; on a SQLite metadata DB the API can answer 503 "database is locked" after
-    (or before) creating it, so a failed POST is resolved by looking the backfill up, never by
-    blindly posting again."""
+def _metadata_server() -> str | None:
+    """The PostgreSQL server for Airflow's metadata DB, if one answers: TRIGGERFLOW_TEST_PG_URL or
+    the local one. Airflow's POST /backfills on a SQLite metadata DB can answer 503 "database is
+    locked" after committing part of the backfill (seen: one of its intervals), so this test uses
+    PostgreSQL metadata, as production does, wherever there is a server."""
+    from devstack.ensure_postgres import _answers
+
+    url = os.environ.get("TRIGGERFLOW_TEST_PG_URL") or LOCAL_PG
+    return url if _answers(url) is None else None
+
+
+def _backfill_intervals(af, metadata_url: str | None, backfill_id: int) -> int:
+    """How many intervals Airflow recorded for the backfill (its backfill_dag_run rows)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(metadata_url or f"sqlite:///{Path(af.home) / 'airflow.db'}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT count(*) FROM backfill_dag_run WHERE backfill_id = :id"),
+                                    {"id": backfill_id}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def _create_backfill(af, body: dict, *, intervals: int, metadata_url: str | None) -> dict:
+    """POST /backfills. On a SQLite metadata DB the API can answer 503 "database is locked" before
+    creating the backfill, or after creating part of it: a failed POST is resolved by looking the
+    backfill up, never by blindly posting again, and a partial backfill (fewer than ``intervals``)
+    is left to finish and followed by a new one. Replaying twice is harmless here by design."""
     import time
 
     from devstack.airflow_stack import AirflowStackError
@@ -91,8 +119,15 @@ def _create_backfill(af, body: dict) -> dict:
             time.sleep(2)
             open_ones = [b for b in af.api("GET", "/backfills", params={"dag_id": body["dag_id"]})["backfills"]
                          if not b.get("completed_at")]
-            if open_ones:
-                return max(open_ones, key=lambda b: b["id"])
+            if not open_ones:
+                continue
+            found = max(open_ones, key=lambda b: b["id"])
+            if _backfill_intervals(af, metadata_url, found["id"]) >= intervals:
+                return found
+            deadline = time.monotonic() + 300
+            while not af.api("GET", f"/backfills/{found['id']}").get("completed_at"):
+                assert time.monotonic() < deadline, f"partial backfill {found} did not close"
+                time.sleep(1)
     raise AssertionError("could not create the backfill")
 
 
@@ -132,19 +167,25 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
             "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": UNSUBSCRIBE_CONN_JSON,
             "TRIGGERFLOW_RETRY_DELAY_S": "2",
         }
-        with airflow_standalone(tmp_path / "airflow", env_overrides=env) as af:
+        server = _metadata_server()
+        metadata = postgres_metadata_db(server) if server else contextlib.nullcontext(None)
+        with metadata as metadata_url, airflow_standalone(
+            tmp_path / "airflow", env_overrides=env, metadata_url=metadata_url
+        ) as af:
             af.unpause("trigger_emails")
+            # from_date and to_date are both included: intervals 10:00, 10:01 and 10:02
             body = {"dag_id": "trigger_emails", "from_date": START.isoformat(),
                     "to_date": (START + timedelta(minutes=2)).isoformat(), "reprocess_behavior": "completed",
                     "max_active_runs": 1, "run_backwards": False, "dag_run_conf": {}}
-            first = _create_backfill(af, body)
+            create = {"intervals": 3, "metadata_url": metadata_url}
+            first = _create_backfill(af, body, **create)
             runs = _wait_backfill_runs(af, "trigger_emails", first, expected=2)
             assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
             assert sorted(m["To"] for m in smtp.wait_for(2)) == ["ada@example.com", "grace@example.com"]
 
             # The same backfill again (the scheduler has closed the first): the batch is
             # replayed, nothing is sent twice.
-            second = _create_backfill(af, body)
+            second = _create_backfill(af, body, **create)
             again = _wait_backfill_runs(af, "trigger_emails", second, expected=2)
             assert {r["state"] for r in again} == {"success"}
 
