@@ -323,7 +323,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 1. backlog drain
         log(f"phase 1: injecting a backlog of {args.backlog:,} triggers")
-        injected = inject_backlog(emu.base_url, args.backlog, customers=args.profiles, progress=True)
+        # Customer ranges: the steady state's known customers are 1..S (S = rate x duration), the
+        # backlog's S+1..S+backlog. Each phase's "unknown shoppers" fall just past its own range, so
+        # the backlog's are beyond every profile and the steady state's land on backlog customers
+        # (counted as duplicates there), never on a steady customer: the steady state measures
+        # fresh triggers, not duplicates of the backlog inside the 24 h dedup window.
+        steady_customers = max(1, int(round(args.rate * args.duration)))
+        injected = inject_backlog(emu.base_url, args.backlog, customers=args.backlog,
+                                  customer_offset=steady_customers, progress=True)
         log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
         t_unpause = datetime.now(timezone.utc)
         af.unpause(DAG_ID)
@@ -350,11 +357,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # 2. steady state
         log(f"phase 2: {args.rate}/s for {args.duration} s")
         phase_start_ms = int(time.time() * 1000)
-        # Customers after the backlog's: the backlog's would be duplicates inside the 24 h window.
-        steady_customers = max(1, args.profiles - args.backlog)
         feeder = threading.Thread(
             target=inject_rate, args=(emu.base_url, args.rate, args.duration),
-            kwargs={"customers": steady_customers, "customer_offset": args.backlog, "progress": True}, daemon=True,
+            kwargs={"customers": steady_customers, "customer_offset": 0, "progress": True}, daemon=True,
         )
         feeder.start()
         feeder.join()
