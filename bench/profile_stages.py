@@ -42,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -71,22 +70,10 @@ def scratch_store(pg_url: str | None, folder: Path) -> Iterator[str]:
     if not pg_url:
         yield f"sqlite:///{folder / 'bench-store.db'}"
         return
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from devstack.ensure_postgres import scratch_database
 
-    name = f"tf_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        from include.triggerflow.store.db import dispose_engines
-
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(pg_url, prefix="tf_bench") as url:
+        yield url
 
 
 def profile_rows(count: int, rng: random.Random) -> list[dict[str, Any]]:

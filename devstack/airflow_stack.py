@@ -128,21 +128,10 @@ def postgres_metadata_db(server_url: str) -> Iterator[str]:
     exit): pass it as ``airflow_standalone(..., metadata_url=...)``. Use it for backfills: Airflow
     refuses to create them on SQLite under concurrent access (503 "Database is locked" whenever
     the scheduler commits between the request's read and its write)."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from devstack.ensure_postgres import scratch_database
 
-    name = f"af_meta_{secrets.token_hex(6)}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
+    with scratch_database(server_url, prefix="af_meta", store=False) as url:
+        yield url
 
 
 @dataclass

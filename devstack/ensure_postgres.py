@@ -7,10 +7,13 @@ Exit 0 when the server answers, 1 when it cannot be reached or started (the reas
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", None, ""}
@@ -28,6 +31,33 @@ def _answers(url: str) -> str | None:
         return f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
     finally:
         engine.dispose()
+
+
+@contextlib.contextmanager
+def scratch_database(server_url: str, prefix: str = "tf_scratch", *, store: bool = True) -> Iterator[str]:
+    """A fresh, empty database on the PostgreSQL server of ``server_url``, dropped on exit (even
+    while connections to it are open): yields its URL. Used for test stores, benchmark stores and
+    Airflow metadata DBs alike. For a store (``store=True``) the project's cached engines are
+    disposed before the drop."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        finally:
+            if store:
+                from include.triggerflow.store.db import dispose_engines
+
+                dispose_engines()
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
 
 
 def _start_local_cluster() -> str | None:
