@@ -38,13 +38,11 @@ __all__ = [
     "validate_address",
 ]
 
-_HEADER_BREAKS = ("\r", "\n", "\0")
+# Character classes as regular expressions: one C-level scan each, for the send stage's hot loop.
+_HEADER_BREAKS_RE = re.compile("[\r\n\0]")
 # Every other character str.splitlines() breaks on: the email package refuses them in some headers
 # with a bare ValueError and would encode them into others, so they are refused here, as injection.
-_OTHER_LINE_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
-# The same sets as regular expressions (one C-level scan each, for the send stage's hot loop).
-_HEADER_BREAKS_RE = re.compile("[\r\n\0]")
-_OTHER_LINE_BREAKS_RE = re.compile("[" + "".join(_OTHER_LINE_BREAKS) + "]")
+_OTHER_LINE_BREAKS_RE = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 # exactly what str.isspace() matches (both use Py_UNICODE_ISSPACE)
 _WHITESPACE_RE = re.compile(r"\s")
 # RFC 5322 field-name: printable ASCII except ":".
@@ -66,7 +64,6 @@ _MAX_SHOWN = 80
 _FOLD_AT = 78
 _MAX_LINE = 998
 # Characters that would end a URI inside List-Unsubscribe's "<uri>, <uri>" list or start a new header.
-_LIST_URI_BREAKERS = frozenset("<>,")
 _LIST_URI_BREAKERS_RE = re.compile("[<>,]")
 _ASCII_CONTROLS_RE = re.compile("[\x00-\x1f\x7f]")
 _LOOPBACK_NAMES = ("localhost",)
@@ -318,20 +315,6 @@ def build_message(
         from_addr=from_addr, from_name=from_name, to_addr=to_addr, subject=subject, message_id=message_id,
         headers=headers, date=date,
     )
-    return _assemble_reference(from_addr, from_name, to_addr, subject, text, html, message_id, extra, date)
-
-
-def _assemble_reference(
-    from_addr: str,
-    from_name: str | None,
-    to_addr: str,
-    subject: str,
-    text: str,
-    html: str,
-    message_id: str,
-    extra: dict[str, str],
-    date: datetime,
-) -> bytes:
     msg = EmailMessage(policy=policy.SMTP)
     msg["From"] = _from_value(from_name, from_addr)
     msg["To"] = to_addr
@@ -363,7 +346,9 @@ def _assemble_reference(
 # package itself, per header, with the same policy (cached: a chunk repeats its From line and many of
 # its subjects). The bodies are quoted-printable from binascii (C) instead of email.quoprimime: soft
 # line breaks may fall elsewhere (76 instead of 78 columns), the decoded bodies are the same.
-_PLAIN_ADDRESS = re.compile(
+#: A plain addr-spec: dot-atom local part and domain (what needs no quoting in a header or in
+#: SMTP's MAIL FROM/RCPT TO). Also used by hooks.smtp.
+PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
 )
 _PLAIN_MESSAGE_ID = re.compile(r"<[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>")
@@ -400,7 +385,7 @@ def _utc_date_header(second: int) -> bytes:
 
 def _date_header(date: datetime) -> bytes:
     """The Date line of a UTC date (whole seconds, as format_datetime writes it), made once per second."""
-    return _utc_date_header(int(date.timestamp()) if date.microsecond == 0 else int(date.replace(microsecond=0).timestamp()))
+    return _utc_date_header(int(date.replace(microsecond=0).timestamp()))
 
 
 def _qp_body(text: str) -> bytes:
@@ -441,7 +426,7 @@ def build_message_fast(
     offset = date.utcoffset()
     lines = [
         _package_header("From", _from_value(from_name, from_addr)),
-        _header("To", to_addr, _PLAIN_ADDRESS.fullmatch(to_addr) is not None),
+        _header("To", to_addr, PLAIN_ADDRESS.fullmatch(to_addr) is not None),
         _header("Subject", subject, "=?" not in subject and _PLAIN_TEXT.fullmatch(subject) is not None),
         _date_header(date) if offset == _ZERO else
         _header("Date", format_datetime(date), offset is not None and offset.seconds % 60 == 0 and not offset.microseconds),

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from airflow.providers.smtp.hooks.smtp import SmtpHook
 
+from include.triggerflow.mailer import PLAIN_ADDRESS
+
 
 @dataclass(frozen=True)
 class SmtpOutcome:
@@ -92,16 +94,22 @@ class TriggerMailHook(SmtpHook):
         return SmtpOutcome(accepted=True, code=250, reply="accepted", permanent=False)
 
 
-# A plain addr-spec (dot-atom local part and domain): smtplib.quoteaddr gives "<addr>" for it.
-_PLAIN_ADDRESS = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
-)
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def _quoteaddr(address: str) -> str:
-    """``smtplib.quoteaddr``, without its RFC 822 parser for plain addresses."""
-    return f"<{address}>" if _PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
+    """``smtplib.quoteaddr``, without its RFC 822 parser for plain addresses (a dot-atom addr-spec,
+    for which it gives ``<addr>``)."""
+    return f"<{address}>" if PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
+
+
+def _end_refused(client: smtplib.SMTP, code: int) -> None:
+    """After a refusal: a 421 closes the session (the server is going away), anything else resets
+    the transaction so the session can carry the next message."""
+    if code == 421:
+        client.close()
+    else:
+        client._rset()
 
 
 def _sendmail_pipelined(client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> dict:
@@ -133,10 +141,7 @@ def _sendmail_pipelined(client: smtplib.SMTP, sender: str, recipient: str, messa
         client._rset()
         raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
     if data_code != 354:
-        if data_code == 421:
-            client.close()
-        else:
-            client._rset()
+        _end_refused(client, data_code)
         raise smtplib.SMTPDataError(data_code, data_reply)
     # smtplib's dot-stuffing; the scan is skipped for the usual message that has no line starting
     # with "." (quoted-printable bodies rarely do)
@@ -146,10 +151,7 @@ def _sendmail_pipelined(client: smtplib.SMTP, sender: str, recipient: str, messa
     client.send(quoted + b".\r\n")
     code, reply = client.getreply()
     if code != 250:
-        if code == 421:
-            client.close()
-        else:
-            client._rset()
+        _end_refused(client, code)
         raise smtplib.SMTPDataError(code, reply)
     return {}
 
