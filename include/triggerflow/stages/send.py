@@ -192,7 +192,7 @@ def send_chunk(
     routes = {r.name: r for r in routing.routes}
     profile_cols = [c.name for c in profiles.columns]
     session = _DryRunSession if opts.dry_run else open_session
-    ledger = _Ledger(engine, batch_id, opts)
+    ledger = _Ledger(engine, logger)
     try:
         with session() as mail:
             # The session's From address and Message-ID domain are configuration, not data of one
@@ -305,9 +305,8 @@ class _Ledger:
     in-flight row put back to ``pending`` when the session broke).
     """
 
-    def __init__(self, engine: Engine, batch_id: str, opts: SendOptions) -> None:
-        self.batch_id = batch_id
-        self.opts = opts
+    def __init__(self, engine: Engine, logger: _SendLog) -> None:
+        self.logger = logger
         self.queued: list[tuple[DriverStatement, dict[str, Any]]] = []
         self.session: DriverSession | None = None
         self.engine = engine
@@ -328,11 +327,7 @@ class _Ledger:
         self.queued.append((self.statements[kind], values))
 
     def log(self, send_id: int, action: str, *, code: int | None = None, detail: str | None = None) -> None:
-        self.queued.append((
-            self.statements["log"],
-            {"b_id": send_id, "b_batch": self.batch_id, "b_run": self.opts.run_id, "b_try": self.opts.try_number,
-             "b_action": action, "b_code": code, "b_detail": detail[:1000] if detail else None, "b_at": _now()},
-        ))
+        self.queued.append((self.statements["log"], self.logger.row(send_id, action, code=code, detail=detail)))
 
     def suppress(self, address: str, code: int | None, reply: str) -> None:
         """A 5xx for an address: never mail it again (reconcile checks tf_suppression)."""
@@ -394,17 +389,19 @@ def _ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
             state="sending", message_id=bindparam("b_message_id"), subject=bindparam("b_subject"),
             attempts=bindparam("b_attempts"), locale=bindparam("b_locale"), updated_at=bindparam("b_now"),
         ),
-        "log": insert(send_log).inline().values(
-            send_id=bindparam("b_id"), batch_id=bindparam("b_batch"), run_id=bindparam("b_run"),
-            try_number=bindparam("b_try"), action=bindparam("b_action"), smtp_code=bindparam("b_code"),
-            detail=bindparam("b_detail"), at=bindparam("b_at"),
-        ),
         "suppress": dialect_insert(engine, suppression).values(
             address=bindparam("b_address"), source=bindparam("b_source"), reason=bindparam("b_reason"),
             smtp_code=bindparam("b_code"), created_at=bindparam("b_at"),
         ).on_conflict_do_nothing(index_elements=["address"]),
     }
     found = {name: DriverStatement(stmt, dialect) for name, stmt in statements.items()}
+    # bound by column name, so it takes _SendLog.row() as it is ("b_" names: SQLAlchemy reserves
+    # a column's own name for the VALUES clause)
+    log_columns = [c.name for c in send_log.columns if not c.primary_key]
+    found["log"] = DriverStatement(
+        insert(send_log).inline().values({c: bindparam(f"b_{c}") for c in log_columns}), dialect,
+        names={f"b_{c}": c for c in log_columns},
+    )
     _STATEMENTS[key] = found
     return found
 
@@ -417,26 +414,25 @@ class _SendLog:
         self.batch_id = batch_id
         self.opts = opts
 
+    def row(self, send_id: int, action: str, *, code: int | None = None, detail: str | None = None,
+            at: datetime | None = None) -> dict[str, Any]:
+        """One tf_send_log row (column -> value)."""
+        return {
+            "send_id": send_id,
+            "batch_id": self.batch_id,
+            "run_id": self.opts.run_id,
+            "try_number": self.opts.try_number,
+            "action": action,
+            "smtp_code": code,
+            "detail": detail[:1000] if detail else None,
+            "at": at or _now(),
+        }
+
     def add(self, conn: Any, send_ids: list[int], action: str, *, code: int | None = None, detail: str | None = None) -> None:
         if not send_ids:
             return
         now = _now()
-        conn.execute(
-            insert(send_log),
-            [
-                {
-                    "send_id": sid,
-                    "batch_id": self.batch_id,
-                    "run_id": self.opts.run_id,
-                    "try_number": self.opts.try_number,
-                    "action": action,
-                    "smtp_code": code,
-                    "detail": detail[:1000] if detail else None,
-                    "at": now,
-                }
-                for sid in send_ids
-            ],
-        )
+        conn.execute(insert(send_log), [self.row(sid, action, code=code, detail=detail, at=now) for sid in send_ids])
 
     def one(self, send_id: int, action: str, *, code: int | None = None, detail: str | None = None) -> None:
         with self.engine.begin() as conn:
