@@ -130,15 +130,10 @@ def _describe_rule(rule: Any) -> str:
     return f"{rule.key}->{rule.profile_column}"
 
 
-def resolve_identities(engine: Engine | Connection, wanted: list[dict[str, Any]], routes: dict[str, TriggerRoute]) -> None:
+def resolve_identities(conn: Connection, wanted: list[dict[str, Any]], routes: dict[str, TriggerRoute]) -> None:
     """Fill ``profile`` (or ``identity_problem``) in each wanted event, trying the route's identity
     rules in order: a rule whose value the event lacks, or that finds no profile, passes the event
     to the next rule. One look-up per profile column per rule level."""
-    if isinstance(engine, Engine):
-        with engine.connect() as conn:
-            resolve_identities(conn, wanted, routes)
-        return
-    conn = engine
     pending = list(wanted)
     level = 0
     while pending:
@@ -307,29 +302,28 @@ def reconcile_batch(
             }
         )
 
+    # every look-up on one connection (one read snapshot; its temporary key tables are its own)
     with engine.connect() as conn:
         resolve_identities(conn, wanted, routes)
-    matched = [w for w in wanted if w.get("profile") is not None]
-    for item in wanted:
-        if item.get("profile") is None:
-            first_key = next((k for k in item["keys"] if k is not None), None)
-            decisions[item["event_id"]] = {
-                **_out(item, routes[item["route"]]),
-                "customer_key": first_key,
-                "decision": "unmatched",
-                "detail": "; ".join(item["tried"]) or "no identity rule applies",
-            }
+        matched = [w for w in wanted if w.get("profile") is not None]
+        for item in wanted:
+            if item.get("profile") is None:
+                first_key = next((k for k in item["keys"] if k is not None), None)
+                decisions[item["event_id"]] = {
+                    **_out(item, routes[item["route"]]),
+                    "customer_key": first_key,
+                    "decision": "unmatched",
+                    "detail": "; ".join(item["tried"]) or "no identity rule applies",
+                }
 
-    with engine.connect() as conn:
         suppressed = _load_suppressions(conn, [str(w["profile"].get("email") or "") for w in matched])
-    windows = [r.rules.dedup_window_s or 0 for r in routes.values()]
-    periods = [r.rules.frequency_cap.per_s for r in routes.values() if r.rules.frequency_cap]
-    earliest_ts = min((w["trigger_ts"] for w in matched if w["trigger_ts"] is not None), default=None)
-    since = now - timedelta(seconds=max(periods, default=0))
-    if earliest_ts is not None and windows:
-        since = min(since, datetime.fromtimestamp(earliest_ts / 1000, tz=timezone.utc) - timedelta(seconds=max(windows)))
-    customer_ids = sorted({str(w["profile"]["customer_id"]) for w in matched})
-    with engine.connect() as conn:
+        windows = [r.rules.dedup_window_s or 0 for r in routes.values()]
+        periods = [r.rules.frequency_cap.per_s for r in routes.values() if r.rules.frequency_cap]
+        earliest_ts = min((w["trigger_ts"] for w in matched if w["trigger_ts"] is not None), default=None)
+        since = now - timedelta(seconds=max(periods, default=0))
+        if earliest_ts is not None and windows:
+            since = min(since, datetime.fromtimestamp(earliest_ts / 1000, tz=timezone.utc) - timedelta(seconds=max(windows)))
+        customer_ids = sorted({str(w["profile"]["customer_id"]) for w in matched})
         recent = _recent_sends(conn, customer_ids, since)
         unsubscribed = _unsubscribed(conn, customer_ids)
 

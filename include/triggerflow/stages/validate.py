@@ -57,16 +57,13 @@ COLUMNS = ("event_id", "parse_error", "envelope_type", "message_id", "trigger_id
            "routed", "identity")
 
 
-def flatten(event_id: int, payload: str, received_at: datetime, routing: RoutingConfig) -> dict[str, Any]:
-    """One row of the frame GX validates: text columns keep the raw value for the reason."""
-    return dict(zip(COLUMNS, _lift(event_id, payload, _epoch_ms(received_at), routing)))
-
-
 def _epoch_ms(received_at: datetime) -> int:
     return int(received_at.replace(tzinfo=received_at.tzinfo or timezone.utc).timestamp() * 1000)
 
 
 def _lift(event_id: int, payload: str, received_ms: int, routing: RoutingConfig) -> tuple[Any, ...]:
+    """One row of the frame GX validates (in COLUMNS order): text columns keep the raw value for
+    the reason."""
     parsed = parse_envelope(payload)
     route = routing.route_for(parsed.trigger_id) if isinstance(parsed.trigger_id, str) else None
     ts = as_int(parsed.trigger_ts)
@@ -154,15 +151,15 @@ def _gx_batch_definition() -> tuple[Any, Any]:
     return _GX["batch_definition"], _GX["suite"]
 
 
-def run_expectations(rows: list[dict[str, Any]] | dict[str, list[Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Validate the rows (a list of :func:`flatten` rows, or :func:`frame_columns`); return
-    {event_id: [failed expectation, ...]} for the failures."""
-    if not rows or (isinstance(rows, dict) and not rows["event_id"]):
+def run_expectations(columns: dict[str, list[Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Validate the frame (:func:`frame_columns`); return {event_id: [failed expectation, ...]}
+    for the failures."""
+    if not columns["event_id"]:
         return {}
     import pandas as pd
 
     batch_definition, suite = _gx_batch_definition()
-    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = pd.DataFrame(columns, columns=list(COLUMNS))
     # plain float64 (NaN for missing): GX compares a numpy float column vectorised, an extension
     # dtype (Float64) one value at a time; the failing values read back are the same floats
     frame["trigger_age_ms"] = pd.to_numeric(frame["trigger_age_ms"], errors="coerce").astype("float64")
