@@ -20,7 +20,10 @@ class SourceError(RuntimeError):
 class RawMessage:
     partition: int
     position: str  # where this message sits in its partition (opaque for the journal)
-    payload: str  # the message as received (pipeline envelope JSON text)
+    # The message as received (pipeline envelope JSON). Readers hand over bytes they have not
+    # decoded: landing decodes (with replacement), caps and notes what it changed, so no content
+    # can fail a read.
+    payload: str | bytes
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,9 @@ class Page:
     bytes_read: int = 0
     # Reported with the page, in the same transaction: a gap is never silent.
     gaps: list[Gap] = field(default_factory=list)
+    # What the reader received but could not place at a position (a line that is not JSON, not
+    # an object, blank...): {reason: count}, landed with the page into tf_batch / source health.
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 class TriggerSource(Protocol):

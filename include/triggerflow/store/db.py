@@ -167,6 +167,10 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
         ("not_before", "locale"),
         ("ix_tf_send_profile_created", "ix_tf_send_state_not_before"),
     ),
+    ("0003_event_raw_and_landing_note", "tf_event", ("raw_payload", "raw_size", "landing_note"), ()),
+    ("0004_batch_dropped_lines", "tf_batch", ("dropped", "dropped_reasons"), ()),
+    ("0005_source_health_keepalives", "tf_source_health", ("lines_dropped", "last_data_at", "empty_reads"), ()),
+    ("0006_suppression_expiry", "tf_suppression", ("expires_at", "batch_id"), ()),
 )
 
 
@@ -464,6 +468,9 @@ def _copy_text(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, (int, float)):
         return repr(value) if isinstance(value, float) else str(int(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        # bytea in hex form; the backslash is doubled because COPY's text format unescapes it
+        return "\\\\x" + bytes(value).hex()
     raise TypeError(f"bulk_insert: cannot COPY a {type(value).__name__}")
 
 

@@ -37,6 +37,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -77,6 +78,10 @@ batch = Table(
     Column("pulled", Integer, nullable=False, default=0),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("landed_at", DateTime(timezone=True)),
+    # Lines/items the reader received but could not place at a position (not JSON, not an
+    # object, blank...): counted here so the run summary shows them; JSON {reason: count}.
+    Column("dropped", Integer),
+    Column("dropped_reasons", Text),
 )
 
 event = Table(
@@ -91,7 +96,15 @@ event = Table(
     Column("message_id", String(200)),
     Column("trigger_id", String(200)),
     Column("trigger_ts", BigInteger),
+    # The message as text the store can hold whatever arrived: decoded with replacement where the
+    # bytes were not UTF-8, NUL and lone surrogates replaced, cut at the size cap.
     Column("payload", Text, nullable=False),
+    # What arrived, untouched, when ``payload`` differs from it (capped like the payload); and
+    # why it differs (invalid UTF-8, NUL, over the size cap...). Validate quarantines such events
+    # with ``landing_note`` as the reason.
+    Column("raw_payload", LargeBinary),
+    Column("raw_size", BigInteger),  # bytes as received, before any cap
+    Column("landing_note", Text),
     Column("received_at", DateTime(timezone=True), nullable=False),
     # landed -> valid | quarantined (set by validate; reprocessing may flip quarantined -> valid)
     Column("status", String(20), nullable=False),
@@ -202,6 +215,12 @@ source_health = Table(
     Column("messages_received", BigInteger, nullable=False, default=0),
     Column("pointer_flushes", BigInteger, nullable=False, default=0),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # Lines/items received but not placeable at a position, in total.
+    Column("lines_dropped", BigInteger),
+    # The last read that received at least one message, and how many reads in a row since then
+    # received only keep-alives (a source that pings forever while it holds messages shows here).
+    Column("last_data_at", DateTime(timezone=True)),
+    Column("empty_reads", BigInteger),
 )
 
 source_gap = Table(
@@ -258,10 +277,15 @@ suppression = Table(
     "tf_suppression",
     metadata,
     Column("address", String(320), primary_key=True),  # lower-cased
-    Column("source", String(50), nullable=False),  # hard-bounce | manual | ...
+    # the category: hard-bounce | complaint | manual | block-list | unsubscribe
+    Column("source", String(50), nullable=False),
     Column("reason", Text),
     Column("smtp_code", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # None: for good. A row past its expiry no longer suppresses.
+    Column("expires_at", DateTime(timezone=True)),
+    # the run whose send added it (hard bounces): lets an operator lift a bad day's suppressions
+    Column("batch_id", String(250)),
 )
 
 dry_run = Table(
