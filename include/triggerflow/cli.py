@@ -61,12 +61,12 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 def cmd_load_profiles(args: argparse.Namespace) -> int:
-    from include.triggerflow.profiles import ProfileCsvError, load_profiles_csv
+    from include.triggerflow.profiles import ProfileCsvError, ProfileStoreError, load_profiles_csv
 
     engine = _engine(args)
     try:
         result = load_profiles_csv(engine, args.csv, skip_bad_rows=args.skip_bad_rows)
-    except ProfileCsvError as exc:
+    except (ProfileCsvError, ProfileStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"profiles loaded from {args.csv}: {result.inserted} new, {result.updated} updated")

@@ -15,8 +15,11 @@ CSV format (header row required; column order free; unknown columns are an error
                   ``profile_column: visitor_id``, as is ``ecid``. Given, it replaces the stored list.
     opted_out     optional, true/false/yes/no/1/0 (blank = false)
 
-Rows are upserted by ``customer_id``; columns absent from the file are left as they are. Loading is all-or-nothing by default: one bad row and
-nothing is written, and every bad row is reported with its line number and what is wrong.
+Rows are upserted by ``customer_id``; columns absent from the file are left as they are. Loading is
+all-or-nothing by default: one bad row and nothing is written, and every problem is reported with
+its line number, column and what is wrong: values longer than the store's column, control
+characters (NUL...), bytes that are not UTF-8, bad formats. Reports never quote a value from the
+file (addresses and names are personal data that would end up in logs).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from include.triggerflow.store.db import chunked
 from include.triggerflow.store.schema import PROFILE_COLUMNS, profile_visitor_ids, profiles
@@ -45,13 +49,19 @@ _FALSE = {"false", "no", "0", "n", "f", ""}
 
 
 class ProfileCsvError(ValueError):
-    """The CSV has bad rows; ``errors`` lists each one."""
+    """The CSV has bad rows; ``errors`` lists each one (file, line, column and what is wrong; never a
+    value from the row: they are customers' personal data and end up in logs)."""
 
     def __init__(self, path: str, errors: list[str]):
         self.errors = errors
         shown = "\n  ".join(errors[:50])
         more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
         super().__init__(f"{path}: {len(errors)} bad row(s), nothing was loaded:\n  {shown}{more}")
+
+
+class ProfileStoreError(RuntimeError):
+    """The store refused the rows (nothing was written): the database's reason, without the rows'
+    values (engines hide bound parameters; the error's detail lines, which can quote a key, are dropped)."""
 
 
 @dataclass
@@ -61,32 +71,77 @@ class LoadResult:
     skipped: list[str] = field(default_factory=list)
 
 
+def _max_lengths() -> dict[str, int]:
+    """Longest value each text column holds, from the schema: SQLite would store a longer one
+    silently and PostgreSQL refuse the whole load, so both are checked here, per row."""
+    lengths = {c.name: c.type.length for c in profiles.columns if getattr(c.type, "length", None)}
+    lengths["visitor_ids"] = profile_visitor_ids.c.visitor_id.type.length
+    return lengths
+
+
+MAX_LENGTHS = _max_lengths()
+
+
+def _character_problem(value: str) -> str | None:
+    """Why a field's text cannot be stored, or None. PostgreSQL refuses NUL in text; other control
+    characters (a stray CR, an escape) would end up in headers and templates. A character decoded
+    from bytes that were not UTF-8 comes back as a lone surrogate (the file is read with
+    ``surrogateescape`` so one bad byte is one bad field, not an unreadable file)."""
+    for index, char in enumerate(value, start=1):
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            return f"is not valid UTF-8 (byte 0x{code - 0xDC00:02X} at character {index})"
+        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
+            name = "NUL" if code == 0 else f"U+{code:04X}"
+            return f"contains the control character {name} at character {index}"
+        if 0xD800 <= code <= 0xDFFF:
+            return f"contains a lone surrogate at character {index}"
+    return None
+
+
 def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any] | None, list[str]]:
-    """Validate one CSV row; returns (row, []) or (None, [errors])."""
+    """Validate one CSV row; returns (row, []) or (None, [errors]).
+
+    Every error names the column and what is wrong, never the value: the texts go to terminals,
+    logs and CI output, and the values are customers' addresses and names."""
     errors: list[str] = []
     row: dict[str, Any] = {}
     for column in CSV_COLUMNS:
         value = (raw.get(column) or "").strip()
         row[column] = value or None
+        if not value:
+            continue
+        problem = _character_problem(value)
+        if problem:
+            errors.append(f"{where}, column {column}: {problem}")
+            row[column] = None  # checked no further: one problem per field is enough
+        elif column in MAX_LENGTHS and column != "visitor_ids" and len(value) > MAX_LENGTHS[column]:
+            errors.append(f"{where}, column {column}: {len(value)} characters, the store holds at most {MAX_LENGTHS[column]}")
+            row[column] = None
+    if errors:
+        return None, errors
     for column in REQUIRED:
         if not row[column]:
-            errors.append(f"{where}: {column} is empty")
+            errors.append(f"{where}, column {column}: empty")
     email = row["email"]
     if email and not _EMAIL.match(email):
-        errors.append(f"{where}: email {email[:80]!r} is not a valid address")
+        errors.append(f"{where}, column email: not a valid address (expected name@domain.tld)")
     locale = row["locale"]
     if locale and not _LOCALE.match(locale):
-        errors.append(f"{where}: locale {locale!r} is not like 'en' or 'en_US'")
+        errors.append(f"{where}, column locale: not like 'en' or 'en_US'")
     tz = row["timezone"]
     if tz:
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError):
-            errors.append(f"{where}: timezone {tz!r} is not an IANA time zone name (e.g. Europe/Paris)")
+            errors.append(f"{where}, column timezone: not an IANA time zone name (e.g. Europe/Paris)")
     visitor_ids = [v.strip() for v in (row.get("visitor_ids") or "").split(";") if v.strip()]
-    bad = [v for v in visitor_ids if not _ECID.match(v)]
+    bad = [n for n, v in enumerate(visitor_ids, start=1) if not _ECID.match(v)]
     if bad:
-        errors.append(f"{where}: visitor_ids {bad[0][:80]!r} is not an ECID (letters, digits, '-'; at most 64)")
+        errors.append(
+            f"{where}, column visitor_ids: entry {bad[0]} is not an ECID "
+            f"(letters, digits, '-'; at most {MAX_LENGTHS['visitor_ids']})"
+        )
     row["visitor_ids"] = visitor_ids
     opted = (raw.get("opted_out") or "").strip().lower()
     if opted in _TRUE:
@@ -94,7 +149,7 @@ def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any]
     elif opted in _FALSE:
         row["opted_out"] = False
     else:
-        errors.append(f"{where}: opted_out {opted!r} is not true/false")
+        errors.append(f"{where}, column opted_out: not true/false/yes/no/1/0")
     return (None, errors) if errors else (row, [])
 
 
@@ -105,7 +160,7 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     rows: list[dict[str, Any]] = []
     errors: list[str] = []
     seen: dict[str, int] = {}
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
@@ -116,10 +171,16 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             if missing:
                 problems.append(f"missing column(s) {', '.join(missing)}")
             if unknown:
-                problems.append(f"unknown column(s) {', '.join(unknown)} (expected: {', '.join(CSV_COLUMNS)})")
+                # Header names are the file's structure, not customer data; shown safely escaped.
+                names = ", ".join(ascii(h)[1:-1] for h in unknown)
+                problems.append(f"unknown column(s) {names} (expected: {', '.join(CSV_COLUMNS)})")
             raise ProfileCsvError(str(path), [f"{path} line 1 (header): " + "; ".join(problems)])
+        previous_end = reader.line_num
         for raw in reader:
-            where = f"{path.name} line {reader.line_num}"
+            # A quoted field may span lines: name them all (the range may include skipped blank lines).
+            first, previous_end = previous_end + 1, reader.line_num
+            lines = f"line {first}" if first == reader.line_num else f"lines {first}-{reader.line_num}"
+            where = f"{path.name} {lines}"
             if None in raw:  # more fields than the header
                 errors.append(f"{where}: {len(header) + len(raw[None])} fields, the header has {len(header)}")
                 continue
@@ -128,7 +189,7 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                 errors.extend(row_errors)
                 continue
             if row["customer_id"] in seen:
-                errors.append(f"{where}: customer_id {row['customer_id']!r} already on line {seen[row['customer_id']]}")
+                errors.append(f"{where}, column customer_id: the same id as line {seen[row['customer_id']]}")
                 continue
             seen[row["customer_id"]] = reader.line_num
             # Only the file's columns: re-loading a CSV without, say, `ecid` must not blank the
@@ -174,6 +235,11 @@ def load_profiles_csv(engine: Engine, path: str | Path, *, skip_bad_rows: bool =
     rows, errors = read_csv(path)
     if errors and not skip_bad_rows:
         raise ProfileCsvError(str(path), errors)
-    result = upsert_profiles(engine, rows)
+    try:
+        result = upsert_profiles(engine, rows)
+    except SQLAlchemyError as exc:
+        # Only the first line of the driver's message: PostgreSQL's DETAIL line quotes key values.
+        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        raise ProfileStoreError(f"{path}: the store refused the profiles, nothing was loaded: {reason}") from None
     result.skipped = errors
     return result

@@ -71,7 +71,7 @@ def test_bad_csv_exits_2_with_the_error_on_stderr(kit, store_url: str, tmp_path:
     assert done.returncode == 2
     assert done.stdout == ""
     assert done.stderr.startswith(f"error: {csv}: 1 bad row(s), nothing was loaded:")
-    assert "bad.csv line 3: email 'not-an-email' is not a valid address" in done.stderr
+    assert "bad.csv line 3, column email: not a valid address" in done.stderr
     from include.triggerflow.store.schema import profiles
 
     assert kit.count(profiles) == 0
@@ -85,7 +85,7 @@ def test_skip_bad_rows_loads_the_rest_and_lists_skips(kit, store_url: str, tmp_p
 
     assert done.returncode == 0
     assert done.stdout.strip() == f"profiles loaded from {csv}: 1 new, 0 updated"
-    assert done.stderr.strip() == "skipped: mixed.csv line 3: email 'not-an-email' is not a valid address"
+    assert done.stderr.strip() == "skipped: mixed.csv line 3, column email: not a valid address (expected name@domain.tld)"
 
 
 def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:

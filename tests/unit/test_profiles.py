@@ -80,14 +80,21 @@ def test_utf8_bom_and_quoted_fields(kit, tmp_path: Path) -> None:
 
 
 BAD_ROW_CASES = [
-    ("bad-email", "C9,not-an-email,X,,,,,,,", "line 3: email 'not-an-email' is not a valid address"),
-    ("empty-customer-id", " ,nine@example.com,X,,,,,,,", "line 3: customer_id is empty"),
-    ("empty-email", "C9,,X,,,,,,,", "line 3: email is empty"),
-    ("bad-timezone", "C9,nine@example.com,X,,,Mars/Olympus,,,,", "line 3: timezone 'Mars/Olympus' is not an IANA time zone name"),
-    ("bad-opted-out", "C9,nine@example.com,X,,,,,,,maybe", "line 3: opted_out 'maybe' is not true/false"),
-    ("bad-locale", "C9,nine@example.com,X,,english!,,,,,", "line 3: locale 'english!' is not like 'en' or 'en_US'"),
-    ("duplicate-customer-id", "C1,other@example.com,X,,,,,,,", "line 3: customer_id 'C1' already on line 2"),
+    ("bad-email", "C9,not-an-email,X,,,,,,,", "line 3, column email: not a valid address"),
+    ("empty-customer-id", " ,nine@example.com,X,,,,,,,", "line 3, column customer_id: empty"),
+    ("empty-email", "C9,,X,,,,,,,", "line 3, column email: empty"),
+    ("bad-timezone", "C9,nine@example.com,X,,,Mars/Olympus,,,,", "line 3, column timezone: not an IANA time zone name"),
+    ("bad-opted-out", "C9,nine@example.com,X,,,,,,,maybe", "line 3, column opted_out: not true/false"),
+    ("bad-locale", "C9,nine@example.com,X,,english!,,,,,", "line 3, column locale: not like 'en' or 'en_US'"),
+    ("duplicate-customer-id", "C1,other@example.com,X,,,,,,,", "line 3, column customer_id: the same id as line 2"),
     ("extra-fields", "C9,nine@example.com,X,,,,,,,,surprise", "line 3: 11 fields, the header has 10"),
+    ("long-email", f"C9,{'n' * 310}@example.com,X,,,,,,,", "line 3, column email: 322 characters, the store holds at most 320"),
+    ("long-first-name", f"C9,nine@example.com,{'N' * 201},,,,,,,", "line 3, column first_name: 201 characters, the store holds at most 200"),
+    ("long-customer-id", f"{'9' * 101},nine@example.com,X,,,,,,,", "line 3, column customer_id: 101 characters, the store holds at most 100"),
+    ("long-ecid", f"C9,nine@example.com,X,,,,,{'E' * 65},,", "line 3, column ecid: 65 characters, the store holds at most 64"),
+    ("nul-in-name", "C9,nine@example.com,Ni\x00ne,,,,,,,", "line 3, column first_name: contains the control character NUL at character 3"),
+    ("escape-in-name", "C9,nine@example.com,X,Ni\x1bne,,,,,,", "line 3, column last_name: contains the control character U+001B at character 3"),
+    ("quoted-newline-in-name", 'C9,nine@example.com,"Ni\nne",,,,,,,', "lines 3-4, column first_name: contains the control character U+000A at character 3"),
 ]
 
 
@@ -105,6 +112,8 @@ def test_a_bad_row_names_file_line_and_problem_and_nothing_is_written(kit, tmp_p
     message = str(info.value)
     assert message.startswith(f"{path}: 1 bad row(s), nothing was loaded:")
     assert f"profiles.csv {problem}" in message
+    # Never a value of the row in the report (the address, the names, the bad value itself).
+    assert [v for v in row.split(",") if len(v.strip()) >= 4 and v.strip() in message] == []
     assert by_id(kit) == before  # C1 (a good row) was not written either
 
 
@@ -113,9 +122,9 @@ def test_every_bad_row_is_reported_at_once(kit, tmp_path: Path) -> None:
     with pytest.raises(ProfileCsvError) as info:
         load_profiles_csv(kit.engine, path)
     assert info.value.errors == [
-        "profiles.csv line 2: email 'bad' is not a valid address",
-        "profiles.csv line 4: timezone 'Nowhere/Land' is not an IANA time zone name (e.g. Europe/Paris)",
-        "profiles.csv line 4: opted_out 'perhaps' is not true/false",
+        "profiles.csv line 2, column email: not a valid address (expected name@domain.tld)",
+        "profiles.csv line 4, column timezone: not an IANA time zone name (e.g. Europe/Paris)",
+        "profiles.csv line 4, column opted_out: not true/false/yes/no/1/0",
     ]
     assert kit.count(profiles) == 0
 
@@ -149,8 +158,8 @@ def test_skip_bad_rows_loads_the_good_ones_and_lists_the_rest(kit, tmp_path: Pat
 
     assert (result.inserted, result.updated) == (2, 0)
     assert result.skipped == [
-        "profiles.csv line 3: email 'not-an-email' is not a valid address",
-        "profiles.csv line 5: customer_id 'C1' already on line 2",
+        "profiles.csv line 3, column email: not a valid address (expected name@domain.tld)",
+        "profiles.csv line 5, column customer_id: the same id as line 2",
     ]
     assert set(by_id(kit)) == {"C1", "C2"}
     assert by_id(kit)["C1"]["email"] == "ada@example.com"  # the first C1 wins, the duplicate is skipped
@@ -163,3 +172,85 @@ def test_read_csv_strips_values(tmp_path: Path) -> None:
         "customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "last_name": None, "locale": None,
         "timezone": None, "shopper_id": None, "ecid": None, "declared_id": None, "opted_out": True,
     }]
+
+
+def test_every_field_of_every_line_is_checked_and_reported_by_line_and_column(kit, tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path, HEADER,
+        GOOD_ROWS[0],
+        f"C2,{'g' * 320}@example.com,Gr\x00ace,{'H' * 300},en,,SHOP-2,,,",
+        GOOD_ROWS[2],
+        f"C4,alan@example.com,Alan,Turing,en,,{'S' * 201},,,",
+    )
+    with pytest.raises(ProfileCsvError) as info:
+        load_profiles_csv(kit.engine, path)
+    assert info.value.errors == [
+        "profiles.csv line 3, column email: 332 characters, the store holds at most 320",
+        "profiles.csv line 3, column first_name: contains the control character NUL at character 3",
+        "profiles.csv line 3, column last_name: 300 characters, the store holds at most 200",
+        "profiles.csv line 5, column shopper_id: 201 characters, the store holds at most 200",
+    ]
+    assert kit.count(profiles) == 0
+
+
+def test_bytes_that_are_not_utf8_are_a_reported_field_not_an_unreadable_file(kit, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes((HEADER + "\n" + GOOD_ROWS[0] + "\n").encode() + b"C2,g@example.com,Ren\xe9,,,,,,,\n")
+    with pytest.raises(ProfileCsvError) as info:
+        load_profiles_csv(kit.engine, path)
+    assert info.value.errors == ["latin1.csv line 3, column first_name: is not valid UTF-8 (byte 0xE9 at character 4)"]
+    assert kit.count(profiles) == 0
+
+
+def test_a_row_at_every_column_limit_loads_and_round_trips(kit, tmp_path: Path) -> None:
+    # The limits come from the schema: a value exactly as long as its column is stored whole.
+    longest = {c.name: c.type.length for c in profiles.columns if getattr(c.type, "length", None)}
+    email = "e" * (longest["email"] - len("@example.com")) + "@example.com"
+    row = f"{'7' * longest['customer_id']},{email},{'F' * longest['first_name']},Ünïcødé 名前 😀,en,,,{'E' * longest['ecid']},,"
+    load_profiles_csv(kit.engine, write_csv(tmp_path, HEADER, row))
+    stored = by_id(kit)["7" * longest["customer_id"]]
+    assert (stored["email"], stored["first_name"], stored["last_name"], stored["ecid"]) == (
+        email, "F" * longest["first_name"], "Ünïcødé 名前 😀", "E" * longest["ecid"]
+    )
+
+
+def test_a_store_error_names_no_address_or_other_row_value(kit) -> None:
+    from include.triggerflow.profiles import ProfileStoreError, upsert_profiles
+    from sqlalchemy.exc import IntegrityError
+
+    # Two new rows with the same key in one insert: refused by the store on both backends (the
+    # CSV reader never hands this over; the store's own error text is what is checked here).
+    rows = [
+        {"customer_id": "C1", "email": "secret.person@example.com", "first_name": "Secretname", "visitor_ids": []},
+        {"customer_id": "C1", "email": "other.secret@example.com", "first_name": "Othername", "visitor_ids": []},
+    ]
+    with pytest.raises(IntegrityError) as raw:
+        upsert_profiles(kit.engine, rows)
+    text = str(raw.value)
+    assert "parameters hidden" in text  # SQLAlchemy's own marker: the engine hides bound values
+    for value in ("secret.person@example.com", "other.secret@example.com", "Secretname", "Othername"):
+        assert value not in text
+    assert kit.count(profiles) == 0
+
+
+def test_load_turns_a_store_error_into_one_line_without_values(kit, tmp_path: Path, monkeypatch) -> None:
+    from include.triggerflow import profiles as profiles_module
+
+    # A store that refuses: the CSV is valid, the store's unique key is not (a second loader
+    # racing this one); simulated by inserting the same rows twice inside one transaction.
+    real = profiles_module.upsert_profiles
+
+    def twice(engine, rows):
+        rows = list(rows)
+        return real(engine, rows + rows)
+
+    monkeypatch.setattr(profiles_module, "upsert_profiles", twice)
+    path = write_csv(tmp_path, HEADER, *GOOD_ROWS)
+    with pytest.raises(profiles_module.ProfileStoreError) as info:
+        load_profiles_csv(kit.engine, path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: the store refused the profiles, nothing was loaded: ")
+    assert "\n" not in message
+    for value in ("ada@example.com", "grace@example.com", "Lovelace", "SHOP-ADA"):
+        assert value not in message
+    assert kit.count(profiles) == 0

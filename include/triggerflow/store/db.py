@@ -137,13 +137,15 @@ def get_engine(url: str) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             parsed = make_url(url)
+            # Bound values are customers' addresses, names and hostile trigger content: a
+            # database error must never carry them into exception texts, task logs or alerts.
             if parsed.get_backend_name() == "sqlite":
                 if parsed.database and parsed.database != ":memory:":
                     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                engine = create_engine(url, connect_args={"timeout": 30})
+                engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
                 event.listen(engine, "connect", _sqlite_pragmas)
             else:
-                engine = create_engine(url, pool_pre_ping=True)
+                engine = create_engine(url, pool_pre_ping=True, hide_parameters=True)
             _engines[url] = engine
         return engine
 

@@ -143,3 +143,21 @@ def test_insert_ignore_returns_the_number_of_new_rows(store_engine) -> None:
 def test_chunked() -> None:
     assert [list(c) for c in chunked([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]
     assert list(chunked([], 3)) == []
+
+
+def test_a_database_error_never_carries_the_bound_values(store_engine) -> None:
+    from sqlalchemy import insert
+    from sqlalchemy.exc import IntegrityError
+
+    from include.triggerflow.store.schema import profiles
+
+    row = {"customer_id": "C1", "email": "private.person@example.com", "first_name": "Privatename",
+           "opted_out": False, "updated_at": datetime.now(timezone.utc)}
+    with store_engine.begin() as conn:
+        conn.execute(insert(profiles).values(row))
+    with pytest.raises(IntegrityError) as info, store_engine.begin() as conn:
+        conn.execute(insert(profiles), [{**row, "email": "second.private@example.com"}])  # same key
+    text_ = str(info.value)
+    assert "SQL parameters hidden" in text_
+    assert "private.person@example.com" not in text_ and "second.private@example.com" not in text_
+    assert "Privatename" not in text_
