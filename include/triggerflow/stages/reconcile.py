@@ -25,6 +25,13 @@ PostgreSQL). Every valid event gets exactly one decision in
 The rules are applied in that order, and events in trigger-time order, so the earliest trigger
 of a customer is the one sent when several arrive together.
 
+Event data is hostile, and one event must never stop its batch: every value taken from an event
+that is written to the store or used as a look-up key goes through :func:`store_text` (parsing
+already normalises text; this is the write boundary's own guard), and an event whose own step
+raises (reading it, applying the rules, building its ledger row) is decided ``unmatched`` with
+``not reconciled: <error>`` as the detail, so the rest of the batch is decided, queued and still
+balances, and a replay decides it again once the cause is fixed.
+
 Ledger rows are inserted with INSERT ... ON CONFLICT DO NOTHING on the idempotency key, so running
 this stage again for the same batch queues nothing new.
 """
@@ -35,6 +42,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -69,6 +77,60 @@ NOT_SENT_DECISIONS = ("expired", "duplicate", "capped")
 #: ledger states that count as "an email to this customer" for deduplication and frequency caps
 _COUNTED_STATES = ("pending", "sending", "sent", "deferred", "ambiguous", "scheduled")
 _TRUE = (True, 1, "1", "true", "True", "t")
+#: the decision of an event whose own reconcile step raised: REDECIDED, so a replay tries again,
+#: and already one of the buckets the report balances (valid = matched + unmatched + ...)
+NOT_RECONCILED = "unmatched"
+#: column widths of the text the decision and ledger rows take from events (store/schema.py)
+_TRIGGER_ID_LEN = 200
+_CUSTOMER_KEY_LEN = 200
+_DETAIL_LEN = 2000
+#: epoch milliseconds reconcile can compute with: from 1970 (the batch's look-back window is
+#: subtracted from the earliest) to the last millisecond a datetime holds (year 9999)
+_TS_MS_MIN, _TS_MS_MAX = 0, 253_402_300_799_999
+# NUL: PostgreSQL text cannot hold it; a lone surrogate: not encodable as UTF-8, both stores refuse it
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_ADDRESSISH = re.compile(r"[^\s@<>()\"',;:]+@[^\s@<>()\"',;:]+")
+
+
+def store_text(value: Any, limit: int | None = None) -> str | None:
+    """``value`` as text every store can hold and every look-up can send: NUL and lone surrogates
+    replaced with U+FFFD, cut at ``limit`` characters. Parsing normalises event text already;
+    this is the guard at the write boundary, so a value that slipped through costs its event a
+    replacement character instead of failing the whole batch's insert."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if limit is not None and len(text) > limit:
+        text = text[:limit]
+    if not text.isascii() or "\x00" in text:
+        text = _UNSTORABLE.sub("\ufffd", text)
+    return text
+
+
+def _not_reconciled(base: dict[str, Any], exc: BaseException) -> dict[str, Any]:
+    """The decision of an event whose own step raised ``exc``. Exception texts may quote event or
+    profile data: addresses are masked and the text is cut, so the detail names the problem
+    without becoming a copy of the data."""
+    message = _ADDRESSISH.sub("<address>", str(exc))[:300]
+    return {
+        **base,
+        "decision": NOT_RECONCILED,
+        "profile_id": None,
+        "detail": f"not reconciled: {type(exc).__name__}: {message}".rstrip(": "),
+    }
+
+
+class EventProblem(ValueError):
+    """An event reconcile cannot act on although it passed validation (defence in depth)."""
+
+
+def _checked_ts(value: Any) -> int | None:
+    """triggerTimestamp as epoch ms, or None when the event has none; a value no datetime or
+    BIGINT can hold raises :class:`EventProblem` for this event only."""
+    ts = as_int(value)
+    if ts is not None and not _TS_MS_MIN <= ts <= _TS_MS_MAX:
+        raise EventProblem("triggerTimestamp out of range")
+    return ts
 
 
 @dataclass
@@ -285,22 +347,29 @@ def reconcile_batch(
     decisions: dict[int, dict[str, Any]] = {}
     wanted: list[dict[str, Any]] = []
     for event_id, payload in stored:
-        parsed = parse_envelope(payload)
-        route = routing.route_for(parsed.trigger_id)
-        base = {"event_id": int(event_id), "batch_id": batch_id, "trigger_id": parsed.trigger_id}
-        if route is None:
-            decisions[int(event_id)] = {**base, "decision": "ignored", "detail": "no route for this trigger id"}
-            continue
-        wanted.append(
-            {
-                **base,
-                "route": route.name,
-                "keys": [rule.extract(parsed) for rule in route.identities],
-                "tried": [],
-                "customer_key": None,
-                "trigger_ts": as_int(parsed.trigger_ts),
-            }
-        )
+        base: dict[str, Any] = {"event_id": int(event_id), "batch_id": batch_id, "trigger_id": None}
+        try:
+            parsed = parse_envelope(payload)
+            base["trigger_id"] = store_text(parsed.trigger_id, _TRIGGER_ID_LEN)
+            route = routing.route_for(parsed.trigger_id)
+            if route is None:
+                decisions[int(event_id)] = {**base, "decision": "ignored", "detail": "no route for this trigger id"}
+                continue
+            if len(parsed.trigger_id) > _TRIGGER_ID_LEN:  # routed by "*": the ledger column cannot hold it
+                raise EventProblem(f"triggerId longer than {_TRIGGER_ID_LEN} characters")
+            wanted.append(
+                {
+                    **base,
+                    "route": route.name,
+                    # look-up keys: a key the store cannot take would fail the batch's look-up
+                    "keys": [store_text(rule.extract(parsed)) for rule in route.identities],
+                    "tried": [],
+                    "customer_key": None,
+                    "trigger_ts": _checked_ts(parsed.trigger_ts),
+                }
+            )
+        except Exception as exc:  # noqa: BLE001 - one event's problem must not stop its batch
+            decisions[int(event_id)] = _not_reconciled(base, exc)
 
     # every look-up on one connection (one read snapshot; its temporary key tables are its own)
     with engine.connect() as conn:
@@ -331,25 +400,18 @@ def reconcile_batch(
     matched.sort(key=lambda w: (w["trigger_ts"] if w["trigger_ts"] is not None else 0, w["event_id"]))
     for item in matched:
         route = routes[item["route"]]
-        outcome = _apply_rules(item, route, suppressed, unsubscribed, recent, now)
-        decisions[item["event_id"]] = outcome
-        if outcome["decision"] in QUEUED_DECISIONS:
-            profile = item["profile"]
-            customer_id = str(profile["customer_id"])
-            ledger_rows.append(
-                {
-                    "idempotency_key": idempotency_key(str(item["trigger_id"]), int(item["trigger_ts"]), customer_id, route.template),
-                    "batch_id": batch_id,
-                    "event_id": item["event_id"],
-                    "profile_id": customer_id,
-                    "trigger_id": str(item["trigger_id"]),
-                    "route": route.name,
-                    "recipient": str(profile.get("email") or "").strip(),
-                    "trigger_ts": int(item["trigger_ts"]),
-                    "state": "scheduled" if outcome["decision"] == "deferred" else "pending",
-                    "not_before": outcome.get("not_before"),
-                }
+        try:
+            outcome = _apply_rules(item, route, suppressed, unsubscribed, recent, now)
+            row = _ledger_row(item, route, outcome, batch_id) if outcome["decision"] in QUEUED_DECISIONS else None
+        except Exception as exc:  # noqa: BLE001 - one event's problem must not stop its batch
+            decisions[item["event_id"]] = _not_reconciled(
+                {**_out(item, route), "batch_id": batch_id}, exc
             )
+            continue
+        decisions[item["event_id"]] = outcome
+        if row is not None:
+            ledger_rows.append(row)
+            customer_id = row["profile_id"]
             recent[customer_id].append(
                 {"route": route.name, "trigger_ts": item["trigger_ts"], "event_id": item["event_id"],
                  "batch_id": batch_id, "created_at": now}
@@ -395,12 +457,12 @@ def reconcile_batch(
             {
                 "event_id": d["event_id"],
                 "batch_id": batch_id,
-                "trigger_id": _short(d.get("trigger_id")),
+                "trigger_id": store_text(d.get("trigger_id"), _TRIGGER_ID_LEN),
                 "route": d.get("route"),
-                "customer_key": _short(d.get("customer_key")),
+                "customer_key": store_text(d.get("customer_key"), _CUSTOMER_KEY_LEN),
                 "profile_id": d.get("profile_id"),
                 "decision": d["decision"],
-                "detail": d.get("detail"),
+                "detail": store_text(d.get("detail"), _DETAIL_LEN),
                 "decided_at": now,
             }
             for d in decisions.values()
@@ -419,6 +481,27 @@ def reconcile_batch(
         }
     log.info("batch %s reconciled: %s; send chunks %s", batch_id, dict(counts), chunks)
     return ReconcileResult(batch_id=batch_id, counts=dict(counts), chunks=chunks)
+
+
+def _ledger_row(item: dict[str, Any], route: TriggerRoute, outcome: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    """The ledger row queuing the email of a matched or deferred event."""
+    profile = item["profile"]
+    customer_id = str(profile["customer_id"])
+    trigger_ts = item["trigger_ts"]
+    if trigger_ts is None:
+        raise EventProblem("no triggerTimestamp: the email's idempotency key needs one")
+    return {
+        "idempotency_key": idempotency_key(str(item["trigger_id"]), int(trigger_ts), customer_id, route.template),
+        "batch_id": batch_id,
+        "event_id": item["event_id"],
+        "profile_id": customer_id,
+        "trigger_id": str(item["trigger_id"]),
+        "route": route.name,
+        "recipient": str(profile.get("email") or "").strip(),
+        "trigger_ts": int(trigger_ts),
+        "state": "scheduled" if outcome["decision"] == "deferred" else "pending",
+        "not_before": outcome.get("not_before"),
+    }
 
 
 def _out(item: dict[str, Any], route: TriggerRoute) -> dict[str, Any]:
@@ -495,10 +578,6 @@ def _apply_rules(
                     "detail": f"quiet hours {quiet.start:%H:%M}-{quiet.end:%H:%M} {zone}; scheduled for {until.isoformat()}"}
 
     return {**out, "decision": "matched", "detail": via}
-
-
-def _short(value: Any, limit: int = 200) -> str | None:
-    return None if value is None else str(value)[:limit]
 
 
 def due_scheduled(engine: Engine, now: datetime | None = None, *, exclude_batch: str | None = None) -> list[dict[str, Any]]:
