@@ -10,7 +10,19 @@ from typing import Any
 
 import pytest
 
-from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY, as_int, parse_envelope
+from include.triggerflow.events import (
+    MAX_DEPTH,
+    MAX_PROBLEMS,
+    MAX_TRIGGER_MS,
+    MIN_TRIGGER_MS,
+    PIPELINE_MESSAGE,
+    TRIGGER_BODY,
+    TextProblem,
+    as_int,
+    clean_text,
+    nesting_exceeds,
+    parse_envelope,
+)
 
 TRIGGER_ID = "5c2c6a3e-2b8f-4d6e-9a51-7f0d3c9b1a01"
 MESSAGE_ID = "6b0ed1b6-2b4d-4b44-9b3a-1f8f0a1e2d3c"
@@ -205,7 +217,9 @@ def test_wrong_types_come_back_raw_without_error() -> None:
     sample[PIPELINE_MESSAGE]["header"]["properties"] = {"not": "a list"}
     ev = parse_envelope(sample)
     assert ev.parse_error is None
-    assert ev.trigger_ts == "yesterday"
+    assert ev.trigger_ts is None
+    assert ev.raw_fields == {"triggerTimestamp": "yesterday"}
+    assert ev.problems == ["triggerTimestamp is a JSON string, not a number"]
     assert ev.triggered_at is None
     assert ev.trigger_path == []
     assert ev.properties == {}
@@ -244,3 +258,189 @@ def test_field_value() -> None:
 )
 def test_as_int(value: Any, expected: int | None) -> None:
     assert as_int(value) == expected
+
+
+# -- hostile content: parsing never raises, is bounded, and names what it found ----------------------
+def envelope_with(**body: Any) -> dict[str, Any]:
+    sample = faq_sample()
+    sample[PIPELINE_MESSAGE][TRIGGER_BODY].update(body)
+    return sample
+
+
+def with_evar(value: Any) -> dict[str, Any]:
+    sample = faq_sample()
+    dims = sample[PIPELINE_MESSAGE][TRIGGER_BODY]["enrichments"]["analyticsHitSummary"]["dimensions"]
+    dims[" eVar01"]["data"] = [value]
+    return sample
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 2_000, 100_000])
+@pytest.mark.parametrize("bracket", ["[", '{"a":'])
+def test_nesting_beyond_the_limit_is_a_parse_error_not_a_recursion(depth: int, bracket: str) -> None:
+    closer = "]" if bracket == "[" else "}"
+    text = bracket * depth + "1" + closer * depth
+    ev = parse_envelope(text)
+    assert ev.parse_error == f"nesting deeper than {MAX_DEPTH}"
+    assert parse_envelope(text.encode()).parse_error == f"nesting deeper than {MAX_DEPTH}"
+
+
+def test_nesting_at_the_limit_parses_and_brackets_inside_strings_do_not_count() -> None:
+    assert parse_envelope("[" * MAX_DEPTH + "]" * MAX_DEPTH).parse_error == "payload is a JSON list, not an object"
+    sample = faq_sample()
+    sample[PIPELINE_MESSAGE]["header"]["messageType"] = "[{" * 5_000  # text, not structure
+    ev = parse_envelope(json.dumps(sample))
+    assert ev.parse_error is None and ev.message_type == "[{" * 5_000
+    assert nesting_exceeds('["' + "[" * 100 + '\\"' + '"]') is False  # an escaped quote does not end the string
+    assert nesting_exceeds('"' + "[" * 100) is True  # unterminated string: brackets count (invalid anyway)
+
+
+def test_deep_nesting_inside_an_enrichments_string_is_a_problem() -> None:
+    sample = envelope_with(enrichments="[" * 3_000 + "]" * 3_000)
+    ev = parse_envelope(json.dumps(sample))
+    assert ev.parse_error is None
+    assert ev.problems == [f"enrichments nesting deeper than {MAX_DEPTH}"]
+    assert ev.dimensions == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("x\u0000", "control character in eVar01"),
+        ("\u0007bell", "control character in eVar01"),
+        ("del\u007f", "control character in eVar01"),
+        ("c1\u0085", "control character in eVar01"),
+        ("\ud800", "invalid text in eVar01"),
+        ("ok\udfffok", "invalid text in eVar01"),
+    ],
+)
+def test_bad_characters_in_an_evar_are_replaced_and_named(value: str, problem: str) -> None:
+    for payload in (json.dumps(with_evar(value)), json.dumps(with_evar(value), ensure_ascii=False), with_evar(value)):
+        ev = parse_envelope(payload)
+        assert ev.parse_error is None
+        assert ev.problems == [problem]
+        [stored] = ev.dimension_values("eVar01")
+        assert "\ufffd" in stored
+        stored.encode("utf-8")  # storable: a lone surrogate would raise here
+        assert "\x00" not in stored
+
+
+def test_tab_newline_and_ordinary_unicode_are_not_problems() -> None:
+    text = "tab\there\nnew line\r, café, 🛒, \u202eRTL, zero\u200bwidth"
+    ev = parse_envelope(json.dumps(with_evar(text)))
+    assert ev.problems == []
+    assert ev.dimension_values("eVar01") == [text]
+
+
+@pytest.mark.parametrize(
+    ("place", "problem"),
+    [("messageId", "invalid text in messageId"), ("imsOrg", "control character in imsOrg")],
+)
+def test_bad_characters_in_header_fields_are_named_after_the_field(place: str, problem: str) -> None:
+    sample = faq_sample()
+    sample[PIPELINE_MESSAGE]["header"][place] = "\ud83d" if "invalid" in problem else "org\u0000"
+    ev = parse_envelope(json.dumps(sample))
+    assert ev.problems == [problem]
+    assert "\ufffd" in ev.field_value(place)
+
+
+def test_bad_characters_in_trigger_id_and_keys() -> None:
+    sample = envelope_with(triggerId="t\u0000id")
+    dims = sample[PIPELINE_MESSAGE][TRIGGER_BODY]["enrichments"]["analyticsHitSummary"]["dimensions"]
+    dims["eVar\u000002"] = {"data": ["v"]}
+    ev = parse_envelope(json.dumps(sample))
+    assert ev.trigger_id == "t\ufffdid"
+    assert ev.problems == ["control character in triggerId", "control character in eVar\ufffd02"]
+    assert ev.dimension_values("eVar\ufffd02") == ["v"]
+
+
+def test_problems_are_listed_once_each_and_capped() -> None:
+    sample = faq_sample()
+    dims = sample[PIPELINE_MESSAGE][TRIGGER_BODY]["enrichments"]["analyticsHitSummary"]["dimensions"]
+    for i in range(200):
+        dims[f"eVar{i:03d}"] = {"data": ["\u0000", "\u0001"]}
+    sample[PIPELINE_MESSAGE][TRIGGER_BODY]["triggerTimestamp"] = 2**70
+    ev = parse_envelope(json.dumps(sample))
+    text_problems = [p for p in ev.problems if p.startswith("control")]
+    assert len(text_problems) == MAX_PROBLEMS == len(set(text_problems))
+    # the timestamp's problem is never crowded out by text problems
+    assert ev.problems[-1] == "triggerTimestamp out of range"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("1e30", "triggerTimestamp out of range"),
+        (str(2**70), "triggerTimestamp out of range"),
+        (str(-(2**64)), "triggerTimestamp out of range"),
+        (str(MAX_TRIGGER_MS + 1), "triggerTimestamp out of range"),
+        ("1e300", "triggerTimestamp out of range"),
+        ("NaN", "triggerTimestamp is not a finite number"),
+        ("Infinity", "triggerTimestamp is not a finite number"),
+        ("-Infinity", "triggerTimestamp is not a finite number"),
+        ("1e400", "triggerTimestamp is not a finite number"),  # the json module reads it as inf
+        ("1516324157242.5", "triggerTimestamp is not a whole number of milliseconds"),
+        ("1516324157242.0", "triggerTimestamp is not a whole number of milliseconds"),
+        ('"123"', "triggerTimestamp is a JSON string, not a number"),
+        ('"1516324157242"', "triggerTimestamp is a JSON string, not a number"),
+        ("true", "triggerTimestamp is a JSON boolean, not a number"),
+        ("[1]", "triggerTimestamp is a JSON array, not a number"),
+        ('{"ms": 1}', "triggerTimestamp is a JSON object, not a number"),
+    ],
+)
+def test_trigger_timestamps_that_are_not_usable_give_none_and_a_reason(text: str, problem: str) -> None:
+    base = json.dumps(envelope_with(triggerTimestamp=123456))
+    payload = base.replace('"triggerTimestamp": 123456', f'"triggerTimestamp": {text}')
+    assert payload != base
+    ev = parse_envelope(payload)
+    assert ev.parse_error is None
+    assert ev.trigger_ts is None and ev.triggered_at is None
+    assert ev.problems == [problem]
+    assert "triggerTimestamp" in ev.raw_fields
+
+
+@pytest.mark.parametrize("ms", [0, 1516324157242, MAX_TRIGGER_MS, MIN_TRIGGER_MS])
+def test_trigger_timestamps_in_range_are_ints(ms: int) -> None:
+    ev = parse_envelope(json.dumps(envelope_with(triggerTimestamp=ms)))
+    assert (ev.trigger_ts, ev.problems, ev.raw_fields) == (ms, [], {})
+    assert ev.triggered_at is not None
+
+
+def test_missing_trigger_timestamp_is_left_to_the_not_null_expectation() -> None:
+    sample = faq_sample()
+    del sample[PIPELINE_MESSAGE][TRIGGER_BODY]["triggerTimestamp"]
+    ev = parse_envelope(sample)
+    assert (ev.trigger_ts, ev.problems) == (None, [])
+
+
+def test_bytes_are_decoded_with_replacement_and_a_bom_is_allowed() -> None:
+    good = json.dumps(faq_sample()).encode()
+    assert parse_envelope(b"\xef\xbb\xbf" + good).message_id == MESSAGE_ID
+    broken = good.replace(b'"triggers"', b'"trig\xffgers"', 1)
+    ev = parse_envelope(broken)
+    assert ev.parse_error is None and ev.topic == "trig\ufffdgers"
+    assert parse_envelope(json.dumps(faq_sample()).encode("utf-16")).message_id == MESSAGE_ID
+
+
+def test_clean_text_reports_what_it_replaced() -> None:
+    assert clean_text("plain é 🛒\t\n") == ("plain é 🛒\t\n", ())
+    assert clean_text("a\x00b\ud800") == ("a\ufffdb\ufffd", (TextProblem.CONTROL, TextProblem.INVALID))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ["", "   ", "\ufeff{}", "\x00", "\ud800", b"", b"\x00\x00", b"\xff" * 10, "[" * 65, "{" * 100_000, '"' + "\\" * 1001,
+     '{"a":' * 64 + "1" + "}" * 64, "1" * 5000, "-" + "9" * 5000],
+)
+def test_odd_payloads_give_a_parse_error_never_an_exception(payload: Any) -> None:
+    ev = parse_envelope(payload)
+    assert ev.parse_error is not None
+    assert ev.trigger_id is None and ev.trigger_ts is None
+
+
+def test_a_dict_payload_nested_beyond_recursion_gives_a_parse_error() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(5_000):
+        node["a"] = {}
+        node = node["a"]
+    assert parse_envelope(deep).parse_error == "payload could not be parsed (RecursionError)"
