@@ -2,7 +2,9 @@
 
     init-db                      create the store tables (idempotent)
     load-profiles FILE.csv       upsert profiles from CSV (all-or-nothing unless --skip-bad-rows)
-    runs [--limit N]             the latest run reports, newest first
+    runs [--limit N]             the latest run reports, newest first: every bucket of the balance,
+                                 what still waits (deferred, ambiguous, pending, scheduled) and the
+                                 source lines dropped as no event
     quarantine [--batch ID]      quarantined events and why
     decisions [--run ID] [--batch ID] [--customer ID] [--code CODE] [--counts]
                                  the decision log: why each event did or did not become an email
@@ -32,8 +34,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
@@ -81,11 +82,36 @@ def cmd_runs(args: argparse.Namespace) -> int:
     engine = _engine(args)
     with engine.connect() as conn:
         rows = conn.execute(select(run_summary).order_by(run_summary.c.reported_at.desc()).limit(args.limit)).all()
-    cols = ("batch_id", "pulled", "valid", "quarantined", "matched", "unmatched", "ignored", "sent", "suppressed", "failed", "balanced")
-    print("\t".join(cols))
+    print("\t".join(RUNS_COLUMNS))
     for row in rows:
-        print("\t".join(str(getattr(row, c)) for c in cols))
+        print("\t".join(_runs_line(row)))
     return 0
+
+
+#: `runs` columns: the balance's buckets, then where the batch's emails still wait (deferred = a 4xx
+#: waiting for a retry, ambiguous = a send whose outcome is unknown, pending = not tried yet,
+#: scheduled = held for quiet hours) and the source lines that could not become an event.
+RUNS_COLUMNS = (
+    "batch_id", "pulled", "valid", "quarantined", "matched", "unmatched", "ignored", "sent", "suppressed",
+    "failed", "duplicate", "deferred", "ambiguous", "pending", "scheduled", "dropped", "balanced",
+)
+
+
+def _runs_line(row: Any) -> list[str]:
+    """One `runs` line: the summary's columns, and from its counts JSON what has no column of its own.
+    A summary written before a count existed shows '-' for it rather than a made-up 0."""
+    try:
+        counts = json.loads(row.counts or "{}")
+    except ValueError:
+        counts = {}
+    if not isinstance(counts, dict):
+        counts = {}
+    return [str(counts.get(name, "-") if name in _RUNS_FROM_COUNTS else getattr(row, name)) for name in RUNS_COLUMNS]
+
+
+# The summary's `pending` column holds pending + deferred + scheduled; only its counts JSON splits
+# them (and holds the dropped lines).
+_RUNS_FROM_COUNTS = frozenset(("deferred", "ambiguous", "pending", "scheduled", "dropped"))
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:

@@ -23,6 +23,10 @@ http-request.last-alive-ms-ago       now - ``tf_source_health.last_alive_at`` (l
 http-request.last-failed-cnx-ms-ago  now - ``tf_source_health.last_failed_at`` (last failed read), null if never
 http-request.pipeline-host           scheme://host[:port] of ``tf_source_health.endpoint``
 http-request.last-error              ``tf_source_health.last_error`` (triggerflow addition)
+http-request.last-data-ms-ago        now - ``tf_source_health.last_data_at`` (last read that received at
+                                     least one message, not only keep-alives), null if never (addition)
+http-request.empty-reads             ``tf_source_health.empty_reads``: reads in a row since then that
+                                     received only keep-alives (addition)
 pointer.current-offsets              ``tf_source_position`` of S as ``partition:position`` CSV, by partition
 pointer.last-flush-ms-ago            now - max(``tf_source_position.updated_at``) of S, null if none
 pointer.processed-since-last-flush   unprocessed events of S's latest batch: what the last pull
@@ -44,6 +48,14 @@ stats.pointer-flushes                ``tf_source_health.pointer_flushes`` (pages
 stats.average-trigger-processing-time-ms  mean(``sent_at`` - event ``received_at``) over the last 1000
                                      ``sent`` ledger rows of S (by send_id), null if none
 stats.gaps                           ``tf_source_gap`` rows of S (resumed past the stored position)
+stats.lines-dropped                  ``tf_source_health.lines_dropped``: lines the reader received but
+                                     could not land as an event (not JSON, not an object, blank...;
+                                     per batch in ``tf_batch.dropped``) (addition)
+warnings                             what a monitor should look at, as ``{"code", "detail"}`` (addition):
+                                     ``keep-alives-only`` when the last :data:`KEEPALIVE_WARNING_READS`
+                                     reads or more received only keep-alives and the last data is older
+                                     than :data:`KEEPALIVE_WARNING_AGE_S` (or never came): a source that
+                                     pings but never delivers looks green otherwise
 settings                             given by the caller (:func:`status_settings_from_connection`)
 messages-per-hour                    ``tf_source_hourly`` of S for the last 120 hours (5 days), the
                                      current hour last, hours without messages as 0
@@ -86,6 +98,9 @@ if TYPE_CHECKING:
 __all__ = [
     "AVERAGE_OVER_SENT",
     "HOURS_SHOWN",
+    "KEEPALIVE_WARNING_AGE_S",
+    "KEEPALIVE_WARNING_READS",
+    "source_warnings",
     "build_status",
     "latest_source",
     "resolve_consumer",
@@ -95,6 +110,10 @@ __all__ = [
 ]
 
 HOURS_SHOWN = 120  # Campaign's "Pipeline messages" report: messages per hour over 5 days
+# A quiet night also reads only keep-alives, so the warning needs both many empty reads in a row
+# (about one read a minute: half an hour) and old data; it says "look", not "broken".
+KEEPALIVE_WARNING_READS = 30
+KEEPALIVE_WARNING_AGE_S = 1800
 AVERAGE_OVER_SENT = 1000
 
 # The trigger_emails DAG's settings (dags/trigger_emails.py), mirrored here rather than parsed from
@@ -377,6 +396,8 @@ def build_status(
         (_utc(sent_at) - _utc(received_at)).total_seconds() * 1000 for sent_at, received_at in timings
     ]
     last_flush = max((_utc(updated) for _, _, updated in positions), default=None)
+    empty_reads = int(health["empty_reads"] or 0) if health else 0
+    last_data_ms_ago = _ms_ago(now, health["last_data_at"]) if health else None
 
     return {
         "consumer": consumer,
@@ -387,6 +408,8 @@ def build_status(
             "last-failed-cnx-ms-ago": _ms_ago(now, health["last_failed_at"]) if health else None,
             "pipeline-host": _host_of(health["endpoint"]) if health else None,
             "last-error": health["last_error"] if health else None,
+            "last-data-ms-ago": last_data_ms_ago,
+            "empty-reads": empty_reads,
         },
         "pointer": {
             "current-offsets": ",".join(f"{int(p)}:{position}" for p, position, _ in positions),
@@ -405,13 +428,37 @@ def build_status(
             "average-trigger-processing-time-ms": round(sum(durations) / len(durations)) if durations else None,
             "pointer-flushes": int(health["pointer_flushes"]) if health else 0,
             "gaps": gaps,
+            "lines-dropped": int(health["lines_dropped"] or 0) if health else 0,
         },
         "settings": dict(settings),
         "messages-per-hour": [
             {"hour": _iso(hour), "messages": per_hour.get(hour, 0)}
             for hour in (first_hour + timedelta(hours=i) for i in range(HOURS_SHOWN))
         ],
+        "warnings": source_warnings(empty_reads=empty_reads, last_data_ms_ago=last_data_ms_ago),
     }
+
+
+def source_warnings(
+    *,
+    empty_reads: int,
+    last_data_ms_ago: int | None,
+    min_reads: int = KEEPALIVE_WARNING_READS,
+    min_age_s: float = KEEPALIVE_WARNING_AGE_S,
+) -> list[dict[str, str]]:
+    """The document's ``warnings`` from a source's read health (see the module docstring)."""
+    warnings: list[dict[str, str]] = []
+    stale = last_data_ms_ago is None or last_data_ms_ago >= min_age_s * 1000
+    if empty_reads >= min_reads and stale:
+        since = "no read has ever received a message" if last_data_ms_ago is None else (
+            f"the last message arrived {last_data_ms_ago // 60_000} min ago"
+        )
+        warnings.append({
+            "code": "keep-alives-only",
+            "detail": f"the last {empty_reads} reads received only keep-alives and {since}: check that "
+            "the source still delivers to this consumer (Adobe's own status, the registration, the topic)",
+        })
+    return warnings
 
 
 def pool_slots(pool_name: str) -> int | None:

@@ -92,14 +92,16 @@ def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
     empty = cli(store_url, "runs")
     assert empty.returncode == 0
     assert empty.stdout.splitlines() == [
-        "batch_id\tpulled\tvalid\tquarantined\tmatched\tunmatched\tignored\tsent\tsuppressed\tfailed\tbalanced"
+        "batch_id\tpulled\tvalid\tquarantined\tmatched\tunmatched\tignored\tsent\tsuppressed\tfailed"
+        "\tduplicate\tdeferred\tambiguous\tpending\tscheduled\tdropped\tbalanced"
     ]
+    counts = {"deferred": 2, "ambiguous": 1, "pending": 3, "scheduled": 4, "dropped": 5, "dropped_reasons": {"not JSON": 5}}
     with kit.engine.begin() as conn:
-        for batch_id, minute, balanced in (("b-old", 1, True), ("b-new", 2, False)):
+        for batch_id, minute, balanced, stored in (("b-old", 1, True, "{}"), ("b-new", 2, False, json.dumps(counts))):
             conn.execute(insert(run_summary).values(
                 batch_id=batch_id, dag_id="trigger_emails", run_id=f"run-{batch_id}", pulled=9, valid=5,
-                quarantined=4, matched=3, unmatched=1, ignored=1, sent=2, suppressed=1, failed=0, duplicate=0,
-                pending=0, balanced=balanced, oldest_sent_age_s=1.5, counts="{}",
+                quarantined=4, matched=3, unmatched=1, ignored=1, sent=2, suppressed=1, failed=0, duplicate=6,
+                pending=9, balanced=balanced, oldest_sent_age_s=1.5, counts=stored,
                 reported_at=datetime(2026, 3, 1, 12, minute, tzinfo=timezone.utc),
             ))
 
@@ -107,10 +109,43 @@ def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\tFalse",
-        "b-old\t9\t5\t4\t3\t1\t1\t2\t1\t0\tTrue",
+        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t2\t1\t3\t4\t5\tFalse",
+        # a summary written before these counts existed: '-', not a made-up 0
+        "b-old\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t-\t-\t-\t-\t-\tTrue",
     ]
-    assert cli(store_url, "runs", "--limit", "1").stdout.splitlines()[1:] == ["b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\tFalse"]
+    assert cli(store_url, "runs", "--limit", "1").stdout.splitlines()[1:] == [
+        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t2\t1\t3\t4\t5\tFalse"
+    ]
+
+
+def test_runs_shows_a_row_still_deferred_after_the_last_try(kit, store_url: str, routing) -> None:
+    from sqlalchemy import update
+
+    from include.triggerflow.stages.reconcile import reconcile_batch
+    from include.triggerflow.stages.report import report_batch
+    from include.triggerflow.store.schema import batch, send
+
+    kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-ADA"},
+                     {"customer_id": "C2", "email": "grace@example.com", "shopper_id": "SHOP-GRACE"})
+    b = kit.add_batch("b1")
+    kit.add_event(b, envelope_json(shopper_id="SHOP-ADA"))
+    kit.add_event(b, envelope_json(shopper_id="SHOP-GRACE"))
+    reconcile_batch(kit.engine, b, routing)
+    with kit.engine.begin() as conn:  # the mail server answered 4xx on every try for Ada
+        conn.execute(update(send).where(send.c.recipient == "ada@example.com").values(state="deferred", smtp_code=451))
+        conn.execute(update(send).where(send.c.recipient == "grace@example.com").values(state="ambiguous"))
+        conn.execute(update(batch).where(batch.c.batch_id == b).values(dropped=2, dropped_reasons='{"blank": 2}'))
+    report_batch(kit.engine, b, dag_id="trigger_emails", run_id="run-b1")
+
+    done = cli(store_url, "runs")
+
+    assert done.returncode == 0, done.stderr
+    header, line = done.stdout.splitlines()
+    shown = dict(zip(header.split("\t"), line.split("\t"), strict=True))
+    assert {k: shown[k] for k in ("pulled", "matched", "sent", "deferred", "ambiguous", "pending", "scheduled", "dropped", "balanced")} == {
+        "pulled": "2", "matched": "2", "sent": "0", "deferred": "1", "ambiguous": "1", "pending": "0",
+        "scheduled": "0", "dropped": "2", "balanced": "True",
+    }
 
 
 def test_quarantine_prints_one_json_line_per_event(kit, store_url: str) -> None:

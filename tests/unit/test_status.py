@@ -28,6 +28,8 @@ from include.triggerflow.status import (
     DAG_RETRY_EXPONENTIAL_BACKOFF,
     DAG_SCHEDULE_PERIOD_MS,
     HOURS_SHOWN,
+    KEEPALIVE_WARNING_AGE_S,
+    KEEPALIVE_WARNING_READS,
     build_status,
     latest_source,
     resolve_consumer,
@@ -151,6 +153,7 @@ def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, 
         "average-trigger-processing-time-ms": None,
         "pointer-flushes": 3,  # pages of 2, 2 and 1
         "gaps": 0,
+        "lines-dropped": 0,
     }
     assert landed.bytes_read > 0
     assert doc["routing"] == routing.routing_map()
@@ -191,6 +194,7 @@ def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, 
         "average-trigger-processing-time-ms": expected_ms,
         "pointer-flushes": 3,
         "gaps": 0,
+        "lines-dropped": 0,
     }
     assert 0 <= expected_ms < 60_000
     assert doc["pointer"]["processed-since-last-flush"] == 0
@@ -366,9 +370,46 @@ def test_offsets_flush_health_and_gaps(kit, routing) -> None:
         "last-failed-cnx-ms-ago": 120_000,
         "pipeline-host": "https://producer-pipeline-pnw.adobe.net:8443",  # no credentials, path or query
         "last-error": "SourceError: boom",
+        "last-data-ms-ago": None,  # a store written before keep-alives were counted
+        "empty-reads": 0,
     }
+    assert doc["warnings"] == []  # nothing counted, nothing to warn about
     assert (doc["stats"]["bytes-read"], doc["stats"]["pointer-flushes"], doc["stats"]["gaps"]) == (123_456, 17, 2)
     assert doc["generated-at"] == "2026-03-02T10:30:00Z"
+
+
+def _health(kit, key: str, now: datetime, **values: Any) -> None:
+    with kit.engine.begin() as conn:
+        conn.execute(insert(source_health).values(source=key, updated_at=now, last_alive_at=now, **values))
+
+
+@pytest.mark.parametrize(
+    ("empty_reads", "data_age_s", "warned"),
+    [
+        (KEEPALIVE_WARNING_READS, KEEPALIVE_WARNING_AGE_S, True),  # pings for long, data old
+        (KEEPALIVE_WARNING_READS + 500, None, True),  # pings and never one message
+        (KEEPALIVE_WARNING_READS - 1, None, False),  # not long enough yet
+        (KEEPALIVE_WARNING_READS * 3, KEEPALIVE_WARNING_AGE_S - 1, False),  # data came recently
+        (0, 3 * 86_400, False),  # the last read received data, however long ago the one before
+    ],
+    ids=["old-data", "never-data", "few-reads", "recent-data", "no-empty-reads"],
+)
+def test_a_source_that_only_sends_keep_alives_is_flagged(kit, routing, empty_reads, data_age_s, warned) -> None:
+    key = "pipeline:customer_dev:triggers"
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=timezone.utc)
+    last_data = None if data_age_s is None else now - timedelta(seconds=data_age_s)
+    _health(kit, key, now, empty_reads=empty_reads, last_data_at=last_data, lines_dropped=7)
+
+    doc = build_status(kit.engine, routing, source_key=key, consumer="c", settings={}, now=now)
+
+    assert doc["http-request"]["empty-reads"] == empty_reads
+    assert doc["http-request"]["last-data-ms-ago"] == (None if data_age_s is None else data_age_s * 1000)
+    assert doc["stats"]["lines-dropped"] == 7
+    assert [w["code"] for w in doc["warnings"]] == (["keep-alives-only"] if warned else [])
+    if warned:
+        detail = doc["warnings"][0]["detail"]
+        assert f"the last {empty_reads} reads received only keep-alives" in detail
+        assert ("no read has ever received a message" in detail) is (data_age_s is None)
 
 
 def test_messages_per_hour_is_zero_filled_over_five_days(kit, routing) -> None:
@@ -414,7 +455,8 @@ def test_document_is_json_serialisable(kit, routing) -> None:
     doc = build_status(kit.engine, routing, consumer="c", settings=status_settings_from_connection({}))
     assert json.loads(json.dumps(doc)) == doc
     assert list(doc) == [
-        "consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour"
+        "consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour",
+        "warnings",  # triggerflow's addition, after Campaign's own blocks
     ]
 
 

@@ -10,6 +10,11 @@ Every pulled event must end in exactly one bucket:
 ``deferred`` is a 4xx answer waiting for a retry; ``scheduled`` an email held for the customer's
 quiet hours (decision ``deferred``), sent by a later run once the window is over.
 
+``dropped`` counts what the source delivered that could not be landed as an event at all (a Pipeline
+line that is not JSON, not an object, blank...; ``tf_batch.dropped``, with ``dropped_reasons`` as
+``{reason: count}``). Those lines have no event, so they stand outside the balance; they are shown
+so that they are never only in a task log.
+
 A batch whose counts do not balance has lost or double-counted something; the report raises
 :class:`CountsDoNotBalance` and the run fails loudly rather than going green.
 """
@@ -57,6 +62,9 @@ class Report:
             f"  queued      {c['queued']:>8}  = sent {c['sent']} + failed {c['failed']} + deferred {c['deferred']} "
             f"+ ambiguous {c['ambiguous']} + pending {c['pending']} + scheduled {c['scheduled']}",
         ]
+        if c.get("dropped"):
+            reasons = ", ".join(f"{k} {n}" for k, n in sorted((c.get("dropped_reasons") or {}).items()))
+            lines.append(f"  dropped     {c['dropped']:>8}  lines the source sent that are no event" + (f" ({reasons})" if reasons else ""))
         if c.get("suppressed_by"):
             lines.append("  suppressed by: " + ", ".join(f"{k} {n}" for k, n in sorted(c["suppressed_by"].items())))
         if c.get("this_run"):
@@ -100,6 +108,9 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         sent_rows = conn.execute(
             select(send.c.trigger_ts, send.c.sent_at).where(send.c.batch_id == batch_id, send.c.state == "sent")
         ).all()
+        dropped_row = conn.execute(
+            select(batch.c.dropped, batch.c.dropped_reasons).where(batch.c.batch_id == batch_id)
+        ).first()
 
     suppressed_by = {k.split(":", 1)[1]: n for k, n in decisions.items() if k.startswith("suppressed:")}
     suppressed = sum(suppressed_by.values())
@@ -125,6 +136,7 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         "pending": states.get("pending", 0) + states.get("sending", 0),
         "scheduled": states.get("scheduled", 0),
     }
+    counts["dropped"], counts["dropped_reasons"] = _dropped(dropped_row)
     counts["matched"] = counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"]
     ages = [
         (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=timezone.utc)).total_seconds()
@@ -230,6 +242,22 @@ def report_batch(
     if not report.balanced:
         raise CountsDoNotBalance(f"batch {batch_id} does not balance: " + "; ".join(report.problems))
     return report
+
+
+def _dropped(row: Any) -> tuple[int, dict[str, int]]:
+    """(count, {reason: count}) of a batch's dropped lines. Written by landing; read defensively
+    because a report must never fail on its own bookkeeping (an older batch has NULLs)."""
+    if row is None:
+        return 0, {}
+    reasons: dict[str, int] = {}
+    try:
+        loaded = json.loads(row.dropped_reasons) if row.dropped_reasons else {}
+    except ValueError:
+        loaded = {}
+    if isinstance(loaded, dict):
+        reasons = {str(k): int(v) for k, v in loaded.items() if isinstance(v, int) and not isinstance(v, bool)}
+    total = int(row.dropped) if row.dropped is not None else sum(reasons.values())
+    return total, reasons
 
 
 def _aware(value: datetime) -> datetime:

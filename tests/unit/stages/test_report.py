@@ -166,3 +166,49 @@ def test_report_of_a_batch_that_was_never_landed_is_empty_and_balanced(kit) -> N
     assert report.balanced
     assert all(report.counts[k] == 0 for k in COUNT_KEYS)
     assert summary(kit, "no-such-batch")["balanced"] is True
+
+
+def _set_dropped(kit, batch_id: str, dropped: int | None, reasons: str | None) -> None:
+    from include.triggerflow.store.schema import batch
+
+    with kit.engine.begin() as conn:
+        conn.execute(update(batch).where(batch.c.batch_id == batch_id).values(dropped=dropped, dropped_reasons=reasons))
+
+
+def test_dropped_lines_are_counted_outside_the_balance(kit, routing, caplog) -> None:
+    b = kit.add_batch("b1")
+    kit.add_event(b, envelope_json(trigger_id=UNCONFIGURED_TRIGGER_ID), status="landed")
+    kit.add_event(b, "not even an object", status="landed")
+    _set_dropped(kit, b, 3, json.dumps({"not JSON": 2, "blank line": 1}))
+    validate_batch(kit.engine, b, routing)
+    reconcile_batch(kit.engine, b, routing)
+
+    with caplog.at_level("INFO", logger="include.triggerflow.stages.report"):
+        report = report_batch(kit.engine, b, dag_id="trigger_emails", run_id="run-1")
+
+    assert report.balanced  # pulled 2 = valid 1 + quarantined 1; the 3 dropped lines have no event
+    assert (report.counts["pulled"], report.counts["dropped"]) == (2, 3)
+    assert report.counts["dropped_reasons"] == {"not JSON": 2, "blank line": 1}
+    stored = json.loads(summary(kit, b)["counts"])
+    assert (stored["dropped"], stored["dropped_reasons"]) == (3, {"not JSON": 2, "blank line": 1})
+    assert "dropped            3  lines the source sent that are no event (blank line 1, not JSON 2)" in report.table()
+    assert "dropped            3" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("dropped", "reasons", "expected"),
+    [
+        (None, None, (0, {})),  # a batch landed before the columns existed
+        (None, json.dumps({"BOM": 4}), (4, {"BOM": 4})),
+        (2, "{not json", (2, {})),
+        (1, json.dumps(["a list"]), (1, {})),
+    ],
+    ids=["nulls", "reasons-only", "unreadable-reasons", "reasons-not-a-mapping"],
+)
+def test_dropped_bookkeeping_never_fails_the_report(kit, dropped, reasons, expected) -> None:
+    b = kit.add_batch("b1")
+    _set_dropped(kit, b, dropped, reasons)
+    report = report_batch(kit.engine, b, dag_id="trigger_emails", run_id="run-1")
+    assert report.balanced
+    assert (report.counts["dropped"], report.counts["dropped_reasons"]) == expected
+    assert ("dropped " in report.table()) is bool(expected[0])
