@@ -23,8 +23,20 @@ times; a rule without it fires forever. A changed file starts again from its own
 * ``{"data_code": 452, "message": "4.3.1 out of space", "times": 1}`` — answer end-of-data with
   that code instead of ``250``, without writing the file.
 
-``data_delay_ms`` and ``data_code`` rules may also carry ``rcpt``/``rcpt_domain`` to apply to one
-recipient only. Every fired rule is logged as ``smtp-sink fault fired: <json>`` (one line), so a
+* ``{"mail_code": 530, "message": "5.7.0 Authentication required"}`` — answer ``MAIL FROM``
+  with that code (a sender-level refusal: relay authentication, SPF/DMARC).
+* ``{"data_command_code": 554, "message": "5.7.1 rejected"}`` — answer the ``DATA`` command itself
+  (before ``354``) with that code.
+* ``{"drop_at": "data_command"}`` — close the connection without answering ``DATA``;
+  ``{"drop_at": "mid_data"}`` — answer ``354``, read the first line of the message, then reset the
+  connection: the message is incomplete and never stored; ``{"drop_at": "end_of_data"}`` — read
+  the whole message, *store it* (as a real server may have queued it) and close without the
+  ``250``: RFC 1047's duplicate window, seen from the client as a message it does not know was
+  accepted.
+
+``data_delay_ms``, ``data_code``, ``data_command_code`` and ``drop_at`` rules may also carry
+``rcpt``/``rcpt_domain`` to apply to one recipient only. A reply ``message`` is sent as given,
+with or without an RFC 3463 enhanced code at its start. Every fired rule is logged as ``smtp-sink fault fired: <json>`` (one line), so a
 test can check that the fault it set up really happened.
 
 Run it with ``python -m devstack.smtp_sink --port 0 --out DIR --ready-file /tmp/x``.
@@ -57,7 +69,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 from devstack.readiness import write_ready_file
 
 SERVER_HOSTNAME = "smtp-sink.triggerflow.local"
@@ -76,7 +88,11 @@ _RULE_KEYS: dict[str, set[str]] = {
     "drop": {"drop_after_messages", "times"},
     "delay": {"data_delay_ms", "rcpt", "rcpt_domain", "times"},
     "data_code": {"data_code", "message", "rcpt", "rcpt_domain", "times"},
+    "mail_code": {"mail_code", "message", "times"},
+    "data_command_code": {"data_command_code", "message", "rcpt", "rcpt_domain", "times"},
+    **{f"drop_{at}": {"drop_at", "rcpt", "rcpt_domain", "times"} for at in ("data_command", "mid_data", "end_of_data")},
 }
+DROP_POINTS = ("data_command", "mid_data", "end_of_data")
 
 
 class FaultRuleError(ValueError):
@@ -90,9 +106,20 @@ def rule_kind(rule: dict[str, Any]) -> str:
         return "delay"
     if "data_code" in rule:
         return "data_code"
+    if "mail_code" in rule:
+        return "mail_code"
+    if "data_command_code" in rule:
+        return "data_command_code"
+    if "drop_at" in rule:
+        if rule["drop_at"] not in DROP_POINTS:
+            raise FaultRuleError(f"rule {rule!r}: drop_at must be one of {', '.join(DROP_POINTS)}")
+        return f"drop_{rule['drop_at']}"
     if "rcpt" in rule or "rcpt_domain" in rule:
         return "rcpt"
-    raise FaultRuleError(f"rule {rule!r}: no rcpt, rcpt_domain, drop_after_messages, data_delay_ms or data_code")
+    raise FaultRuleError(
+        f"rule {rule!r}: no rcpt, rcpt_domain, drop_after_messages, data_delay_ms, data_code, mail_code, "
+        "data_command_code or drop_at"
+    )
 
 
 def parse_fault_rules(payload: Any) -> list[dict[str, Any]]:
@@ -122,6 +149,8 @@ def parse_fault_rules(payload: Any) -> list[dict[str, Any]]:
         integer("data_delay_ms", 0)
         integer("code", 400, 599)
         integer("data_code", 400, 599)
+        integer("mail_code", 400, 599)
+        integer("data_command_code", 400, 599)
         if kind == "rcpt" and "code" not in item:
             raise FaultRuleError(f"{where}: a rcpt rule needs a code (4xx or 5xx)")
         for name in ("rcpt", "rcpt_domain", "message"):
@@ -329,6 +358,10 @@ class EmlFolderHandler:
                 server.transport.abort()
             await asyncio.sleep(_DROP_WAIT_S)
             return "421 4.4.2 connection dropped"
+        refuse = self.faults.match("mail_code")
+        if refuse is not None:
+            self.faults.fire(refuse, mail_from=address)
+            return _fault_reply(refuse, "mail_code")
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -350,6 +383,17 @@ class EmlFolderHandler:
             self.faults.fire(rule, rcpt_to=",".join(envelope.rcpt_tos))
             self.refused += 1
             return f"{rule['data_code']} {rule.get('message') or 'refused by fault rule'}"
+        drop = self.faults.match("drop_end_of_data", list(envelope.rcpt_tos))
+        if drop is not None:
+            # queued (stored and counted) but never answered
+            session.tf_accepted = getattr(session, "tf_accepted", 0) + 1  # type: ignore[attr-defined]
+            self._count(session, envelope)
+            stored = self.store(envelope).name if self.store_mode == "eml" else None
+            self.faults.fire(drop, rcpt_to=",".join(envelope.rcpt_tos), stored=stored)
+            if server.transport is not None:
+                server.transport.abort()
+            await asyncio.sleep(_DROP_WAIT_S)
+            return "421 4.4.2 connection dropped"
         if self.store_mode == "none":
             return await self._accept_only(session, envelope)
         try:
@@ -396,6 +440,49 @@ class EmlFolderHandler:
         return "250 2.0.0 OK: accepted as %06d" % seq
 
 
+def _fault_reply(rule: dict[str, Any], code_key: str) -> str:
+    return f"{rule[code_key]} {rule.get('message') or 'refused by fault rule'}"
+
+
+class FaultySMTP(SMTP):
+    """aiosmtpd's server with the DATA-command faults (``data_command_code``, ``drop_at``
+    ``data_command`` / ``mid_data``), which its handler hooks cannot express: the handler's
+    ``handle_DATA`` only runs once the whole message has arrived."""
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        handler = self.event_handler
+        rcpts = list(self.envelope.rcpt_tos) if self.envelope is not None else []
+        if rcpts and not arg and isinstance(handler, EmlFolderHandler):
+            faults = handler.faults
+            refuse = faults.match("data_command_code", rcpts)
+            if refuse is not None:
+                faults.fire(refuse, rcpt_to=",".join(rcpts))
+                handler.refused += 1
+                await self.push(_fault_reply(refuse, "data_command_code"))
+                return
+            drop = faults.match("drop_data_command", rcpts)
+            if drop is not None:
+                faults.fire(drop, rcpt_to=",".join(rcpts))
+                self._abort()
+                return
+            drop = faults.match("drop_mid_data", rcpts)
+            if drop is not None:
+                await self.push("354 End data with <CR><LF>.<CR><LF>")
+                try:
+                    await self._reader.readuntil(b"\r\n")
+                except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+                    pass
+                faults.fire(drop, rcpt_to=",".join(rcpts))
+                self._abort()
+                return
+        await super().smtp_DATA(arg)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
 _MAX_COMMAND_LINE = 4096
 _MAX_MESSAGE_BYTES = 33_554_432
 _ADDRESS_RE = re.compile(r"^\s*<([^>]*)>|^\s*(\S+)")
@@ -424,6 +511,8 @@ class LeanSmtpProtocol(asyncio.Protocol):
         self.session.tf_accepted = 0  # type: ignore[attr-defined]
         self.paused = False
         self.closed = False
+        # a drop_at mid_data rule that fires at the first bytes of the message
+        self.drop_in_data: dict[str, Any] | None = None
 
     # -- transport -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -446,6 +535,11 @@ class LeanSmtpProtocol(asyncio.Protocol):
     def _process(self) -> None:
         buf = self.buffer
         while not self.paused and not self.closed:
+            if self.in_data and self.drop_in_data is not None:
+                if buf:
+                    self.handler.faults.fire(self.drop_in_data, rcpt_to=",".join(self.rcpt_tos))
+                    self._abort()
+                return
             if self.in_data:
                 if buf[:3] == b".\r\n":  # an empty message
                     end, skip = 0, 3
@@ -523,6 +617,11 @@ class LeanSmtpProtocol(asyncio.Protocol):
                     if self.transport is not None:
                         self.transport.abort()
                     return
+                refuse = handler.faults.match("mail_code")
+                if refuse is not None:
+                    handler.faults.fire(refuse, mail_from=self._address(arg[5:]))
+                    self._reply(_fault_reply(refuse, "mail_code"))
+                    return
                 self.mail_from = self._address(arg[5:])
                 self._reply("250 OK")
         elif verb == "RCPT":
@@ -544,7 +643,15 @@ class LeanSmtpProtocol(asyncio.Protocol):
                 self._reply("501 Syntax: DATA")
             elif not self.rcpt_tos:
                 self._reply("503 Error: need RCPT command")
+            elif (refuse := handler.faults.match("data_command_code", self.rcpt_tos)) is not None:
+                handler.faults.fire(refuse, rcpt_to=",".join(self.rcpt_tos))
+                handler.refused += 1
+                self._reply(_fault_reply(refuse, "data_command_code"))
+            elif (drop := handler.faults.match("drop_data_command", self.rcpt_tos)) is not None:
+                handler.faults.fire(drop, rcpt_to=",".join(self.rcpt_tos))
+                self._abort()
             else:
+                self.drop_in_data = handler.faults.match("drop_mid_data", self.rcpt_tos)
                 self.in_data = True
                 self.scan_from = 0
                 self._reply("354 End data with <CR><LF>.<CR><LF>")
@@ -565,6 +672,11 @@ class LeanSmtpProtocol(asyncio.Protocol):
         else:
             self._reply(f'500 Error: command "{verb}" not recognized')
 
+    def _abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
     def _end_of_data(self, content: bytes) -> None:
         handler = self.handler
         rcpts = self.rcpt_tos
@@ -577,6 +689,11 @@ class LeanSmtpProtocol(asyncio.Protocol):
             return
         self.session.tf_accepted += 1  # type: ignore[attr-defined]
         handler.count_content(self.session, content)
+        drop = handler.faults.match("drop_end_of_data", rcpts)
+        if drop is not None:  # counted (queued), never answered
+            handler.faults.fire(drop, rcpt_to=",".join(rcpts))
+            self._abort()
+            return
         reply = "250 2.0.0 OK: accepted as %06d" % handler.accepted
         delay = handler.faults.match("delay", rcpts)
         if delay is None:
@@ -615,7 +732,7 @@ async def serve(
         factory: Any = lambda: LeanSmtpProtocol(handler, loop)  # noqa: E731
     else:
         # An explicit hostname avoids socket.getfqdn(), which can stall on DNS.
-        factory = lambda: SMTP(handler, hostname=SERVER_HOSTNAME, enable_SMTPUTF8=True, loop=loop)  # noqa: E731
+        factory = lambda: FaultySMTP(handler, hostname=SERVER_HOSTNAME, enable_SMTPUTF8=True, loop=loop)  # noqa: E731
     server = await loop.create_server(factory, host=host, port=port)
     bound_port = int(server.sockets[0].getsockname()[1])
     if ready is not None:

@@ -416,3 +416,94 @@ def test_smtp_ceiling_bench_measures_and_checks_the_count() -> None:
         assert run["sink_accepted"] == run["messages"] == 300
         assert run["msgs_per_s"] > 0 and len(run["per_session_msgs_per_s"]) == run["sessions"]
     assert result["message_bytes"] == len(message)
+
+
+# -- reply classes at each stage, and drops on both sides of the end of DATA ------------------------
+@pytest.fixture(params=["aiosmtpd", "lean"])
+def any_engine_sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RunningSmtpSink]:
+    """The eml sink (aiosmtpd) and the lean counting sink: every fault works on both."""
+    if request.param == "aiosmtpd":
+        with start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "sink.log", stats_interval=0.05) as running:
+            yield running
+    else:
+        with start_smtp_sink(None, store="none", log_path=tmp_path / "sink.log", stats_interval=0.05) as running:
+            yield running
+
+
+RAW = b"Subject: s\r\n\r\nline one\r\nline two\r\n"
+
+
+def test_mail_code_refuses_the_sender_and_the_session_goes_on(any_engine_sink: RunningSmtpSink) -> None:
+    any_engine_sink.set_faults([{"mail_code": 530, "message": "5.7.0 Authentication required", "times": 1}])
+    with smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            smtp.sendmail("a@shop.example.com", ["x@example.org"], RAW)
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (530, b"5.7.0 Authentication required")
+        assert smtp.sendmail("a@shop.example.com", ["x@example.org"], RAW) == {}
+    assert any_engine_sink.wait_accepted(1, timeout=5) == 1
+    assert [f["mail_code"] for f in any_engine_sink.fired_faults()] == [530]
+
+
+@pytest.mark.parametrize("message", ["5.7.1 Message rejected as spam", "Message rejected"], ids=["enhanced", "bare"])
+def test_data_command_code_answers_data_before_354(any_engine_sink: RunningSmtpSink, message: str) -> None:
+    any_engine_sink.set_faults([{"data_command_code": 554, "message": message, "rcpt": "x@example.org"}])
+    with smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("a@shop.example.com")[0] == 250
+        assert smtp.rcpt("x@example.org")[0] == 250
+        assert smtp.docmd("DATA") == (554, message.encode())
+        smtp.rset()
+        assert smtp.sendmail("a@shop.example.com", ["y@example.org"], RAW) == {}  # another recipient
+    assert any_engine_sink.wait_accepted(1, timeout=5) == 1
+    assert any_engine_sink.stats()["refused"] == 1
+
+
+def test_drop_at_data_command_closes_before_354(any_engine_sink: RunningSmtpSink) -> None:
+    any_engine_sink.set_faults([{"drop_at": "data_command", "times": 1}])
+    with smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.mail("a@shop.example.com")
+        smtp.rcpt("x@example.org")
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.docmd("DATA")
+    assert [f["drop_at"] for f in any_engine_sink.fired_faults()] == ["data_command"]
+    time.sleep(0.2)
+    assert any_engine_sink.stats()["accepted"] == 0
+
+
+def test_drop_mid_data_resets_after_the_first_line_and_stores_nothing(any_engine_sink: RunningSmtpSink) -> None:
+    any_engine_sink.set_faults([{"drop_at": "mid_data", "times": 1}])
+    with smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.mail("a@shop.example.com")
+        smtp.rcpt("x@example.org")
+        assert smtp.docmd("DATA")[0] == 354
+        smtp.send(b"Subject: s\r\n")  # the first line only: the sink resets the connection on it
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.getreply()
+    assert [f["drop_at"] for f in any_engine_sink.fired_faults()] == ["mid_data"]
+    time.sleep(0.2)
+    assert any_engine_sink.stats()["accepted"] == 0
+    if any_engine_sink.store == "eml":
+        assert any_engine_sink.eml_paths() == []
+
+
+def test_drop_at_end_of_data_keeps_the_message_but_never_answers(any_engine_sink: RunningSmtpSink) -> None:
+    any_engine_sink.set_faults([{"drop_at": "end_of_data", "rcpt_domain": "example.org", "times": 1}])
+    with smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            smtp.sendmail("a@shop.example.com", ["x@example.org"], RAW)
+    # RFC 1047's window: the server has the message, the client never heard so
+    assert any_engine_sink.wait_accepted(1, timeout=5) == 1
+    if any_engine_sink.store == "eml":
+        [stored] = any_engine_sink.messages()
+        assert stored["X-Envelope-To"] == "x@example.org"
+    assert [f["drop_at"] for f in any_engine_sink.fired_faults()] == ["end_of_data"]
+
+
+def test_new_rules_are_checked(sink: RunningSmtpSink) -> None:
+    from devstack.smtp_sink import FaultRuleError
+
+    for bad in ({"drop_at": "later"}, {"mail_code": 250}, {"mail_code": 530, "rcpt": "a@b"}, {"data_command_code": 600}):
+        with pytest.raises(FaultRuleError):
+            sink.set_faults([bad])
