@@ -8,7 +8,10 @@ pull route, reference §1.11):
     extra   {"kind": "journal",           # the default kind
              "ims_conn_id": "adobe_ims",  # which IMS connection mints tokens
              "page_limit": 500,           # `limit` per journal request (an upper bound for Adobe)
-             "reset": "earliest"}         # where to start when no position is stored
+             "reset": "earliest",         # where to start when no position is stored
+             "timeout_s": 30,             # socket connect/read timeout of one journal request
+             "request_deadline_s": 60,    # one journal page, from request to its last byte
+             "max_page_bytes": 67108864}  # one journal page body (64 MiB); see below
 
 and for the **Pipeline v3 consumer** (what Campaign's ``pipelined`` reads, reference §1.4-§1.9):
 
@@ -23,9 +26,22 @@ and for the **Pipeline v3 consumer** (what Campaign's ``pipelined`` reads, refer
              "reset": "earliest",               # earliest | latest: where a new partition starts
              "page_size": 1000,                 # messages per landed page (pointerFlushMessageCount)
              "read_timeout_s": 10,              # socket read timeout on the stream
-             "idle_stop_s": 30,                 # stop a read after this long without DATA
+             "idle_stop_s": 30,                 # stop a read after this long without DATA (SYNCs only)
              "max_tries": 4,                    # consecutive failures before the read fails
+             "read_deadline_s": 45,             # one read (all its connections), start to end
+             "max_read_bytes": 268435456,       # bytes received by one read (256 MiB)
+             "max_line_bytes": 4194304,         # one stream line (4 MiB); longer: dropped, counted
+             "keepalive_wait_s": 5,             # a read that got no DATA ends after this long
+             "caught_up_pings": 2,              # PINGs in a row that end a read that got DATA
              "ims_conn_id": "adobe_ims"}
+
+Bounds (issue 10: every read from Adobe has a size cap and an overall deadline). Deadlines are
+checked after every socket read, so a request ends at most one socket timeout after its deadline
+however slowly the server trickles. A journal page larger than ``max_page_bytes`` is asked for
+again with half the ``limit``, down to 1; a single item over the cap is skipped to the journal's
+next position and counted as dropped ("journal item larger than N bytes"), so one huge message
+cannot stall the source. The Pipeline reader's PING handling (a PING never ends a read that has
+received no DATA) is described in ``include/triggerflow/sources/pipeline.py``.
 
 Consumer names must differ per environment: Pipeline gives every consumer name its own full copy
 of the topic and tracks it separately, so dev, stage and prod reading with the same name would
@@ -88,15 +104,23 @@ class TriggerSourceHook(BaseHook):
         if not url.startswith(("http://", "https://")):
             raise self._error(f"host must be the full journal URL (http[s]://...), got {url!r}")
         ims = self._ims_hook(extra)
-        from include.triggerflow.sources.journal import JournalSource
+        from include.triggerflow.sources.journal import (
+            DEFAULT_MAX_PAGE_BYTES,
+            DEFAULT_REQUEST_DEADLINE_S,
+            DEFAULT_TIMEOUT_S,
+            JournalSource,
+        )
 
         return JournalSource(
             journal_url=url,
             api_key=ims.client_id,
             org_id=ims.org_id,
             token_provider=lambda refresh: ims.get_token(force_refresh=refresh),
-            page_limit=int(extra.get("page_limit", 500)),
+            page_limit=self._number(extra, "page_limit", 500, integer=True),
             reset=str(extra.get("reset", "earliest")),
+            timeout=self._number(extra, "timeout_s", DEFAULT_TIMEOUT_S, integer=False),
+            request_deadline_s=self._number(extra, "request_deadline_s", DEFAULT_REQUEST_DEADLINE_S, integer=False),
+            max_page_bytes=self._number(extra, "max_page_bytes", DEFAULT_MAX_PAGE_BYTES, integer=True),
         )
 
     def _ims_hook(self, extra: dict[str, Any]) -> AdobeImsHook:
@@ -134,7 +158,7 @@ class TriggerSourceHook(BaseHook):
         return number
 
     def _pipeline_source(self, conn: Any, extra: dict[str, Any]) -> TriggerSource:
-        from include.triggerflow.sources.pipeline import DEFAULT_DISCOVERY_URL, PipelineSource
+        from include.triggerflow.sources import pipeline as p
 
         consumer = self.consumer_name(extra)
         reset = str(extra.get("reset", "earliest"))
@@ -146,14 +170,14 @@ class TriggerSourceHook(BaseHook):
                 f"host is the forced Pipeline endpoint and must be a full URL (http[s]://...), got "
                 f"{forced!r}; leave it empty to use discovery"
             )
-        discovery_url = str(extra.get("discovery_url") or DEFAULT_DISCOVERY_URL).strip()
+        discovery_url = str(extra.get("discovery_url") or p.DEFAULT_DISCOVERY_URL).strip()
         if not discovery_url.startswith(("http://", "https://")):
             raise self._error(f"extra.discovery_url must be a full URL (http[s]://...), got {discovery_url!r}")
         topic = str(extra.get("topic") or "triggers").strip()
         if not topic or "/" in topic:
             raise self._error(f"extra.topic {topic!r} is not a topic name")
         ims = self._ims_hook(extra)
-        return PipelineSource(
+        return p.PipelineSource(
             consumer=consumer,
             topic=topic,
             partitions=self._number(extra, "partitions", 15, integer=True),
@@ -166,4 +190,9 @@ class TriggerSourceHook(BaseHook):
             idle_stop_s=self._number(extra, "idle_stop_s", 30.0, integer=False),
             page_size=self._number(extra, "page_size", 1000, integer=True),
             max_tries=self._number(extra, "max_tries", 4, integer=True),
+            read_deadline_s=self._number(extra, "read_deadline_s", p.DEFAULT_READ_DEADLINE_S, integer=False),
+            max_read_bytes=self._number(extra, "max_read_bytes", p.DEFAULT_MAX_READ_BYTES, integer=True),
+            max_line_bytes=self._number(extra, "max_line_bytes", p.DEFAULT_MAX_LINE_BYTES, integer=True),
+            keepalive_wait_s=self._number(extra, "keepalive_wait_s", p.DEFAULT_KEEPALIVE_WAIT_S, integer=False),
+            caught_up_pings=self._number(extra, "caught_up_pings", p.DEFAULT_CAUGHT_UP_PINGS, integer=True),
         )

@@ -47,6 +47,9 @@ class Page:
     # What the reader received but could not place at a position (a line that is not JSON, not
     # an object, blank...): {reason: count}, landed with the page into tf_batch / source health.
     dropped: dict[str, int] = field(default_factory=dict)
+    # Keep-alives (Pipeline PINGs) received with this page: a read that only ever gets these
+    # while messages are waiting is a source problem the status must show, not an idle minute.
+    keepalives: int = 0
 
 
 class TriggerSource(Protocol):

@@ -6,25 +6,63 @@
 with ``retry-after`` means nothing newer (reference/adobe-triggers.md §1.11, IOE-JRN).
 
 The journal is one ordered stream, so it is stored as partition 0 with the journal position.
+
+Hostile content never stalls the position (issue 10):
+
+* Item bytes are never decoded here in a way that can fail: an envelope that is valid UTF-8 is
+  handed over as text, anything else as the bytes received (landing decodes with replacement and
+  keeps them). An item nested deeper than the JSON parser follows is split out of the page by a
+  scanner that does not recurse, and lands at its position for validation to quarantine.
+* An item without a usable position cannot be landed; it is counted in ``Page.dropped``
+  ("journal item without a position") and the page still advances to ``_page.last``.
+* Every page is read with a byte cap (``max_page_bytes``, default 64 MiB) and an overall deadline
+  (``request_deadline_s``, default 60 s; socket ``timeout`` 30 s per read). A page over the cap is
+  asked for again with half the ``limit``, down to 1; a single item still over the cap is skipped:
+  the position moves to the page's ``Link: rel="next"`` (or the item's position, read from the
+  first bytes) and the item is counted as dropped ("journal item larger than N bytes"). Raise
+  ``max_page_bytes`` in the connection extras to land such items instead. A page whose next
+  position cannot be found at all is a :class:`SourceError` naming the cap.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import msgspec
 import requests
+import urllib3
 
 from include.triggerflow.sources.base import Page, RawMessage, SourceError
+from include.triggerflow.sources.bounded import (
+    AnswerTooLarge,
+    BoundedReadError,
+    DeadlinePassed,
+    array_elements,
+    object_members,
+    read_body,
+    scalar,
+)
 
 log = logging.getLogger(__name__)
 
 JOURNAL_PARTITION = 0
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_REQUEST_DEADLINE_S = 60.0
+DEFAULT_TIMEOUT_S = 30.0
+ERROR_BODY_BYTES = 64 * 1024
+# Where an over-cap single-item page says its position: {"events":[{"position":"..."
+_HEAD_POSITION = re.compile(rb'"position"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
+_HEAD_BYTES = 64 * 1024
+NO_POSITION = "journal item without a position"
+# What a connection dropped mid-body surfaces as from urllib3 (read1 bypasses requests' wrapping).
+_URLLIB3_ERRORS = (urllib3.exceptions.HTTPError,)
 
 
 # The page is decoded with msgspec (installed with Airflow) into these shapes, and each pipeline
@@ -54,20 +92,81 @@ _decode_body = msgspec.json.Decoder(_Body).decode
 _decode_wrapped = msgspec.json.Decoder(_Wrapped).decode
 
 
-def _payload(inner: msgspec.Raw) -> str:
-    """The envelope text of one journal item: the inner ``event`` of an I/O Events wrapper, or
-    the item's event itself; a JSON string is stored as its text (as landed before)."""
-    raw = bytes(inner)
+def _text_or_bytes(raw: bytes) -> str | bytes:
+    """Valid UTF-8 as text; anything else as received, for landing to decode with replacement."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _payload(inner: bytes) -> str | bytes:
+    """The envelope of one journal item: the inner ``event`` of an I/O Events wrapper, or the
+    item's event itself; a JSON string is stored as its text (as landed before). Never raises."""
+    raw = inner
     if raw[:1] == b"{":
         try:
             wrapped = _decode_wrapped(raw)
+            if len(wrapped.event):
+                raw = bytes(wrapped.event)
         except msgspec.DecodeError:
-            wrapped = None
-        if wrapped is not None and len(wrapped.event):
-            raw = bytes(wrapped.event)
+            pass
+        except RecursionError:
+            members = object_members(raw)
+            if members is not None and "event" in members:
+                start, end = members["event"]
+                raw = raw[start:end].strip()
     if raw[:1] == b'"':
-        return str(msgspec.json.decode(raw))
-    return raw.decode("utf-8")
+        try:
+            text = msgspec.json.decode(raw)
+            if isinstance(text, str):
+                text.encode("utf-8")  # a lone surrogate escape cannot be stored as text
+                return text
+        except (msgspec.DecodeError, UnicodeEncodeError):
+            pass
+    return _text_or_bytes(raw)
+
+
+def _items_without_recursion(content: bytes) -> tuple[list[tuple[Any, bytes]], Any] | None:
+    """(position, event bytes) of each item and ``_page.last`` of a page nested too deep for the
+    decoder, found by the non-recursive scanner; None if it is not a journal page."""
+    page = object_members(content)
+    if page is None or "events" not in page:
+        return None
+    elements = array_elements(content, *page["events"])
+    if elements is None:
+        return None
+    items: list[tuple[Any, bytes]] = []
+    for start, end in elements:
+        members = object_members(content, start, end) or {}
+        position = scalar(content, members["position"]) if "position" in members else None
+        event = content[members["event"][0] : members["event"][1]].strip() if "event" in members else b""
+        items.append((position, event))
+    last = None
+    info = object_members(content, *page["_page"]) if "_page" in page else None
+    if info and "last" in info:
+        last = scalar(content, info["last"])
+    return items, last
+
+
+def _position_text(value: Any) -> str | None:
+    """A journal position as stored (tf_source_position), or None when the item has none."""
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        return None
+    text = str(value)
+    if not text or len(text) > 200 or any(ch in text for ch in "\x00\r\n"):
+        return None
+    return text
+
+
+@dataclass
+class _Answer:
+    """One journal answer, read within its bounds."""
+
+    status: int
+    body: bytes
+    next_since: str | None  # the ``since`` of its Link: rel="next"
+    too_large: AnswerTooLarge | None = None
 
 
 class JournalSource:
@@ -82,13 +181,19 @@ class JournalSource:
         token_provider: Callable[[bool], str],
         page_limit: int = 500,
         reset: str = "earliest",
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         max_tries: int = 4,
         max_retry_wait_s: float = 30.0,
+        request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S,
+        max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
         session: requests.Session | None = None,
     ) -> None:
         if reset not in {"earliest", "latest"}:
             raise SourceError(f"adobe_triggers: reset must be 'earliest' or 'latest', not {reset!r}")
+        if page_limit < 1 or max_page_bytes < 1 or request_deadline_s <= 0 or timeout <= 0:
+            raise SourceError(
+                "adobe_triggers: page_limit, max_page_bytes, request_deadline_s and timeout_s must be positive"
+            )
         self.journal_url = journal_url
         self.api_key = api_key
         self.org_id = org_id
@@ -98,47 +203,113 @@ class JournalSource:
         self.timeout = timeout
         self.max_tries = max_tries
         self.max_retry_wait_s = max_retry_wait_s
+        self.request_deadline_s = request_deadline_s
+        self.max_page_bytes = max_page_bytes
         self.session = session or requests.Session()
         # Keyed by the registration path, not the host: moving the emulator to another port, or
         # Adobe's host name changing, must not reset the stored position.
         self.source_key = f"journal:{urlparse(journal_url).path}"
         self.endpoint = journal_url
+        # The `limit` of each request, in order (tests check how an over-cap page was retried).
+        self.limits_asked: list[int] = []
 
     def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
         since = positions.get(JOURNAL_PARTITION)
         remaining = max_messages
+        limit = self.page_limit
         while remaining > 0:
-            params: dict[str, str | int] = {"limit": min(self.page_limit, remaining)}
+            params: dict[str, str | int] = {"limit": min(limit, remaining)}
             if since:
                 params["since"] = since
             elif self.reset == "latest":
                 params["latest"] = "true"
-            resp = self._get(params)
-            if resp.status_code == 204:
+            answer = self._get(params)
+            if answer.status == 204:
                 if not since and self.reset == "latest":
                     # Nothing newer than "latest" yet. Pin the end of the journal (the 204's
                     # Link: rel="next" carries it) so the next read continues from here; without
                     # a stored position every read would start at the end again and skip
                     # whatever arrived in between.
-                    pinned = _since_of(resp.links.get("next", {}).get("url"))
-                    if pinned:
-                        yield Page(messages=[], next_positions={JOURNAL_PARTITION: pinned})
+                    if answer.next_since:
+                        yield Page(messages=[], next_positions={JOURNAL_PARTITION: answer.next_since})
                 return
-            try:
-                body = _decode_body(resp.content)
-            except msgspec.DecodeError as exc:
-                raise SourceError(f"journal answered 200 with a body that is not a journal page: {exc}") from None
-            items = body.events or []
-            if not items:
+            if answer.too_large is not None:
+                asked = int(params["limit"])
+                if asked > 1:
+                    limit = max(1, asked // 2)
+                    log.warning(
+                        "%s: a journal page of %d items is larger than %d bytes; asking for %d",
+                        self.source_key, asked, self.max_page_bytes, limit,
+                    )
+                    continue
+                page = self._skip_oversized(answer)
+                yield page
+                since = page.next_positions[JOURNAL_PARTITION]
+                remaining -= 1
+                continue
+            page = self._page(answer.body)
+            if page is None:
                 return
-            messages = [
-                RawMessage(partition=JOURNAL_PARTITION, position=str(item.position), payload=_payload(item.event))
-                for item in items
-            ]
-            last = str((body._page.last if body._page is not None else None) or messages[-1].position)
-            yield Page(messages=messages, next_positions={JOURNAL_PARTITION: last}, bytes_read=len(resp.content))
-            since = last
-            remaining -= len(messages)
+            yield page
+            since = page.next_positions[JOURNAL_PARTITION]
+            remaining -= len(page.messages) + sum(page.dropped.values())
+            limit = min(self.page_limit, limit * 2)  # a huge item has passed: grow back
+
+    def _page(self, content: bytes) -> Page | None:
+        """The page of a 200 answer; None when it has no items."""
+        entries: list[tuple[Any, bytes | msgspec.Raw]]
+        try:
+            body = _decode_body(content)
+            entries = [(item.position, item.event) for item in body.events or []]
+            last: Any = body._page.last if body._page is not None else None
+        except msgspec.DecodeError as exc:
+            raise SourceError(f"journal answered 200 with a body that is not a journal page: {exc}") from None
+        except RecursionError:
+            # An item nested deeper than the decoder follows: split the page without recursion.
+            found = _items_without_recursion(content)
+            if found is None:
+                raise SourceError("journal answered 200 with a body that is not a journal page") from None
+            entries, last = found
+        if not entries:
+            return None
+        messages: list[RawMessage] = []
+        dropped: dict[str, int] = {}
+        seen: set[str] = set()
+        for position, event in entries:
+            text = _position_text(position)
+            if text is None or text in seen:
+                reason = NO_POSITION if text is None else "journal position repeated in one page"
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+            seen.add(text)
+            messages.append(RawMessage(partition=JOURNAL_PARTITION, position=text, payload=_payload(bytes(event))))
+        next_position = _position_text(last) or (messages[-1].position if messages else None)
+        if next_position is None:
+            raise SourceError(
+                f"journal page of {len(entries)} items has no usable position (no _page.last and no item "
+                "position): the stored position cannot advance"
+            )
+        return Page(
+            messages=messages, next_positions={JOURNAL_PARTITION: next_position}, bytes_read=len(content),
+            dropped=dropped,
+        )
+
+    def _skip_oversized(self, answer: _Answer) -> Page:
+        """A one-item page over the byte cap: move past the item, counting it as dropped."""
+        assert answer.too_large is not None
+        head = _HEAD_POSITION.search(answer.too_large.head)
+        position = answer.next_since or (_position_text(head.group(1).decode("utf-8", "replace")) if head else None)
+        if position is None:
+            raise SourceError(
+                f"journal item larger than extra.max_page_bytes ({self.max_page_bytes} bytes) and its position "
+                "cannot be found to skip it: raise max_page_bytes in the extras of connection adobe_triggers"
+            )
+        reason = f"journal item larger than {self.max_page_bytes} bytes"
+        log.warning("%s: %s at %s, skipped (raise extra.max_page_bytes to land such items)", self.source_key, reason, position)
+        return Page(
+            messages=[], next_positions={JOURNAL_PARTITION: position}, bytes_read=self.max_page_bytes,
+            dropped={reason: 1},
+        )
 
     def _headers(self, refresh: bool) -> dict[str, str]:
         return {
@@ -148,25 +319,46 @@ class JournalSource:
             "Accept": "application/json",
         }
 
-    def _get(self, params: Mapping[str, str | int]) -> requests.Response:
+    def _get(self, params: Mapping[str, str | int]) -> _Answer:
         refreshed = False
         attempt = 0
         while True:
             attempt += 1
+            self.limits_asked.append(int(params["limit"]))
+            started = time.monotonic()
             try:
                 resp = self.session.get(
-                    self.journal_url, params=params, headers=self._headers(refreshed), timeout=self.timeout
+                    self.journal_url, params=params, headers=self._headers(refreshed), timeout=self.timeout,
+                    stream=True,
                 )
-            except (requests.ConnectionError, requests.Timeout) as exc:
+                status = resp.status_code
+                next_since = _since_of(resp.links.get("next", {}).get("url"))
+                cap = self.max_page_bytes if status == 200 else ERROR_BODY_BYTES
+                body = read_body(
+                    resp, what="journal page", max_bytes=cap, deadline_s=self.request_deadline_s, started=started
+                )
+            except AnswerTooLarge as exc:
+                if status != 200:
+                    raise SourceError(f"journal answered HTTP {status} with an error body over {cap} bytes") from None
+                return _Answer(status=status, body=b"", next_since=next_since, too_large=exc)
+            except DeadlinePassed:
+                if attempt >= self.max_tries:
+                    raise SourceError(
+                        f"journal {self.journal_url}: a page took longer than extra.request_deadline_s "
+                        f"({self.request_deadline_s:g} s) {attempt} times; raise it, or lower extra.page_limit"
+                    ) from None
+                self._sleep(None, attempt)
+                continue
+            except (requests.RequestException, OSError, BoundedReadError, *_URLLIB3_ERRORS) as exc:
                 if attempt >= self.max_tries:
                     raise SourceError(
                         f"journal {self.journal_url} unreachable after {attempt} tries: {exc.__class__.__name__}"
                     ) from None
                 self._sleep(None, attempt)
                 continue
-            if resp.status_code in (200, 204):
-                return resp
-            if resp.status_code == 401:
+            if status in (200, 204):
+                return _Answer(status=status, body=body, next_since=next_since)
+            if status == 401:
                 if refreshed:
                     raise SourceError(
                         "journal refused a freshly minted IMS token (401 twice): check that the "
@@ -174,10 +366,10 @@ class JournalSource:
                     )
                 refreshed = True  # the token expired or was revoked: mint a new one once
                 continue
-            if resp.status_code in RETRYABLE_STATUS and attempt < self.max_tries:
+            if status in RETRYABLE_STATUS and attempt < self.max_tries:
                 self._sleep(resp.headers.get("retry-after"), attempt)
                 continue
-            raise SourceError(f"journal answered HTTP {resp.status_code}: {resp.text[:300]}")
+            raise SourceError(f"journal answered HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
 
     def _sleep(self, retry_after: str | None, attempt: int) -> None:
         try:

@@ -32,14 +32,34 @@ How triggerflow uses it:
   connection is past the offset we asked for, Pipeline skipped what we asked for (retention
   expiry, or reset): the page reports a :class:`Gap`. A partition read for the first time always
   reports one (expected ``None``), since nothing tells us where the topic started.
-* A read stops at ``max_messages``, at the first PING (nothing more waiting), or after
-  ``idle_stop_s`` without DATA while other lines (SYNC) still arrive. Pages hold at most
-  ``page_size`` messages (pipelined's ``pointerFlushMessageCount``, 1000).
+* When a read ends (each bound is an extra of connection ``adobe_triggers``):
+
+  - ``max_messages`` DATA lines taken, or ``max_read_bytes`` received (default 256 MiB);
+  - ``read_deadline_s`` after it started (default 45 s; checked after every socket read, so at
+    most ``read_timeout_s`` late), whatever the server sends: PINGs, SYNCs or a trickle;
+  - **caught up**: ``caught_up_pings`` PINGs in a row (default 2) with no DATA between them, once
+    this read has received DATA. A PING says the stream has caught up, but some servers send
+    PINGs on a timer, between DATA lines; two in a row with nothing between mean nothing was
+    waiting for a whole keep-alive interval. Set 1 to end on the first PING after DATA;
+  - **nothing came**: ``keepalive_wait_s`` (default 5 s) after it started without any DATA. A
+    PING never ends a read that has received no DATA: a server that opens every stream with a
+    PING (or sends only PINGs) would otherwise be read as "nothing waiting" forever. The PINGs
+    of a read are counted in ``Page.keepalives`` so landing can show reads that got only those;
+  - ``idle_stop_s`` without DATA while other lines (SYNC) still arrive (default 30 s).
+
+  Pages hold at most ``page_size`` messages (pipelined's ``pointerFlushMessageCount``, 1000).
 * Delivery is at-least-once: a DATA line below the next expected offset of its partition is a
   duplicate and is dropped (counted), so a page never repeats a position nor carries one that is
-  already landed. A line that is not a JSON object with an integer partition and offset cannot be
-  placed at a position: it is counted and logged as *unplaceable*. A DATA line with a valid
-  partition/offset but a garbled body is yielded as is; validation quarantines it.
+  already landed. A line that cannot be placed at a position is counted in ``Page.dropped`` by
+  reason (blank, byte order mark, not JSON, not a JSON object, no integer partition/offset, larger
+  than ``max_line_bytes``) and logged. A DATA line with a valid partition/offset but a garbled
+  body is yielded as is (bytes when it is not UTF-8; landing decodes it with replacement) and
+  validation quarantines it; a line nested too deep for the JSON parser still gets its partition
+  and offset from a scanner that does not recurse.
+* Lines are split by :class:`~include.triggerflow.sources.bounded.LineSplitter`: linear in the
+  line length, holding at most ``max_line_bytes`` (default 4 MiB, four times Pipeline's 1 MB
+  message limit, so a message over Pipeline's limit still lands and validation quarantines it
+  with its size) of a line; a longer line is skipped to its newline and counted as dropped.
 * Failures: 401 → one forced token refresh, a second 401 is an error; 429/500/502/503/504 →
   ``Retry-After`` (capped at ``max_retry_wait_s``) or exponential back-off; connection errors, read
   timeouts and streams cut mid-way → what was read is yielded first, then the source reconnects
@@ -54,15 +74,26 @@ import json
 import logging
 import re
 import time
+from enum import StrEnum
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Generator
 
+import msgspec
 import requests
 import urllib3
 
 from include.triggerflow.sources.base import Gap, Page, RawMessage, SourceError
+from include.triggerflow.sources.bounded import (
+    CHUNK_BYTES,
+    BoundedReadError,
+    LineSplitter,
+    index_at,
+    object_members,
+    read_body,
+    scalar,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +111,41 @@ _TRANSPORT_ERRORS = (
     OSError,
 )
 _OFFSET_RE = re.compile(r"^\d{1,18}$")
-_READ_CHUNK = 64 * 1024
+_BOM = b"\xef\xbb\xbf"
+MAX_OFFSET = 10**18 - 1  # what tf_source_position (and _OFFSET_RE) can hold
+
+DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_READ_BYTES = 256 * 1024 * 1024
+DEFAULT_READ_DEADLINE_S = 45.0
+DEFAULT_KEEPALIVE_WAIT_S = 5.0
+DEFAULT_CAUGHT_UP_PINGS = 2
+# Discovery answers list a few endpoints; error answers carry a sentence.
+DISCOVERY_MAX_BYTES = 1024 * 1024
+ERROR_BODY_BYTES = 64 * 1024
+ERROR_BODY_DEADLINE_S = 10.0
+
+
+class ReadEnd(StrEnum):
+    """Why one stream (or the whole read) stopped."""
+
+    CAUGHT_UP = "caught up"  # caught_up_pings PINGs in a row after DATA
+    MAX = "max messages"
+    BYTES = "max bytes"
+    DEADLINE = "deadline"
+    NOTHING_CAME = "no DATA"  # keepalive_wait_s without DATA
+    IDLE = "idle"  # idle_stop_s without DATA while SYNCs arrive
+    EOF = "eof"
+    FAILED = "failed"
+
+
+# Only the fields that place a line; the body is skipped (and checked to be JSON) unparsed.
+class _Envelope(msgspec.Struct):
+    envelopeType: Any = None  # noqa: N815 - Pipeline's field name
+    partition: Any = None
+    offset: Any = None
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode
 
 
 def _is_index(value: Any) -> bool:
@@ -100,12 +165,25 @@ class _ReadState:
     gaps: list[Gap] = field(default_factory=list)
     bytes: int = 0
     last_error: BaseException | None = None
+    started: float = field(default_factory=time.monotonic)
+    total_bytes: int = 0
+    received_data: bool = False  # any DATA line in this read (also duplicates)
+    pings_in_row: int = 0  # PINGs since the last DATA line
+    keepalives: int = 0  # PINGs not yet reported in a page
+    dropped: dict[str, int] = field(default_factory=dict)  # not yet reported in a page
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def take_page(self) -> Page | None:
-        if not self.messages and not self.gaps:
+        if not (self.messages or self.gaps or self.dropped or self.keepalives):
             return None
-        page = Page(messages=self.messages, next_positions=self.page_next, bytes_read=self.bytes, gaps=self.gaps)
+        page = Page(
+            messages=self.messages, next_positions=self.page_next, bytes_read=self.bytes, gaps=self.gaps,
+            dropped=self.dropped, keepalives=self.keepalives,
+        )
         self.messages, self.page_next, self.gaps, self.bytes = [], {}, [], 0
+        self.dropped, self.keepalives = {}, 0
         return page
 
 
@@ -128,14 +206,26 @@ class PipelineSource:
         page_size: int = DEFAULT_PAGE_SIZE,
         max_tries: int = 4,
         max_retry_wait_s: float = 30.0,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
+        read_deadline_s: float = DEFAULT_READ_DEADLINE_S,
+        keepalive_wait_s: float = DEFAULT_KEEPALIVE_WAIT_S,
+        caught_up_pings: int = DEFAULT_CAUGHT_UP_PINGS,
         session: requests.Session | None = None,
     ) -> None:
         if not consumer or not consumer.strip():
             raise SourceError("adobe_triggers: the pipeline consumer name is empty")
         if reset not in RESET_POLICIES:
             raise SourceError(f"adobe_triggers: reset must be 'earliest' or 'latest', not {reset!r}")
-        if partitions < 1 or page_size < 1 or max_tries < 1:
-            raise SourceError("adobe_triggers: partitions, page_size and max_tries must be at least 1")
+        if partitions < 1 or page_size < 1 or max_tries < 1 or caught_up_pings < 1:
+            raise SourceError(
+                "adobe_triggers: partitions, page_size, max_tries and caught_up_pings must be at least 1"
+            )
+        if max_line_bytes < 1 or max_read_bytes < 1 or read_deadline_s <= 0 or keepalive_wait_s <= 0:
+            raise SourceError(
+                "adobe_triggers: max_line_bytes, max_read_bytes, read_deadline_s and keepalive_wait_s "
+                "must be positive"
+            )
         self.consumer = consumer.strip()
         self.topic = topic
         self.partitions = partitions
@@ -149,6 +239,11 @@ class PipelineSource:
         self.page_size = page_size
         self.max_tries = max_tries
         self.max_retry_wait_s = max_retry_wait_s
+        self.max_line_bytes = max_line_bytes
+        self.max_read_bytes = max_read_bytes
+        self.read_deadline_s = read_deadline_s
+        self.keepalive_wait_s = keepalive_wait_s
+        self.caught_up_pings = caught_up_pings
         self.session = session or requests.Session()
         # Offsets belong to a consumer name: every consumer gets its own full copy of the topic.
         self.source_key = f"pipeline:{self.consumer}:{topic}"
@@ -160,6 +255,7 @@ class PipelineSource:
             "data_lines": 0,
             "duplicates_dropped": 0,
             "unplaceable": 0,
+            "oversize_lines": 0,
             "reconnects": 0,
             "pings": 0,
             "syncs": 0,
@@ -219,8 +315,20 @@ class PipelineSource:
         while True:
             headers = {**self._headers(refresh), "x-gw-ims-org-id": self.org_id}
             self.stats["requests"] += 1
+            started = time.monotonic()
             try:
-                resp = self.session.get(url, params={"topic": self.topic}, headers=headers, timeout=self.read_timeout_s)
+                resp = self.session.get(
+                    url, params={"topic": self.topic}, headers=headers, timeout=self.read_timeout_s, stream=True
+                )
+                data = (
+                    read_body(
+                        resp, what=f"the discovery answer of {url}", max_bytes=DISCOVERY_MAX_BYTES,
+                        deadline_s=self.read_deadline_s, started=started,
+                    )
+                    if resp.status_code == 200 else b""
+                )
+            except BoundedReadError as exc:
+                raise SourceError(f"pipeline discovery: {exc}; set the connection host to force an endpoint") from None
             except _TRANSPORT_ERRORS as exc:
                 failures += 1
                 self._give_up_or_wait(failures, None, f"discovery {url} unreachable ({exc.__class__.__name__})")
@@ -228,9 +336,12 @@ class PipelineSource:
             requested_refresh, refresh = refresh, False
             if resp.status_code == 200:
                 try:
-                    return resp.json()
-                except ValueError:
-                    raise SourceError(f"pipeline discovery at {url} answered 200 with no JSON: {resp.text[:200]}") from None
+                    return json.loads(data)
+                except (ValueError, RecursionError):
+                    raise SourceError(
+                        f"pipeline discovery at {url} answered 200 with no JSON: "
+                        f"{data[:200].decode('utf-8', 'replace')}"
+                    ) from None
             if resp.status_code == 401 and not requested_refresh:
                 refresh = True
                 continue
@@ -265,6 +376,17 @@ class PipelineSource:
         failures = 0
         refresh = False
         while True:
+            if self._deadline_passed(st):
+                if failures:
+                    raise SourceError(
+                        f"pipeline stream from {endpoint} failed without progress until the read's "
+                        f"{self.read_deadline_s:g} s deadline ({_describe(st.last_error)})"
+                    )
+                self._end(st, ReadEnd.DEADLINE)
+                page = st.take_page()
+                if page is not None:
+                    yield page
+                return
             assigned: dict[int, int | None] = {p: st.next_offsets.get(p) for p in range(self.partitions)}
             params = {
                 "group": self.consumer,
@@ -280,6 +402,7 @@ class PipelineSource:
                 )
             except _TRANSPORT_ERRORS as exc:
                 failures += 1
+                st.last_error = exc
                 self._give_up_or_wait(failures, None, f"pipeline {endpoint} unreachable ({exc.__class__.__name__}: {exc})")
                 continue
             requested_refresh, refresh = refresh, False
@@ -313,14 +436,16 @@ class PipelineSource:
             page = st.take_page()
             if page is not None:
                 yield page  # landed before any reconnect: nothing read is ever lost
-            if outcome in ("ping", "max", "idle"):
+            if outcome not in (ReadEnd.EOF, ReadEnd.FAILED):
+                self._end(st, outcome)
                 return
-            if outcome == "eof" and not progressed:
+            if outcome == ReadEnd.EOF and not progressed:
+                self._end(st, outcome)
                 return  # the stream ended without anything for us: nothing is waiting
             self.stats["reconnects"] += 1
             if progressed:
                 failures = 0
-                if outcome == "failed":
+                if outcome == ReadEnd.FAILED:
                     log.warning(
                         "%s: stream from %s broke after progress (%s); reconnecting from the advanced offsets",
                         self.source_key, endpoint, _describe(st.last_error),
@@ -331,59 +456,116 @@ class PipelineSource:
                 failures, None, f"pipeline stream from {endpoint} failed without progress ({_describe(st.last_error)})"
             )
 
+    def _deadline_passed(self, st: _ReadState) -> bool:
+        return time.monotonic() - st.started >= self.read_deadline_s
+
+    def _end(self, st: _ReadState, why: ReadEnd) -> None:
+        log.info(
+            "%s: read ended (%s) after %d messages, %d bytes, %d keep-alives, %.1f s",
+            self.source_key, why.value, st.accepted, st.total_bytes, self.stats["pings"],
+            time.monotonic() - st.started,
+        )
+
     def _consume(
         self, resp: requests.Response, st: _ReadState, assigned: Mapping[int, int | None]
-    ) -> Generator[Page, None, str]:
-        """Read one stream; yield full pages; return why it ended: ping, max, idle, eof, failed."""
+    ) -> Generator[Page, None, ReadEnd]:
+        """Read one stream; yield full pages; return why it ended."""
         seen: set[int] = set()
         last_data = time.monotonic()
+        lines = LineSplitter(self.max_line_bytes)
         try:
-            for raw in resp.iter_lines(chunk_size=_READ_CHUNK):
-                size = len(raw) + 1
-                st.bytes += size
-                self.stats["bytes_read"] += size
-                kind = self._take_line(raw, st, assigned, seen) if raw.strip() else "blank"
-                if kind == "ping":
-                    return "ping"
-                if kind == "data":
-                    last_data = time.monotonic()
-                if st.accepted >= st.max_messages:
-                    return "max"
-                if len(st.messages) >= self.page_size:
-                    page = st.take_page()
-                    if page is not None:
-                        yield page
-                if self.idle_stop_s is not None and time.monotonic() - last_data >= self.idle_stop_s:
+            while True:
+                # read1: what one socket read brought (a chunk of a chunked answer), so bounds
+                # are checked even while a line is still incomplete
+                chunk = resp.raw.read1(CHUNK_BYTES)
+                if not chunk:
+                    tail = lines.finish()  # a last line without newline, stream ended cleanly
+                    if tail is not None:
+                        self._take(tail, st, assigned, seen)
+                    return ReadEnd.EOF
+                for item in lines.feed(chunk):
+                    kind = self._take(item, st, assigned, seen)
+                    if kind == "data":
+                        last_data = time.monotonic()
+                    if kind == "ping" and st.received_data and st.pings_in_row >= self.caught_up_pings:
+                        return ReadEnd.CAUGHT_UP
+                    if st.accepted >= st.max_messages:
+                        return ReadEnd.MAX
+                    if len(st.messages) >= self.page_size:
+                        page = st.take_page()
+                        if page is not None:
+                            yield page
+                now = time.monotonic()
+                if st.total_bytes + lines.pending >= self.max_read_bytes:
+                    return ReadEnd.BYTES
+                if now - st.started >= self.read_deadline_s:
+                    return ReadEnd.DEADLINE
+                if not st.received_data and now - st.started >= self.keepalive_wait_s:
+                    log.info(
+                        "%s: no DATA within %.1f s (%d keep-alives), stopping this read",
+                        self.source_key, self.keepalive_wait_s, self.stats["pings"],
+                    )
+                    return ReadEnd.NOTHING_CAME
+                if self.idle_stop_s is not None and now - last_data >= self.idle_stop_s:
                     log.info("%s: no DATA for %.1f s, stopping this read", self.source_key, self.idle_stop_s)
-                    return "idle"
-            return "eof"
+                    return ReadEnd.IDLE
         except _TRANSPORT_ERRORS as exc:
             st.last_error = exc
-            return "failed"
+            return ReadEnd.FAILED
         finally:
             resp.close()
+
+    def _take(
+        self, item: tuple[bytes | None, int], st: _ReadState, assigned: Mapping[int, int | None], seen: set[int]
+    ) -> str:
+        """Account for one line (None = over the line cap) and place it; returns its kind."""
+        raw, size = item
+        st.bytes += size
+        st.total_bytes += size
+        self.stats["bytes_read"] += size
+        if raw is None:
+            self.stats["oversize_lines"] += 1
+            return self._unplaceable(st, b"", f"line larger than {self.max_line_bytes} bytes", size=size)
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        return self._take_line(raw, st, assigned, seen)
 
     def _take_line(
         self, raw: bytes, st: _ReadState, assigned: Mapping[int, int | None], seen: set[int]
     ) -> str:
+        if not raw.strip():
+            return self._unplaceable(st, raw, "blank line")
+        if raw.startswith(_BOM):
+            return self._unplaceable(st, raw, "line starts with a byte order mark")
         try:
-            text = raw.decode("utf-8")
-            obj = json.loads(text)
-        except ValueError:  # UnicodeDecodeError is a ValueError too
-            return self._unplaceable(raw, "not JSON")
-        if not isinstance(obj, dict):
-            return self._unplaceable(raw, "not a JSON object")
-        envelope_type = obj.get("envelopeType")
+            env = _decode_envelope(raw)
+            envelope_type, partition, offset = env.envelopeType, env.partition, env.offset
+        except msgspec.ValidationError:
+            return self._unplaceable(st, raw, "not a JSON object")
+        except msgspec.DecodeError:
+            return self._unplaceable(st, raw, "not JSON")
+        except RecursionError:
+            # Nested deeper than the parser follows: find the placing members without recursion,
+            # so the message lands at its position and validation quarantines it.
+            members = object_members(raw)
+            if members is None:
+                return self._unplaceable(st, raw, "not JSON")
+            envelope_type = scalar(raw, members["envelopeType"]) if "envelopeType" in members else None
+            partition = index_at(raw, members["partition"]) if "partition" in members else None
+            offset = index_at(raw, members["offset"]) if "offset" in members else None
         if envelope_type == "PING":
             self.stats["pings"] += 1
+            st.keepalives += 1
+            st.pings_in_row += 1
             return "ping"
         if envelope_type == "SYNC":
             self.stats["syncs"] += 1  # triggerflow keeps its own offsets: never committed
             return "sync"
-        partition, offset = obj.get("partition"), obj.get("offset")
-        if not _is_index(partition) or not _is_index(offset):
-            return self._unplaceable(raw, "no integer partition/offset")
+        if not _is_index(partition) or not _is_index(offset) or offset > MAX_OFFSET:
+            return self._unplaceable(st, raw, "no integer partition/offset")
         self.stats["data_lines"] += 1
+        st.received_data = True
+        st.pings_in_row = 0
         if partition not in seen:
             seen.add(partition)
             self._check_resume(st, partition, offset, assigned.get(partition))
@@ -391,7 +573,11 @@ class PipelineSource:
         if expected is not None and offset < expected:
             self.stats["duplicates_dropped"] += 1  # at-least-once delivery: already read
             return "duplicate"
-        st.messages.append(RawMessage(partition=partition, position=str(offset), payload=text))
+        try:
+            payload: str | bytes = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            payload = raw  # landing decodes with replacement and keeps these bytes
+        st.messages.append(RawMessage(partition=partition, position=str(offset), payload=payload))
         st.next_offsets[partition] = offset + 1
         st.page_next[partition] = str(offset + 1)
         st.accepted += 1
@@ -420,11 +606,12 @@ class PipelineSource:
                 self.source_key, partition, asked, offset, asked,
             )
 
-    def _unplaceable(self, raw: bytes, why: str) -> str:
+    def _unplaceable(self, st: _ReadState, raw: bytes, why: str, *, size: int | None = None) -> str:
         self.stats["unplaceable"] += 1
+        st.drop(why)
         log.warning(
             "%s: unplaceable line (%s, %d bytes) from %s, not landed: %r",
-            self.source_key, why, len(raw), self.endpoint, raw[:80],
+            self.source_key, why, len(raw) if size is None else size, self.endpoint, raw[:80],
         )
         return "unplaceable"
 
@@ -478,11 +665,21 @@ def _retry_after_seconds(value: str | None, failures: int) -> float:
 
 
 def _adobe_message(resp: requests.Response) -> str:
-    """Adobe's own words from an error answer (Pipeline: message; IMS style: error_description)."""
+    """Adobe's own words from an error answer (Pipeline: message; IMS style: error_description),
+    read with a size cap and a deadline like every answer."""
     try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:300] or resp.reason or ""
+        data = read_body(
+            resp, what="the error answer", max_bytes=ERROR_BODY_BYTES, deadline_s=ERROR_BODY_DEADLINE_S,
+            started=time.monotonic(),
+        )
+    except BoundedReadError as exc:
+        return f"{resp.reason or ''} ({exc})"
+    except _TRANSPORT_ERRORS as exc:
+        return f"{resp.reason or ''} (answer unreadable: {exc.__class__.__name__})"
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return data[:300].decode("utf-8", "replace") or resp.reason or ""
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "message", "error_description") if body.get(k)]
         if parts:
