@@ -242,6 +242,14 @@ def render_page(document: dict[str, Any], *, json_href: str = "status") -> str:
     if routing.get("error"):
         routing_rows += f'<tr><th>routing error</th><td class="err">{html.escape(str(routing["error"]))}</td></tr>'
     total = sum(int(h["messages"]) for h in document.get("messages-per-hour", []))
+    # Warnings first on the page: a source that only pings looks green in every counter.
+    warnings = "".join(
+        f'<li class="warning" data-code="{html.escape(str(w.get("code", "")))}"><b>{html.escape(str(w.get("code", "")))}</b>: '
+        f'{html.escape(str(w.get("detail", "")))}</li>'
+        for w in document.get("warnings") or []
+        if isinstance(w, dict)
+    )
+    warnings_block = f'<ul id="warnings">{warnings}</ul>' if warnings else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{PAGE_REFRESH_S}">
@@ -255,7 +263,8 @@ def render_page(document: dict[str, Any], *, json_href: str = "status") -> str:
  .card.alert {{ background: #ffebe9; }} table {{ border-collapse: collapse; }}
  th, td {{ text-align: left; padding: 3px 12px 3px 0; border-bottom: 1px solid #eef0f2; font-weight: normal; }}
  th {{ color: #59636e; font-family: ui-monospace, monospace; }} td {{ font-variant-numeric: tabular-nums; }}
- .err {{ color: #cf222e; white-space: pre-wrap; }} svg .bar {{ fill: #0969da; }}
+ .err {{ color: #cf222e; white-space: pre-wrap; }} #warnings {{ padding: 0; list-style: none; }}
+ .warning {{ background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 6px 12px; margin: 6px 0; }} svg .bar {{ fill: #0969da; }}
  svg .axis {{ stroke: #59636e; }} svg .day {{ stroke: #d1d9e0; stroke-dasharray: 2 2; }}
  svg .tick {{ font-size: 11px; fill: #59636e; }}
  @media (prefers-color-scheme: dark) {{
@@ -267,7 +276,7 @@ def render_page(document: dict[str, Any], *, json_href: str = "status") -> str:
 <div class="sub">consumer <b>{html.escape(_fmt(document.get("consumer")))}</b> · source
 {html.escape(_fmt(document.get("source")))} · at {html.escape(_fmt(document.get("generated-at")))} ·
 <a href="{html.escape(json_href)}">JSON</a></div>
-<div class="cards">{cards}</div>
+{warnings_block}<div class="cards">{cards}</div>
 <h2>Messages per hour, last 5 days (UTC) — {total:,} in all</h2>
 {_chart(document.get("messages-per-hour", []))}
 <h2>Indicators</h2>

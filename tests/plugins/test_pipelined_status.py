@@ -36,7 +36,7 @@ with warnings.catch_warnings():  # starlette's note about httpx, raised by this 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_FILE = PROJECT_ROOT / "plugins" / "pipelined_status.py"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-FIELDS = ["consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour"]
+FIELDS = ["consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"]
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_authenticated_user_gets_the_document(
         kit.engine, routing, source_key=source.source_key, consumer="triggerflow-reg",
         settings=status_settings_from_connection({"page_limit": 2}),
     )
-    volatile = {"last-alive-ms-ago", "last-flush-ms-ago", "generated-at"}
+    volatile = {"last-alive-ms-ago", "last-flush-ms-ago", "last-data-ms-ago", "generated-at"}
 
     def stable(d: dict) -> dict:
         return {k: stable(v) if isinstance(v, dict) else v for k, v in d.items() if k not in volatile}
@@ -327,6 +327,19 @@ def test_render_page_chart_scale(plugin: ModuleType) -> None:
     assert 'class="card alert" id="current-messages"' in page and 'class="card ok" id="trigger-failures"' in page
     assert "<th>triggers: *</th><td>cus:pipeline.js</td>" in page
     assert "2,250 in all" in page
+
+
+def test_render_page_shows_warnings_first_and_escaped(plugin: ModuleType) -> None:
+    document = {
+        "stats": {"current-messages": 0, "lines-dropped": 4},
+        "warnings": [{"code": "keep-alives-only", "detail": "the last 40 reads received only keep-alives <b>"}],
+    }
+    page = plugin.render_page(document)
+    assert '<li class="warning" data-code="keep-alives-only"><b>keep-alives-only</b>: the last 40 reads' in page
+    assert "keep-alives &lt;b&gt;" in page
+    assert page.index('id="warnings"') < page.index('class="cards"')
+    assert "<th>stats.lines-dropped</th><td>4</td>" in page
+    assert 'id="warnings"' not in plugin.render_page({"stats": {}, "warnings": []})
 
 
 # -- a real API server -------------------------------------------------------------------------------
