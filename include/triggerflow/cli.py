@@ -13,6 +13,12 @@
     positions                    the stored source positions
     forget-position SOURCE       drop a source's stored positions: its next pull starts where the
                                  adobe_triggers connection's `reset` says (earliest or latest)
+    skip SOURCE [--partition N] [--count N] [--reason TEXT]
+                                 move a Pipeline partition's next offset N messages on (past a message
+                                 the pull cannot get over), recorded in tf_source_gap as a deliberate skip
+    set-position SOURCE POSITION [--partition N] [--reason TEXT]
+                                 store POSITION as where the next pull starts (a journal position to read
+                                 after, or a Pipeline offset), recorded in tf_source_gap as a deliberate skip
     status [--source KEY] [--consumer NAME]
                                  Campaign's `pipelined` status document (JSON), as served at
                                  /pipelined/status by the Airflow plugin
@@ -183,6 +189,23 @@ def cmd_forget_position(args: argparse.Namespace) -> int:
     with engine.begin() as conn:
         removed = conn.execute(delete(source_position).where(source_position.c.source == args.source)).rowcount
     print(f"forgot {removed} stored position(s) of {args.source}")
+    return 0
+
+
+def cmd_move_position(args: argparse.Namespace) -> int:
+    from include.triggerflow.positions import PositionError, set_position, skip_messages
+
+    engine = _engine(args)
+    try:
+        if args.command == "skip":
+            move = skip_messages(engine, args.source, args.partition, args.count, reason=args.reason)
+        else:
+            move = set_position(engine, args.source, args.partition, args.position, reason=args.reason)
+    except PositionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    old = "nothing stored" if move.old is None else move.old
+    print(f"{move.source} partition {move.partition}: {old} -> {move.new} (recorded in tf_source_gap as a deliberate skip)")
     return 0
 
 
@@ -403,6 +426,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("forget-position", help="drop a source's stored positions")
     p.add_argument("source", help="the source key, as listed by `positions`")
     p.set_defaults(func=cmd_forget_position)
+    p = sub.add_parser("skip", help="move a Pipeline partition's next offset past N messages (recorded as a gap)")
+    p.add_argument("source", help="the source key, as listed by `positions`")
+    p.add_argument("--partition", type=int, default=0, help="partition (default 0)")
+    p.add_argument("--count", type=int, default=1, help="messages to skip (default 1)")
+    p.add_argument("--reason", help="why (kept in tf_source_gap)")
+    p.set_defaults(func=cmd_move_position)
+    p = sub.add_parser("set-position", help="store where a source's next pull starts (recorded as a gap)")
+    p.add_argument("source", help="the source key, as listed by `positions`")
+    p.add_argument("position", help="a journal position (read after it) or a Pipeline offset (read from it)")
+    p.add_argument("--partition", type=int, default=0, help="partition (default 0; the journal has only 0)")
+    p.add_argument("--reason", help="why (kept in tf_source_gap)")
+    p.set_defaults(func=cmd_move_position)
     p = sub.add_parser("status", help="Campaign's pipelined status document (JSON)")
     p.add_argument(
         "--source",

@@ -215,3 +215,24 @@ def test_decisions_per_run_customer_and_code(kit, store_url: str, routing) -> No
     assert len(suppressed) == 1
     counts = json.loads(cli(store_url, "decisions", "--run", "run-b1", "--counts").stdout)
     assert counts == {"matched": 1, "suppressed:opt-out": 1, "unmatched": 1}
+
+
+def test_positions_skip_and_set_position(kit, store_url: str) -> None:
+    from include.triggerflow.store.schema import source_gap, source_position
+
+    source = "pipeline:customer_dev:triggers"
+    with kit.engine.begin() as conn:
+        conn.execute(insert(source_position).values(source=source, partition=0, position="41", updated_at=datetime.now(timezone.utc)))
+
+    skipped = cli(store_url, "skip", source, "--reason", "offset 41 stops the pull")
+    assert skipped.returncode == 0, skipped.stderr
+    assert skipped.stdout.strip() == f"{source} partition 0: 41 -> 42 (recorded in tf_source_gap as a deliberate skip)"
+    set_ = cli(store_url, "set-position", source, "100", "--partition", "0")
+    assert set_.returncode == 0, set_.stderr
+    listed = cli(store_url, "positions").stdout.splitlines()
+    assert listed[1].split("\t")[:3] == [source, "0", "100"]
+    assert [(g["expected_position"], g["resumed_position"]) for g in kit.rows(source_gap, order_by=source_gap.c.gap_id)] == [
+        ("41", "42"), ("42", "100")
+    ]
+    refused = cli(store_url, "set-position", "journal:/typo", "pos-1")
+    assert refused.returncode == 2 and "no source 'journal:/typo'" in refused.stderr
