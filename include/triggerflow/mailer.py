@@ -77,6 +77,22 @@ class HeaderInjectionError(ValueError):
     """A header name or value would break out of its header line (CR, LF or NUL)."""
 
 
+#: default cap on a rendered email's size in bytes, headers included (Pipeline's own limit on a
+#: trigger is 1 MB; an email larger than this came from data nobody meant to send)
+MAX_EMAIL_BYTES = 1_000_000
+
+
+class EmailTooLargeError(ValueError):
+    """A rendered email over the size cap."""
+
+
+def check_email_size(message: bytes, limit: int = MAX_EMAIL_BYTES) -> bytes:
+    """Return ``message``, or raise EmailTooLargeError when it is larger than ``limit`` bytes."""
+    if len(message) > limit:
+        raise EmailTooLargeError(f"email larger than {limit} bytes ({len(message)} bytes)")
+    return message
+
+
 class InvalidAddressError(ValueError):
     """An email address is not a single plain ``local@domain`` address."""
 

@@ -1,25 +1,46 @@
-"""The suppression list (``tf_suppression``): addresses and domains never to mail.
+"""The suppression list (``tf_suppression``): addresses and domains not to mail.
 
-Sources: ``hard-bounce`` (written by the send stage on a 5xx), ``block-list`` (added by people,
-e.g. from a complaint feed or a legal request). An entry is a lower-cased address
-(``someone@example.com``) or a whole domain written ``@example.com``. Reconciliation checks both
-the address and its domain and records ``suppressed:hard-bounce`` or ``suppressed:block-list``.
+Every entry has a category (:class:`Category`, stored in the ``source`` column):
+
+* ``hard-bounce`` — written by the send stage when a mailbox does not exist (a recipient-stage
+  5.1.x, 5.2.1 or bare 5xx; see ``smtp_replies``), with the run's batch id;
+* ``complaint``, ``manual``, ``block-list``, ``unsubscribe`` — added by people (a complaint feed,
+  a legal request, an import of an old unsubscribe list).
+
+An entry is a lower-cased address (``someone@example.com``) or a whole domain written
+``@example.com``, and may expire (``expires_at``; None: for good). An expired entry no longer
+suppresses anyone. Reconciliation checks both the address and its domain.
+
+A bad day (a relay that answered "user unknown" for everyone) is undone with :func:`lift`:
+select entries by category, creation time range and/or batch, and delete them.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, true
 
 from include.triggerflow.mailer import InvalidAddressError, validate_address
 from include.triggerflow.store.db import chunked, insert_ignore
 from include.triggerflow.store.schema import suppression
 
-SOURCES = ("block-list", "hard-bounce")
+
+
+class Category(StrEnum):
+    HARD_BOUNCE = "hard-bounce"
+    COMPLAINT = "complaint"
+    MANUAL = "manual"
+    BLOCK_LIST = "block-list"
+    UNSUBSCRIBE = "unsubscribe"
+
+
+SOURCES = tuple(c.value for c in Category)
 _DOMAIN = re.compile(r"@[a-z0-9-]+(\.[a-z0-9-]+)+")
 
 
@@ -42,13 +63,31 @@ def normalise_entry(entry: str) -> str:
         raise SuppressionEntryError(f"{entry!r}: {exc}") from None
 
 
-def add_entries(engine: Engine, entries: Iterable[str], *, source: str = "block-list", reason: str | None = None) -> int:
-    """Add entries (all checked first: one bad entry adds nothing); returns how many were new."""
-    if source not in SOURCES:
-        raise SuppressionEntryError(f"source {source!r} is not one of: {', '.join(SOURCES)}")
+def category(value: str) -> Category:
+    """The category named ``value``, or SuppressionEntryError listing the valid ones."""
+    try:
+        return Category(value)
+    except ValueError:
+        raise SuppressionEntryError(f"category {value!r} is not one of: {', '.join(SOURCES)}") from None
+
+
+def add_entries(
+    engine: Engine,
+    entries: Iterable[str],
+    *,
+    source: str = Category.BLOCK_LIST,
+    reason: str | None = None,
+    expires_at: datetime | None = None,
+) -> int:
+    """Add entries (all checked first: one bad entry adds nothing); returns how many were new.
+    An address already listed keeps its entry."""
+    kind = category(source)
     clean = sorted({normalise_entry(e) for e in entries})
     now = datetime.now(timezone.utc)
-    rows = [{"address": a, "source": source, "reason": reason, "smtp_code": None, "created_at": now} for a in clean]
+    rows = [
+        {"address": a, "source": kind.value, "reason": reason, "smtp_code": None, "created_at": now, "expires_at": expires_at}
+        for a in clean
+    ]
     with engine.begin() as conn:
         return insert_ignore(conn, suppression, rows, keys=["address"])
 
@@ -62,9 +101,76 @@ def remove_entries(engine: Engine, entries: Iterable[str]) -> int:
     return removed
 
 
-def list_entries(engine: Engine, *, source: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    stmt = select(suppression).order_by(suppression.c.created_at.desc()).limit(limit)
-    if source is not None:
-        stmt = stmt.where(suppression.c.source == source)
+def active(now: datetime | None = None) -> ColumnElement[bool]:
+    """The entries that suppress at ``now``: no expiry, or an expiry still ahead."""
+    at = now or datetime.now(timezone.utc)
+    return or_(suppression.c.expires_at.is_(None), suppression.c.expires_at > at)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries to list or lift; every given criterion must hold (none given: all entries)."""
+
+    category: Category | None = None
+    #: created at or after / before (UTC)
+    since: datetime | None = None
+    until: datetime | None = None
+    batch_id: str | None = None
+    #: include expired entries (listing only; lifting takes expired ones too)
+    expired: bool = True
+
+    def where(self) -> ColumnElement[bool]:
+        parts: list[ColumnElement[bool]] = []
+        if self.category is not None:
+            parts.append(suppression.c.source == self.category.value)
+        if self.since is not None:
+            parts.append(suppression.c.created_at >= self.since)
+        if self.until is not None:
+            parts.append(suppression.c.created_at < self.until)
+        if self.batch_id is not None:
+            parts.append(suppression.c.batch_id == self.batch_id)
+        if not self.expired:
+            parts.append(active())
+        return and_(true(), *parts)
+
+    def is_everything(self) -> bool:
+        return self.category is None and self.since is None and self.until is None and self.batch_id is None
+
+
+def list_entries(engine: Engine, selection: Selection | None = None, *, source: str | None = None,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+    """Entries, newest first."""
+    chosen = selection or Selection(category=category(source) if source is not None else None)
+    stmt = select(suppression).where(chosen.where()).order_by(suppression.c.created_at.desc()).limit(limit)
     with engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(stmt)]
+
+
+def count_entries(engine: Engine, selection: Selection) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(suppression).where(selection.where())).scalar_one())
+
+
+def lift(engine: Engine, selection: Selection) -> int:
+    """Delete the selected entries (to undo a bad day); returns how many were lifted. Refuses an
+    empty selection: lifting every suppression is never what a typo meant."""
+    if selection.is_everything():
+        raise SuppressionEntryError("say what to lift: a category, a time range (--since/--until) or a batch")
+    with engine.begin() as conn:
+        return conn.execute(delete(suppression).where(selection.where())).rowcount or 0
+
+
+def parse_when(text: str, *, now: datetime | None = None) -> datetime:
+    """``2026-12-05``, ``2026-12-05T14:00`` (UTC unless an offset is given) or an age such as
+    ``90m``, ``6h``, ``2d`` (that long before now)."""
+    value = text.strip()
+    match = re.fullmatch(r"(\d+)([mhd])", value)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount), "d": timedelta(days=amount)}[unit]
+        return (now or datetime.now(timezone.utc)) - delta
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise SuppressionEntryError(f"{text!r} is neither a date/time (2026-12-05T14:00) nor an age (90m, 6h, 2d)") from None
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -11,27 +11,27 @@ lose failures. Here every message is one SMTP transaction whose outcome the ledg
 **Pipelining.** When the server advertises PIPELINING (RFC 2920; Postfix, Exchange and the big
 relays do), ``MAIL FROM``, ``RCPT TO`` and ``DATA`` go out in one write and their three replies
 are read together: two round trips per message instead of four, still one message per SMTP
-transaction, still nothing accepted without the 250 to the end of DATA. The outcomes are those of
-``smtplib.SMTP.sendmail`` (same exceptions, same replies); without PIPELINING ``sendmail`` is used.
+transaction, still nothing accepted without the 250 to the end of DATA. Without PIPELINING the
+same commands go one by one.
+
+**Outcomes.** Every reply is returned as an :class:`SmtpOutcome` carrying the stage it answered
+(MAIL, RCPT, DATA, end-of-DATA) and its class (``smtp_replies``); the send stage decides from the
+class. A broken connection raises, and *where* it broke matters (RFC 1047): before the final "."
+was written the message cannot have arrived (``SMTPServerDisconnected``, a safe resend); after it
+and before the reply the server may have queued it (:class:`DeliveryUncertain`).
 """
 
 from __future__ import annotations
 
 import re
 import smtplib
-from dataclasses import dataclass
 
 from airflow.providers.smtp.hooks.smtp import SmtpHook
 
 from include.triggerflow.mailer import PLAIN_ADDRESS
+from include.triggerflow.smtp_replies import DeliveryUncertain, SmtpOutcome, SmtpStage, accepted, read_reply
 
-
-@dataclass(frozen=True)
-class SmtpOutcome:
-    accepted: bool
-    code: int | None
-    reply: str
-    permanent: bool  # 5xx: do not retry this recipient
+__all__ = ["DeliveryUncertain", "SmtpOutcome", "TriggerMailHook"]
 
 
 class TriggerMailHook(SmtpHook):
@@ -63,35 +63,18 @@ class TriggerMailHook(SmtpHook):
         return str(self.conn.extra_dejson.get("message_id_domain") or "triggerflow.local")
 
     def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
-        """Send one message; recipient-level refusals are returned, session failures raised.
+        """Send one message as one SMTP transaction; every server reply is returned, classified
+        (``smtp_replies``) with the stage it answered.
 
-        A session failure (disconnect, timeout) propagates: the server did not answer 250 to the
-        end of DATA, so the message was not accepted and stays retryable.
+        A session failure raises. Before the end of DATA (the final "." not fully written) it is
+        ``smtplib.SMTPServerDisconnected`` (or another ``OSError``): the server cannot have the
+        message, sending it again is safe. After the final "." was written and before the reply
+        it is :class:`DeliveryUncertain`: the server may have queued the message (RFC 1047).
         """
         client = self._smtp_client
         if client is None:
             raise RuntimeError("TriggerMailHook must be used as a context manager (with ... as mail)")
-        sender = self.sender
-        try:
-            # The first message of a session goes through sendmail, which says EHLO; from then on
-            # the server's extensions are known.
-            if getattr(client, "does_esmtp", False) and client.has_extn("pipelining"):
-                refused = _sendmail_pipelined(client, sender, recipient, message)
-            else:
-                refused = client.sendmail(sender, [recipient], message)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = exc.recipients.get(recipient, (None, b"recipient refused"))
-            return _refused(code, reply)
-        except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as exc:
-            # The server answered; a 4xx/5xx here concerns this message only.
-            code = exc.smtp_code
-            if code >= 400:
-                return _refused(code, exc.smtp_error)
-            raise
-        if refused:
-            code, reply = refused.get(recipient, (None, b"recipient refused"))
-            return _refused(code, reply)
-        return SmtpOutcome(accepted=True, code=250, reply="accepted", permanent=False)
+        return _transaction(client, self.sender, recipient, message)
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -106,56 +89,77 @@ def _quoteaddr(address: str) -> str:
 def _end_refused(client: smtplib.SMTP, code: int) -> None:
     """After a refusal: a 421 closes the session (the server is going away), anything else resets
     the transaction so the session can carry the next message."""
-    if code == 421:
+    if code == 421 or not 200 <= code <= 599:
         client.close()
     else:
         client._rset()
 
 
-def _sendmail_pipelined(client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> dict:
-    """``client.sendmail(sender, [recipient], message)`` with MAIL, RCPT and DATA pipelined.
-
-    Raises what ``sendmail`` raises (SMTPSenderRefused, SMTPRecipientsRefused, SMTPDataError,
-    SMTPServerDisconnected), closes the connection on a 421 and resets the transaction after any
-    other refusal, so the session stays usable for the next message. Returns ``{}`` (accepted)."""
-    options = f" size={len(message)}" if client.has_extn("size") else ""
-    # the command lines smtplib's mail(), rcpt() and data() write
-    client.send(f"mail from:{_quoteaddr(sender)}{options}\r\nrcpt to:{_quoteaddr(recipient)}\r\ndata\r\n")
-    mail_code, mail_reply = client.getreply()
-    if mail_code == 421:
-        client.close()
-        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
-    rcpt_code, rcpt_reply = client.getreply()
-    if rcpt_code == 421:
-        client.close()
-        raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
-    data_code, data_reply = client.getreply()
-    if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
-        # A server that opened DATA without a valid transaction: end it empty, never send the message.
-        client.send(b".\r\n")
-        client.getreply()
+def _transaction(client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> SmtpOutcome:
+    """One transaction: MAIL, RCPT and DATA (pipelined when the server offers PIPELINING, one by
+    one otherwise), then the message. Refusals come back as outcomes; after a 421 the connection
+    is closed, after any other refusal the transaction is reset so the session can carry the next
+    message. The command lines and dot-stuffing are smtplib's."""
+    client.ehlo_or_helo_if_needed()
+    esmtp = bool(getattr(client, "does_esmtp", False))
+    options = f" size={len(message)}" if esmtp and client.has_extn("size") else ""
+    mail_cmd = f"mail from:{_quoteaddr(sender)}{options}\r\n"
+    rcpt_cmd = f"rcpt to:{_quoteaddr(recipient)}\r\n"
+    # 0: not asked (the transaction stopped at an earlier refusal)
+    rcpt_code, rcpt_reply, data_code, data_reply = 0, b"", 0, b""
+    if esmtp and client.has_extn("pipelining"):
+        client.send(mail_cmd + rcpt_cmd + "data\r\n")
+        mail_code, mail_reply = client.getreply()
+        if mail_code == 421:
+            client.close()
+            return read_reply(SmtpStage.MAIL, mail_code, mail_reply)
+        rcpt_code, rcpt_reply = client.getreply()
+        if rcpt_code == 421:
+            client.close()
+            return read_reply(SmtpStage.RCPT, rcpt_code, rcpt_reply)
+        data_code, data_reply = client.getreply()
+        if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
+            # A server that opened DATA without a valid transaction: end it empty, never send the message.
+            client.send(b".\r\n")
+            client.getreply()
+    else:
+        client.send(mail_cmd)
+        mail_code, mail_reply = client.getreply()
+        if mail_code == 250:
+            client.send(rcpt_cmd)
+            rcpt_code, rcpt_reply = client.getreply()
+            if rcpt_code in (250, 251):
+                client.send("data\r\n")
+                data_code, data_reply = client.getreply()
     if mail_code != 250:
-        client._rset()
-        raise smtplib.SMTPSenderRefused(mail_code, mail_reply, sender)
+        _end_refused(client, mail_code)
+        return read_reply(SmtpStage.MAIL, mail_code, mail_reply)
     if rcpt_code not in (250, 251):
-        client._rset()
-        raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_reply)})
+        _end_refused(client, rcpt_code)
+        return read_reply(SmtpStage.RCPT, rcpt_code, rcpt_reply)
     if data_code != 354:
         _end_refused(client, data_code)
-        raise smtplib.SMTPDataError(data_code, data_reply)
+        return read_reply(SmtpStage.DATA, data_code, data_reply)
     # smtplib's dot-stuffing; the scan is skipped for the usual message that has no line starting
     # with "." (quoted-printable bodies rarely do)
     quoted = _LEADING_DOT.sub(b"..", message) if message[:1] == b"." or b"\n." in message else message
     if quoted[-2:] != b"\r\n":
         quoted += b"\r\n"
+    # A failure while writing raises here: the final "." did not (all) leave, a resend is safe.
     client.send(quoted + b".\r\n")
-    code, reply = client.getreply()
-    if code != 250:
-        _end_refused(client, code)
-        raise smtplib.SMTPDataError(code, reply)
-    return {}
-
-
-def _refused(code: int | None, reply: bytes | str) -> SmtpOutcome:
-    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
-    return SmtpOutcome(accepted=False, code=code, reply=text, permanent=bool(code and code >= 500))
+    try:
+        code, reply = client.getreply()
+    except smtplib.SMTPServerDisconnected as exc:
+        raise DeliveryUncertain(
+            f"connection lost after the end of DATA, before the server's reply ({exc}): the message may have been queued"
+        ) from exc
+    except smtplib.SMTPResponseException as exc:  # a reply line longer than smtplib reads
+        client.close()
+        raise DeliveryUncertain(f"unreadable reply to the end of DATA ({exc.smtp_code}): the message may have been queued") from exc
+    if 200 <= code < 300:
+        return accepted(code)
+    if not 400 <= code <= 599:
+        client.close()
+        raise DeliveryUncertain(f"unreadable reply to the end of DATA (code {code}): the message may have been queued")
+    _end_refused(client, code)
+    return read_reply(SmtpStage.END_OF_DATA, code, reply)

@@ -233,7 +233,10 @@ def resolve_identities(conn: Connection, wanted: list[dict[str, Any]], routes: d
 
 # -- rules -------------------------------------------------------------------------------------------
 def _load_suppressions(conn: Connection, emails: list[str]) -> dict[str, str]:
-    """{address or "@domain": source} for the given addresses and their domains in tf_suppression."""
+    """{address or "@domain": source} for the given addresses and their domains in tf_suppression;
+    expired entries do not count."""
+    from include.triggerflow.suppression import active
+
     wanted: set[str] = set()
     for email in emails:
         address = email.strip().lower()
@@ -241,7 +244,7 @@ def _load_suppressions(conn: Connection, emails: list[str]) -> dict[str, str]:
             wanted.add(address)
             if "@" in address:
                 wanted.add("@" + address.rsplit("@", 1)[1])
-    stmt = select(suppression.c.address, suppression.c.source)
+    stmt = select(suppression.c.address, suppression.c.source).where(active())
     if _smaller_than(conn, suppression, len(wanted)):
         # the list is small (bounces, block list): read it whole rather than look up every address
         return {address: source for address, source in conn.execute(stmt) if address in wanted}

@@ -6,9 +6,19 @@ before the next SMTP step, so the ledger (not the mail library's retry loop) dec
 * ``sending`` is committed *before* the SMTP transaction. A row still ``sending`` when a chunk
   starts means a process died mid-send; the message may or may not have been accepted. Such rows
   become ``ambiguous`` and are not sent again (see README "Exactly once").
-* A 4xx reply defers the row (sent by a later try); a 5xx, a render error or a bad address fails
-  it with the reason. A broken session re-raises: nothing was accepted without a 250, the rows
-  go back to ``pending`` and Airflow's retry sends them.
+* Replies are read as mail operators read them (``smtp_replies``: the stage that answered and the
+  RFC 3463 enhanced code). A mailbox that does not exist (5.1.x, 5.2.1, a bare 5xx at RCPT)
+  fails the row and suppresses the address (``hard-bounce``, for ``hard_bounce_suppress_days``
+  or for good). A message- or sender-level refusal (5xx at MAIL FROM, DATA or end-of-DATA,
+  5.7.x, 5.3.4, 5.6.x...) fails the row with the server's reply and suppresses nobody; when the
+  same refusal comes back ``refusal_limit`` times in a chunk the chunk stops, the rest stays
+  ``pending`` and the task fails with :class:`RelayRefusing`: an incident, not bounces. A 4xx
+  (and 5.2.2, mailbox full) defers the row, sent by a later try.
+* One email's own problem (render error, bad address, an email over ``max_email_bytes``, any
+  exception from hostile data) fails that row with the reason; the chunk goes on.
+* A broken session before the end of DATA re-raises: nothing can have been accepted, the row
+  goes back to ``pending`` and Airflow's retry sends it. A break after the final "." and before
+  the reply (RFC 1047) makes the row ``ambiguous``, handled by ``ambiguous_policy``.
 * A ``scheduled`` row (held for the customer's quiet hours) is sent once its ``not_before`` has
   passed, by whichever run's send task gets its chunk first (see reconcile.due_scheduled).
 
@@ -31,10 +41,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,17 +54,19 @@ from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
 from include.triggerflow.mailer import (
-    HeaderInjectionError,
-    InvalidAddressError,
+    MAX_EMAIL_BYTES,
     build_message_fast,
+    check_email_size,
     check_header_value,
     list_unsubscribe_headers,
     message_id_for,
     validate_address,
 )
 from include.triggerflow.render import Renderer, TemplateRenderError, build_context
+from include.triggerflow.smtp_replies import DeliveryUncertain, ReplyClass, SmtpOutcome, clean_reply_text, mask_addresses
 from include.triggerflow.store.db import DriverSession, DriverStatement, dialect_insert
 from include.triggerflow.store.schema import dry_run, event, profiles, send, send_log, suppression
+from include.triggerflow.suppression import Category
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +125,33 @@ class SendOptions:
     unsubscribe: UnsubscribeLinkMaker | None = None
     #: an optional ``mailto:`` address added to List-Unsubscribe
     unsubscribe_mailto: str | None = None
+    #: how long a hard bounce (a mailbox that does not exist) suppresses its address, in days;
+    #: None: for good. Lifted early with ``cli suppress lift``.
+    hard_bounce_suppress_days: float | None = None
+    #: the same message-level refusal (stage, code, enhanced code) this many times in one chunk
+    #: stops the chunk: the relay or the message is being refused, not the mailboxes
+    refusal_limit: int = 5
+    #: a rendered email (headers included) larger than this fails its row
+    max_email_bytes: int = MAX_EMAIL_BYTES
 
 
 class DeferredRecipients(RuntimeError):
     """Some recipients answered 4xx; the task retry sends them (everything else is recorded)."""
+
+
+class RelayRefusing(RuntimeError):
+    """The same message-level refusal kept coming back: the relay refuses the sender or the
+    message (credentials, SPF/DKIM/DMARC, a content filter, size). Nobody was suppressed; the
+    rest of the chunk stays pending until the cause is fixed."""
+
+
+def _reason(exc: BaseException) -> str:
+    """``ExceptionType: message`` as storable, printable text (the message may quote hostile data)."""
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not fail the row's bookkeeping
+        text = "(message not readable)"
+    return clean_reply_text(f"{exc.__class__.__name__}: {text}", limit=1000)
 
 
 AMBIGUOUS_POLICIES = ("hold", "resend")
@@ -133,6 +169,10 @@ def send_chunk(
     opts = options or SendOptions()
     if opts.ambiguous_policy not in AMBIGUOUS_POLICIES:
         raise ValueError(f"ambiguous_policy must be one of {AMBIGUOUS_POLICIES}, not {opts.ambiguous_policy!r}")
+    if opts.refusal_limit < 1 or opts.max_email_bytes < 1:
+        raise ValueError(f"refusal_limit and max_email_bytes must be at least 1, not {opts.refusal_limit} and {opts.max_email_bytes}")
+    if opts.hard_bounce_suppress_days is not None and not 0 < opts.hard_bounce_suppress_days <= 36500:
+        raise ValueError(f"hard_bounce_suppress_days must be in (0, 36500] or None (for good), not {opts.hard_bounce_suppress_days}")
     if opts.dry_run and opts.dry_run_dir is None:
         raise ValueError("dry_run needs dry_run_dir (where the rendered messages are written)")
     if opts.unsubscribe is None:
@@ -193,6 +233,8 @@ def send_chunk(
     profile_cols = [c.name for c in profiles.columns]
     session = _DryRunSession if opts.dry_run else open_session
     ledger = _Ledger(engine, logger)
+    bounce_expiry = None if opts.hard_bounce_suppress_days is None else now + timedelta(days=opts.hard_bounce_suppress_days)
+    refusals: Counter[tuple[str, int | None, str | None]] = Counter()
     try:
         with session() as mail:
             # The session's From address and Message-ID domain are configuration, not data of one
@@ -223,7 +265,7 @@ def send_chunk(
                     # a receiver that did get the first copy can tell it is the same email.
                     key = f"{row.idempotency_key}.resend{row.attempts}" if resend and opts.force_resend else row.idempotency_key
                     message_id = message_id_for(key, message_id_domain)
-                    message = build_message_fast(
+                    message = check_email_size(build_message_fast(
                         from_addr=sender,
                         from_name=from_name,
                         to_addr=recipient,
@@ -235,12 +277,12 @@ def send_chunk(
                             "X-Triggerflow-Key": row.idempotency_key,
                             **list_unsubscribe_headers(unsubscribe_url, opts.unsubscribe_mailto),
                         },
-                    )
-                except (TemplateRenderError, HeaderInjectionError, InvalidAddressError, ValueError) as exc:
+                    ), opts.max_email_bytes)
+                except Exception as exc:  # noqa: BLE001 - hostile data may raise anything; it fails this email only
+                    reason = _reason(exc)
                     if opts.dry_run:
-                        logger.one(row.send_id, "dry-run", detail=f"would fail: {exc.__class__.__name__}: {exc}")
+                        logger.one(row.send_id, "dry-run", detail=f"would fail: {reason}")
                     else:
-                        reason = f"{exc.__class__.__name__}: {exc}"
                         ledger.finish(row.send_id, state="failed", code=None, reply=reason)
                         ledger.log(row.send_id, "failed", detail=reason)
                     counts["failed"] += 1
@@ -261,26 +303,51 @@ def send_chunk(
                 # Commits the outcomes recorded so far together with this row's `sending`.
                 ledger.mark_sending(row.send_id, message_id, rendered.subject, row.attempts, rendered.locale)
                 try:
-                    outcome = mail.send_prepared(recipient, message)
+                    outcome: SmtpOutcome = mail.send_prepared(recipient, message)
+                except DeliveryUncertain as exc:
+                    # RFC 1047: the final "." left, the reply never came; the server may have queued
+                    # it. Sending it again could deliver it twice: ambiguous_policy decides.
+                    reason = _reason(exc)
+                    ledger.finish(row.send_id, state="ambiguous", code=None, reply=reason)
+                    ledger.log(row.send_id, "ambiguous", detail=f"policy {opts.ambiguous_policy}: {reason}")
+                    ledger.commit()
+                    raise
                 except Exception:
-                    # The session broke before a 250: the message was not accepted. Put the row back
-                    # so the task retry sends it; everything sent so far is already recorded.
+                    # The session broke before the end of DATA: the message cannot have been
+                    # accepted. Put the row back so the task retry sends it; everything sent so
+                    # far is already recorded.
                     ledger.finish(row.send_id, state="pending", code=None, reply="session failed; will retry")
                     ledger.commit()
                     raise
-                if outcome.accepted:
+                kind = outcome.reply_class
+                if kind is ReplyClass.ACCEPTED:
                     ledger.finish(row.send_id, state="sent", code=outcome.code, reply=outcome.reply, sent=True, resend=resend)
                     ledger.log(row.send_id, "resent" if resend else "sent", code=outcome.code)
                     counts["resent" if resend else "sent"] += 1
-                elif outcome.permanent:
-                    ledger.finish(row.send_id, state="failed", code=outcome.code, reply=outcome.reply)
-                    ledger.suppress(recipient, outcome.code, outcome.reply)
-                    ledger.log(row.send_id, "failed", code=outcome.code, detail=outcome.reply)
-                    counts["failed"] += 1
-                else:
-                    ledger.finish(row.send_id, state="deferred", code=outcome.code, reply=outcome.reply)
-                    ledger.log(row.send_id, "deferred", code=outcome.code, detail=outcome.reply)
+                    continue
+                summary = outcome.summary()
+                if kind in (ReplyClass.MAILBOX_TRANSIENT, ReplyClass.TRANSIENT):
+                    ledger.finish(row.send_id, state="deferred", code=outcome.code, reply=summary)
+                    ledger.log(row.send_id, "deferred", code=outcome.code, detail=summary)
                     counts["deferred"] += 1
+                    continue
+                ledger.finish(row.send_id, state="failed", code=outcome.code, reply=summary)
+                ledger.log(row.send_id, "failed", code=outcome.code, detail=summary)
+                counts["failed"] += 1
+                if kind is ReplyClass.MAILBOX_PERMANENT:
+                    ledger.suppress(recipient, outcome.code, summary, batch_id=batch_id, expires_at=bounce_expiry)
+                    continue
+                refusals[outcome.refusal_key] += 1
+                if refusals[outcome.refusal_key] >= opts.refusal_limit:
+                    ledger.commit()
+                    left = len(rows) - sum(counts[k] for k in ("sent", "resent", "deferred", "failed"))
+                    raise RelayRefusing(
+                        f"batch {batch_id} chunk {chunk}: the relay or the message is being refused, not the mailboxes: "
+                        f"{refusals[outcome.refusal_key]} emails answered {outcome.code} {outcome.enhanced or ''} at "
+                        f"{outcome.stage.value} ({mask_addresses(outcome.reply)[:200]}). This is an incident, not bounces: nobody "
+                        f"was suppressed; the chunk stopped with {left} email(s) left pending, sent on a retry once "
+                        "the cause (relay credentials, SPF/DKIM/DMARC, content filter, size) is fixed"
+                    )
             ledger.commit()
     except Exception:
         ledger.commit_quietly()
@@ -329,12 +396,14 @@ class _Ledger:
     def log(self, send_id: int, action: str, *, code: int | None = None, detail: str | None = None) -> None:
         self.queued.append((self.statements["log"], self.logger.row(send_id, action, code=code, detail=detail)))
 
-    def suppress(self, address: str, code: int | None, reply: str) -> None:
-        """A 5xx for an address: never mail it again (reconcile checks tf_suppression)."""
+    def suppress(self, address: str, code: int | None, reply: str, *, batch_id: str, expires_at: datetime | None) -> None:
+        """The mailbox does not exist: do not mail it again (until ``expires_at``; reconcile checks
+        tf_suppression). An existing entry is kept, unless it has expired: then it is renewed."""
+        now = _now()
         self.queued.append((
             self.statements["suppress"],
-            {"b_address": address.strip().lower(), "b_source": "hard-bounce", "b_reason": reply[:1000],
-             "b_code": code, "b_at": _now()},
+            {"b_address": address.strip().lower(), "b_source": Category.HARD_BOUNCE.value, "b_reason": reply[:1000],
+             "b_code": code, "b_at": now, "b_expires": expires_at, "b_batch": batch_id, "b_now": now},
         ))
 
     def mark_sending(self, send_id: int, message_id: str, subject: str, attempts: int, locale: str | None) -> None:
@@ -389,10 +458,7 @@ def _ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
             state="sending", message_id=bindparam("b_message_id"), subject=bindparam("b_subject"),
             attempts=bindparam("b_attempts"), locale=bindparam("b_locale"), updated_at=bindparam("b_now"),
         ),
-        "suppress": dialect_insert(engine, suppression).values(
-            address=bindparam("b_address"), source=bindparam("b_source"), reason=bindparam("b_reason"),
-            smtp_code=bindparam("b_code"), created_at=bindparam("b_at"),
-        ).on_conflict_do_nothing(index_elements=["address"]),
+        "suppress": _suppress_statement(engine),
     }
     found = {name: DriverStatement(stmt, dialect) for name, stmt in statements.items()}
     # bound by column name, so it takes _SendLog.row() as it is ("b_" names: SQLAlchemy reserves
@@ -404,6 +470,20 @@ def _ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
     )
     _STATEMENTS[key] = found
     return found
+
+
+def _suppress_statement(engine: Engine) -> Any:
+    stmt = dialect_insert(engine, suppression).values(
+        address=bindparam("b_address"), source=bindparam("b_source"), reason=bindparam("b_reason"),
+        smtp_code=bindparam("b_code"), created_at=bindparam("b_at"), expires_at=bindparam("b_expires"),
+        batch_id=bindparam("b_batch"),
+    )
+    renewed = {c: stmt.excluded[c] for c in ("source", "reason", "smtp_code", "created_at", "expires_at", "batch_id")}
+    # only an expired entry is replaced: a live one (a block-list entry, an earlier bounce) stays as it is
+    return stmt.on_conflict_do_update(
+        index_elements=["address"], set_=renewed,
+        where=and_(suppression.c.expires_at.is_not(None), suppression.c.expires_at <= bindparam("b_now")),
+    )
 
 
 class _SendLog:

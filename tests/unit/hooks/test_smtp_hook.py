@@ -7,7 +7,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook, _refused
+from include.triggerflow.hooks.smtp import TriggerMailHook
+from include.triggerflow.smtp_replies import accepted
 from include.triggerflow.mailer import build_message
 
 from tests.unit.conftest import FROM_EMAIL, FROM_NAME, smtp_conn
@@ -28,7 +29,7 @@ def test_send_prepared_is_accepted_and_the_message_arrives(smtp) -> None:
         outcome = mail.send_prepared("ada@example.com", raw)
         second = mail.send_prepared("grace@example.com", message("grace@example.com", "Hello Grace"))
 
-    assert outcome == SmtpOutcome(accepted=True, code=250, reply="accepted", permanent=False)
+    assert outcome == accepted()
     assert second.accepted
     paths = smtp.eml_paths()
     assert len(paths) == 2
@@ -78,44 +79,22 @@ def test_a_dropped_session_raises(smtp) -> None:
     assert smtp.eml_paths() == []
 
 
-class _RefusingClient:
-    """Stand-in for smtplib.SMTP: the sink accepts every recipient, so refusals are scripted here."""
-
-    def __init__(self, exc: Exception | None = None, refused: dict | None = None) -> None:
-        self.exc = exc
-        self.refused = refused or {}
-
-    def sendmail(self, sender, recipients, message):
-        if self.exc is not None:
-            raise self.exc
-        return self.refused
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.mark.parametrize(
-    ("client", "expected"),
+    ("rule", "stage", "code", "reply", "reply_class"),
     [
-        (_RefusingClient(smtplib.SMTPRecipientsRefused({"ada@example.com": (550, b"5.1.1 unknown user")})),
-         SmtpOutcome(False, 550, "5.1.1 unknown user", True)),
-        (_RefusingClient(smtplib.SMTPDataError(451, b"4.3.0 try later")), SmtpOutcome(False, 451, "4.3.0 try later", False)),
-        (_RefusingClient(smtplib.SMTPSenderRefused(553, b"5.7.1 sender refused", FROM_EMAIL)),
-         SmtpOutcome(False, 553, "5.7.1 sender refused", True)),
-        (_RefusingClient(refused={"ada@example.com": (452, b"4.2.2 mailbox full")}), SmtpOutcome(False, 452, "4.2.2 mailbox full", False)),
+        ({"rcpt": "ada@example.com", "code": 550, "message": "5.1.1 unknown user"}, "rcpt", 550, "5.1.1 unknown user", "mailbox-permanent"),
+        ({"data_code": 451, "message": "4.3.0 try later"}, "end-of-data", 451, "4.3.0 try later", "transient"),
+        ({"mail_code": 553, "message": "5.7.1 sender refused"}, "mail", 553, "5.7.1 sender refused", "message-refused"),
+        ({"rcpt": "ada@example.com", "code": 452, "message": "4.2.2 mailbox full"}, "rcpt", 452, "4.2.2 mailbox full", "mailbox-transient"),
+        ({"data_command_code": 554, "message": "5.7.1 no"}, "data", 554, "5.7.1 no", "message-refused"),
     ],
-    ids=["rcpt-550", "data-451", "sender-553", "partial-452"],
+    ids=["rcpt-550", "data-451", "sender-553", "rcpt-452", "data-command-554"],
 )
-def test_refusals_are_returned_not_raised(smtp, client, expected: SmtpOutcome) -> None:
+def test_refusals_are_returned_with_their_stage_and_the_session_goes_on(smtp, rule, stage, code, reply, reply_class) -> None:
+    smtp.set_faults([{**rule, "times": 1}])
     with TriggerMailHook() as mail:
-        real = mail._smtp_client
-        mail._smtp_client = client
-        try:
-            assert mail.send_prepared("ada@example.com", message()) == expected
-        finally:
-            mail._smtp_client = real
-
-
-def test_refused_helper_decodes_and_classifies() -> None:
-    assert _refused(None, "refused") == SmtpOutcome(False, None, "refused", False)
-    assert _refused(554, "no".encode()) == SmtpOutcome(False, 554, "no", True)
+        outcome = mail.send_prepared("ada@example.com", message())
+        assert (outcome.stage, outcome.code, outcome.reply, outcome.reply_class) == (stage, code, reply, reply_class)
+        assert not outcome.accepted
+        assert mail.send_prepared("ada@example.com", message()) == accepted()
+    assert len(smtp.eml_paths()) == 1

@@ -1,5 +1,5 @@
 """TriggerMailHook with a server that advertises PIPELINING (the SMTP sink's lean engine): MAIL,
-RCPT and DATA go out in one write, and every reply gives the outcome smtplib's sendmail gives."""
+RCPT and DATA go out in one write, and every reply gives the same outcome as without PIPELINING."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from devstack.processes import RunningSmtpSink, start_smtp_sink
 from include.triggerflow.hooks import smtp as smtp_module
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
 from include.triggerflow.mailer import build_message_fast
+from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from tests.unit.conftest import FROM_EMAIL, FROM_NAME, smtp_conn
 
-ACCEPTED = SmtpOutcome(accepted=True, code=250, reply="accepted", permanent=False)
+ACCEPTED = accepted()
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +37,16 @@ def lean(lean_sink: RunningSmtpSink, monkeypatch: pytest.MonkeyPatch) -> Running
 def pipelined(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Records every message that went through the pipelined path."""
     calls: list[tuple[str, str]] = []
-    real = smtp_module._sendmail_pipelined
+    real = smtp_module._transaction
 
     def spy(client, sender, recipient, message):
-        calls.append((sender, recipient))
-        return real(client, sender, recipient, message)
+        try:
+            return real(client, sender, recipient, message)
+        finally:  # the server's extensions are known once the transaction said EHLO
+            if client.has_extn("pipelining"):
+                calls.append((sender, recipient))
 
-    monkeypatch.setattr(smtp_module, "_sendmail_pipelined", spy)
+    monkeypatch.setattr(smtp_module, "_transaction", spy)
     return calls
 
 
@@ -67,40 +71,52 @@ def send_all(recipients: list[str]) -> list[SmtpOutcome]:
         return [mail.send_prepared(r, message(r)) for r in recipients]
 
 
-def test_messages_after_the_first_are_pipelined_and_accepted(lean, pipelined) -> None:
+def test_messages_are_pipelined_and_accepted(lean, pipelined) -> None:
     before = settled_count(lean)
     outcomes = send_all([f"c{i}@example.com" for i in range(5)])
     assert outcomes == [ACCEPTED] * 5
-    assert [r for _, r in pipelined] == [f"c{i}@example.com" for i in range(1, 5)]  # the first says EHLO
+    assert [r for _, r in pipelined] == [f"c{i}@example.com" for i in range(5)]
     assert settled_count(lean) == before + 5
 
 
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
-        ({"rcpt": "bad@example.com", "code": 550, "message": "5.1.1 user unknown"}, SmtpOutcome(False, 550, "5.1.1 user unknown", True)),
-        ({"rcpt": "bad@example.com", "code": 451, "message": "4.2.1 try later"}, SmtpOutcome(False, 451, "4.2.1 try later", False)),
-        ({"rcpt_domain": "example.com", "code": 452, "message": "4.2.2 full", "times": 1}, SmtpOutcome(False, 452, "4.2.2 full", False)),
-        ({"data_code": 554, "message": "5.7.1 rejected", "rcpt": "bad@example.com"}, SmtpOutcome(False, 554, "5.7.1 rejected", True)),
-        ({"data_code": 451, "message": "4.3.0 later", "rcpt": "bad@example.com"}, SmtpOutcome(False, 451, "4.3.0 later", False)),
+        ({"rcpt": "bad@example.com", "code": 550, "message": "5.1.1 user unknown"}, read_reply(SmtpStage.RCPT, 550, "5.1.1 user unknown")),
+        ({"rcpt": "bad@example.com", "code": 451, "message": "4.2.1 try later"}, read_reply(SmtpStage.RCPT, 451, "4.2.1 try later")),
+        ({"rcpt_domain": "example.com", "code": 452, "message": "4.2.2 full", "times": 1}, read_reply(SmtpStage.RCPT, 452, "4.2.2 full")),
+        ({"data_code": 554, "message": "5.7.1 rejected", "rcpt": "bad@example.com"}, read_reply(SmtpStage.END_OF_DATA, 554, "5.7.1 rejected")),
+        ({"data_code": 451, "message": "4.3.0 later", "rcpt": "bad@example.com"}, read_reply(SmtpStage.END_OF_DATA, 451, "4.3.0 later")),
+        ({"data_command_code": 554, "message": "5.7.1 no", "rcpt": "bad@example.com"}, read_reply(SmtpStage.DATA, 554, "5.7.1 no")),
     ],
-    ids=["rcpt-550", "rcpt-451", "rcpt-domain-452", "data-554", "data-451"],
+    ids=["rcpt-550", "rcpt-451", "rcpt-domain-452", "data-554", "data-451", "data-command-554"],
 )
-def test_refusals_give_sendmails_outcomes_and_the_session_goes_on(lean, pipelined, monkeypatch, rule, expected) -> None:
+def test_refusals_give_the_same_outcomes_with_and_without_pipelining(lean, pipelined, monkeypatch, rule, expected) -> None:
     recipients = ["first@example.org", "bad@example.com", "after@example.org"]
     lean.set_faults([rule])
     before = settled_count(lean)
     outcomes = send_all(recipients)
     assert outcomes == [ACCEPTED, expected, ACCEPTED]
-    assert [r for _, r in pipelined] == recipients[1:]
+    assert [r for _, r in pipelined] == recipients
     assert settled_count(lean) == before + 2
 
-    # the same replies through smtplib's own sendmail (no PIPELINING) give the same outcomes
+    # the same replies, the commands one by one (no PIPELINING), give the same outcomes
     lean.set_faults([])
     lean.set_faults([rule])
     real_has_extn = smtplib.SMTP.has_extn
     monkeypatch.setattr(smtplib.SMTP, "has_extn", lambda self, name: name.lower() != "pipelining" and real_has_extn(self, name))
     assert send_all(recipients) == [ACCEPTED, expected, ACCEPTED]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refused_sender_fails_that_message_and_the_session_goes_on(lean, monkeypatch, pipelining: bool) -> None:
+    if not pipelining:
+        real_has_extn = smtplib.SMTP.has_extn
+        monkeypatch.setattr(smtplib.SMTP, "has_extn", lambda self, name: name.lower() != "pipelining" and real_has_extn(self, name))
+    lean.set_faults([{"mail_code": 530, "message": "5.7.0 Authentication required", "times": 1}])
+    outcomes = send_all(["a@example.com", "b@example.com"])
+    assert outcomes == [read_reply(SmtpStage.MAIL, 530, "5.7.0 Authentication required"), ACCEPTED]
+    assert outcomes[0].reply_class == "message-refused"
 
 
 def test_a_dropped_connection_raises_for_the_message_in_flight(lean, pipelined) -> None:
@@ -110,7 +126,7 @@ def test_a_dropped_connection_raises_for_the_message_in_flight(lean, pipelined) 
         assert mail.send_prepared("b@example.com", message("b@example.com")) == ACCEPTED
         with pytest.raises(smtplib.SMTPServerDisconnected):
             mail.send_prepared("c@example.com", message("c@example.com"))
-    assert [r for _, r in pipelined] == ["b@example.com", "c@example.com"]
+    assert [r for _, r in pipelined] == ["a@example.com", "b@example.com", "c@example.com"]
 
 
 def test_lines_starting_with_a_dot_are_stuffed_as_smtplib_does(lean, pipelined, monkeypatch) -> None:

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import update
 
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
+from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.mailer import message_id_for
 from include.triggerflow.render import Renderer
 from include.triggerflow.stages.reconcile import reconcile_batch
@@ -240,7 +241,7 @@ class FakeSession:
 
     def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
         self.sent.append((recipient, message))
-        return self.outcomes.get(recipient, SmtpOutcome(accepted=True, code=250, reply="ok", permanent=False))
+        return self.outcomes.get(recipient, accepted())
 
     def opener(self):
         @contextmanager
@@ -252,8 +253,8 @@ class FakeSession:
 def test_4xx_defers_and_5xx_fails_and_deferred_rows_are_retried(kit, routing, renderer) -> None:
     queue(kit, routing)
     session = FakeSession({
-        "ada@example.com": SmtpOutcome(accepted=False, code=451, reply="4.7.1 try again later", permanent=False),
-        "grace@example.com": SmtpOutcome(accepted=False, code=550, reply="5.1.1 no such user", permanent=True),
+        "ada@example.com": read_reply(SmtpStage.RCPT, 451, "4.7.1 try again later"),
+        "grace@example.com": read_reply(SmtpStage.RCPT, 550, "5.1.1 no such user"),
     })
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
@@ -261,7 +262,7 @@ def test_4xx_defers_and_5xx_fails_and_deferred_rows_are_retried(kit, routing, re
     assert result.counts == C(sent=1, deferred=1, failed=1, ambiguous=0)
     rows = {r["recipient"]: r for r in ledger(kit)}
     assert (rows["ada@example.com"]["state"], rows["ada@example.com"]["smtp_code"], rows["ada@example.com"]["smtp_reply"]) == (
-        "deferred", 451, "4.7.1 try again later"
+        "deferred", 451, "mailbox-transient at rcpt: 451 4.7.1 try again later"
     )
     assert (rows["grace@example.com"]["state"], rows["grace@example.com"]["smtp_code"]) == ("failed", 550)
     assert rows["donald@example.com"]["message_id"].endswith("@mail.example.test>")
@@ -302,12 +303,12 @@ def test_deferrals_raise_for_a_retry_unless_it_is_the_last_try(kit, routing, ren
     from include.triggerflow.stages.send import DeferredRecipients, SendOptions
 
     queue(kit, routing)
-    busy = FakeSession({"ada@example.com": SmtpOutcome(accepted=False, code=452, reply="4.3.1 busy", permanent=False)})
+    busy = FakeSession({"ada@example.com": read_reply(SmtpStage.RCPT, 452, "4.3.1 busy")})
     with pytest.raises(DeferredRecipients, match="1 recipient\\(s\\) answered 4xx"):
         send_chunk(kit.engine, "b1", 0, routing, renderer, busy.opener(), SendOptions(run_id="r", try_number=1, last_try=False))
     # everything else was recorded before the raise
     assert states(kit) == {"ada@example.com": "deferred", "grace@example.com": "sent", "donald@example.com": "sent"}
-    still_busy = FakeSession({"ada@example.com": SmtpOutcome(accepted=False, code=452, reply="4.3.1 busy", permanent=False)})
+    still_busy = FakeSession({"ada@example.com": read_reply(SmtpStage.RCPT, 452, "4.3.1 busy")})
     last = send_chunk(kit.engine, "b1", 0, routing, renderer, still_busy.opener(), SendOptions(run_id="r", try_number=4, last_try=True))
     assert last.counts == C(deferred=1, skipped_already_sent=2)
     assert [r for r, _ in still_busy.sent] == ["ada@example.com"]
@@ -317,7 +318,7 @@ def test_a_5xx_suppresses_the_address_for_later_triggers(kit, routing, renderer)
     from include.triggerflow.store.schema import decision, suppression
 
     queue(kit, routing)
-    bounce = FakeSession({"grace@example.com": SmtpOutcome(accepted=False, code=550, reply="5.1.1 user unknown", permanent=True)})
+    bounce = FakeSession({"grace@example.com": read_reply(SmtpStage.RCPT, 550, "5.1.1 user unknown")})
     send_chunk(kit.engine, "b1", 0, routing, renderer, bounce.opener())
     assert [(r["address"], r["source"], r["smtp_code"]) for r in kit.rows(suppression)] == [("grace@example.com", "hard-bounce", 550)]
 

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from include.triggerflow.hooks.smtp import SmtpOutcome
+from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.render import Renderer
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.store.schema import send, send_log, suppression
@@ -23,7 +24,7 @@ PROFILES = [
     {"customer_id": f"C{i}", "email": f"c{i}@example.com", "first_name": f"N{i}", "shopper_id": f"SHOP-{i}"}
     for i in range(6)
 ]
-ACCEPTED = SmtpOutcome(accepted=True, code=250, reply="accepted", permanent=False)
+ACCEPTED = accepted()
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,8 @@ def test_each_row_is_committed_sending_before_its_transaction_and_earlier_outcom
     rows = queue(kit, routing)
     recipients = [r["recipient"] for r in rows]
     session = ObservingSession(kit.engine, {
-        recipients[1]: SmtpOutcome(accepted=False, code=451, reply="4.7.1 later", permanent=False),
-        recipients[2]: SmtpOutcome(accepted=False, code=550, reply="5.1.1 unknown", permanent=True),
+        recipients[1]: read_reply(SmtpStage.RCPT, 451, "4.7.1 later"),
+        recipients[2]: read_reply(SmtpStage.RCPT, 550, "5.1.1 unknown"),
     })
 
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
@@ -146,7 +147,9 @@ def test_a_broken_session_commits_what_was_done_and_puts_its_row_back(kit, routi
     assert len(kit.rows(send_log)) == 3
 
 
-def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routing, renderer, monkeypatch) -> None:
+def test_a_render_exception_of_any_kind_fails_that_email_only(kit, routing, renderer, monkeypatch) -> None:
+    """Hostile data may make rendering raise anything (RecursionError, UnicodeEncodeError, a bug):
+    that email fails with the reason, the chunk goes on."""
     rows = queue(kit, routing)
     session = ObservingSession(kit.engine)
     real_render = Renderer.render
@@ -155,10 +158,33 @@ def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routi
     def render(self, route, context, locale=None):
         calls.append(1)
         if len(calls) == 3:
-            raise RuntimeError("a bug, not a template error")
+            raise RecursionError("maximum recursion depth exceeded \x00 \ud800")
         return real_render(self, route, context, locale)
 
     monkeypatch.setattr(Renderer, "render", render)
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
+
+    assert (result.counts["sent"], result.counts["failed"]) == (len(rows) - 1, 1)
+    after = kit.rows(send, order_by=send.c.send_id)
+    assert [r["state"] for r in after] == ["sent", "sent", "failed"] + ["sent"] * (len(rows) - 3)
+    assert after[2]["smtp_reply"] == "RecursionError: maximum recursion depth exceeded"
+
+
+def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routing, renderer, monkeypatch) -> None:
+    from include.triggerflow.stages import send as send_module
+
+    rows = queue(kit, routing)
+    session = ObservingSession(kit.engine)
+    real_mark = send_module._Ledger.mark_sending
+    calls = []
+
+    def mark_sending(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("a bug, not an email's problem")
+        return real_mark(self, *args, **kwargs)
+
+    monkeypatch.setattr(send_module._Ledger, "mark_sending", mark_sending)
     with pytest.raises(RuntimeError, match="a bug"):
         send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
 
