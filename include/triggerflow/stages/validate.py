@@ -5,6 +5,13 @@ checks each event for required fields, types, a sane trigger timestamp and, for 
 the presence of the identity the route reconciles on. An event failing any expectation is
 quarantined with every failed expectation as its reason; the run goes on with the rest.
 
+Two columns are computed in Python per event and checked by GX to be null: ``landing_note`` (what
+landing changed: invalid UTF-8, message larger than N bytes, NUL replaced...; a removed byte order
+mark alone is no fault) and ``problems`` (what parsing found: "control character in eVar01",
+"triggerTimestamp out of range"...). Their reasons list each note/problem on its own. An event
+whose content breaks even the lifting into the frame is quarantined with that, never failing the
+stage.
+
 Timestamps are judged against the time the event was *received*, not the wall clock, so
 validating the same batch again (a clear, a replay) gives the same answer.
 
@@ -27,7 +34,8 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select, update
 
 from include.triggerflow.config import RoutingConfig
-from include.triggerflow.events import as_int, parse_envelope
+from include.triggerflow.events import parse_envelope
+from include.triggerflow.stages.land import BENIGN_NOTES
 from include.triggerflow.store.db import bulk_insert, where_in
 from include.triggerflow.store.schema import event, quarantine
 
@@ -39,6 +47,8 @@ MAX_AGE_MS = 8 * 24 * 3600 * 1000
 # Clocks drift; a trigger from further in the future than this is corrupt.
 MAX_FUTURE_MS = 10 * 60 * 1000
 VALUE_LIMIT = 120
+#: at most this many landing notes and problems are kept in an event's reasons
+MAX_LISTED = 25
 UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z-]{7,63}$"
 
 
@@ -53,46 +63,73 @@ class ValidateResult:
 
 
 #: the columns of the frame GX validates, in order
-COLUMNS = ("event_id", "parse_error", "envelope_type", "message_id", "trigger_id", "trigger_ts", "trigger_age_ms",
-           "routed", "identity")
+COLUMNS = ("event_id", "parse_error", "landing_note", "problems", "envelope_type", "message_id", "trigger_id",
+           "trigger_ts", "trigger_age_ms", "routed", "identity")
+#: columns GX sees as one "; "-joined text; the reasons list each item (the list is kept beside
+#: the frame as ``<name>_items``) on its own
+LISTED = ("landing_note", "problems")
 
 
 def _epoch_ms(received_at: datetime) -> int:
     return int(received_at.replace(tzinfo=received_at.tzinfo or timezone.utc).timestamp() * 1000)
 
 
-def _lift(event_id: int, payload: str, received_ms: int, routing: RoutingConfig) -> tuple[Any, ...]:
-    """One row of the frame GX validates (in COLUMNS order): text columns keep the raw value for
-    the reason."""
-    parsed = parse_envelope(payload)
-    route = routing.route_for(parsed.trigger_id) if isinstance(parsed.trigger_id, str) else None
-    ts = as_int(parsed.trigger_ts)
-    return (
-        event_id,
-        parsed.parse_error,
-        _text(parsed.envelope_type),
-        _text(parsed.message_id),
-        _text(parsed.trigger_id),
-        _text(parsed.trigger_ts),
-        (received_ms - ts) if ts is not None else None,
-        route is not None,
-        # any identity rule of the route will do: they are an ordered fallback
-        next((v for v in (r.extract(parsed) for r in route.identities) if v is not None), None)
-        if route is not None
-        else None,
-    )
+def _lift(
+    event_id: int, payload: str, received_ms: int, routing: RoutingConfig, landing_note: str | None = None
+) -> tuple[Any, ...]:
+    """One row of the frame GX validates (in COLUMNS order; LISTED columns as lists): text columns
+    keep the raw value for the reason. Never raises: content that breaks the lifting quarantines
+    the event with that."""
+    notes = landing_notes(landing_note)
+    try:
+        parsed = parse_envelope(payload)
+        route = routing.route_for(parsed.trigger_id) if isinstance(parsed.trigger_id, str) else None
+        ts = parsed.trigger_ts
+        return (
+            event_id,
+            parsed.parse_error,
+            notes,
+            list(parsed.problems),
+            _text(parsed.envelope_type),
+            _text(parsed.message_id),
+            _text(parsed.trigger_id),
+            # the value as it came, so a refused one shows in the reason ("1e+30", "nan", "123")
+            _text(parsed.raw_fields.get("triggerTimestamp", ts)),
+            (received_ms - ts) if ts is not None else None,
+            route is not None,
+            # any identity rule of the route will do: they are an ordered fallback
+            next((v for v in (r.extract(parsed) for r in route.identities) if v is not None), None)
+            if route is not None
+            else None,
+        )
+    except Exception as exc:  # noqa: BLE001 - an event's content must never fail the stage
+        log.warning("event %d could not be lifted for validation (%s)", event_id, exc.__class__.__name__)
+        problem = f"the event could not be validated ({exc.__class__.__name__})"
+        return (event_id, None, notes, [problem], None, None, None, None, None, False, None)
+
+
+def landing_notes(landing_note: str | None) -> list[str]:
+    """The notes of ``tf_event.landing_note`` that make an event invalid."""
+    if not landing_note:
+        return []
+    return [n for n in landing_note.split("; ") if n and n not in BENIGN_NOTES][:MAX_LISTED]
 
 
 def frame_columns(stored: Any, routing: RoutingConfig) -> dict[str, list[Any]]:
-    """The frame GX validates, column-wise, for ``(event_id, payload, received_at)`` rows."""
+    """The frame GX validates, column-wise, for ``(event_id, payload, received_at[, landing_note])``
+    rows."""
     received: dict[Any, int] = {}  # a page of events shares one received_at
     lifted = []
-    for event_id, payload, received_at in stored:
+    for event_id, payload, received_at, *note in stored:
         ms = received.get(received_at)
         if ms is None:
             ms = received[received_at] = _epoch_ms(received_at)
-        lifted.append(_lift(int(event_id), payload, ms, routing))
-    return {name: [row[i] for row in lifted] for i, name in enumerate(COLUMNS)}
+        lifted.append(_lift(int(event_id), payload, ms, routing, note[0] if note else None))
+    columns = {name: [row[i] for row in lifted] for i, name in enumerate(COLUMNS)}
+    for name in LISTED:
+        columns[f"{name}_items"] = columns[name]
+        columns[name] = ["; ".join(items) or None for items in columns[name]]
+    return columns
 
 
 def _text(value: Any) -> str | None:
@@ -111,6 +148,8 @@ def build_suite(gx: Any, gxe: Any) -> Any:
         name="trigger_events",
         expectations=[
             gxe.ExpectColumnValuesToBeNull(column="parse_error"),
+            gxe.ExpectColumnValuesToBeNull(column="landing_note"),
+            gxe.ExpectColumnValuesToBeNull(column="problems"),
             gxe.ExpectColumnValuesToNotBeNull(column="envelope_type"),
             gxe.ExpectColumnValuesToBeInSet(column="envelope_type", value_set=["DATA"]),
             gxe.ExpectColumnValuesToNotBeNull(column="message_id"),
@@ -210,7 +249,7 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
     """
     with engine.connect() as conn:
         stored = conn.execute(
-            select(event.c.event_id, event.c.payload, event.c.received_at).where(
+            select(event.c.event_id, event.c.payload, event.c.received_at, event.c.landing_note).where(
                 event.c.batch_id == batch_id, event.c.status.in_(("landed", "quarantined"))
             )
         ).all()
@@ -220,12 +259,21 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
     columns = frame_columns(stored, routing)
     del stored
     failures = run_expectations(columns)
-    # The parse error itself is the most useful part of the reason; keep its text.
-    for event_id, parse_error in zip(columns["event_id"], columns["parse_error"]):
-        if parse_error and event_id in failures:
-            for reason in failures[event_id]:
-                if reason["column"] == "parse_error":
-                    reason["value"] = _truncate(parse_error)
+    # The parse error itself is the most useful part of the reason; keep its text. A list column
+    # gives one reason per note/problem, each named on its own ("control character in eVar01").
+    row_of = {event_id: i for i, event_id in enumerate(columns["event_id"])}
+    for event_id, reasons in failures.items():
+        i = row_of[event_id]
+        expanded: list[dict[str, Any]] = []
+        for reason in reasons:
+            column = reason["column"]
+            if column in LISTED and columns[f"{column}_items"][i]:
+                expanded.extend({**reason, "value": _truncate(item)} for item in columns[f"{column}_items"][i])
+            elif column == "parse_error" and columns["parse_error"][i]:
+                expanded.append({**reason, "value": _truncate(columns["parse_error"][i])})
+            else:
+                expanded.append(reason)
+        failures[event_id] = expanded
 
     all_ids = columns["event_id"]
     bad_ids = sorted(failures)

@@ -6,9 +6,12 @@ only to interleave a competing puller between two pages (PositionConflict)."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import requests
@@ -18,8 +21,17 @@ from devstack.messages import trigger_message
 from include.triggerflow.hooks.triggers import TriggerSourceHook
 from include.triggerflow.runtime import batch_ref
 from include.triggerflow.sources.base import Page, RawMessage
-from include.triggerflow.stages.land import BatchRef, LandResult, PositionConflict, land_batch, stored_positions
-from include.triggerflow.store.schema import batch, event, source_position
+from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY
+from include.triggerflow.stages.land import (
+    MAX_MESSAGE_BYTES,
+    BatchRef,
+    LandResult,
+    PositionConflict,
+    land_batch,
+    stored_positions,
+)
+from include.triggerflow.stages.validate import validate_batch
+from include.triggerflow.store.schema import batch, event, quarantine, source_health, source_position
 
 from tests.unit.conftest import envelope_json
 
@@ -74,8 +86,10 @@ def test_runtime_batch_ref_reads_the_context() -> None:
 
 
 def test_land_result_as_xcom() -> None:
-    result = LandResult(batch_id="b", pulled=3, newly_landed=2, reused=False, bytes_read=99)
-    assert result.as_xcom() == {"batch_id": "b", "pulled": 3, "newly_landed": 2, "reused": False, "exists": True, "note": None}
+    result = LandResult(batch_id="b", pulled=3, newly_landed=2, reused=False, bytes_read=99, dropped=4)
+    assert result.as_xcom() == {
+        "batch_id": "b", "pulled": 3, "newly_landed": 2, "reused": False, "exists": True, "note": None, "dropped": 4,
+    }
 
 
 # -- against the emulator ----------------------------------------------------------------------------
@@ -296,3 +310,203 @@ def test_a_replay_without_a_landed_batch_pulls_nothing_and_says_so(emu, adobe_co
     assert "no batch was landed" in (result.note or "")
     assert emu.client.stats()["journal_requests"] == before  # the source was not read
     assert kit.rows(batch) == []  # and no empty batch was invented
+
+
+# -- hostile content: landing never fails on it, and the position always advances --------------------
+# Each reproduction of issue 10 lands next to good messages in one page; validate then quarantines
+# exactly the hostile ones with the reason that names the problem (the real GX suite, both stores).
+def hostile_envelope(**changes: Any) -> dict[str, Any]:
+    env = json.loads(envelope_json())
+    body = env[PIPELINE_MESSAGE][TRIGGER_BODY]
+    if "message_id" in changes:
+        env[PIPELINE_MESSAGE]["header"]["messageId"] = changes.pop("message_id")
+    if "evar" in changes:
+        body["enrichments"]["analyticsHitSummary"]["dimensions"]["eVar01"]["data"] = [changes.pop("evar")]
+    body.update(changes)
+    return env
+
+
+def hostile_text(**changes: Any) -> str:
+    return json.dumps(hostile_envelope(**changes))
+
+
+def with_timestamp(literal: str) -> str:
+    text = hostile_text(triggerTimestamp=4242)
+    assert '"triggerTimestamp": 4242' in text
+    return text.replace('"triggerTimestamp": 4242', f'"triggerTimestamp": {literal}')
+
+
+def good_text() -> str:
+    return json.dumps(hostile_envelope(triggerTimestamp=int(datetime.now(timezone.utc).timestamp() * 1000)))
+
+
+BIG = 2_500_000
+# (case id, payload as the source hands it over, (reason column, reason value) that must be among the reasons)
+REPRODUCTIONS: list[tuple[str, Callable[[], str | bytes], tuple[str, str]]] = [
+    ("nul-in-message-id", lambda: hostile_text(message_id="6b0ed1b6-2b4d-4b44-9b3a-\u0000"), ("problems", "control character in messageId")),
+    ("surrogate-in-message-id", lambda: hostile_text(message_id="\ud800"), ("problems", "invalid text in messageId")),
+    ("nul-in-trigger-id", lambda: hostile_text(triggerId="x\u0000"), ("problems", "control character in triggerId")),
+    ("surrogate-in-trigger-id", lambda: hostile_text(triggerId="\udfff"), ("problems", "invalid text in triggerId")),
+    ("nul-in-evar", lambda: hostile_text(evar="x\u0000"), ("problems", "control character in eVar01")),
+    ("surrogate-in-evar", lambda: hostile_text(evar="\ud800"), ("problems", "invalid text in eVar01")),
+    ("timestamp-1e30", lambda: with_timestamp("1e30"), ("problems", "triggerTimestamp out of range")),
+    ("timestamp-2-pow-70", lambda: with_timestamp(str(2**70)), ("problems", "triggerTimestamp out of range")),
+    ("timestamp-as-string", lambda: with_timestamp('"123"'), ("problems", "triggerTimestamp is a JSON string, not a number")),
+    ("timestamp-nan", lambda: with_timestamp("NaN"), ("problems", "triggerTimestamp is not a finite number")),
+    ("nesting-2000", lambda: "[" * 2_000 + "]" * 2_000, ("parse_error", "nesting deeper than 64")),
+    ("nesting-100000", lambda: '{"a":' * 100_000 + "1" + "}" * 100_000, ("parse_error", "nesting deeper than 64")),
+    ("invalid-utf8-bytes", lambda: good_text().encode().replace(b"SHOP-ADA", b"SHOP-\xff\xfeADA"), ("landing_note", "invalid UTF-8")),
+    ("message-of-2.5-MB", lambda: hostile_text(evar="x" * BIG), ("landing_note", f"message larger than {MAX_MESSAGE_BYTES} bytes")),
+    ("raw-nul-in-the-text", lambda: good_text()[:-1] + "\x00}", ("landing_note", "NUL replaced")),
+    ("raw-surrogate-in-the-text", lambda: good_text().replace("SHOP-ADA", "SHOP-\ud800"), ("landing_note", "lone surrogate replaced")),
+]
+
+
+def reasons_of(kit, event_id: int) -> list[tuple[str, Any]]:
+    [row] = kit.rows(quarantine, quarantine.c.event_id == event_id)
+    return [(r["column"], r["value"]) for r in json.loads(row["reasons"])]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
+def test_each_reproduction_lands_advances_the_position_and_is_quarantined_with_its_reason(kit, routing) -> None:
+    payloads = [build() for _, build, _ in REPRODUCTIONS]
+    messages = [RawMessage(partition=0, position="good-1", payload=good_text().encode())]
+    messages += [RawMessage(partition=0, position=f"bad-{i:02d}", payload=p) for i, p in enumerate(payloads)]
+    messages.append(RawMessage(partition=0, position="good-2", payload=good_text()))
+    source = ScriptedSource([Page(messages=messages, next_positions={0: "good-2"})])
+
+    landed = land_batch(kit.engine, source, ref(0))
+    validated = validate_batch(kit.engine, landed.batch_id, routing)
+
+    assert (landed.newly_landed, validated.valid, validated.quarantined) == (len(messages), 2, len(REPRODUCTIONS))
+    assert stored_positions(kit.engine, ScriptedSource.source_key) == {0: "good-2"}
+    rows = {r["src_position"]: r for r in events_of(kit, landed.batch_id)}
+    assert (rows["good-1"]["status"], rows["good-2"]["status"]) == ("valid", "valid")
+    assert rows["good-1"]["landing_note"] is None and rows["good-1"]["raw_payload"] is None
+    for i, ((case, _, expected), payload) in enumerate(zip(REPRODUCTIONS, payloads)):
+        row = rows[f"bad-{i:02d}"]
+        assert row["status"] == "quarantined", case
+        assert expected in reasons_of(kit, row["event_id"]), (case, reasons_of(kit, row["event_id"]))
+        for column in ("payload", "message_id", "trigger_id"):  # what is stored holds no NUL/surrogate
+            assert row[column] is None or not re.search("[\x00\ud800-\udfff]", row[column]), (case, column)
+        raw = payload if isinstance(payload, bytes) else payload.encode("utf-8", "surrogatepass")
+        assert row["raw_size"] == len(raw), case
+        if expected[0] == "landing_note":  # the stored text differs: what arrived is kept
+            assert row["raw_payload"] == raw[:len(row["raw_payload"])] and len(row["raw_payload"]) > 0, case
+        else:
+            assert row["raw_payload"] is None and row["landing_note"] is None, case
+    big = rows[f"bad-{[c for c, _, _ in REPRODUCTIONS].index('message-of-2.5-MB'):02d}"]
+    assert len(big["payload"].encode()) == len(big["raw_payload"]) == MAX_MESSAGE_BYTES
+    assert big["raw_size"] > BIG
+    # the timestamp column holds what fits, never what does not
+    assert {rows[f"bad-{i:02d}"]["trigger_ts"] for i in range(6, 10)} == {None}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
+def test_a_byte_order_mark_is_removed_and_the_event_stays_valid(kit, routing) -> None:
+    text = good_text()
+    source = ScriptedSource([Page(
+        messages=[RawMessage(0, "p1", b"\xef\xbb\xbf" + text.encode()), RawMessage(0, "p2", "\ufeff" + text)],
+        next_positions={0: "p2"},
+    )])
+    landed = land_batch(kit.engine, source, ref(0))
+    assert validate_batch(kit.engine, landed.batch_id, routing).valid == 2
+    for row in events_of(kit, landed.batch_id):
+        assert (row["payload"], row["landing_note"]) == (text, "byte order mark removed")
+        assert row["raw_payload"] == b"\xef\xbb\xbf" + text.encode()
+
+
+def test_the_size_cap_is_a_parameter_and_cuts_on_a_character_boundary(kit) -> None:
+    text = hostile_text(evar="é" * 300)
+    source = ScriptedSource([Page(messages=[RawMessage(0, "p1", text.encode())], next_positions={0: "p1"})])
+    landed = land_batch(kit.engine, source, ref(0), max_message_bytes=501)
+    [row] = events_of(kit, landed.batch_id)
+    assert row["landing_note"] == "message larger than 501 bytes"  # and not "invalid UTF-8": no character was split
+    assert len(row["payload"].encode()) in (500, 501)
+    assert row["raw_payload"] == text.encode()[:len(row["raw_payload"])]
+    assert row["raw_size"] == len(text.encode())
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        land_batch(kit.engine, source, ref(1), max_message_bytes=0)
+
+
+def test_a_message_the_store_still_refuses_lands_as_raw_bytes_and_the_page_commits(kit, monkeypatch) -> None:
+    """Should a value get past the sanitising (simulated by switching it off), the store's refusal
+    costs that message its text, not the page its commit."""
+    from include.triggerflow.stages import land
+
+    real = land.prepare_payload
+
+    def unsanitised(payload, max_bytes=land.MAX_MESSAGE_BYTES):
+        if isinstance(payload, str) and "\ud800" in payload:
+            return land.LandedPayload(payload=payload, raw_size=len(payload))
+        return real(payload, max_bytes)
+
+    monkeypatch.setattr(land, "prepare_payload", unsanitised)
+    bad = good_text().replace("SHOP-ADA", "SHOP-\ud800")
+    first, last = good_text(), good_text()
+    source = ScriptedSource([Page(
+        messages=[RawMessage(0, "p1", first), RawMessage(0, "p2", bad), RawMessage(0, "p3", last)],
+        next_positions={0: "p3"},
+    )])
+
+    landed = land_batch(kit.engine, source, ref(0))
+
+    assert landed.newly_landed == 3
+    assert stored_positions(kit.engine, ScriptedSource.source_key) == {0: "p3"}
+    rows = events_of(kit, landed.batch_id)
+    assert [r["landing_note"] for r in rows] == [
+        None, "the store refused the message as text; only its raw bytes are kept (UnicodeEncodeError)", None,
+    ]
+    assert rows[1]["payload"] == "" and rows[1]["raw_payload"] == bad.encode("utf-8", "surrogatepass")
+    assert (rows[0]["payload"], rows[2]["payload"]) == (first, last)
+
+
+def test_a_position_conflict_is_still_a_conflict_when_the_page_holds_hostile_content(kit) -> None:
+    land_batch(kit.engine, ScriptedSource([page("p1")]), ref(0))
+    replay = ScriptedSource([Page(messages=[RawMessage(0, "p1", b"\xff\x00")], next_positions={})])
+    with pytest.raises(PositionConflict):
+        land_batch(kit.engine, replay, ref(1))
+    assert kit.count(event) == 1
+
+
+@dataclass
+class PingPage(Page):
+    """A page as the sources' reader reports it once it counts keep-alives."""
+
+    keepalives: int = 0
+
+
+def test_dropped_lines_are_summed_into_the_batch_and_source_health(kit) -> None:
+    source = ScriptedSource([
+        Page(messages=page("p1").messages, next_positions={0: "p1"}, dropped={"not JSON": 2, "blank": 1}),
+        Page(messages=[], next_positions={0: "p2"}, dropped={"not JSON": 1, "BOM": 4}),
+    ])
+    landed = land_batch(kit.engine, source, ref(0))
+
+    assert landed.dropped == 8 and landed.as_xcom()["dropped"] == 8
+    [row] = kit.rows(batch, batch.c.batch_id == landed.batch_id)
+    assert row["dropped"] == 8
+    assert json.loads(row["dropped_reasons"]) == {"not JSON": 3, "blank": 1, "BOM": 4}
+    [health] = kit.rows(source_health)
+    assert health["lines_dropped"] == 8
+    assert stored_positions(kit.engine, ScriptedSource.source_key) == {0: "p2"}
+
+    land_batch(kit.engine, ScriptedSource([Page(messages=[], next_positions={0: "p3"}, dropped={"blank": 2})]), ref(1))
+    assert kit.rows(source_health)[0]["lines_dropped"] == 10
+
+
+def test_keepalive_only_pulls_are_counted_until_data_arrives(kit) -> None:
+    def health() -> dict:
+        [row] = kit.rows(source_health)
+        return row
+
+    land_batch(kit.engine, ScriptedSource([PingPage(messages=[], keepalives=3)]), ref(0))
+    assert (health()["empty_reads"], health()["last_data_at"]) == (1, None)
+    land_batch(kit.engine, ScriptedSource([PingPage(messages=[], keepalives=1), PingPage(messages=[], keepalives=2)]), ref(1))
+    assert health()["empty_reads"] == 2
+    land_batch(kit.engine, ScriptedSource([]), ref(2))  # an idle read without keep-alives: not counted
+    assert health()["empty_reads"] == 2
+
+    land_batch(kit.engine, ScriptedSource([PingPage(messages=page("p1").messages, next_positions={0: "p1"}, keepalives=5)]), ref(3))
+    assert health()["empty_reads"] == 0
+    assert health()["last_data_at"] is not None

@@ -30,6 +30,8 @@ NOT_NULL = "expect_column_values_to_not_be_null"
 IN_SET = "expect_column_values_to_be_in_set"
 REGEX = "expect_column_values_to_match_regex"
 BETWEEN = "expect_column_values_to_be_between"
+NOTE = (BE_NULL, "landing_note")
+PROBLEM = (BE_NULL, "problems")
 
 
 def good_envelope(**kwargs: Any) -> dict[str, Any]:
@@ -93,12 +95,12 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, str, Any]]]] = [
     (
         "non-integer-trigger-timestamp",
         with_body(triggerTimestamp="yesterday"),
-        [(REGEX, "trigger_ts", "yesterday")],
+        [(REGEX, "trigger_ts", "yesterday"), (*PROBLEM, "triggerTimestamp is a JSON string, not a number")],
     ),
     (
         "float-trigger-timestamp",
         with_body(triggerTimestamp=1772366340000.5),
-        [(REGEX, "trigger_ts", "1772366340000.5")],
+        [(REGEX, "trigger_ts", "1772366340000.5"), (*PROBLEM, "triggerTimestamp is not a whole number of milliseconds")],
     ),
     (
         "trigger-30-days-before-received",
@@ -124,6 +126,71 @@ CASES: list[tuple[str, Callable[[], Any], list[tuple[str, str, Any]]]] = [
         "blank-trigger-id",
         with_body(triggerId="   "),
         [(REGEX, "trigger_id", "   ")],
+    ),
+    (
+        "trigger-timestamp-as-a-string-of-digits",
+        with_body(triggerTimestamp=str(RECEIVED_MS)),
+        [(*PROBLEM, "triggerTimestamp is a JSON string, not a number")],
+    ),
+    (
+        "trigger-timestamp-beyond-64-bits",
+        with_body(triggerTimestamp=2**70),
+        [(REGEX, "trigger_ts", str(2**70)), (*PROBLEM, "triggerTimestamp out of range")],
+    ),
+    (
+        "trigger-timestamp-1e30",
+        with_body(triggerTimestamp=1e30),
+        [(REGEX, "trigger_ts", "1e+30"), (*PROBLEM, "triggerTimestamp out of range")],
+    ),
+    (
+        "trigger-timestamp-nan",
+        with_body(triggerTimestamp=float("nan")),
+        [(REGEX, "trigger_ts", "nan"), (*PROBLEM, "triggerTimestamp is not a finite number")],
+    ),
+    (
+        "trigger-timestamp-true",
+        with_body(triggerTimestamp=True),
+        [(REGEX, "trigger_ts", "True"), (*PROBLEM, "triggerTimestamp is a JSON boolean, not a number")],
+    ),
+    (
+        "nul-in-the-evar",
+        lambda: good_envelope(shopper_id="SHOP-ADA\u0000"),
+        [(*PROBLEM, "control character in eVar01")],
+    ),
+    (
+        "lone-surrogate-in-the-evar",
+        lambda: good_envelope(shopper_id="\ud800"),
+        [(*PROBLEM, "invalid text in eVar01")],
+    ),
+    (
+        "lone-surrogate-in-the-message-id",
+        lambda: good_envelope(message_id="6b0ed1b6-2b4d-4b44-9b3a-\udc00"),
+        [(REGEX, "message_id", "6b0ed1b6-2b4d-4b44-9b3a-\ufffd"), (*PROBLEM, "invalid text in messageId")],
+    ),
+    (
+        "nul-in-the-trigger-id",
+        with_body(triggerId=CART_ABANDONMENT_TRIGGER_ID + "\u0000"),
+        [(*PROBLEM, "control character in triggerId")],
+    ),
+    (
+        "two-problems-listed-separately",
+        lambda: good_envelope(shopper_id="\u0001", message_id="6b0ed1b6-2b4d-4b44-9b3a-1f8f0a1e2d3c\u0085"),
+        [
+            (REGEX, "message_id", "6b0ed1b6-2b4d-4b44-9b3a-1f8f0a1e2d3c\ufffd"),
+            (*PROBLEM, "control character in messageId"),
+            (*PROBLEM, "control character in eVar01"),
+        ],
+    ),
+    (
+        "nesting-2000-deep",
+        lambda: "[" * 2_000 + "]" * 2_000,
+        [
+            (BE_NULL, "parse_error", "nesting deeper than 64"),
+            (NOT_NULL, "envelope_type", None),
+            (NOT_NULL, "message_id", None),
+            (NOT_NULL, "trigger_id", None),
+            (NOT_NULL, "trigger_ts", None),
+        ],
     ),
 ]
 
