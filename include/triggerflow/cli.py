@@ -8,8 +8,12 @@
     quarantine [--batch ID]      quarantined events and why
     decisions [--run ID] [--batch ID] [--customer ID] [--code CODE] [--counts]
                                  the decision log: why each event did or did not become an email
-    suppress add|remove|list [ENTRY...] [--reason TEXT]
-                                 the block list: addresses and whole @domains never mailed
+    suppress add|remove|list|lift [ENTRY...] [--category C] [--reason TEXT] [--days N]
+             [--since WHEN] [--until WHEN] [--batch ID] [--dry-run]
+                                 the suppression list: addresses and whole @domains not mailed, by
+                                 category (hard-bounce, complaint, manual, block-list, unsubscribe),
+                                 optionally expiring; `lift` deletes a category / time range / batch
+                                 of them (undo a bad day) and prints how many
     positions                    the stored source positions
     forget-position SOURCE       drop a source's stored positions: its next pull starts where the
                                  adobe_triggers connection's `reset` says (earliest or latest)
@@ -150,18 +154,41 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 
 def cmd_suppress(args: argparse.Namespace) -> int:
-    from include.triggerflow.suppression import SuppressionEntryError, add_entries, list_entries, remove_entries
+    from datetime import datetime, timedelta, timezone
+
+    from include.triggerflow.suppression import (
+        Selection, SuppressionEntryError, add_entries, category, count_entries, lift, list_entries, parse_when,
+        remove_entries,
+    )
 
     engine = _engine(args)
     try:
+        kind = category(args.category) if args.category else None
         if args.action == "add":
-            added = add_entries(engine, args.entries, reason=args.reason)
-            print(f"added {added} of {len(set(args.entries))} entr{'y' if len(args.entries) == 1 else 'ies'} to the block list")
+            days = args.days
+            if days is not None and days <= 0:
+                raise SuppressionEntryError(f"--days must be positive, not {days}")
+            expires = None if days is None else datetime.now(timezone.utc) + timedelta(days=days)
+            added = add_entries(engine, args.entries, source=kind or "block-list", reason=args.reason, expires_at=expires)
+            print(f"added {added} of {len(set(args.entries))} entr{'y' if len(args.entries) == 1 else 'ies'} "
+                  f"({kind or 'block-list'}{'' if expires is None else ', until ' + expires.isoformat(timespec='seconds')})")
         elif args.action == "remove":
             print(f"removed {remove_entries(engine, args.entries)} entries")
         else:
-            for row in list_entries(engine, source=args.source):
-                print(json.dumps(row, default=str))
+            selection = Selection(
+                category=kind, batch_id=args.batch,
+                since=parse_when(args.since) if args.since else None,
+                until=parse_when(args.until) if args.until else None,
+                expired=args.action == "lift" or args.include_expired,
+            )
+            if args.action == "lift":
+                if args.dry_run:
+                    print(f"would lift {count_entries(engine, selection)} suppression(s)")
+                else:
+                    print(f"lifted {lift(engine, selection)} suppression(s)")
+            else:
+                for row in list_entries(engine, selection, limit=args.limit):
+                    print(json.dumps(row, default=str))
     except SuppressionEntryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -416,11 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=200)
     p.add_argument("--counts", action="store_true", help="print {decision: count} instead of the rows")
     p.set_defaults(func=cmd_decisions)
-    p = sub.add_parser("suppress", help="the block list: addresses and @domains never mailed")
-    p.add_argument("action", choices=("add", "remove", "list"))
-    p.add_argument("entries", nargs="*", help="addresses or @domain.example")
+    from include.triggerflow.suppression import SOURCES as SUPPRESSION_CATEGORIES
+
+    p = sub.add_parser("suppress", help="the suppression list: addresses and @domains not mailed; lift a bad day's")
+    p.add_argument("action", choices=("add", "remove", "list", "lift"))
+    p.add_argument("entries", nargs="*", help="addresses or @domain.example (add, remove)")
     p.add_argument("--reason", help="why (kept with the entry)")
-    p.add_argument("--source", choices=("block-list", "hard-bounce"), help="list only this source")
+    p.add_argument("--category", "--source", dest="category", choices=SUPPRESSION_CATEGORIES,
+                   help="add: the entry's category (default block-list); list, lift: only this category")
+    p.add_argument("--days", type=float, help="add: the entry expires after this many days (default: never)")
+    p.add_argument("--since", help="list, lift: created at or after (2026-12-05, 2026-12-05T14:00 UTC, or an age: 6h, 2d)")
+    p.add_argument("--until", help="list, lift: created before (same forms)")
+    p.add_argument("--batch", help="list, lift: added by this batch's send (hard bounces)")
+    p.add_argument("--include-expired", action="store_true", help="list: show expired entries too")
+    p.add_argument("--dry-run", action="store_true", help="lift: only say how many would be lifted")
+    p.add_argument("--limit", type=int, default=1000, help="list: at most this many, newest first")
     p.set_defaults(func=cmd_suppress)
     sub.add_parser("positions", help="stored source positions").set_defaults(func=cmd_positions)
     p = sub.add_parser("forget-position", help="drop a source's stored positions")
