@@ -5,6 +5,14 @@ Run through ``bin/demo`` (which prepares the venv first). Everything lives under
     .local/airflow/     AIRFLOW_HOME: metadata DB, logs, the store (triggerflow.db)
     .local/outbox/      every email the SMTP sink received, one .eml file each
     .local/logs/        emulator, SMTP sink and Airflow output
+    .local/demo_routing.yaml   include/routing.yaml with a demo-sized dedup window (see below)
+
+The demo keeps emails arriving for as long as it runs: its triggers go round the 200 demo customers
+(devstack/demo_profiles.csv) in turn, and the demo routing's dedup window is shorter than one round,
+so a customer's next trigger is a new email. The rules still show: a few triggers repeat a recent one
+(``duplicate``), some customers opted out (``suppressed``), some shoppers are unknown
+(``unmatched``) and a few triggers carry no shopper id (``quarantined``). The progress line counts
+what was decided since the demo started.
 
 Ctrl-C stops everything this command started.
 """
@@ -12,7 +20,9 @@ Ctrl-C stops everything this command started.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import csv
 import json
 import os
 import random
@@ -21,9 +31,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / ".local"
@@ -34,6 +48,12 @@ EMULATOR_PORT = 8765  # fixed: airflow_settings.yaml points the connections here
 SMTP_PORT = 1025
 ADMIN_USER, ADMIN_PASSWORD = "admin", "admin"
 DEMO_PROFILES = ROOT / "devstack" / "demo_profiles.csv"
+DEMO_ROUTING = LOCAL / "demo_routing.yaml"
+# Shares of the demo's triggers that show the rules at work (the rest are new emails).
+REPEAT_SHARE = 0.05  # the same trigger for a customer who just got it: duplicate
+UNKNOWN_SHARE = 0.12  # a shopper id no profile has: unmatched
+NO_SHOPPER_SHARE = 0.03  # no shopper id at all: quarantined (the route's identity is missing)
+CART_SHARE = 0.75  # the rest are browse abandonments
 
 
 def say(step: str, text: str) -> None:
@@ -99,17 +119,124 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
     raise SystemExit(f"error: {url} did not answer within {timeout:.0f} s; see {log}")
 
 
-def demo_batch(rng: random.Random, shoppers: list[str], size: int) -> list[dict]:
-    """Mostly known shoppers, some unknown ones, and now and then a browse abandonment."""
-    from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, DEMO_CATALOG, trigger_message
+@dataclass
+class DemoTriggers:
+    """The demo's trigger stream: customers in turn (shuffled once), so no customer repeats within a
+    round, plus a few repeats, unknown shoppers and triggers without a shopper id."""
 
-    batch = []
-    for _ in range(size):
-        shopper = rng.choice(shoppers) if rng.random() < 0.85 else f"SHOP-UNKNOWN-{rng.randint(1, 999):03d}"
-        trigger_id = CART_ABANDONMENT_TRIGGER_ID if rng.random() < 0.75 else BROWSE_ABANDONMENT_TRIGGER_ID
-        skus = rng.sample(sorted(DEMO_CATALOG), k=rng.randint(1, 3))
-        batch.append(trigger_message(trigger_id=trigger_id, shopper_id=shopper, products=skus))
-    return batch
+    shoppers: list[str]
+    rng: random.Random
+    #: how many of each kind were made: new (a customer in turn), repeat, unknown, no-shopper
+    made: collections.Counter = field(default_factory=collections.Counter)
+    _order: list[str] = field(default_factory=list)
+    _turn: int = 0
+    _recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+
+    def batch(self, size: int, *, at_ms: int | None = None) -> list[dict[str, Any]]:
+        return [message for _, message in self.kinds_and_messages(size, at_ms=at_ms)]
+
+    def kinds_and_messages(self, size: int, *, at_ms: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """``size`` triggers with their kind; ``at_ms`` is their trigger time (default now)."""
+        from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, DEMO_CATALOG, trigger_message
+
+        messages = []
+        for _ in range(size):
+            roll = self.rng.random()
+            trigger_id = CART_ABANDONMENT_TRIGGER_ID if self.rng.random() < CART_SHARE else BROWSE_ABANDONMENT_TRIGGER_ID
+            if roll < REPEAT_SHARE and self._recent:
+                kind = "repeat"
+                shopper, trigger_id = self.rng.choice(list(self._recent))
+            elif roll < REPEAT_SHARE + UNKNOWN_SHARE:
+                kind, shopper = "unknown", f"SHOP-UNKNOWN-{self.rng.randint(1, 999):03d}"
+            elif roll < REPEAT_SHARE + UNKNOWN_SHARE + NO_SHOPPER_SHARE:
+                kind, shopper = "no-shopper", None
+            else:
+                kind, shopper = "new", self._next_customer()
+                self._recent.append((shopper, trigger_id))
+            self.made[kind] += 1
+            skus = self.rng.sample(sorted(DEMO_CATALOG), k=self.rng.randint(1, 3))
+            message = trigger_message(trigger_id=trigger_id, shopper_id=shopper, products=skus, triggered_at_ms=at_ms)
+            messages.append((kind, message))
+        return messages
+
+    def _next_customer(self) -> str:
+        # One shuffled order, kept for every round: reshuffling would let a customer at the end of
+        # one round come first in the next, back to back, inside the dedup window.
+        if not self._order:
+            self._order = self.rng.sample(self.shoppers, k=len(self.shoppers))
+        customer = self._order[self._turn % len(self._order)]
+        self._turn += 1
+        return customer
+
+
+def demo_shoppers(path: Path = DEMO_PROFILES) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return [row["shopper_id"] for row in csv.DictReader(fh) if row.get("shopper_id")]
+
+
+def demo_dedup_window_s(customers: int, triggers_per_s: float) -> int:
+    """A dedup window shorter than one round of the customers (half of it, between 1 and 10 minutes),
+    so a customer's next trigger in turn is a new email and a deliberate repeat is a duplicate."""
+    known_per_s = max(triggers_per_s * (1 - UNKNOWN_SHARE - NO_SHOPPER_SHARE - REPEAT_SHARE), 1e-9)
+    return int(max(60, min(600, customers / known_per_s / 2)))
+
+
+def write_demo_routing(target: Path, dedup_window_s: int, source: Path | None = None) -> Path:
+    """include/routing.yaml (the shipped routes, unchanged) with ``defaults.rules.dedup_window`` set for
+    the demo; checked by the real loader before Airflow starts."""
+    from include.triggerflow import DEFAULT_ROUTING_FILE
+    from include.triggerflow.config import load_routing
+
+    document = yaml.safe_load((source or DEFAULT_ROUTING_FILE).read_text(encoding="utf-8"))
+    rules = document.setdefault("defaults", {}).setdefault("rules", {})
+    rules["dedup_window"] = f"{dedup_window_s}s"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(
+        "# Written by devstack/run_local.py for bin/demo: include/routing.yaml with a dedup window shorter\n"
+        "# than one round of the demo customers, so the demo keeps sending. Do not edit; edit routing.yaml.\n"
+        + yaml.safe_dump(document, sort_keys=False, allow_unicode=True),
+        encoding="utf-8",
+    )
+    load_routing(target)  # a mistake here must stop the demo now, not fail every run later
+    return target
+
+
+#: What the progress line reports, in this order.
+PROGRESS_KEYS = ("sent", "duplicate", "suppressed", "unmatched", "quarantined", "waiting")
+
+
+def demo_progress(engine: Any, since: datetime) -> dict[str, int]:
+    """What the pipeline decided since ``since``: emails sent, decisions that sent nothing, events
+    quarantined, and emails still waiting in the ledger (pending, deferred, ambiguous...)."""
+    from sqlalchemy import func, select
+
+    from include.triggerflow.store.schema import decision, quarantine, send
+
+    with engine.connect() as conn:
+        decisions = dict(
+            conn.execute(
+                select(decision.c.decision, func.count()).where(decision.c.decided_at >= since).group_by(decision.c.decision)
+            ).all()
+        )
+        states = dict(
+            conn.execute(select(send.c.state, func.count()).where(send.c.created_at >= since).group_by(send.c.state)).all()
+        )
+        quarantined = conn.execute(
+            select(func.count()).select_from(quarantine).where(quarantine.c.quarantined_at >= since)
+        ).scalar_one()
+    return {
+        "sent": int(states.get("sent", 0)),
+        "duplicate": int(decisions.get("duplicate", 0)),
+        "suppressed": sum(int(n) for k, n in decisions.items() if str(k).startswith("suppressed")),
+        "unmatched": int(decisions.get("unmatched", 0)),
+        "quarantined": int(quarantined or 0),
+        "waiting": sum(int(n) for k, n in states.items() if k not in ("sent", "failed")),
+    }
+
+
+def progress_line(injected: int, progress: dict[str, int], outbox: int) -> str:
+    decided = ", ".join(f"{key} {progress.get(key, 0)}" for key in PROGRESS_KEYS)
+    return f"{injected} triggers injected; decided since start: {decided}; {outbox} emails in the outbox"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,7 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: port {port} (for the {what}) is in use; stop whatever holds it and retry")
     (AIRFLOW_HOME / "passwords.json").write_text(json.dumps({ADMIN_USER: ADMIN_PASSWORD}))
 
+    shoppers = demo_shoppers()
+    window_s = demo_dedup_window_s(len(shoppers), args.burst / max(args.every, 0.1))
     env = airflow_env(args.api_port)
+    env["TRIGGERFLOW_ROUTING_FILE"] = str(write_demo_routing(DEMO_ROUTING, window_s))
     os.environ.update({k: env[k] for k in ("AIRFLOW_HOME", "PYTHONPATH")})
     py = sys.executable
     setup_log = LOGS / "setup.log"
@@ -180,21 +310,29 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        say("[6/6]", f"injecting {args.burst} demo triggers every {args.every:.0f} s")
-        rng = random.Random(42)
-        shoppers = [line.split(",")[6] for line in DEMO_PROFILES.read_text().splitlines()[1:] if line.strip()]
+        say(
+            "[6/6]",
+            f"injecting {args.burst} demo triggers every {args.every:.0f} s, round {len(shoppers)} customers "
+            f"(demo dedup window {window_s} s: {DEMO_ROUTING.relative_to(ROOT)})",
+        )
+        from include.triggerflow.store.db import get_engine
+
+        store = get_engine(store_url)
+        triggers = DemoTriggers(shoppers, random.Random(42))
+        since = datetime.now(timezone.utc)
         injected = 0
         started = time.monotonic()
-        next_report = 0.0
+        next_report = time.monotonic() + 30  # the first run needs a minute: nothing to report before
         while not args.stop_after or time.monotonic() - started < args.stop_after:
             if airflow_proc.poll() is not None:
                 raise SystemExit(f"error: airflow exited with {airflow_proc.returncode}; see {airflow_log}")
-            emu.client.publish(demo_batch(rng, shoppers, args.burst))
+            emu.client.publish(triggers.batch(args.burst))
             injected += args.burst
             if time.monotonic() >= next_report:
-                say("demo", f"{injected} triggers injected, {len(list(OUTBOX.glob('*.eml')))} emails in the outbox")
+                say("demo", progress_line(injected, _progress_or_empty(store, since), len(smtp.eml_paths())))
                 next_report = time.monotonic() + 30
             time.sleep(args.every)
+        say("demo", progress_line(injected, _progress_or_empty(store, since), len(smtp.eml_paths())))
         say("demo", f"stopping after {args.stop_after:.0f} s: {len(smtp.eml_paths())} emails in {OUTBOX}")
     except KeyboardInterrupt:
         print("", flush=True)
@@ -226,6 +364,17 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
         say("stop", "everything stopped")
     return 0
+
+
+def _progress_or_empty(engine: Any, since: datetime) -> dict[str, int]:
+    """The progress counts; while a task holds SQLite's write lock or the store is still being
+    created, an empty line is better than a demo that stops."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return demo_progress(engine, since)
+    except SQLAlchemyError:
+        return {}
 
 
 def _running(proc) -> bool:
