@@ -1,0 +1,221 @@
+"""The hostile corpus (devstack/hostile_corpus.py) through the real ``trigger_emails`` DAG.
+
+Every case of the corpus, with good messages between them in the same journal pages, goes through
+the real emulator process and the real SMTP sink; the DAG runs with dag.test() on the store of the
+test (SQLite, or PostgreSQL with TRIGGERFLOW_TEST_PG_URL). The run must succeed and balance; every
+message must land (landed == published) and end in the bucket its case names, with a reason; the
+source position must move past all of them; the good messages and the cases that are fit to send
+must be emailed exactly once, with nothing the message tried to smuggle into the email; a second
+run pulls nothing new and sends nothing.
+
+A failing run lists every case that ended elsewhere, with its status, reasons and decision, so
+each can be routed to the stage that owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from devstack.hostile_corpus import Bucket, Delivery, HostileCase, corpus_profiles, hostile_corpus
+from devstack.processes import start_emulator, start_smtp_sink
+from include.triggerflow.profiles import upsert_profiles
+from tests.e2e.fault_helpers import (
+    assert_balanced,
+    batch_of,
+    connection_env,
+    customers,
+    event_count,
+    keys_received,
+    load_dag,
+    minute,
+    recipients_received,
+    summary,
+    triggers_for,
+)
+
+pytestmark = pytest.mark.e2e
+
+#: a good message after every this many corpus cases, so good and hostile share pages
+GOOD_EVERY = 12
+PAGE_LIMIT = 25
+
+
+@pytest.fixture
+def stack(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
+    from include.triggerflow.hooks.ims import clear_token_cache
+
+    with (
+        start_emulator(log_path=tmp_path / "emulator.log") as emu,
+        start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "smtp.log") as smtp,
+    ):
+        source = {"conn_type": "http", "host": emu.client.journal_url,
+                  "extra": {"kind": "journal", "ims_conn_id": "adobe_ims", "page_limit": PAGE_LIMIT}}
+        for key, value in connection_env(emu, smtp, store_url, source=source).items():
+            monkeypatch.setenv(key, value)
+        clear_token_cache()  # tasks run in this process under dag.test: start like a fresh worker
+        yield emu, smtp, store_engine
+
+
+#: the emulator's control plane takes JSON bodies up to 2 MB; bigger messages go as bytes
+INJECT_JSON_MAX = 1_500_000
+
+
+def _inject(emu, case: HostileCase) -> str:
+    """Append the case's message to the journal; returns its position. A JSON value (or UTF-8 text,
+    as a JSON string) goes through ``inject_raw``; bytes that are not UTF-8, and messages too big
+    for a JSON request, are served verbatim as the item's event (``publish_bytes``)."""
+    try:
+        event = case.journal_event()
+    except UnicodeDecodeError:
+        event = None
+    if (event is None and case.delivery is Delivery.BYTES) or case.size > INJECT_JSON_MAX:
+        receipt = emu.client.publish_bytes([case.as_bytes()])
+    else:
+        receipt = emu.client.inject_raw([event])
+    [position] = receipt["positions"]
+    return str(position["position"] if isinstance(position, dict) else position)
+
+
+def _run(offset: int = 0):
+    from airflow.utils.state import DagRunState
+
+    run = load_dag().test(logical_date=minute(offset))
+    assert run.state == DagRunState.SUCCESS
+    return run
+
+
+def _outcomes(engine) -> dict[str, dict[str, Any]]:
+    """{src_position: {status, reasons, decision, detail, ledger state, reply}} of every event."""
+    from include.triggerflow.store.schema import decision, event, quarantine, send
+
+    stmt = (
+        select(event.c.src_position, event.c.status, quarantine.c.reasons, decision.c.decision, decision.c.detail,
+               send.c.state, send.c.smtp_reply)
+        .select_from(
+            event.outerjoin(quarantine, quarantine.c.event_id == event.c.event_id)
+            .outerjoin(decision, decision.c.event_id == event.c.event_id)
+            .outerjoin(send, send.c.event_id == event.c.event_id)
+        )
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    positions = Counter(r[0] for r in rows)
+    assert max(positions.values(), default=1) == 1, "an event with several quarantine, decision or ledger rows"
+    keys = ("status", "reasons", "decision", "detail", "state", "reply")
+    return {r[0]: dict(zip(keys, r[1:])) for r in rows}
+
+
+def _html(message: EmailMessage) -> str:
+    return "".join(
+        part.get_content() for part in message.walk() if part.get_content_type() == "text/html"
+    )
+
+
+def _mismatch(case: HostileCase, got: dict[str, Any] | None, mail: list[EmailMessage]) -> str | None:
+    """Why the case did not end where it must (None when it did)."""
+    if got is None:
+        return "not landed"
+    reasons = got["reasons"] or ""
+    if case.expect is Bucket.QUARANTINED:
+        if got["status"] != "quarantined":
+            return f"status {got['status']}, decision {got['decision']}: {got['detail']}"
+        if case.reason not in reasons:
+            return f"quarantined, but the reasons lack {case.reason!r}: {reasons[:400]}"
+        return None
+    if got["status"] != "valid":
+        return f"status {got['status']}: {reasons[:400]}"
+    if case.expect is Bucket.DECIDED:
+        if got["decision"] != case.reason:
+            return f"decision {got['decision']}: {got['detail']}"
+        return None if got["detail"] else "decided without a detail"
+    if case.expect is Bucket.FAILED:
+        if (got["decision"], got["state"]) != ("matched", "failed") or case.reason not in (got["reply"] or ""):
+            return f"decision {got['decision']}, ledger {got['state']}: {got['reply']}"
+        return f"{len(mail)} emails at the sink" if mail else None
+    if (got["decision"], got["state"]) != ("matched", "sent"):
+        return f"decision {got['decision']} ({got['detail']}), ledger {got['state']}: {got['reply']}"
+    if len(mail) != 1:
+        return f"{len(mail)} emails at the sink"
+    message = mail[0]
+    if message["Bcc"] is not None or message["Cc"] is not None:
+        return "the email carries a Bcc or Cc header"
+    html = _html(message)
+    found = [text for text in case.forbidden if text in html]
+    return f"the email's HTML contains {found}" if found else None
+
+
+def test_hostile_corpus_through_the_dag(stack) -> None:
+    emu, smtp, engine = stack
+    cases = hostile_corpus(int(time.time() * 1000))
+    good_people = customers(1 + len(cases) // GOOD_EVERY, prefix="G")
+    upsert_profiles(engine, corpus_profiles(cases) + good_people)
+    good_messages = triggers_for(good_people)
+
+    # good messages between the cases, so each journal page holds both
+    positions: dict[str, str] = {}
+    good_positions: list[str] = []
+    for i, case in enumerate(cases):
+        if i % GOOD_EVERY == 0:
+            good_positions += [p["position"] for p in emu.client.publish([good_messages[i // GOOD_EVERY]])["positions"]]
+        positions[case.name] = _inject(emu, case)
+    published = len(cases) + len(good_positions)
+    last_position = sorted([*positions.values(), *good_positions])[-1]
+
+    run = _run()
+
+    outcomes = _outcomes(engine)
+    assert len(outcomes) == published, "landed != published"
+    assert {g: outcomes[g]["state"] for g in good_positions} == {g: "sent" for g in good_positions}
+
+    mail = smtp.messages()
+    by_recipient: dict[str, list[EmailMessage]] = {}
+    for message in mail:
+        by_recipient.setdefault(str(message["X-Envelope-To"]), []).append(message)
+    mismatches = {
+        case.name: why
+        for case in cases
+        if (why := _mismatch(case, outcomes.get(positions[case.name]),
+                             by_recipient.get(f"{(case.shopper_id or '').lower()}@example.com", [])))
+    }
+    assert mismatches == {}, "cases that did not end in their bucket:\n" + "\n".join(
+        f"  {name}: {why}" for name, why in mismatches.items()
+    )
+
+    # every email exactly once: the good ones and the corpus cases fit to send
+    assert set(keys_received(mail).values()) == {1}
+    expected = {p["email"] for p in good_people} | {
+        f"{c.shopper_id.lower()}@example.com" for c in cases if c.expect is Bucket.SENT and c.shopper_id
+    }
+    assert recipients_received(mail) == {address: 1 for address in expected}
+
+    counts = summary(engine, batch_of(engine, run.run_id))
+    assert_balanced(counts)
+    assert counts["pulled"] == published
+    assert counts["quarantined"] == sum(c.expect is Bucket.QUARANTINED for c in cases)
+    _position_is(engine, last_position)
+
+    # the position is past every message: the next run pulls nothing and sends nothing
+    again = _run(offset=1)
+    assert event_count(engine) == published
+    assert len(smtp.messages()) == len(mail)
+    again_counts = summary(engine, batch_of(engine, again.run_id))
+    assert_balanced(again_counts)
+    assert again_counts["pulled"] == 0
+    _position_is(engine, last_position)
+
+
+def _position_is(engine, expected: str) -> None:
+    from include.triggerflow.store.schema import source_position
+
+    with engine.connect() as conn:
+        stored = conn.execute(select(source_position.c.position)).scalars().all()
+    assert stored == [expected]
+
