@@ -159,6 +159,24 @@ class SmtpOutcome:
         return f"{self.reply_class.value} at {self.stage.value}: {code}{self.reply}".rstrip()
 
 
+_SUMMARY = re.compile(r"([a-z-]+) at ([a-z-]+): (\d+) ?(.*)", re.S)
+
+
+def outcome_from_summary(summary: str) -> SmtpOutcome | None:
+    """The outcome an :meth:`SmtpOutcome.summary` was written from (as stored in the ledger), or
+    None for text that is not one."""
+    match = _SUMMARY.fullmatch(summary or "")
+    if match is None:
+        return None
+    try:
+        kind, stage = ReplyClass(match.group(1)), SmtpStage(match.group(2))
+    except ValueError:
+        return None
+    code, text = int(match.group(3)), match.group(4)
+    enhanced = parse_enhanced(code, text)
+    return SmtpOutcome(stage=stage, code=code, reply=text, enhanced=enhanced, reply_class=kind)
+
+
 def read_reply(stage: SmtpStage, code: int | None, raw: bytes | str | None) -> SmtpOutcome:
     """Classify a reply as the server sent it (raw text, any bytes)."""
     if code is not None and not isinstance(code, int):

@@ -158,11 +158,17 @@ def test_a_repeated_message_refusal_stops_the_chunk_and_suppresses_nobody(kit, r
     assert kit.rows(suppression) == []
     assert sink.eml_paths() == []
 
-    # fixed: the retry sends the rest, and nobody is missing from later batches
+    # Airflow's retry, still refused: it stops at its first refusal (one email probes the relay)
+    with pytest.raises(RelayRefusing, match="4 email\\(s\\) left pending"):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook, SendOptions(run_id="r1", refusal_limit=3))
+    assert [r["state"] for r in rows(kit)] == ["failed"] * 4 + ["pending"] * 4
+
+    # fixed: the next retry sends the rest
     sink.set_faults([])
     retry = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook, SendOptions(run_id="r1", refusal_limit=3))
-    assert retry.counts["sent"] == 5
-    assert len(delivered(sink)) == 5
+    assert retry.counts["sent"] == 4
+    assert len(delivered(sink)) == 4
+    assert kit.rows(suppression) == []
 
 
 def test_different_refusals_each_below_the_limit_do_not_stop_the_chunk(kit, routing, sink, renderer) -> None:

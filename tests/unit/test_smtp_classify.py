@@ -108,6 +108,16 @@ def test_summary_names_class_stage_code_and_text() -> None:
     assert read_reply(RCPT, 550, b"5.1.1 a@b.example: unknown").refusal_key == ("rcpt", 550, "5.1.1")
 
 
+def test_a_summary_reads_back_as_its_outcome() -> None:
+    from include.triggerflow.smtp_replies import outcome_from_summary
+
+    for outcome in (read_reply(EOD, 554, b"5.7.1 rejected: see http://x.test/a?b=c"), read_reply(MAIL, 530, b"no"),
+                    read_reply(RCPT, 550, b"5.1.1 unknown")):
+        assert outcome_from_summary(outcome.summary()) == outcome
+    assert outcome_from_summary("session failed; will retry") is None
+    assert outcome_from_summary("nonsense at rcpt: 550 x") is None
+
+
 def test_addresses_are_masked() -> None:
     assert mask_addresses("5.1.1 <Bob.Smith+x@Example.COM>: unknown, also c@d.e") == "5.1.1 <<address>>: unknown, also <address>"
 

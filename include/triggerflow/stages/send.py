@@ -63,7 +63,14 @@ from include.triggerflow.mailer import (
     validate_address,
 )
 from include.triggerflow.render import Renderer, TemplateRenderError, build_context
-from include.triggerflow.smtp_replies import DeliveryUncertain, ReplyClass, SmtpOutcome, clean_reply_text, mask_addresses
+from include.triggerflow.smtp_replies import (
+    DeliveryUncertain,
+    ReplyClass,
+    SmtpOutcome,
+    clean_reply_text,
+    mask_addresses,
+    outcome_from_summary,
+)
 from include.triggerflow.store.db import DriverSession, DriverStatement, dialect_insert
 from include.triggerflow.store.schema import dry_run, event, profiles, send, send_log, suppression
 from include.triggerflow.suppression import Category
@@ -234,7 +241,7 @@ def send_chunk(
     session = _DryRunSession if opts.dry_run else open_session
     ledger = _Ledger(engine, logger)
     bounce_expiry = None if opts.hard_bounce_suppress_days is None else now + timedelta(days=opts.hard_bounce_suppress_days)
-    refusals: Counter[tuple[str, int | None, str | None]] = Counter()
+    refusals = _earlier_refusals(engine, batch_id, chunk, opts.run_id)
     try:
         with session() as mail:
             # The session's From address and Message-ID domain are configuration, not data of one
@@ -361,6 +368,31 @@ def send_chunk(
             f"the task retry sends them (sent so far: {counts['sent'] + counts['resent']}, recorded in the ledger)"
         )
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
+
+
+def _earlier_refusals(engine: Engine, batch_id: str, chunk: int, run_id: str | None) -> Counter[tuple[str, int | None, str | None]]:
+    """The message-level refusals earlier tries of this run already met in this chunk, by key.
+
+    Seeding the count with them makes each retry of a chunk the relay keeps refusing stop at its
+    first refusal again: one email per try probes whether the cause is fixed, instead of
+    ``refusal_limit`` more emails failed by every try."""
+    found: Counter[tuple[str, int | None, str | None]] = Counter()
+    if run_id is None:
+        return found
+    stmt = (
+        select(send_log.c.detail)
+        .join(send, send.c.send_id == send_log.c.send_id)
+        .where(
+            send.c.batch_id == batch_id, send.c.chunk == chunk, send_log.c.run_id == run_id,
+            send_log.c.action == "failed", send_log.c.detail.like(f"{ReplyClass.MESSAGE_REFUSED.value} at %"),
+        )
+    )
+    with engine.connect() as conn:
+        for (detail,) in conn.execute(stmt):
+            earlier = outcome_from_summary(detail)
+            if earlier is not None:
+                found[earlier.refusal_key] += 1
+    return found
 
 
 class _Ledger:
