@@ -22,6 +22,26 @@ A small unauthenticated control plane under ``/_emulator/`` lets tests inject ma
 read counters, reset state, force token expiry, expire retained pipeline offsets and queue fault
 rules (HTTP errors, cut/slow/stalled streams, duplicated or malformed lines).
 
+Hostile servers and messages (issue 10), for the readers' bounds and keep-alive handling:
+
+* ``POST /_emulator/raw`` ``{"items": [{"b64": "<base64>", "as": "envelope"|"pipeline_message",
+  "partition": p}], "topic": "triggers"}`` publishes bytes no JSON value can express (invalid
+  UTF-8, deep nesting, NaN...) to both views. ``as: "envelope"`` (default) serves the bytes
+  verbatim as the consume stream's line and as the journal item's ``event``; they still take the
+  next offset of ``partition`` (default 0), but the line carries whatever it says.
+  ``as: "pipeline_message"`` wraps them as the value of the pipelineMessage member of an envelope
+  the emulator builds at that real partition/offset, so the stream line is placeable.
+* Consume fault kinds: ``ping_first`` (``count`` PINGs, ``delay_ms`` apart, before anything
+  else), ``interleave_pings`` (a PING after every DATA line), ``pings_only`` (the stream sends
+  only PINGs, every ``--ping-interval``, until it ends), ``huge_line`` (a line of ``size`` bytes,
+  newline at its end, before DATA line ``after_messages``; never placeable).
+* Request fault kinds: ``pad`` (token, exchange, journal, discovery: the next JSON answer gets a
+  ``"_pad"`` member of ``size`` bytes and is sent chunked, without Content-Length; with
+  ``delay_ms``, trickled in 64 KB chunks that far apart) and
+  ``token_answer`` (token, exchange: the next answer's ``expires_in`` is the rule's
+  ``expires_in``, any JSON value including ``Infinity``/``NaN``; a rule without ``expires_in``
+  leaves it out).
+
 Load generation (``POST /_emulator/generate``, for benchmarks): ``{"count": n, "seed": s,
 "customers": N, "customer_offset": o, "mix": {...}, "start": i0, "trigger_ts_ms": t, "topic":
 "triggers"}`` produces
@@ -113,6 +133,9 @@ FIRST_OFFSET = 1000
 # PIPE-API limits: 1 MB for one message, 2 MB for a batch.
 MAX_SINGLE_MESSAGE_BYTES = 1_000_000
 MAX_BATCH_BYTES = 2_000_000
+# POST /_emulator/raw (base64 of messages larger than Pipeline accepts, on purpose).
+RAW_PATH = "/_emulator/raw"
+MAX_RAW_BODY_BYTES = 64 * 1024 * 1024
 
 POSITION_PREFIX = "v2:"
 POSITION_RE = re.compile(r"^v2:(\d{12,18})$")
@@ -127,10 +150,20 @@ STREAM_BATCH = 200
 DISCOVERY_LOCATION = "VA7"
 
 FAULT_ENDPOINTS = ("consume", "journal", "token", "discovery", "exchange")
-FAULT_KINDS = ("status", "cut", "slow", "duplicate", "malformed", "stall")
+FAULT_KINDS = (
+    "status", "cut", "slow", "duplicate", "malformed", "stall",
+    "ping_first", "interleave_pings", "pings_only", "huge_line", "pad", "token_answer",
+)
 # Request/response endpoints have no stream to cut, duplicate or garble.
-_REQUEST_FAULT_KINDS = ("status", "slow", "stall")
-_STREAM_FAULT_KINDS = ("cut", "slow", "duplicate", "malformed", "stall")
+_REQUEST_FAULT_KINDS = ("status", "slow", "stall", "pad", "token_answer")
+_STREAM_FAULT_KINDS = (
+    "cut", "slow", "duplicate", "malformed", "stall", "ping_first", "interleave_pings", "pings_only", "huge_line",
+)
+_TOKEN_ENDPOINTS = ("token", "exchange")
+# POST /_emulator/raw: how the bytes are served.
+RAW_AS = ("envelope", "pipeline_message")
+# Largest generated line or padding (a fault, not a body the control plane has to receive).
+MAX_FAULT_SIZE = 512 * 1024 * 1024
 _INT_RE = re.compile(r"^\d{1,18}$")
 
 # Query parameters whose values must never reach the log.
@@ -274,7 +307,44 @@ class GeneratedEntry:
         )
 
 
-def _entry_seq(entry: JournalEntry | GeneratedEntry) -> int:
+class RawEntry:
+    """Bytes published with ``POST /_emulator/raw``: served as they are, never parsed."""
+
+    __slots__ = ("seq", "event_id", "partition", "offset", "data", "wrap", "create_time", "topic")
+
+    def __init__(
+        self, seq: int, partition: int, offset: int, data: bytes, *, wrap: bool, topic: str
+    ) -> None:
+        self.seq = seq
+        self.event_id = str(uuid.uuid4())
+        self.partition = partition
+        self.offset = offset
+        self.data = data
+        self.wrap = wrap
+        self.create_time = now_ms()
+        self.topic = topic
+
+    @property
+    def position(self) -> str:
+        return format_position(self.seq)
+
+    def envelope_bytes(self) -> bytes:
+        if not self.wrap:
+            return self.data
+        head = {
+            "envelopeType": "DATA", "partition": self.partition, "offset": self.offset,
+            "createTime": self.create_time, "topic": self.topic,
+        }
+        text = json.dumps(head, separators=(",", ":"))[:-1] + "," + json.dumps(PIPELINE_MESSAGE) + ":"
+        return text.encode("utf-8") + self.data + b"}"
+
+    def item_bytes(self) -> bytes:
+        head = json.dumps({"position": self.position}, separators=(",", ":"))[:-1]
+        wrapper = json.dumps({"event_id": self.event_id}, separators=(",", ":"))[:-1]
+        return f'{head},"event":{wrapper},"event":'.encode("utf-8") + self.envelope_bytes() + b"}}"
+
+
+def _entry_seq(entry: JournalEntry | GeneratedEntry | RawEntry) -> int:
     return entry.seq
 
 
@@ -284,7 +354,9 @@ def _journal_events_bytes(batch: list[Any]) -> bytes:
 
 
 def _as_envelope(message: Any) -> Any:
-    """A partition log's message as a dict (generated ones are rendered)."""
+    """A partition log's message as a dict (generated ones are rendered; raw bytes have none)."""
+    if isinstance(message, RawEntry):
+        return None
     return message.event if isinstance(message, GeneratedEntry) else message
 
 
@@ -324,6 +396,8 @@ class PartitionLog:
 
 
 def _create_time(message: Any) -> int:
+    if isinstance(message, RawEntry):
+        return message.create_time
     if isinstance(message, GeneratedEntry):
         return message.run.create_time_ms
     value = message.get("createTime")
@@ -350,10 +424,16 @@ class FaultRule:
     offset: int | None = None
     line: str | None = None
     message: str | None = None
+    # ping_first: PINGs before anything else; huge_line / pad: bytes of the line or padding
+    count: int = 1
+    size: int = 0
+    # token_answer: the expires_in to answer (any JSON value); left out when the rule has none
+    expires_in: Any = None
+    has_expires_in: bool = False
     rule_id: int = 0
 
     def as_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "has_expires_in"}
 
 
 def parse_fault_rules(payload: Any) -> list[FaultRule]:
@@ -373,7 +453,9 @@ def parse_fault_rules(payload: Any) -> list[FaultRule]:
             raise ApiError(
                 400, "bad_request", f"{where}: kind {kind!r} applies to the consume stream only"
             )
-        unknown = set(item) - {f for f in FaultRule.__dataclass_fields__ if f != "rule_id"}
+        if kind == "token_answer" and endpoint not in _TOKEN_ENDPOINTS:
+            raise ApiError(400, "bad_request", f"{where}: kind 'token_answer' applies to {_TOKEN_ENDPOINTS}")
+        unknown = set(item) - {f for f in FaultRule.__dataclass_fields__ if f not in ("rule_id", "has_expires_in")}
         if unknown:
             raise ApiError(400, "bad_request", f"{where}: unknown fields {sorted(unknown)}")
 
@@ -410,9 +492,19 @@ def parse_fault_rules(payload: Any) -> list[FaultRule]:
                 offset=number("offset", None, integer=True),
                 line=line,
                 message=message,
+                count=number("count", 1, integer=True, minimum=1),
+                size=_fault_size(number("size", 0, integer=True), where),
+                expires_in=item.get("expires_in"),
+                has_expires_in="expires_in" in item,
             )
         )
     return rules
+
+
+def _fault_size(size: int, where: str) -> int:
+    if size > MAX_FAULT_SIZE:
+        raise ApiError(400, "bad_request", f"{where}: size must be at most {MAX_FAULT_SIZE}")
+    return size
 
 
 def _new_stats() -> dict[str, int]:
@@ -626,7 +718,12 @@ class StreamFaults:
     duplicate: FaultRule | None = None
     malformed: FaultRule | None = None
     stall: FaultRule | None = None
+    ping_first: FaultRule | None = None
+    interleave_pings: FaultRule | None = None
+    pings_only: FaultRule | None = None
+    huge_line: FaultRule | None = None
     stalled: bool = False
+    huge_sent: bool = False
 
     def has(self, kind: str) -> bool:
         return getattr(self, kind) is not None
@@ -642,6 +739,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
     # A stuck client must not pin a worker thread forever.
     timeout = 30
     _body: bytes = b""
+    # Set by a `pad` / `token_answer` fault for the answer of this request.
+    _pad_bytes: int = 0
+    _pad_delay_s: float = 0.0
+    _token_answer: FaultRule | None = None
 
     # -- plumbing ----------------------------------------------------------------------------------
     @property
@@ -665,7 +766,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         # Reached for protocol errors only; their text can quote the request line.
         sys.stderr.write("adobe-emulator " + redact(format % args) + "\n")
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, max_bytes: int) -> bytes:
         """The whole request body, read up front for every request: with keep-alive, a body left
         unread (say, after an early 401) would be parsed as the next request."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -679,10 +780,10 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self.close_connection = True
             raise ApiError(400, "bad_request", "Content-Length is not an integer") from exc
-        if size > MAX_BATCH_BYTES:
+        if size > max_bytes:
             # Not worth draining: answer and drop the connection.
             self.close_connection = True
-            raise ApiError(413, "payload_too_large", f"request body exceeds {MAX_BATCH_BYTES} bytes")
+            raise ApiError(413, "payload_too_large", f"request body exceeds {max_bytes} bytes")
         return self.rfile.read(size)
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -690,6 +791,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self._send_bytes(status, data, "application/json", headers)
 
     def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        if self._pad_bytes and status == 200 and data.endswith(b"}"):
+            self._send_padded(status, data, content_type, headers or {})
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -697,6 +801,41 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _send_padded(self, status: int, data: bytes, content_type: str, headers: dict[str, str]) -> None:
+        """A `pad` fault: the JSON answer with a ``"_pad"`` member of that many bytes, chunked (no
+        Content-Length, so the client has to count what it reads)."""
+        size, self._pad_bytes = self._pad_bytes, 0
+        self.close_connection = True
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        try:
+            self._chunk(data[:-1] + b',"_pad":"')
+            # With delay_ms, a trickle: 64 KB blocks that far apart (a deadline, not a socket
+            # timeout, has to end it).
+            block = b"x" * min(size, 64 * 1024 if self._pad_delay_s else 1024 * 1024)
+            left = size
+            while left > 0:
+                self._chunk(block[:left])
+                left -= len(block)
+                if self._pad_delay_s and left > 0:
+                    self._sleep(self._pad_delay_s)
+            self._chunk(b'"}')
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass  # the client stopped reading at its cap
+
+    def _expires_in(self, default: Any) -> dict[str, Any]:
+        """The ``expires_in`` member of a token answer (a `token_answer` fault may replace it)."""
+        rule, self._token_answer = self._token_answer, None
+        if rule is None:
+            return {"expires_in": default}
+        return {"expires_in": rule.expires_in} if rule.has_expires_in else {}
 
     def _send_empty(self, status: int, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -708,8 +847,9 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         path = unquote(split.path)
         query = parse_qs(split.query, keep_blank_values=True)
+        self._pad_bytes, self._token_answer = 0, None  # faults of an earlier request on this connection
         try:
-            self._body = self._read_body()
+            self._body = self._read_body(MAX_RAW_BODY_BYTES if path == RAW_PATH else MAX_BATCH_BYTES)
             if path == TOKEN_PATH:
                 self._require_method(method, "POST")
                 self._handle_token(query)
@@ -786,6 +926,12 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             kind, status, retry_after = rule.kind, rule.status, rule.retry_after
             delay = rule.delay_ms / 1000 if kind == "slow" else rule.seconds
             message = rule.message or f"injected fault: HTTP {status}"
+        if kind == "pad":
+            self._pad_bytes, self._pad_delay_s = rule.size, rule.delay_ms / 1000
+            return
+        if kind == "token_answer":
+            self._token_answer = rule
+            return
         if kind != "status":
             self._sleep(delay)
             return
@@ -809,7 +955,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 if rule.kind == "status" or taken.has(rule.kind):
                     break
                 taken.attach(rule)
-                if rule.kind in ("slow", "duplicate"):
+                if rule.kind in ("slow", "duplicate", "ping_first", "interleave_pings", "pings_only", "huge_line"):
                     self.state.use_fault(rule)  # fired for this whole stream
                 elif rule.kind in ("cut", "stall"):
                     # Spent now (one stream each); counted as fired when it actually acts.
@@ -843,7 +989,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self._check_client(fields)
         token = self._mint_token()
         self._send_json(
-            200, {"access_token": token, "token_type": "bearer", "expires_in": self.settings.token_ttl}
+            200, {"access_token": token, "token_type": "bearer", **self._expires_in(self.settings.token_ttl)}
         )
 
     def _check_client(self, fields: dict[str, str]) -> None:
@@ -933,7 +1079,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         self._send_json(
             200,
             # MILLISECONDS, unlike /ims/token/v3 (DC-JWT sample: "expires_in": 86399973).
-            {"token_type": "bearer", "access_token": token, "expires_in": self.settings.token_ttl * 1000},
+            {"token_type": "bearer", "access_token": token, **self._expires_in(self.settings.token_ttl * 1000)},
         )
 
     def _require_token(self, *, pipeline_style: bool = False) -> None:
@@ -1220,6 +1366,19 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 self.state.stats["faults_fired"] += 1
             self._sleep(faults.stall.seconds)
 
+    def _huge_line_due(self, faults: StreamFaults, data_sent: int) -> None:
+        """A `huge_line` fault: ``size`` bytes of a line that is not JSON, then its newline."""
+        rule = faults.huge_line
+        if rule is None or faults.huge_sent or data_sent < rule.after_messages:
+            return
+        faults.huge_sent = True
+        block = b"x" * min(rule.size, 1024 * 1024)
+        left = rule.size
+        while left > 0:
+            self._chunk(block[:left])
+            left -= len(block)
+        self._chunk(b"\n")
+
     def _malformed(self, faults: StreamFaults, partition: int, offset: int) -> FaultRule | None:
         """The malformed rule to apply to this message, counted as fired, or None."""
         rule = faults.malformed
@@ -1268,31 +1427,44 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 self._line({"envelopeType": "SYNC", "syncMarker": marker, "createTime": now_ms()})
                 next_sync = now + sync_ms / 1000
 
+        def ping() -> None:
+            self._line({"envelopeType": "PING", "createTime": now_ms()})
+
         try:
+            if faults.ping_first is not None:
+                for i in range(faults.ping_first.count):
+                    if i:
+                        self._sleep(faults.ping_first.delay_ms / 1000)
+                    ping()
             while True:
                 self._stream_checkpoint(faults, data_sent)
+                self._huge_line_due(faults, data_sent)
                 if time.monotonic() >= deadline:
                     break
                 with state.lock:
                     if state.stopping or state.generation != generation:
                         break
                     version = state.version
-                    batch = self._gather(topic, cursors, STREAM_BATCH)
+                    # pings_only: a server that never serves what is waiting
+                    batch = [] if faults.pings_only is not None else self._gather(topic, cursors, STREAM_BATCH)
                 if batch:
                     for partition, offset, message in batch:
                         self._stream_checkpoint(faults, data_sent)
+                        self._huge_line_due(faults, data_sent)
                         rule = self._malformed(faults, partition, offset)
                         if rule is not None and rule.line is not None:
                             self._chunk(rule.line.encode("utf-8") + b"\n")
-                        elif rule is not None:
+                        elif rule is not None and not isinstance(message, RawEntry):
                             # Still placeable (partition/offset intact), but the body is garbage.
                             message = {**_as_envelope(message), PIPELINE_MESSAGE: "not an object"}
                         copies = 2 if faults.duplicate is not None else 1
                         for _ in range(copies):
-                            if isinstance(message, GeneratedEntry):
+                            if isinstance(message, (GeneratedEntry, RawEntry)):
                                 self._chunk(message.envelope_bytes() + b"\n")
                             else:
                                 self._line(message)
+                        if faults.interleave_pings is not None:
+                            ping()
                         data_sent += 1
                         with state.lock:
                             state.stats["data_lines_streamed"] += copies
@@ -1304,7 +1476,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 now = time.monotonic()
                 if not pinged_since_data or now - last_ping >= ping_interval:
                     # Caught up: nothing more is waiting for this stream.
-                    self._line({"envelopeType": "PING", "createTime": now_ms()})
+                    ping()
                     pinged_since_data, last_ping = True, now
                 sync_due()
                 wake = min(deadline, last_ping + ping_interval, next_sync)
@@ -1379,6 +1551,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             "pipeline/expire": ("POST",),
             "faults": ("GET", "POST", "DELETE"),
             "generate": ("GET", "POST"),
+            "raw": ("POST",),
         }
         if action not in routes:
             raise ApiError(404, "not_found", f"no such control endpoint: {path}")
@@ -1403,6 +1576,8 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self._send_json(200, {"expired": expired})
         elif action == "pipeline/expire":
             self._expire(self._json_body())
+        elif action == "raw":
+            self._publish_raw(self._json_body())
         elif action == "generate":
             if method == "POST":
                 self._generate(self._json_body())
@@ -1505,6 +1680,49 @@ class EmulatorHandler(BaseHTTPRequestHandler):
                 "journal_size": journal_size,
             },
         )
+
+    def _publish_raw(self, payload: Any) -> None:
+        """``POST /_emulator/raw`` (see the module docstring): bytes to the journal and a topic."""
+        usage = (
+            'body must be {"items": [{"b64": "<base64 bytes>", "as": "envelope"|"pipeline_message", '
+            '"partition": p}], "topic": "triggers"}'
+        )
+        if not isinstance(payload, dict) or not isinstance(payload.get("items"), list) or not payload["items"]:
+            raise ApiError(400, "bad_request", usage)
+        topic = payload.get("topic", "triggers")
+        if not isinstance(topic, str) or not topic or "/" in topic:
+            raise ApiError(400, "bad_request", f"topic must be a topic name, got {topic!r}")
+        parsed: list[tuple[bytes, bool, int]] = []
+        for index, item in enumerate(payload["items"]):
+            if not isinstance(item, dict) or not isinstance(item.get("b64"), str):
+                raise ApiError(400, "bad_request", f"item #{index}: {usage}")
+            try:
+                data = base64.b64decode(item["b64"], validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ApiError(400, "bad_request", f"item #{index}: b64 is not base64") from exc
+            mode = item.get("as", "envelope")
+            if mode not in RAW_AS:
+                raise ApiError(400, "bad_request", f"item #{index}: as must be one of {RAW_AS}")
+            partition = item.get("partition", 0)
+            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < self.state.partitions:
+                raise ApiError(400, "bad_request", f"item #{index}: partition must be in 0..{self.state.partitions - 1}")
+            parsed.append((data, mode == "pipeline_message", partition))
+        accepted = []
+        with self.state.lock:
+            logs = self.state.topic(topic, create=True)
+            assert logs is not None
+            for data, wrap, partition in parsed:
+                self.state.last_seq += 1
+                log = logs[partition]
+                entry = RawEntry(self.state.last_seq, partition, log.next_offset, data, wrap=wrap, topic=topic)
+                log.append(entry)
+                self.state.journal.append(entry)
+                self.state.stats["published"] += 1
+                accepted.append({"partition": partition, "offset": entry.offset, "position": entry.position})
+            self.state.stats["journal_size"] = len(self.state.journal)
+            self.state.version += 1
+            self.state.changed.notify_all()
+        self._send_json(200, {"accepted": len(accepted), "positions": accepted})
 
     def _expire(self, payload: Any) -> None:
         """Drop retained pipeline messages, as retention would: ``{"partition", "before_offset"}``

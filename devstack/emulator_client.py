@@ -2,7 +2,7 @@
 
 Used by the tests and the demo to mint IMS tokens (OAuth S2S or the legacy JWT exchange),
 publish trigger messages through the Pipeline producer endpoint, peek at the Pipeline consume
-stream, inject raw journal events, generate load (``devstack.loadgen`` messages) and drive the
+stream, inject raw journal events or raw bytes (journal and stream), generate load (``devstack.loadgen`` messages) and drive the
 ``/_emulator/`` control plane (stats, reset, token expiry, retention expiry, fault rules). It is deliberately not the production reader:
 triggerflow's own source code must talk to the emulator exactly as it would talk to Adobe.
 
@@ -11,6 +11,7 @@ Secrets (client secret, tokens, JWTs) never appear in ``repr()`` or in error mes
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -221,9 +222,15 @@ class EmulatorClient:
 
     # -- control plane -------------------------------------------------------------------------
     def add_faults(self, rules: Mapping[str, Any] | Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-        """Queue fault rules (see devstack.adobe_emulator); returns ``{"added", "queued"}``."""
+        """Queue fault rules (see devstack.adobe_emulator); returns ``{"added", "queued"}``.
+        Values such as ``float("inf")`` travel as JSON's ``Infinity``/``NaN`` (the emulator is
+        Python and reads them), e.g. ``{"endpoint": "token", "kind": "token_answer",
+        "expires_in": float("inf")}``."""
         body = [dict(rules)] if isinstance(rules, Mapping) else [dict(r) for r in rules]
-        return self._request("POST", "/_emulator/faults", json=body).json()
+        data = json.dumps(body).encode("utf-8")  # allow_nan: Infinity/NaN on purpose
+        return self._request(
+            "POST", "/_emulator/faults", data=data, headers={"Content-Type": "application/json"}
+        ).json()
 
     def faults(self) -> list[dict[str, Any]]:
         """The rules still queued, with their remaining ``times``."""
@@ -247,6 +254,28 @@ class EmulatorClient:
     def inject_raw(self, events: list[Any]) -> dict[str, Any]:
         """Append values to the journal verbatim as the inner ``event`` (no envelope)."""
         return self._request("POST", "/_emulator/journal", json={"events": list(events)}).json()
+
+    def publish_bytes(
+        self,
+        items: Sequence[bytes],
+        *,
+        as_: str = "envelope",
+        partition: int = 0,
+        topic: str = "triggers",
+    ) -> dict[str, Any]:
+        """Publish bytes no JSON value can express (invalid UTF-8, deep nesting, NaN...) to both
+        the journal and the pipeline topic (``POST /_emulator/raw``). ``as_="envelope"``: each is
+        served verbatim as the stream line and as the journal item's ``event``;
+        ``as_="pipeline_message"``: each is the pipelineMessage of an envelope the emulator builds
+        at the next offset of ``partition``, so the stream line is placeable. Returns
+        ``{"accepted", "positions": [{partition, offset, position}]}``."""
+        body = {
+            "topic": topic,
+            "items": [
+                {"b64": base64.b64encode(data).decode("ascii"), "as": as_, "partition": partition} for data in items
+            ],
+        }
+        return self._request("POST", "/_emulator/raw", json=body).json()
 
     def generate(
         self,

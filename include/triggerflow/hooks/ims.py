@@ -43,6 +43,13 @@ so a token is reused until shortly before it expires (the margin is the smaller 
   once is harmless: both tokens are valid and the last writer's row stays. If the store cannot be
   read or written the hook warns and carries on with IMS.
 
+Bounded answers (issue 10). Extras ``max_answer_bytes`` (default 65536: a token answer is about
+1 KB) and ``request_deadline_s`` (default 60: one token request, send to last byte; ``timeout_s``,
+default 30, bounds each socket read) cap what IMS can make a pull read or wait for. IMS's
+``expires_in`` is clamped with a warning: above 24 h (``1e12``, ``Infinity``) to 24 h, which a
+timestamp can hold; absent, not a number, NaN, zero or negative to 60 s (a short positive value
+is kept as IMS said).
+
 ``get_token(force_refresh=True)`` (after a source answered 401) mints a new token and replaces both
 cache entries; ``invalidate()`` drops them. Every token minted or loaded is registered with
 Airflow's log masker; tokens, secrets, JWTs and keys are never logged nor shown by ``repr``.
@@ -63,9 +70,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import requests
+import urllib3
+
+from include.triggerflow.sources.bounded import BoundedReadError, read_body
 
 from airflow.sdk import BaseHook
 
@@ -85,6 +96,12 @@ AUTH_TYPES = (AUTH_OAUTH, AUTH_JWT)
 # EXPIRY_MARGIN_S and EXPIRY_MARGIN_FRACTION of its lifetime (a 60 s token is reused for 54 s).
 EXPIRY_MARGIN_S = 300
 EXPIRY_MARGIN_FRACTION = 0.10
+
+# Sane bounds for IMS's expires_in (seconds): IMS tokens last about 24 h.
+MIN_TOKEN_LIFETIME_S = 60.0
+MAX_TOKEN_LIFETIME_S = 86_400.0
+DEFAULT_MAX_ANSWER_BYTES = 64 * 1024
+DEFAULT_REQUEST_DEADLINE_S = 60.0
 
 DEFAULT_METASCOPES = ("ent_analytics_bulk_ingest_sdk",)
 DEFAULT_JWT_TTL_S = 300
@@ -613,18 +630,28 @@ class AdobeImsHook(BaseHook):
             expires_in_unit = 1.0  # /ims/token/v3 answers seconds
         self.token_requests += 1
         minted_at = time.time()
+        max_bytes = self._positive_extra("max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES, integer=True)
+        deadline_s = self._positive_extra("request_deadline_s", DEFAULT_REQUEST_DEADLINE_S)
+        timeout_s = self._positive_extra("timeout_s", self.timeout)
+        started = monotonic()
         try:
-            resp = requests.post(url, data=form, timeout=self.timeout)
-        except requests.RequestException as exc:
+            resp = requests.post(url, data=form, timeout=timeout_s, stream=True)
+            data = read_body(resp, what=f"the IMS {what} answer", max_bytes=max_bytes, deadline_s=deadline_s, started=started)
+        except BoundedReadError as exc:
+            raise ImsAuthError(
+                f"IMS {what} to {url}: {exc} (extra.max_answer_bytes / extra.request_deadline_s of connection "
+                f"{self.adobe_ims_conn_id!r} set these bounds)"
+            ) from None
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ImsAuthError(
                 f"IMS {what} to {url} failed: {exc.__class__.__name__}: {exc} (is the host of connection "
                 f"{self.adobe_ims_conn_id!r} right, and IMS reachable from this worker?)"
             ) from None
         if resp.status_code != 200:
-            raise self._refusal(settings, what, resp)
+            raise self._refusal(settings, what, resp.status_code, data)
         try:
-            body = resp.json()
-        except ValueError:
+            body = json.loads(data)
+        except (ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             raise ImsAuthError(f"IMS {what} to {url} answered 200 with a body that is not a JSON object")
@@ -632,23 +659,39 @@ class AdobeImsHook(BaseHook):
         if not access_token or not isinstance(access_token, str):
             raise ImsAuthError(f"IMS {what} to {url} answered 200 without an access_token")
         _mask(access_token)
-        lifetime = _expires_in_seconds(body.get("expires_in"), expires_in_unit)
-        if lifetime <= 0:
-            self.log.warning("IMS answered without a usable expires_in; the token will not be reused")
+        lifetime, problem = token_lifetime(body.get("expires_in"), expires_in_unit)
+        if problem:
+            self.log.warning(
+                "IMS %s for connection %r: %s; using %.0f s", what, self.adobe_ims_conn_id, problem, lifetime
+            )
         self.log.info(
             "IMS token minted for connection %r (%s, valid %.0f s)", self.adobe_ims_conn_id, settings.auth_type, lifetime
         )
         return ImsToken(access_token=access_token, expires_at=minted_at + lifetime, minted_at=minted_at)
 
-    def _refusal(self, settings: _Settings, what: str, resp: requests.Response) -> ImsAuthError:
+    def _positive_extra(self, name: str, default: float, *, integer: bool = False) -> float:
+        raw = self.extra.get(name, default)
+        try:
+            value = float(raw)
+            ok = not isinstance(raw, bool) and value > 0 and value == value and value != float("inf")
+            if integer:
+                ok = ok and value == int(value)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            kind = "a positive whole number" if integer else "a positive number"
+            raise self._problem(f"extra.{name} must be {kind}, got {raw!r}")
+        return int(value) if integer else value
+
+    def _refusal(self, settings: _Settings, what: str, status: int, body: bytes) -> ImsAuthError:
         conn = self.adobe_ims_conn_id
-        error, description = _error_of(resp)
+        error, description = _error_of(body)
         jwt_mode = settings.auth_type == AUTH_JWT
-        head = f"connection {conn!r}: IMS refused the {what} ({resp.status_code} {error}"
+        head = f"connection {conn!r}: IMS refused the {what} ({status} {error}"
         head += f": {description})" if description else ")"
         credentials = f"check the client id (login) and client secret (password) of connection {conn!r}"
         if error == "invalid_client":
-            if jwt_mode and resp.status_code == 400:
+            if jwt_mode and status == 400:
                 hint = (
                     f"the JWT audience {settings.base_url}/c/{settings.client_id} was refused: check the client "
                     f"id (login) and the IMS base URL (host) of connection {conn!r}"
@@ -681,9 +724,9 @@ class AdobeImsHook(BaseHook):
                 )
             else:
                 hint = f"check extra.scopes (now {settings.scopes!r}) against the credential's scopes"
-        elif resp.status_code in (400, 401, 403):
+        elif status in (400, 401, 403):
             hint = f"check the credential settings of connection {conn!r}"
-            if resp.status_code == 403 and not jwt_mode:
+            if status == 403 and not jwt_mode:
                 hint += " (a 403 from IMS usually means the credential type is retired: use OAuth Server-to-Server)"
         else:
             hint = "IMS may be unavailable; retry later"
@@ -715,24 +758,36 @@ def _upsert_token_row(conn: Any, values: dict[str, Any]) -> None:
     )
 
 
-def _expires_in_seconds(value: Any, unit_s_per_value: float) -> float:
-    """expires_in as seconds; ``unit_s_per_value`` is 1000 for the JWT exchange (milliseconds)."""
-    if isinstance(value, bool):
-        return 0.0
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    if number != number or number <= 0:  # NaN or non-positive
-        return 0.0
-    return number / unit_s_per_value
+def token_lifetime(value: Any, unit_s_per_value: float) -> tuple[float, str | None]:
+    """IMS's ``expires_in`` as seconds, at most MAX_TOKEN_LIFETIME_S, and what was wrong with it
+    (None when it was usable as is). A value that is absent, not a number, NaN or not positive
+    counts as MIN_TOKEN_LIFETIME_S: reused briefly (a source's 401 forces a new one) rather than
+    minting a token for every request. A short positive lifetime is kept: IMS may mint short
+    tokens, and the reuse margin scales with the lifetime. ``unit_s_per_value`` is 1000 for the
+    JWT exchange (milliseconds). Never raises: an answer must not crash the pull."""
+    shown = repr(value)[:40]
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        number = None
+    else:
+        try:
+            number = float(value)
+        except (ValueError, OverflowError):
+            number = None
+    if number is None or number != number:  # absent, not a number, NaN
+        return MIN_TOKEN_LIFETIME_S, f"expires_in {shown} is not a number of seconds"
+    seconds = number / unit_s_per_value
+    if seconds <= 0:
+        return MIN_TOKEN_LIFETIME_S, f"expires_in {shown} is not positive"
+    if seconds > MAX_TOKEN_LIFETIME_S:
+        return MAX_TOKEN_LIFETIME_S, f"expires_in {shown} is beyond {MAX_TOKEN_LIFETIME_S:.0f} s"
+    return seconds, None
 
 
-def _error_of(resp: requests.Response) -> tuple[str, str]:
+def _error_of(data: bytes) -> tuple[str, str]:
     """(error, error_description) of an IMS error answer; never raises."""
     try:
-        body = resp.json()
-    except ValueError:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
         return "unknown_error", ""
     if not isinstance(body, dict):
         return "unknown_error", ""

@@ -542,11 +542,10 @@ class PipelineSource:
             envelope_type, partition, offset = env.envelopeType, env.partition, env.offset
         except msgspec.ValidationError:
             return self._unplaceable(st, raw, "not a JSON object")
-        except msgspec.DecodeError:
-            return self._unplaceable(st, raw, "not JSON")
-        except RecursionError:
-            # Nested deeper than the parser follows: find the placing members without recursion,
-            # so the message lands at its position and validation quarantines it.
+        except (msgspec.DecodeError, RecursionError):
+            # Nested deeper than the parser follows, or not strict JSON further in (NaN, a broken
+            # body): find the placing members with a scanner that neither recurses nor judges
+            # values, so the message lands at its position and validation says what is wrong.
             members = object_members(raw)
             if members is None:
                 return self._unplaceable(st, raw, "not JSON")
