@@ -51,7 +51,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, or_, select
 
 from include.triggerflow.config import RoutingConfig, TriggerRoute
-from include.triggerflow.events import as_int, parse_envelope
+from include.triggerflow.events import as_int, clean_text, parse_envelope
 from include.triggerflow.mailer import InvalidAddressError, validate_address
 from include.triggerflow.store.db import bulk_insert, select_in, where_in
 from include.triggerflow.store.schema import (
@@ -87,24 +87,22 @@ _DETAIL_LEN = 2000
 #: epoch milliseconds reconcile can compute with: from 1970 (the batch's look-back window is
 #: subtracted from the earliest) to the last millisecond a datetime holds (year 9999)
 _TS_MS_MIN, _TS_MS_MAX = 0, 253_402_300_799_999
-# NUL: PostgreSQL text cannot hold it; a lone surrogate: not encodable as UTF-8, both stores refuse it
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _ADDRESSISH = re.compile(r"[^\s@<>()\"',;:]+@[^\s@<>()\"',;:]+")
 
 
 def store_text(value: Any, limit: int | None = None) -> str | None:
-    """``value`` as text every store can hold and every look-up can send: NUL and lone surrogates
-    replaced with U+FFFD, cut at ``limit`` characters. Parsing normalises event text already;
-    this is the guard at the write boundary, so a value that slipped through costs its event a
-    replacement character instead of failing the whole batch's insert."""
+    """``value`` as text every store can hold and every look-up can send, cut at ``limit``
+    characters: NUL (PostgreSQL text cannot hold it) and lone surrogates (no UTF-8 encoding, both
+    stores refuse them) become U+FFFD by the parser's own rule (:func:`events.clean_text`).
+    Parsing normalises event text already; this is the guard at the write boundary, so a value
+    that slipped through (an event landed before that rule, a value built from one) costs its
+    event a replacement character instead of failing the whole batch's insert."""
     if value is None:
         return None
     text = value if isinstance(value, str) else str(value)
     if limit is not None and len(text) > limit:
         text = text[:limit]
-    if not text.isascii() or "\x00" in text:
-        text = _UNSTORABLE.sub("\ufffd", text)
-    return text
+    return clean_text(text)[0]
 
 
 def _not_reconciled(base: dict[str, Any], exc: BaseException) -> dict[str, Any]:
@@ -492,7 +490,7 @@ def _ledger_row(item: dict[str, Any], route: TriggerRoute, outcome: dict[str, An
     customer_id = str(profile["customer_id"])
     trigger_ts = item["trigger_ts"]
     if trigger_ts is None:
-        raise EventProblem("no triggerTimestamp: the email's idempotency key needs one")
+        raise EventProblem("no usable triggerTimestamp (missing or out of range): the email's idempotency key needs one")
     return {
         "idempotency_key": idempotency_key(str(item["trigger_id"]), int(trigger_ts), customer_id, route.template),
         "batch_id": batch_id,

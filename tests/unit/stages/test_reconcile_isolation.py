@@ -81,6 +81,58 @@ def test_an_unstorable_evar_is_decided_and_the_rest_of_the_batch_goes_on(kit, ro
     assert (counts["valid"], counts["queued"], counts["unmatched"]) == (3, 2, 1)
 
 
+@pytest.mark.parametrize("hostile", ["x\u0000", "\ud800"], ids=["nul", "lone-surrogate"])
+def test_the_write_boundary_holds_when_parsing_did_not_clean(kit, routing, monkeypatch, hostile: str) -> None:
+    """Parsing normalises event text; reconcile must not rely on it (an event parsed by an older
+    rule, a value built from one): with a parser that hands the raw text over, the event is still
+    decided and its batch still goes on."""
+    _good_profiles(kit)
+    b = kit.add_batch("b1")
+    good = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=NOW_MS))
+    bad = kit.add_event(b, envelope_json(shopper_id="SHOP-RAW", triggered_at_ms=NOW_MS + 1))
+    real_parse = reconcile_module.parse_envelope
+
+    def parse_without_cleaning(payload: Any) -> Any:
+        parsed = real_parse(payload)
+        if parsed.dimension_first("eVar01") == "SHOP-RAW":
+            parsed.dimensions["eVar01"] = {"data": [hostile]}
+            parsed.trigger_id = parsed.trigger_id + hostile  # unrouted now: decided ignored
+        return parsed
+
+    monkeypatch.setattr(reconcile_module, "parse_envelope", parse_without_cleaning)
+    reconcile_batch(kit.engine, b, routing, now=NOW)
+
+    got = decisions_by_event(kit, b)
+    assert got[good]["decision"] == "matched"
+    assert (got[bad]["decision"], got[bad]["trigger_id"]) == ("ignored", CART_ABANDONMENT_TRIGGER_ID + store_text(hostile))
+    _balanced(kit, b)
+
+
+def test_a_raw_identity_key_is_looked_up_store_safe(kit, tmp_path: Path, monkeypatch) -> None:
+    """The identity key itself, unclean, reaches the profile look-up and the decision row as
+    store-safe text (on PostgreSQL a NUL key would fail the look-up, a lone surrogate both stores)."""
+    _good_profiles(kit)
+    routing = _catch_all(tmp_path)
+    b = kit.add_batch("b1")
+    good = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=NOW_MS))
+    bad = kit.add_event(b, envelope_json(shopper_id="SHOP-RAW", triggered_at_ms=NOW_MS + 1))
+    real_parse = reconcile_module.parse_envelope
+
+    def parse_without_cleaning(payload: Any) -> Any:
+        parsed = real_parse(payload)
+        if parsed.dimension_first("eVar01") == "SHOP-RAW":
+            parsed.dimensions["eVar01"] = {"data": ["SHOP-\u0000\ud800"]}
+        return parsed
+
+    monkeypatch.setattr(reconcile_module, "parse_envelope", parse_without_cleaning)
+    reconcile_batch(kit.engine, b, routing, now=NOW)
+
+    got = decisions_by_event(kit, b)
+    assert got[good]["decision"] == "matched"
+    assert (got[bad]["decision"], got[bad]["customer_key"]) == ("unmatched", "SHOP-\ufffd\ufffd")
+    _balanced(kit, b)
+
+
 def test_unstorable_text_in_an_unrouted_trigger_id_is_stored_replaced(kit, routing) -> None:
     b = kit.add_batch("b1")
     eid = _raw_event(kit, b, envelope_json(trigger_id="t\u0000\ud800", shopper_id="SHOP-ADA"))
@@ -123,10 +175,11 @@ def _payload(**changes: Any) -> str:
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        pytest.param({"triggerTimestamp": 2**70}, "EventProblem: triggerTimestamp out of range", id="ts-beyond-64-bit"),
-        pytest.param({"triggerTimestamp": str(10**30)}, "EventProblem: triggerTimestamp out of range", id="ts-digits"),
+        # beyond a datetime: parsing gives no timestamp; before 1970: reconcile refuses it itself
+        pytest.param({"triggerTimestamp": 2**70}, "EventProblem: no usable triggerTimestamp", id="ts-beyond-64-bit"),
+        pytest.param({"triggerTimestamp": str(10**30)}, "EventProblem: no usable triggerTimestamp", id="ts-digits"),
         pytest.param({"triggerTimestamp": -5}, "EventProblem: triggerTimestamp out of range", id="ts-negative"),
-        pytest.param({"triggerTimestamp": None}, "EventProblem: no triggerTimestamp", id="ts-missing"),
+        pytest.param({"triggerTimestamp": None}, "EventProblem: no usable triggerTimestamp", id="ts-missing"),
         pytest.param({"triggerId": "T" * 201}, "EventProblem: triggerId longer than 200 characters", id="long-trigger-id"),
     ],
 )
