@@ -230,3 +230,29 @@ def test_same_trigger_in_two_sessions_never_mails_twice_after_drops(stack) -> No
             if action == "sent":
                 sent_per_try[try_number] = sent_per_try.get(try_number, 0) + 1
     assert sent_per_try == {1: 3, 2: 3, 3: 3, 4: 1}
+
+
+def test_a_relay_refusing_every_message_fails_the_run_and_suppresses_nobody(stack) -> None:
+    """A relay that lost its credentials answers 530 5.7.0 to every MAIL FROM: an incident, not
+    bounces. The first try fails 5 emails (refusal_limit) and stops; each retry stops at its first
+    refusal; the rest stays pending; nobody lands on the suppression list; the run fails."""
+    from airflow.utils.state import DagRunState
+
+    emu, smtp, engine = stack
+    people = customers(10)
+    upsert_profiles(engine, people)
+    smtp.set_faults([{"mail_code": 530, "message": "5.7.0 Authentication required"}])
+    emu.client.publish(triggers_for(people))
+
+    run = load_dag().test(logical_date=minute(0))
+
+    assert run.state == DagRunState.FAILED
+    assert dag_test_tries(run) == {0: 4}
+    batch_id = batch_of(engine, run.run_id)
+    rows = ledger(engine, batch_id)
+    assert [r["state"] for r in rows] == ["failed"] * 8 + ["pending"] * 2  # 5, then 1 per retry
+    assert {r["smtp_reply"] for r in rows if r["state"] == "failed"} == {
+        "message-refused at mail: 530 5.7.0 Authentication required"}
+    assert suppression_rows(engine) == []
+    assert smtp.eml_paths() == []
+    assert len(smtp.fired_faults()) == 8
