@@ -771,8 +771,10 @@ def token_lifetime(value: Any, unit_s_per_value: float) -> tuple[float, str | No
     else:
         try:
             number = float(value)
-        except (ValueError, OverflowError):
+        except ValueError:
             number = None
+        except OverflowError:  # an int beyond any float: as good as infinite
+            number = float("inf") if value > 0 else float("-inf")
     if number is None or number != number:  # absent, not a number, NaN
         return MIN_TOKEN_LIFETIME_S, f"expires_in {shown} is not a number of seconds"
     seconds = number / unit_s_per_value

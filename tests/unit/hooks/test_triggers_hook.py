@@ -139,3 +139,54 @@ def test_pipeline_token_provider_mints_through_the_ims_connection(emu, adobe_con
     assert emu.client.stats()["tokens_issued"] == 1
     fresh = src._token(True)
     assert fresh != first and emu.client.stats()["tokens_issued"] == 2
+
+
+def test_read_bounds_have_documented_defaults(conns) -> None:
+    from include.triggerflow.sources import journal, pipeline
+
+    conns(JOURNAL_URL)
+    src = build()
+    assert (src.max_page_bytes, src.request_deadline_s, src.timeout) == (
+        journal.DEFAULT_MAX_PAGE_BYTES, journal.DEFAULT_REQUEST_DEADLINE_S, journal.DEFAULT_TIMEOUT_S,
+    ) == (64 * 1024 * 1024, 60.0, 30.0)
+    conns(None, kind="pipeline", consumer="c")
+    src = build()
+    got = (src.max_line_bytes, src.max_read_bytes, src.read_deadline_s, src.keepalive_wait_s, src.caught_up_pings)
+    assert got == (
+        pipeline.DEFAULT_MAX_LINE_BYTES, pipeline.DEFAULT_MAX_READ_BYTES, pipeline.DEFAULT_READ_DEADLINE_S,
+        pipeline.DEFAULT_KEEPALIVE_WAIT_S, pipeline.DEFAULT_CAUGHT_UP_PINGS,
+    ) == (4 * 1024 * 1024, 256 * 1024 * 1024, 45.0, 5.0, 2)
+
+
+def test_read_bounds_come_from_the_extras(conns) -> None:
+    conns(JOURNAL_URL, max_page_bytes=1000, request_deadline_s=2.5, timeout_s=3)
+    src = build()
+    assert (src.max_page_bytes, src.request_deadline_s, src.timeout) == (1000, 2.5, 3.0)
+    conns(
+        None, kind="pipeline", consumer="c", max_line_bytes=100, max_read_bytes=1000, read_deadline_s=9,
+        keepalive_wait_s=0.5, caught_up_pings=1,
+    )
+    src = build()
+    assert (src.max_line_bytes, src.max_read_bytes, src.read_deadline_s, src.keepalive_wait_s, src.caught_up_pings) == (
+        100, 1000, 9.0, 0.5, 1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "message"),
+    [
+        ("journal", {"max_page_bytes": 0}, "extra.max_page_bytes must be a positive integer, got 0"),
+        ("journal", {"request_deadline_s": "soon"}, "extra.request_deadline_s must be a positive number, got 'soon'"),
+        ("pipeline", {"max_line_bytes": 1.5}, "extra.max_line_bytes must be a positive integer, got 1.5"),
+        ("pipeline", {"caught_up_pings": 0}, "extra.caught_up_pings must be a positive integer, got 0"),
+        ("pipeline", {"read_deadline_s": -1}, "extra.read_deadline_s must be a positive number, got -1"),
+        ("pipeline", {"keepalive_wait_s": True}, "extra.keepalive_wait_s must be a positive number, got True"),
+    ],
+)
+def test_unusable_read_bounds_name_the_extra(conns, kind: str, extra: dict[str, Any], message: str) -> None:
+    if kind == "journal":
+        conns(JOURNAL_URL, **extra)
+    else:
+        conns(None, kind="pipeline", consumer="c", **extra)
+    with pytest.raises(SourceError, match=f"connection 'adobe_triggers': {message}".replace("(", r"\(").replace(".", r"\.")):
+        build()
