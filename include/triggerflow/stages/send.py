@@ -143,7 +143,8 @@ class SendOptions:
 
 
 class DeferredRecipients(RuntimeError):
-    """Some recipients answered 4xx; the task retry sends them (everything else is recorded)."""
+    """Some recipients answered 4xx (or 5.2.2, mailbox full); the task retry sends them
+    (everything else is recorded)."""
 
 
 class RelayRefusing(RuntimeError):
@@ -350,7 +351,7 @@ def send_chunk(
                     left = len(rows) - sum(counts[k] for k in ("sent", "resent", "deferred", "failed"))
                     raise RelayRefusing(
                         f"batch {batch_id} chunk {chunk}: the relay or the message is being refused, not the mailboxes: "
-                        f"{refusals[outcome.refusal_key]} emails answered {outcome.code} {outcome.enhanced or ''} at "
+                        f"{refusals[outcome.refusal_key]} emails answered {' '.join(filter(None, (str(outcome.code), outcome.enhanced)))} at "
                         f"{outcome.stage.value} ({mask_addresses(outcome.reply)[:200]}). This is an incident, not bounces: nobody "
                         f"was suppressed; the chunk stopped with {left} email(s) left pending, sent on a retry once "
                         "the cause (relay credentials, SPF/DKIM/DMARC, content filter, size) is fixed"
@@ -364,7 +365,7 @@ def send_chunk(
     log.info("batch %s chunk %d: %s", batch_id, chunk, counts)
     if counts["deferred"] and not opts.last_try and not opts.dry_run:
         raise DeferredRecipients(
-            f"batch {batch_id} chunk {chunk}: {counts['deferred']} recipient(s) answered 4xx and were deferred; "
+            f"batch {batch_id} chunk {chunk}: {counts['deferred']} recipient(s) answered 4xx (or mailbox full) and were deferred; "
             f"the task retry sends them (sent so far: {counts['sent'] + counts['resent']}, recorded in the ledger)"
         )
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
