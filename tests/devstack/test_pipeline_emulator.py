@@ -484,6 +484,89 @@ def test_stall_sends_nothing_for_a_while(client: EmulatorClient) -> None:
     assert len(data_of(client.consume(reset="earliest"))) == 3
 
 
+def test_ping_first_opens_the_stream_with_pings_before_data(client: EmulatorClient) -> None:
+    publish_to(client, 2, 2)
+    client.add_faults([{"endpoint": "consume", "kind": "ping_first", "count": 3}])
+    lines = client.consume(reset="earliest", until_ping=False, max_lines=6)
+    assert types_of(lines) == ["PING", "PING", "PING", "DATA", "DATA", "PING"]
+    # one stream only: the next one starts with its data
+    assert types_of(client.consume(reset="earliest"))[:2] == ["DATA", "DATA"]
+
+
+def test_interleave_pings_sends_a_ping_after_every_data_line(client: EmulatorClient) -> None:
+    publish_to(client, 4, 3)
+    client.add_faults([{"endpoint": "consume", "kind": "interleave_pings"}])
+    lines = client.consume(reset="earliest", until_ping=False, max_lines=7)
+    assert types_of(lines) == ["DATA", "PING", "DATA", "PING", "DATA", "PING", "PING"]
+
+
+def test_pings_only_never_serves_what_is_waiting(client: EmulatorClient) -> None:
+    publish_to(client, 5, 2)
+    client.add_faults([{"endpoint": "consume", "kind": "pings_only"}])
+    lines = client.consume(reset="earliest", until_ping=False, max_lines=4)
+    assert types_of(lines) == ["PING"] * 4
+    assert client.stats()["data_lines_streamed"] == 0
+
+
+def test_huge_line_is_one_line_of_that_size_before_the_chosen_data_line(client: EmulatorClient) -> None:
+    publish_to(client, 6, 2)
+    client.add_faults([{"endpoint": "consume", "kind": "huge_line", "size": 3_000_000, "after_messages": 1}])
+    lines = client.consume(reset="earliest", max_lines=3)
+    assert [ln if not isinstance(ln, str) else len(ln) for ln in lines][1] == 3_000_000
+    assert data_of(lines) == [(6, 1000), (6, 1001)]
+
+
+def test_raw_bytes_reach_the_stream_and_the_journal_verbatim(client: EmulatorClient) -> None:
+    invalid = b'{"header":{"messageId":"\xff\xfe"}}'
+    receipt = client.publish_bytes([invalid], as_="pipeline_message", partition=7)
+    assert [(p["partition"], p["offset"]) for p in receipt["positions"]] == [(7, 1000)]
+    verbatim = client.publish_bytes([b"not json \xc3"], partition=7)["positions"]
+    assert verbatim[0]["offset"] == 1001
+    with open_stream(client, reset="earliest") as response:
+        raw_lines = [line for line in response.iter_lines()][:2]
+    assert raw_lines[0].startswith(b'{"envelopeType":"DATA","partition":7,"offset":1000,')
+    assert raw_lines[0].endswith(b',"' + PIPELINE_MESSAGE.encode() + b'":' + invalid + b"}")
+    assert raw_lines[1] == b"not json \xc3"
+    page = requests.get(client.journal_url, headers=client.journal_headers(), timeout=5).content
+    assert invalid in page and b'"event":not json \xc3}' in page
+    assert client.stats()["journal_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"items": []}, {"items": [{"b64": "@@@"}]}, {"items": [{"b64": "eA==", "as": "neither"}]},
+     {"items": [{"b64": "eA==", "partition": PARTITIONS}]}, {"items": [{"b64": "eA=="}], "topic": "a/b"}],
+)
+def test_raw_publish_is_validated(client: EmulatorClient, body: dict[str, Any]) -> None:
+    response = requests.post(f"{client.base_url}/_emulator/raw", json=body, timeout=5)
+    assert response.status_code == 400
+    assert client.stats()["journal_size"] == 0
+
+
+def test_token_answer_sets_or_leaves_out_expires_in(client: EmulatorClient) -> None:
+    client.add_faults([
+        {"endpoint": "token", "kind": "token_answer", "expires_in": float("inf")},
+        {"endpoint": "token", "kind": "token_answer"},
+    ])
+    url = f"{client.base_url}/ims/token/v3"
+    form = {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+    first = requests.post(url, data=form, timeout=5)
+    assert b'"expires_in":Infinity' in first.content
+    second = requests.post(url, data=form, timeout=5).json()
+    assert "expires_in" not in second and second["access_token"]
+    assert requests.post(url, data=form, timeout=5).json()["expires_in"] == TOKEN_TTL
+
+
+def test_pad_sends_a_chunked_answer_with_a_pad_member(client: EmulatorClient) -> None:
+    client.publish([cart("PAD")])
+    client.add_faults([{"endpoint": "journal", "kind": "pad", "size": 100_000}])
+    response = requests.get(client.journal_url, headers=client.journal_headers(), timeout=5)
+    assert "Content-Length" not in response.headers
+    body = response.json()
+    assert len(body["_pad"]) == 100_000 and len(body["events"]) == 1
+    assert "_pad" not in requests.get(client.journal_url, headers=client.journal_headers(), timeout=5).json()
+
+
 def test_fault_rules_are_validated_listed_and_cleared(client: EmulatorClient) -> None:
     for bad in (
         {"endpoint": "nowhere", "kind": "status"},
@@ -492,6 +575,9 @@ def test_fault_rules_are_validated_listed_and_cleared(client: EmulatorClient) ->
         {"endpoint": "consume", "kind": "status", "status": 42},
         {"endpoint": "consume", "kind": "slow", "delay_ms": -1},
         {"endpoint": "consume", "kind": "status", "colour": "red"},
+        {"endpoint": "journal", "kind": "token_answer", "expires_in": 5},
+        {"endpoint": "journal", "kind": "ping_first"},
+        {"endpoint": "consume", "kind": "huge_line", "size": 10**12},
     ):
         with pytest.raises(EmulatorError) as info:
             client.add_faults([bad])
