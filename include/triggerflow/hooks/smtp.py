@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import re
 import smtplib
+from dataclasses import replace
 
 from airflow.providers.smtp.hooks.smtp import SmtpHook
 
 from include.triggerflow.mailer import PLAIN_ADDRESS
-from include.triggerflow.smtp_replies import DeliveryUncertain, SmtpOutcome, SmtpStage, accepted, read_reply
+from include.triggerflow.smtp_replies import DeliveryUncertain, ReplyClass, SmtpOutcome, SmtpStage, accepted, read_reply
 
 __all__ = ["DeliveryUncertain", "SmtpOutcome", "TriggerMailHook"]
 
@@ -86,13 +87,20 @@ def _quoteaddr(address: str) -> str:
     return f"<{address}>" if PLAIN_ADDRESS.fullmatch(address) else smtplib.quoteaddr(address)
 
 
-def _end_refused(client: smtplib.SMTP, code: int) -> None:
-    """After a refusal: a 421 closes the session (the server is going away), anything else resets
-    the transaction so the session can carry the next message."""
-    if code == 421 or not 200 <= code <= 599:
-        client.close()
-    else:
+def _refused(client: smtplib.SMTP, stage: SmtpStage, code: int, reply: bytes) -> SmtpOutcome:
+    """The outcome of a transaction the server did not let through ``stage``. After a 421 the
+    session is closed (the server is going away); after any other 4xx/5xx the transaction is reset
+    so the session can carry the next message. Any other reply (250 to DATA, garbage) means the
+    server and this client disagree on where the transaction is: the session is closed and the
+    email deferred (its message was not sent)."""
+    outcome = read_reply(stage, code, reply)
+    if 400 <= code <= 599 and code != 421:
         client._rset()
+        return outcome
+    client.close()
+    if 400 <= code <= 599:
+        return outcome
+    return replace(outcome, reply_class=ReplyClass.TRANSIENT)
 
 
 def _transaction(client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> SmtpOutcome:
@@ -111,12 +119,10 @@ def _transaction(client: smtplib.SMTP, sender: str, recipient: str, message: byt
         client.send(mail_cmd + rcpt_cmd + "data\r\n")
         mail_code, mail_reply = client.getreply()
         if mail_code == 421:
-            client.close()
-            return read_reply(SmtpStage.MAIL, mail_code, mail_reply)
+            return _refused(client, SmtpStage.MAIL, mail_code, mail_reply)
         rcpt_code, rcpt_reply = client.getreply()
         if rcpt_code == 421:
-            client.close()
-            return read_reply(SmtpStage.RCPT, rcpt_code, rcpt_reply)
+            return _refused(client, SmtpStage.RCPT, rcpt_code, rcpt_reply)
         data_code, data_reply = client.getreply()
         if data_code == 354 and (mail_code != 250 or rcpt_code not in (250, 251)):
             # A server that opened DATA without a valid transaction: end it empty, never send the message.
@@ -132,14 +138,11 @@ def _transaction(client: smtplib.SMTP, sender: str, recipient: str, message: byt
                 client.send("data\r\n")
                 data_code, data_reply = client.getreply()
     if mail_code != 250:
-        _end_refused(client, mail_code)
-        return read_reply(SmtpStage.MAIL, mail_code, mail_reply)
+        return _refused(client, SmtpStage.MAIL, mail_code, mail_reply)
     if rcpt_code not in (250, 251):
-        _end_refused(client, rcpt_code)
-        return read_reply(SmtpStage.RCPT, rcpt_code, rcpt_reply)
+        return _refused(client, SmtpStage.RCPT, rcpt_code, rcpt_reply)
     if data_code != 354:
-        _end_refused(client, data_code)
-        return read_reply(SmtpStage.DATA, data_code, data_reply)
+        return _refused(client, SmtpStage.DATA, data_code, data_reply)
     # smtplib's dot-stuffing; the scan is skipped for the usual message that has no line starting
     # with "." (quoted-printable bodies rarely do)
     quoted = _LEADING_DOT.sub(b"..", message) if message[:1] == b"." or b"\n." in message else message
@@ -161,5 +164,4 @@ def _transaction(client: smtplib.SMTP, sender: str, recipient: str, message: byt
     if not 400 <= code <= 599:
         client.close()
         raise DeliveryUncertain(f"unreadable reply to the end of DATA (code {code}): the message may have been queued")
-    _end_refused(client, code)
-    return read_reply(SmtpStage.END_OF_DATA, code, reply)
+    return _refused(client, SmtpStage.END_OF_DATA, code, reply)
