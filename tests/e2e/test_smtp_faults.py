@@ -133,7 +133,7 @@ def test_4xx_on_every_try_stays_deferred_after_the_last_try(stack) -> None:
     assert (counts["sent"], counts["deferred"]) == (4, 1)  # visible in the report
 
 
-def test_5xx_fails_with_the_reason_and_suppresses_the_address(stack) -> None:
+def test_a_mailbox_unknown_5xx_at_rcpt_fails_with_the_reason_and_suppresses_the_address(stack) -> None:
     emu, smtp, engine = stack
     good, bouncing = customers(4), customers(2, domain="bounce.test", prefix="B")
     upsert_profiles(engine, good + bouncing)

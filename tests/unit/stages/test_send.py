@@ -250,7 +250,7 @@ class FakeSession:
         return open_session
 
 
-def test_4xx_defers_and_5xx_fails_and_deferred_rows_are_retried(kit, routing, renderer) -> None:
+def test_4xx_defers_and_a_mailbox_5xx_fails_and_deferred_rows_are_retried(kit, routing, renderer) -> None:
     queue(kit, routing)
     session = FakeSession({
         "ada@example.com": read_reply(SmtpStage.RCPT, 451, "4.7.1 try again later"),
@@ -314,7 +314,7 @@ def test_deferrals_raise_for_a_retry_unless_it_is_the_last_try(kit, routing, ren
     assert [r for r, _ in still_busy.sent] == ["ada@example.com"]
 
 
-def test_a_5xx_suppresses_the_address_for_later_triggers(kit, routing, renderer) -> None:
+def test_a_mailbox_unknown_at_rcpt_suppresses_the_address_for_later_triggers(kit, routing, renderer) -> None:
     from include.triggerflow.store.schema import decision, suppression
 
     queue(kit, routing)

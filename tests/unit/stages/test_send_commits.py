@@ -89,7 +89,7 @@ def test_each_row_is_committed_sending_before_its_transaction_and_earlier_outcom
         assert recipient == recipients[i]
         assert [states[r] for r in recipients] == expected_final[:i] + ["sending"] + ["pending"] * (len(rows) - i - 1)
         assert logged == i  # every earlier outcome's tf_send_log row is committed too
-    # the 5xx suppression was committed with the outcome
+    # the mailbox-unknown suppression (550 5.1.1 at RCPT) was committed with the outcome
     assert [r["address"] for r in kit.rows(suppression)] == [recipients[2]]
     assert [r["state"] for r in kit.rows(send, order_by=send.c.send_id)] == expected_final
 
