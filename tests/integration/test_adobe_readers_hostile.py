@@ -192,6 +192,16 @@ def test_stream_of_pings_then_data_is_read_within_the_keepalive_wait(emu, monkey
     assert sorted(placed(pages)) == receipts_places(receipts)
 
 
+def test_retries_end_at_the_read_deadline_with_the_last_failure(emu, monkeypatch) -> None:
+    publish(emu, 1)
+    emu.client.add_faults({"endpoint": "consume", "kind": "status", "status": 503, "retry_after": 30, "times": 10})
+    src = pipeline(emu, monkeypatch, read_deadline_s=0.5, max_tries=10)
+    src.max_retry_wait_s = 30  # Retry-After alone would wait 30 s per try
+    with pytest.raises(SourceError, match=r"failed without progress until the read's 0.5 s deadline \(SourceError: HTTP 503"):
+        list(src.read({}, 1000))
+    assert emu.client.stats()["consume_requests"] == 1  # the wait was cut to the deadline, no second try
+
+
 # -- Pipeline bounds and content ------------------------------------------------------------------------------
 def test_huge_line_is_skipped_to_its_newline_in_bounded_memory(emu, monkeypatch) -> None:
     receipts = publish(emu, 4)

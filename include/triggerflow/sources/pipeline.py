@@ -245,6 +245,7 @@ class PipelineSource:
         self.keepalive_wait_s = keepalive_wait_s
         self.caught_up_pings = caught_up_pings
         self.session = session or requests.Session()
+        self._read_started: float | None = None
         # Offsets belong to a consumer name: every consumer gets its own full copy of the topic.
         self.source_key = f"pipeline:{self.consumer}:{topic}"
         # Until discovery has run this names where we are about to go.
@@ -365,13 +366,16 @@ class PipelineSource:
     def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
         if max_messages <= 0:
             return
+        self._read_started = time.monotonic()  # discovery counts against the read's deadline
         endpoint = self.resolve_endpoint()
         log.info(
             "%s: reading from pipeline endpoint %s (%s)", self.source_key, endpoint,
             "forced by the connection, no discovery" if self.endpoint_origin == "forced"
             else f"discovered via {self.discovery_url}",
         )
-        st = _ReadState(max_messages=max_messages, next_offsets=self._stored_offsets(positions))
+        st = _ReadState(
+            max_messages=max_messages, next_offsets=self._stored_offsets(positions), started=self._read_started
+        )
         url = f"{endpoint}/pipeline/topics/{self.topic}/messages"
         failures = 0
         refresh = False
@@ -419,6 +423,7 @@ class PipelineSource:
                     )
                 if resp.status_code in RETRYABLE_STATUS:
                     failures += 1
+                    st.last_error = SourceError(f"HTTP {resp.status_code}: {message}")
                     self._give_up_or_wait(
                         failures, resp.headers.get("Retry-After"),
                         f"pipeline {endpoint} answered HTTP {resp.status_code}: {message}",
@@ -645,6 +650,9 @@ class PipelineSource:
         if failures >= self.max_tries:
             raise SourceError(f"{what}; gave up after {failures} consecutive tries without progress")
         wait = min(_retry_after_seconds(retry_after, failures), self.max_retry_wait_s)
+        if self._read_started is not None:
+            # never wait past the read's deadline; the loop then ends the read with this error
+            wait = min(wait, max(0.0, self._read_started + self.read_deadline_s - time.monotonic()))
         log.warning("%s: %s; retrying in %.2f s (try %d of %d)", self.source_key, what, wait, failures, self.max_tries)
         time.sleep(wait)
 
