@@ -81,6 +81,22 @@ class HostileCase:
         """The message as bytes on the wire."""
         return self.payload if isinstance(self.payload, bytes) else _json_bytes(self.payload)
 
+    def pipeline_message_bytes(self) -> bytes | None:
+        """The bytes of the envelope's pipelineMessage member, or None when the case attacks the
+        envelope itself (its type, its other members, the document as a whole). A Pipeline
+        consumer gets envelopes the pipeline builds around a producer's message, so only a
+        pipelineMessage travels there as the producer wrote it (``publish_bytes(...,
+        as_="pipeline_message")``)."""
+        data = self.as_bytes()
+        marker = b"," + _json_bytes(PIPELINE_MESSAGE) + b":"
+        head, found, rest = data.partition(marker)
+        good_head = _json_bytes(_with(good_envelope("S", 0), ((PIPELINE_MESSAGE,), _DELETE)))[:-1]
+        if not found or not rest.endswith(b"}") or _envelope_fields(head) != _envelope_fields(good_head):
+            return None
+        if self.delivery is Delivery.VALUE and list(self.payload)[-1] != PIPELINE_MESSAGE:
+            return None
+        return rest[:-1]
+
     @property
     def size(self) -> int:
         return len(self.as_bytes())
@@ -121,12 +137,19 @@ def _with(base: dict[str, Any], *changes: tuple[Path, Any]) -> dict[str, Any]:
     return doc
 
 
+def _envelope_fields(head: bytes) -> bytes:
+    """The envelope members before pipelineMessage, without the createTime value (it varies)."""
+    start = head.find(b'"createTime":')
+    end = head.find(b",", start)
+    return head if start < 0 or end < 0 else head[:start] + head[end:]
+
+
 def _evar(*values: Any) -> dict[str, Any]:
     return {"type": "string", "data": list(values), "name": "eVar01", "source": "session summary"}
 
 
 def _json_bytes(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
 def _splice(doc: dict[str, Any], marker: str, raw: bytes) -> bytes:
