@@ -109,9 +109,9 @@ def _payload(inner: bytes) -> str | bytes:
             wrapped = _decode_wrapped(raw)
             if len(wrapped.event):
                 raw = bytes(wrapped.event)
-        except msgspec.DecodeError:
-            pass
-        except RecursionError:
+        except (msgspec.DecodeError, RecursionError):
+            # too deep, or not strict JSON (a lone surrogate escape, NaN): the scanner finds the
+            # inner event without recursing or judging it
             members = object_members(raw)
             if members is not None and "event" in members:
                 start, end = members["event"]
@@ -262,13 +262,13 @@ class JournalSource:
             body = _decode_body(content)
             entries = [(item.position, item.event) for item in body.events or []]
             last: Any = body._page.last if body._page is not None else None
-        except msgspec.DecodeError as exc:
-            raise SourceError(f"journal answered 200 with a body that is not a journal page: {exc}") from None
-        except RecursionError:
-            # An item nested deeper than the decoder follows: split the page without recursion.
+        except (msgspec.DecodeError, RecursionError) as exc:
+            # An item nested deeper than the decoder follows, or not strict JSON (a lone
+            # surrogate escape, NaN): split the page with the scanner, which neither recurses nor
+            # judges the items; validation says what is wrong with each.
             found = _items_without_recursion(content)
             if found is None:
-                raise SourceError("journal answered 200 with a body that is not a journal page") from None
+                raise SourceError(f"journal answered 200 with a body that is not a journal page: {exc}") from None
             entries, last = found
         if not entries:
             return None
