@@ -19,7 +19,7 @@ from include.triggerflow.store.schema import source_health, source_position
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
-FIELDS = {"consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour"}
+FIELDS = {"consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"}
 
 
 def cli(store_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -69,7 +69,9 @@ def test_status_prints_the_document(landed, emu, kit, store_url: str, routing) -
         "average-trigger-processing-time-ms": None,
         "pointer-flushes": 2,
         "gaps": 0,
+        "lines-dropped": 0,
     }
+    assert doc["warnings"] == []  # the source delivered: no keep-alives-only warning
     assert doc["settings"]["flush-pointer-msg-count"] == 2  # the connection's page_limit
     assert doc["settings"]["retry-validity-duration-ms"] == 137_000
     assert doc["routing"] == routing.routing_map()

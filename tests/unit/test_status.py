@@ -17,6 +17,7 @@ from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
 from include.triggerflow.hooks.triggers import TriggerSourceHook
 from include.triggerflow.render import Renderer
+from include.triggerflow.smtp_replies import SmtpStage, read_reply
 from include.triggerflow.stages.land import BatchRef, land_batch
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import report_batch
@@ -83,7 +84,7 @@ class GreylistingSession:
 
     def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
         if recipient in self.deferred:
-            return SmtpOutcome(accepted=False, code=451, reply="4.7.1 greylisted, try later", permanent=False)
+            return read_reply(SmtpStage.RCPT, 451, "4.7.1 greylisted, try later")
         return self.real.send_prepared(recipient, message)
 
 
