@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,15 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
     raise SystemExit(f"error: {url} did not answer within {timeout:.0f} s; see {log}")
 
 
+class DemoKind(StrEnum):
+    """What a demo trigger is made to show."""
+
+    NEW = "new"  # the next customer in turn: a new email (or suppressed, if they opted out)
+    REPEAT = "repeat"  # the same trigger for a customer who just got it: duplicate
+    UNKNOWN = "unknown"  # a shopper id no profile has: unmatched
+    NO_SHOPPER = "no-shopper"  # no shopper id at all: quarantined
+
+
 @dataclass
 class DemoTriggers:
     """The demo's trigger stream: customers in turn (shuffled once), so no customer repeats within a
@@ -126,16 +136,17 @@ class DemoTriggers:
 
     shoppers: list[str]
     rng: random.Random
-    #: how many of each kind were made: new (a customer in turn), repeat, unknown, no-shopper
-    made: collections.Counter = field(default_factory=collections.Counter)
+    #: how many of each kind were made
+    made: collections.Counter[DemoKind] = field(default_factory=collections.Counter)
     _order: list[str] = field(default_factory=list)
     _turn: int = 0
-    _recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    # (shopper, trigger id) of the latest new triggers: what a repeat repeats
+    _recent: collections.deque[tuple[str, str]] = field(default_factory=lambda: collections.deque(maxlen=20))
 
     def batch(self, size: int, *, at_ms: int | None = None) -> list[dict[str, Any]]:
         return [message for _, message in self.kinds_and_messages(size, at_ms=at_ms)]
 
-    def kinds_and_messages(self, size: int, *, at_ms: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def kinds_and_messages(self, size: int, *, at_ms: int | None = None) -> list[tuple[DemoKind, dict[str, Any]]]:
         """``size`` triggers with their kind; ``at_ms`` is their trigger time (default now)."""
         from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, DEMO_CATALOG, trigger_message
 
@@ -143,15 +154,16 @@ class DemoTriggers:
         for _ in range(size):
             roll = self.rng.random()
             trigger_id = CART_ABANDONMENT_TRIGGER_ID if self.rng.random() < CART_SHARE else BROWSE_ABANDONMENT_TRIGGER_ID
+            shopper: str | None
             if roll < REPEAT_SHARE and self._recent:
-                kind = "repeat"
+                kind = DemoKind.REPEAT
                 shopper, trigger_id = self.rng.choice(list(self._recent))
             elif roll < REPEAT_SHARE + UNKNOWN_SHARE:
-                kind, shopper = "unknown", f"SHOP-UNKNOWN-{self.rng.randint(1, 999):03d}"
+                kind, shopper = DemoKind.UNKNOWN, f"SHOP-UNKNOWN-{self.rng.randint(1, 999):03d}"
             elif roll < REPEAT_SHARE + UNKNOWN_SHARE + NO_SHOPPER_SHARE:
-                kind, shopper = "no-shopper", None
+                kind, shopper = DemoKind.NO_SHOPPER, None
             else:
-                kind, shopper = "new", self._next_customer()
+                kind, shopper = DemoKind.NEW, self._next_customer()
                 self._recent.append((shopper, trigger_id))
             self.made[kind] += 1
             skus = self.rng.sample(sorted(DEMO_CATALOG), k=self.rng.randint(1, 3))

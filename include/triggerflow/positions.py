@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 
 from include.triggerflow.store.schema import source_gap, source_health, source_position
 
@@ -71,13 +71,13 @@ def skip_messages(engine: Engine, source: str, partition: int, count: int = 1, *
         return _move(conn, source, partition, old, str(int(old) + count), reason or f"skipped {count} message(s)")
 
 
-def _stored(conn, source: str, partition: int) -> str | None:
+def _stored(conn: Connection, source: str, partition: int) -> str | None:
     return conn.execute(
         select(source_position.c.position).where(source_position.c.source == source, source_position.c.partition == partition)
     ).scalar_one_or_none()
 
 
-def _known(conn, source: str) -> bool:
+def _known(conn: Connection, source: str) -> bool:
     """A source the store has read from (a position of any partition, or its health row)."""
     for column in (source_position.c.source, source_health.c.source):
         if conn.execute(select(column).where(column == source).limit(1)).first() is not None:
@@ -85,7 +85,7 @@ def _known(conn, source: str) -> bool:
     return False
 
 
-def _move(conn, source: str, partition: int, old: str | None, new: str, reason: str) -> PositionMove:
+def _move(conn: Connection, source: str, partition: int, old: str | None, new: str, reason: str) -> PositionMove:
     now = datetime.now(timezone.utc)
     if old is None:
         conn.execute(insert(source_position).values(source=source, partition=partition, position=new, updated_at=now))

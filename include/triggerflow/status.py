@@ -74,6 +74,7 @@ import math
 import os
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -100,6 +101,7 @@ __all__ = [
     "HOURS_SHOWN",
     "KEEPALIVE_WARNING_AGE_S",
     "KEEPALIVE_WARNING_READS",
+    "StatusWarning",
     "source_warnings",
     "build_status",
     "latest_source",
@@ -114,6 +116,12 @@ HOURS_SHOWN = 120  # Campaign's "Pipeline messages" report: messages per hour ov
 # (about one read a minute: half an hour) and old data; it says "look", not "broken".
 KEEPALIVE_WARNING_READS = 30
 KEEPALIVE_WARNING_AGE_S = 1800
+
+
+class StatusWarning(StrEnum):
+    """Codes of the document's ``warnings``."""
+
+    KEEPALIVES_ONLY = "keep-alives-only"
 AVERAGE_OVER_SENT = 1000
 
 # The trigger_emails DAG's settings (dags/trigger_emails.py), mirrored here rather than parsed from
@@ -454,7 +462,7 @@ def source_warnings(
             f"the last message arrived {last_data_ms_ago // 60_000} min ago"
         )
         warnings.append({
-            "code": "keep-alives-only",
+            "code": StatusWarning.KEEPALIVES_ONLY.value,
             "detail": f"the last {empty_reads} reads received only keep-alives and {since}: check that "
             "the source still delivers to this consumer (Adobe's own status, the registration, the topic)",
         })
