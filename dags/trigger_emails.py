@@ -124,6 +124,30 @@ def _default(name: str, fallback: int) -> int:
             "accepted. hold: mark it ambiguous and do not send it again (default). resend: send it again "
             "with the same Message-ID.",
         ),
+        "hard_bounce_suppress_days": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            title="Hard-bounce suppression (days)",
+            description="How long an address whose mailbox the server reported unknown (5.1.x, 5.2.1, a bare "
+            "5xx at RCPT) stays suppressed. Empty: for good. Message-level refusals never suppress anyone.",
+        ),
+        "refusal_limit": Param(
+            5,
+            type="integer",
+            minimum=1,
+            title="Stop a chunk after N identical message-level refusals",
+            description="The same 5xx about the message or the sender (relay authentication, DMARC, content "
+            "filter, size) this many times in a chunk stops it and fails the task: an incident, not bounces. "
+            "The rest of the chunk stays pending.",
+        ),
+        "max_email_bytes": Param(
+            1_000_000,
+            type="integer",
+            minimum=1,
+            title="Largest email (bytes)",
+            description="A rendered email larger than this fails its row with 'email larger than N bytes'.",
+        ),
     },
     tags=["triggerflow", "adobe", "email"],
     doc_md=__doc__,

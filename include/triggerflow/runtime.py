@@ -73,6 +73,11 @@ def send_options(context: Mapping[str, Any]):
         last_try=try_number > max_tries,
         unsubscribe=unsubscribe.get_links(),
         unsubscribe_mailto=unsubscribe.mailto,
+        hard_bounce_suppress_days=(
+            None if params.get("hard_bounce_suppress_days") in (None, "") else float(params["hard_bounce_suppress_days"])
+        ),
+        refusal_limit=int(params.get("refusal_limit", SendOptions.refusal_limit)),
+        max_email_bytes=int(params.get("max_email_bytes", SendOptions.max_email_bytes)),
     )
 
 
