@@ -129,7 +129,9 @@ def prepare_payload(payload: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) ->
     elif text.startswith("\ufeff"):
         text = text[1:]
         notes.append(LandingNote.BOM_REMOVED)
-    if _UNSTORABLE.search(text) is not None:
+    # Text decoded from bytes, or ASCII, can hold no surrogate: a substring test settles it.
+    may_hold_surrogate = isinstance(payload, str) and not text.isascii()
+    if ("\x00" in text) if not may_hold_surrogate else _UNSTORABLE.search(text) is not None:
         if "\x00" in text:
             notes.append(LandingNote.NUL_REPLACED)
         if _SURROGATE.search(text) is not None:
