@@ -290,3 +290,37 @@ def test_other_batches_are_left_alone(kit, routing) -> None:
 def test_empty_batch(kit, routing) -> None:
     kit.add_batch("b1")
     assert validate_batch(kit.engine, "b1", routing).as_xcom() == {"batch_id": "b1", "valid": 0, "quarantined": 0}
+
+
+class RoutingThatBreaksOn:
+    """The real routing, except that looking up one trigger id raises (as a bug on hostile content
+    would): the event is quarantined with that, the stage goes on."""
+
+    def __init__(self, routing, trigger_id: str) -> None:
+        self.routing = routing
+        self.trigger_id = trigger_id
+
+    def route_for(self, trigger_id):
+        if trigger_id == self.trigger_id:
+            raise KeyError("boom")
+        return self.routing.route_for(trigger_id)
+
+
+def test_an_event_that_breaks_the_lifting_is_quarantined_and_the_stage_goes_on(kit, routing) -> None:
+    batch_id = kit.add_batch("b1")
+    good = kit.add_event(batch_id, dumps(good_envelope()), status="landed", received_at=RECEIVED)
+    bad = kit.add_event(batch_id, dumps(good_envelope(trigger_id=UNCONFIGURED_TRIGGER_ID)), status="landed",
+                        received_at=RECEIVED)
+
+    result = validate_batch(kit.engine, batch_id, RoutingThatBreaksOn(routing, UNCONFIGURED_TRIGGER_ID))
+
+    assert result == ValidateResult(batch_id, valid=1, quarantined=1)
+    assert statuses(kit, batch_id) == {good: "valid", bad: "quarantined"}
+    assert (PROBLEM[0], PROBLEM[1], "the event could not be validated (KeyError)") in quarantine_rows(kit, batch_id)[bad]
+
+
+def test_landing_notes_quarantine_except_a_removed_byte_order_mark() -> None:
+    from include.triggerflow.stages.validate import landing_notes
+
+    assert landing_notes(None) == [] and landing_notes("byte order mark removed") == []
+    assert landing_notes("byte order mark removed; invalid UTF-8; NUL replaced") == ["invalid UTF-8", "NUL replaced"]
