@@ -165,9 +165,11 @@ def trigger_emails():
         # Backfills replay what was landed for their intervals; they never read the source.
         allow_pull = not (context["params"]["replay_only"] or ref.run_type == "backfill")
         # The store also holds the (encrypted) IMS token, shared by every task and run.
-        source = TriggerSourceHook().get_source(token_store=engine) if allow_pull else None
+        hook = TriggerSourceHook()
+        source = hook.get_source(token_store=engine) if allow_pull else None
         result = land_batch(
-            engine, source, ref, max_messages=int(context["params"]["max_events"]), allow_pull=allow_pull
+            engine, source, ref, max_messages=int(context["params"]["max_events"]), allow_pull=allow_pull,
+            **({"max_message_bytes": hook.max_message_bytes} if source is not None else {}),
         )
         return result.as_xcom()
 

@@ -11,7 +11,8 @@ pull route, reference §1.11):
              "reset": "earliest",         # where to start when no position is stored
              "timeout_s": 30,             # socket connect/read timeout of one journal request
              "request_deadline_s": 60,    # one journal page, from request to its last byte
-             "max_page_bytes": 67108864}  # one journal page body (64 MiB); see below
+             "max_page_bytes": 67108864,  # one journal page body (64 MiB); see below
+             "max_message_bytes": 1048576}  # one landed message (1 MiB, Pipeline's own limit)
 
 and for the **Pipeline v3 consumer** (what Campaign's ``pipelined`` reads, reference §1.4-§1.9):
 
@@ -33,6 +34,7 @@ and for the **Pipeline v3 consumer** (what Campaign's ``pipelined`` reads, refer
              "max_line_bytes": 4194304,         # one stream line (4 MiB); longer: dropped, counted
              "keepalive_wait_s": 5,             # a read that got no DATA ends after this long
              "caught_up_pings": 2,              # PINGs in a row that end a read that got DATA
+             "max_message_bytes": 1048576,      # one landed message (1 MiB, Pipeline's own limit)
              "ims_conn_id": "adobe_ims"}
 
 Bounds (issue 10: every read from Adobe has a size cap and an overall deadline). Deadlines are
@@ -40,7 +42,9 @@ checked after every socket read, so a request ends at most one socket timeout af
 however slowly the server trickles. A journal page larger than ``max_page_bytes`` is asked for
 again with half the ``limit``, down to 1; a single item over the cap is skipped to the journal's
 next position and counted as dropped ("journal item larger than N bytes"), so one huge message
-cannot stall the source. The Pipeline reader's PING handling (a PING never ends a read that has
+cannot stall the source. A message larger than ``max_message_bytes`` (either kind) is landed cut
+to that size, its real size and raw bytes kept, and quarantined with "message larger than N
+bytes" — never silently truncated into an email. The Pipeline reader's PING handling (a PING never ends a read that has
 received no DATA) is described in ``include/triggerflow/sources/pipeline.py``.
 
 Consumer names must differ per environment: Pipeline gives every consumer name its own full copy
@@ -98,6 +102,10 @@ class TriggerSourceHook(BaseHook):
         kind = str(extra.get("kind", "journal"))
         if kind not in SOURCE_KINDS:
             raise self._error(f"extra.kind {kind!r} is not one of {SOURCE_KINDS}")
+        from include.triggerflow.stages.land import MAX_MESSAGE_BYTES
+
+        #: what landing caps each message at (land_batch(max_message_bytes=...))
+        self.max_message_bytes: int = self._number(extra, "max_message_bytes", MAX_MESSAGE_BYTES, integer=True)
         if kind == "pipeline":
             return self._pipeline_source(conn, extra)
         url = (conn.host or "").strip()

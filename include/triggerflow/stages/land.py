@@ -306,8 +306,7 @@ def land_batch(
             newly += landed
             bytes_read += page.bytes_read
             dropped += sum(page.dropped.values())
-            # Page.keepalives is the sources' addition to the page contract; older readers lack it
-            keepalives += int(getattr(page, "keepalives", 0) or 0)
+            keepalives += page.keepalives
             log.info("landed %d messages (batch total %d)", landed, already + newly)
     except PositionConflict:
         raise

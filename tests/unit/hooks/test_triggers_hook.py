@@ -158,6 +158,22 @@ def test_read_bounds_have_documented_defaults(conns) -> None:
     ) == (4 * 1024 * 1024, 256 * 1024 * 1024, 45.0, 5.0, 2)
 
 
+def test_message_cap_defaults_to_pipeline_limit_and_comes_from_the_extras(conns) -> None:
+    from include.triggerflow.stages.land import MAX_MESSAGE_BYTES
+
+    conns(JOURNAL_URL)
+    hook = TriggerSourceHook()
+    hook.get_source()
+    assert hook.max_message_bytes == MAX_MESSAGE_BYTES == 1024 * 1024
+    conns(None, kind="pipeline", consumer="c", max_message_bytes=5000)
+    hook = TriggerSourceHook()
+    hook.get_source()
+    assert hook.max_message_bytes == 5000
+    conns(JOURNAL_URL, max_message_bytes=0)
+    with pytest.raises(SourceError, match="extra.max_message_bytes must be a positive integer, got 0"):
+        TriggerSourceHook().get_source()
+
+
 def test_read_bounds_come_from_the_extras(conns) -> None:
     conns(JOURNAL_URL, max_page_bytes=1000, request_deadline_s=2.5, timeout_s=3)
     src = build()
