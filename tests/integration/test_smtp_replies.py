@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import smtplib
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -18,21 +17,21 @@ from include.triggerflow.mailer import message_id_for
 from include.triggerflow.render import Renderer
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import RelayRefusing, SendOptions
-from include.triggerflow.store.schema import decision, send, send_log, suppression
+from include.triggerflow.store.schema import decision, send_log, suppression
 from tests.unit.conftest import (  # noqa: F401 - fixtures
+    SEND_PROFILES,
     envelope_json,
     kit,
+    ledger_rows,
+    ledger_states,
+    queue_emails,
     routing,
     send_chunk,
     smtp,
     smtp_sink_process,
 )
 
-PROFILES = [
-    {"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "shopper_id": "SHOP-1"},
-    {"customer_id": "C2", "email": "grace@example.com", "first_name": "Grace", "shopper_id": "SHOP-2"},
-    {"customer_id": "C3", "email": "donald@example.com", "first_name": "Donald", "shopper_id": "SHOP-3"},
-]
+PROFILES = SEND_PROFILES
 GRACE = "grace@example.com"
 
 
@@ -47,21 +46,9 @@ def sink(smtp: RunningSmtpSink) -> RunningSmtpSink:
     return smtp
 
 
-def queue(kit, routing, profiles=PROFILES, batch_id: str = "b1") -> list[dict[str, Any]]:
-    kit.add_profiles(*profiles)
-    kit.add_batch(batch_id)
-    for p in profiles:
-        kit.add_event(batch_id, envelope_json(shopper_id=p["shopper_id"], products=["ALP-SHL-JKT"]))
-    reconcile_batch(kit.engine, batch_id, routing)
-    return rows(kit, batch_id)
-
-
-def rows(kit, batch_id: str = "b1") -> list[dict[str, Any]]:
-    return kit.rows(send, send.c.batch_id == batch_id, order_by=send.c.send_id)
-
-
-def states(kit, batch_id: str = "b1") -> dict[str, str]:
-    return {r["recipient"]: r["state"] for r in rows(kit, batch_id)}
+queue = queue_emails
+rows = ledger_rows
+states = ledger_states
 
 
 def delivered(sink: RunningSmtpSink) -> list[str]:

@@ -273,3 +273,36 @@ def write_routing(path: Path, routes: Sequence[Mapping[str, Any]]) -> Path:
     """Write a routing.yaml (JSON is valid YAML) with the given trigger entries."""
     path.write_text(json.dumps({"version": 1, "triggers": list(routes)}, indent=2), encoding="utf-8")
     return path
+
+
+#: three customers with one cart trigger each (the send tests' default audience)
+SEND_PROFILES = [
+    {"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "shopper_id": "SHOP-1"},
+    {"customer_id": "C2", "email": "grace@example.com", "first_name": "Grace", "shopper_id": "SHOP-2"},
+    {"customer_id": "C3", "email": "donald@example.com", "first_name": "Donald", "shopper_id": "SHOP-3"},
+]
+
+
+def ledger_rows(kit: StoreKit, batch_id: str = "b1") -> list[dict[str, Any]]:
+    """The batch's tf_send rows in send_id order."""
+    from include.triggerflow.store.schema import send
+
+    return kit.rows(send, send.c.batch_id == batch_id, order_by=send.c.send_id)
+
+
+def ledger_states(kit: StoreKit, batch_id: str = "b1") -> dict[str, str]:
+    return {r["recipient"]: r["state"] for r in ledger_rows(kit, batch_id)}
+
+
+def queue_emails(
+    kit: StoreKit, routing: Any, profiles: Sequence[Mapping[str, Any]] = SEND_PROFILES, batch_id: str = "b1"
+) -> list[dict[str, Any]]:
+    """Profiles, one valid cart event per profile, reconciled: the pending ledger rows."""
+    from include.triggerflow.stages.reconcile import reconcile_batch
+
+    kit.add_profiles(*profiles)
+    kit.add_batch(batch_id)
+    for p in profiles:
+        kit.add_event(batch_id, envelope_json(shopper_id=p["shopper_id"], products=["ALP-SHL-JKT"]))
+    reconcile_batch(kit.engine, batch_id, routing)
+    return ledger_rows(kit, batch_id)

@@ -7,7 +7,6 @@ Only SMTP replies the sink cannot produce (4xx/5xx) use a small fake session imp
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -20,13 +19,19 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import SendResult
 from include.triggerflow.store.schema import send
 
-from tests.unit.conftest import send_chunk, FROM_EMAIL, FROM_NAME, envelope_json, smtp_conn
+from tests.unit.conftest import (
+    FROM_EMAIL,
+    FROM_NAME,
+    SEND_PROFILES,
+    envelope_json,
+    ledger_rows,
+    ledger_states,
+    queue_emails,
+    send_chunk,
+    smtp_conn,
+)
 
-PROFILES = [
-    {"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "shopper_id": "SHOP-1"},
-    {"customer_id": "C2", "email": "grace@example.com", "first_name": "Grace", "shopper_id": "SHOP-2"},
-    {"customer_id": "C3", "email": "donald@example.com", "first_name": "Donald", "shopper_id": "SHOP-3"},
-]
+PROFILES = SEND_PROFILES
 
 
 def C(**counts: int) -> dict[str, int]:
@@ -41,22 +46,9 @@ def renderer() -> Renderer:
     return Renderer()
 
 
-def queue(kit, routing, profiles=PROFILES, batch_id: str = "b1") -> list[dict[str, Any]]:
-    """Profiles, one valid cart event per profile, reconciled: pending ledger rows (send_id order)."""
-    kit.add_profiles(*profiles)
-    kit.add_batch(batch_id)
-    for p in profiles:
-        kit.add_event(batch_id, envelope_json(shopper_id=p["shopper_id"], products=["ALP-SHL-JKT"]))
-    reconcile_batch(kit.engine, batch_id, routing)
-    return ledger(kit, batch_id)
-
-
-def ledger(kit, batch_id: str = "b1") -> list[dict[str, Any]]:
-    return kit.rows(send, send.c.batch_id == batch_id, order_by=send.c.send_id)
-
-
-def states(kit, batch_id: str = "b1") -> dict[str, str]:
-    return {r["recipient"]: r["state"] for r in ledger(kit, batch_id)}
+queue = queue_emails
+ledger = ledger_rows
+states = ledger_states
 
 
 def set_state(kit, send_id: int, state: str) -> None:
