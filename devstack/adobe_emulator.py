@@ -90,7 +90,6 @@ import concurrent.futures
 import hashlib
 import json
 import math
-import os
 import re
 import secrets
 import signal

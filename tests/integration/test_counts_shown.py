@@ -9,7 +9,6 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import redirect_stdout
-from pathlib import Path
 
 import pytest
 

@@ -3,7 +3,6 @@ the page, with FastAPI's TestClient; and once against a real ``airflow api-serve
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re

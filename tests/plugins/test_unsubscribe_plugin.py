@@ -9,10 +9,8 @@ own customers.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
-import os
 import re
 import secrets
 import subprocess

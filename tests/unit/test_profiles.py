@@ -215,7 +215,7 @@ def test_a_row_at_every_column_limit_loads_and_round_trips(kit, tmp_path: Path) 
 
 
 def test_a_store_error_names_no_address_or_other_row_value(kit) -> None:
-    from include.triggerflow.profiles import ProfileStoreError, upsert_profiles
+    from include.triggerflow.profiles import upsert_profiles
     from sqlalchemy.exc import IntegrityError
 
     # Two new rows with the same key in one insert: refused by the store on both backends (the

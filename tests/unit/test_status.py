@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, update
 
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook

@@ -21,7 +21,7 @@ from include.triggerflow.store.db import (
     select_in,
     where_in,
 )
-from include.triggerflow.store.schema import batch, decision, event, send, send_log
+from include.triggerflow.store.schema import batch, event, send, send_log
 
 NOW = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)
 ODD_TEXT = ["plain", "tab\there", "new\nline", "cr\rlf\r\n", "back\\slash \\N \\.", "ünïcødé ✓ 😀", "", "\\", "'quote\"", None]
