@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.processes import start_emulator, start_smtp_sink
 from tests.support import UNSUBSCRIBE_CONN_JSON
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -211,3 +213,33 @@ def only_batch(engine) -> str:
     with engine.connect() as conn:
         [batch_id] = conn.execute(select(batch.c.batch_id)).scalars().all()
     return batch_id
+
+
+def source_connection(kind: str, emu: Any, *, page_size: int, environment: str, **pipeline_extra: Any) -> dict[str, Any]:
+    """The adobe_triggers connection for ``kind`` (journal | pipeline) against the emulator, with
+    small pages so a run makes several requests."""
+    if kind == "journal":
+        return {"conn_type": "http", "host": emu.client.journal_url,
+                "extra": {"kind": "journal", "ims_conn_id": "adobe_ims", "page_limit": page_size}}
+    return {"conn_type": "http", "extra": {
+        "kind": "pipeline", "consumer": "triggerflow-{env}", "environment": environment,
+        "discovery_url": emu.base_url, "page_size": page_size, "read_timeout_s": 2, "idle_stop_s": 5,
+        "ims_conn_id": "adobe_ims", **pipeline_extra,
+    }}
+
+
+@contextmanager
+def emulator_stack(tmp_path: Path, store_url: str, monkeypatch: Any, source: Any) -> Iterator[tuple[Any, Any]]:
+    """The emulator and the SMTP sink as processes, the connections pointing at them (``source(emu)``
+    gives adobe_triggers), and a fresh IMS token cache: tasks run in this process under dag.test,
+    so they start like a fresh worker."""
+    from include.triggerflow.hooks.ims import clear_token_cache
+
+    with (
+        start_emulator(log_path=tmp_path / "emulator.log", ping_interval=0.5, stream_max_seconds=20) as emu,
+        start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "smtp.log") as smtp,
+    ):
+        for key, value in connection_env(emu, smtp, store_url, source=source(emu)).items():
+            monkeypatch.setenv(key, value)
+        clear_token_cache()
+        yield emu, smtp

@@ -29,19 +29,25 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from devstack.hostile_corpus import Bucket, Delivery, HostileCase, corpus_profiles, hostile_corpus
-from devstack.processes import start_emulator, start_smtp_sink
+from devstack.hostile_corpus import (
+    Bucket,
+    Delivery,
+    HostileCase,
+    corpus_profiles,
+    hostile_corpus,
+)
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
     assert_balanced,
     batch_of,
-    connection_env,
     customers,
+    emulator_stack,
     event_count,
     keys_received,
     load_dag,
     minute,
     recipients_received,
+    source_connection,
     summary,
     triggers_for,
 )
@@ -59,14 +65,7 @@ Key = tuple[int, str]
 
 
 def _source(kind: str, emu) -> dict[str, Any]:
-    if kind == "journal":
-        return {"conn_type": "http", "host": emu.client.journal_url,
-                "extra": {"kind": "journal", "ims_conn_id": "adobe_ims", "page_limit": PAGE_SIZE}}
-    return {"conn_type": "http", "extra": {
-        "kind": "pipeline", "consumer": "triggerflow-{env}", "environment": "hostile",
-        "discovery_url": emu.base_url, "page_size": PAGE_SIZE, "read_timeout_s": 2, "idle_stop_s": 5,
-        "ims_conn_id": "adobe_ims",
-    }}
+    return source_connection(kind, emu, page_size=PAGE_SIZE, environment="hostile")
 
 
 @pytest.fixture(params=["journal", "pipeline"])
@@ -76,15 +75,7 @@ def kind(request) -> str:
 
 @pytest.fixture
 def stack(kind: str, tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
-    from include.triggerflow.hooks.ims import clear_token_cache
-
-    with (
-        start_emulator(log_path=tmp_path / "emulator.log", ping_interval=0.5, stream_max_seconds=20) as emu,
-        start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "smtp.log") as smtp,
-    ):
-        for key, value in connection_env(emu, smtp, store_url, source=_source(kind, emu)).items():
-            monkeypatch.setenv(key, value)
-        clear_token_cache()  # tasks run in this process under dag.test: start like a fresh worker
+    with emulator_stack(tmp_path, store_url, monkeypatch, lambda emu: _source(kind, emu)) as (emu, smtp):
         yield emu, smtp, store_engine
 
 

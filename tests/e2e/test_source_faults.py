@@ -17,20 +17,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
     assert_balanced,
     batch_of,
-    connection_env,
     customers,
     dag_test_tries,
     decision_counts,
+    emulator_stack,
     event_count,
     keys_received,
     load_dag,
     minute,
     recipients_received,
+    source_connection,
     summary,
     triggers_for,
 )
@@ -41,15 +41,8 @@ FAULT_ENDPOINT = {"journal": "journal", "pipeline": "consume"}
 
 
 def _source(kind: str, emu) -> dict:
-    if kind == "journal":
-        # small pages: several journal requests per run, so faults hit the middle of a pull
-        return {"conn_type": "http", "host": emu.client.journal_url,
-                "extra": {"kind": "journal", "ims_conn_id": "adobe_ims", "page_limit": 4}}
-    return {"conn_type": "http", "extra": {
-        "kind": "pipeline", "consumer": "triggerflow-{env}", "environment": "faults",
-        "discovery_url": emu.base_url, "page_size": 4, "read_timeout_s": 2, "max_tries": 4,
-        "idle_stop_s": 5, "ims_conn_id": "adobe_ims",
-    }}
+    # small pages: several requests per run, so faults hit the middle of a pull
+    return source_connection(kind, emu, page_size=4, environment="faults", max_tries=4)
 
 
 @pytest.fixture(params=["journal", "pipeline"])
@@ -59,16 +52,7 @@ def kind(request) -> str:
 
 @pytest.fixture
 def stack(kind: str, tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
-    from include.triggerflow.hooks.ims import clear_token_cache
-
-    with (
-        start_emulator(log_path=tmp_path / "emulator.log", ping_interval=0.5, stream_max_seconds=20) as emu,
-        start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "smtp.log") as smtp,
-    ):
-        env = connection_env(emu, smtp, store_url, source=_source(kind, emu))
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        clear_token_cache()  # tasks run in this process under dag.test: start like a fresh worker
+    with emulator_stack(tmp_path, store_url, monkeypatch, lambda emu: _source(kind, emu)) as (emu, smtp):
         yield emu, smtp, store_engine
 
 
