@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -53,6 +52,7 @@ from sqlalchemy import Connection, Engine, delete, func, or_, select
 from include.triggerflow.config import RoutingConfig, TriggerRoute
 from include.triggerflow.events import as_int, clean_text, parse_envelope
 from include.triggerflow.mailer import InvalidAddressError, validate_address
+from include.triggerflow.smtp_replies import mask_addresses
 from include.triggerflow.store.db import bulk_insert, select_in, where_in
 from include.triggerflow.store.schema import (
     PROFILE_COLUMNS,
@@ -87,7 +87,6 @@ _DETAIL_LEN = 2000
 #: epoch milliseconds reconcile can compute with: from 1970 (the batch's look-back window is
 #: subtracted from the earliest) to the last millisecond a datetime holds (year 9999)
 _TS_MS_MIN, _TS_MS_MAX = 0, 253_402_300_799_999
-_ADDRESSISH = re.compile(r"[^\s@<>()\"',;:]+@[^\s@<>()\"',;:]+")
 
 
 def store_text(value: Any, limit: int | None = None) -> str | None:
@@ -109,7 +108,7 @@ def _not_reconciled(base: dict[str, Any], exc: BaseException) -> dict[str, Any]:
     """The decision of an event whose own step raised ``exc``. Exception texts may quote event or
     profile data: addresses are masked and the text is cut, so the detail names the problem
     without becoming a copy of the data."""
-    message = _ADDRESSISH.sub("<address>", str(exc))[:300]
+    message = mask_addresses(str(exc))[:300]
     return {
         **base,
         "decision": NOT_RECONCILED,
