@@ -486,23 +486,35 @@ def _commit_page(
         ) from exc
 
 
+def dropped_counts(row: Any) -> tuple[int, dict[str, int]]:
+    """(count, {reason: count}) of a batch's dropped lines from its ``(dropped, dropped_reasons)``
+    row. Read defensively: a report must never fail on this bookkeeping, and a batch landed before
+    these columns existed has NULLs."""
+    if row is None:
+        return 0, {}
+    reasons: dict[str, int] = {}
+    try:
+        loaded = json.loads(row.dropped_reasons) if row.dropped_reasons else {}
+    except ValueError:
+        loaded = {}
+    if isinstance(loaded, dict):
+        reasons = {str(k): int(v) for k, v in loaded.items() if isinstance(v, int) and not isinstance(v, bool)}
+    total = int(row.dropped) if row.dropped is not None else sum(reasons.values())
+    return total, reasons
+
+
 def _add_dropped(conn: Connection, batch_id: str, dropped: Mapping[str, int]) -> None:
     """Sum the page's dropped lines into its batch (count and {reason: count})."""
     row = conn.execute(select(batch.c.dropped, batch.c.dropped_reasons).where(batch.c.batch_id == batch_id)).first()
     if row is None:  # pragma: no cover - land_batch inserts the batch before reading
         return
-    try:
-        reasons = json.loads(row.dropped_reasons) if row.dropped_reasons else {}
-    except ValueError:
-        reasons = {}
-    if not isinstance(reasons, dict):
-        reasons = {}
+    total, reasons = dropped_counts(row)
     for reason, count in dropped.items():
-        reasons[reason] = int(reasons.get(reason, 0)) + count
+        reasons[reason] = reasons.get(reason, 0) + count
     conn.execute(
         update(batch)
         .where(batch.c.batch_id == batch_id)
-        .values(dropped=(row.dropped or 0) + sum(dropped.values()), dropped_reasons=json.dumps(reasons, sort_keys=True))
+        .values(dropped=total + sum(dropped.values()), dropped_reasons=json.dumps(reasons, sort_keys=True))
     )
 
 

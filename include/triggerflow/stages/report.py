@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, select
 
 from include.triggerflow.sla import DEFAULT_ALERT_AFTER_S, latency_summary, oldest_waiting, run_latencies
+from include.triggerflow.stages.land import dropped_counts
 from include.triggerflow.store.schema import batch, decision, event, run_summary, send
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         "pending": states.get("pending", 0) + states.get("sending", 0),
         "scheduled": states.get("scheduled", 0),
     }
-    counts["dropped"], counts["dropped_reasons"] = _dropped(dropped_row)
+    counts["dropped"], counts["dropped_reasons"] = dropped_counts(dropped_row)
     counts["matched"] = counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"]
     ages = [
         (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=timezone.utc)).total_seconds()
@@ -242,22 +243,6 @@ def report_batch(
     if not report.balanced:
         raise CountsDoNotBalance(f"batch {batch_id} does not balance: " + "; ".join(report.problems))
     return report
-
-
-def _dropped(row: Any) -> tuple[int, dict[str, int]]:
-    """(count, {reason: count}) of a batch's dropped lines. Written by landing; read defensively
-    because a report must never fail on its own bookkeeping (an older batch has NULLs)."""
-    if row is None:
-        return 0, {}
-    reasons: dict[str, int] = {}
-    try:
-        loaded = json.loads(row.dropped_reasons) if row.dropped_reasons else {}
-    except ValueError:
-        loaded = {}
-    if isinstance(loaded, dict):
-        reasons = {str(k): int(v) for k, v in loaded.items() if isinstance(v, int) and not isinstance(v, bool)}
-    total = int(row.dropped) if row.dropped is not None else sum(reasons.values())
-    return total, reasons
 
 
 def _aware(value: datetime) -> datetime:
