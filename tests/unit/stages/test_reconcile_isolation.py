@@ -6,6 +6,7 @@ queued, and the batch balances. Runs on SQLite and, with TRIGGERFLOW_TEST_PG_URL
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,9 @@ def test_an_unstorable_evar_is_decided_and_the_rest_of_the_batch_goes_on(kit, ro
     assert (counts["valid"], counts["queued"], counts["unmatched"]) == (3, 2, 1)
 
 
-@pytest.mark.parametrize("hostile", ["x\u0000", "\ud800"], ids=["nul", "lone-surrogate"])
-def test_the_write_boundary_holds_when_parsing_did_not_clean(kit, routing, monkeypatch, hostile: str) -> None:
-    """Parsing normalises event text; reconcile must not rely on it (an event parsed by an older
-    rule, a value built from one): with a parser that hands the raw text over, the event is still
-    decided and its batch still goes on."""
+def _good_and_raw(kit, monkeypatch, dirty: Callable[[Any], None]) -> tuple[str, int, int]:
+    """A batch with Ada's good event and SHOP-RAW's, whose parsed event ``dirty`` changes after
+    parsing (a parser that hands raw text over): (batch, good event id, raw event id)."""
     _good_profiles(kit)
     b = kit.add_batch("b1")
     good = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=NOW_MS))
@@ -95,11 +94,24 @@ def test_the_write_boundary_holds_when_parsing_did_not_clean(kit, routing, monke
     def parse_without_cleaning(payload: Any) -> Any:
         parsed = real_parse(payload)
         if parsed.dimension_first("eVar01") == "SHOP-RAW":
-            parsed.dimensions["eVar01"] = {"data": [hostile]}
-            parsed.trigger_id = parsed.trigger_id + hostile  # unrouted now: decided ignored
+            dirty(parsed)
         return parsed
 
     monkeypatch.setattr(reconcile_module, "parse_envelope", parse_without_cleaning)
+    return b, good, bad
+
+
+@pytest.mark.parametrize("hostile", ["x\u0000", "\ud800"], ids=["nul", "lone-surrogate"])
+def test_the_write_boundary_holds_when_parsing_did_not_clean(kit, routing, monkeypatch, hostile: str) -> None:
+    """Parsing normalises event text; reconcile must not rely on it (an event parsed by an older
+    rule, a value built from one): with a parser that hands the raw text over, the event is still
+    decided and its batch still goes on."""
+
+    def dirty(parsed: Any) -> None:
+        parsed.dimensions["eVar01"] = {"data": [hostile]}
+        parsed.trigger_id = parsed.trigger_id + hostile  # unrouted now: decided ignored
+
+    b, good, bad = _good_and_raw(kit, monkeypatch, dirty)
     reconcile_batch(kit.engine, b, routing, now=NOW)
 
     got = decisions_by_event(kit, b)
@@ -111,20 +123,12 @@ def test_the_write_boundary_holds_when_parsing_did_not_clean(kit, routing, monke
 def test_a_raw_identity_key_is_looked_up_store_safe(kit, tmp_path: Path, monkeypatch) -> None:
     """The identity key itself, unclean, reaches the profile look-up and the decision row as
     store-safe text (on PostgreSQL a NUL key would fail the look-up, a lone surrogate both stores)."""
-    _good_profiles(kit)
     routing = _catch_all(tmp_path)
-    b = kit.add_batch("b1")
-    good = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=NOW_MS))
-    bad = kit.add_event(b, envelope_json(shopper_id="SHOP-RAW", triggered_at_ms=NOW_MS + 1))
-    real_parse = reconcile_module.parse_envelope
 
-    def parse_without_cleaning(payload: Any) -> Any:
-        parsed = real_parse(payload)
-        if parsed.dimension_first("eVar01") == "SHOP-RAW":
-            parsed.dimensions["eVar01"] = {"data": ["SHOP-\u0000\ud800"]}
-        return parsed
+    def dirty(parsed: Any) -> None:
+        parsed.dimensions["eVar01"] = {"data": ["SHOP-\u0000\ud800"]}
 
-    monkeypatch.setattr(reconcile_module, "parse_envelope", parse_without_cleaning)
+    b, good, bad = _good_and_raw(kit, monkeypatch, dirty)
     reconcile_batch(kit.engine, b, routing, now=NOW)
 
     got = decisions_by_event(kit, b)
