@@ -175,6 +175,22 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
     ("0006_suppression_expiry", "tf_suppression", ("expires_at", "batch_id"), ()),
 )
 
+#: A migration's data step, ``"module:function"`` called with the open connection after the
+#: migration's columns are added and before its indexes are created: it fills a new column, or
+#: removes the duplicates a new unique index would refuse, or builds a summary from existing rows.
+#: A data step must be a no-op on an empty store: a new store runs every migration too.
+MIGRATION_DATA_STEPS: dict[str, str] = {}
+
+
+def _run_data_step(migration: str, conn: Connection) -> None:
+    import importlib
+
+    target = MIGRATION_DATA_STEPS.get(migration)
+    if target is None:
+        return
+    module_name, _, function = target.partition(":")
+    getattr(importlib.import_module(module_name), function)(conn)
+
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables and apply pending additive migrations (idempotent)."""
@@ -204,6 +220,7 @@ def create_schema(engine: Engine) -> None:
                 ops = Operations(MigrationContext.configure(conn))
                 for name in missing:
                     ops.add_column(table_name, table.c[name].copy())
+            _run_data_step(migration, conn)
             have_idx = {i["name"] for i in inspector.get_indexes(table_name)}
             for index in table.indexes:
                 if index.name in indexes and index.name not in have_idx:

@@ -19,16 +19,22 @@ writes its output here; XCom only ever carries ids and counts.
                          ambiguous, dry-run, skipped-sent): the per-run audit of the ledger
     tf_suppression       addresses never to mail again (hard bounces, block list, manual)
     tf_dry_run           messages rendered by dry runs, with where they were written
-    tf_unsubscribe       every opt-out received through a signed unsubscribe link
+    tf_unsubscribe       every opt-out received through a signed unsubscribe link (one row per
+                         customer and token: a repeated POST adds nothing)
+    tf_batch_stats       per batch: the status counters of its events and sends (refreshed by the
+                         stages; the status document never counts tf_event itself)
+    tf_source_stats      per source: the sum of its batches' tf_batch_stats (kept by delta)
     tf_schema_version    which additive migrations of existing tables have been applied
     tf_alert             SLA alerts fired (oldest waiting trigger older than the threshold)
     profiles             the customers (default schema; see README "Profiles")
     profile_visitor_ids  ECIDs (Experience Cloud visitor ids) known for each customer
+    catalog              the products (optional; see README "Catalogue"): what an email shows of a SKU
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -39,6 +45,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
@@ -309,8 +316,45 @@ unsubscribe = Table(
     Column("method", String(20), nullable=False),  # one-click (RFC 8058 POST) | page (confirm form)
     Column("issued_at", DateTime(timezone=True)),  # when the link was signed
     Column("received_at", DateTime(timezone=True), nullable=False),
+    # sha256 hex of the token's signed part (version.payload): one link = one key, so recording
+    # an opt-out is idempotent per customer and token. Nullable only for the additive migration,
+    # which fills it for rows written before it (include/triggerflow/unsubscribe.py).
+    Column("token_key", String(64)),
 )
 Index("ix_tf_unsubscribe_customer", unsubscribe.c.customer_id)
+Index("ux_tf_unsubscribe_customer_token", unsubscribe.c.customer_id, unsubscribe.c.token_key, unique=True)
+
+#: The status counters of one batch, recomputed from that batch's rows only (bounded by the batch
+#: size) by include/triggerflow/stats.py after each stage; tf_source_stats holds their sums.
+_STATS_COLUMNS = (
+    "received",  # tf_event rows (every message landed)
+    "unprocessed",  # events landed, or valid without a tf_decision row
+    "discarded",  # events still quarantined
+    "failures",  # tf_send rows in state failed
+    "retries",  # tf_send rows in state deferred
+    "sent",  # tf_send rows in state sent
+)
+batch_stats = Table(
+    "tf_batch_stats",
+    metadata,
+    Column("batch_id", String(250), primary_key=True),
+    Column("source", String(200), nullable=False),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in _STATS_COLUMNS),
+    # sum over the batch's sent rows of (sent_at - event received_at), in ms: the average
+    # processing time is taken over the latest batches without reading tf_send
+    Column("processing_ms_sum", Float, nullable=False, default=0.0),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_tf_batch_stats_source", batch_stats.c.source, batch_stats.c.refreshed_at)
+
+source_stats = Table(
+    "tf_source_stats",
+    metadata,
+    Column("source", String(200), primary_key=True),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in _STATS_COLUMNS),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+STATS_COLUMNS = _STATS_COLUMNS
 
 alert = Table(
     "tf_alert",
@@ -367,3 +411,18 @@ profile_visitor_ids = Table(
 Index("ix_profile_visitor_ids_customer", profile_visitor_ids.c.customer_id)
 
 PROFILE_COLUMNS = tuple(c.name for c in profiles.columns)
+
+catalog = Table(
+    "catalog",
+    metadata,
+    Column("sku", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("price", Numeric(12, 2)),
+    Column("currency", String(3)),  # ISO 4217; None: the template's default
+    Column("url", String(2048)),
+    Column("image_url", String(2048)),
+    Column("in_stock", Boolean, nullable=False, default=True),
+    # locale-specific names where given: {"fr": "...", "fr-CA": "..."} (CSV columns name.fr ...)
+    Column("names", JSON),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
