@@ -173,13 +173,16 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
     ("0004_batch_dropped_lines", "tf_batch", ("dropped", "dropped_reasons"), ()),
     ("0005_source_health_keepalives", "tf_source_health", ("lines_dropped", "last_data_at", "empty_reads"), ()),
     ("0006_suppression_expiry", "tf_suppression", ("expires_at", "batch_id"), ()),
+    ("0008_status_summaries", "tf_source_stats", (), ()),
 )
 
 #: A migration's data step, ``"module:function"`` called with the open connection after the
 #: migration's columns are added and before its indexes are created: it fills a new column, or
 #: removes the duplicates a new unique index would refuse, or builds a summary from existing rows.
 #: A data step must be a no-op on an empty store: a new store runs every migration too.
-MIGRATION_DATA_STEPS: dict[str, str] = {}
+MIGRATION_DATA_STEPS: dict[str, str] = {
+    "0008_status_summaries": "include.triggerflow.stats:rebuild_all",
+}
 
 
 def _run_data_step(migration: str, conn: Connection) -> None:
