@@ -48,8 +48,8 @@ import hmac
 import json
 import logging
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -81,6 +81,8 @@ METHODS = (METHOD_ONE_CLICK, METHOD_PAGE)
 _KEY_INFO = b"triggerflow-unsubscribe-" + TOKEN_VERSION.encode("ascii")
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
 _VERSION = re.compile(r"v[0-9]{1,3}")
+#: base64url (unpadded) of a 32-byte HMAC-SHA256
+_SIGNATURE_CHARS = 43
 
 
 class InvalidUnsubscribeToken(ValueError):
@@ -99,6 +101,64 @@ class UnsubscribeClaim:
     customer_id: str
     route: str | None
     issued_at: datetime  # UTC, whole seconds
+    #: sha256 hex of the token's signed part (set by :meth:`UnsubscribeLinks.verify`); None for a
+    #: claim built by hand, whose :attr:`key` is then derived from the fields the same way
+    token_key: str | None = field(default=None, compare=False)
+
+    @property
+    def key(self) -> str:
+        """The ``tf_unsubscribe.token_key`` of this claim: one link, one key (so recording is
+        idempotent per customer and token)."""
+        return self.token_key or token_key_for(self.customer_id, self.route, self.issued_at)
+
+
+def _signed_part(customer_id: str, route: str | None, issued: int) -> str:
+    """``v1.<payload>``: what :meth:`UnsubscribeLinks.sign` signs (and the token starts with)."""
+    raw = json.dumps([customer_id, route or None, issued], separators=(",", ":"), ensure_ascii=False)
+    return f"{TOKEN_VERSION}.{_b64encode(raw.encode('utf-8'))}"
+
+
+def _sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def token_key_for(customer_id: str, route: str | None, issued_at: datetime | None) -> str:
+    """The token key of the link signed for these fields: sha256 hex of its signed part, equal
+    to what :meth:`UnsubscribeLinks.verify` computes from the token itself (the payload encoding is
+    canonical). Rows recorded before the key existed get theirs from this
+    (:func:`backfill_token_keys`); a row without ``issued_at`` gets a key of its customer and
+    route, marked ``legacy``."""
+    if issued_at is None:
+        return _sha256_hex("legacy:" + json.dumps([customer_id, route or None], separators=(",", ":"), ensure_ascii=False))
+    when = issued_at if issued_at.tzinfo else issued_at.replace(tzinfo=UTC)  # SQLite: naive UTC
+    return _sha256_hex(_signed_part(customer_id, route, int(when.timestamp())))
+
+
+def check_token_format(token: object) -> tuple[str, str, str]:
+    """``(version, payload, signature)`` of a token that is well-formed: a string of at most
+    :data:`MAX_TOKEN_CHARS`, three non-empty dot-separated parts, version ``v1``, base64url
+    payload and signature. :class:`InvalidUnsubscribeToken` otherwise.
+
+    Pure text checks, no key needed: the endpoint runs this before it reads any connection or
+    derives the key, so junk costs nothing but this."""
+    if not isinstance(token, str) or not token:
+        raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: it is empty")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: it is too long")
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise InvalidUnsubscribeToken(
+            "malformed", "malformed unsubscribe token: expected 3 dot-separated parts (version.payload.signature)"
+        )
+    version, payload, signature = parts
+    if version != TOKEN_VERSION:
+        shown = f" {version!r}" if _VERSION.fullmatch(version) else ""
+        raise InvalidUnsubscribeToken("version", f"unknown unsubscribe token version{shown}: this server reads {TOKEN_VERSION!r}")
+    if not _B64.fullmatch(payload) or not _B64.fullmatch(signature):
+        raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: payload or signature is not base64url")
+    if len(signature) != _SIGNATURE_CHARS:
+        raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: the signature has the wrong length")
+    return version, payload, signature
 
 
 def _b64encode(raw: bytes) -> str:
@@ -112,7 +172,7 @@ def _b64decode(text: str) -> bytes:
 def _utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("issued_at/now must be timezone-aware (UTC)")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def redact_token(token: str | None) -> str:
@@ -169,7 +229,7 @@ class UnsubscribeLinks:
     keyed HMAC object), a small JSON dump and two base64 encodings.
     """
 
-    __slots__ = ("base_url", "max_age", "_mac", "_url_head")
+    __slots__ = ("_mac", "_url_head", "base_url", "max_age")
 
     def __init__(self, secret: str | bytes, base_url: str, *, max_age: timedelta | None = None) -> None:
         key = hmac.new(_secret_bytes(secret), _KEY_INFO, hashlib.sha256).digest()
@@ -196,9 +256,8 @@ class UnsubscribeLinks:
             raise ValueError(f"customer_id is longer than {MAX_ID_CHARS} characters")
         if route is not None and (not isinstance(route, str) or len(route) > MAX_ID_CHARS):
             raise ValueError(f"route must be None or a string of at most {MAX_ID_CHARS} characters")
-        when = datetime.now(timezone.utc) if issued_at is None else _utc(issued_at)
-        raw = json.dumps([customer_id, route or None, int(when.timestamp())], separators=(",", ":"), ensure_ascii=False)
-        signed = f"{TOKEN_VERSION}.{_b64encode(raw.encode('utf-8'))}"
+        when = datetime.now(UTC) if issued_at is None else _utc(issued_at)
+        signed = _signed_part(customer_id, route, int(when.timestamp()))
         return f"{signed}.{self._signature(signed)}"
 
     def url_for(self, customer_id: str, route: str | None = None, *, issued_at: datetime | None = None) -> str:
@@ -206,22 +265,9 @@ class UnsubscribeLinks:
         return self._url_head + self.sign(customer_id, route, issued_at=issued_at)
 
     def verify(self, token: str, *, now: datetime | None = None) -> UnsubscribeClaim:
-        """The claim of a valid token; :class:`InvalidUnsubscribeToken` otherwise."""
-        if not isinstance(token, str) or not token:
-            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: it is empty")
-        if len(token) > MAX_TOKEN_CHARS:
-            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: it is too long")
-        parts = token.split(".")
-        if len(parts) != 3 or not all(parts):
-            raise InvalidUnsubscribeToken(
-                "malformed", "malformed unsubscribe token: expected 3 dot-separated parts (version.payload.signature)"
-            )
-        version, payload, signature = parts
-        if version != TOKEN_VERSION:
-            shown = f" {version!r}" if _VERSION.fullmatch(version) else ""
-            raise InvalidUnsubscribeToken("version", f"unknown unsubscribe token version{shown}: this server reads {TOKEN_VERSION!r}")
-        if not _B64.fullmatch(payload) or not _B64.fullmatch(signature):
-            raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: payload or signature is not base64url")
+        """The claim of a valid token; :class:`InvalidUnsubscribeToken` otherwise.
+        (:func:`check_token_format` first, then the signature, then the payload and the time.)"""
+        version, payload, signature = check_token_format(token)
         expected = self._signature(f"{version}.{payload}")
         if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
             raise InvalidUnsubscribeToken(
@@ -241,10 +287,10 @@ class UnsubscribeLinks:
         ):
             raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: unexpected payload fields")
         try:
-            issued_at = datetime.fromtimestamp(issued, tz=timezone.utc)
+            issued_at = datetime.fromtimestamp(issued, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: issued-at out of range") from None
-        current = datetime.now(timezone.utc) if now is None else _utc(now)
+        current = datetime.now(UTC) if now is None else _utc(now)
         if issued_at - current > FUTURE_SKEW:
             raise InvalidUnsubscribeToken(
                 "future", f"unsubscribe token issued in the future ({issued_at:%Y-%m-%dT%H:%M:%SZ}): check the workers' clocks"
@@ -254,7 +300,9 @@ class UnsubscribeLinks:
                 "expired",
                 f"unsubscribe token expired: issued {issued_at:%Y-%m-%dT%H:%M:%SZ}, links are valid for {_age(self.max_age)}",
             )
-        return UnsubscribeClaim(customer_id=customer_id, route=route, issued_at=issued_at)
+        return UnsubscribeClaim(
+            customer_id=customer_id, route=route, issued_at=issued_at, token_key=_sha256_hex(f"{version}.{payload}")
+        )
 
 
 def _age(value: timedelta) -> str:
@@ -264,47 +312,127 @@ def _age(value: timedelta) -> str:
     return f"{int(value.total_seconds())} s"
 
 
+@dataclass(frozen=True)
+class OptOutRecorded:
+    """What :func:`record_opt_out_in` did: whether the customer is in ``profiles``, whether this
+    request changed the profile (it was not opted out yet), whether it added the
+    ``tf_unsubscribe`` row (False: this link was used before)."""
+
+    known: bool
+    changed: bool
+    new_request: bool
+
+
+def record_opt_out_in(conn: Any, claim: UnsubscribeClaim, *, method: str, now: datetime | None = None) -> OptOutRecorded:
+    """:func:`record_opt_out` on an open connection, in the caller's transaction (the plugin runs
+    it in a guarded, short-timeout transaction). Logs nothing: see :func:`log_opt_out`.
+
+    The ``tf_unsubscribe`` row is inserted with ON CONFLICT DO NOTHING on (customer_id,
+    token_key): one row per customer and link however often it is used, so the table (which
+    reconcile reads) grows with the links used, not with the requests. The profile is updated
+    only while it is not opted out yet (a repeated request writes nothing there either).
+    """
+    from sqlalchemy import false, select, update
+
+    from include.triggerflow.store.db import insert_ignore
+    from include.triggerflow.store.schema import profiles, unsubscribe
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    at = datetime.now(UTC) if now is None else _utc(now)
+    changed = conn.execute(
+        update(profiles)
+        .where(profiles.c.customer_id == claim.customer_id, profiles.c.opted_out == false())
+        .values(opted_out=True, updated_at=at)
+    ).rowcount
+    known = bool(changed) or conn.execute(
+        select(profiles.c.customer_id).where(profiles.c.customer_id == claim.customer_id)
+    ).first() is not None
+    added = insert_ignore(
+        conn,
+        unsubscribe,
+        [
+            {
+                "customer_id": claim.customer_id,
+                "route": claim.route,
+                "method": method,
+                "issued_at": claim.issued_at,
+                "received_at": at,
+                "token_key": claim.key,
+            }
+        ],
+        keys=("customer_id", "token_key"),
+    )
+    return OptOutRecorded(known=known, changed=bool(changed), new_request=bool(added))
+
+
+def log_opt_out(claim: UnsubscribeClaim, recorded: OptOutRecorded, method: str) -> None:
+    """The log line of a recorded opt-out (after the commit): the customer id and the method,
+    never the token."""
+    repeat = "" if recorded.new_request else ", link used before"
+    if recorded.known:
+        log.info("unsubscribe: customer %s opted out (%s%s%s)", claim.customer_id, method, "" if recorded.changed else ", already opted out", repeat)
+    else:
+        log.warning(
+            "unsubscribe: customer %s is not in profiles; request recorded in tf_unsubscribe only (%s%s)", claim.customer_id, method, repeat
+        )
+
+
 def record_opt_out(engine: Any, claim: UnsubscribeClaim, *, method: str, now: datetime | None = None) -> bool:
     """Record a verified unsubscribe request; True when the customer is in ``profiles``.
 
     One transaction: ``profiles.opted_out = True`` (and ``updated_at``) for ``claim.customer_id``
-    and one ``tf_unsubscribe`` row (``method`` ``one-click`` or ``page``). Idempotent: a repeated
-    request keeps the profile opted out (its ``updated_at`` is not touched again) and returns True.
+    and one ``tf_unsubscribe`` row per customer and link (``method`` ``one-click`` or ``page``,
+    the first request's). Idempotent: a repeated request keeps the profile opted out (its
+    ``updated_at`` is not touched again), adds no row, and returns True.
 
-    Every verified request gets a ``tf_unsubscribe`` row, also for a customer id that is not (or
+    Every verified link gets a ``tf_unsubscribe`` row, also for a customer id that is not (or
     no longer) in ``profiles``: the signature proves we mailed that id, and the row keeps the
     request for an audit or for a profile loaded later. Then the answer is False (a warning is
     logged), not an error: the recipient asked not to be mailed, and nobody with that id can be.
     Database errors propagate (the caller answers "try again later").
     """
-    from sqlalchemy import false, insert, select, update
-
-    from include.triggerflow.store.schema import profiles, unsubscribe
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    at = datetime.now(timezone.utc) if now is None else _utc(now)
     with engine.begin() as conn:
-        changed = conn.execute(
-            update(profiles)
-            .where(profiles.c.customer_id == claim.customer_id, profiles.c.opted_out == false())
-            .values(opted_out=True, updated_at=at)
-        ).rowcount
-        known = bool(changed) or conn.execute(
-            select(profiles.c.customer_id).where(profiles.c.customer_id == claim.customer_id)
-        ).first() is not None
-        conn.execute(
-            insert(unsubscribe).values(
-                customer_id=claim.customer_id,
-                route=claim.route,
-                method=method,
-                issued_at=claim.issued_at,
-                received_at=at,
-            )
-        )
-    if known:
-        log.info("unsubscribe: customer %s opted out (%s%s)", claim.customer_id, method, "" if changed else ", already opted out")
-    else:
-        log.warning("unsubscribe: customer %s is not in profiles; request recorded in tf_unsubscribe only (%s)", claim.customer_id, method)
-    return known
+        recorded = record_opt_out_in(conn, claim, method=method, now=now)
+    log_opt_out(claim, recorded, method)
+    return recorded.known
 
+
+def backfill_token_keys(conn: Any) -> None:
+    """Migration ``0007_unsubscribe_token_key``'s data step (``store.db.MIGRATION_DATA_STEPS``):
+    give every ``tf_unsubscribe`` row written before the key existed its ``token_key``, then
+    delete the repeats — rows of the same customer and key, keeping the earliest (lowest id) — so
+    the unique index on (customer_id, token_key) can be created. The key comes from the row's
+    customer, route and issued_at exactly as :meth:`UnsubscribeLinks.verify` derives it from the
+    link (:func:`token_key_for`), so a link used before the migration is still recognised after
+    it. A no-op on an empty table; runs in the migration's transaction."""
+    from sqlalchemy import bindparam, delete, select, update
+
+    from include.triggerflow.store.db import chunked
+    from include.triggerflow.store.schema import unsubscribe
+
+    t = unsubscribe.c
+    rows = conn.execute(
+        select(t.unsubscribe_id, t.customer_id, t.route, t.issued_at, t.token_key).order_by(t.unsubscribe_id)
+    ).all()
+    if not rows:
+        return
+    seen: set[tuple[str, str]] = set()
+    fill: list[dict[str, Any]] = []
+    repeats: list[int] = []
+    for row_id, customer_id, route, issued_at, key in rows:
+        if key is None:
+            key = token_key_for(customer_id, route, issued_at)
+            fill.append({"row_id": row_id, "key": key})
+        if (customer_id, key) in seen:
+            repeats.append(row_id)
+        else:
+            seen.add((customer_id, key))
+    stmt = update(unsubscribe).where(t.unsubscribe_id == bindparam("row_id")).values(token_key=bindparam("key"))
+    for part in chunked(fill, 1000):
+        conn.execute(stmt, list(part))
+    for ids in chunked(repeats, 500):
+        conn.execute(delete(unsubscribe).where(t.unsubscribe_id.in_(list(ids))))
+    log.info(
+        "unsubscribe: migration 0007: token keys given to %d tf_unsubscribe rows, %d repeated requests removed", len(fill), len(repeats)
+    )

@@ -8,27 +8,32 @@ import base64
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from include.triggerflow.store.schema import decision, profiles, unsubscribe
 from include.triggerflow.unsubscribe import (
     FUTURE_SKEW,
     URL_PATH,
     InvalidUnsubscribeToken,
+    OptOutRecorded,
     UnsubscribeClaim,
     UnsubscribeLinks,
+    check_token_format,
     record_opt_out,
+    record_opt_out_in,
     redact_token,
+    token_key_for,
 )
 from tests.unit.conftest import envelope_json
 
 SECRET = "unit-test-secret-0123456789abcdef"
 BASE = "https://airflow.example.com"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 URL_SAFE = re.compile(r"[A-Za-z0-9_.~-]+")
 
 
@@ -242,13 +247,51 @@ def test_redact_token_drops_the_signature(links: UnsubscribeLinks) -> None:
     assert redact_token(None) == "<none>" and redact_token("garbage") == "<malformed>"
 
 
+# -- the token's key and its format -----------------------------------------------------------------
+def test_the_token_key_is_the_hash_of_the_signed_part(links: UnsubscribeLinks) -> None:
+    import hashlib
+
+    for customer, route, when in (("C0001", "cart_abandonment", T0), ("Zoë-7", None, T0 + timedelta(seconds=1)), ("C0001", "", T0)):
+        token = links.sign(customer, route, issued_at=when)
+        claim = links.verify(token)
+        assert claim.token_key == hashlib.sha256(token.rsplit(".", 1)[0].encode()).hexdigest()
+        # derived from the fields (legacy rows, hand-made claims) exactly the same
+        assert token_key_for(customer, route, when) == claim.key == UnsubscribeClaim(customer, route, when).key
+        assert token_key_for(customer, route, when.replace(tzinfo=None)) == claim.key  # SQLite's naive UTC
+    assert token_key_for("C0001", None, T0) != token_key_for("C0001", None, T0 + timedelta(seconds=1))
+    assert token_key_for("C0001", None, None) != token_key_for("C0002", None, None)  # legacy rows without a time
+    assert len(token_key_for("C0001", None, None)) == 64
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        (None, "malformed"), ("", "malformed"), ("x" * 2000, "malformed"), ("v1.abc", "malformed"), ("v1..sig", "malformed"),
+        ("a.b.c.d", "malformed"), ("v2.abc.def", "version"), ("v1.a+b.c", "malformed"), ("v1.abc.d=f", "malformed"),
+        ("v1.abc.def", "malformed"),  # a signature must be 43 characters (32 bytes)
+    ],
+)
+def test_the_format_is_checked_without_a_key(token, reason: str) -> None:
+    with pytest.raises(InvalidUnsubscribeToken) as info:
+        check_token_format(token)
+    assert info.value.reason == reason
+
+
+def test_a_well_formed_token_passes_the_format_check(links: UnsubscribeLinks) -> None:
+    token = links.sign("C0001")
+    assert check_token_format(token) == tuple(token.split("."))
+    forged = token.rsplit(".", 1)[0] + "." + "A" * 43  # well-formed, wrong signature: for verify
+    assert check_token_format(forged)[2] == "A" * 43
+    refused(links, forged, "signature", "bad unsubscribe token signature")
+
+
 # -- recording ---------------------------------------------------------------------------------------
 def _profile(kit, customer_id: str = "C0001", **values) -> None:
     kit.add_profiles({"customer_id": customer_id, "email": f"{customer_id.lower()}@example.com", "shopper_id": f"SHOP-{customer_id}", **values})
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def test_record_opt_out_sets_the_flag_and_logs_the_request(kit, links: UnsubscribeLinks) -> None:
@@ -276,7 +319,38 @@ def test_record_opt_out_is_idempotent(kit, links: UnsubscribeLinks) -> None:
 
     [row] = kit.rows(profiles)
     assert row["opted_out"] is True and _utc(row["updated_at"]) == first  # set once
-    assert [r["method"] for r in kit.rows(unsubscribe, order_by=unsubscribe.c.unsubscribe_id)] == ["page", "one-click"]
+    # one row per customer and link: the first request's (a repeat adds nothing)
+    [logged] = kit.rows(unsubscribe)
+    assert (logged["method"], _utc(logged["received_at"]), logged["token_key"]) == ("page", first, claim.key)
+
+
+def test_each_link_used_gets_its_own_row(kit, links: UnsubscribeLinks) -> None:
+    """The key is per link (customer, route, issue time): another email's link is another row,
+    the same link used 50 times is one."""
+    _profile(kit, "C0001")
+    older = links.verify(links.sign("C0001", "cart_abandonment", issued_at=T0))
+    newer = links.verify(links.sign("C0001", "cart_abandonment", issued_at=T0 + timedelta(days=1)))
+    other = links.verify(links.sign("C0002", "cart_abandonment", issued_at=T0))
+    for _ in range(50):
+        record_opt_out(kit.engine, older, method="one-click")
+    record_opt_out(kit.engine, newer, method="page")
+    record_opt_out(kit.engine, other, method="one-click")
+    got = sorted((r["customer_id"], _utc(r["issued_at"]), r["method"]) for r in kit.rows(unsubscribe))
+    assert got == [("C0001", T0, "one-click"), ("C0001", T0 + timedelta(days=1), "page"), ("C0002", T0, "one-click")]
+
+
+def test_record_opt_out_in_says_what_it_did(kit, links: UnsubscribeLinks) -> None:
+    _profile(kit, "C0001")
+    claim = links.verify(links.sign("C0001"))
+    with kit.engine.begin() as conn:
+        first = record_opt_out_in(conn, claim, method="one-click")
+    with kit.engine.begin() as conn:
+        again = record_opt_out_in(conn, claim, method="one-click")
+    with kit.engine.begin() as conn:
+        stranger = record_opt_out_in(conn, links.verify(links.sign("NOBODY")), method="page")
+    assert first == OptOutRecorded(known=True, changed=True, new_request=True)
+    assert again == OptOutRecorded(known=True, changed=False, new_request=False)
+    assert stranger == OptOutRecorded(known=False, changed=False, new_request=True)
 
 
 def test_unknown_customer_is_logged_not_an_error(kit, links: UnsubscribeLinks) -> None:
@@ -302,7 +376,7 @@ def test_record_opt_out_is_one_transaction(kit, links: UnsubscribeLinks, monkeyp
     if kit.engine.dialect.name == "sqlite":  # SQLite does not enforce lengths: break the insert another way
         with kit.engine.begin() as conn:
             conn.exec_driver_sql("CREATE TRIGGER tf_unsub_fail BEFORE INSERT ON tf_unsubscribe BEGIN SELECT RAISE(ABORT, 'boom'); END")
-    with pytest.raises(Exception):
+    with pytest.raises(DBAPIError):  # IntegrityError (SQLite trigger), DataError (PostgreSQL)
         record_opt_out(kit.engine, claim, method="one-click")
     assert kit.rows(profiles)[0]["opted_out"] is False
     assert kit.count(unsubscribe) == 0
@@ -331,3 +405,79 @@ def test_the_next_reconcile_suppresses_the_customer(kit, routing, links: Unsubsc
     assert kit.count(send, send.c.batch_id == after) == 0
     with kit.engine.connect() as conn:
         assert conn.execute(select(profiles.c.opted_out).where(profiles.c.customer_id == "C0001")).scalar_one() is True
+
+
+# -- migration 0007: token keys for rows written before them -----------------------------------------
+def _old_store(url: str):
+    """A store whose tf_unsubscribe was created before migration 0007 (no token_key column, no
+    unique index): the old table is created first, so create_schema migrates it like a deployed
+    store's."""
+    from sqlalchemy import Index, MetaData, Table
+
+    from include.triggerflow.store.db import get_engine
+
+    engine = get_engine(url)
+    old = MetaData()
+    table = Table(unsubscribe.name, old, *[c._copy() for c in unsubscribe.columns if c.name != "token_key"])
+    Index("ix_tf_unsubscribe_customer", table.c.customer_id)
+    old.create_all(engine)
+    return engine, table
+
+
+def test_migration_0007_keys_legacy_rows_and_removes_repeats(store_url: str, links: UnsubscribeLinks) -> None:
+    from sqlalchemy import insert, inspect
+
+    from include.triggerflow.store.db import create_schema
+
+    engine, old_table = _old_store(store_url)
+    at = T0 + timedelta(hours=1)
+    legacy = [
+        # the same link used three times (ids 1, 2, 4), another link of the same customer, a link
+        # of another customer, and two rows without issued_at (one customer and route: repeats)
+        ("C0001", "cart_abandonment", T0, "one-click"),
+        ("C0001", "cart_abandonment", T0, "one-click"),
+        ("C0001", "cart_abandonment", T0 + timedelta(days=1), "page"),
+        ("C0001", "cart_abandonment", T0, "page"),
+        ("C0002", "cart_abandonment", T0, "one-click"),
+        ("C0003", None, None, "one-click"),
+        ("C0003", None, None, "one-click"),
+    ]
+    with engine.begin() as conn:
+        for n, (customer, route, issued, method) in enumerate(legacy):
+            conn.execute(
+                insert(old_table).values(customer_id=customer, route=route, issued_at=issued, method=method, received_at=at + timedelta(minutes=n))
+            )
+
+    create_schema(engine)
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(unsubscribe.c.unsubscribe_id, unsubscribe.c.customer_id, unsubscribe.c.token_key).order_by(unsubscribe.c.unsubscribe_id)
+        ).all()
+        indexes = {i["name"]: i for i in inspect(conn).get_indexes("tf_unsubscribe")}
+    # the earliest row of each (customer, link) is kept, with the key the link itself gives
+    assert [(r[0], r[1]) for r in rows] == [(1, "C0001"), (3, "C0001"), (5, "C0002"), (6, "C0003")]
+    assert rows[0][2] == links.verify(links.sign("C0001", "cart_abandonment", issued_at=T0)).key
+    assert rows[1][2] == token_key_for("C0001", "cart_abandonment", T0 + timedelta(days=1))
+    assert all(r[2] and len(r[2]) == 64 for r in rows)
+    assert indexes["ux_tf_unsubscribe_customer_token"]["unique"]
+
+    # after the migration, the same old link adds nothing; create_schema again is a no-op
+    record_opt_out(engine, links.verify(links.sign("C0001", "cart_abandonment", issued_at=T0)), method="one-click")
+    create_schema(engine)
+    with engine.connect() as conn:
+        assert conn.execute(select(unsubscribe.c.unsubscribe_id).order_by(unsubscribe.c.unsubscribe_id)).scalars().all() == [1, 3, 5, 6]
+
+
+def test_migration_0007_on_an_empty_old_table_is_a_no_op(store_url: str) -> None:
+    from sqlalchemy import inspect
+
+    from include.triggerflow.store.db import create_schema
+    from include.triggerflow.store.schema import schema_version
+
+    engine, _ = _old_store(store_url)
+    create_schema(engine)
+    with engine.connect() as conn:
+        assert "token_key" in {c["name"] for c in inspect(conn).get_columns("tf_unsubscribe")}
+        assert conn.execute(select(schema_version.c.migration).where(schema_version.c.migration == "0007_unsubscribe_token_key")).first()
+        assert conn.execute(select(unsubscribe.c.unsubscribe_id)).first() is None
