@@ -343,9 +343,11 @@ batch_stats = Table(
     # sum over the batch's sent rows of (sent_at - event received_at), in ms: the average
     # processing time is taken over the latest batches without reading tf_send
     Column("processing_ms_sum", Float, nullable=False, default=0.0),
+    # tf_batch.created_at, copied: "the latest batch" of a source without reading tf_batch
+    Column("batch_created_at", DateTime(timezone=True), nullable=False),
     Column("refreshed_at", DateTime(timezone=True), nullable=False),
 )
-Index("ix_tf_batch_stats_source", batch_stats.c.source, batch_stats.c.refreshed_at)
+Index("ix_tf_batch_stats_source", batch_stats.c.source, batch_stats.c.batch_created_at)
 
 source_stats = Table(
     "tf_source_stats",
