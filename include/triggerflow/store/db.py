@@ -173,6 +173,7 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
     ("0004_batch_dropped_lines", "tf_batch", ("dropped", "dropped_reasons"), ()),
     ("0005_source_health_keepalives", "tf_source_health", ("lines_dropped", "last_data_at", "empty_reads"), ()),
     ("0006_suppression_expiry", "tf_suppression", ("expires_at", "batch_id"), ()),
+    ("0007_unsubscribe_token_key", "tf_unsubscribe", ("token_key",), ("ux_tf_unsubscribe_customer_token",)),
     ("0008_status_summaries", "tf_source_stats", (), ()),
 )
 
@@ -181,6 +182,7 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
 #: removes the duplicates a new unique index would refuse, or builds a summary from existing rows.
 #: A data step must be a no-op on an empty store: a new store runs every migration too.
 MIGRATION_DATA_STEPS: dict[str, str] = {
+    "0007_unsubscribe_token_key": "include.triggerflow.unsubscribe:backfill_token_keys",
     "0008_status_summaries": "include.triggerflow.stats:rebuild_all",
 }
 
