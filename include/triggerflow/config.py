@@ -60,6 +60,8 @@ import jinja2
 import yaml
 
 from include.triggerflow import DEFAULT_ROUTING_FILE, PROJECT_ROOT, TEMPLATES_DIR
+from include.triggerflow.content import ProductSource
+from include.triggerflow.links import NO_LINKS, LinkPolicy, parse_host_pattern
 
 if TYPE_CHECKING:
     from include.triggerflow.events import TriggerEvent
@@ -118,8 +120,10 @@ _CLOCK_RE = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")
 _LOCALE_RE = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*")
 _CAMPAIGN_KEYS = ("config", "config_json", "handlers")
 _HANDLER_KEYS = ("template", "subject", "identity")
+#: what a route's emails may show of an event (issue 11): optional on routes and Campaign handlers
+_CONTENT_KEYS = ("products", "link_hosts", "allow_http", "links")
 _ROUTE_KEYS = ("name", "trigger_id", "template", "subject", "identity")
-_OPTIONAL_ROUTE_KEYS = ("multiple_profiles", "profile_order", "rules")
+_OPTIONAL_ROUTE_KEYS = ("multiple_profiles", "profile_order", "rules", *_CONTENT_KEYS)
 _IDENTITY_KEYS = ("dimension", "field", "profile_column")
 _NAME_RE = re.compile(r"[a-z0-9_]+")
 # A template is one folder name: no separators, so a config value can never reach outside templates_dir.
@@ -223,6 +227,15 @@ class TriggerRoute:
     #: (profiles column, descending) that orders several matching profiles
     profile_order: tuple[str, bool] = ("customer_id", False)
     rules: RouteRules = RouteRules()
+    #: where product names, prices, URLs and images come from: the catalogue by SKU (default), or
+    #: the event itself (names capped, text only); see content.py
+    products: ProductSource = ProductSource.CATALOG
+    #: the hosts (``link_hosts``) and schemes (``allow_http``) its emails may link to and load
+    #: images from; the default allows nothing, so an unconfigured route shows no event URL
+    link_policy: LinkPolicy = NO_LINKS
+    #: ``(name, url)`` of the route-configured links the templates use for buttons (``cart``,
+    #: ``shop``); each passes ``link_policy``. Never built from event data.
+    links: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.identities and self.identity is None:
@@ -718,6 +731,68 @@ def _subject_environment() -> jinja2.Environment:
     return env
 
 
+#: ``event`` attributes that hold no URL and no free text from the event's payload
+_EVENT_SAFE_ATTRS = frozenset({"trigger_id", "name", "triggered_at"})
+_ROUTE_TEMPLATE_FILE = re.compile(r"email(?:\.[^./\\]+)?\.(?:html|txt)")
+
+
+def _event_references(tree: jinja2.nodes.Template) -> set[str]:
+    """What of ``event`` a parsed template reads that may hold event URLs: ``event.pages``,
+    ``event.products``, ``event.dimensions``, any other attribute or item, or ``event`` itself
+    (passed to a macro, assigned to another name, printed whole)."""
+    from jinja2 import nodes
+
+    found: set[str] = set()
+    consumed: set[int] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        base = getattr(node, "node", None)
+        if not (isinstance(base, nodes.Name) and base.name == "event"):
+            continue
+        consumed.add(id(base))
+        if isinstance(node, nodes.Getattr):
+            key: Any = node.attr
+        else:
+            arg = getattr(node, "arg", None)
+            key = arg.value if isinstance(arg, nodes.Const) else None
+        if key not in _EVENT_SAFE_ATTRS:
+            found.add(f"event.{key}" if isinstance(key, str) else "event[...]")
+    for name in tree.find_all(nodes.Name):
+        if name.name == "event" and name.ctx == "load" and id(name) not in consumed:
+            found.add("event")
+    return found
+
+
+def event_url_references(templates_dir: Path, template: str) -> list[str]:
+    """``["cart_abandonment/email.html: event.pages", ...]``: where the templates of a route's
+    folder (the default pair and every locale variant), and the templates they extend, include or
+    import, read event data that may hold URLs. Found by walking each template's Jinja syntax
+    tree, not by searching text, so comments and strings do not count. Templates that do not
+    parse are skipped (the renderer reports them)."""
+    from jinja2 import meta
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir)))
+    folder = templates_dir / template
+    try:
+        queue = sorted(f"{template}/{p.name}" for p in folder.iterdir() if p.is_file() and _ROUTE_TEMPLATE_FILE.fullmatch(p.name))
+    except OSError:
+        return []
+    seen: set[str] = set()
+    found: set[str] = set()
+    while queue:
+        name = queue.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            source = env.loader.get_source(env, name)[0]  # type: ignore[union-attr]
+            tree = env.parse(source, name=name)
+        except (jinja2.TemplateError, OSError, UnicodeError):
+            continue
+        found.update(f"{name}: {ref}" for ref in _event_references(tree))
+        queue.extend(ref for ref in meta.find_referenced_templates(tree) if isinstance(ref, str) and ref not in seen)
+    return sorted(found)
+
+
 class _Loader:
     """Validation state for one file: collects every problem, then raises once."""
 
@@ -861,7 +936,7 @@ class _Loader:
             name = _campaign_route_name(trigger.name, taken)
             taken.add(name)
             names[name] = at
-            template, subject, identity = handler
+            template, subject, identity, content = handler
             rules = self.load_rules(f"{at}: rules (defaults)", {}) or RouteRules()
             routes.append(
                 TriggerRoute(
@@ -872,6 +947,7 @@ class _Loader:
                     identities=(identity,),
                     handler=trigger.js_connector,
                     rules=rules,
+                    **content,
                 )
             )
         return config, routes
@@ -920,8 +996,10 @@ class _Loader:
         self.problems.extend(problems)
         return config
 
-    def load_handlers(self, handlers: Any) -> dict[str, tuple[str, str, IdentityRule] | None] | None:
-        """jsConnector -> (template, subject, identity), or None for a handler with problems."""
+    def load_handlers(self, handlers: Any) -> dict[str, tuple[str, str, IdentityRule, dict[str, Any]] | None] | None:
+        """jsConnector -> (template, subject, identity, content options), or None for a handler
+        with problems. A handler takes the routes' optional content keys too (products, link_hosts,
+        allow_http, links)."""
         where = "campaign.handlers"
         if not isinstance(handlers, dict) or not handlers:
             got = "an empty mapping" if handlers == {} else _type_name(handlers)
@@ -931,7 +1009,7 @@ class _Loader:
                 f"template, subject and identity, got {got}",
             )
             return None
-        loaded: dict[str, tuple[str, str, IdentityRule] | None] = {}
+        loaded: dict[str, tuple[str, str, IdentityRule, dict[str, Any]] | None] = {}
         for connector, spec in handlers.items():
             at = f"{where}[{connector!r}]"
             if not isinstance(connector, str):
@@ -942,15 +1020,18 @@ class _Loader:
                 loaded[connector] = None
                 continue
             before = len(self.problems)
-            for problem in _check_keys(spec, _HANDLER_KEYS, _HANDLER_KEYS):
+            for problem in _check_keys(spec, (*_HANDLER_KEYS, *_CONTENT_KEYS), _HANDLER_KEYS):
                 self.fail(at, problem)
             if "template" in spec:
                 self.check_template(at, spec["template"])
             if "subject" in spec:
                 self.check_subject(at, spec["subject"])
             identity = self.load_identity(at, spec["identity"]) if "identity" in spec else None
-            ok = len(self.problems) == before and identity is not None
-            loaded[connector] = (spec["template"], spec["subject"], identity) if ok else None
+            content = self.load_content(at, spec) if len(self.problems) == before else None
+            ok = len(self.problems) == before and identity is not None and content is not None
+            loaded[connector] = (
+                (spec["template"], spec["subject"], identity, content) if ok and identity is not None and content is not None else None
+            )
         return loaded
 
     def load_routes(
@@ -1004,8 +1085,9 @@ class _Loader:
                 self.fail(where, f"multiple_profiles {policy!r} is not one of: {', '.join(MULTIPLE_PROFILE_POLICIES)}")
             order = self.load_profile_order(where, entry.get("profile_order", "customer_id"))
             rules = self.load_rules(f"{where}: rules", entry.get("rules") if "rules" in entry else {})
+            content = self.load_content(where, entry) if len(self.problems) == before else None
 
-            if len(self.problems) == before and identities and subject is not None and order and rules:
+            if len(self.problems) == before and identities and subject is not None and order and rules and content is not None:
                 routes.append(
                     TriggerRoute(
                         name=name,
@@ -1017,9 +1099,95 @@ class _Loader:
                         multiple_profiles=policy,
                         profile_order=order,
                         rules=rules,
+                        **content,
                     )
                 )
         return routes
+
+    def load_content(self, where: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The content keys of a route or handler (``products``, ``link_hosts``, ``allow_http``,
+        ``links``) as TriggerRoute keyword arguments, or None when one is wrong.
+
+        Called once the template is known to be valid. A route whose templates render event URLs
+        (they reference ``event.pages``, ``event.products``, ``event.dimensions`` or the whole
+        ``event``) must say which hosts its emails may link to: without ``link_hosts`` it fails
+        here, naming the templates and references found."""
+        before = len(self.problems)
+        products = spec.get("products", ProductSource.CATALOG.value)
+        if products not in tuple(ProductSource):
+            self.fail(
+                where,
+                f"products {products!r} must be one of: catalog (names, prices, URLs and images from the "
+                f"catalogue by SKU; the default) or event (from the event itself, names cut at 80 characters)",
+            )
+        allow_http = spec.get("allow_http", False)
+        if not isinstance(allow_http, bool):
+            self.fail(where, f"allow_http must be true or false, got {allow_http!r}")
+            allow_http = False
+        policy: LinkPolicy | None = None
+        if "link_hosts" in spec:
+            hosts = spec["link_hosts"]
+            if not isinstance(hosts, list):
+                self.fail(
+                    where,
+                    "link_hosts must be a list of hosts such as [shop.example.com, '*.cdn.example.com'], "
+                    f"got {_type_name(hosts)}",
+                )
+            else:
+                patterns = []
+                for index, host in enumerate(hosts):
+                    try:
+                        patterns.append(parse_host_pattern(host))
+                    except ValueError as exc:
+                        self.fail(f"{where}: link_hosts[{index}]", str(exc))
+                policy = LinkPolicy(hosts=tuple(dict.fromkeys(patterns)), allow_http=allow_http)
+        links: list[tuple[str, str]] = []
+        if "links" in spec:
+            raw = spec["links"]
+            if not isinstance(raw, dict):
+                self.fail(where, f"links must be a mapping of name -> URL such as {{cart: 'https://shop.example.com/cart'}}, got {_type_name(raw)}")
+            elif "link_hosts" not in spec:
+                self.fail(
+                    where,
+                    "links need link_hosts: list the hosts of these URLs (link_hosts: [shop.example.com]); "
+                    "every URL of an email must be on one of the route's link_hosts",
+                )
+            else:
+                for name, url in raw.items():
+                    at = f"{where}: links[{name!r}]"
+                    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+                        self.fail(at, "a link name must match [a-z0-9_]+ (templates use it as links.<name>)")
+                        continue
+                    if policy is None:
+                        continue  # link_hosts itself is wrong: reported above
+                    verdict = policy.check(url)
+                    if verdict.url is None:
+                        self.fail(
+                            at,
+                            f"{url!r} is refused by the route's link_hosts ({policy.describe()}): {verdict.refusal}; "
+                            "give an absolute URL on one of those hosts",
+                        )
+                    else:
+                        links.append((name, verdict.url))
+        template = spec.get("template")
+        if "link_hosts" not in spec and len(self.problems) == before and isinstance(template, str):
+            found = event_url_references(self.templates_dir, template)
+            if found:
+                shown = "; ".join(found[:6]) + ("; ..." if len(found) > 6 else "")
+                self.fail(
+                    where,
+                    f"template {template!r} renders URLs taken from the event ({shown}) but the route has no "
+                    "link_hosts: event data is unauthenticated, so every page, product and image URL must be "
+                    "on an allowed host. Add link_hosts: [your.shop.host] (exact hosts or '*.domain'), "
+                    "or link_hosts: [] to show none of them",
+                )
+        if len(self.problems) != before:
+            return None
+        return {
+            "products": ProductSource(products),
+            "link_policy": policy if policy is not None else LinkPolicy(allow_http=allow_http),
+            "links": tuple(links),
+        }
 
     def load_subjects(self, where: str, value: Any) -> tuple[str | None, tuple[tuple[str, str], ...]]:
         """``subject`` is one template, or a mapping of locale tag -> template with a ``default``."""

@@ -290,7 +290,7 @@ def test_unknown_entry_key_is_reported_with_suggestion(tmp_path: Path, templates
     error = load_error(tmp_path, templates, text)
     assert error.problems == (
         f"{tmp_path / 'routing.yaml'}: triggers[0] (cart): unknown key 'subjet' "
-        "(expected one of: name, trigger_id, template, subject, identity, multiple_profiles, profile_order, rules); did you mean 'subject'?",
+        "(expected one of: name, trigger_id, template, subject, identity, multiple_profiles, profile_order, rules, products, link_hosts, allow_http, links); did you mean 'subject'?",
         f"{tmp_path / 'routing.yaml'}: triggers[0] (cart): missing required key: subject",
     )
 

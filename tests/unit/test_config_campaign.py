@@ -22,6 +22,7 @@ from include.triggerflow.config import (
     load_campaign_json,
     load_routing,
 )
+from include.triggerflow.links import LinkPolicy
 
 UID_1 = "3e8a2ba7-fccc-49bb-bdac-33ee33cf02bf"
 UID_2 = "2da3fdff-13af-4c51-8ed0-05802a572e94"
@@ -277,10 +278,12 @@ campaign:
       template: cart_abandonment
       subject: "{{ profile.first_name }}, your cart"
       identity: {dimension: eVar01, profile_column: shopper_id}
+      link_hosts: [shop.example.com]
     "cus:pipeline.js":
       template: browse_abandonment
       subject: "Still looking?"
       identity: {field: mcId, profile_column: ecid}
+      link_hosts: [shop.example.com]
 """
 
 YAML_ROUTE = """\
@@ -290,6 +293,7 @@ triggers:
     template: cart_abandonment
     subject: "Your cart"
     identity: {dimension: eVar01, profile_column: shopper_id}
+    link_hosts: [shop.example.com]
 """
 
 
@@ -308,14 +312,17 @@ def routing_errors(path: Path) -> tuple[str, ...]:
 
 
 CART = IdentityRule("dimension", "eVar01", "shopper_id")
+SHOP_LINKS = LinkPolicy.of(["shop.example.com"])
 
 
 def test_campaign_option_file_becomes_routes(tmp_path: Path) -> None:
     config = load_routing(write(tmp_path, HANDLERS), templates_dir=TEMPLATES_DIR)
 
     assert config.routes == (
-        TriggerRoute("campaign_3e8a2ba7", UID_1, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js"),
-        TriggerRoute("campaign_2da3fdff", UID_2, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js"),
+        TriggerRoute("campaign_3e8a2ba7", UID_1, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js",
+                     link_policy=SHOP_LINKS),
+        TriggerRoute("campaign_2da3fdff", UID_2, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js",
+                     link_policy=SHOP_LINKS),
     )
     assert config.route_for(UID_1).name == "campaign_3e8a2ba7"
     assert config.route_for(UID_2).template == "cart_abandonment"
