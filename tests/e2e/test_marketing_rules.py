@@ -68,9 +68,11 @@ def _routing(path: Path, now: datetime) -> Path:
             {"name": "cart_abandonment", "trigger_id": CART_ABANDONMENT_TRIGGER_ID, "template": "cart_abandonment",
              "subject": {"default": "{{ profile.first_name }}, you left something in your cart",
                          "fr": "{{ profile.first_name }}, votre panier vous attend"},
-             "identity": identity, "multiple_profiles": "skip"},
+             "identity": identity, "multiple_profiles": "skip",
+             "link_hosts": ["shop.example.com"], "links": {"cart": "https://shop.example.com/cart"}},
             {"name": "browse_abandonment", "trigger_id": BROWSE_ABANDONMENT_TRIGGER_ID, "template": "browse_abandonment",
-             "subject": "{{ profile.first_name }}, still looking?", "identity": identity},
+             "subject": "{{ profile.first_name }}, still looking?", "identity": identity,
+             "link_hosts": ["shop.example.com"], "links": {"shop": "https://shop.example.com/"}},
         ],
     }
     path.write_text(json.dumps(doc), encoding="utf-8")

@@ -270,8 +270,11 @@ def decisions_by_event(kit: StoreKit, batch_id: str) -> dict[int, dict[str, Any]
 
 
 def write_routing(path: Path, routes: Sequence[Mapping[str, Any]]) -> Path:
-    """Write a routing.yaml (JSON is valid YAML) with the given trigger entries."""
-    path.write_text(json.dumps({"version": 1, "triggers": list(routes)}, indent=2), encoding="utf-8")
+    """Write a routing.yaml (JSON is valid YAML) with the given trigger entries. An entry without
+    ``link_hosts`` gets the shipped routing's (``[shop.example.com]``): the shipped templates
+    render event URLs, which a route may only do with a link_hosts list."""
+    entries = [{"link_hosts": ["shop.example.com"], **route} for route in routes]
+    path.write_text(json.dumps({"version": 1, "triggers": entries}, indent=2), encoding="utf-8")
     return path
 
 
