@@ -543,7 +543,7 @@ def test_consumer_resolution_order(routing, tmp_path) -> None:
     (tmp_path / "nms.json").write_text(json.dumps(option))
     (tmp_path / "routing.yaml").write_text(
         "version: 1\ncampaign:\n  config: nms.json\n  handlers:\n    j: {template: cart_abandonment, subject: Hi, "
-        "identity: {dimension: eVar01, profile_column: shopper_id}}\n"
+        "identity: {dimension: eVar01, profile_column: shopper_id}, link_hosts: [shop.example.com]}\n"
     )
     campaign = load_routing(tmp_path / "routing.yaml")
     host = "https://events.adobe.io/events/organizations/ORG/integrations/INT/REG-1/"
