@@ -18,12 +18,30 @@ A POST without ``List-Unsubscribe=One-Click`` is refused with 400 too.
 authentication (``include/triggerflow/unsubscribe.py``). Nothing else is served here (no docs, no
 OpenAPI), and the pages carry no cookies, no scripts and a strict Content-Security-Policy.
 
-**Data.** Read per request in the API server process (``airflow.models.connection.Connection``,
-which includes the metastore): the signing secret and base URL from connection
-``triggerflow_unsubscribe`` (``include/triggerflow/hooks/unsubscribe.py``), the store from
-``triggers_db``. The opt-out sets ``profiles.opted_out`` and writes a ``tf_unsubscribe`` row in one
-transaction (``record_opt_out``); the next reconcile decides ``suppressed:opt-out``. A missing or
-invalid connection or an unreachable store gives a 503 page with the reason, never a traceback.
+**Data.** The signing secret and base URL come from connection ``triggerflow_unsubscribe``
+(``include/triggerflow/hooks/unsubscribe.py``), the store from ``triggers_db``, both read with
+``airflow.models.connection.Connection`` (secrets backend, environment, metastore) in the API
+server process. The opt-out sets ``profiles.opted_out`` and writes one ``tf_unsubscribe`` row per
+customer and link in one transaction (``record_opt_out_in``: a repeated POST adds nothing); the
+next reconcile decides ``suppressed:opt-out``.
+
+**Under abuse** (the endpoint is public; the API server's thread pool is shared with Airflow's
+UI and REST API):
+
+* the token's format is checked first (length, 3 parts, version, base64url, signature length:
+  ``check_token_format``), then its HMAC signature; only a valid token reaches the store. A
+  malformed token costs no connection look-up, no key derivation and no query; a forged one an
+  HMAC with the cached signer;
+* the signer (connection look-up + key derivation) and the store engine are cached for
+  :data:`CACHE_TTL_S` (a failed look-up for :data:`ERROR_TTL_S`), one look-up at a time;
+* store calls go through ``include.triggerflow.store.guarded.StoreGuard``: PostgreSQL
+  ``lock_timeout`` 2 s / ``statement_timeout`` 5 s per transaction and ``connect_timeout`` 5 s;
+  SQLite a 2 s busy timeout; at most 4 store calls at once per process, a request waiting at most
+  1 s (in the event loop, holding no thread) for a slot. A locked profile row or a slow store
+  gives a 503 with ``Retry-After`` within seconds and never takes the API server's threads;
+* 503 pages are generic ("try again later"): connection names, configuration and exception texts
+  go to the log only. 400 pages keep their hints for the recipient.
+
 Logs name the customer id and the refusal reason, never a token's signature nor the secret.
 
 Plugins are imported by the scheduler, the DAG processor and the CLI too: this module imports only
@@ -37,10 +55,9 @@ import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from airflow.plugins_manager import AirflowPlugin
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
-
-from airflow.plugins_manager import AirflowPlugin
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +70,16 @@ TOKEN_PARAM = "token"
 LINKS_CONN_ID = "triggerflow_unsubscribe"
 STORE_CONN_ID = "triggers_db"
 PG_CONNECT_TIMEOUT_S = 5
+#: how long the signer (secret look-up + key derivation) and the store engine are reused
+CACHE_TTL_S = 60.0
+#: how long a failed look-up is remembered (a misconfiguration is not hammered, a fix shows soon)
+ERROR_TTL_S = 5.0
+#: how long a request waits for another request's look-up of the same thing
+LOOKUP_WAIT_S = 2.0
+#: Retry-After of a 503: the store is busy / the endpoint is unavailable (configuration, errors)
+RETRY_BUSY_S, RETRY_UNAVAILABLE_S = 5, 60
+#: the name of this plugin's StoreGuard (its own gate: the status plugin cannot take its slots)
+GUARD_NAME = "unsubscribe"
 MAX_BODY_BYTES = 16 * 1024
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"
 VIA_FIELD, VIA_PAGE = "via", "page"
@@ -111,13 +138,17 @@ def _invalid_page(reason: str) -> HTMLResponse:
     return render("Invalid unsubscribe link", text, status=400, element_id="invalid")
 
 
-def _unavailable_page(reason: str) -> HTMLResponse:
-    return render(
-        "Unsubscribe unavailable",
-        f"We cannot process unsubscribe requests right now; please try again later. ({reason})",
-        status=503,
-        element_id="unavailable",
+def _unavailable_page(*, busy: bool = False) -> HTMLResponse:
+    """The one 503 page: generic on purpose (what went wrong is in the log, never on a public
+    page), with Retry-After."""
+    text = (
+        "We are receiving many requests right now; please try again in a moment."
+        if busy
+        else "We cannot process unsubscribe requests right now; please try again later."
     )
+    page = render("Unsubscribe unavailable", text, status=503, element_id="unavailable")
+    page.headers["Retry-After"] = str(RETRY_BUSY_S if busy else RETRY_UNAVAILABLE_S)
+    return page
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -134,16 +165,26 @@ def _connection(conn_id: str, what: str) -> Any:
         return Connection.get_connection_from_secrets(conn_id)
     except AirflowNotFoundException:
         raise Unavailable(f"Airflow connection {conn_id!r} is not defined: it names {what}") from None
-    except Exception as exc:  # noqa: BLE001 - reported, never a stack trace
+    except Exception as exc:  # noqa: BLE001 - reported in the log, never a stack trace
         raise Unavailable(f"cannot read Airflow connection {conn_id!r}: {exc.__class__.__name__}") from None
 
 
-def get_links() -> Any:
-    """UnsubscribeLinks from connection ``triggerflow_unsubscribe``; Unavailable if unusable."""
+def _package() -> None:
     try:
-        from include.triggerflow.hooks.unsubscribe import UnsubscribeConfigError, links_from_connection
+        import include.triggerflow.unsubscribe  # noqa: F401
     except ImportError as exc:
         raise Unavailable(f"the triggerflow package cannot be imported ({exc.name}): put the project root on the API server's PYTHONPATH") from None
+
+
+def get_links() -> Any:
+    """UnsubscribeLinks from connection ``triggerflow_unsubscribe`` (a look-up and a key
+    derivation: use :func:`_signer`, which caches it); Unavailable if unusable."""
+    _package()
+    from include.triggerflow.hooks.unsubscribe import (
+        UnsubscribeConfigError,
+        links_from_connection,
+    )
+
     conn = _connection(LINKS_CONN_ID, "the unsubscribe links' base URL and signing secret")
     try:
         return links_from_connection(conn)
@@ -152,23 +193,81 @@ def get_links() -> Any:
 
 
 def get_store() -> Any:
-    """The store engine from connection ``triggers_db`` (PostgreSQL with a connect timeout: a
-    recipient's click must not hang on an unreachable server)."""
-    from include.triggerflow.store.db import StoreConfigError, get_engine, request_url_from_connection
+    """The guarded store engine from connection ``triggers_db`` (short timeouts, a pool no larger
+    than the gate; see :func:`_guard`). Use :func:`_store`, which caches it."""
+    _package()
+    from include.triggerflow.store.db import (
+        StoreConfigError,
+        request_url_from_connection,
+    )
 
     conn = _connection(STORE_CONN_ID, "the triggerflow store")
     try:
-        return get_engine(request_url_from_connection(conn, connect_timeout_s=PG_CONNECT_TIMEOUT_S))
+        return _guard().engine(request_url_from_connection(conn, connect_timeout_s=PG_CONNECT_TIMEOUT_S))
     except StoreConfigError as exc:
         raise Unavailable(str(exc)) from None
 
 
-def _verify(links: Any, token: str | None) -> Any:
-    from include.triggerflow.unsubscribe import InvalidUnsubscribeToken
+class _Caches:
+    """The process's look-up caches (built on first request: the plugin's import stays cheap)."""
+
+    def __init__(self) -> None:
+        from include.triggerflow.store.guarded import TTLCache
+
+        self.links: Any = TTLCache(CACHE_TTL_S, error_ttl_s=ERROR_TTL_S, cache_errors=(Unavailable,))
+        self.store: Any = TTLCache(CACHE_TTL_S, error_ttl_s=ERROR_TTL_S, cache_errors=(Unavailable,))
+
+
+_caches: _Caches | None = None
+
+
+def _cache() -> _Caches:
+    global _caches
+    if _caches is None:
+        _package()
+        _caches = _Caches()
+    return _caches
+
+
+def _guard() -> Any:
+    from include.triggerflow.store.guarded import StoreGuard
+
+    return StoreGuard.shared(GUARD_NAME)
+
+
+def reset_caches() -> None:
+    """Forget the cached signer and store engine (tests; after changing a connection the API
+    server otherwise sees it within CACHE_TTL_S)."""
+    global _caches
+    _caches = None
+    try:
+        from include.triggerflow.store.guarded import StoreGuard
+    except ImportError:  # pragma: no cover - the package is not importable: nothing was cached
+        return
+    StoreGuard.shared(GUARD_NAME).dispose()
+
+
+async def _signer() -> Any:
+    """The cached UnsubscribeLinks (one look-up and key derivation per CACHE_TTL_S)."""
+    return await _cache().links.aget(LINKS_CONN_ID, get_links, wait_s=LOOKUP_WAIT_S)
+
+
+async def _store() -> Any:
+    """The cached guarded store engine."""
+    return await _cache().store.aget(STORE_CONN_ID, get_store, wait_s=LOOKUP_WAIT_S)
+
+
+def _check_format(token: str | None) -> None:
+    """Text checks of the token, before anything is looked up (InvalidUnsubscribeToken)."""
+    _package()
+    from include.triggerflow.unsubscribe import (
+        InvalidUnsubscribeToken,
+        check_token_format,
+    )
 
     if not token:
         raise InvalidUnsubscribeToken("missing", "no unsubscribe token in the request")
-    return links.verify(token)
+    check_token_format(token)
 
 
 async def _form_fields(request: Request) -> dict[str, list[str]]:
@@ -190,8 +289,9 @@ async def _form_fields(request: Request) -> dict[str, list[str]]:
             for part in message.iter_parts():
                 name = part.get_param("name", header="content-disposition")
                 if name:
-                    payload = part.get_payload(decode=True) or b""
-                    fields.setdefault(str(name), []).append(payload.decode("utf-8", "replace").strip())
+                    payload = part.get_payload(decode=True)
+                    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+                    fields.setdefault(str(name), []).append(text.strip())
         return fields
     return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
@@ -201,22 +301,29 @@ app = FastAPI(title="triggerflow unsubscribe", docs_url=None, redoc_url=None, op
 
 
 @app.get("/", response_class=HTMLResponse)
-def confirm(request: Request) -> HTMLResponse:
-    """The footer link: verify, then offer the button. Records nothing."""
+async def confirm(request: Request) -> HTMLResponse:
+    """The footer link: verify, then offer the button. Records nothing and needs no store; with
+    the signer cached it runs in the event loop without a worker thread."""
+    from include.triggerflow.store.guarded import StoreBusy
     from include.triggerflow.unsubscribe import InvalidUnsubscribeToken
 
     token = request.query_params.get(TOKEN_PARAM)
     try:
-        _verify(get_links(), token)
-    except Unavailable as exc:
-        log.warning("unsubscribe: unavailable: %s", exc)
-        return _unavailable_page(str(exc))
+        _check_format(token)
+        links = await _signer()
+        links.verify(token)
     except InvalidUnsubscribeToken as exc:
         log.info("unsubscribe: refused a link (GET, %s): %s", exc.reason, exc)
         return _invalid_page(exc.reason)
+    except StoreBusy as exc:
+        log.warning("unsubscribe: busy (GET): %s", exc)
+        return _unavailable_page(busy=True)
+    except Unavailable as exc:
+        log.warning("unsubscribe: unavailable (GET): %s", exc)
+        return _unavailable_page()
     except Exception as exc:  # noqa: BLE001 - no traceback: its frames hold the token and the key
         log.error("unsubscribe: GET failed: %s: %s", exc.__class__.__name__, _first_line(exc))
-        return _unavailable_page("unexpected error")
+        return _unavailable_page()
     return render(
         "Unsubscribe",
         "Do you want to stop receiving these emails? Press the button to unsubscribe.",
@@ -228,34 +335,44 @@ def confirm(request: Request) -> HTMLResponse:
 
 @app.post("/", response_class=HTMLResponse)
 async def unsubscribe(request: Request) -> HTMLResponse:
-    """RFC 8058 one-click (or the page's button): verify, record, confirm."""
-    from starlette.concurrency import run_in_threadpool
-
-    from include.triggerflow.unsubscribe import METHOD_ONE_CLICK, METHOD_PAGE, InvalidUnsubscribeToken, record_opt_out
+    """RFC 8058 one-click (or the page's button): check the format, verify the signature, then
+    record under the store guard, confirm."""
+    from include.triggerflow.store.guarded import StoreBusy
+    from include.triggerflow.unsubscribe import (
+        METHOD_ONE_CLICK,
+        METHOD_PAGE,
+        InvalidUnsubscribeToken,
+        log_opt_out,
+        record_opt_out_in,
+    )
 
     token = request.query_params.get(TOKEN_PARAM)
     try:
-        links = await run_in_threadpool(get_links)
-        claim = _verify(links, token)
+        _check_format(token)
+        links = await _signer()
+        claim = links.verify(token)
         fields = await _form_fields(request)
         if fields.get(ONE_CLICK_FIELD, [None])[-1] != ONE_CLICK_VALUE:
             raise BadRequest(f"This is not an unsubscribe request (expected {ONE_CLICK_FIELD}={ONE_CLICK_VALUE}).")
         method = METHOD_PAGE if fields.get(VIA_FIELD, [None])[-1] == VIA_PAGE else METHOD_ONE_CLICK
-        engine = await run_in_threadpool(get_store)
-        await run_in_threadpool(record_opt_out, engine, claim, method=method)
-    except Unavailable as exc:
-        log.warning("unsubscribe: unavailable: %s", exc)
-        return _unavailable_page(str(exc))
+        engine = await _store()
+        recorded = await _guard().acall(engine, record_opt_out_in, claim, method=method)
     except InvalidUnsubscribeToken as exc:
         log.info("unsubscribe: refused a link (POST, %s): %s", exc.reason, exc)
         return _invalid_page(exc.reason)
     except BadRequest as exc:
         log.info("unsubscribe: refused a POST: %s", exc)
         return render("Not an unsubscribe request", str(exc), status=400, element_id="invalid")
-    except Exception as exc:  # noqa: BLE001 - e.g. the store is down; no traceback (see confirm)
+    except StoreBusy as exc:
+        log.warning("unsubscribe: busy, answered 503 (POST): %s", exc)
+        return _unavailable_page(busy=True)
+    except Unavailable as exc:
+        log.warning("unsubscribe: unavailable (POST): %s", exc)
+        return _unavailable_page()
+    except Exception as exc:  # noqa: BLE001 - e.g. a lock timeout or the store is down; no traceback (see confirm)
         log.error("unsubscribe: could not record an opt-out: %s: %s", exc.__class__.__name__, _first_line(exc))
-        return _unavailable_page("the request could not be recorded")
-    # record_opt_out logged the customer id and the method
+        return _unavailable_page()
+    log_opt_out(claim, recorded, method)
     return render(
         "You are unsubscribed",
         "Done: you will not receive these emails any more.",
@@ -266,4 +383,4 @@ async def unsubscribe(request: Request) -> HTMLResponse:
 
 class UnsubscribePlugin(AirflowPlugin):
     name = "triggerflow_unsubscribe"
-    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "triggerflow unsubscribe"}]
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "triggerflow unsubscribe"}]  # noqa: RUF012 - AirflowPlugin declares it

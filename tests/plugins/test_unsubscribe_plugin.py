@@ -19,7 +19,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import parse_qs, urlsplit
@@ -47,10 +47,28 @@ def plugin() -> ModuleType:
     return load_plugin("unsubscribe")
 
 
+@pytest.fixture(autouse=True)
+def fresh_caches(plugin: ModuleType) -> Iterator[None]:
+    """Each test sets its own connections: the plugin's cached signer and engine start empty."""
+    plugin.reset_caches()
+    yield
+    plugin.reset_caches()
+
+
 @pytest.fixture
 def client(plugin: ModuleType) -> Iterator[TestClient]:
     with TestClient(plugin.app, base_url="http://testserver") as test_client:
         yield test_client
+
+
+def assert_generic_503(response, *, busy: bool = False) -> None:
+    """The public 503 page: "try again", Retry-After, and nothing about connections,
+    configuration or the exception."""
+    assert response.status_code == 503 and 'id="unavailable"' in response.text
+    assert response.headers["retry-after"] == ("5" if busy else "60")
+    assert ("try again in a moment" if busy else "please try again later") in response.text
+    for leak in ("triggers_db", "triggerflow_unsubscribe", "connection", "Connection", "Error", "sqlite", "postgres", "table", "Traceback"):
+        assert leak not in response.text, leak
 
 
 @pytest.fixture
@@ -73,7 +91,7 @@ def add_profile(engine: Engine, customer_id: str) -> None:
         conn.execute(
             insert(profiles).values(
                 customer_id=customer_id, email=f"{customer_id.lower()}@example.com", opted_out=False,
-                updated_at=datetime.now(timezone.utc),
+                updated_at=datetime.now(UTC),
             )
         )
 
@@ -126,7 +144,7 @@ def test_importing_the_plugin_stays_cheap() -> None:
         "runpy.run_path(sys.argv[1])\n"
         "print(json.dumps(sorted(set(sys.modules) - before)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(PLUGIN_FILE)], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
+    done = subprocess.run([sys.executable, "-c", code, str(PLUGIN_FILE)], check=False, capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
     assert done.returncode == 0, done.stderr
     added = json.loads(done.stdout.strip().splitlines()[-1])
     heavy = ("include", "airflow.api_fastapi", "airflow.models", "sqlalchemy", "yaml", "jinja2", "pandas", "great_expectations")
@@ -159,9 +177,9 @@ def test_one_click_post_records_the_opt_out(client: TestClient, links: Unsubscri
     assert 'id="done"' in done.text and "you will not receive these emails any more" in done.text
     assert opted_out(store, "C0001") and not opted_out(store, "C0002")
     assert requests_for(store, "C0001") == [("one-click", "cart_abandonment")]
-    # a second click is fine
+    # a second click is fine, and adds nothing (one row per customer and link)
     assert client.post(path_of(url), data=ONE_CLICK).status_code == 200
-    assert opted_out(store, "C0001") and len(requests_for(store, "C0001")) == 2
+    assert opted_out(store, "C0001") and requests_for(store, "C0001") == [("one-click", "cart_abandonment")]
 
 
 def test_the_pages_button_posts_with_method_page(client: TestClient, links: UnsubscribeLinks, store: Engine) -> None:
@@ -215,7 +233,7 @@ def test_expired_link_says_so(client: TestClient, store: Engine, monkeypatch: py
         json.dumps({"conn_type": "generic", "host": "http://testserver", "password": SECRET, "extra": {"max_age_days": 1}}),
     )
     add_profile(store, "C0007")
-    old = UnsubscribeLinks(SECRET, "http://testserver").url_for("C0007", issued_at=datetime(2020, 1, 1, tzinfo=timezone.utc))
+    old = UnsubscribeLinks(SECRET, "http://testserver").url_for("C0007", issued_at=datetime(2020, 1, 1, tzinfo=UTC))
     response = client.post(path_of(old), data=ONE_CLICK)
     assert response.status_code == 400 and "has expired" in response.text
     assert not opted_out(store, "C0007")
@@ -236,27 +254,36 @@ def test_the_page_escapes_what_it_shows(plugin: ModuleType) -> None:
 
 
 # -- unavailable -------------------------------------------------------------------------------------
-def test_missing_links_connection_is_503(client: TestClient, links: UnsubscribeLinks, store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_links_connection_is_a_generic_503_with_the_detail_in_the_log(
+    client: TestClient, links: UnsubscribeLinks, store: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     url = links.url_for("C0008")
     monkeypatch.delenv("AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE")
+    caplog.set_level(logging.DEBUG)
     for response in (client.get(path_of(url)), client.post(path_of(url), data=ONE_CLICK)):
-        assert response.status_code == 503 and 'id="unavailable"' in response.text
-        assert "Airflow connection &#x27;triggerflow_unsubscribe&#x27; is not defined" in response.text
-        assert "Traceback" not in response.text
+        assert_generic_503(response)
+    assert "Airflow connection 'triggerflow_unsubscribe' is not defined" in caplog.text
 
 
-def test_links_connection_without_secret_is_503(client: TestClient, store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_links_connection_without_secret_is_503(
+    client: TestClient, links: UnsubscribeLinks, store: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = links.url_for("C0008")
     monkeypatch.setenv("AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE", json.dumps({"conn_type": "generic", "host": "http://testserver"}))
-    response = client.get("/?token=v1.a.b")
-    assert response.status_code == 503 and "the signing secret is missing" in response.text
+    caplog.set_level(logging.DEBUG)
+    assert_generic_503(client.get(path_of(url)))
+    assert "the signing secret is missing" in caplog.text
 
 
-def test_missing_store_connection_is_503_and_nothing_is_recorded(client: TestClient, links: UnsubscribeLinks, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_store_connection_is_503_and_nothing_is_recorded(
+    client: TestClient, links: UnsubscribeLinks, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_TRIGGERS_DB", raising=False)
+    caplog.set_level(logging.DEBUG)
     url = links.url_for("C0009")
     assert client.get(path_of(url)).status_code == 200  # the page needs no store
-    response = client.post(path_of(url), data=ONE_CLICK)
-    assert response.status_code == 503 and "Airflow connection &#x27;triggers_db&#x27; is not defined" in response.text
+    assert_generic_503(client.post(path_of(url), data=ONE_CLICK))
+    assert "Airflow connection 'triggers_db' is not defined" in caplog.text
 
 
 def test_store_without_tables_is_503_without_a_traceback(
@@ -266,8 +293,8 @@ def test_store_without_tables_is_503_without_a_traceback(
     caplog.set_level(logging.DEBUG)
     url = links.url_for("C0010")
     response = client.post(path_of(url), data=ONE_CLICK)
-    assert response.status_code == 503 and "could not be recorded" in response.text
-    assert "Traceback" not in response.text
+    assert_generic_503(response)
+    assert "no such table" not in response.text
     assert "could not record an opt-out: OperationalError: no such table" in caplog.text
     assert url.rsplit(".", 1)[1] not in caplog.text and "Traceback" not in caplog.text
 
@@ -277,7 +304,6 @@ def test_store_without_tables_is_503_without_a_traceback(
 def e2e_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
     """One store for the module's stack: SQLite, or a fresh PostgreSQL database."""
     from include.triggerflow.store.db import create_schema, get_engine
-
     from tests.conftest import empty_store
 
     with empty_store(tmp_path_factory.mktemp("unsub-store")) as url:
@@ -327,7 +353,7 @@ def test_real_server_get_shows_the_form_and_unsubscribes_nobody(e2e) -> None:
 
 @pytest.mark.e2e
 def test_real_server_one_click_post_opts_out(e2e) -> None:
-    stack, engine, links, customer = e2e
+    _stack, engine, links, customer = e2e
     url = links.url_for(customer, "browse_abandonment")
     # as a mail client does it (RFC 8058 §3.2): no cookies, no authorization, the fixed body
     done = requests.post(url, data="List-Unsubscribe=One-Click", headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30, allow_redirects=False)
@@ -339,7 +365,7 @@ def test_real_server_one_click_post_opts_out(e2e) -> None:
 
 @pytest.mark.e2e
 def test_real_server_page_button_opts_out_with_method_page(e2e) -> None:
-    stack, engine, links, customer = e2e
+    _stack, engine, links, customer = e2e
     url = links.url_for(customer)
     with requests.Session() as browser:
         page = browser.get(url, timeout=30)
@@ -364,7 +390,7 @@ def wait_for_log(stack, *needles: str, timeout: float = 20) -> str:
 @pytest.mark.e2e
 def test_real_server_never_logs_a_token(e2e) -> None:
     """Airflow's access log writes each request's query string: the token's value must be ***."""
-    stack, engine, links, customer = e2e
+    stack, _engine, links, customer = e2e
     url = links.url_for(customer, "cart_abandonment")
     run = uuid.uuid4().hex
     ids = [f"{run}-get", f"{run}-post", f"{run}-bad"]

@@ -21,7 +21,9 @@ plugin goes through a :class:`StoreGuard`:
 
 :class:`TTLCache` caches what a request would otherwise look up each time (an Airflow connection
 read through the secrets backend, a derived key, the engine): values for ``ttl_s``, failures for
-the shorter ``error_ttl_s`` (a misconfiguration is not hammered, and a fix is seen soon).
+the shorter ``error_ttl_s`` (a misconfiguration is not hammered, and a fix is seen soon). From
+async code, :meth:`TTLCache.aget` serves a fresh value without a thread and runs one loader at a
+time; requests arriving during a load wait in the event loop, or get :class:`LookupBusy`.
 
 Usage (a plugin)::
 
@@ -63,6 +65,11 @@ class StoreBusy(Exception):
         self.name = name
         self.limit = limit
         self.retry_after_s = retry_after_s
+
+
+class LookupBusy(StoreBusy):
+    """Another request is loading the value this one needs (:meth:`TTLCache.aget`) and it did not
+    arrive within the wait: answer like :class:`StoreBusy`."""
 
 
 @dataclass(frozen=True)
@@ -344,6 +351,41 @@ class TTLCache(Generic[T]):
             with self._lock:
                 self._entries[key] = _Entry(self._clock() + self.ttl_s, value=value)
             return value
+
+    async def aget(self, key: Hashable, loader: Callable[[], T], *, wait_s: float = 2.0) -> T:
+        """:meth:`get` from async code: a fresh value is returned at once (no thread); a miss runs
+        ``loader`` in a worker thread, ONE at a time per cache — a request arriving meanwhile waits
+        in the event loop (no thread) up to ``wait_s`` for that result, then gets
+        :class:`LookupBusy`. So a hanging secrets backend holds one thread, not one per request."""
+        from anyio import to_thread
+
+        found = self.peek(key)
+        if found is not _MISSING:
+            return found  # type: ignore[no-any-return]
+        deadline = time.monotonic() + wait_s
+        while not self._load_lock.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                raise LookupBusy(f"look-up {key!r}", 1, wait_s, 5)
+            await asyncio.sleep(_POLL_S)
+            found = self.peek(key)
+            if found is not _MISSING:
+                return found  # type: ignore[no-any-return]
+        try:
+            found = self.peek(key)
+            if found is not _MISSING:
+                return found  # type: ignore[no-any-return]
+            self.loads += 1
+            try:
+                value = await to_thread.run_sync(loader)
+            except self.cache_errors as exc:
+                with self._lock:
+                    self._entries[key] = _Entry(self._clock() + self.error_ttl_s, error=exc)
+                raise
+            with self._lock:
+                self._entries[key] = _Entry(self._clock() + self.ttl_s, value=value)
+            return value
+        finally:
+            self._load_lock.release()
 
     def clear(self) -> None:
         with self._lock:

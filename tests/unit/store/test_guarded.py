@@ -199,3 +199,65 @@ def test_acall_runs_in_a_worker_thread_under_the_gate(store_url: str, store_engi
         asyncio.run(while_full())
     assert len(seen) == 1
     guard.dispose()
+
+
+def test_aget_loads_once_for_a_burst_and_waiters_hold_no_thread() -> None:
+    cache: TTLCache[str] = TTLCache(60)
+    started = threading.Event()
+    release = threading.Event()
+    loads: list[str] = []
+
+    def slow_load() -> str:  # a slow secrets backend
+        loads.append(threading.current_thread().name)
+        started.set()
+        release.wait(30)
+        return "signer"
+
+    async def main() -> list[str]:
+        first = asyncio.ensure_future(cache.aget("k", slow_load, wait_s=30))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        others = [asyncio.ensure_future(cache.aget("k", slow_load, wait_s=30)) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        assert not any(o.done() for o in others)  # waiting for the one load, in this loop
+        release.set()
+        return [await first, *[await o for o in others]]
+
+    assert asyncio.run(main()) == ["signer"] * 21
+    assert len(loads) == 1 and loads[0] != threading.main_thread().name  # one load, in a worker thread
+
+
+def test_aget_gives_up_with_lookup_busy_while_a_load_hangs() -> None:
+    from include.triggerflow.store.guarded import LookupBusy
+
+    cache: TTLCache[str] = TTLCache(60)
+    release = threading.Event()
+
+    async def main() -> None:
+        hanging = asyncio.ensure_future(cache.aget("k", lambda: release.wait(30) and "late", wait_s=30))
+        await asyncio.sleep(0.05)
+        with pytest.raises(LookupBusy):
+            await cache.aget("k", lambda: "never called", wait_s=0.05)
+        release.set()
+        assert await hanging == "late"
+
+    asyncio.run(main())
+    assert cache.loads == 1
+
+
+def test_aget_caches_a_failure_briefly() -> None:
+    now = [0.0]
+    cache: TTLCache[str] = TTLCache(60, error_ttl_s=5, cache_errors=(LookupError,), clock=lambda: now[0])
+
+    def fail() -> str:
+        raise LookupError("connection not defined")
+
+    async def main() -> None:
+        for _ in range(3):
+            with pytest.raises(LookupError):
+                await cache.aget("k", fail)
+        now[0] = 6
+        assert await cache.aget("k", lambda: "fixed") == "fixed"
+
+    asyncio.run(main())
+    assert cache.loads == 2
