@@ -39,9 +39,11 @@ import jinja2
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 
 from include.triggerflow import TEMPLATES_DIR
+from include.triggerflow.content import clean_display_text, email_content
 
 if TYPE_CHECKING:
     from include.triggerflow.config import TriggerRoute
+    from include.triggerflow.content import EmailContent
     from include.triggerflow.events import TriggerEvent
 
 __all__ = [
@@ -351,23 +353,34 @@ def build_context(
     profile: Mapping[str, Any],
     event: TriggerEvent,
     route: TriggerRoute,
+    content: EmailContent | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The template context: ``profile``, ``event`` (a plain dict view of the trigger) and ``extra``.
+    """The template context: ``profile``, ``event`` (a plain dict view of the trigger), ``links``
+    (the route's configured URLs) and ``extra``.
 
-    ``extra`` (e.g. ``unsubscribe_url``, which the base layouts require) is merged at the top level,
-    last, so a caller can override.
+    Nothing of the event's payload reaches the context except through ``content``
+    (:func:`content.email_content`): its products, pages and dimensions, every URL checked against
+    the route's link_hosts. The send stage passes the content it built with the chunk's catalogue;
+    without one it is built here with an empty catalogue (a catalogue-mode route then shows no
+    products). ``extra`` (e.g. ``unsubscribe_url``, which the base layouts require) is merged at
+    the top level, last, so a caller can override.
     """
+    if content is None:
+        locale = profile.get("locale")
+        content = email_content(event, route, {}, locale if isinstance(locale, str) else None)
     return {
         "profile": dict(profile),
         "event": {
-            "trigger_id": event.trigger_id,
+            # a catch-all route takes any trigger id: then it is event text like any other
+            "trigger_id": route.trigger_id if not route.is_catch_all else clean_display_text(event.trigger_id)[0],
             "name": route.name,
             "triggered_at": event.triggered_at,
-            "pages": event.pages(),
-            "products": event.product_list(),
-            "dimensions": {name: list(event.dimension_values(name)) for name in event.dimensions},
+            "pages": list(content.pages),
+            "products": [product.as_context() for product in content.products],
+            "dimensions": {name: list(values) for name, values in content.dimensions.items()},
         },
+        "links": dict(content.links),
         **(extra or {}),
     }
 

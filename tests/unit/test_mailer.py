@@ -442,14 +442,19 @@ def test_injection_through_the_unsubscribe_url_is_refused(payload: str) -> None:
 def test_profile_data_in_the_subject_cannot_add_a_header() -> None:
     """End to end through the real renderer: a first_name with a line break fails the render;
     one without stays inside the Subject, and the message has exactly the expected headers."""
+    import dataclasses
+
     from include.triggerflow import DEFAULT_ROUTING_FILE
     from include.triggerflow.config import load_routing
+    from include.triggerflow.content import ProductSource
     from include.triggerflow.events import parse_envelope
     from include.triggerflow.render import Renderer, TemplateRenderError, build_context
     from tests.unit.test_render import CART_ID, envelope
 
     route = load_routing(DEFAULT_ROUTING_FILE).route_for(CART_ID)
     assert route is not None
+    # event-only mode: the event's product name reaches the email (as capped text)
+    route = dataclasses.replace(route, products=ProductSource.EVENT)
     renderer = Renderer()
     event = parse_envelope(envelope(products={"S": {"name": "Shoe\r\nBcc: victim@example.com", "price": 1}}))
 

@@ -13,6 +13,7 @@ import pytest
 
 from include.triggerflow import DEFAULT_ROUTING_FILE
 from include.triggerflow.config import IdentityRule, TriggerRoute, load_routing
+from include.triggerflow.content import ProductSource
 from include.triggerflow.events import TriggerEvent, parse_envelope
 from include.triggerflow.render import (
     FILTERS,
@@ -98,18 +99,21 @@ def routing():
     return load_routing(DEFAULT_ROUTING_FILE)
 
 
+# The shipped routes in event-only mode (products: event), so the templates show the event's own
+# product details (names capped, URLs through link_hosts): what these tests feed them. Catalogue
+# mode, the shipped default, is tested in test_render_catalog.py.
 @pytest.fixture
 def cart_route(routing) -> TriggerRoute:
     route = routing.route_for(CART_ID)
     assert route is not None
-    return route
+    return dataclasses.replace(route, products=ProductSource.EVENT)
 
 
 @pytest.fixture
 def browse_route(routing) -> TriggerRoute:
     route = routing.route_for(BROWSE_ID)
     assert route is not None
-    return route
+    return dataclasses.replace(route, products=ProductSource.EVENT)
 
 
 @pytest.fixture
@@ -157,10 +161,14 @@ def test_build_context_shape(cart_route: TriggerRoute) -> None:
     assert ev["trigger_id"] == CART_ID
     assert ev["name"] == "cart_abandonment"
     assert ev["triggered_at"] == datetime(2018, 1, 19, 1, 9, 17, 242000, tzinfo=timezone.utc)
-    assert ev["pages"] == CART_PAGES  # distinct, in hit order
+    assert ev["pages"] == CART_PAGES  # distinct, in hit order, each on the route's link_hosts
     assert [p["name"] for p in ev["products"]] == ["Trail Shoe", "Coffee Mug"]
-    assert ev["products"][1] == {"sku": "SKU-2", "name": "Coffee Mug", "price": "1234.5", "quantity": 2}
+    assert ev["products"][1] == {"sku": "SKU-2", "name": "Coffee Mug", "price": Decimal("1234.5"), "quantity": 2,
+                                 "currency": None, "symbol": None, "url": None, "image_url": None, "in_stock": None}
+    # pageURL values are the checked page URLs (all allowed here); other dimension values are text
     assert ev["dimensions"] == {"eVar01": ["SHOP-42", "SHOP-42"], "pageURL": CART_PAGES + [CART_PAGES[0]]}
+    # the buttons' URLs come from the routing file
+    assert context["links"] == {"cart": "https://shop.example.com/cart", "shop": "https://shop.example.com/"}
 
 
 # -- the cart email ----------------------------------------------------------------------------------
@@ -180,9 +188,10 @@ def test_cart_email_content(renderer: Renderer, cart_route: TriggerRoute) -> Non
         assert "triggerflow shop" in part
     # products listed, so pages are not
     assert "https://shop.example.com/product/mug" not in email.text
-    # CTA: the last page URL ending in "cart"
-    assert 'href="https://shop.example.com/my/cart"' in email.html
-    assert "Return to your cart: https://shop.example.com/my/cart" in email.text
+    # CTA: the route's configured cart link, whatever pages the event names
+    assert 'href="https://shop.example.com/cart"' in email.html
+    assert "Return to your cart: https://shop.example.com/cart\n" in email.text
+    assert "https://shop.example.com/my/cart" not in email.html
     assert 'href="https://shop.example.com/product/shoe"' in email.html
     assert "- Trail Shoe x 1: $89.50\n  https://shop.example.com/product/shoe\n" in email.text
     assert "- Coffee Mug x 2: $1,234.50\n" in email.text
@@ -198,7 +207,7 @@ def test_cart_email_lists_pages_when_no_products(renderer: Renderer, cart_route:
         "- https://shop.example.com/product/mug\n"
     ) in email.text
     assert '<a href="https://shop.example.com/product/mug"' in email.html
-    # no page ends in "cart": the default cart URL
+    # the route's configured cart link
     assert 'href="https://shop.example.com/cart"' in email.html
     assert "Return to your cart: https://shop.example.com/cart\n" in email.text
 
@@ -264,8 +273,8 @@ def test_html_escapes_event_and_profile_data_text_keeps_it(
     assert "<script>" not in email.html
     assert "&lt;script&gt;alert(&#39;p&#39;)&lt;/script&gt;" in email.html
     assert "Hi &lt;script&gt;alert(&#39;n&#39;)&lt;/script&gt;," in email.html
-    assert "&lt;b&gt;2&lt;/b&gt;" in email.html
-    assert "- <script>alert('p')</script> x <b>2</b>: $1.00" in email.text
+    assert "&lt;b&gt;2&lt;/b&gt;" not in email.html and "<b>2</b>" not in email.text  # not a quantity: not shown
+    assert "- <script>alert('p')</script>: $1.00" in email.text
     assert "Hi <script>alert('n')</script>," in email.text
     # the subject is a header, not HTML: no entity escaping
     assert email.subject == "<script>alert('n')</script>, you left something in your cart"
@@ -276,14 +285,16 @@ def test_unsafe_urls_are_not_linked(renderer: Renderer, cart_route: TriggerRoute
     products = {"X": {"name": "Shoe", "url": "javascript:alert(document.cookie)"}}
     email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(pages=pages, products=products))
     assert "javascript:" not in email.html
-    assert 'href="https://shop.example.com/cart"' in email.html  # the javascript: "cart" page was not used
+    assert 'href="https://shop.example.com/cart"' in email.html  # the configured cart link
     assert "onmouseover" not in email.html
 
 
 def test_quotes_in_links_cannot_break_the_attribute(renderer: Renderer, cart_route: TriggerRoute) -> None:
     pages = ['https://shop.example.com/a"b<c']
     email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(pages=pages))
-    assert 'href="https://shop.example.com/a&#34;b&lt;c"' in email.html
+    # the link policy emits the URL rebuilt, quotes and brackets percent-encoded
+    assert 'href="https://shop.example.com/a%22b%3Cc"' in email.html
+    assert '"b<c' not in email.html
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -343,12 +354,18 @@ def test_empty_subject_raises(renderer: Renderer, cart_route: TriggerRoute) -> N
         render(renderer, route, {"first_name": "   "}, event_of())
 
 
-def test_bad_price_raises_instead_of_showing_garbage(renderer: Renderer, cart_route: TriggerRoute) -> None:
-    products = {"X": {"name": "Shoe", "price": "free!"}}
-    with pytest.raises(TemplateRenderError) as info:
-        render(renderer, cart_route, {"first_name": "Ada"}, event_of(products=products))
-    assert "cart_abandonment/email.txt, line " in str(info.value)
-    assert "ValueError: money: 'free!' is not a number" in str(info.value)
+def test_a_price_that_is_no_number_is_not_shown(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    products = {"X": {"name": "Shoe", "price": "free!"}, "Y": {"name": "Hat", "price": float("nan")}}
+    email = render(renderer, cart_route, {"first_name": "Ada"}, event_of(products=products))
+    assert "- Shoe\n" in email.text and "- Hat\n" in email.text
+    assert "free!" not in email.html + email.text and "NaN" not in email.html + email.text
+
+
+def test_the_money_filter_still_refuses_garbage(renderer: Renderer, cart_route: TriggerRoute) -> None:
+    """A template that formats a value that is no number fails its email rather than print it."""
+    route = dataclasses.replace(cart_route, subject="{{ 'free!'|money }}")
+    with pytest.raises(TemplateRenderError, match="ValueError: money: 'free!' is not a number"):
+        render(renderer, route, {"first_name": "Ada"}, event_of(products=CART_PRODUCTS))
 
 
 def write_templates(root: Path, html: str, txt: str = "{{ profile.first_name }}") -> Path:
@@ -429,7 +446,7 @@ def test_browse_email(renderer: Renderer, browse_route: TriggerRoute) -> None:
     assert email.subject == "Ada, still looking? Your picks are waiting"
     assert "Hi Ada," in email.text and "Hi Ada," in email.html
     assert "- https://shop.example.com/product/shoe\n- https://shop.example.com/product/mug\n" in email.text
-    assert "Continue browsing: https://shop.example.com/product/mug" in email.text
+    assert "Continue browsing: https://shop.example.com/\n" in email.text  # the route's shop link
     assert "on 19 Jan 2018 at 01:09 UTC." in email.html
 
     with_products = render(

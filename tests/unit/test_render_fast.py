@@ -4,6 +4,7 @@ against Template.render, and the memoised money / http_url filters against their
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from include.triggerflow import DEFAULT_ROUTING_FILE
 from include.triggerflow import render as R
 from include.triggerflow.config import load_routing
+from include.triggerflow.content import ProductSource
 from include.triggerflow.events import parse_envelope
 from tests.unit.conftest import envelope_json
 
@@ -31,9 +33,11 @@ PRODUCTS = [
 def contexts(seed: int, count: int = 60) -> list[tuple[Any, dict[str, Any], Any]]:
     rng = random.Random(seed)
     routing = load_routing(DEFAULT_ROUTING_FILE)
+    # both product modes: event-only mode puts the event's (capped) product details in the context
+    routes = [*routing.routes, *(dataclasses.replace(r, products=ProductSource.EVENT) for r in routing.routes)]
     out = []
     for _ in range(count):
-        route = rng.choice(routing.routes)
+        route = rng.choice(routes)
         event = parse_envelope(envelope_json(
             trigger_id=route.trigger_id, products=rng.choice(PRODUCTS),
             pages=rng.choice([None, [], ["https://shop.example.com/cart", "ftp://x", " https://shop.example.com/p/1 "]]),
