@@ -250,6 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from include.triggerflow.config import RoutingConfigError, load_routing
+    from include.triggerflow.stats import rebuild_all
     from include.triggerflow.status import (
         SEND_POOL,
         build_status,
@@ -270,6 +271,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     except RoutingConfigError as exc:
         routing, routing_error = None, str(exc)
     try:
+        if args.recount:  # rebuild the summaries the document reads from every batch's rows
+            with engine.begin() as store:
+                print(f"recounted {rebuild_all(store)} batches", file=sys.stderr)
         source = args.source or source_key_for_connection(host, extra) or latest_source(engine)
         consumer = resolve_consumer(explicit=args.consumer, extra=extra, routing=routing, host=host, source_key=source)
         settings = status_settings_from_connection(extra, pool_slots=pool_slots(SEND_POOL))
@@ -484,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--consumer",
         help="consumer name to show (default: adobe_triggers extra.consumer, the Campaign option's "
         "consumer, the journal registration id, else the source key)",
+    )
+    p.add_argument(
+        "--recount",
+        action="store_true",
+        help="first recount the status summaries (tf_batch_stats, tf_source_stats) from every batch's "
+        "events and sends: repairs them after a failed refresh; reads the whole store",
     )
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("preview", help="render a route's email for an event and a profile to files")

@@ -11,9 +11,12 @@ from the triggerflow store, so a monitor written for Campaign keeps working (ser
      "routing": {"triggers": {"<uid or *>": "<jsConnector or template>"}, "aliases": {...}},
      "stats": {...}, "settings": {...}, "messages-per-hour": [{"hour": "...Z", "messages": n}, ...]}
 
-Where each indicator comes from (``S`` = the source; "unprocessed" = an event with status ``landed``,
-or ``valid`` without a ``tf_decision`` row; "open batches" = batches of ``S`` with no balanced run
-report in ``tf_run_summary``):
+Where each indicator comes from (``S`` = the source). The event and ledger counters come from the
+summary tables ``tf_source_stats`` (per source) and ``tf_batch_stats`` (per batch), which every
+stage refreshes from the rows of the batch it changed (include/triggerflow/stats.py, where
+"unprocessed" = an event with status ``landed``, or ``valid`` without a ``tf_decision`` row):
+building the document never reads ``tf_event``, ``tf_send``, ``tf_decision`` or ``tf_quarantine``,
+so it costs the same at 10 k or 10 M stored events. ``cli status --recount`` rebuilds the summaries.
 
 ==================================== ==================================================================
 indicator                            from the store
@@ -29,25 +32,29 @@ http-request.empty-reads             ``tf_source_health.empty_reads``: reads in 
                                      received only keep-alives (addition)
 pointer.current-offsets              ``tf_source_position`` of S as ``partition:position`` CSV, by partition
 pointer.last-flush-ms-ago            now - max(``tf_source_position.updated_at``) of S, null if none
-pointer.processed-since-last-flush   unprocessed events of S's latest batch: what the last pull
+pointer.processed-since-last-flush   ``tf_batch_stats.unprocessed`` of S's latest batch (by
+                                     ``batch_created_at``): unprocessed events of what the last pull
                                      landed (its pointer flushes) and the run has not yet validated and
                                      reconciled; 0 when caught up. (Campaign's sense, messages handled
                                      ahead of the saved pointer, is always 0 here: the pointer moves in
                                      the transaction that lands the messages it covers.)
-stats.trigger-received               count of ``tf_event`` rows of S (every message landed)
+stats.trigger-received               ``tf_source_stats.received``: ``tf_event`` rows of S (every message landed)
 stats.trigger-processed              events of S with a decision or quarantined
                                      = trigger-received - current-messages (statuses partition them)
-stats.trigger-discarded              ``tf_quarantine`` rows of S whose event is still ``quarantined``
+stats.trigger-discarded              ``tf_source_stats.discarded``: events of S still ``quarantined``
                                      (Campaign: discarded after retries; must be 0 normally)
-stats.trigger-failures               ``tf_send`` rows of S's batches in state ``failed``
-stats.current-messages               unprocessed events of S (in open batches: a balanced report
-                                     proves its batch has none); should stay near 0
-stats.current-retries                ``tf_send`` rows of S's batches in state ``deferred`` (4xx, to retry)
+stats.trigger-failures               ``tf_source_stats.failures``: ``tf_send`` rows of S's batches ``failed``
+stats.current-messages               ``tf_source_stats.unprocessed``: unprocessed events of S; should
+                                     stay near 0 (a batch being pulled counts once it has landed)
+stats.current-retries                ``tf_source_stats.retries``: ``tf_send`` rows of S's batches
+                                     ``deferred`` (4xx, to retry)
 stats.bytes-read                     ``tf_source_health.bytes_read`` (response bytes of every page)
 stats.pointer-flushes                ``tf_source_health.pointer_flushes`` (pages that moved the position)
-stats.average-trigger-processing-time-ms  mean(``sent_at`` - event ``received_at``) over the last 1000
-                                     ``sent`` ledger rows of S (by send_id), null if none
-stats.gaps                           ``tf_source_gap`` rows of S (resumed past the stored position)
+stats.average-trigger-processing-time-ms  mean(``sent_at`` - event ``received_at``) of the ``sent``
+                                     ledger rows of S's latest batches with sends (``tf_batch_stats``
+                                     ``processing_ms_sum / sent``, newest first until 1000 emails or
+                                     50 batches), null if none
+stats.gaps                           count of ``tf_source_gap`` rows of S (resumed past the stored position)
 stats.lines-dropped                  ``tf_source_health.lines_dropped``: lines the reader received but
                                      could not land as an event (not JSON, not an object, blank...;
                                      per batch in ``tf_batch.dropped``) (addition)
@@ -63,40 +70,41 @@ messages-per-hour                    ``tf_source_hourly`` of S for the last 120 
 
 Counters are cumulative over what the store holds (Campaign's reset when the process restarts).
 
-Every query is SQLAlchemy Core and bounded by an index: ``tf_event`` is only read by ``source`` (the
-leading column of its unique key), by ``batch_id`` for open batches, or by primary key;
-``tf_send`` by ``batch_id`` (``ix_tf_send_batch_chunk``) or backwards along its primary key.
+Every query is SQLAlchemy Core and bounded by a key or an index on ``source``: one row each of
+``tf_source_health`` and ``tf_source_stats``, S's partitions in ``tf_source_position``, at most 51
+``tf_batch_stats`` rows (``ix_tf_batch_stats_source``), 120 ``tf_source_hourly`` rows, and a count
+of ``tf_source_gap`` (which grows with gaps, not with events). tests/unit/test_status.py captures
+the SQL to prove it.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from sqlalchemy import Engine, and_, func, literal, or_, select
+from sqlalchemy import Connection, Engine, func, select
 
 from include.triggerflow.store.schema import (
-    batch,
-    decision,
-    event,
-    quarantine,
-    run_summary,
-    send,
+    STATS_COLUMNS,
+    batch_stats,
     source_gap,
     source_health,
     source_hourly,
     source_position,
+    source_stats,
 )
 
 if TYPE_CHECKING:
     from include.triggerflow.config import RoutingConfig
 
 __all__ = [
+    "AVERAGE_OVER_BATCHES",
     "AVERAGE_OVER_SENT",
     "HOURS_SHOWN",
     "KEEPALIVE_WARNING_AGE_S",
@@ -104,6 +112,7 @@ __all__ = [
     "StatusWarning",
     "source_warnings",
     "build_status",
+    "known_source",
     "latest_source",
     "resolve_consumer",
     "retry_validity_ms",
@@ -123,6 +132,8 @@ class StatusWarning(StrEnum):
 
     KEEPALIVES_ONLY = "keep-alives-only"
 AVERAGE_OVER_SENT = 1000
+#: ... taken from at most this many of the latest batches (tf_batch_stats rows, not ledger rows)
+AVERAGE_OVER_BATCHES = 50
 
 # The trigger_emails DAG's settings (dags/trigger_emails.py), mirrored here rather than parsed from
 # the DAG at request time; tests/unit/test_status.py fails if they drift apart.
@@ -292,10 +303,20 @@ def latest_source(engine: Engine) -> str | None:
         return _latest_source(conn)
 
 
-def _unprocessed() -> Any:
-    """An event still to be processed: not validated yet, or valid with no decision yet."""
-    undecided = ~select(literal(1)).where(decision.c.event_id == event.c.event_id).exists()
-    return or_(event.c.status == "landed", and_(event.c.status == "valid", undecided))
+@contextmanager
+def _reading(engine: Engine | Connection) -> Iterator[Connection]:
+    if isinstance(engine, Connection):
+        yield engine  # the caller's connection and transaction
+    else:
+        with engine.connect() as conn:
+            yield conn
+
+
+def known_source(engine: Engine | Connection, source: str) -> bool:
+    """Whether ``source`` is a source the store has read (a ``tf_source_health`` row): the only
+    sources the plugin lets a caller ask for."""
+    with _reading(engine) as conn:
+        return conn.execute(select(source_health.c.source).where(source_health.c.source == source)).first() is not None
 
 
 def _count(conn: Any, stmt: Any) -> int:
@@ -311,7 +332,7 @@ def _iso(value: datetime) -> str:
 
 
 def build_status(
-    engine: Engine,
+    engine: Engine | Connection,
     routing: RoutingConfig | None,
     *,
     source_key: str | None = None,
@@ -321,11 +342,12 @@ def build_status(
 ) -> dict[str, Any]:
     """The status document of one source (see the module docstring for every field).
 
+    :param engine: the store, or a connection to read it on (the plugin's, with its timeouts).
     :param source_key: the source (``tf_source_health.source``); None = the most recently updated.
     :param routing: shown as ``routing``; None shows no routes.
     """
     now = _utc(now) or datetime.now(timezone.utc)
-    with engine.connect() as conn:
+    with _reading(engine) as conn:
         source = source_key if source_key is not None else _latest_source(conn)
         health = (
             conn.execute(select(source_health).where(source_health.c.source == source)).mappings().first()
@@ -338,55 +360,22 @@ def build_status(
             .order_by(source_position.c.partition)
         ).all()
 
-        received = _count(conn, select(func.count()).select_from(event).where(event.c.source == source))
-        open_batches = (
-            select(batch.c.batch_id)
-            .select_from(batch.outerjoin(run_summary, run_summary.c.batch_id == batch.c.batch_id))
-            .where(
-                batch.c.source == source,
-                or_(run_summary.c.batch_id.is_(None), run_summary.c.balanced.is_(False)),
-            )
+        totals = (
+            conn.execute(select(source_stats).where(source_stats.c.source == source)).mappings().first()
+            if source is not None
+            else None
         )
-        current = _count(
-            conn,
-            select(func.count())
-            .select_from(event)
-            .where(event.c.batch_id.in_(open_batches), event.c.source == source, _unprocessed()),
-        )
-        latest_batch = conn.execute(
-            select(batch.c.batch_id)
-            .where(batch.c.source == source)
-            .order_by(batch.c.created_at.desc(), batch.c.batch_id.desc())
+        since_flush = conn.execute(
+            select(batch_stats.c.unprocessed)
+            .where(batch_stats.c.source == source)
+            .order_by(batch_stats.c.batch_created_at.desc(), batch_stats.c.batch_id.desc())
             .limit(1)
         ).scalar_one_or_none()
-        since_flush = 0
-        if latest_batch is not None:
-            since_flush = _count(
-                conn,
-                select(func.count())
-                .select_from(event)
-                .where(event.c.batch_id == latest_batch, event.c.source == source, _unprocessed()),
-            )
-        discarded = _count(
-            conn,
-            select(func.count())
-            .select_from(quarantine.join(event, event.c.event_id == quarantine.c.event_id))
-            .where(event.c.source == source, event.c.status == "quarantined"),
-        )
-        source_batches = select(batch.c.batch_id).where(batch.c.source == source)
-        ledger = dict(
-            conn.execute(
-                select(send.c.state, func.count())
-                .where(send.c.batch_id.in_(source_batches), send.c.state.in_(("failed", "deferred")))
-                .group_by(send.c.state)
-            ).all()
-        )
-        timings = conn.execute(
-            select(send.c.sent_at, event.c.received_at)
-            .select_from(send.join(event, event.c.event_id == send.c.event_id))
-            .where(event.c.source == source, send.c.state == "sent", send.c.sent_at.is_not(None))
-            .order_by(send.c.send_id.desc())
-            .limit(AVERAGE_OVER_SENT)
+        timed = conn.execute(
+            select(batch_stats.c.sent, batch_stats.c.processing_ms_sum)
+            .where(batch_stats.c.source == source, batch_stats.c.sent > 0)
+            .order_by(batch_stats.c.batch_created_at.desc(), batch_stats.c.batch_id.desc())
+            .limit(AVERAGE_OVER_BATCHES)
         ).all()
         gaps = _count(conn, select(func.count()).select_from(source_gap).where(source_gap.c.source == source))
         first_hour = _hour_floor(now) - timedelta(hours=HOURS_SHOWN - 1)
@@ -400,9 +389,13 @@ def build_status(
     for hour, messages in hourly:
         key = _hour_floor(_utc(hour))
         per_hour[key] = per_hour.get(key, 0) + int(messages)
-    durations = [
-        (_utc(sent_at) - _utc(received_at)).total_seconds() * 1000 for sent_at, received_at in timings
-    ]
+    sent_timed, ms_timed = 0, 0.0
+    for sent, ms in timed:  # the latest batches with sends, until AVERAGE_OVER_SENT emails
+        if sent_timed >= AVERAGE_OVER_SENT:
+            break
+        sent_timed, ms_timed = sent_timed + int(sent), ms_timed + float(ms or 0.0)
+    counters = {name: int(totals[name] or 0) if totals else 0 for name in STATS_COLUMNS}
+    received, current = counters["received"], counters["unprocessed"]
     last_flush = max((_utc(updated) for _, _, updated in positions), default=None)
     empty_reads = int(health["empty_reads"] or 0) if health else 0
     last_data_ms_ago = _ms_ago(now, health["last_data_at"]) if health else None
@@ -422,18 +415,18 @@ def build_status(
         "pointer": {
             "current-offsets": ",".join(f"{int(p)}:{position}" for p, position, _ in positions),
             "last-flush-ms-ago": _ms_ago(now, last_flush),
-            "processed-since-last-flush": since_flush,
+            "processed-since-last-flush": int(since_flush or 0),
         },
         "routing": routing.routing_map() if routing is not None else {"triggers": {}},
         "stats": {
             "trigger-received": received,
             "trigger-processed": received - current,
-            "trigger-discarded": discarded,
-            "trigger-failures": int(ledger.get("failed", 0)),
+            "trigger-discarded": counters["discarded"],
+            "trigger-failures": counters["failures"],
             "current-messages": current,
-            "current-retries": int(ledger.get("deferred", 0)),
+            "current-retries": counters["retries"],
             "bytes-read": int(health["bytes_read"]) if health else 0,
-            "average-trigger-processing-time-ms": round(sum(durations) / len(durations)) if durations else None,
+            "average-trigger-processing-time-ms": round(ms_timed / sent_timed) if sent_timed else None,
             "pointer-flushes": int(health["pointer_flushes"]) if health else 0,
             "gaps": gaps,
             "lines-dropped": int(health["lines_dropped"] or 0) if health else 0,

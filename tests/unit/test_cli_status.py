@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from include.triggerflow.stages.land import BatchRef, land_batch
 from include.triggerflow.store.schema import source_health, source_position
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIELDS = {"consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"}
 
 
@@ -107,3 +107,24 @@ def test_without_the_source_connection(kit, store_url: str, monkeypatch: pytest.
         f"{broken}: version must be 1, got 2",
     ]
     assert status(store_url, "--consumer", "c1")["consumer"] == "c1"
+
+
+def test_recount_repairs_the_summaries(landed, kit, store_url: str) -> None:
+    """A lost refresh (summaries behind the events) shows stale counters until ``--recount``,
+    which rebuilds them from every batch's rows."""
+    from sqlalchemy import delete, update
+
+    from include.triggerflow.store.schema import batch_stats, source_stats
+
+    source, _ = landed
+    with kit.engine.begin() as conn:
+        conn.execute(delete(batch_stats))
+        conn.execute(update(source_stats).values(received=0, unprocessed=0))
+    assert status(store_url, "--source", source.source_key)["stats"]["trigger-received"] == 0
+    done = cli(store_url, "status", "--source", source.source_key, "--recount")
+    assert done.returncode == 0, done.stderr
+    assert "recounted 1 batches" in done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["stats"]["trigger-received"], doc["stats"]["current-messages"]) == (3, 3)
+    assert doc["pointer"]["processed-since-last-flush"] == 3
+    assert status(store_url, "--source", source.source_key)["stats"]["trigger-received"] == 3  # kept

@@ -5,13 +5,14 @@ process), plus exact checks of each mapping on rows written directly."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
@@ -22,6 +23,7 @@ from include.triggerflow.stages.land import BatchRef, land_batch
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import report_batch
 from include.triggerflow.stages.validate import validate_batch
+from include.triggerflow.stats import refresh_batch_stats
 from include.triggerflow.status import (
     DAG_MAX_RETRY_DELAY_S,
     DAG_RETRIES,
@@ -49,10 +51,9 @@ from include.triggerflow.store.schema import (
     source_hourly,
     source_position,
 )
+from tests.unit.conftest import envelope_json, send_chunk
 
-from tests.unit.conftest import send_chunk, envelope_json
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = {"flush-pointer-msg-count": 2, "retry-period-ms": 10_000}
 UNROUTED = "00000000-0000-0000-0000-000000000000"
 
@@ -67,7 +68,7 @@ def ref(minute: int) -> BatchRef:
 
 
 def utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def iso_hour(value: datetime) -> str:
@@ -98,7 +99,7 @@ def greylisting(*recipients: str) -> Callable[[], Any]:
 
 
 def status_now(kit, routing, **kwargs: Any) -> tuple[dict[str, Any], datetime]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     kwargs.setdefault("consumer", "customer_dev")
     kwargs.setdefault("settings", SETTINGS)
     return build_status(kit.engine, routing, now=now, **kwargs), now
@@ -267,6 +268,7 @@ def test_processed_current_discarded_and_since_last_flush(kit, routing) -> None:
     # another source's events never count
     kit.add_batch("other", source="journal:/other")
     kit.add_event("other", envelope_json(), status="landed", source="journal:/other")
+    refresh_batch_stats(kit.engine, ["b1", "b2", "other"])  # what the stages do after writing
 
     doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
 
@@ -283,23 +285,90 @@ def test_processed_current_discarded_and_since_last_flush(kit, routing) -> None:
         if row["event_id"] != decided:
             add_decision(kit, row["event_id"], "b2")
     add_decision(kit, bad, "b1", "ignored")
+    refresh_batch_stats(kit.engine, ["b1", "b2"])
     doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
     assert (doc["stats"]["trigger-processed"], doc["stats"]["current-messages"], doc["stats"]["trigger-discarded"]) == (6, 0, 0)
     assert doc["pointer"]["processed-since-last-flush"] == 0
 
 
-def test_only_open_batches_are_searched_for_current_messages(kit, routing) -> None:
-    """A balanced report proves its batch had no unprocessed event, so reported batches are not
-    read again (this is what keeps the tf_event query bounded); an unbalanced one is."""
-    for batch_id, landed, balanced in (("b1", 1, True), ("b2", 2, False), ("b3", 4, None)):
-        kit.add_batch(batch_id)
-        for _ in range(landed):
-            kit.add_event(batch_id, envelope_json(), status="landed")
-        if balanced is not None:
-            add_summary(kit, batch_id, balanced=balanced)
-    doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
-    assert (doc["stats"]["trigger-received"], doc["stats"]["current-messages"]) == (7, 6)  # b2 + b3
-    assert doc["pointer"]["processed-since-last-flush"] == 4  # b3, the latest
+def _fill(kit, batches: int, per_batch: int, *, first: int = 0) -> None:
+    """``batches`` batches of ``per_batch`` events in every state, with sends and quarantine rows,
+    summarised as the stages would leave them."""
+    from include.triggerflow.store.db import bulk_insert
+
+    statuses = ("landed", "valid", "valid", "quarantined")
+    for b in range(first, first + batches):
+        batch_id = kit.add_batch(f"fill-{b:04d}")
+        with kit.engine.begin() as conn:
+            rows = [
+                {"batch_id": batch_id, "source": "test:src", "src_partition": 0, "src_position": f"{b:04d}-{i:06d}",
+                 "payload": "{}", "received_at": T0, "status": statuses[i % 4]}
+                for i in range(per_batch)
+            ]
+            bulk_insert(conn, event, rows)
+            ids = [int(i) for i in conn.execute(select(event.c.event_id).where(event.c.batch_id == batch_id).order_by(event.c.event_id)).scalars()]
+            bulk_insert(conn, decision, [{"event_id": e, "batch_id": batch_id, "decision": "matched", "decided_at": T0} for e in ids[2::4]])
+            bulk_insert(conn, quarantine, [{"event_id": e, "batch_id": batch_id, "reasons": "[]", "quarantined_at": T0} for e in ids[3::4]])
+            bulk_insert(conn, send, [
+                {"idempotency_key": f"{batch_id}-{e}", "batch_id": batch_id, "chunk": 0, "event_id": e, "profile_id": "C1",
+                 "trigger_id": "t", "route": "cart", "recipient": "a@example.com", "state": ("sent", "failed", "deferred")[n % 3],
+                 "attempts": 1, "created_at": T0, "updated_at": T0, "sent_at": T0 + timedelta(seconds=1)}
+                for n, e in enumerate(ids[2::4])
+            ])
+        refresh_batch_stats(kit.engine, batch_id)
+
+
+@contextmanager
+def captured_sql(engine):
+    """Every SQL statement the engine runs meanwhile (SQLAlchemy's before_cursor_execute)."""
+    from sqlalchemy import event as sa_event
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+
+
+#: the tables whose size grows with the events stored: the document must never read them
+EVENT_TABLES = re.compile(r"\b(tf_event|tf_send|tf_decision|tf_quarantine|tf_batch|tf_run_summary)\b")
+
+
+def test_the_document_reads_only_summaries_whatever_the_number_of_events(kit, routing) -> None:
+    """The cost of the status does not grow with tf_event: the same statements, none of them on the
+    event, ledger, decision or quarantine tables, at 40 and at 2,000 events; and the counters
+    still equal a full recount."""
+    from include.triggerflow.stats import recount_source
+
+    runs = []
+    for batches, per_batch in ((2, 20), (8, 250)):
+        _fill(kit, batches, per_batch, first=len(runs) * 100)
+        with captured_sql(kit.engine) as statements:
+            doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
+        runs.append((doc, statements))
+    for doc, statements in runs:
+        lowered = [" ".join(s.lower().split()) for s in statements]
+        assert lowered, "no statement captured: the capture itself is broken"
+        assert [s for s in lowered if EVENT_TABLES.search(s)] == []
+        assert any("tf_source_stats" in s for s in lowered) and any("tf_batch_stats" in s for s in lowered)
+    (small, small_sql), (large, large_sql) = runs
+    assert len(small_sql) == len(large_sql)
+    assert small["stats"]["trigger-received"] == 40 and large["stats"]["trigger-received"] == 2040
+    with kit.engine.connect() as conn:
+        recount = recount_source(conn, "test:src")
+    stats = large["stats"]
+    assert (stats["trigger-received"], stats["current-messages"], stats["trigger-discarded"]) == (
+        recount.received, recount.unprocessed, recount.discarded
+    )
+    assert (stats["trigger-failures"], stats["current-retries"]) == (recount.failures, recount.retries)
+    # the latest batch's landed events and valid ones without a decision
+    assert large["pointer"]["processed-since-last-flush"] == sum(1 for i in range(250) if i % 4 in (0, 1))
+    assert stats["average-trigger-processing-time-ms"] == 1000
 
 
 def test_ledger_counts_and_average_processing_time(kit, routing) -> None:
@@ -321,6 +390,7 @@ def test_ledger_counts_and_average_processing_time(kit, routing) -> None:
                     created_at=T0, updated_at=T0, sent_at=received + delay if delay else None,
                 )
             )
+    refresh_batch_stats(kit.engine, "b1")
     doc = build_status(kit.engine, routing, source_key="test:src", consumer="c", settings={})
     assert doc["stats"]["average-trigger-processing-time-ms"] == 3500
     assert (doc["stats"]["trigger-failures"], doc["stats"]["current-retries"]) == (1, 1)
@@ -332,7 +402,7 @@ def test_ledger_counts_and_average_processing_time(kit, routing) -> None:
 
 def test_offsets_flush_health_and_gaps(kit, routing) -> None:
     key = "pipeline:customer_dev:triggers"
-    now = datetime(2026, 3, 2, 10, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
     with kit.engine.begin() as conn:
         for partition, position, age_s in ((10, "77", 50), (2, "1071369", 3), (0, "1090921", 9)):
             conn.execute(
@@ -397,7 +467,7 @@ def _health(kit, key: str, now: datetime, **values: Any) -> None:
 )
 def test_a_source_that_only_sends_keep_alives_is_flagged(kit, routing, empty_reads, data_age_s, warned) -> None:
     key = "pipeline:customer_dev:triggers"
-    now = datetime(2026, 3, 2, 10, 30, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
     last_data = None if data_age_s is None else now - timedelta(seconds=data_age_s)
     _health(kit, key, now, empty_reads=empty_reads, last_data_at=last_data, lines_dropped=7)
 
@@ -414,7 +484,7 @@ def test_a_source_that_only_sends_keep_alives_is_flagged(kit, routing, empty_rea
 
 
 def test_messages_per_hour_is_zero_filled_over_five_days(kit, routing) -> None:
-    now = datetime(2026, 3, 6, 10, 42, 7, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 6, 10, 42, 7, tzinfo=UTC)
     current = now.replace(minute=0, second=0)
     rows = [
         ("test:src", current, 7),

@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, StatementError
 
 from include.triggerflow.events import clean_text, parse_envelope
 from include.triggerflow.sources.base import Page, RawMessage, TriggerSource
+from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.db import bulk_insert
 from include.triggerflow.store.schema import (
     batch,
@@ -323,6 +324,7 @@ def land_batch(
             .where(batch.c.batch_id == batch_id)
             .values(state="landed", pulled=already + newly, landed_at=_now())
         )
+    refresh_quietly(engine, batch_id)  # the status counters (include/triggerflow/stats.py)
     return LandResult(
         batch_id=batch_id, pulled=already + newly, newly_landed=newly, reused=False, bytes_read=bytes_read,
         dropped=dropped,

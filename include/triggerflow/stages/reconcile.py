@@ -53,6 +53,7 @@ from include.triggerflow.config import RoutingConfig, TriggerRoute
 from include.triggerflow.events import as_int, clean_text, parse_envelope
 from include.triggerflow.mailer import InvalidAddressError, validate_address
 from include.triggerflow.smtp_replies import mask_addresses
+from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.db import bulk_insert, select_in, where_in
 from include.triggerflow.store.schema import (
     PROFILE_COLUMNS,
@@ -479,6 +480,7 @@ def reconcile_batch(
                 select(decision.c.decision, func.count()).where(decision.c.batch_id == batch_id).group_by(decision.c.decision)
             )
         }
+    refresh_quietly(engine, batch_id)  # the status counters (include/triggerflow/stats.py)
     log.info("batch %s reconciled: %s; send chunks %s", batch_id, dict(counts), chunks)
     return ReconcileResult(batch_id=batch_id, counts=dict(counts), chunks=chunks)
 

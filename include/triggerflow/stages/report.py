@@ -32,6 +32,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 
 from include.triggerflow.sla import DEFAULT_ALERT_AFTER_S, latency_summary, oldest_waiting, run_latencies
 from include.triggerflow.stages.land import dropped_counts
+from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.schema import batch, decision, event, run_summary, send
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,7 @@ def report_batch(
             )
         )
         exists = conn.execute(select(func.count()).select_from(batch).where(batch.c.batch_id == batch_id)).scalar_one()
+    refresh_quietly(engine, batch_id)  # repairs the status counters should a stage's refresh have failed
     log.info("run report\n%s", report.table())
     if not exists:
         log.info("no batch %s was landed", batch_id)

@@ -71,6 +71,7 @@ from include.triggerflow.smtp_replies import (
     mask_addresses,
     outcome_from_summary,
 )
+from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.db import DriverSession, DriverStatement, dialect_insert
 from include.triggerflow.store.schema import dry_run, event, profiles, send, send_log, suppression
 from include.triggerflow.suppression import Category
@@ -362,6 +363,7 @@ def send_chunk(
         raise
     finally:
         ledger.close()
+        refresh_quietly(engine, batch_id)  # the status counters, also after a failed chunk (stats.py)
     log.info("batch %s chunk %d: %s", batch_id, chunk, counts)
     if counts["deferred"] and not opts.last_try and not opts.dry_run:
         raise DeferredRecipients(

@@ -36,6 +36,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
 from include.triggerflow.stages.land import BENIGN_NOTES
+from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.db import bulk_insert, where_in
 from include.triggerflow.store.schema import event, quarantine
 
@@ -297,6 +298,7 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
             )
         for status, ids in (("quarantined", bad_ids), ("valid", good_ids)):
             where_in(conn, update(event).values(status=status), event.c.event_id, ids)
+    refresh_quietly(engine, batch_id)  # the status counters (include/triggerflow/stats.py)
     if bad_ids:
         log.warning("batch %s: %d of %d events quarantined", batch_id, len(bad_ids), len(all_ids))
     return ValidateResult(batch_id=batch_id, valid=len(good_ids) + int(already_valid), quarantined=len(bad_ids))
