@@ -4,7 +4,9 @@
                              ``GET :7781/pipelined/status`` (include/triggerflow/status.py)
     GET /pipelined/          the same as a page: the indicators to watch, a bar chart of messages
                              per hour over the last 5 days, and every indicator in a table
-    ?source=KEY              either route: another source than the one adobe_triggers reads
+    ?source=KEY              either route, authenticated only: another source the store has read
+                             (a ``tf_source_health`` row); any other key is a 404
+    ?consumer=NAME           either route, authenticated only: the consumer name shown
 
 The page also appears in the Airflow UI: a "Triggers status" entry in the navigation opens it in
 an iframe (``/plugin/pipelined``).
@@ -14,18 +16,31 @@ every route here requires an authenticated Airflow user, checked with Airflow's 
 the UI's ``_token`` cookie (the iframe sends it), or ``Authorization: Bearer <token>`` for a
 monitoring tool, with the token from ``POST /auth/token`` (``{"username": ..., "password": ...}``).
 No token: 401; an invalid one: 403; an expired one: 401. Any authenticated user may read it (counts,
-positions, the source host; no customer data).
+positions, the source host, routing and settings; no customer data).
 
-``TRIGGERFLOW_STATUS_PUBLIC=true`` (in the API server's environment) turns authentication off, for
-legacy monitors that polled Campaign's unauthenticated port; leave it unset (default: protected)
-unless the API server is only reachable from a trusted network.
+**Public mode.** ``TRIGGERFLOW_STATUS_PUBLIC=true`` (in the API server's environment) turns
+authentication off, for legacy monitors that polled Campaign's unauthenticated port. Anyone can
+then poll it, so it serves ONE minimal document (:func:`public_document`): counters and ages only —
+no consumer, source key, organisation/integration/registration ids, pipeline host, offsets,
+routing map, settings or error text. Query parameters are ignored (no ``?source=``: a caller
+cannot make it read anything else). Errors are a generic ``{"status": 503, "error": "status
+unavailable"}`` (the reason goes to the API server log). A reverse proxy in front should still
+rate-limit it per IP and fix the Host header (README, Monitoring).
 
-**Data.** Read per request in the API server process: the store from connection ``triggers_db``
-and the consumer and settings from ``adobe_triggers`` (``airflow.models.connection.Connection``,
-which includes the metastore), the routing from ``include/routing.yaml`` (or
-$TRIGGERFLOW_ROUTING_FILE). The project root must be importable (it is on PYTHONPATH under
-Astro). A missing connection or an unreachable store gives a 503 with the reason as JSON (as HTML
-on the page), never a stack trace.
+**Cost.** The document is read from small summary tables (include/triggerflow/stats.py), so one
+computation costs the same however many events are stored; and it is cached for
+:data:`CACHE_TTL_S` seconds (``$TRIGGERFLOW_STATUS_CACHE_SECONDS``): one public document, or one per
+source for authenticated users, so a burst of requests costs one store read. Store reads go through
+the ``pipelined_status`` :class:`~include.triggerflow.store.guarded.StoreGuard`: short lock and
+statement timeouts, at most a few at once, awaited without holding a thread; when all slots are
+busy the answer is 503 with ``Retry-After``. Failures are cached for a few seconds too.
+
+**Data.** Read in the API server process: the store from connection ``triggers_db`` and the
+consumer and settings from ``adobe_triggers`` (``airflow.models.connection.Connection``, which
+includes the metastore), the routing from ``include/routing.yaml`` (or $TRIGGERFLOW_ROUTING_FILE).
+The project root must be importable (it is on PYTHONPATH under Astro). For an authenticated user a
+missing connection or an unreachable store gives a 503 with the reason as JSON (as HTML on the
+page), never a stack trace.
 
 Plugins are imported by the scheduler, the DAG processor and the CLI too: this module imports
 only FastAPI at the top; Airflow's security module, SQLAlchemy and the triggerflow package are
@@ -34,34 +49,68 @@ imported on the first request.
 
 from __future__ import annotations
 
+import copy
 import html
 import logging
 import os
-from typing import Any
-
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+import threading
+from typing import Annotated, Any
 
 from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/pipelined"
 PUBLIC_ENV = "TRIGGERFLOW_STATUS_PUBLIC"
+CACHE_ENV = "TRIGGERFLOW_STATUS_CACHE_SECONDS"
 STORE_CONN_ID = "triggers_db"
 SOURCE_CONN_ID = "adobe_triggers"
 PG_CONNECT_TIMEOUT_S = 5
 PAGE_REFRESH_S = 60
+#: how long a computed document is served again (seconds; $TRIGGERFLOW_STATUS_CACHE_SECONDS)
+CACHE_TTL_S = 5.0
+#: the name of this plugin's store guard (its own slots: the unsubscribe plugin has others)
+GUARD_NAME = "pipelined_status"
+#: what a public caller sees when the status cannot be computed; the reason is logged
+PUBLIC_ERROR = "status unavailable"
 #: Campaign's advice: watch these three, which should stay at 0 (reference §4)
 WATCHED = ("current-messages", "trigger-discarded", "trigger-failures")
+#: the only parts of the document the public mode serves: counters and ages
+PUBLIC_FIELDS: dict[str, tuple[str, ...] | None] = {
+    "generated-at": None,
+    "http-request": ("last-alive-ms-ago", "last-failed-cnx-ms-ago", "last-data-ms-ago", "empty-reads"),
+    "pointer": ("last-flush-ms-ago", "processed-since-last-flush"),
+    "stats": None,
+    "messages-per-hour": None,
+    "warnings": None,
+}
 
 
 class StatusUnavailable(Exception):
-    """The status cannot be computed; the message says why and what to check (served as 503)."""
+    """The status cannot be computed; the message says why and what to check (served as 503 to
+    authenticated users, as a generic 503 in public mode)."""
+
+
+class UnknownSource(Exception):
+    """``?source=`` names no source the store has read (404)."""
 
 
 def status_is_public() -> bool:
     return os.environ.get(PUBLIC_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def cache_ttl_s() -> float:
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if not raw:
+        return CACHE_TTL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        log.warning("pipelined status: %s=%r is not a number of seconds; using %s", CACHE_ENV, raw, CACHE_TTL_S)
+        return CACHE_TTL_S
+    return min(max(value, 0.5), 300.0)  # at least a burst's worth, at most 5 minutes
 
 
 async def require_user(request: Request) -> Any:
@@ -78,6 +127,44 @@ async def require_user(request: Request) -> Any:
     except RuntimeError as exc:  # get_auth_manager(): not running inside an initialised API server
         log.warning("pipelined status: cannot check the token: %s", exc)
         raise HTTPException(status_code=503, detail="Airflow's auth manager is not initialised in this process")
+
+
+# -- the guard and the cache (built on first use: they import SQLAlchemy) ---------------------------
+_state_lock = threading.Lock()
+_guard: Any = None
+_cache: Any = None
+
+
+def store_guard() -> Any:
+    """This plugin's :class:`StoreGuard` (short timeouts, bounded concurrency, cached engines)."""
+    global _guard
+    with _state_lock:
+        if _guard is None:
+            from include.triggerflow.store.guarded import StoreGuard
+
+            _guard = StoreGuard.shared(GUARD_NAME)
+        return _guard
+
+
+def document_cache() -> Any:
+    """The documents computed lately, by ``("public",)`` or ``("user", source)``; failures
+    (:class:`StatusUnavailable`) are kept for a few seconds too."""
+    global _cache
+    with _state_lock:
+        if _cache is None:
+            from include.triggerflow.store.guarded import TTLCache
+
+            _cache = TTLCache(cache_ttl_s(), error_ttl_s=min(5.0, cache_ttl_s()), cache_errors=(StatusUnavailable,))
+        return _cache
+
+
+def reset() -> None:
+    """Forget the cached documents and the guard's engines (tests; a changed connection)."""
+    global _cache
+    with _state_lock:
+        _cache = None
+        if _guard is not None:
+            _guard.dispose()
 
 
 # -- collecting the document -------------------------------------------------------------------------
@@ -106,7 +193,10 @@ def _connection(conn_id: str, *, required: bool) -> Any:
 
 
 def _store_url(conn: Any) -> str:
-    from include.triggerflow.store.db import StoreConfigError, request_url_from_connection
+    from include.triggerflow.store.db import (
+        StoreConfigError,
+        request_url_from_connection,
+    )
 
     try:
         return request_url_from_connection(conn, connect_timeout_s=PG_CONNECT_TIMEOUT_S)
@@ -115,28 +205,32 @@ def _store_url(conn: Any) -> str:
 
 
 def collect_status(source: str | None = None, consumer: str | None = None) -> dict[str, Any]:
-    """The status document, from the Airflow connections. Raises :class:`StatusUnavailable`."""
+    """The status document, from the Airflow connections, read in one guarded transaction
+    (call it holding a slot of :func:`store_guard`). Raises :class:`StatusUnavailable`, or
+    :class:`UnknownSource` when ``source`` is not a source the store has read."""
     try:
         from sqlalchemy.exc import SQLAlchemyError
 
         from include.triggerflow.config import RoutingConfigError, load_routing
         from include.triggerflow.status import (
             SEND_POOL,
+            _latest_source,
             build_status,
-            latest_source,
+            known_source,
             pool_slots,
             resolve_consumer,
             source_key_for_connection,
             status_settings_from_connection,
         )
-        from include.triggerflow.store.db import describe, get_engine
+        from include.triggerflow.store.db import describe
     except ImportError as exc:
         raise StatusUnavailable(
             f"the triggerflow package cannot be imported ({exc}): put the project root on the API "
             "server's PYTHONPATH"
         ) from None
 
-    engine = get_engine(_store_url(_connection(STORE_CONN_ID, required=True)))
+    guard = store_guard()
+    engine = guard.engine(_store_url(_connection(STORE_CONN_ID, required=True)))
     source_conn = _connection(SOURCE_CONN_ID, required=False)
     extra = dict(source_conn.extra_dejson or {}) if source_conn is not None else {}
     host = source_conn.host if source_conn is not None else None
@@ -145,15 +239,19 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
         routing = load_routing()
     except RoutingConfigError as exc:
         routing, routing_error = None, str(exc)
+    slots = pool_slots(SEND_POOL)
     try:
-        source_key = source or source_key_for_connection(host, extra) or latest_source(engine)
-        document = build_status(
-            engine,
-            routing,
-            source_key=source_key,
-            consumer=resolve_consumer(explicit=consumer, extra=extra, routing=routing, host=host, source_key=source_key),
-            settings=status_settings_from_connection(extra, pool_slots=pool_slots(SEND_POOL)),
-        )
+        with guard.transaction(engine) as conn:
+            if source is not None and not known_source(conn, source):
+                raise UnknownSource(source)
+            source_key = source or source_key_for_connection(host, extra) or _latest_source(conn)
+            document = build_status(
+                conn,
+                routing,
+                source_key=source_key,
+                consumer=resolve_consumer(explicit=consumer, extra=extra, routing=routing, host=host, source_key=source_key),
+                settings=status_settings_from_connection(extra, pool_slots=slots),
+            )
     except SQLAlchemyError as exc:
         raise StatusUnavailable(
             f"the triggerflow store at {describe(engine)} cannot be read: {_first_line(exc)} "
@@ -164,14 +262,71 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
     return document
 
 
-def _collect_or_raise(source: str | None, consumer: str | None) -> dict[str, Any]:
+def _collect_or_raise(source: str | None, consumer: str | None = None) -> dict[str, Any]:
     try:
         return collect_status(source, consumer)
-    except StatusUnavailable:
+    except (StatusUnavailable, UnknownSource):
         raise
-    except Exception as exc:  # noqa: BLE001 - logged with its traceback here, never sent
+    except Exception as exc:
         log.exception("pipelined status failed")
         raise StatusUnavailable(f"status unavailable: {exc.__class__.__name__}: {_first_line(exc)}") from None
+
+
+def public_document(document: dict[str, Any]) -> dict[str, Any]:
+    """The public mode's document: :data:`PUBLIC_FIELDS` of ``document`` and nothing else —
+    counters and ages; warnings by code only."""
+    public: dict[str, Any] = {}
+    for key, keep in PUBLIC_FIELDS.items():
+        if key not in document:
+            continue
+        value = document[key]
+        if keep is not None and isinstance(value, dict):
+            value = {name: value.get(name) for name in keep}
+        public[key] = copy.deepcopy(value)
+    public["warnings"] = [{"code": w.get("code")} for w in public.get("warnings") or [] if isinstance(w, dict)]
+    return public
+
+
+def _load_public() -> dict[str, Any]:
+    try:
+        return public_document(_collect_or_raise(None))
+    except StatusUnavailable as exc:
+        log.warning("pipelined status (public): unavailable: %s", exc)  # the reason, for the operator only
+        raise
+
+
+async def get_document(public: bool, source: str | None, consumer: str | None) -> dict[str, Any]:
+    """The document for this request: from the cache when fresh, else computed under a guard
+    slot (waited for in the event loop). Raises StatusUnavailable, UnknownSource or StoreBusy."""
+    cache = document_cache()
+    key: tuple[Any, ...] = ("public",) if public else ("user", source)
+    document = cache.peek(key)  # re-raises a cached failure
+    if document is cache.MISSING:
+        loader = _load_public if public else (lambda: _collect_or_raise(source))
+        document = await store_guard().arun(cache.get, key, loader)
+    if not public and consumer is not None and consumer.strip():
+        document = {**document, "consumer": consumer.strip()}  # as resolve_consumer's explicit name
+    return document  # type: ignore[no-any-return]
+
+
+async def _answer(public: bool, source: str | None, consumer: str | None) -> tuple[dict[str, Any] | None, int, str, dict[str, str]]:
+    """(document, status code, error text, headers) for either route."""
+    from include.triggerflow.store.guarded import StoreBusy
+
+    if public:
+        source = consumer = None  # query parameters are ignored in public mode
+    try:
+        document = await get_document(public, source, consumer)
+    except UnknownSource:
+        return None, 404, "unknown source: not a source this store has read", {"Cache-Control": "no-store"}
+    except StoreBusy as exc:
+        log.warning("pipelined status: %s", exc)
+        busy = PUBLIC_ERROR if public else "the store is busy: try again shortly"
+        return None, 503, busy, {"Retry-After": str(exc.retry_after_s), "Cache-Control": "no-store"}
+    except StatusUnavailable as exc:
+        return None, 503, PUBLIC_ERROR if public else str(exc), {"Cache-Control": "no-store"}
+    cache = f"max-age={int(cache_ttl_s())}" if public else "no-store"
+    return document, 200, "", {"Cache-Control": cache}
 
 
 # -- the page ----------------------------------------------------------------------------------------
@@ -191,8 +346,10 @@ def _chart(per_hour: list[dict[str, Any]]) -> str:
     scale = peak or 1
     step = plot_w / max(len(per_hour), 1)
     parts = [
-        f'<svg id="messages-per-hour" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'width="100%" role="img" aria-label="Messages per hour over the last 5 days, peak {peak}">',
+        (
+            f'<svg id="messages-per-hour" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+            f'width="100%" role="img" aria-label="Messages per hour over the last 5 days, peak {peak}">'
+        ),
         f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}"/>',
         f'<text class="tick" x="{left - 6}" y="{top + plot_h}" text-anchor="end">0</text>',
         f'<text class="tick" x="{left - 6}" y="{top + 10}" text-anchor="end">{peak:,}</text>',
@@ -301,37 +458,36 @@ app = FastAPI(title="triggerflow pipelined status", docs_url=None, redoc_url=Non
 
 
 @app.get("/status")
-def status(
-    source: str | None = Query(None, description="source key (default: the one adobe_triggers reads)"),
-    consumer: str | None = Query(None, description="consumer name to show"),
-    _user: Any = Depends(require_user),
+async def status(
+    source: str | None = Query(None, description="source key (authenticated only; default: the one adobe_triggers reads)"),
+    consumer: str | None = Query(None, description="consumer name to show (authenticated only)"),
+    _user: Annotated[Any, Depends(require_user)] = None,
 ) -> JSONResponse:
-    try:
-        document = _collect_or_raise(source, consumer)
-    except StatusUnavailable as exc:
-        return JSONResponse({"status": 503, "error": str(exc)}, status_code=503)
-    return JSONResponse(document, headers={"Cache-Control": "no-store"})
+    document, code, error, headers = await _answer(status_is_public(), source, consumer)
+    if document is None:
+        return JSONResponse({"status": code, "error": error}, status_code=code, headers=headers)
+    return JSONResponse(document, headers=headers)
 
 
 @app.get("/", response_class=HTMLResponse)
-def page(
+async def page(
     request: Request,
     source: str | None = Query(None),
     consumer: str | None = Query(None),
-    _user: Any = Depends(require_user),
+    _user: Annotated[Any, Depends(require_user)] = None,
 ) -> HTMLResponse:
-    try:
-        document = _collect_or_raise(source, consumer)
-    except StatusUnavailable as exc:
-        return HTMLResponse(_error_page(str(exc)), status_code=503)
-    query = request.url.query
-    return HTMLResponse(render_page(document, json_href="status" + (f"?{query}" if query else "")), headers={"Cache-Control": "no-store"})
+    public = status_is_public()
+    document, code, error, headers = await _answer(public, source, consumer)
+    if document is None:
+        return HTMLResponse(_error_page(error), status_code=code, headers=headers)
+    query = "" if public else request.url.query
+    return HTMLResponse(render_page(document, json_href="status" + (f"?{query}" if query else "")), headers=headers)
 
 
 class PipelinedStatusPlugin(AirflowPlugin):
     name = "pipelined_status"
-    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "pipelined status"}]
-    external_views = [
+    fastapi_apps = [{"app": app, "url_prefix": PREFIX, "name": "pipelined status"}]  # noqa: RUF012 - Airflow's plugin API
+    external_views = [  # noqa: RUF012 - Airflow's plugin API
         {
             "name": "Triggers status",
             "href": f"{PREFIX}/",

@@ -4,6 +4,7 @@ the page, with FastAPI's TestClient; and once against a real ``airflow api-serve
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -14,7 +15,8 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -22,11 +24,22 @@ import pytest
 import requests
 from sqlalchemy import insert
 
-from include.triggerflow.store.schema import source_health, source_hourly, source_position
+from include.triggerflow.store.schema import (
+    source_health,
+    source_hourly,
+    source_position,
+)
+from tests.plugins.conftest import load_plugin
 
 # The emulator and store fixtures of tests/unit (a conftest there, not on this folder's path).
-from tests.unit.conftest import adobe_conns, emu, emulator_process, kit, publisher, routing  # noqa: F401
-from tests.plugins.conftest import load_plugin
+from tests.unit.conftest import (  # noqa: F401
+    adobe_conns,
+    emu,
+    emulator_process,
+    kit,
+    publisher,
+    routing,
+)
 
 with warnings.catch_warnings():  # starlette's note about httpx, raised by this import only
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
@@ -34,7 +47,7 @@ with warnings.catch_warnings():  # starlette's note about httpx, raised by this 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_FILE = PROJECT_ROOT / "plugins" / "pipelined_status.py"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIELDS = ["consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"]
 
 
@@ -46,9 +59,12 @@ def plugin() -> ModuleType:
 @pytest.fixture
 def client(plugin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.delenv(plugin.PUBLIC_ENV, raising=False)
+    monkeypatch.delenv(plugin.CACHE_ENV, raising=False)
+    plugin.reset()  # no document cached by another test
     with TestClient(plugin.app) as test_client:
         yield test_client
     plugin.app.dependency_overrides.clear()
+    plugin.reset()
 
 
 @pytest.fixture
@@ -71,7 +87,7 @@ def as_user(plugin: ModuleType) -> None:
 
 
 def fill_store(engine, source: str = "journal:/events/organizations/O/integrations/I/reg-1") -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with engine.begin() as conn:
         conn.execute(insert(source_position).values(source=source, partition=0, position="pos-9", updated_at=now))
         conn.execute(
@@ -166,9 +182,16 @@ def test_authenticated_user_gets_the_document(
     assert doc["stats"]["trigger-received"] == 3 and doc["stats"]["bytes-read"] == landed.bytes_read
     assert doc["settings"]["flush-pointer-msg-count"] == 2
     assert 0 <= doc["http-request"]["last-alive-ms-ago"] < 60_000
-    # query parameters choose another source or consumer
+    # query parameters choose another source the store has read, or the consumer shown
+    fill_store(kit.engine, "journal:/other")
     other = client.get("/status", params={"source": "journal:/other", "consumer": "customer_dev"}).json()
     assert (other["source"], other["consumer"], other["stats"]["trigger-received"]) == ("journal:/other", "customer_dev", 0)
+    # and no other: a 404 that does not echo the key
+    unknown = client.get("/status", params={"source": "journal:/nowhere<x>"})
+    assert unknown.status_code == 404
+    assert unknown.json() == {"status": 404, "error": "unknown source: not a source this store has read"}
+    page = client.get("/", params={"source": "journal:/nowhere<x>"})
+    assert page.status_code == 404 and "nowhere" not in page.text
 
 
 def test_real_airflow_tokens_in_process(client: TestClient, store_conn: str, airflow_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,7 +329,8 @@ def test_page_shows_indicators_and_a_chart(client: TestClient, plugin: ModuleTyp
     assert 'href="status"' in html
 
 
-def test_page_escapes_what_it_shows(client: TestClient, plugin: ModuleType, store_conn: str) -> None:
+def test_page_escapes_what_it_shows(client: TestClient, plugin: ModuleType, store_conn: str, store_engine) -> None:
+    fill_store(store_engine, "<script>alert(1)</script>")  # a source key is text from a connection
     as_user(plugin)
     page = client.get("/", params={"source": "<script>alert(1)</script>"})
     assert page.status_code == 200
@@ -315,7 +339,7 @@ def test_page_escapes_what_it_shows(client: TestClient, plugin: ModuleType, stor
 
 
 def test_render_page_chart_scale(plugin: ModuleType) -> None:
-    start = datetime(2026, 3, 1, 11, tzinfo=timezone.utc)
+    start = datetime(2026, 3, 1, 11, tzinfo=UTC)
     hours = [{"hour": (start + timedelta(hours=i)).strftime("%Y-%m-%dT%H:%M:%SZ"), "messages": 0} for i in range(120)]
     hours[5]["messages"], hours[100]["messages"] = 1500, 750
     page = plugin.render_page({"stats": {"current-messages": 3}, "messages-per-hour": hours, "routing": {"triggers": {"*": "cus:pipeline.js"}}})
@@ -341,6 +365,182 @@ def test_render_page_shows_warnings_first_and_escaped(plugin: ModuleType) -> Non
     assert 'id="warnings"' not in plugin.render_page({"stats": {}, "warnings": []})
 
 
+# -- public mode, cache, guard ----------------------------------------------------------------------
+SECRET_SOURCE = "journal:/events/organizations/ORG-SECRET-1/integrations/INT-SECRET-2/REG-SECRET-3"
+SECRET_ERROR = "IMS refused client-id CLIENT-SECRET-4 at https://ims.internal.example/token"
+#: what the public document may hold, and nothing more (counters and ages)
+PUBLIC_SHAPE = {
+    "generated-at": None,
+    "http-request": ["last-alive-ms-ago", "last-failed-cnx-ms-ago", "last-data-ms-ago", "empty-reads"],
+    "pointer": ["last-flush-ms-ago", "processed-since-last-flush"],
+    "stats": None,
+    "messages-per-hour": None,
+    "warnings": None,
+}
+PRIVATE_TEXTS = ("ORG-SECRET-1", "INT-SECRET-2", "REG-SECRET-3", "CLIENT-SECRET-4", "ims.internal", "127.0.0.1", "pos-9",
+                 "cart_abandonment", "flush-pointer", "routing", "consumer")
+
+
+def fill_with_secrets(engine) -> None:
+    """A source whose key, host and last error carry ids that must not leak, with 3 events
+    summarised as the stages leave them."""
+    from include.triggerflow.stats import refresh_batch_stats
+    from include.triggerflow.store.schema import batch, event
+
+    fill_store(engine, SECRET_SOURCE)
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            source_health.update().where(source_health.c.source == SECRET_SOURCE).values(last_error=SECRET_ERROR, last_failed_at=now)
+        )
+        conn.execute(insert(batch).values(batch_id="b1", dag_id="d", run_id="r", source=SECRET_SOURCE, state="landed", pulled=3, created_at=now))
+        for i in range(3):
+            conn.execute(insert(event).values(batch_id="b1", source=SECRET_SOURCE, src_partition=0, src_position=f"p{i}",
+                                              payload="{}", received_at=now, status="landed"))
+    refresh_batch_stats(engine, "b1")
+
+
+@contextmanager
+def counted_statements() -> Iterator[list[str]]:
+    """Every SQL statement any engine runs meanwhile (SQLAlchemy's before_cursor_execute on Engine)."""
+    from sqlalchemy import event as sa_event
+    from sqlalchemy.engine import Engine
+
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:
+        statements.append(statement)
+
+    sa_event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sa_event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_public_document_is_minimal_and_ignores_query_parameters(
+    client: TestClient, plugin: ModuleType, store_conn: str, store_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill_store(store_engine, "journal:/other-source")
+    fill_with_secrets(store_engine)  # the most recently active source: the one shown
+    monkeypatch.setenv(plugin.PUBLIC_ENV, "true")
+
+    response = client.get("/status")
+
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert list(doc) == list(PUBLIC_SHAPE)
+    for key, fields in PUBLIC_SHAPE.items():
+        if fields is not None:
+            assert list(doc[key]) == fields, key
+    assert doc["stats"]["trigger-received"] == 3 and doc["stats"]["current-messages"] == 3
+    assert doc["stats"]["bytes-read"] == 2048 and doc["http-request"]["last-failed-cnx-ms-ago"] is not None
+    assert [text for text in PRIVATE_TEXTS if text in response.text] == []
+    assert response.headers["cache-control"] == f"max-age={int(plugin.CACHE_TTL_S)}"
+    # parameters change nothing: not the source, not the consumer
+    for params in ({"source": "journal:/other-source"}, {"source": "anything"}, {"consumer": "ORG-SECRET-1"}):
+        assert client.get("/status", params=params).json() == doc
+    page = client.get("/", params={"source": "journal:/other-source"})
+    assert page.status_code == 200 and 'id="current-messages"' in page.text
+    assert [text for text in PRIVATE_TEXTS if text in page.text and text not in ("routing", "consumer")] == []
+    assert 'href="status"' in page.text  # the JSON link carries no parameters
+
+
+def test_public_errors_are_generic_and_logged(
+    client: TestClient, plugin: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(plugin.PUBLIC_ENV, "true")
+    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "empty.db")}))
+    with caplog.at_level(logging.WARNING):
+        response = client.get("/status")
+    assert response.status_code == 503
+    assert response.json() == {"status": 503, "error": "status unavailable"}
+    assert "no such table" in caplog.text  # the reason is in the API server's log
+    page = client.get("/")
+    assert page.status_code == 503 and "status unavailable" in page.text and "empty.db" not in page.text
+    # an authenticated user keeps the reason
+    monkeypatch.delenv(plugin.PUBLIC_ENV)
+    plugin.reset()
+    as_user(plugin)
+    assert "no such table" in client.get("/status").json()["error"]
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_repeated_requests_within_the_ttl_run_no_store_query(
+    client: TestClient, plugin: ModuleType, store_conn: str, store_engine, monkeypatch: pytest.MonkeyPatch, public: bool
+) -> None:
+    """A burst of polls costs one store read per TTL (counted at the driver); after the TTL the
+    next request reads again. The reads never touch the event, ledger or decision tables."""
+    from include.triggerflow.store.guarded import TTLCache
+
+    fill_with_secrets(store_engine)
+    clock = [1000.0]
+    monkeypatch.setattr(plugin, "_cache", TTLCache(60.0, clock=lambda: clock[0], cache_errors=(plugin.StatusUnavailable,)))
+    if public:
+        monkeypatch.setenv(plugin.PUBLIC_ENV, "true")
+    else:
+        as_user(plugin)
+
+    with counted_statements() as first:
+        doc = client.get("/status").json()
+    assert doc["stats"]["trigger-received"] == 3
+    assert first, "the first request must read the store"
+    touched = [s for s in first if re.search(r"\b(tf_event|tf_send|tf_decision|tf_quarantine|tf_batch)\b", s.lower())]
+    assert touched == []
+    with counted_statements() as repeated:
+        for _ in range(20):
+            assert client.get("/status").json() == doc
+        if not public:  # another consumer name is the same cached document, renamed
+            assert client.get("/status", params={"consumer": "c2"}).json()["consumer"] == "c2"
+    assert repeated == []
+    clock[0] += 61  # past the TTL
+    with counted_statements() as later:
+        assert client.get("/status").status_code == 200
+    assert len(later) == len(first)
+
+
+def test_a_busy_store_gate_answers_503_with_retry_after(
+    client: TestClient, plugin: ModuleType, store_conn: str, store_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every slot of the plugin's store guard held (as by slow store calls): the request waits at
+    most the guard's slot wait in the event loop, then gets 503 + Retry-After; public callers a
+    generic text."""
+    from contextlib import ExitStack
+
+    fill_with_secrets(store_engine)
+    guard = plugin.store_guard()
+    as_user(plugin)
+    with ExitStack() as held:
+        for _ in range(guard.settings.max_concurrent):
+            held.enter_context(guard.gate.slot())
+        busy = client.get("/status")
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == str(guard.settings.retry_after_s)
+        assert busy.json() == {"status": 503, "error": "the store is busy: try again shortly"}
+        monkeypatch.setenv(plugin.PUBLIC_ENV, "true")
+        assert client.get("/status").json() == {"status": 503, "error": "status unavailable"}
+    assert client.get("/status").status_code == 200  # slots free again
+
+
+def test_public_document_keeps_only_counters_and_ages(plugin: ModuleType) -> None:
+    full = {
+        "consumer": "c", "source": "s", "generated-at": "t",
+        "http-request": {"last-alive-ms-ago": 1, "last-failed-cnx-ms-ago": 2, "pipeline-host": "h", "last-error": "e",
+                         "last-data-ms-ago": 3, "empty-reads": 4},
+        "pointer": {"current-offsets": "0:1", "last-flush-ms-ago": 5, "processed-since-last-flush": 6},
+        "routing": {"triggers": {"x": "y"}}, "stats": {"trigger-received": 7}, "settings": {"a": 1},
+        "messages-per-hour": [{"hour": "h", "messages": 8}], "warnings": [{"code": "keep-alives-only", "detail": "d"}],
+    }
+    assert plugin.public_document(full) == {
+        "generated-at": "t",
+        "http-request": {"last-alive-ms-ago": 1, "last-failed-cnx-ms-ago": 2, "last-data-ms-ago": 3, "empty-reads": 4},
+        "pointer": {"last-flush-ms-ago": 5, "processed-since-last-flush": 6},
+        "stats": {"trigger-received": 7},
+        "messages-per-hour": [{"hour": "h", "messages": 8}],
+        "warnings": [{"code": "keep-alives-only"}],
+    }
+
+
 # -- a real API server -------------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -348,9 +548,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.e2e
-def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_url: str, store_engine, tmp_path: Path) -> None:
-    fill_store(store_engine)
+@contextmanager
+def api_server(airflow_db: Path, store_url: str, tmp_path: Path, **extra_env: str) -> Iterator[str]:
+    """A real ``airflow api-server`` process (SimpleAuthManager, user monitor/monitor-pw) on a free
+    port, with connection triggers_db -> the test's store; yields its base URL."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     passwords = tmp_path / "passwords.json"
@@ -366,6 +567,7 @@ def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_
         "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}),
     }
     env.pop("TRIGGERFLOW_STATUS_PUBLIC", None)
+    env.update(extra_env)
     log_path = tmp_path / "api-server.log"
     with open(log_path, "wb") as log:
         server = subprocess.Popen(
@@ -383,7 +585,23 @@ def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_
                 pass
             assert time.monotonic() < deadline, f"api-server not up after 90 s:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.5)
+        yield base
+        assert "Traceback" not in log_path.read_text()
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=5)
 
+
+@pytest.mark.e2e
+def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_url: str, store_engine, tmp_path: Path) -> None:
+    fill_store(store_engine)
+    with api_server(airflow_db, store_url, tmp_path) as base:
         anonymous = requests.get(f"{base}/pipelined/status", timeout=30)
         assert anonymous.status_code == 401, anonymous.text
         assert requests.get(f"{base}/pipelined/", timeout=30).status_code == 401
@@ -400,6 +618,7 @@ def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_
         assert doc["source"] == "journal:/events/organizations/O/integrations/I/reg-1"
         assert (doc["stats"]["bytes-read"], doc["stats"]["pointer-flushes"], doc["pointer"]["current-offsets"]) == (2048, 3, "0:pos-9")
         assert len(doc["messages-per-hour"]) == 120
+        assert requests.get(f"{base}/pipelined/status", params={"source": "journal:/x"}, headers=bearer, timeout=30).status_code == 404
 
         page = requests.get(f"{base}/pipelined/", cookies={"_token": token}, timeout=30)  # as the UI iframe
         assert page.status_code == 200 and "<svg" in page.text
@@ -411,13 +630,33 @@ def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_
         assert [(a["url_prefix"], a["name"]) for a in ours["fastapi_apps"]] == [("/pipelined", "pipelined status")]
         [view] = ours["external_views"]
         assert (view["name"], view["href"], view["destination"], view["url_route"]) == ("Triggers status", "/pipelined/", "nav", "pipelined")
-        assert "Traceback" not in log_path.read_text()
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=5)
+
+
+@pytest.mark.e2e
+def test_real_api_server_public_mode_serves_the_minimal_cached_document(
+    airflow_db: Path, store_url: str, store_engine, tmp_path: Path
+) -> None:
+    """TRIGGERFLOW_STATUS_PUBLIC=true on a real API server: anonymous callers get counters and
+    ages only, whatever they pass; the document is the cached one within the TTL."""
+    fill_with_secrets(store_engine)
+    with api_server(airflow_db, store_url, tmp_path, TRIGGERFLOW_STATUS_PUBLIC="true", TRIGGERFLOW_STATUS_CACHE_SECONDS="300") as base:
+        first = requests.get(f"{base}/pipelined/status", timeout=30)
+        assert first.status_code == 200, first.text
+        doc = first.json()
+        assert list(doc) == list(PUBLIC_SHAPE)
+        assert doc["stats"]["trigger-received"] == 3
+        assert [text for text in PRIVATE_TEXTS if text in first.text] == []
+        # more events land meanwhile: within the TTL the same document is served, parameters ignored
+        from include.triggerflow.stats import refresh_batch_stats
+        from include.triggerflow.store.schema import event
+
+        with store_engine.begin() as conn:
+            conn.execute(insert(event).values(batch_id="b1", source=SECRET_SOURCE, src_partition=0, src_position="p9",
+                                              payload="{}", received_at=datetime.now(UTC), status="landed"))
+        refresh_batch_stats(store_engine, "b1")
+        for params in ({}, {"source": "journal:/other"}, {"consumer": "x"}):
+            again = requests.get(f"{base}/pipelined/status", params=params, timeout=30)
+            assert again.json() == doc
+        assert again.headers["cache-control"] == "max-age=300"
+        page = requests.get(f"{base}/pipelined/", timeout=30)
+        assert page.status_code == 200 and "REG-SECRET-3" not in page.text
