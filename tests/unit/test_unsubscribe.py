@@ -385,10 +385,14 @@ def test_record_opt_out_is_one_transaction(kit, links: UnsubscribeLinks, monkeyp
 def test_the_next_reconcile_suppresses_the_customer(kit, routing, links: UnsubscribeLinks) -> None:
     """The requirement end to end in the store: after the opt-out, the customer's next trigger is
     decided ``suppressed:opt-out`` and gets no ledger row."""
+    from devstack.messages import DEMO_CATALOG
+    from include.triggerflow.catalog import upsert_catalog
     from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.schema import send
 
     _profile(kit, "C0001", shopper_id="SHOP-ADA")
+    # the shipped routes take products from the catalogue: the demo trigger's SKUs are in it
+    upsert_catalog(kit.engine, [{"sku": sku, "name": d["name"], "price": d["price"], "currency": "EUR", "url": d["url"]} for sku, d in DEMO_CATALOG.items()])
     before = kit.add_batch("b1")
     kit.add_event(before, envelope_json(shopper_id="SHOP-ADA", offset=1))
     reconcile_batch(kit.engine, before, routing)
