@@ -32,9 +32,14 @@ age is set. Rotating the secret invalidates every link already sent: keep links 
 as recipients may reasonably use them (mailbox providers expect a one-click link to keep working;
 the default is no expiry).
 
-**Recording**: :func:`record_opt_out` sets ``profiles.opted_out`` and writes a ``tf_unsubscribe``
-row in one transaction; reconcile then decides ``suppressed:opt-out`` for that customer's next
-triggers. The secret lives only in the Airflow connection ``triggerflow_unsubscribe``
+The endpoint runs :func:`check_token_format` (text only, no key) before it looks up the
+connection, so junk never reaches the secrets backend.
+
+**Recording**: :func:`record_opt_out` (or :func:`record_opt_out_in` in the caller's transaction)
+sets ``profiles.opted_out`` and writes a ``tf_unsubscribe`` row in one transaction — one row per
+customer and link: ``token_key`` is the SHA-256 of the token's signed part and the insert is
+``ON CONFLICT DO NOTHING`` on the unique (customer_id, token_key) index, so repeating a request adds
+nothing. Reconcile then decides ``suppressed:opt-out`` for that customer's next triggers. The secret lives only in the Airflow connection ``triggerflow_unsubscribe``
 (``include/triggerflow/hooks/unsubscribe.py``); it is never logged, and neither is a token's
 signature (:func:`redact_token` gives a loggable form).
 """
