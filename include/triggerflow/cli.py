@@ -2,6 +2,10 @@
 
     init-db                      create the store tables (idempotent)
     load-profiles FILE.csv       upsert profiles from CSV (all-or-nothing unless --skip-bad-rows)
+    catalog load FILE.csv [--skip-bad-rows]
+                                 upsert the product catalogue from CSV (same rules as load-profiles)
+    catalog show [SKU...]        those products as a table (exit 1 if one is not in the catalogue);
+                                 no SKU: how many products the catalogue holds
     runs [--limit N]             the latest run reports, newest first: every bucket of the balance,
                                  what still waits (deferred, ambiguous, pending, scheduled) and the
                                  source lines dropped as no event
@@ -84,6 +88,55 @@ def cmd_load_profiles(args: argparse.Namespace) -> int:
     for problem in result.skipped:
         print(f"skipped: {problem}", file=sys.stderr)
     return 0
+
+
+def _products(count: int) -> str:
+    return f"{count} product{'' if count == 1 else 's'}"
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from include.triggerflow.catalog import (
+        CatalogCsvError,
+        CatalogStoreError,
+        catalog_size,
+        load_catalog_csv,
+        lookup,
+    )
+
+    engine = _engine(args)
+    if args.action == "load":
+        try:
+            result = load_catalog_csv(engine, args.csv, skip_bad_rows=args.skip_bad_rows)
+        except (CatalogCsvError, CatalogStoreError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        with engine.connect() as conn:
+            size = catalog_size(conn)
+        print(f"catalogue loaded from {args.csv}: {result.inserted} new, {result.updated} updated ({_products(size)} in all)")
+        for problem in result.skipped:
+            print(f"skipped: {problem}", file=sys.stderr)
+        return 0
+    with engine.connect() as conn:
+        if not args.skus:
+            print(f"catalogue: {_products(catalog_size(conn))}")
+            return 0
+        items = lookup(conn, args.skus)
+    columns = ("sku", "name", "price", "currency", "in_stock", "url", "image_url", "names")
+    table = [columns] + [
+        (
+            item.sku, item.name, "" if item.price is None else str(item.price), item.currency or "",
+            "yes" if item.in_stock else "no", item.url or "", item.image_url or "",
+            " ".join(f"{tag}={name}" for tag, name in sorted(item.names.items())),
+        )
+        for sku in dict.fromkeys(args.skus) if (item := items.get(sku)) is not None
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns) - 1)]
+    for row in table:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths)), row[-1]]).rstrip())
+    missing = [sku for sku in dict.fromkeys(args.skus) if sku not in items]
+    for sku in missing:
+        print(f"not in the catalogue: {ascii(sku)[1:-1]}", file=sys.stderr)
+    return 1 if missing else 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -433,6 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csv")
     p.add_argument("--skip-bad-rows", action="store_true", help="load the good rows and list the bad ones")
     p.set_defaults(func=cmd_load_profiles)
+    p = sub.add_parser("catalog", help="the product catalogue: load it from CSV, show products")
+    catalog_sub = p.add_subparsers(dest="action", required=True)
+    c = catalog_sub.add_parser("load", help="upsert products from a CSV file (all-or-nothing unless --skip-bad-rows)")
+    c.add_argument("csv")
+    c.add_argument("--skip-bad-rows", action="store_true", help="load the good rows and list the bad ones")
+    c = catalog_sub.add_parser("show", help="products by SKU as a table; no SKU: how many products there are")
+    c.add_argument("skus", nargs="*", metavar="SKU")
+    p.set_defaults(func=cmd_catalog)
     p = sub.add_parser("runs", help="latest run reports")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_runs)

@@ -236,3 +236,82 @@ def test_positions_skip_and_set_position(kit, store_url: str) -> None:
     ]
     refused = cli(store_url, "set-position", "journal:/typo", "pos-1")
     assert refused.returncode == 2 and "no source 'journal:/typo'" in refused.stderr
+
+
+CATALOG_HEADER = "sku,name,price,currency,url,in_stock,name.fr"
+
+
+def test_catalog_load_show_and_count(kit, store_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "catalog.csv"
+    csv.write_text(
+        f"{CATALOG_HEADER}\nSKU-1,Trail shoe,89.9,EUR,https://shop.example.com/p/1,,Chaussure\n"
+        "SKU-2,Wool hat,,,,no,\n"
+    )
+
+    done = cli(store_url, "catalog", "load", str(csv))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"catalogue loaded from {csv}: 2 new, 0 updated (2 products in all)"
+    assert done.stderr == ""
+    again = cli(store_url, "catalog", "load", str(csv))
+    assert again.stdout.strip() == f"catalogue loaded from {csv}: 0 new, 2 updated (2 products in all)"
+
+    count = cli(store_url, "catalog", "show")
+    assert (count.returncode, count.stdout.strip()) == (0, "catalogue: 2 products")
+
+    shown = cli(store_url, "catalog", "show", "SKU-2", "SKU-1")
+    assert shown.returncode == 0, shown.stderr
+    lines = [line.split() for line in shown.stdout.splitlines()]
+    assert lines == [
+        ["sku", "name", "price", "currency", "in_stock", "url", "image_url", "names"],
+        ["SKU-2", "Wool", "hat", "no"],
+        ["SKU-1", "Trail", "shoe", "89.90", "EUR", "yes", "https://shop.example.com/p/1", "fr=Chaussure"],
+    ]
+
+
+def test_catalog_show_of_an_unknown_sku_exits_1_and_names_it(kit, store_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "catalog.csv"
+    csv.write_text("sku,name\nSKU-1,Trail shoe\n")
+    assert cli(store_url, "catalog", "load", str(csv)).returncode == 0
+
+    done = cli(store_url, "catalog", "show", "SKU-1", "NOPE-9")
+
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[1].split()[:3] == ["SKU-1", "Trail", "shoe"]
+    assert done.stderr.strip() == "not in the catalogue: NOPE-9"
+
+
+def test_catalog_bad_csv_exits_2_and_keeps_the_stored_catalogue(kit, store_url: str, tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text("sku,name\nSKU-0,Stored\n")
+    assert cli(store_url, "catalog", "load", str(good)).returncode == 0
+    csv = tmp_path / "bad.csv"
+    csv.write_text(f"{CATALOG_HEADER}\nSKU-1,Shoe,1,EUR,https://shop.example.com/p/1,,\nSKU-2,Hat,,,http://evil.example/x,,\n")
+
+    done = cli(store_url, "catalog", "load", str(csv))
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith(f"error: {csv}: 1 bad row(s), nothing was loaded:")
+    assert "bad.csv line 3, column url: not an https:// URL" in done.stderr
+    assert "evil.example" not in done.stderr
+    from include.triggerflow.store.schema import catalog
+
+    assert [r["sku"] for r in kit.rows(catalog)] == ["SKU-0"]
+
+
+def test_catalog_skip_bad_rows_loads_the_rest_and_lists_skips(kit, store_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "mixed.csv"
+    csv.write_text(f"{CATALOG_HEADER}\nSKU-1,Shoe,1,EUR,,,\nSKU-2,Hat,-3,,,,\n")
+
+    done = cli(store_url, "catalog", "load", "--skip-bad-rows", str(csv))
+
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"catalogue loaded from {csv}: 1 new, 0 updated (1 product in all)"
+    assert done.stderr.strip() == "skipped: mixed.csv line 3, column price: negative"
+
+
+def test_catalog_needs_an_action(store_url: str) -> None:
+    done = cli(store_url, "catalog")
+    assert done.returncode == 2
+    assert "load,show" in done.stderr
