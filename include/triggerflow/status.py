@@ -83,7 +83,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -110,13 +110,13 @@ __all__ = [
     "KEEPALIVE_WARNING_AGE_S",
     "KEEPALIVE_WARNING_READS",
     "StatusWarning",
-    "source_warnings",
     "build_status",
     "known_source",
     "latest_source",
     "resolve_consumer",
     "retry_validity_ms",
     "source_key_for_connection",
+    "source_warnings",
     "status_settings_from_connection",
 ]
 
@@ -164,7 +164,7 @@ def retry_validity_ms(
     for try_number in range(1, retries + 1):
         if backoff and backoff != 1.0:
             least = max(1, math.ceil(retry_delay_s * backoff ** (try_number - 1)))
-            longest = 2 * least - 1
+            longest: float = 2 * least - 1
         else:
             longest = retry_delay_s
         total += min(longest, max_retry_delay_s)
@@ -267,8 +267,8 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _ms_ago(now: datetime, then: datetime | None) -> int | None:
@@ -328,7 +328,7 @@ def _hour_floor(value: datetime) -> datetime:
 
 
 def _iso(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_status(
@@ -346,7 +346,7 @@ def build_status(
     :param source_key: the source (``tf_source_health.source``); None = the most recently updated.
     :param routing: shown as ``routing``; None shows no routes.
     """
-    now = _utc(now) or datetime.now(timezone.utc)
+    now = _utc(now) or datetime.now(UTC)
     with _reading(engine) as conn:
         source = source_key if source_key is not None else _latest_source(conn)
         health = (
@@ -387,7 +387,7 @@ def build_status(
 
     per_hour: dict[datetime, int] = {}
     for hour, messages in hourly:
-        key = _hour_floor(_utc(hour))
+        key = _hour_floor(_utc(hour) or now)  # the column is NOT NULL
         per_hour[key] = per_hour.get(key, 0) + int(messages)
     sent_timed, ms_timed = 0, 0.0
     for sent, ms in timed:  # the latest batches with sends, until AVERAGE_OVER_SENT emails
@@ -396,7 +396,7 @@ def build_status(
         sent_timed, ms_timed = sent_timed + int(sent), ms_timed + float(ms or 0.0)
     counters = {name: int(totals[name] or 0) if totals else 0 for name in STATS_COLUMNS}
     received, current = counters["received"], counters["unprocessed"]
-    last_flush = max((_utc(updated) for _, _, updated in positions), default=None)
+    last_flush = max((_utc(updated) or now for _, _, updated in positions), default=None)
     empty_reads = int(health["empty_reads"] or 0) if health else 0
     last_data_ms_ago = _ms_ago(now, health["last_data_at"]) if health else None
 
