@@ -3,8 +3,10 @@
 Library and CLI (``python -m devstack.loadgen ...``):
 
 * ``profiles --count N`` bulk-loads N synthetic customers into the store's ``profiles`` table
-  (PostgreSQL: ``COPY`` from an in-memory CSV; SQLite: ``executemany`` in big transactions) and
-  puts ~0.5 % of their addresses on the block list (``tf_suppression``, source ``block-list``).
+  (PostgreSQL: ``COPY`` from an in-memory CSV; SQLite: ``executemany`` in big transactions),
+  puts ~0.5 % of their addresses on the block list (``tf_suppression``, source ``block-list``)
+  and loads the demo product catalogue (devstack/demo_catalog.csv: every SKU the messages name;
+  the shipped routes email only products the catalogue knows).
 * ``backlog --count N`` injects N trigger messages into a running Adobe emulator at once.
 * ``rate --per-second R --duration S`` injects R messages per second (drift-corrected) for S s.
 * ``sample --count N`` prints messages as JSON, to look at what is generated.
@@ -67,6 +69,7 @@ from devstack.messages import (
     DEMO_IMS_ORG,
     _default_pages,
     _page_hits,
+    load_demo_catalog,
     now_ms,
     trigger_message,
 )
@@ -595,6 +598,8 @@ class ProfileLoadResult:
     block_listed: int
     seconds: float
     dialect: str
+    #: products in the store's catalogue after loading the demo catalogue
+    catalog_products: int = 0
 
     @property
     def rows_per_s(self) -> float:
@@ -629,11 +634,14 @@ def load_profiles(
     progress: bool = False,
 ) -> ProfileLoadResult:
     """Create the store schema and load customers ``1..count``; existing ids are skipped (with
-    ``replace``, every synthetic ``C%07d`` profile and the synthetic block list go first).
+    ``replace``, every synthetic ``C%07d`` profile and the synthetic block list go first). The demo
+    catalogue is loaded too (upserted): without it the shipped catalogue-mode routes would send
+    nothing for these customers' triggers.
     PostgreSQL: ``COPY`` per chunk; SQLite: ``executemany`` per chunk with
     ``synchronous=OFF`` for this connection while loading."""
     from sqlalchemy import delete, func, select
 
+    from include.triggerflow.catalog import catalog_size
     from include.triggerflow.store.db import create_schema, insert_ignore
     from include.triggerflow.store.schema import profiles, suppression
 
@@ -724,6 +732,9 @@ def load_profiles(
         total_blocked = conn.execute(
             select(func.count()).select_from(suppression).where(suppression.c.reason == BLOCK_LIST_REASON)
         ).scalar_one()
+    load_demo_catalog(engine)
+    with engine.connect() as conn:
+        products = catalog_size(conn)
     return ProfileLoadResult(
         requested=count,
         inserted=inserted,
@@ -731,6 +742,7 @@ def load_profiles(
         block_listed=int(total_blocked),
         seconds=time.perf_counter() - started,
         dialect=dialect,
+        catalog_products=products,
     )
 
 
@@ -989,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"profiles: {result.inserted} inserted, {result.skipped_existing} already there, "
             f"{result.block_listed} block-listed addresses; {result.seconds:.1f} s "
-            f"({result.rows_per_s:,.0f} rows/s) on {result.dialect}"
+            f"({result.rows_per_s:,.0f} rows/s) on {result.dialect}; {result.catalog_products} catalogue products"
         )
         return 0
     mix = _mix_from_args(args)

@@ -19,9 +19,15 @@ import copy
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from include.triggerflow.profiles import LoadResult
 
 CART_ABANDONMENT_TRIGGER_ID = "5c2c6a3e-2b8f-4d6e-9a51-7f0d3c9b1a01"
 BROWSE_ABANDONMENT_TRIGGER_ID = "9e4b1f27-6c3d-4a8e-b2f5-0d7c8a6e3b02"
@@ -69,6 +75,21 @@ DEMO_CATALOG: dict[str, dict[str, Any]] = {
 }
 
 DEFAULT_PRODUCT_SKUS: tuple[str, ...] = ("TRL-RUN-42", "MRN-WOOL-SCK")
+
+#: The demo shop's product catalogue: every SKU of :data:`DEMO_CATALOG` (the only SKUs the demo,
+#: the emulator's generator and the load generator put in triggers) with the same names, prices and
+#: URLs, plus images and a few French names. The shipped routes show products from the catalogue
+#: (issue 11): a trigger whose SKUs are not in it gets no email. tests/devstack/test_demo_catalog.py
+#: keeps the two in step.
+DEMO_CATALOG_CSV = Path(__file__).with_name("demo_catalog.csv")
+
+
+def load_demo_catalog(engine: Engine) -> LoadResult:
+    """Load :data:`DEMO_CATALOG_CSV` into the store's ``catalog`` table through the real loader
+    (``cli catalog load`` does the same); upserts, so it is safe to run on every start."""
+    from include.triggerflow.catalog import load_catalog_csv
+
+    return load_catalog_csv(engine, DEMO_CATALOG_CSV)
 
 # Timeline of the fake session, modelled on the I/O Events FAQ sample: Analytics fires the
 # trigger a few seconds after the rule reached ``notify``, ``notify`` is reached once the visitor

@@ -8,11 +8,12 @@ Run through ``bin/demo`` (which prepares the venv first). Everything lives under
     .local/demo_routing.yaml   include/routing.yaml with a demo-sized dedup window (see below)
 
 The demo keeps emails arriving for as long as it runs: its triggers go round the 200 demo customers
-(devstack/demo_profiles.csv) in turn, and the demo routing's dedup window is shorter than one round,
-so a customer's next trigger is a new email. The rules still show: a few triggers repeat a recent one
-(``duplicate``), some customers opted out (``suppressed``), some shoppers are unknown
-(``unmatched``) and a few triggers carry no shopper id (``quarantined``). The progress line counts
-what was decided since the demo started.
+(devstack/demo_profiles.csv) in turn, naming products of the demo catalogue (devstack/demo_catalog.csv,
+loaded with the profiles: the shipped routes show products from it), and the demo routing's dedup
+window is shorter than one round, so a customer's next trigger is a new email. The rules still
+show: a few triggers repeat a recent one (``duplicate``), some customers opted out
+(``suppressed``), some shoppers are unknown (``unmatched``) and a few triggers carry no shopper id
+(``quarantined``). The progress line counts what was decided since the demo started.
 
 Ctrl-C stops everything this command started.
 """
@@ -40,6 +41,8 @@ from typing import Any
 import requests
 import yaml
 
+from devstack.messages import DEMO_CATALOG_CSV
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / ".local"
 AIRFLOW_HOME = LOCAL / "airflow"
@@ -49,6 +52,9 @@ EMULATOR_PORT = 8765  # fixed: airflow_settings.yaml points the connections here
 SMTP_PORT = 1025
 ADMIN_USER, ADMIN_PASSWORD = "admin", "admin"
 DEMO_PROFILES = ROOT / "devstack" / "demo_profiles.csv"
+# every SKU the demo triggers name: the shipped routes show products from the catalogue, and a
+# trigger whose SKUs it does not know gets no email
+DEMO_CATALOG_FILE = DEMO_CATALOG_CSV
 DEMO_ROUTING = LOCAL / "demo_routing.yaml"
 # Shares of the demo's triggers that show the rules at work (the rest are new emails).
 REPEAT_SHARE = 0.05  # the same trigger for a customer who just got it: duplicate
@@ -283,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         "[3/6]",
         "creating the store and loading demo profiles",
         [py, "-m", "include.triggerflow.cli", "--db-url", store_url, "load-profiles", str(DEMO_PROFILES)],
+        env,
+        setup_log,
+    )
+    run_step(
+        "[3/6]",
+        "loading the demo product catalogue",
+        [py, "-m", "include.triggerflow.cli", "--db-url", store_url, "catalog", "load", str(DEMO_CATALOG_FILE)],
         env,
         setup_log,
     )

@@ -15,6 +15,7 @@ import pytest
 
 from devstack.messages import envelope
 from devstack.run_local import (
+    DEMO_CATALOG_FILE,
     DEMO_PROFILES,
     NO_SHOPPER_SHARE,
     REPEAT_SHARE,
@@ -26,6 +27,7 @@ from devstack.run_local import (
     progress_line,
     write_demo_routing,
 )
+from include.triggerflow.catalog import load_catalog_csv
 from include.triggerflow.config import load_routing
 from include.triggerflow.profiles import load_profiles_csv
 from include.triggerflow.stages.reconcile import reconcile_batch
@@ -84,6 +86,8 @@ def test_demo_routing_is_the_shipped_routing_with_the_demo_window(tmp_path: Path
 def test_the_demo_keeps_sending_and_its_progress_line_says_what_was_decided(store_engine, tmp_path: Path) -> None:
     kit = StoreKit(store_engine)
     load_profiles_csv(kit.engine, DEMO_PROFILES)  # the real demo profiles pass the loader's checks
+    # as bin/demo does: the shipped routes email only products the catalogue knows
+    assert load_catalog_csv(kit.engine, DEMO_CATALOG_FILE).inserted == 6
     with DEMO_PROFILES.open(newline="", encoding="utf-8") as fh:
         opted_out = {r["shopper_id"] for r in csv.DictReader(fh) if r["opted_out"] == "true"}
     shoppers = demo_shoppers()
