@@ -13,7 +13,10 @@ so what a preview shows is what a customer gets, but neither touches the store's
 Events may be given as the pipeline envelope (what ``tf_event.payload`` holds), as a Pipeline
 producer message (``{"messageType": ..., "message": {...}}``) or as the bare trigger body; profiles
 as a dict of profile columns (missing columns are filled with None, as a store row would have them).
-Sample events and profiles live in ``include/templates/samples/`` (see :func:`sample_event`).
+Sample events and profiles live in ``include/templates/samples/`` (see :func:`sample_event`), with
+a sample catalogue (``samples/catalog.json``, :func:`sample_catalog`): a route in catalogue mode
+(the default) shows the products of the catalogue it is given, the sample one unless told otherwise,
+exactly as the send stage shows those of the store's ``catalog`` table.
 """
 
 from __future__ import annotations
@@ -25,11 +28,19 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 from include.triggerflow import TEMPLATES_DIR
-from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY, TriggerEvent, parse_envelope
+from include.triggerflow.content import CatalogEntry, email_content
+from include.triggerflow.events import (
+    PIPELINE_MESSAGE,
+    TRIGGER_BODY,
+    TriggerEvent,
+    parse_envelope,
+)
 from include.triggerflow.mailer import (
     HeaderInjectionError,
     InvalidAddressError,
@@ -39,7 +50,12 @@ from include.triggerflow.mailer import (
     message_id_for,
     validate_address,
 )
-from include.triggerflow.render import RenderedEmail, Renderer, TemplateRenderError, build_context
+from include.triggerflow.render import (
+    RenderedEmail,
+    Renderer,
+    TemplateRenderError,
+    build_context,
+)
 
 if TYPE_CHECKING:
     from include.triggerflow.config import RoutingConfig, TriggerRoute
@@ -57,6 +73,7 @@ __all__ = [
     "find_route",
     "render_for",
     "render_preview",
+    "sample_catalog",
     "sample_event",
     "sample_profile",
     "send_test",
@@ -98,6 +115,7 @@ class RenderOptions(TypedDict, total=False):
     routing: RoutingConfig | None
     renderer: Renderer | None
     unsubscribe_url: str
+    catalog: Mapping[str, CatalogEntry] | None
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -174,6 +192,30 @@ def sample_profile(locale: str | None = None) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def sample_catalog() -> dict[str, CatalogEntry]:
+    """The sample catalogue (``samples/catalog.json``: SKU -> name, names by locale, price, currency,
+    url, image_url, in_stock) as catalogue items: the products of the sample events."""
+    from include.triggerflow.catalog import CatalogItem
+
+    path = SAMPLES_DIR / "catalog.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PreviewError(f"cannot read the sample catalogue {path}: {exc}") from None
+    items: dict[str, CatalogEntry] = {}
+    for sku, row in rows.items():
+        try:
+            price = Decimal(str(row["price"])) if row.get("price") is not None else None
+        except InvalidOperation:
+            raise PreviewError(f"sample catalogue {path}: {sku}: price {row['price']!r} is not a number") from None
+        items[sku] = CatalogItem(
+            sku=sku, name=row["name"], price=price, currency=row.get("currency"), url=row.get("url"),
+            image_url=row.get("image_url"), in_stock=bool(row.get("in_stock", True)),
+            names=MappingProxyType(dict(row.get("names") or {})),
+        )
+    return items
+
+
 def render_for(
     route_name: str,
     event_payload: Mapping[str, Any] | str | bytes,
@@ -182,8 +224,13 @@ def render_for(
     routing: RoutingConfig | None = None,
     renderer: Renderer | None = None,
     unsubscribe_url: str = DEFAULT_UNSUBSCRIBE_URL,
+    catalog: Mapping[str, CatalogEntry] | None = None,
 ) -> tuple[TriggerRoute, dict[str, Any], RenderedEmail]:
     """Route, completed profile and rendered email, in the profile's locale, as the send stage would.
+
+    ``catalog`` (SKU -> item) is what a catalogue-mode route shows of the event's SKUs; default:
+    :func:`sample_catalog`. What the email shows goes through :func:`content.email_content` and
+    the route's link_hosts, as in the send stage.
 
     :raises PreviewError: unknown route, unreadable event, or the email cannot be rendered (the
         message carries the renderer's, which names the template, line and variable).
@@ -196,8 +243,13 @@ def render_for(
     event = _parse_event(event_payload)
     full_profile = complete_profile(profile)
     renderer = renderer or Renderer()
-    context = build_context(profile=full_profile, event=event, route=route, extra={"unsubscribe_url": unsubscribe_url})
     locale = full_profile.get("locale")
+    content = email_content(
+        event, route, sample_catalog() if catalog is None else catalog, locale if isinstance(locale, str) else None
+    )
+    context = build_context(
+        profile=full_profile, event=event, route=route, content=content, extra={"unsubscribe_url": unsubscribe_url}
+    )
     try:
         rendered = renderer.render(route, context, locale=locale if isinstance(locale, str) else None)
     except TemplateRenderError as exc:

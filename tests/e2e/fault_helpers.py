@@ -113,7 +113,7 @@ def assert_balanced(counts: Mapping[str, Any]) -> None:
     assert c["pulled"] == c["valid"] + c["quarantined"], c
     assert c["valid"] == c["matched"] + c["unmatched"] + c["ignored"], c
     outcomes = ("sent", "suppressed", "duplicate", "failed", "deferred", "ambiguous", "pending")
-    assert c["matched"] == sum(c[k] for k in outcomes), c
+    assert c["matched"] == sum(c[k] for k in outcomes) + c.get("no_products", 0), c
     for key in ("sent", "deferred", "failed", "ambiguous", "duplicate", "skipped_already_sent"):
         assert key in c, (key, c)
 

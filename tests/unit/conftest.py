@@ -84,6 +84,22 @@ def envelope_json(
 
 
 # -- the store ---------------------------------------------------------------------------------------
+def load_demo_catalog(engine: Engine) -> None:
+    """The demo catalogue (devstack/demo_catalog.csv: every SKU the generated triggers name) in the
+    store's ``catalog`` table, through the real loader, so catalogue-mode routes (the shipped
+    default) email those products."""
+    from devstack.messages import load_demo_catalog as load
+
+    load(engine)
+
+
+@pytest.fixture
+def demo_catalog(store_engine: Engine) -> Engine:
+    """The test's store with the demo catalogue loaded (see :func:`load_demo_catalog`)."""
+    load_demo_catalog(store_engine)
+    return store_engine
+
+
 class StoreKit:
     """Direct access to the store for arranging a test and checking its outcome."""
 

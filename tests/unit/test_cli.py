@@ -118,7 +118,7 @@ def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
     ]
 
 
-def test_runs_shows_a_row_still_deferred_after_the_last_try(kit, store_url: str, routing) -> None:
+def test_runs_shows_a_row_still_deferred_after_the_last_try(kit, store_url: str, routing, demo_catalog) -> None:
     from sqlalchemy import update
 
     from include.triggerflow.stages.reconcile import reconcile_batch
@@ -193,7 +193,7 @@ def test_suppress_add_list_remove_and_a_bad_entry(kit, store_url: str) -> None:
     assert "removed 1" in cli(store_url, "suppress", "remove", "@spam.example").stdout
 
 
-def test_decisions_per_run_customer_and_code(kit, store_url: str, routing) -> None:
+def test_decisions_per_run_customer_and_code(kit, store_url: str, routing, demo_catalog) -> None:
     from include.triggerflow.stages.reconcile import reconcile_batch
 
     kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-ADA"},

@@ -490,7 +490,7 @@ def test_top_level_keys_with_campaign(tmp_path: Path) -> None:
     assert routing_errors(write(tmp_path, "")) == (f"{path}: missing required key: triggers",)
 
 
-def test_campaign_routes_drive_reconciliation(tmp_path: Path, kit) -> None:
+def test_campaign_routes_drive_reconciliation(tmp_path: Path, kit, demo_catalog) -> None:
     """The generated routes are ordinary routes: reconcile matches and queues on them."""
     from devstack.messages import CART_ABANDONMENT_TRIGGER_ID
 

@@ -3,6 +3,7 @@ and test sends delivered to a real SMTP sink process (devstack.smtp_sink)."""
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import json
 import socket
@@ -14,6 +15,8 @@ from typing import Any
 import pytest
 
 from devstack.processes import RunningSmtpSink
+from include.triggerflow import DEFAULT_ROUTING_FILE
+from include.triggerflow.config import load_routing
 from include.triggerflow.preview import (
     DEFAULT_UNSUBSCRIBE_URL,
     PREVIEW_FILES,
@@ -111,14 +114,28 @@ def test_unknown_route_names_the_available_ones(tmp_path: Path) -> None:
 
 
 def test_render_error_is_reported_and_nothing_is_written(tmp_path: Path) -> None:
-    event = cart_event()
-    trigger = event["com.adobe.mcloud.pipeline.pipelineMessage"]["com.adobe.mcloud.protocol.trigger"]
-    trigger["enrichments"]["analyticsHitSummary"]["products"]["TRL-RUN-42"]["price"] = "free!"
+    routing = load_routing(DEFAULT_ROUTING_FILE)
+    # a subject that formats a value that is no number: the render fails, naming why
+    route = dataclasses.replace(routing.routes[0], subject="{{ 'free!'|money }}")
+    broken = dataclasses.replace(routing, routes=(route, *routing.routes[1:]))
     with pytest.raises(PreviewError) as info:
-        render_preview("cart_abandonment", event, PROFILE, out_dir=tmp_path / "out")
-    assert str(info.value).startswith("cannot render: route 'cart_abandonment': cart_abandonment/email.txt, line ")
+        render_preview("cart_abandonment", cart_event(), PROFILE, out_dir=tmp_path / "out", routing=broken)
+    assert str(info.value).startswith("cannot render: route 'cart_abandonment': subject, line 1")
     assert "ValueError: money: 'free!' is not a number" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_forged_sample_price_does_not_reach_the_preview(tmp_path: Path) -> None:
+    """Catalogue mode: the event's own price, name and URLs are ignored; the sample catalogue's shown."""
+    event = cart_event()
+    trigger = event["com.adobe.mcloud.pipeline.pipelineMessage"]["com.adobe.mcloud.protocol.trigger"]
+    trigger["enrichments"]["analyticsHitSummary"]["products"]["TRL-RUN-42"].update(
+        price="free!", name="Evil shoes", url="https://evil.example/", image_url="https://evil.example/p.gif")
+    paths = render_preview("cart_abandonment", event, PROFILE, out_dir=tmp_path / "out")
+    for name in ("email.html", "email.txt"):
+        shown = paths[name].read_text(encoding="utf-8")
+        assert "Trail Runner 2 Running Shoes" in shown and "$129.95" in shown
+        assert "evil" not in shown.lower() and "free!" not in shown
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,9 @@ PostgreSQL). Every valid event gets exactly one decision in
     suppressed:invalid-address the profile's address is not a valid address
     suppressed:block-list      the address or its domain is on the block list (tf_suppression)
     suppressed:hard-bounce     the address answered 5xx before (tf_suppression)
+    no-products                the event named products and none can be shown: in catalogue mode
+                               (the default) none of its SKUs is in the catalogue; the detail says
+                               how many SKUs were unknown and how many links were dropped
     duplicate                  the same trigger for the same customer inside ``dedup_window``, or
                                the exact same trigger message again (the ledger's idempotency key)
     capped                     the customer reached ``frequency_cap`` (all triggers count)
@@ -24,6 +27,11 @@ PostgreSQL). Every valid event gets exactly one decision in
 
 The rules are applied in that order, and events in trigger-time order, so the earliest trigger
 of a customer is the one sent when several arrive together.
+
+What an email may show of its event is decided by :func:`content.email_content`, the same function
+the send stage renders with: the catalogue items of the batch's matched events of catalogue routes
+are looked up once (set-based, ``catalog.lookup``), and the ``matched`` (or ``deferred``) detail
+counts what was left out (unknown SKUs, links dropped by the route's link_hosts).
 
 Event data is hostile, and one event must never stop its batch: every value taken from an event
 that is written to the store or used as a look-up key goes through :func:`store_text` (parsing
@@ -50,6 +58,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, func, or_, select
 
 from include.triggerflow.config import RoutingConfig, TriggerRoute
+from include.triggerflow.content import (
+    CatalogEntry,
+    EmailContent,
+    ProductSource,
+    email_content,
+    event_skus,
+)
 from include.triggerflow.events import as_int, clean_text, parse_envelope
 from include.triggerflow.mailer import InvalidAddressError, validate_address
 from include.triggerflow.smtp_replies import mask_addresses
@@ -69,12 +84,16 @@ from include.triggerflow.store.schema import (
 log = logging.getLogger(__name__)
 
 IN_LIST_SIZE = 500
-#: decisions a replay may change (nothing was queued or suppressed for these events)
-REDECIDED = ("unmatched", "ignored")
+#: the decision of an event that named products of which none can be shown
+NO_PRODUCTS = "no-products"
+#: decisions a replay may change (nothing was queued or suppressed for these events); a
+#: ``no-products`` event is decided again, so loading the missing catalogue rows and replaying
+#: the batch sends it
+REDECIDED = ("unmatched", "ignored", NO_PRODUCTS)
 #: decisions that own a ledger row
 QUEUED_DECISIONS = ("matched", "deferred")
 #: decisions of events that found a profile but get no email
-NOT_SENT_DECISIONS = ("expired", "duplicate", "capped")
+NOT_SENT_DECISIONS = ("expired", "duplicate", "capped", NO_PRODUCTS)
 #: ledger states that count as "an email to this customer" for deduplication and frequency caps
 _COUNTED_STATES = ("pending", "sending", "sent", "deferred", "ambiguous", "scheduled")
 _TRUE = (True, 1, "1", "true", "True", "t")
@@ -367,6 +386,7 @@ def reconcile_batch(
                     "tried": [],
                     "customer_key": None,
                     "trigger_ts": _checked_ts(parsed.trigger_ts),
+                    "event": parsed,
                 }
             )
         except Exception as exc:  # noqa: BLE001 - one event's problem must not stop its batch
@@ -396,13 +416,16 @@ def reconcile_batch(
         customer_ids = sorted({str(w["profile"]["customer_id"]) for w in matched})
         recent = _recent_sends(conn, customer_ids, since)
         unsubscribed = _unsubscribed(conn, customer_ids)
+        catalog_items = lookup_catalog(conn, catalog_skus(item["event"] for item in matched if routes[item["route"]].products is ProductSource.CATALOG))
 
     ledger_rows: list[dict[str, Any]] = []
     matched.sort(key=lambda w: (w["trigger_ts"] if w["trigger_ts"] is not None else 0, w["event_id"]))
     for item in matched:
         route = routes[item["route"]]
         try:
-            outcome = _apply_rules(item, route, suppressed, unsubscribed, recent, now)
+            locale = item["profile"].get("locale")
+            content = email_content(item["event"], route, catalog_items, locale if isinstance(locale, str) else None)
+            outcome = _apply_rules(item, route, suppressed, unsubscribed, recent, now, content)
             row = _ledger_row(item, route, outcome, batch_id) if outcome["decision"] in QUEUED_DECISIONS else None
         except Exception as exc:  # noqa: BLE001 - one event's problem must not stop its batch
             decisions[item["event_id"]] = _not_reconciled(
@@ -485,6 +508,27 @@ def reconcile_batch(
     return ReconcileResult(batch_id=batch_id, counts=dict(counts), chunks=chunks)
 
 
+def catalog_skus(events: Any) -> list[str]:
+    """The distinct SKUs of ``events`` (TriggerEvents), sorted: one catalogue look-up for all of them.
+    An event whose products cannot be read adds none (its own content step decides it)."""
+    skus: set[str] = set()
+    for parsed in events:
+        try:
+            skus.update(event_skus(parsed))
+        except Exception:  # noqa: BLE001 - one event's problem must not stop its batch
+            log.warning("could not read the SKUs of an event; it is decided on its own")
+    return sorted(skus)
+
+
+def lookup_catalog(conn: Connection, skus: list[str]) -> dict[str, CatalogEntry]:
+    """SKU -> catalogue item for ``skus`` (one set-based query, ``catalog.lookup``); {} for none."""
+    if not skus:
+        return {}
+    from include.triggerflow.catalog import lookup
+
+    return dict(lookup(conn, skus))
+
+
 def _ledger_row(item: dict[str, Any], route: TriggerRoute, outcome: dict[str, Any], batch_id: str) -> dict[str, Any]:
     """The ledger row queuing the email of a matched or deferred event."""
     profile = item["profile"]
@@ -522,8 +566,13 @@ def _apply_rules(
     unsubscribed: set[str],
     recent: dict[str, list[dict[str, Any]]],
     now: datetime,
+    content: EmailContent | None = None,
 ) -> dict[str, Any]:
-    """The decision for one event whose profile was found (see the module docstring for the order)."""
+    """The decision for one event whose profile was found (see the module docstring for the order).
+
+    ``content`` is what the email may show (:func:`content.email_content`): an event that named
+    products of which none can be shown is decided ``no-products`` once the customer is known to
+    be mailable; what was left out is added to the detail of a queued decision."""
     profile = item["profile"]
     customer_id = str(profile["customer_id"])
     out = {**_out(item, route), "profile_id": customer_id}
@@ -548,6 +597,10 @@ def _apply_rules(
     reason = _suppression_reason(route, profile, suppressed, unsubscribed)
     if reason is not None:
         return {**out, "decision": reason[0], "detail": reason[1]}
+
+    if content is not None and content.no_products:
+        return {**out, "decision": NO_PRODUCTS, "detail": content.no_products_detail()}
+    left_out = content.note() if content is not None else ""
 
     history = recent.get(customer_id, [])
     if rules.dedup_window_s and trigger_ts is not None:
@@ -577,9 +630,10 @@ def _apply_rules(
         if until is not None:
             zone = profile.get("timezone") or quiet.default_timezone
             return {**out, "decision": "deferred", "not_before": until,
-                    "detail": f"quiet hours {quiet.start:%H:%M}-{quiet.end:%H:%M} {zone}; scheduled for {until.isoformat()}"}
+                    "detail": f"quiet hours {quiet.start:%H:%M}-{quiet.end:%H:%M} {zone}; scheduled for {until.isoformat()}"
+                              + (f"; {left_out}" if left_out else "")}
 
-    return {**out, "decision": "matched", "detail": via}
+    return {**out, "decision": "matched", "detail": f"{via}; {left_out}" if left_out else via}
 
 
 def due_scheduled(engine: Engine, now: datetime | None = None, *, exclude_batch: str | None = None) -> list[dict[str, Any]]:

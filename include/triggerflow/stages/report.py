@@ -4,9 +4,11 @@ Every pulled event must end in exactly one bucket:
 
     pulled  = valid + quarantined
     valid   = matched + unmatched + ambiguous_identity + ignored
-    matched = queued + suppressed + duplicate + capped + expired      (a profile was found)
+    matched = queued + suppressed + duplicate + capped + expired + no_products   (a profile was found)
     queued  = sent + failed + deferred + ambiguous + pending + scheduled   (ledger rows)
 
+``no_products`` counts the events that named products of which none can be shown (decision
+``no-products``: in catalogue mode none of their SKUs is in the catalogue), so no email was made.
 ``deferred`` is a 4xx answer waiting for a retry; ``scheduled`` an email held for the customer's
 quiet hours (decision ``deferred``), sent by a later run once the window is over.
 
@@ -60,7 +62,7 @@ class Report:
             f"  valid       {c['valid']:>8}  = matched {c['matched']} + unmatched {c['unmatched']} "
             f"+ ambiguous identity {c['ambiguous_identity']} + ignored {c['ignored']}",
             f"  matched     {c['matched']:>8}  = queued {c['queued']} + suppressed {c['suppressed']} + duplicate "
-            f"{c['duplicate']} + capped {c['capped']} + expired {c['expired']}",
+            f"{c['duplicate']} + capped {c['capped']} + expired {c['expired']} + no products {c.get('no_products', 0)}",
             f"  queued      {c['queued']:>8}  = sent {c['sent']} + failed {c['failed']} + deferred {c['deferred']} "
             f"+ ambiguous {c['ambiguous']} + pending {c['pending']} + scheduled {c['scheduled']}",
         ]
@@ -129,6 +131,7 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         "duplicate": decisions.get("duplicate", 0),
         "capped": decisions.get("capped", 0),
         "expired": decisions.get("expired", 0),
+        "no_products": decisions.get("no-products", 0),
         "deferred_quiet_hours": decisions.get("deferred", 0),
         "queued": decisions.get("matched", 0) + decisions.get("deferred", 0),
         "sent": states.get("sent", 0),
@@ -139,7 +142,9 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         "scheduled": states.get("scheduled", 0),
     }
     counts["dropped"], counts["dropped_reasons"] = dropped_counts(dropped_row)
-    counts["matched"] = counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"]
+    counts["matched"] = (
+        counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"] + counts["no_products"]
+    )
     ages = [
         (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=timezone.utc)).total_seconds()
         for ts, sent_at in sent_rows

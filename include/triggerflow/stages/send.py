@@ -22,6 +22,10 @@ before the next SMTP step, so the ledger (not the mail library's retry loop) dec
 * A ``scheduled`` row (held for the customer's quiet hours) is sent once its ``not_before`` has
   passed, by whichever run's send task gets its chunk first (see reconcile.due_scheduled).
 
+What an email shows of its trigger is :func:`content.email_content`, the function reconcile decided
+with: per chunk, ONE catalogue look-up for the SKUs of all its catalogue-route rows, then each
+email's content (catalogue products, URLs on the route's link_hosts) becomes its template context.
+
 Every email carries a signed one-click unsubscribe link (RFC 8058 ``List-Unsubscribe`` and
 ``List-Unsubscribe-Post`` headers, and ``unsubscribe_url`` in the templates), and is rendered in
 the profile's locale when the template has a variant for it.
@@ -52,6 +56,7 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, and_, bindparam, insert, or_, select, update
 
 from include.triggerflow.config import RoutingConfig
+from include.triggerflow.content import ProductSource, email_content
 from include.triggerflow.events import parse_envelope
 from include.triggerflow.mailer import (
     MAX_EMAIL_BYTES,
@@ -240,6 +245,7 @@ def send_chunk(
 
     routes = {r.name: r for r in routing.routes}
     profile_cols = [c.name for c in profiles.columns]
+    events, catalog_items = _chunk_events(engine, rows, routes)
     session = _DryRunSession if opts.dry_run else open_session
     ledger = _Ledger(engine, logger)
     bounce_expiry = None if opts.hard_bounce_suppress_days is None else now + timedelta(days=opts.hard_bounce_suppress_days)
@@ -264,8 +270,11 @@ def send_chunk(
                     if route is None:
                         raise TemplateRenderError(f"route {row.route!r} is no longer in the routing config")
                     unsubscribe_url = opts.unsubscribe.url_for(str(profile["customer_id"]), route.name)
+                    parsed = events.get(row.send_id) or parse_envelope(row.payload)
+                    locale = profile.get("locale")
+                    content = email_content(parsed, route, catalog_items, locale if isinstance(locale, str) else None)
                     context = build_context(
-                        profile=profile, event=parse_envelope(row.payload), route=route,
+                        profile=profile, event=parsed, route=route, content=content,
                         extra={"unsubscribe_url": unsubscribe_url},
                     )
                     rendered = renderer.render(route, context, locale=profile.get("locale"))
@@ -371,6 +380,30 @@ def send_chunk(
             f"the task retry sends them (sent so far: {counts['sent'] + counts['resent']}, recorded in the ledger)"
         )
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
+
+
+def _chunk_events(engine: Engine, rows: list[Any], routes: dict[str, Any]) -> tuple[dict[int, Any], dict[str, Any]]:
+    """Each row's parsed event (by send_id) and the catalogue items of every SKU the chunk's
+    catalogue-route events name, looked up at once. A payload that does not parse is left out
+    here: its row fails on its own when it is rendered."""
+    from include.triggerflow.stages.reconcile import catalog_skus, lookup_catalog
+
+    events: dict[int, Any] = {}
+    for row in rows:
+        try:
+            events[row.send_id] = parse_envelope(row.payload)
+        except Exception:  # noqa: BLE001 - the row's own render step reports it
+            log.debug("send %s: payload not parsed for the catalogue look-up", row.send_id)
+    wanted = [
+        events[row.send_id]
+        for row in rows
+        if row.send_id in events and getattr(routes.get(row.route), "products", None) is ProductSource.CATALOG
+    ]
+    skus = catalog_skus(wanted)
+    if not skus:
+        return events, {}
+    with engine.connect() as conn:
+        return events, lookup_catalog(conn, skus)
 
 
 def _earlier_refusals(engine: Engine, batch_id: str, chunk: int, run_id: str | None) -> Counter[tuple[str, int | None, str | None]]:

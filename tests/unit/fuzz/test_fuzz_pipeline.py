@@ -37,7 +37,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.db import create_schema, get_engine
 from include.triggerflow.store.schema import decision, event, quarantine
-from tests.unit.conftest import BASE_PROFILE
+from tests.unit.conftest import BASE_PROFILE, load_demo_catalog
 from tests.unit.fuzz.strategies import dumps, good_envelope, hostile_payloads
 
 # GX 1.x deprecates the string row_condition the suite uses; the warning comes through pydantic.
@@ -97,6 +97,7 @@ def test_hostile_pages_go_through_every_stage_and_balance(routing, generated, ma
             create_schema(engine)
             upsert_profiles(engine, [{**BASE_PROFILE, "customer_id": "C-ADA", "email": "ada@example.test",
                                       "shopper_id": "SHOP-ADA"}])
+            load_demo_catalog(engine)  # the good messages name the demo catalogue's SKUs
             run_stages(engine, routing, page_payloads, good, max_bytes)
         finally:
             engine.dispose()

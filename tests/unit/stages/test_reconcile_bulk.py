@@ -85,7 +85,7 @@ def outcome(kit, batch_id: str) -> tuple:
 def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from include.triggerflow.store.db import create_schema, get_engine
     from tests.conftest import empty_store
-    from tests.unit.conftest import StoreKit
+    from tests.unit.conftest import StoreKit, load_demo_catalog
 
     from include.triggerflow.stages import reconcile as reconcile_module
 
@@ -98,6 +98,7 @@ def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monke
         for url in (second_url, third_url):
             engine = get_engine(url)
             create_schema(engine)
+            load_demo_catalog(engine)  # as the test's own store (tests/unit/stages/conftest.py)
             stores.append(StoreKit(engine))
         # IN-lists; key tables; key tables and the small tables (suppressions, unsubscribes) read whole
         for store, in_list_max, small_table_keys in zip(stores, (100_000, 2, 2), (100_000, 100_000, 2)):

@@ -208,7 +208,8 @@ def test_defaults_apply_to_every_route_and_routes_override(tmp_path) -> None:
         "  rules: {validity: 6h, frequency_cap: {max: 3, per: 1d}}\n"
         "triggers:\n"
         f"  - {{name: cart, trigger_id: {CART_ABANDONMENT_TRIGGER_ID}, template: cart_abandonment, subject: Hi,\n"
-        "     identity: {dimension: eVar01, profile_column: shopper_id}, rules: {validity: 2h}}\n",
+        "     identity: {dimension: eVar01, profile_column: shopper_id}, rules: {validity: 2h},\n"
+        "     link_hosts: [shop.example.com]}\n",
         encoding="utf-8",
     )
     rules = load_routing(path).routes[0].rules
