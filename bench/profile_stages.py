@@ -427,6 +427,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         create_schema(engine)
         report["store_url"] = describe(engine)
         seconds = load_profiles(engine, profile_rows(n_profiles, rng))
+        from devstack.messages import load_demo_catalog
+
+        load_demo_catalog(engine)  # the events' SKUs: the shipped routes email only products the catalogue knows
         report["profiles_load_s"] = round(seconds, 3)
         say(f"store {report['store_url']}: {n_profiles:,} profiles loaded in {seconds:.1f} s")
         routing = routing_config()

@@ -15,7 +15,11 @@ import pytest
 from sqlalchemy import select
 
 from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
-from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.messages import (
+    CART_ABANDONMENT_TRIGGER_ID,
+    load_demo_catalog,
+    trigger_message,
+)
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.support import UNSUBSCRIBE_CONN_JSON
@@ -141,6 +145,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
 
     with start_emulator() as emu, start_smtp_sink(tmp_path / "outbox") as smtp:
         upsert_profiles(store_engine, [_profile("C1", "ada@example.com", "SHOP-ADA"), _profile("C2", "grace@example.com", "SHOP-GRACE")])
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         emu.client.publish([
             trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA"),
             trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-GRACE"),

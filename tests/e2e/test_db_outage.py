@@ -34,6 +34,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from devstack.messages import load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
@@ -227,6 +228,7 @@ def dag_store(store_url: str, store_engine) -> Iterator[tuple[str, Any, Any]]:
     """(URL the DAG uses, the test's engine, an outage factory) for SQLite or PostgreSQL."""
     from include.triggerflow.store.db import get_engine
 
+    load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
     url = make_url(store_url)
     if url.get_backend_name() == "sqlite":
         engine = get_engine(store_url)  # the very engine the in-process tasks will get

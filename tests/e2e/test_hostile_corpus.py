@@ -36,6 +36,7 @@ from devstack.hostile_corpus import (
     corpus_profiles,
     hostile_corpus,
 )
+from devstack.messages import load_demo_catalog
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
     assert_balanced,
@@ -76,6 +77,7 @@ def kind(request) -> str:
 @pytest.fixture
 def stack(kind: str, tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
     with emulator_stack(tmp_path, store_url, monkeypatch, lambda emu: _source(kind, emu)) as (emu, smtp):
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         yield emu, smtp, store_engine
 
 

@@ -20,7 +20,12 @@ import pytest
 import requests
 from sqlalchemy import select, update
 
-from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.messages import (
+    BROWSE_ABANDONMENT_TRIGGER_ID,
+    CART_ABANDONMENT_TRIGGER_ID,
+    load_demo_catalog,
+    trigger_message,
+)
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from include.triggerflow.suppression import add_entries
@@ -109,6 +114,7 @@ def world(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkey
             "extra": {"from_email": "shop@triggerflow.test", "disable_ssl": True, "disable_tls": True, "retry_limit": 0}}))
         monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}}))
         upsert_profiles(store_engine, PROFILES)
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         with store_engine.begin() as conn:
             conn.execute(profile_visitor_ids.insert(), [{"visitor_id": ECID, "customer_id": "ecid", "seen_at": now}])
         add_entries(store_engine, ["@blocked.example"], reason="complaint feed")

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.messages import (
+    BROWSE_ABANDONMENT_TRIGGER_ID,
+    CART_ABANDONMENT_TRIGGER_ID,
+    load_demo_catalog,
+    trigger_message,
+)
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 
@@ -40,6 +45,7 @@ def stack(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkey
         monkeypatch.setenv("TRIGGERFLOW_DRY_RUN_DIR", str(tmp_path / "dry-run"))
         upsert_profiles(store_engine, [profile("C1", "ada@example.com", "Ada", "SHOP-ADA"),
                                        profile("C2", "grace@example.com", "Grace", "SHOP-GRACE")])
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         emu.client.publish([
             trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA"),
             trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-GRACE"),

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
+from devstack.messages import load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
@@ -69,6 +70,7 @@ def test_killed_send_task_is_retried_by_the_scheduler(tmp_path: Path, store_url:
     started = time.monotonic()
     people = customers(CUSTOMERS)
     upsert_profiles(store_engine, people)
+    load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
     with (
         start_emulator(log_path=tmp_path / "emulator.log") as emu,
         start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "smtp.log", faults=[{"data_delay_ms": 150}]) as smtp,
@@ -165,6 +167,7 @@ def test_ambiguous_policy_resend_sends_the_row_again(
 
     people = customers(10)
     upsert_profiles(store_engine, people)
+    load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
     victim = "c005@example.com"
     # Only c005's end-of-data answer is slow: the process is certainly waiting for that 250
     # (message stored, row committed `sending`) when it is killed.

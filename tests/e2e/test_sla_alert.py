@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from devstack.messages import load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import connection_env, customers, load_dag, triggers_for
@@ -35,6 +36,7 @@ def test_a_backlog_older_than_the_threshold_fires_the_sla_alert(
             monkeypatch.setenv(key, value)
         monkeypatch.setenv("AIRFLOW_VAR_TRIGGERFLOW_ALERT_EMAILS", "ops@shop.test")
         upsert_profiles(store_engine, people)
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         emu.client.publish(triggers_for(people, later_ms=-180_000))  # fired 5 minutes ago
 
         now = datetime.now(timezone.utc).replace(second=0, microsecond=0)

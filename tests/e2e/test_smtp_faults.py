@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID
+from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
@@ -54,6 +54,7 @@ def stack(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkey
             monkeypatch.setenv(key, value)
         # Read when the DAG file is parsed (load_dag below): retries after 1 s, 2 s, 4 s.
         monkeypatch.setenv("TRIGGERFLOW_RETRY_DELAY_S", "1")
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         yield emu, smtp, store_engine
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from devstack.messages import load_demo_catalog
 from include.triggerflow.profiles import upsert_profiles
 from tests.e2e.fault_helpers import (
     assert_balanced,
@@ -53,6 +54,7 @@ def kind(request) -> str:
 @pytest.fixture
 def stack(kind: str, tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
     with emulator_stack(tmp_path, store_url, monkeypatch, lambda emu: _source(kind, emu)) as (emu, smtp):
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         yield emu, smtp, store_engine
 
 

@@ -18,7 +18,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
-from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.messages import (
+    BROWSE_ABANDONMENT_TRIGGER_ID,
+    CART_ABANDONMENT_TRIGGER_ID,
+    load_demo_catalog,
+    trigger_message,
+)
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 
@@ -92,6 +97,7 @@ def test_same_dag_on_each_source_kind_and_auth_mode(
         upsert_profiles(store_engine, [
             {"last_name": None, "locale": None, "timezone": None, "ecid": None, "declared_id": None, **p} for p in PROFILES
         ])
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         clear_token_cache()  # as in a fresh task process
         emu.client.publish([
             trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA", products=["TI-BTL-750"]),

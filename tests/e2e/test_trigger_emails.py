@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.messages import (
+    BROWSE_ABANDONMENT_TRIGGER_ID,
+    CART_ABANDONMENT_TRIGGER_ID,
+    load_demo_catalog,
+    trigger_message,
+)
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
 
@@ -57,6 +62,7 @@ def stack(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkey
             "conn_type": "generic", "extra": {"sqlalchemy_url": store_url},
         }))
         upsert_profiles(store_engine, PROFILES)
+        load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         yield emu, smtp, store_engine
 
 

@@ -12,7 +12,11 @@ from contextlib import redirect_stdout
 
 import pytest
 
-from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
+from devstack.messages import (
+    CART_ABANDONMENT_TRIGGER_ID,
+    load_demo_catalog,
+    trigger_message,
+)
 from devstack.processes import RunningEmulator, start_emulator
 from include.triggerflow import cli
 from include.triggerflow.config import load_routing
@@ -57,6 +61,7 @@ def test_dropped_lines_reach_the_report_cli_runs_and_the_status(pipeline_conns, 
     emu = pipeline_conns
     kit = StoreKit(store_engine)
     kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-ADA"})
+    load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
     emu.client.publish([trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id=s) for s in ("SHOP-ADA", "SHOP-NOBODY")])
     emu.client.publish_bytes([b"", b"not json at all", b"{broken", b"[1, 2]"], as_="envelope")
     routing = load_routing()
