@@ -12,6 +12,11 @@ where it must end after land -> validate -> reconcile -> send:
 * :attr:`Bucket.FAILED` — matched, but its email could not be made: the ledger row is ``failed``
   with a reply containing ``reason``, and nothing else of the batch is affected.
 
+The shipped routing shows products from the catalogue by SKU (issue 11): cases that attack what an
+email shows of a product name :data:`KNOWN_SKU`, a SKU of the demo catalogue, with the attacker's
+name, price and URLs, and must be sent with none of them in the email; a case naming only unknown
+SKUs is decided ``no-products``.
+
 Every case carries its own customer (shopper id ``SHOP-HOSTILE-<nn>``; :func:`corpus_profiles`
 gives the profiles), so a case that must not be sent would be sent if the attack went unnoticed.
 
@@ -111,6 +116,8 @@ SUMMARY: Path = (*BODY, "enrichments", "analyticsHitSummary")
 DIMENSIONS: Path = (*SUMMARY, "dimensions")
 EVAR: Path = (*DIMENSIONS, "eVar01")
 PRODUCTS: Path = (*SUMMARY, "products")
+#: a SKU of the demo catalogue (devstack/messages.DEMO_CATALOG): the catalogue's details are shown
+KNOWN_SKU = "TRL-RUN-42"
 _DELETE = object()
 
 
@@ -224,10 +231,10 @@ def _specs() -> list[_Spec]:
         ("evar_data_number", "the eVar's data holds a number", D, "unmatched", lambda g, s, t: _with(g, (EVAR, _evar(31337)))),
         ("products_number", "products is a number (decoration only)", S, "sent", lambda g, s, t: _with(g, (PRODUCTS, 12))),
         ("products_list", "products is an array", S, "sent", lambda g, s, t: _with(g, (PRODUCTS, ["TRL-RUN-42", None, 3]))),
-        ("product_details_garbage", "product details of every wrong type", S, "sent",
+        ("product_details_garbage", "product details of every wrong type, SKUs no catalogue knows", D, "no-products",
          lambda g, s, t: _with(g, (PRODUCTS, {"A": 12, "B": None, "C": [1, 2], "D": "Socks", "E": {"name": ["x"]}}))),
-        ("product_price_word", "a price that is a word: the email cannot state a price", Bucket.FAILED, "is not a number",
-         lambda g, s, t: _with(g, (PRODUCTS, {"E": {"name": "Hat", "price": "free"}}))),
+        ("product_price_word", "a price that is a word (the catalogue's price is shown)", S, "sent",
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "Hat", "price": "free"}})), ("Hat", "free")),
         ("properties_string", "header properties is a string", S, "sent", lambda g, s, t: _with(g, ((*HEADER, "properties"), "trace"))),
         ("properties_garbage", "header properties hold items of every type", S, "sent",
          lambda g, s, t: _with(g, ((*HEADER, "properties"), [1, "x", None, {"name": None}, {"value": 3}]))),
@@ -318,7 +325,8 @@ def _specs() -> list[_Spec]:
         ("product_name_lone_surrogate", "a lone surrogate in a product name", Q, "invalid text",
          lambda g, s, t: _with(g, (PRODUCTS, {"N": {"name": "Hat \udc00", "price": 1, "quantity": 1}}))),
         ("product_name_line_separators", "U+2028/U+2029 and a tab in a product name", S, "sent",
-         lambda g, s, t: _with(g, (PRODUCTS, {"LS": {"name": "Hat\u2028Scarf\u2029\tGloves", "price": 1, "quantity": 1}}))),
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "Hat\u2028Scarf\u2029\tGloves", "price": 1, "quantity": 1}})),
+         ("Scarf", "\u2028")),
         ("message_id_sql", "SQL in messageId", Q, "message_id",
          lambda g, s, t: _with(g, ((*HEADER, "messageId"), "1'; DROP TABLE tf_event; --"))),
         ("message_id_header_injection", "CRLF and a Bcc header in messageId", Q, "message_id",
@@ -327,28 +335,30 @@ def _specs() -> list[_Spec]:
         ("mc_id_100kb", "a 100 KB mcId (not the route's identity)", S, "sent", lambda g, s, t: _with(g, ((*BODY, "mcId"), "7" * 100_000))),
         # -- content that reaches the email: it must be escaped, refused or left out
         ("product_name_script", "HTML and script in a product name", S, "sent",
-         lambda g, s, t: _with(g, (PRODUCTS, {"XSS": {"name": "<script>alert(1)</script><img src=x onerror=alert(2)>",
-                                                      "price": 1, "quantity": 1}})),
-         ("<script", "<img src=x")),
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "<script>alert(1)</script><img src=x onerror=alert(2)>",
+                                                         "price": 1, "quantity": 1}})),
+         ("<script", "<img src=x", "alert(")),
         ("product_url_javascript", "a javascript: product URL", S, "sent",
-         lambda g, s, t: _with(g, (PRODUCTS, {"JS": {"name": "Shoes", "price": 10, "quantity": 1,
-                                                     "url": "javascript:alert(document.cookie)"}})),
-         ('href="javascript:',)),
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "Shoes", "price": 10, "quantity": 1,
+                                                         "url": "javascript:alert(document.cookie)"}})),
+         ("javascript:", "document.cookie")),
         ("page_url_javascript", "javascript: and data: page URLs", S, "sent",
          lambda g, s, t: _with(g, (PRODUCTS, {}), ((*DIMENSIONS, "pageURL"), _evar("javascript:alert(1)", "data:text/html,<script>x</script>"))),
          ('href="javascript:', 'href="data:', "<script")),
         ("product_name_header_injection", "CRLF and a Bcc header in a product name", S, "sent",
-         lambda g, s, t: _with(g, (PRODUCTS, {"CRLF": {"name": "Socks\r\nBcc: victim@example.org\r\n\r\nbody", "price": 5,
-                                                       "quantity": 1}}))),
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "Socks\r\nBcc: victim@example.org\r\n\r\nbody", "price": 5,
+                                                         "quantity": 1}})), ("Bcc", "victim")),
         ("product_text_unicode", "right-to-left override, zero-width joiners and emoji in product names", S, "sent",
-         lambda g, s, t: _with(g, (PRODUCTS, {"U": {"name": "\u202egnp.exe\u200d🛒 Jacket", "price": 3, "quantity": 1}}))),
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "\u202egnp.exe\u200d🛒 Jacket", "price": 3, "quantity": 1}})),
+         ("\u202e", "gnp.exe")),
         ("product_name_100kb", "a 100 KB product name", S, "sent",
-         lambda g, s, t: _with(g, (PRODUCTS, {"BIG": {"name": "N" * 100_000, "price": 1, "quantity": 1}}))),
-        ("product_price_nan", "NaN as a price", Bucket.FAILED, "is not a finite number",
-         lambda g, s, t: _splice(_with(g, (PRODUCTS, {"NAN": {"name": "Hat", "price": "@@P@@", "quantity": 1}})),
-                                 "@@P@@", b"NaN")),
-        ("product_price_string", "a price given as text with its currency", Bucket.FAILED, "is not a number",
-         lambda g, s, t: _with(g, (PRODUCTS, {"STR": {"name": "Hat", "price": "12.50 EUR", "quantity": "two"}}))),
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "N" * 100_000, "price": 1, "quantity": 1}})), ("NNNNNNNNNN",)),
+        ("product_price_nan", "NaN as a price (the catalogue's price is shown)", S, "sent",
+         lambda g, s, t: _splice(_with(g, (PRODUCTS, {KNOWN_SKU: {"name": "Hat", "price": "@@P@@", "quantity": 1}})),
+                                 "@@P@@", b"NaN"), ("NaN", "Hat")),
+        ("product_price_string", "a price given as text with its currency (the catalogue's price is shown)", S, "sent",
+         lambda g, s, t: _with(g, (PRODUCTS, {KNOWN_SKU: {"name": "Hat", "price": "12.50 EUR", "quantity": "two"}})),
+         ("12.50 EUR", "two")),
         ("huge_array", "an identity eVar with 30,000 hits", S, "sent",
          lambda g, s, t: _with(g, (EVAR, _evar(*([s] * 30_000))))),
         ("huge_page_list", "20,000 page URLs", S, "sent",
