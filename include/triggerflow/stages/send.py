@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -382,7 +382,7 @@ def send_chunk(
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
 
 
-def _chunk_events(engine: Engine, rows: list[Any], routes: dict[str, Any]) -> tuple[dict[int, Any], dict[str, Any]]:
+def _chunk_events(engine: Engine, rows: Sequence[Any], routes: dict[str, Any]) -> tuple[dict[int, Any], dict[str, Any]]:
     """Each row's parsed event (by send_id) and the catalogue items of every SKU the chunk's
     catalogue-route events name, looked up at once. A payload that does not parse is left out
     here: its row fails on its own when it is rendered."""
