@@ -33,7 +33,7 @@ def _queue(kit, routing, batch: str, shopper: str, ts_ms: int) -> None:
     reconcile_batch(kit.engine, batch, routing, now=NOW)
 
 
-def test_oldest_waiting_looks_in_the_ledger_the_source_and_unprocessed_batches(kit, routing) -> None:
+def test_oldest_waiting_looks_in_the_ledger_the_source_and_unprocessed_batches(kit, routing, demo_catalog) -> None:
     kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-ADA"})
     assert oldest_waiting(kit.engine, "none", source_capped=False, now=NOW) == {"age_s": None, "where": None}
     _queue(kit, routing, "b1", "SHOP-ADA", MS - 600_000)  # a pending ledger row, 10 min old
@@ -73,7 +73,7 @@ def test_an_alert_is_recorded_emailed_once_and_not_again_until_renotify(kit, smt
     assert [r["notified"][:7] for r in kit.rows(alert, order_by=alert.c.alert_id)] == ["emailed", "not ema", "emailed", "nobody:"]
 
 
-def test_run_latencies_come_from_this_runs_send_log(kit, routing) -> None:
+def test_run_latencies_come_from_this_runs_send_log(kit, routing, demo_catalog) -> None:
     from include.triggerflow.sla import run_latencies
 
     kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-ADA"})

@@ -106,7 +106,7 @@ def status_now(kit, routing, **kwargs: Any) -> tuple[dict[str, Any], datetime]:
 
 
 # -- the whole pipeline ------------------------------------------------------------------------------
-def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, smtp, kit, routing) -> None:
+def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, smtp, kit, routing, demo_catalog) -> None:
     adobe_conns(page_limit=2)
     kit.add_profiles(
         {"customer_id": "C1", "email": "ada@example.com", "first_name": "Ada", "shopper_id": "SHOP-1"},

@@ -114,7 +114,7 @@ def test_when_forms() -> None:
         parse_when("soon")
 
 
-def test_reconcile_ignores_expired_entries(kit, routing) -> None:
+def test_reconcile_ignores_expired_entries(kit, routing, demo_catalog) -> None:
     from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.schema import decision
 
