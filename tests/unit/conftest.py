@@ -316,9 +316,11 @@ def ledger_states(kit: StoreKit, batch_id: str = "b1") -> dict[str, str]:
 def queue_emails(
     kit: StoreKit, routing: Any, profiles: Sequence[Mapping[str, Any]] = SEND_PROFILES, batch_id: str = "b1"
 ) -> list[dict[str, Any]]:
-    """Profiles, one valid cart event per profile, reconciled: the pending ledger rows."""
+    """Profiles, one valid cart event per profile, reconciled: the pending ledger rows. The demo
+    catalogue is loaded (an upsert): the shipped routes email only products it knows."""
     from include.triggerflow.stages.reconcile import reconcile_batch
 
+    load_demo_catalog(kit.engine)
     kit.add_profiles(*profiles)
     kit.add_batch(batch_id)
     for p in profiles:
