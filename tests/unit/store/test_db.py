@@ -28,7 +28,7 @@ STORE_TABLES = {
     "tf_source_position", "tf_batch", "tf_event", "tf_quarantine", "tf_decision", "tf_send",
     "tf_run_summary", "tf_source_health", "tf_source_gap", "tf_source_hourly", "tf_ims_token",
     "tf_send_log", "tf_suppression", "tf_dry_run", "tf_unsubscribe", "tf_schema_version", "tf_alert", "profiles",
-    "profile_visitor_ids",
+    "profile_visitor_ids", "tf_batch_stats", "tf_source_stats", "catalog",
 }
 
 
