@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import Connection, Engine, RowMapping, bindparam, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from include.triggerflow.csv_rows import parse_rows
 from include.triggerflow.profiles import LoadResult, _character_problem
 from include.triggerflow.store.db import chunked
 from include.triggerflow.store.schema import catalog
@@ -286,9 +287,6 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise CatalogCsvError(str(path), [f"{path}: no such file"])
-    rows: list[dict[str, Any]] = []
-    errors: list[str] = []
-    seen: dict[str, int] = {}
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -298,26 +296,8 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             raise CatalogCsvError(str(path), [f"{path} line 1 (header): " + "; ".join(problems)])
         has_names = any(h.startswith(NAME_PREFIX) for h in header)
         keep = {h for h in header if h in CSV_COLUMNS} | ({"names"} if has_names else set())
-        previous_end = reader.line_num
-        for raw in reader:
-            # A quoted field may span lines: name them all (the range may include skipped blank lines).
-            first, previous_end = previous_end + 1, reader.line_num
-            lines = f"line {first}" if first == reader.line_num else f"lines {first}-{reader.line_num}"
-            where = f"{path.name} {lines}"
-            if None in raw:  # more fields than the header
-                errors.append(f"{where}: {len(header) + len(raw[None])} fields, the header has {len(header)}")
-                continue
-            row, row_errors = parse_row(raw, where)
-            if row is None:
-                errors.extend(row_errors)
-                continue
-            if row["sku"] in seen:
-                errors.append(f"{where}, column sku: the same SKU as line {seen[row['sku']]}")
-                continue
-            seen[row["sku"]] = reader.line_num
-            # Only the file's columns: a price-only file must not blank the stored URLs.
-            rows.append({k: v for k, v in row.items() if k in keep})
-    return rows, errors
+        # Only the file's columns: a price-only file must not blank the stored URLs.
+        return parse_rows(reader, path, header, parse_row, key="sku", key_label="SKU", keep=keep)
 
 
 def upsert_catalog(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadResult:

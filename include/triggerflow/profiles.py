@@ -28,7 +28,7 @@ import csv
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,8 +36,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from include.triggerflow.csv_rows import parse_rows
 from include.triggerflow.store.db import chunked
-from include.triggerflow.store.schema import PROFILE_COLUMNS, profile_visitor_ids, profiles
+from include.triggerflow.store.schema import (
+    PROFILE_COLUMNS,
+    profile_visitor_ids,
+    profiles,
+)
 
 CSV_COLUMNS = (*(c for c in PROFILE_COLUMNS if c != "updated_at"), "visitor_ids")
 _ECID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -157,9 +162,6 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise ProfileCsvError(str(path), [f"{path}: no such file"])
-    rows: list[dict[str, Any]] = []
-    errors: list[str] = []
-    seen: dict[str, int] = {}
     with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -175,34 +177,16 @@ def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
                 names = ", ".join(ascii(h)[1:-1] for h in unknown)
                 problems.append(f"unknown column(s) {names} (expected: {', '.join(CSV_COLUMNS)})")
             raise ProfileCsvError(str(path), [f"{path} line 1 (header): " + "; ".join(problems)])
-        previous_end = reader.line_num
-        for raw in reader:
-            # A quoted field may span lines: name them all (the range may include skipped blank lines).
-            first, previous_end = previous_end + 1, reader.line_num
-            lines = f"line {first}" if first == reader.line_num else f"lines {first}-{reader.line_num}"
-            where = f"{path.name} {lines}"
-            if None in raw:  # more fields than the header
-                errors.append(f"{where}: {len(header) + len(raw[None])} fields, the header has {len(header)}")
-                continue
-            row, row_errors = parse_row(raw, where)
-            if row is None:
-                errors.extend(row_errors)
-                continue
-            if row["customer_id"] in seen:
-                errors.append(f"{where}, column customer_id: the same id as line {seen[row['customer_id']]}")
-                continue
-            seen[row["customer_id"]] = reader.line_num
-            # Only the file's columns: re-loading a CSV without, say, `ecid` must not blank the
-            # ecid of existing profiles.
-            rows.append({k: v for k, v in row.items() if k in header})
-    return rows, errors
+        # Only the file's columns: re-loading a CSV without, say, `ecid` must not blank the ecid of
+        # existing profiles.
+        return parse_rows(reader, path, header, parse_row, key="customer_id", key_label="id", keep=header)
 
 
 def upsert_profiles(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadResult:
     """Insert new customers and update existing ones, in one transaction."""
     rows = list(rows)
     result = LoadResult()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with engine.begin() as conn:
         existing: set[str] = set()
         ids = [r["customer_id"] for r in rows]
