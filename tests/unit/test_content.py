@@ -3,13 +3,12 @@ event-only products capped and as text, every URL through the route's link_hosts
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from include.triggerflow.catalog import CatalogItem as Item
 from include.triggerflow.config import IdentityRule, TriggerRoute
 from include.triggerflow.content import (
     MAX_NAME_CHARS,
@@ -25,24 +24,6 @@ from include.triggerflow.events import TriggerEvent
 from include.triggerflow.links import LinkPolicy, LinkRefusal
 
 SHOP = "https://shop.example.com"
-
-
-@dataclass(frozen=True)
-class Item:
-    """A catalogue item with the fields content.CatalogEntry reads (catalog.CatalogItem's shape)."""
-
-    sku: str
-    name: str
-    price: Decimal | None = None
-    currency: str | None = None
-    url: str | None = None
-    image_url: str | None = None
-    in_stock: bool = True
-    names: Mapping[str, str] = field(default_factory=dict)
-
-    def name_for(self, locale: str | None) -> str:
-        tag = (locale or "").replace("_", "-")
-        return self.names.get(tag) or self.names.get(tag.split("-")[0]) or self.name
 
 
 CATALOG = {
