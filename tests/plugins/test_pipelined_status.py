@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +30,7 @@ from include.triggerflow.store.schema import (
     source_position,
 )
 from tests.plugins.conftest import load_plugin
+from tests.support import captured_sql
 
 # The emulator and store fixtures of tests/unit (a conftest there, not on this folder's path).
 from tests.unit.conftest import (  # noqa: F401
@@ -400,22 +401,9 @@ def fill_with_secrets(engine) -> None:
     refresh_batch_stats(engine, "b1")
 
 
-@contextmanager
-def counted_statements() -> Iterator[list[str]]:
-    """Every SQL statement any engine runs meanwhile (SQLAlchemy's before_cursor_execute on Engine)."""
-    from sqlalchemy import event as sa_event
-    from sqlalchemy.engine import Engine
-
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement)
-
-    sa_event.listen(Engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        sa_event.remove(Engine, "before_cursor_execute", record)
+def counted_statements() -> AbstractContextManager[list[str]]:
+    """Every SQL statement any engine runs meanwhile."""
+    return captured_sql()
 
 
 def test_public_document_is_minimal_and_ignores_query_parameters(

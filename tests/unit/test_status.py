@@ -51,6 +51,7 @@ from include.triggerflow.store.schema import (
     source_hourly,
     source_position,
 )
+from tests.support import captured_sql
 from tests.unit.conftest import envelope_json, send_chunk
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -318,21 +319,7 @@ def _fill(kit, batches: int, per_batch: int, *, first: int = 0) -> None:
         refresh_batch_stats(kit.engine, batch_id)
 
 
-@contextmanager
-def captured_sql(engine):
-    """Every SQL statement the engine runs meanwhile (SQLAlchemy's before_cursor_execute)."""
-    from sqlalchemy import event as sa_event
 
-    statements: list[str] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany) -> None:
-        statements.append(statement)
-
-    sa_event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        sa_event.remove(engine, "before_cursor_execute", record)
 
 
 #: the tables whose size grows with the events stored: the document must never read them

@@ -10,9 +10,8 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
-from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 
 from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.render import Renderer
@@ -20,6 +19,7 @@ from include.triggerflow.stages import reconcile as reconcile_module
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import compute_report
 from include.triggerflow.store.schema import send
+from tests.support import captured_sql
 from tests.unit.conftest import (
     decisions_by_event,
     envelope_json,
@@ -38,17 +38,10 @@ PEOPLE = [{"customer_id": f"C{i}", "email": f"c{i}@example.com", "first_name": f
 @contextmanager
 def catalog_queries(engine: Engine) -> Iterator[list[str]]:
     """The SQL statements that read the catalog table while the block runs."""
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if re.search(r"\bFROM catalog\b", statement):
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with captured_sql(engine) as statements:
+        seen: list[str] = []
         yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    seen.extend(s for s in statements if re.search(r"\bFROM catalog\b", s))
 
 
 def arrange(kit) -> dict[str, int]:
