@@ -151,12 +151,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-#: `runs` columns: the balance's buckets, then where the batch's emails still wait (deferred = a 4xx
+#: `runs` columns: the balance's buckets (no_products: matched events none of whose products the
+#: catalogue knows), then where the batch's emails still wait (deferred = a 4xx
 #: waiting for a retry, ambiguous = a send whose outcome is unknown, pending = not tried yet,
 #: scheduled = held for quiet hours) and the source lines that could not become an event.
 RUNS_COLUMNS = (
     "batch_id", "pulled", "valid", "quarantined", "matched", "unmatched", "ignored", "sent", "suppressed",
-    "failed", "duplicate", "deferred", "ambiguous", "pending", "scheduled", "dropped", "balanced",
+    "failed", "duplicate", "no_products", "deferred", "ambiguous", "pending", "scheduled", "dropped", "balanced",
 )
 
 
@@ -173,8 +174,8 @@ def _runs_line(row: Any) -> list[str]:
 
 
 # The summary's `pending` column holds pending + deferred + scheduled; only its counts JSON splits
-# them (and holds the dropped lines).
-_RUNS_FROM_COUNTS = frozenset(("deferred", "ambiguous", "pending", "scheduled", "dropped"))
+# them (and holds the dropped lines and the events whose products are all unknown).
+_RUNS_FROM_COUNTS = frozenset(("no_products", "deferred", "ambiguous", "pending", "scheduled", "dropped"))
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:

@@ -93,9 +93,9 @@ def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
     assert empty.returncode == 0
     assert empty.stdout.splitlines() == [
         "batch_id\tpulled\tvalid\tquarantined\tmatched\tunmatched\tignored\tsent\tsuppressed\tfailed"
-        "\tduplicate\tdeferred\tambiguous\tpending\tscheduled\tdropped\tbalanced"
+        "\tduplicate\tno_products\tdeferred\tambiguous\tpending\tscheduled\tdropped\tbalanced"
     ]
-    counts = {"deferred": 2, "ambiguous": 1, "pending": 3, "scheduled": 4, "dropped": 5, "dropped_reasons": {"not JSON": 5}}
+    counts = {"no_products": 7, "deferred": 2, "ambiguous": 1, "pending": 3, "scheduled": 4, "dropped": 5, "dropped_reasons": {"not JSON": 5}}
     with kit.engine.begin() as conn:
         for batch_id, minute, balanced, stored in (("b-old", 1, True, "{}"), ("b-new", 2, False, json.dumps(counts))):
             conn.execute(insert(run_summary).values(
@@ -109,12 +109,12 @@ def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[1:] == [
-        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t2\t1\t3\t4\t5\tFalse",
+        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t7\t2\t1\t3\t4\t5\tFalse",
         # a summary written before these counts existed: '-', not a made-up 0
-        "b-old\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t-\t-\t-\t-\t-\tTrue",
+        "b-old\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t-\t-\t-\t-\t-\t-\tTrue",
     ]
     assert cli(store_url, "runs", "--limit", "1").stdout.splitlines()[1:] == [
-        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t2\t1\t3\t4\t5\tFalse"
+        "b-new\t9\t5\t4\t3\t1\t1\t2\t1\t0\t6\t7\t2\t1\t3\t4\t5\tFalse"
     ]
 
 
