@@ -47,7 +47,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
@@ -76,7 +76,11 @@ def cmd_init_db(args: argparse.Namespace) -> int:
 
 
 def cmd_load_profiles(args: argparse.Namespace) -> int:
-    from include.triggerflow.profiles import ProfileCsvError, ProfileStoreError, load_profiles_csv
+    from include.triggerflow.profiles import (
+        ProfileCsvError,
+        ProfileStoreError,
+        load_profiles_csv,
+    )
 
     engine = _engine(args)
     try:
@@ -211,7 +215,14 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
     from include.triggerflow.suppression import (
-        Selection, SuppressionEntryError, add_entries, category, count_entries, lift, list_entries, parse_when,
+        Selection,
+        SuppressionEntryError,
+        add_entries,
+        category,
+        count_entries,
+        lift,
+        list_entries,
+        parse_when,
         remove_entries,
     )
 
@@ -357,11 +368,17 @@ def _read_json_file(path: str, what: str) -> object:
         raise _CliError(f"the {what} file {path} is not valid JSON: {exc}") from None
 
 
-def _preview_inputs(args: argparse.Namespace) -> tuple[RoutingConfig, dict, object]:
-    """(routing, profile, event payload, renderer) for preview/test-send, from files, the store or
-    the shipped samples."""
+def _preview_inputs(args: argparse.Namespace) -> tuple[RoutingConfig, dict, Mapping[str, Any] | str | bytes, dict | None]:
+    """(routing, profile, event payload, catalogue) for preview/test-send, from files, the store or
+    the shipped samples. With ``--customer-id`` the event's products come from the store's
+    catalogue, as the send stage would show them; otherwise (None) from the sample catalogue."""
     from include.triggerflow.config import RoutingConfigError, load_routing
-    from include.triggerflow.preview import PreviewError, find_route, sample_event, sample_profile
+    from include.triggerflow.preview import (
+        PreviewError,
+        find_route,
+        sample_event,
+        sample_profile,
+    )
 
     try:
         routing = load_routing()
@@ -371,17 +388,29 @@ def _preview_inputs(args: argparse.Namespace) -> tuple[RoutingConfig, dict, obje
         route = find_route(routing, args.route)
     except PreviewError as exc:
         raise _CliError(str(exc)) from None
-    event = _read_json_file(args.event, "event") if args.event else sample_event(route)
+    loaded = _read_json_file(args.event, "event") if args.event else sample_event(route)
+    if not isinstance(loaded, dict):
+        raise _CliError(f"the event file {args.event} must hold a JSON object (an envelope, producer message or trigger body)")
+    event: Mapping[str, Any] = loaded
+    catalog = None
     if args.profile:
         profile = _read_json_file(args.profile, "profile")
         if not isinstance(profile, dict):
             raise _CliError(f"the profile file {args.profile} must hold a JSON object of profile columns")
     elif args.customer_id:
+        from include.triggerflow.catalog import lookup
+        from include.triggerflow.content import event_skus
+        from include.triggerflow.preview import parse_event
         from include.triggerflow.store.schema import profiles
 
+        try:
+            skus = event_skus(parse_event(event))
+        except PreviewError as exc:
+            raise _CliError(str(exc)) from None
         engine = _engine(args)
         with engine.connect() as conn:
             row = conn.execute(select(profiles).where(profiles.c.customer_id == args.customer_id)).first()
+            catalog = dict(lookup(conn, skus))
         if row is None:
             raise _CliError(f"no profile with customer_id {args.customer_id!r} in the store at {describe(engine)}")
         profile = dict(row._mapping)
@@ -389,7 +418,7 @@ def _preview_inputs(args: argparse.Namespace) -> tuple[RoutingConfig, dict, obje
         profile = sample_profile(args.locale)
     if args.locale:
         profile = {**profile, "locale": args.locale}
-    return routing, profile, event
+    return routing, profile, event, catalog
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -398,9 +427,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from include.triggerflow.preview import PreviewError, render_preview
 
     try:
-        routing, profile, event = _preview_inputs(args)
+        routing, profile, event, catalog = _preview_inputs(args)
         paths = render_preview(
-            args.route, event, profile, routing=routing, unsubscribe_url=args.unsubscribe_url, out_dir=Path(args.out)
+            args.route, event, profile, routing=routing, unsubscribe_url=args.unsubscribe_url, out_dir=Path(args.out),
+            catalog=catalog,
         )
     except (_CliError, PreviewError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -441,7 +471,7 @@ def cmd_test_send(args: argparse.Namespace) -> int:
     from include.triggerflow.preview import PreviewError, send_test
 
     try:
-        routing, profile, event = _preview_inputs(args)
+        routing, profile, event, catalog = _preview_inputs(args)
         settings = _smtp_settings(args)
         results = send_test(
             args.route,
@@ -449,6 +479,7 @@ def cmd_test_send(args: argparse.Namespace) -> int:
             profile,
             args.to,
             routing=routing,
+            catalog=catalog,
             unsubscribe_url=args.unsubscribe_url,
             subject_prefix=args.subject_prefix,
             **settings,
@@ -469,7 +500,10 @@ def _add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--event", help="event JSON (envelope, producer message or trigger body); default: the route's sample")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--profile", help="profile JSON (profile columns); default: include/templates/samples/profile.json")
-    who.add_argument("--customer-id", help="read the profile from the store (profiles.customer_id)")
+    who.add_argument(
+        "--customer-id",
+        help="read the profile from the store (profiles.customer_id), and the event's products from the store's catalogue",
+    )
     p.add_argument("--locale", help="override the profile's locale (e.g. fr, fr_CA) to preview a variant")
     p.add_argument(
         "--unsubscribe-url",

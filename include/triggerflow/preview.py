@@ -73,6 +73,7 @@ __all__ = [
     "find_route",
     "render_for",
     "render_preview",
+    "parse_event",
     "sample_catalog",
     "sample_event",
     "sample_profile",
@@ -144,7 +145,7 @@ def as_envelope(payload: Mapping[str, Any] | str | bytes) -> dict[str, Any] | st
     return data
 
 
-def _parse_event(payload: Mapping[str, Any] | str | bytes) -> TriggerEvent:
+def parse_event(payload: Mapping[str, Any] | str | bytes) -> TriggerEvent:
     if isinstance(payload, (str, bytes)):
         try:
             payload = json.loads(payload)
@@ -240,7 +241,7 @@ def render_for(
 
         routing = load_routing()
     route = find_route(routing, route_name)
-    event = _parse_event(event_payload)
+    event = parse_event(event_payload)
     full_profile = complete_profile(profile)
     renderer = renderer or Renderer()
     locale = full_profile.get("locale")
@@ -365,6 +366,7 @@ def send_test(
     timeout: float = 30.0,
     routing: RoutingConfig | None = None,
     renderer: Renderer | None = None,
+    catalog: Mapping[str, CatalogEntry] | None = None,
     unsubscribe_url: str = DEFAULT_UNSUBSCRIBE_URL,
     subject_prefix: str = "[TEST] ",
     message_id_domain: str = "triggerflow.local",
@@ -388,7 +390,8 @@ def send_test(
     except (InvalidAddressError, HeaderInjectionError, TypeError) as exc:
         raise PreviewError(f"bad sender: {exc}") from exc
     route, _, rendered = render_for(
-        route_name, event_payload, profile, routing=routing, renderer=renderer, unsubscribe_url=unsubscribe_url
+        route_name, event_payload, profile, routing=routing, renderer=renderer, unsubscribe_url=unsubscribe_url,
+        catalog=catalog,
     )
     headers = _headers(unsubscribe_url, {"X-Triggerflow-Route": route.name, "X-Triggerflow-Test": "true"})
     messages: list[tuple[str, str, bytes]] = []

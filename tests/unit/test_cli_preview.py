@@ -9,13 +9,17 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timezone
+from decimal import Decimal
 from email import policy
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
 
 from devstack.processes import RunningSmtpSink
 from include.triggerflow.preview import DEFAULT_UNSUBSCRIBE_URL, SAMPLES_DIR
+from include.triggerflow.store.schema import catalog
 from tests.unit.conftest import smtp_conn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -81,6 +85,17 @@ def test_preview_reads_the_profile_from_the_store(kit, store_url: str, tmp_path:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("subject: Lin, still looking? Your picks are waiting\n")
     assert "on 15 Mar 2026 at 02:42 JST." in (out / "email.txt").read_text()
+    # the store's catalogue, not the sample one: the sample event's two SKUs, one of them stored
+    assert "Store-only Day Pack" not in (out / "email.txt").read_text()
+    with kit.engine.begin() as conn:
+        conn.execute(insert(catalog).values(
+            sku="UL-DAY-PCK", name="Store-only Day Pack", price=Decimal("12.00"), currency="USD",
+            url="https://shop.example.com/p/UL-DAY-PCK", in_stock=True, updated_at=datetime.now(timezone.utc),
+        ))
+    done = cli("--db-url", store_url, "preview", "--route", "browse_abandonment", "--customer-id", "C9", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    text = (out / "email.txt").read_text()
+    assert "Store-only Day Pack" in text and "Headlamp" not in text  # HDL-LMP-400 is not in the store
 
     missing = cli("--db-url", store_url, "preview", "--route", "browse_abandonment", "--customer-id", "C404", "--out", str(out))
     assert missing.returncode == 2
