@@ -486,7 +486,8 @@ def test_jwt_token_is_minted_and_accepted_by_the_journal(jemu) -> None:
     assert resp.status_code == 204
     # the emulator's tokens last 86399 s and its exchange says so in milliseconds
     assert token.lifetime_s == pytest.approx(86_399, abs=1)
-    assert token.usable(time.time() + 86_399 - 301) and not token.usable(time.time() + 86_399 - 299)
+    # refreshed 300 s before it expires (measured from its own expiry, not from a clock read later)
+    assert token.usable(token.expires_at - 301) and not token.usable(token.expires_at - 299)
     assert hook.get_token() == token.access_token
     assert stats(jemu)["jwt_exchanges"] == 1
     assert stats(jemu)["token_requests"] == 0  # the OAuth endpoint was not used
