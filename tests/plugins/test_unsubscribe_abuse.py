@@ -30,19 +30,18 @@ import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 import requests
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
 from include.triggerflow.store.schema import profiles, unsubscribe
 from include.triggerflow.unsubscribe import UnsubscribeLinks
-from tests.plugins.conftest import load_plugin
+from tests.plugins.conftest import add_profile, load_plugin, opted_out
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -109,26 +108,6 @@ def links(server: str, monkeypatch: pytest.MonkeyPatch) -> UnsubscribeLinks:
         "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE", json.dumps({"conn_type": "generic", "host": server, "password": SECRET})
     )
     return UnsubscribeLinks(SECRET, server)
-
-
-@pytest.fixture
-def store(store_url: str, store_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
-    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}))
-    return store_engine
-
-
-def add_profile(engine: Engine, customer_id: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(profiles).values(
-                customer_id=customer_id, email=f"{customer_id.lower()}@example.com", opted_out=False, updated_at=datetime.now(UTC)
-            )
-        )
-
-
-def opted_out(engine: Engine, customer_id: str) -> bool:
-    with engine.connect() as conn:
-        return bool(conn.execute(select(profiles.c.opted_out).where(profiles.c.customer_id == customer_id)).scalar_one())
 
 
 def unsubscribe_rows(engine: Engine) -> int:

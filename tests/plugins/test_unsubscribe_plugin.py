@@ -26,11 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, select
 
-from include.triggerflow.store.schema import profiles, unsubscribe
+from include.triggerflow.store.schema import unsubscribe
 from include.triggerflow.unsubscribe import URL_PREFIX, UnsubscribeLinks
-from tests.plugins.conftest import load_plugin
+from tests.plugins.conftest import add_profile, load_plugin, opted_out
 
 with warnings.catch_warnings():  # starlette's note about httpx, raised by this import only
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
@@ -78,27 +78,6 @@ def links(monkeypatch: pytest.MonkeyPatch) -> UnsubscribeLinks:
         json.dumps({"conn_type": "generic", "host": "http://testserver", "password": SECRET}),
     )
     return UnsubscribeLinks(SECRET, "http://testserver")
-
-
-@pytest.fixture
-def store(store_url: str, store_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
-    monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_DB", json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}))
-    return store_engine
-
-
-def add_profile(engine: Engine, customer_id: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            insert(profiles).values(
-                customer_id=customer_id, email=f"{customer_id.lower()}@example.com", opted_out=False,
-                updated_at=datetime.now(UTC),
-            )
-        )
-
-
-def opted_out(engine: Engine, customer_id: str) -> bool:
-    with engine.connect() as conn:
-        return bool(conn.execute(select(profiles.c.opted_out).where(profiles.c.customer_id == customer_id)).scalar_one())
 
 
 def requests_for(engine: Engine, customer_id: str) -> list[tuple[str, str | None]]:
