@@ -345,12 +345,15 @@ class TTLCache(Generic[T]):
             try:
                 value = loader()
             except self.cache_errors as exc:
-                with self._lock:
-                    self._entries[key] = _Entry(self._clock() + self.error_ttl_s, error=exc)
+                self._remember(key, _Entry(self._clock() + self.error_ttl_s, error=exc))
                 raise
-            with self._lock:
-                self._entries[key] = _Entry(self._clock() + self.ttl_s, value=value)
+            self._remember(key, _Entry(self._clock() + self.ttl_s, value=value))
             return value
+
+    def _remember(self, key: Hashable, entry: _Entry) -> None:
+        """Store a loader's outcome (a value for ``ttl_s``, an error for ``error_ttl_s``)."""
+        with self._lock:
+            self._entries[key] = entry
 
     async def aget(self, key: Hashable, loader: Callable[[], T], *, wait_s: float = 2.0) -> T:
         """:meth:`get` from async code: a fresh value is returned at once (no thread); a miss runs
@@ -378,11 +381,9 @@ class TTLCache(Generic[T]):
             try:
                 value = await to_thread.run_sync(loader)
             except self.cache_errors as exc:
-                with self._lock:
-                    self._entries[key] = _Entry(self._clock() + self.error_ttl_s, error=exc)
+                self._remember(key, _Entry(self._clock() + self.error_ttl_s, error=exc))
                 raise
-            with self._lock:
-                self._entries[key] = _Entry(self._clock() + self.ttl_s, value=value)
+            self._remember(key, _Entry(self._clock() + self.ttl_s, value=value))
             return value
         finally:
             self._load_lock.release()
