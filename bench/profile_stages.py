@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def scratch_store(pg_url: str | None, folder: Path) -> Iterator[str]:
 
 
 def profile_rows(count: int, rng: random.Random) -> list[dict[str, Any]]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for i in range(count):
         rows.append(
@@ -433,7 +433,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["profiles_load_s"] = round(seconds, 3)
         say(f"store {report['store_url']}: {n_profiles:,} profiles loaded in {seconds:.1f} s")
         routing = routing_config()
-        start = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+        start = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
         def ref(k: int) -> BatchRef:
             return BatchRef(dag_id="bench", run_id=f"bench-{k}", run_type="scheduled",

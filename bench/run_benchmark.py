@@ -33,10 +33,11 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -285,14 +286,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from devstack.processes import start_emulator, start_smtp_sink
     from include.triggerflow.store.db import get_engine
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / stamp
     out.mkdir(parents=True, exist_ok=True)
     log(f"results go to {out}")
     config = {"max_events": args.max_events, "chunk_size": args.chunk_size, "max_chunks": args.max_chunks,
               "pool_slots": args.pool_slots, "page_limit": args.page_limit}
     result: dict[str, Any] = {
-        "started_at": datetime.now(timezone.utc).isoformat(),
+        "started_at": datetime.now(UTC).isoformat(),
         "store": args.store,
         "config": config,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
@@ -333,10 +334,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         injected = inject_backlog(emu.base_url, args.backlog, customers=args.backlog,
                                   customer_offset=steady_customers, progress=True)
         log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
-        t_unpause = datetime.now(timezone.utc)
+        t_unpause = datetime.now(UTC)
         af.unpause(DAG_ID)
         done = wait_processed(engine, args.backlog, "backlog", args.timeout, sink)
-        t_done = datetime.now(timezone.utc)
+        t_done = datetime.now(UTC)
         rows = sent_rows(engine)
         start_s = first_landed(engine)
         last_accept = max((sent for _, sent in rows), default=time.time())
@@ -381,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ceiling = measure_ceiling(messages=args.ceiling_messages)
     best = max((r.get("msgs_per_s", 0) for r in ceiling.get("runs", [])), default=None)
     result["ceiling"] = {**ceiling, "best_per_second": best, "sessions": [r.get("sessions") for r in ceiling.get("runs", [])]}
-    result["finished_at"] = datetime.now(timezone.utc).isoformat()
+    result["finished_at"] = datetime.now(UTC).isoformat()
 
     made = plots(out, steady, result["backlog"]["stages"], result["backlog"]["triggers_per_hour"])
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
@@ -408,7 +409,7 @@ def _iso(text: str) -> datetime:
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -238,12 +238,11 @@ def measure_ceiling(
         return result
     from devstack.processes import start_smtp_sink
 
-    with tempfile.TemporaryDirectory(prefix="triggerflow-smtp-ceiling-") as tmp:
-        with start_smtp_sink(
-            None, store="none", engine=engine, log_path=Path(tmp) / "sink.log", stats_interval=0.2
-        ) as sink:
-            result["server"] = f"devstack.smtp_sink --store none --engine {engine} at {sink.host}:{sink.port}"
-            measure(sink.host, sink.port, sink)
+    with tempfile.TemporaryDirectory(prefix="triggerflow-smtp-ceiling-") as tmp, start_smtp_sink(
+        None, store="none", engine=engine, log_path=Path(tmp) / "sink.log", stats_interval=0.2
+    ) as sink:
+        result["server"] = f"devstack.smtp_sink --store none --engine {engine} at {sink.host}:{sink.port}"
+        measure(sink.host, sink.port, sink)
     return result
 
 

@@ -14,7 +14,7 @@ and `dry_run` to see what would be sent first.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
@@ -53,14 +53,14 @@ MAX_GROUPS = 16
 def trigger_reprocess():
     @task
     def find_batches() -> list[dict]:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from include.triggerflow.runtime import store_engine
         from include.triggerflow.stages.reprocess import find_batches as find
 
         params = get_current_context()["params"]
         since = datetime.fromisoformat(params["since"])
-        until = datetime.fromisoformat(params["until"]) if params.get("until") else datetime.now(timezone.utc)
+        until = datetime.fromisoformat(params["until"]) if params.get("until") else datetime.now(UTC)
         batches = find(store_engine(), since, until, params["what"])
         print(f"{len(batches)} batch(es) with {params['what']} events received in [{since}, {until})")
         # A day of minute batches is 1,440: far past Airflow's max_map_length (1024) and a task

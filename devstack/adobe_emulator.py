@@ -106,8 +106,8 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 from devstack.loadgen import MessageFactory, Mix, event_id_for, factory_for
 from devstack.messages import DEMO_IMS_ORG, envelope, now_ms
-from include.triggerflow.events import PIPELINE_MESSAGE
 from devstack.readiness import write_ready_file
+from include.triggerflow.events import PIPELINE_MESSAGE
 
 TOKEN_PATH = "/ims/token/v3"
 JWT_EXCHANGE_PATH = "/ims/exchange/jwt"
@@ -245,7 +245,7 @@ class JournalEntry:
 class GeneratedRun:
     """The parameters shared by the messages of one ``POST /_emulator/generate``."""
 
-    __slots__ = ("factory", "trigger_ts_ms", "create_time_ms", "topic", "salt")
+    __slots__ = ("create_time_ms", "factory", "salt", "topic", "trigger_ts_ms")
 
     def __init__(self, factory: MessageFactory, trigger_ts_ms: int, create_time_ms: int, topic: str, salt: int) -> None:
         self.factory = factory
@@ -261,7 +261,7 @@ class GeneratedEntry:
     Nothing of the message is stored; :meth:`envelope_bytes` renders it from (run, i) and its
     placement, the same bytes on every call."""
 
-    __slots__ = ("run", "i", "seq", "partition", "offset")
+    __slots__ = ("i", "offset", "partition", "run", "seq")
 
     def __init__(self, run: GeneratedRun, i: int, seq: int, partition: int, offset: int) -> None:
         self.run = run
@@ -309,7 +309,7 @@ class GeneratedEntry:
 class RawEntry:
     """Bytes published with ``POST /_emulator/raw``: served as they are, never parsed."""
 
-    __slots__ = ("seq", "event_id", "partition", "offset", "data", "wrap", "create_time", "topic")
+    __slots__ = ("create_time", "data", "event_id", "offset", "partition", "seq", "topic", "wrap")
 
     def __init__(
         self, seq: int, partition: int, offset: int, data: bytes, *, wrap: bool, topic: str
@@ -340,7 +340,7 @@ class RawEntry:
     def item_bytes(self) -> bytes:
         head = json.dumps({"position": self.position}, separators=(",", ":"))[:-1]
         wrapper = json.dumps({"event_id": self.event_id}, separators=(",", ":"))[:-1]
-        return f'{head},"event":{wrapper},"event":'.encode("utf-8") + self.envelope_bytes() + b"}}"
+        return f'{head},"event":{wrapper},"event":'.encode() + self.envelope_bytes() + b"}}"
 
 
 def _entry_seq(entry: JournalEntry | GeneratedEntry | RawEntry) -> int:
@@ -761,7 +761,7 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         status = code.value if isinstance(code, HTTPStatus) else code
         sys.stderr.write(f"adobe-emulator {self.command} {loggable_path(self.path)} {status}\n")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         # Reached for protocol errors only; their text can quote the request line.
         sys.stderr.write("adobe-emulator " + redact(format % args) + "\n")
 
@@ -883,16 +883,16 @@ class EmulatorHandler(BaseHTTPRequestHandler):
             self.log_message("internal error on %s: %r", loggable_path(self.path), exc)
             self._send_json(500, {"error": "internal_error", "error_description": repr(exc)})
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+    def do_GET(self) -> None:
         self._dispatch("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._dispatch("PUT")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
     @staticmethod

@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -189,7 +189,7 @@ class Plan:
 
 def _text_timestamp(ts_ms: int) -> str:
     """A timestamp as ISO text: what a producer that forgot the epoch convention would send."""
-    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _dumps(value: Any) -> str:
@@ -199,7 +199,7 @@ def _dumps(value: Any) -> str:
 class _Shape:
     """Pre-rendered JSON of everything that depends only on (trigger, products), %-escaped."""
 
-    __slots__ = ("n_hits", "pages_json", "products_json", "vmi_json", "trigger_json")
+    __slots__ = ("n_hits", "pages_json", "products_json", "trigger_json", "vmi_json")
 
     def __init__(self, trigger_id: str, skus: tuple[str, ...]) -> None:
         products = {sku: dict(DEMO_CATALOG[sku]) for sku in skus}
@@ -654,7 +654,7 @@ def load_profiles(
         with engine.begin() as conn:
             conn.execute(delete(profiles).where(_synthetic_ids_filter(profiles.c.customer_id)))
             conn.execute(delete(suppression).where(suppression.c.reason == BLOCK_LIST_REASON))
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if dialect == "sqlite":
         bind = profiles.c.updated_at.type._cached_bind_processor(engine.dialect)  # SQLAlchemy's own format
         stamp: Any = bind(now) if bind is not None else now.isoformat(sep=" ")

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -154,7 +154,12 @@ class DemoTriggers:
 
     def kinds_and_messages(self, size: int, *, at_ms: int | None = None) -> list[tuple[DemoKind, dict[str, Any]]]:
         """``size`` triggers with their kind; ``at_ms`` is their trigger time (default now)."""
-        from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TRIGGER_ID, DEMO_CATALOG, trigger_message
+        from devstack.messages import (
+            BROWSE_ABANDONMENT_TRIGGER_ID,
+            CART_ABANDONMENT_TRIGGER_ID,
+            DEMO_CATALOG,
+            trigger_message,
+        )
 
         messages = []
         for _ in range(size):
@@ -344,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
         store = get_engine(store_url)
         triggers = DemoTriggers(shoppers, random.Random(42))
-        since = datetime.now(timezone.utc)
+        since = datetime.now(UTC)
         injected = 0
         started = time.monotonic()
         next_report = time.monotonic() + 30  # the first run needs a minute: nothing to report before

@@ -65,11 +65,12 @@ import re
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
 from devstack.readiness import write_ready_file
 
 SERVER_HOSTNAME = "smtp-sink.triggerflow.local"
@@ -315,7 +316,7 @@ class EmlFolderHandler:
         return content
 
     def _file_name(self, seq: int) -> str:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")
         return f"{stamp}-{seq:06d}.eml"
 
     @staticmethod
@@ -346,7 +347,7 @@ class EmlFolderHandler:
         os.replace(tmp, final)
         return final
 
-    async def handle_MAIL(  # noqa: N802
+    async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         accepted = getattr(session, "tf_accepted", 0)
@@ -366,7 +367,7 @@ class EmlFolderHandler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(  # noqa: N802
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         rule = self.faults.match("rcpt", [address])
@@ -377,7 +378,7 @@ class EmlFolderHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         rule = self.faults.match("data_code", list(envelope.rcpt_tos))
         if rule is not None:
             self.faults.fire(rule, rcpt_to=",".join(envelope.rcpt_tos))
@@ -450,7 +451,7 @@ class FaultySMTP(SMTP):
     ``handle_DATA`` only runs once the whole message has arrived."""
 
     @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+    async def smtp_DATA(self, arg: str) -> None:
         handler = self.event_handler
         rcpts = list(self.envelope.rcpt_tos) if self.envelope is not None else []
         if rcpts and not arg and isinstance(handler, EmlFolderHandler):
@@ -784,7 +785,7 @@ async def _stats_loop(handler: EmlFolderHandler, path: str | None, interval: flo
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=max(interval, 0.01))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         handler.flush()
         if path:

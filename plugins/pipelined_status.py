@@ -185,7 +185,7 @@ def _connection(conn_id: str, *, required: bool) -> Any:
                 f"Airflow connection {conn_id!r} is not defined: it names the triggerflow store "
                 "(see README, Connections)"
             ) from None
-    except Exception as exc:  # noqa: BLE001 - reported, never a stack trace
+    except Exception as exc:
         if required:
             raise StatusUnavailable(f"cannot read Airflow connection {conn_id!r}: {_first_line(exc)}") from None
         log.warning("pipelined status: connection %s unreadable: %s", conn_id, _first_line(exc))

@@ -165,7 +165,7 @@ def _connection(conn_id: str, what: str) -> Any:
         return Connection.get_connection_from_secrets(conn_id)
     except AirflowNotFoundException:
         raise Unavailable(f"Airflow connection {conn_id!r} is not defined: it names {what}") from None
-    except Exception as exc:  # noqa: BLE001 - reported in the log, never a stack trace
+    except Exception as exc:
         raise Unavailable(f"cannot read Airflow connection {conn_id!r}: {exc.__class__.__name__}") from None
 
 
@@ -321,7 +321,7 @@ async def confirm(request: Request) -> HTMLResponse:
     except Unavailable as exc:
         log.warning("unsubscribe: unavailable (GET): %s", exc)
         return _unavailable_page()
-    except Exception as exc:  # noqa: BLE001 - no traceback: its frames hold the token and the key
+    except Exception as exc:
         log.error("unsubscribe: GET failed: %s: %s", exc.__class__.__name__, _first_line(exc))
         return _unavailable_page()
     return render(
@@ -369,7 +369,7 @@ async def unsubscribe(request: Request) -> HTMLResponse:
     except Unavailable as exc:
         log.warning("unsubscribe: unavailable (POST): %s", exc)
         return _unavailable_page()
-    except Exception as exc:  # noqa: BLE001 - e.g. a lock timeout or the store is down; no traceback (see confirm)
+    except Exception as exc:
         log.error("unsubscribe: could not record an opt-out: %s: %s", exc.__class__.__name__, _first_line(exc))
         return _unavailable_page()
     log_opt_out(claim, recorded, method)

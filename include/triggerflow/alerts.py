@@ -16,7 +16,7 @@ import html
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
@@ -53,7 +53,7 @@ def fire_sla_alert(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Record the breach, log it, email the recipients unless they were told recently."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     renotify = timedelta(seconds=renotify_s if renotify_s is not None else threshold_s)
     detail = (
         f"the oldest waiting trigger is {age_s / 60:.1f} min old (in the {where}); "
@@ -102,4 +102,4 @@ def _email(open_session: Callable[[], AbstractContextManager[Any]], recipients: 
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

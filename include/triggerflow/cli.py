@@ -48,6 +48,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
@@ -212,7 +213,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
 
 
 def cmd_suppress(args: argparse.Namespace) -> int:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from include.triggerflow.suppression import (
         Selection,
@@ -233,7 +234,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
             days = args.days
             if days is not None and days <= 0:
                 raise SuppressionEntryError(f"--days must be positive, not {days}")
-            expires = None if days is None else datetime.now(timezone.utc) + timedelta(days=days)
+            expires = None if days is None else datetime.now(UTC) + timedelta(days=days)
             added = add_entries(engine, args.entries, source=kind or "block-list", reason=args.reason, expires_at=expires)
             print(f"added {added} of {len(set(args.entries))} entr{'y' if len(args.entries) == 1 else 'ies'} "
                   f"({kind or 'block-list'}{'' if expires is None else ', until ' + expires.isoformat(timespec='seconds')})")
@@ -307,7 +308,7 @@ def _optional_connection(conn_id: str):
         from airflow.sdk import BaseHook
 
         return BaseHook.get_connection(conn_id)
-    except Exception:  # noqa: BLE001 - the status falls back to flags and defaults
+    except Exception:
         return None
 
 

@@ -52,7 +52,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, time, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,10 +68,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CATCH_ALL",
-    "FrequencyCap",
-    "QuietHours",
-    "RouteRules",
-    "parse_duration",
     "EVENT_FIELDS",
     "PROFILE_IDENTITY_COLUMNS",
     "ROUTING_FILE_ENV",
@@ -79,12 +75,16 @@ __all__ = [
     "CampaignConfigError",
     "CampaignTopic",
     "CampaignTrigger",
+    "FrequencyCap",
     "IdentityRule",
+    "QuietHours",
+    "RouteRules",
     "RoutingConfig",
     "RoutingConfigError",
     "TriggerRoute",
     "load_campaign_json",
     "load_routing",
+    "parse_duration",
 ]
 
 ROUTING_FILE_ENV = "TRIGGERFLOW_ROUTING_FILE"
@@ -174,7 +174,7 @@ class QuietHours:
     def window_end(self, at: datetime, tz_name: str | None) -> datetime | None:
         """The end of the quiet window ``at`` falls in (an aware datetime), or None when ``at`` is
         outside the window."""
-        zone = _zone(tz_name) or _zone(self.default_timezone) or timezone.utc
+        zone = _zone(tz_name) or _zone(self.default_timezone) or UTC
         local = at.astimezone(zone)
         clock = local.time().replace(tzinfo=None)
         if self.start == self.end:
@@ -188,7 +188,7 @@ class QuietHours:
         if not inside:
             return None
         end_local = datetime.combine(end_day, self.end, tzinfo=zone)
-        return end_local.astimezone(timezone.utc)
+        return end_local.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -824,7 +824,7 @@ class _Loader:
         except OSError as exc:
             raise self.fatal(f"cannot read routing file: {exc.strerror or exc}") from exc
         try:
-            return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+            return yaml.load(text, Loader=_StrictLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

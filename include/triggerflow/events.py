@@ -36,7 +36,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -47,8 +47,8 @@ TRIGGER_BODY = "com.adobe.mcloud.protocol.trigger"
 #: per level, so a hit nested 100,000 deep must be refused before either sees it.
 MAX_DEPTH = 64
 #: triggerTimestamp bounds (epoch ms): what a datetime can hold, which is well inside BIGINT.
-MIN_TRIGGER_MS = int(datetime(1, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
-MAX_TRIGGER_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp() * 1000)
+MIN_TRIGGER_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_TRIGGER_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
 #: at most this many problems are listed per event (a hit can carry thousands of bad strings)
 MAX_PROBLEMS = 20
 LABEL_LIMIT = 40
@@ -204,7 +204,7 @@ class TriggerEvent:
     def triggered_at(self) -> datetime | None:
         if isinstance(self.trigger_ts, int) and not isinstance(self.trigger_ts, bool):
             try:
-                return datetime.fromtimestamp(self.trigger_ts / 1000, tz=timezone.utc)
+                return datetime.fromtimestamp(self.trigger_ts / 1000, tz=UTC)
             except (OverflowError, OSError, ValueError):
                 return None
         return None
@@ -363,7 +363,7 @@ def parse_envelope(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
     ``problems``."""
     try:
         return _parse(payload)
-    except Exception as exc:  # noqa: BLE001 - a last resort: content must never fail a stage
+    except Exception as exc:
         return TriggerEvent(parse_error=f"payload could not be parsed ({exc.__class__.__name__})")
 
 

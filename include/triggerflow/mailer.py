@@ -20,12 +20,16 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from functools import lru_cache
 from urllib.parse import urlsplit
+
+from include.triggerflow.addresses import InvalidAddressError, validate_address
+from include.triggerflow.addresses import shown as _shown
+from include.triggerflow.headers import INJECTION_RE, OTHER_LINE_BREAKS_RE
 
 __all__ = [
     "HeaderInjectionError",
@@ -39,10 +43,10 @@ __all__ = [
 ]
 
 # Character classes as regular expressions: one C-level scan each, for the send stage's hot loop.
-_HEADER_BREAKS_RE = re.compile("[\r\n\0]")
-# Every other character str.splitlines() breaks on: the email package refuses them in some headers
+# The other line breaks (VT, FF, NEL, U+2028...): the email package refuses them in some headers
 # with a bare ValueError and would encode them into others, so they are refused here, as injection.
-_OTHER_LINE_BREAKS_RE = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_HEADER_BREAKS_RE = INJECTION_RE
+_OTHER_LINE_BREAKS_RE = OTHER_LINE_BREAKS_RE
 # exactly what str.isspace() matches (both use Py_UNICODE_ISSPACE)
 _WHITESPACE_RE = re.compile(r"\s")
 # RFC 5322 field-name: printable ASCII except ":".
@@ -50,16 +54,11 @@ _HEADER_NAME_RE = re.compile(r"[!-9;-~]+")
 _MESSAGE_ID_KEY_RE = re.compile(r"[A-Za-z0-9._-]+")
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 _MESSAGE_ID_RE = re.compile(r"<[^<>\s@]+@[^<>\s@]+>")
-# Characters with a meaning in address headers (RFC 5322 specials). Allowing them would let a value
-# such as 'a@b.com>, <c@d.com' add a recipient; plain addr-specs never need them.
-_ADDRESS_SPECIALS = frozenset('<>()[]\\,;:"')
-_ADDRESS_SPECIALS_RE = re.compile("[" + re.escape("".join(sorted(_ADDRESS_SPECIALS))) + "]")
 # Headers build_message sets itself; extra headers may not replace or duplicate them.
 _RESERVED_HEADERS = frozenset(
     {"from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "content-type",
      "content-transfer-encoding"}
 )
-_MAX_SHOWN = 80
 # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters and MUST be at most 998 (excluding CRLF).
 _FOLD_AT = 78
 _MAX_LINE = 998
@@ -93,15 +92,6 @@ def check_email_size(message: bytes, limit: int = MAX_EMAIL_BYTES) -> bytes:
     return message
 
 
-class InvalidAddressError(ValueError):
-    """An email address is not a single plain ``local@domain`` address."""
-
-
-def _shown(value: str) -> str:
-    """A value for an error message: truncated, and repr() so control characters are visible."""
-    return repr(value if len(value) <= _MAX_SHOWN else value[:_MAX_SHOWN] + "...")
-
-
 def check_header_value(name: str, value: str) -> str:
     """Return ``value`` unchanged, or raise HeaderInjectionError if it contains CR, LF or NUL, or any
     other character Python treats as a line boundary (VT, FF, FS, GS, RS, NEL, U+2028, U+2029)."""
@@ -112,39 +102,6 @@ def check_header_value(name: str, value: str) -> str:
     if _OTHER_LINE_BREAKS_RE.search(value) is not None:
         raise HeaderInjectionError(f"header {name}: value contains a line separator character: {_shown(value)}")
     return value
-
-
-def validate_address(addr: str) -> str:
-    """Return the stripped address, or raise InvalidAddressError naming it and saying why."""
-    if not isinstance(addr, str):
-        raise InvalidAddressError(f"email address must be a str, got {type(addr).__name__}")
-    text = addr.strip()
-
-    def bad(reason: str) -> InvalidAddressError:
-        return InvalidAddressError(f"invalid email address {_shown(text)}: {reason}")
-
-    if not text:
-        raise bad("empty")
-    if _HEADER_BREAKS_RE.search(text) is not None:
-        raise bad("contains CR, LF or NUL")
-    if _WHITESPACE_RE.search(text) is not None:
-        raise bad("contains whitespace")
-    if text.count("@") != 1:
-        raise bad("must contain exactly one '@'")
-    if not text.isascii():
-        # A non-ASCII address needs SMTPUTF8; the email package would RFC 2047-encode it instead,
-        # which is not a valid address, so refuse it rather than send to a mangled recipient.
-        raise bad("contains non-ASCII characters (SMTPUTF8 addresses are not supported)")
-    if _ADDRESS_SPECIALS_RE.search(text) is not None:
-        raise bad("contains a character not allowed in a plain address (one of <>()[]\\,;:\")")
-    local, domain = text.split("@")
-    if not local:
-        raise bad("empty local part before '@'")
-    if "." not in domain:
-        raise bad("domain has no dot")
-    if any(not label for label in domain.split(".")):
-        raise bad("domain has an empty label")
-    return text
 
 
 def message_id_for(idempotency_key: str, domain: str = "triggerflow.local") -> str:
@@ -285,7 +242,7 @@ def _checked_inputs(
             raise ValueError(f"header {name} is given twice (header names are case-insensitive)")
         seen.add(name.lower())
     if date is None:
-        date = datetime.now(timezone.utc)
+        date = datetime.now(UTC)
     elif date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware (a naive datetime has no defined Date header)")
     return from_addr, to_addr, extra, date
@@ -396,7 +353,7 @@ _ZERO = timedelta(0)
 
 @lru_cache(maxsize=64)
 def _utc_date_header(second: int) -> bytes:
-    return f"Date: {format_datetime(datetime.fromtimestamp(second, timezone.utc))}\r\n".encode("ascii")
+    return f"Date: {format_datetime(datetime.fromtimestamp(second, UTC))}\r\n".encode("ascii")
 
 
 def _date_header(date: datetime) -> bytes:

@@ -15,7 +15,7 @@ shown by ``cli quarantine`` or in the events' ``src_position``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine, insert, select, update
 
@@ -86,7 +86,7 @@ def _known(conn: Connection, source: str) -> bool:
 
 
 def _move(conn: Connection, source: str, partition: int, old: str | None, new: str, reason: str) -> PositionMove:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if old is None:
         conn.execute(insert(source_position).values(source=source, partition=partition, position=new, updated_at=now))
     else:

@@ -26,7 +26,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
@@ -245,7 +245,7 @@ def datetime_format(value: Any, fmt: str = DEFAULT_DATETIME_FORMAT) -> str:
 
     Naive datetimes are refused: their time zone is unknown, so printing them as UTC could be wrong.
     """
-    return _aware(value, "datetime_format").astimezone(timezone.utc).strftime(fmt)
+    return _aware(value, "datetime_format").astimezone(UTC).strftime(fmt)
 
 
 @lru_cache(maxsize=512)
@@ -257,11 +257,11 @@ def _zone(name: str) -> tzinfo:
     """
     key = name.strip()
     if not key or len(key) > 64:
-        return timezone.utc
+        return UTC
     try:
         return ZoneInfo(key)
     except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
-        return timezone.utc
+        return UTC
 
 
 def local_datetime(value: Any, tz_name: Any = None, fmt: str = DEFAULT_LOCAL_DATETIME_FORMAT) -> str:
@@ -274,7 +274,7 @@ def local_datetime(value: Any, tz_name: Any = None, fmt: str = DEFAULT_LOCAL_DAT
     """
     moment = _aware(value, "local_datetime")
     _raise_if_undefined(tz_name)
-    zone = _zone(tz_name) if isinstance(tz_name, str) else timezone.utc
+    zone = _zone(tz_name) if isinstance(tz_name, str) else UTC
     return moment.astimezone(zone).strftime(fmt)
 
 
@@ -415,7 +415,7 @@ class _Context(jinja2.runtime.Context):
     ``pass_context``/``pass_environment`` markers, which a built-in method (C code) can never carry,
     so for those the call is made directly, with the same StopIteration handling."""
 
-    def call(__self, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 - Jinja's signature
+    def call(__self, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if type(__obj) is BuiltinMethodType:
             kwargs.pop("_block_vars", None)
             kwargs.pop("_loop_vars", None)

@@ -52,9 +52,8 @@ def send_options(context: Mapping[str, Any]):
     import os
     from pathlib import Path
 
-    from include.triggerflow.stages.send import SendOptions
-
     from include.triggerflow.hooks.unsubscribe import UnsubscribeHook
+    from include.triggerflow.stages.send import SendOptions
 
     params = context["params"]
     ti = context["ti"]

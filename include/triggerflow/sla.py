@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
@@ -69,7 +69,7 @@ def oldest_waiting(
     engine: Engine, batch_id: str, *, source_capped: bool, now: datetime | None = None
 ) -> dict[str, Any]:
     """``{"age_s", "where"}`` of the oldest trigger still waiting (None when nothing waits)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     now_ms = now.timestamp() * 1000
     candidates: list[tuple[float, str]] = []
     with engine.connect() as conn:
@@ -98,4 +98,4 @@ def oldest_waiting(
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

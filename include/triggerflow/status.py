@@ -469,5 +469,5 @@ def pool_slots(pool_name: str) -> int | None:
 
         pool = Pool.get_pool(pool_name)
         return int(pool.slots) if pool is not None else None
-    except Exception:  # noqa: BLE001 - optional information
+    except Exception:
         return None

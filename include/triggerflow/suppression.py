@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -29,7 +29,6 @@ from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, t
 from include.triggerflow.mailer import InvalidAddressError, validate_address
 from include.triggerflow.store.db import chunked, insert_ignore
 from include.triggerflow.store.schema import suppression
-
 
 
 class Category(StrEnum):
@@ -83,7 +82,7 @@ def add_entries(
     An address already listed keeps its entry."""
     kind = category(source)
     clean = sorted({normalise_entry(e) for e in entries})
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = [
         {"address": a, "source": kind.value, "reason": reason, "smtp_code": None, "created_at": now, "expires_at": expires_at}
         for a in clean
@@ -103,7 +102,7 @@ def remove_entries(engine: Engine, entries: Iterable[str]) -> int:
 
 def active(now: datetime | None = None) -> ColumnElement[bool]:
     """The entries that suppress at ``now``: no expiry, or an expiry still ahead."""
-    at = now or datetime.now(timezone.utc)
+    at = now or datetime.now(UTC)
     return or_(suppression.c.expires_at.is_(None), suppression.c.expires_at > at)
 
 
@@ -168,9 +167,9 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     if match:
         amount, unit = int(match.group(1)), match.group(2)
         delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount), "d": timedelta(days=amount)}[unit]
-        return (now or datetime.now(timezone.utc)) - delta
+        return (now or datetime.now(UTC)) - delta
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise SuppressionEntryError(f"{text!r} is neither a date/time (2026-12-05T14:00) nor an age (90m, 6h, 2d)") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

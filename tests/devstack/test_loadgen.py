@@ -151,7 +151,7 @@ def test_permutation_draw_gives_each_customer_at_most_once_per_cycle() -> None:
     assert [factory.plan(i).customer for i in range(5000, 5010)] == customers[:10]  # the next cycle
     randomly = MessageFactory(3, 5000, Mix(malformed=0, unknown=0, unconfigured=0, draw="random"))
     drawn = [randomly.plan(i).customer for i in range(5000)]
-    assert 1 <= min(drawn) and max(drawn) <= 5000 and len(set(drawn)) < 4000  # with replacement
+    assert min(drawn) >= 1 and max(drawn) <= 5000 and len(set(drawn)) < 4000  # with replacement
 
 
 def test_customer_offset_addresses_a_disjoint_range(big_page_emulator: RunningEmulator) -> None:

@@ -409,10 +409,9 @@ def test_cut_closes_the_stream_without_terminator_after_n_data_lines(client: Emu
     publish_to(client, 11, 5)
     client.add_faults([{"endpoint": "consume", "kind": "cut", "after_messages": 3}])
     received = []
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        with open_stream(client, reset="earliest") as response:
-            for raw in response.iter_lines():
-                received.append(json.loads(raw))
+    with pytest.raises(requests.exceptions.ChunkedEncodingError), open_stream(client, reset="earliest") as response:
+        for raw in response.iter_lines():
+            received.append(json.loads(raw))
     assert data_of(received) == [(11, 1000), (11, 1001), (11, 1002)]
     assert client.faults() == []
     # the next stream is whole again

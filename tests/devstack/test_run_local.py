@@ -8,7 +8,7 @@ import csv
 import json
 import random
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,6 @@ from include.triggerflow.config import load_routing
 from include.triggerflow.profiles import load_profiles_csv
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.validate import validate_batch
-
 from tests.unit.conftest import StoreKit
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -93,7 +92,7 @@ def test_the_demo_keeps_sending_and_its_progress_line_says_what_was_decided(stor
     shoppers = demo_shoppers()
     routing = load_routing(write_demo_routing(tmp_path / "demo_routing.yaml", demo_dedup_window_s(len(shoppers), 0.3)))
     stream = DemoTriggers(shoppers, random.Random(42))
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
+    since = datetime.now(UTC) - timedelta(seconds=1)
 
     offset, made = 0, []
     start_ms = int((since - timedelta(minutes=45)).timestamp() * 1000)  # triggers of the last 45 minutes, never future ones

@@ -396,12 +396,10 @@ def test_fast_mode_with_aiosmtpd_and_eml_mode_count_too(tmp_path: Path) -> None:
 
 
 def test_store_modes_are_checked(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="out_dir"):
-        with start_smtp_sink(None):
-            pass
-    with pytest.raises(RuntimeError, match="lean"):
-        with start_smtp_sink(tmp_path / "o", engine="lean"):
-            pass
+    with pytest.raises(ValueError, match="out_dir"), start_smtp_sink(None):
+        pass
+    with pytest.raises(RuntimeError, match="lean"), start_smtp_sink(tmp_path / "o", engine="lean"):
+        pass
 
 
 def test_smtp_ceiling_bench_measures_and_checks_the_count() -> None:

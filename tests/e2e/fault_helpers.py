@@ -8,7 +8,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ def triggers_for(
 ) -> list[dict[str, Any]]:
     """One trigger per customer, cart abandonment by default (a distinct trigger timestamp each,
     two minutes ago + ``later_ms``; a new messageId each call)."""
-    base = int(datetime.now(timezone.utc).timestamp() * 1000) - 120_000 + later_ms
+    base = int(datetime.now(UTC).timestamp() * 1000) - 120_000 + later_ms
     return [
         trigger_message(trigger_id=trigger_id, shopper_id=p["shopper_id"], triggered_at_ms=base + i, **kwargs)
         for i, p in enumerate(profiles)
@@ -85,7 +85,7 @@ def load_dag():
 
 def minute(offset: int = 0) -> datetime:
     """A whole-minute logical date in the recent past (+ ``offset`` minutes)."""
-    return datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=30 - offset)
+    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30 - offset)
 
 
 # -- what the store says ---------------------------------------------------------------------------

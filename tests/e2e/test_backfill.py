@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from tests.support import UNSUBSCRIBE_CONN_JSON
 
 pytestmark = pytest.mark.e2e
 
-START = datetime(2026, 11, 26, 10, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 LOCAL_PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 

@@ -212,7 +212,7 @@ class OutageController(threading.Thread):
                 self.seen = self.snapshot()
             finally:
                 self.outage.end()
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             self.error = exc
 
     def stop(self) -> None:

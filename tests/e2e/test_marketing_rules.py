@@ -13,7 +13,7 @@ suppresses Ada's next trigger.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -101,7 +101,7 @@ def _cart(shopper: str | None, ts: int, **kw) -> dict:
 def world(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
     from include.triggerflow.store.schema import profile_visitor_ids
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     monkeypatch.setenv("TRIGGERFLOW_ROUTING_FILE", str(_routing(tmp_path / "routing.yaml", now)))
     with start_emulator(log_path=tmp_path / "emulator.log") as emu, \
             start_smtp_sink(tmp_path / "outbox", log_path=tmp_path / "smtp.log") as smtp:

@@ -4,7 +4,7 @@ resends and reprocessing after a fix. Emails are counted at the real SMTP server
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,7 @@ def _dag(dag_id: str):
     return bag.get_dag(dag_id)
 
 
-_BASE = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(hours=2)
+_BASE = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
 _used: list[int] = [0]
 
 
@@ -170,7 +170,7 @@ def test_reprocess_after_loading_a_missing_profile_and_fixing_the_routing(stack,
     fixed.write_text(cart + "- name: browse_abandonment" + browse.replace("dimension: eVar01", "dimension: eVar07"))
     monkeypatch.setenv("TRIGGERFLOW_ROUTING_FILE", str(fixed))
 
-    since = (datetime.now(timezone.utc) - timedelta(hours=1)).isoformat()
+    since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     run = _dag("trigger_reprocess").test(run_conf={"since": since, "what": "both"})
     _ok(run)
     mails = smtp.wait_for(4)

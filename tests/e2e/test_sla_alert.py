@@ -9,7 +9,7 @@ The backlog is made the way it happens in production: more triggers wait than on
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,7 +39,7 @@ def test_a_backlog_older_than_the_threshold_fires_the_sla_alert(
         load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
         emu.client.publish(triggers_for(people, later_ms=-180_000))  # fired 5 minutes ago
 
-        now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
         run = load_dag().test(logical_date=now - timedelta(minutes=3), run_conf={"max_events": 1, "sla_alert_minutes": 1})
         assert run.state == DagRunState.SUCCESS  # an SLA alert is not a failed run
 

@@ -10,7 +10,7 @@ store, encrypted).
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -106,7 +106,7 @@ def test_same_dag_on_each_source_kind_and_auth_mode(
         token_requests_before = emu.client.stats()["token_requests"] + emu.client.stats().get("jwt_exchanges", 0)
 
         dag = _dag()
-        logical = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=10)
+        logical = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=10)
         runs = []
         for minute in range(3):
             clear_token_cache()  # every task is a new process: only the store can share the token

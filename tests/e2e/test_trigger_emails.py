@@ -9,7 +9,7 @@ running again sends nothing more.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -75,7 +75,7 @@ def _dag():
 
 
 def _inject(emu) -> None:
-    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     good = [
         trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-ADA",
                         products=["ALP-SHL-JKT"], triggered_at_ms=now_ms - 60_000),
@@ -131,7 +131,7 @@ def test_trigger_emails_end_to_end(stack) -> None:
     emu, smtp, engine = stack
     _inject(emu)
     dag = _dag()
-    logical = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=5)
+    logical = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=5)
     run = dag.test(logical_date=logical)
     assert run.state == DagRunState.SUCCESS
 

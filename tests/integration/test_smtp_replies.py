@@ -6,7 +6,7 @@ with TRIGGERFLOW_TEST_PG_URL set."""
 from __future__ import annotations
 
 import smtplib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import update
@@ -172,11 +172,11 @@ def test_different_refusals_each_below_the_limit_do_not_stop_the_chunk(kit, rout
 def test_hard_bounce_expiry_and_an_expired_entry_no_longer_suppresses(kit, routing, sink, renderer) -> None:
     queue(kit, routing)
     sink.set_faults([{"rcpt": GRACE, "code": 550, "message": "5.1.1 unknown"}])
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook, SendOptions(hard_bounce_suppress_days=30))
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     [entry] = kit.rows(suppression)
-    expires = entry["expires_at"] if entry["expires_at"].tzinfo else entry["expires_at"].replace(tzinfo=timezone.utc)
+    expires = entry["expires_at"] if entry["expires_at"].tzinfo else entry["expires_at"].replace(tzinfo=UTC)
     assert before + timedelta(days=30) <= expires <= after + timedelta(days=30)
 
     # while it lasts, a new trigger for grace is suppressed
@@ -253,9 +253,8 @@ def test_the_hook_reads_a_break_mid_data_as_a_safe_resend(sink) -> None:
     the client still writes.)"""
     sink.set_faults([{"drop_at": "mid_data", "times": 1}])
     big = b"Subject: big\r\n\r\n" + (b"a" * 998 + b"\r\n") * 16_000
-    with TriggerMailHook() as mail:
-        with pytest.raises(smtplib.SMTPServerDisconnected) as broke:
-            mail.send_prepared("big@example.com", big)
+    with TriggerMailHook() as mail, pytest.raises(smtplib.SMTPServerDisconnected) as broke:
+        mail.send_prepared("big@example.com", big)
     assert not isinstance(broke.value, DeliveryUncertain)
     assert sink.eml_paths() == []
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class StoreKit:
     def add_batch(self, batch_id: str = "b1", *, state: str = "landed", source: str = "test:src") -> str:
         from include.triggerflow.store.schema import batch
 
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(
                 insert(batch).values(
@@ -146,7 +146,7 @@ class StoreKit:
                     trigger_id=None if parsed.trigger_id is None else str(parsed.trigger_id)[:200],
                     trigger_ts=as_int(parsed.trigger_ts),
                     payload=payload,
-                    received_at=received_at or datetime.now(timezone.utc),
+                    received_at=received_at or datetime.now(UTC),
                     status=status,
                 )
             )
@@ -177,8 +177,8 @@ def kit(store_engine: Engine) -> StoreKit:
 @pytest.fixture(scope="session")
 def routing():
     """The shipped routing (include/routing.yaml): cart and browse abandonment on eVar01 -> shopper_id."""
-    from include.triggerflow.config import load_routing
     from include.triggerflow import DEFAULT_ROUTING_FILE
+    from include.triggerflow.config import load_routing
 
     return load_routing(DEFAULT_ROUTING_FILE)
 

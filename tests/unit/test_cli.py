@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import inspect, insert
+from sqlalchemy import insert, inspect
 
 from include.triggerflow.store.schema import quarantine, run_summary
-
 from tests.unit.conftest import envelope_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +101,7 @@ def test_runs_prints_the_reports_newest_first(kit, store_url: str) -> None:
                 batch_id=batch_id, dag_id="trigger_emails", run_id=f"run-{batch_id}", pulled=9, valid=5,
                 quarantined=4, matched=3, unmatched=1, ignored=1, sent=2, suppressed=1, failed=0, duplicate=6,
                 pending=9, balanced=balanced, oldest_sent_age_s=1.5, counts=stored,
-                reported_at=datetime(2026, 3, 1, 12, minute, tzinfo=timezone.utc),
+                reported_at=datetime(2026, 3, 1, 12, minute, tzinfo=UTC),
             ))
 
     done = cli(store_url, "runs")
@@ -160,7 +159,7 @@ def test_quarantine_prints_one_json_line_per_event(kit, store_url: str) -> None:
     with kit.engine.begin() as conn:
         for eid, batch_id in ((first, "b1"), (second, "b2")):
             conn.execute(insert(quarantine).values(
-                event_id=eid, batch_id=batch_id, reasons=json.dumps(reasons[eid]), quarantined_at=datetime.now(timezone.utc),
+                event_id=eid, batch_id=batch_id, reasons=json.dumps(reasons[eid]), quarantined_at=datetime.now(UTC),
             ))
 
     done = cli(store_url, "quarantine")
@@ -222,7 +221,7 @@ def test_positions_skip_and_set_position(kit, store_url: str) -> None:
 
     source = "pipeline:customer_dev:triggers"
     with kit.engine.begin() as conn:
-        conn.execute(insert(source_position).values(source=source, partition=0, position="41", updated_at=datetime.now(timezone.utc)))
+        conn.execute(insert(source_position).values(source=source, partition=0, position="41", updated_at=datetime.now(UTC)))
 
     skipped = cli(store_url, "skip", source, "--reason", "offset 41 stops the pull")
     assert skipped.returncode == 0, skipped.stderr

@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from email import policy
 from pathlib import Path
@@ -90,7 +90,7 @@ def test_preview_reads_the_profile_from_the_store(kit, store_url: str, tmp_path:
     with kit.engine.begin() as conn:
         conn.execute(insert(catalog).values(
             sku="UL-DAY-PCK", name="Store-only Day Pack", price=Decimal("12.00"), currency="USD",
-            url="https://shop.example.com/p/UL-DAY-PCK", in_stock=True, updated_at=datetime.now(timezone.utc),
+            url="https://shop.example.com/p/UL-DAY-PCK", in_stock=True, updated_at=datetime.now(UTC),
         ))
     done = cli("--db-url", store_url, "preview", "--route", "browse_abandonment", "--customer-id", "C9", "--out", str(out))
     assert done.returncode == 0, done.stderr

@@ -493,7 +493,6 @@ def test_top_level_keys_with_campaign(tmp_path: Path) -> None:
 def test_campaign_routes_drive_reconciliation(tmp_path: Path, kit, demo_catalog) -> None:
     """The generated routes are ordinary routes: reconcile matches and queues on them."""
     from devstack.messages import CART_ABANDONMENT_TRIGGER_ID
-
     from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.schema import decision, send
     from tests.unit.conftest import envelope_json

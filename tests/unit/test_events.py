@@ -5,7 +5,7 @@ Event data is untrusted: parsing must never raise, and must say what was wrong."
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -104,7 +104,7 @@ def test_faq_sample_fields_are_lifted() -> None:
     assert (ev.trigger_id, ev.trigger_ts, ev.mc_id) == (TRIGGER_ID, 1516324157242, MC_ID)
     assert ev.properties == {"triggerFiredTimestamp": "1516324154009", "sourceFirstTimestamp": "1516323856"}
     assert ev.trigger_path == [{"timestamp": 1516323856000, "stateId": "start_and_and", "transition": "null"}]
-    assert ev.triggered_at == datetime(2018, 1, 19, 1, 9, 17, 242000, tzinfo=timezone.utc)
+    assert ev.triggered_at == datetime(2018, 1, 19, 1, 9, 17, 242000, tzinfo=UTC)
 
 
 def test_bytes_and_dict_payloads_parse_the_same() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from typing import Any
@@ -20,7 +20,7 @@ from include.triggerflow.mailer import (
     validate_address,
 )
 
-DATE = datetime(2024, 3, 5, 14, 7, 9, tzinfo=timezone.utc)
+DATE = datetime(2024, 3, 5, 14, 7, 9, tzinfo=UTC)
 
 
 def build(**overrides: Any) -> bytes:
@@ -113,9 +113,9 @@ def test_output_is_deterministic_for_the_same_inputs() -> None:
 
 
 def test_default_date_is_now() -> None:
-    before = datetime.now(timezone.utc).replace(microsecond=0)
+    before = datetime.now(UTC).replace(microsecond=0)
     msg = parse(build(date=None))
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert before <= msg["Date"].datetime <= after
 
 

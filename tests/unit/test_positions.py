@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert
@@ -15,7 +15,7 @@ JOURNAL = "journal:/events/organizations/o/integrations/i/r"
 
 
 def store_positions(kit, source: str, **by_partition: str) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with kit.engine.begin() as conn:
         for partition, position in by_partition.items():
             conn.execute(insert(source_position).values(source=source, partition=int(partition[1:]), position=position, updated_at=now))
@@ -70,7 +70,7 @@ def test_set_position_of_an_unknown_source_or_a_bad_position_changes_nothing(kit
     with pytest.raises(PositionError, match="no source 'journal:/typo'"):
         set_position(kit.engine, "journal:/typo", 0, "pos-1")
     with kit.engine.begin() as conn:  # known through its health row only (never landed a page)
-        conn.execute(insert(source_health).values(source=PIPELINE, updated_at=datetime.now(timezone.utc)))
+        conn.execute(insert(source_health).values(source=PIPELINE, updated_at=datetime.now(UTC)))
     with pytest.raises(PositionError, match="empty"):
         set_position(kit.engine, PIPELINE, 0, "  ")
     with pytest.raises(PositionError, match="201 characters"):

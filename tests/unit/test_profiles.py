@@ -215,8 +215,9 @@ def test_a_row_at_every_column_limit_loads_and_round_trips(kit, tmp_path: Path) 
 
 
 def test_a_store_error_names_no_address_or_other_row_value(kit) -> None:
-    from include.triggerflow.profiles import upsert_profiles
     from sqlalchemy.exc import IntegrityError
+
+    from include.triggerflow.profiles import upsert_profiles
 
     # Two new rows with the same key in one insert: refused by the store on both backends (the
     # CSV reader never hands this over; the store's own error text is what is checked here).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ def test_build_context_shape(cart_route: TriggerRoute) -> None:
     ev = context["event"]
     assert ev["trigger_id"] == CART_ID
     assert ev["name"] == "cart_abandonment"
-    assert ev["triggered_at"] == datetime(2018, 1, 19, 1, 9, 17, 242000, tzinfo=timezone.utc)
+    assert ev["triggered_at"] == datetime(2018, 1, 19, 1, 9, 17, 242000, tzinfo=UTC)
     assert ev["pages"] == CART_PAGES  # distinct, in hit order, each on the route's link_hosts
     assert [p["name"] for p in ev["products"]] == ["Trail Shoe", "Coffee Mug"]
     assert ev["products"][1] == {"sku": "SKU-2", "name": "Coffee Mug", "price": Decimal("1234.5"), "quantity": 2,
@@ -479,7 +479,7 @@ def test_money_rejects_non_numbers(value: Any) -> None:
 
 
 def test_datetime_format() -> None:
-    moment = datetime(2024, 3, 5, 14, 7, tzinfo=timezone.utc)
+    moment = datetime(2024, 3, 5, 14, 7, tzinfo=UTC)
     assert datetime_format(moment) == "05 Mar 2024 14:07 UTC"
     assert datetime_format(moment, "%Y-%m-%d") == "2024-03-05"
     # converted to UTC first, so the "UTC" label is true
@@ -756,8 +756,8 @@ def test_event_time_in_the_profile_time_zone(
 
 
 def test_local_datetime() -> None:
-    winter = datetime(2024, 1, 5, 14, 7, tzinfo=timezone.utc)
-    summer = datetime(2024, 7, 5, 14, 7, tzinfo=timezone.utc)
+    winter = datetime(2024, 1, 5, 14, 7, tzinfo=UTC)
+    summer = datetime(2024, 7, 5, 14, 7, tzinfo=UTC)
     assert local_datetime(winter, "Europe/Paris") == "05 Jan 2024 15:07 CET"
     assert local_datetime(summer, "Europe/Paris") == "05 Jul 2024 16:07 CEST"
     assert local_datetime(summer, "Europe/Paris", "%H:%M") == "16:07"
@@ -774,7 +774,7 @@ def test_local_datetime() -> None:
 def test_local_datetime_missing_variable_is_an_error() -> None:
     env = Renderer().env
     template = env.from_string("{{ when|local_datetime(profile.timezone) }}")
-    moment = datetime(2024, 1, 5, 14, 7, tzinfo=timezone.utc)
+    moment = datetime(2024, 1, 5, 14, 7, tzinfo=UTC)
     assert template.render(when=moment, profile={"timezone": "Europe/Paris"}) == "05 Jan 2024 15:07 CET"
     with pytest.raises(jinja2.UndefinedError, match="has no attribute 'timezone'"):
         template.render(when=moment, profile={})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import insert, update
@@ -14,7 +14,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.store.schema import alert, send, send_log
 from tests.unit.conftest import envelope_json
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MS = int(NOW.timestamp() * 1000)
 
 

@@ -5,12 +5,13 @@ TRIGGERFLOW_TEST_PG_URL set."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import insert
 
 from include.triggerflow.cli import main
+from include.triggerflow.store.schema import suppression
 from include.triggerflow.suppression import (
     Category,
     Selection,
@@ -20,9 +21,8 @@ from include.triggerflow.suppression import (
     list_entries,
     parse_when,
 )
-from include.triggerflow.store.schema import suppression
 
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 
 
@@ -104,12 +104,12 @@ def test_cli_lists_and_lifts_and_prints_how_many(bad_day, store_url: str, capsys
 
 
 def test_when_forms() -> None:
-    now = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
-    assert parse_when("6h", now=now) == datetime(2026, 12, 5, 6, 0, tzinfo=timezone.utc)
-    assert parse_when("2d", now=now) == datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
-    assert parse_when("90m", now=now) == datetime(2026, 12, 5, 10, 30, tzinfo=timezone.utc)
-    assert parse_when("2026-12-04") == datetime(2026, 12, 4, tzinfo=timezone.utc)
-    assert parse_when("2026-12-04T14:00+01:00") == datetime(2026, 12, 4, 13, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    assert parse_when("6h", now=now) == datetime(2026, 12, 5, 6, 0, tzinfo=UTC)
+    assert parse_when("2d", now=now) == datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    assert parse_when("90m", now=now) == datetime(2026, 12, 5, 10, 30, tzinfo=UTC)
+    assert parse_when("2026-12-04") == datetime(2026, 12, 4, tzinfo=UTC)
+    assert parse_when("2026-12-04T14:00+01:00") == datetime(2026, 12, 4, 13, 0, tzinfo=UTC)
     with pytest.raises(SuppressionEntryError):
         parse_when("soon")
 
@@ -117,7 +117,6 @@ def test_when_forms() -> None:
 def test_reconcile_ignores_expired_entries(kit, routing, demo_catalog) -> None:
     from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.schema import decision
-
     from tests.unit.conftest import envelope_json
 
     kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-1"},

@@ -69,16 +69,15 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import requests
 import urllib3
+from airflow.sdk import BaseHook
 
 from include.triggerflow.sources.bounded import BoundedReadError, read_body
-
-from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -592,8 +591,8 @@ class AdobeImsHook(BaseHook):
         values = {
             "cache_key": settings.cache_key,
             "ciphertext": encrypt_token(token, settings.client_secret, settings.cache_key),
-            "expires_at": datetime.fromtimestamp(token.expires_at, timezone.utc),
-            "minted_at": datetime.fromtimestamp(token.minted_at or time.time(), timezone.utc),
+            "expires_at": datetime.fromtimestamp(token.expires_at, UTC),
+            "minted_at": datetime.fromtimestamp(token.minted_at or time.time(), UTC),
         }
         try:
             with self.token_store.begin() as conn:

@@ -70,7 +70,7 @@ def _extra(conn: Any) -> dict[str, Any]:
     conn_id = getattr(conn, "conn_id", None) or DEFAULT_CONN_ID
     try:
         extra = conn.extra_dejson
-    except Exception as exc:  # noqa: BLE001 - malformed JSON in the extra field
+    except Exception as exc:
         raise UnsubscribeConfigError(f"{conn_id}: extra is not valid JSON ({exc.__class__.__name__})") from None
     if not isinstance(extra, dict):
         raise UnsubscribeConfigError(f"{conn_id}: extra must be a JSON object")

@@ -74,11 +74,11 @@ import json
 import logging
 import re
 import time
-from enum import StrEnum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any, Generator
+from enum import StrEnum
+from typing import Any
 
 import msgspec
 import requests
@@ -140,7 +140,7 @@ class ReadEnd(StrEnum):
 
 # Only the fields that place a line; the body is skipped (and checked to be JSON) unparsed.
 class _Envelope(msgspec.Struct):
-    envelopeType: Any = None  # noqa: N815 - Pipeline's field name
+    envelopeType: Any = None
     partition: Any = None
     offset: Any = None
 

@@ -27,7 +27,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -217,12 +217,12 @@ class LandResult:
 
 def _iso(value: datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def stored_positions(engine: Engine, source_key: str) -> dict[int, str]:
@@ -395,7 +395,7 @@ def _refused(engine: Engine, row: dict[str, Any]) -> BaseException | None:
         trans = conn.begin()
         try:
             conn.execute(insert(event), [row])
-        except Exception as exc:  # noqa: BLE001 - sorted just below
+        except Exception as exc:
             if _content_error(engine, exc):
                 return exc
             if isinstance(exc, IntegrityError):
@@ -571,7 +571,7 @@ def _bump_health(
 
 
 def _bump_hourly(conn, source_key: str, at: datetime, messages: int) -> None:
-    hour = at.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     where = and_(source_hourly.c.source == source_key, source_hourly.c.hour == hour)
     done = conn.execute(update(source_hourly).where(where).values(messages=source_hourly.c.messages + messages))
     if done.rowcount == 0:
@@ -588,7 +588,7 @@ def record_source_failure(engine: Engine, source: TriggerSource, exc: BaseExcept
     try:
         with engine.begin() as conn:
             _bump_health(conn, source, error=f"{exc.__class__.__name__}: {exc}")
-    except Exception:  # noqa: BLE001 - the original exception is re-raised by the caller
+    except Exception:
         log.exception("could not record the source failure in tf_source_health")
 
 

@@ -52,7 +52,7 @@ import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, func, or_, select
@@ -191,7 +191,7 @@ def _profiles_by_key(conn: Connection, column: str, keys: list[str]) -> dict[str
 
 def _sortable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     return value
 
 
@@ -292,7 +292,7 @@ def _recent_sends(conn: Connection, profile_ids: list[str], since: datetime) -> 
         send.c.created_at >= since, send.c.state.in_(_COUNTED_STATES)
     )
     for profile_id, route, trigger_ts, event_id, batch_id, created in select_in(conn, stmt, send.c.profile_id, profile_ids):
-        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+        created = created if created.tzinfo else created.replace(tzinfo=UTC)
         out[profile_id].append(
             {"route": route, "trigger_ts": trigger_ts, "event_id": int(event_id), "batch_id": batch_id, "created_at": created}
         )
@@ -343,7 +343,7 @@ def reconcile_batch(
     max_chunks: int = 16,
     now: datetime | None = None,
 ) -> ReconcileResult:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     with engine.connect() as conn:
         # Decisions that own a ledger row (matched, deferred, duplicate) or suppress a customer are
         # final; a replay re-decides only events not decided yet or that found no profile or route,
@@ -389,7 +389,7 @@ def reconcile_batch(
                     "event": parsed,
                 }
             )
-        except Exception as exc:  # noqa: BLE001 - one event's problem must not stop its batch
+        except Exception as exc:
             decisions[int(event_id)] = _not_reconciled(base, exc)
 
     # every look-up on one connection (one read snapshot; its temporary key tables are its own)
@@ -412,7 +412,7 @@ def reconcile_batch(
         earliest_ts = min((w["trigger_ts"] for w in matched if w["trigger_ts"] is not None), default=None)
         since = now - timedelta(seconds=max(periods, default=0))
         if earliest_ts is not None and windows:
-            since = min(since, datetime.fromtimestamp(earliest_ts / 1000, tz=timezone.utc) - timedelta(seconds=max(windows)))
+            since = min(since, datetime.fromtimestamp(earliest_ts / 1000, tz=UTC) - timedelta(seconds=max(windows)))
         customer_ids = sorted({str(w["profile"]["customer_id"]) for w in matched})
         recent = _recent_sends(conn, customer_ids, since)
         unsubscribed = _unsubscribed(conn, customer_ids)
@@ -427,7 +427,7 @@ def reconcile_batch(
             content = email_content(item["event"], route, catalog_items, locale if isinstance(locale, str) else None)
             outcome = _apply_rules(item, route, suppressed, unsubscribed, recent, now, content)
             row = _ledger_row(item, route, outcome, batch_id) if outcome["decision"] in QUEUED_DECISIONS else None
-        except Exception as exc:  # noqa: BLE001 - one event's problem must not stop its batch
+        except Exception as exc:
             decisions[item["event_id"]] = _not_reconciled(
                 {**_out(item, route), "batch_id": batch_id}, exc
             )
@@ -515,7 +515,7 @@ def catalog_skus(events: Any) -> list[str]:
     for parsed in events:
         try:
             skus.update(event_skus(parsed))
-        except Exception:  # noqa: BLE001 - one event's problem must not stop its batch
+        except Exception:
             log.warning("could not read the SKUs of an event; it is decided on its own")
     return sorted(skus)
 
@@ -586,7 +586,7 @@ def _apply_rules(
         via += f"; {matches} profiles matched, took the first by {column} {'desc' if descending else 'asc'}"
     rules = route.rules
     trigger_ts = item["trigger_ts"]
-    fired = datetime.fromtimestamp(trigger_ts / 1000, tz=timezone.utc) if trigger_ts is not None else None
+    fired = datetime.fromtimestamp(trigger_ts / 1000, tz=UTC) if trigger_ts is not None else None
 
     if rules.validity_s is not None and fired is not None:
         age = (now - fired).total_seconds()
@@ -639,7 +639,7 @@ def _apply_rules(
 def due_scheduled(engine: Engine, now: datetime | None = None, *, exclude_batch: str | None = None) -> list[dict[str, Any]]:
     """``[{"batch_id", "chunk"}]`` of earlier batches holding ``scheduled`` rows now due (their
     quiet hours are over): every run sends what has become due, whichever batch queued it."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     with engine.connect() as conn:
         rows = conn.execute(
             select(send.c.batch_id, send.c.chunk)

@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, insert, select
@@ -146,7 +146,7 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"] + counts["no_products"]
     )
     ages = [
-        (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=timezone.utc)).total_seconds()
+        (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=UTC)).total_seconds()
         for ts, sent_at in sent_rows
         if ts is not None and sent_at is not None
     ]
@@ -239,7 +239,7 @@ def report_batch(
                 balanced=report.balanced,
                 oldest_sent_age_s=c["oldest_sent_age_s"],
                 counts=json.dumps({**c, "balanced": report.balanced, "problems": report.problems}),
-                reported_at=datetime.now(timezone.utc),
+                reported_at=datetime.now(UTC),
             )
         )
         exists = conn.execute(select(func.count()).select_from(batch).where(batch.c.batch_id == batch_id)).scalar_one()
@@ -253,4 +253,4 @@ def report_batch(
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -49,7 +49,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,7 +113,7 @@ class SendResult:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -163,7 +163,7 @@ def _reason(exc: BaseException) -> str:
     """``ExceptionType: message`` as storable, printable text (the message may quote hostile data)."""
     try:
         text = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ must not fail the row's bookkeeping
+    except Exception:
         text = "(message not readable)"
     return clean_reply_text(f"{exc.__class__.__name__}: {text}", limit=1000)
 
@@ -296,7 +296,7 @@ def send_chunk(
                             **list_unsubscribe_headers(unsubscribe_url, opts.unsubscribe_mailto),
                         },
                     ), opts.max_email_bytes)
-                except Exception as exc:  # noqa: BLE001 - hostile data may raise anything; it fails this email only
+                except Exception as exc:
                     reason = _reason(exc)
                     if opts.dry_run:
                         logger.one(row.send_id, "dry-run", detail=f"would fail: {reason}")
@@ -392,7 +392,7 @@ def _chunk_events(engine: Engine, rows: Sequence[Any], routes: dict[str, Any]) -
     for row in rows:
         try:
             events[row.send_id] = parse_envelope(row.payload)
-        except Exception:  # noqa: BLE001 - the row's own render step reports it
+        except Exception:
             log.debug("send %s: payload not parsed for the catalogue look-up", row.send_id)
     wanted = [
         events[row.send_id]
@@ -496,7 +496,7 @@ class _Ledger:
         recorded ``sent`` rather than left ``sending``); the original error is what is raised."""
         try:
             self.commit()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not record the last outcomes of the chunk")
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,7 @@ def request_url_from_connection(conn: Any, *, connect_timeout_s: int = 5) -> str
         parsed = make_url(url_from_connection(conn))
     except StoreConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001 - e.g. a malformed extra.sqlalchemy_url
+    except Exception as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise StoreConfigError(
             f"connection {getattr(conn, 'conn_id', None)!r} does not give a database URL: {first}"
@@ -199,7 +199,7 @@ def _run_data_step(migration: str, conn: Connection) -> None:
 
 def create_schema(engine: Engine) -> None:
     """Create missing tables and apply pending additive migrations (idempotent)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
@@ -231,7 +231,7 @@ def create_schema(engine: Engine) -> None:
                 if index.name in indexes and index.name not in have_idx:
                     conn.execute(CreateIndex(index))
             conn.execute(
-                schema_version.insert().values(migration=migration, applied_at=datetime.now(timezone.utc))
+                schema_version.insert().values(migration=migration, applied_at=datetime.now(UTC))
             )
 
 
@@ -366,7 +366,7 @@ class DriverSession:
                 self.cursor.execute("ROLLBACK")
             else:
                 self.connection.rollback()
-        except Exception:  # noqa: BLE001 - the original error is what matters
+        except Exception:
             pass
 
     def close(self) -> None:
@@ -374,7 +374,7 @@ class DriverSession:
             self.cursor.close()
             if self._pg:
                 self.connection.dbapi_connection.autocommit = False
-        except Exception:  # noqa: BLE001 - a broken connection is discarded by the pool
+        except Exception:
             self.connection.invalidate()
         finally:
             self.connection.close()  # back to the pool, which rolls back anything left open
@@ -573,7 +573,7 @@ def key_table(conn: Connection, keys: Iterable[Any], type_: Any = None) -> Itera
         if conn.dialect.name != "postgresql":
             try:
                 table.drop(conn)
-            except Exception:  # noqa: BLE001 - the original error is what matters
+            except Exception:
                 pass
         raise
     table.drop(conn)

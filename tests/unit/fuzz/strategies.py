@@ -84,16 +84,12 @@ def good_envelope(now_ms: int, shopper_id: str = "SHOP-ADA") -> dict[str, Any]:
 
 def _set(doc: Any, path: tuple[str | int, ...], value: Any) -> None:
     for key in path[:-1]:
-        if isinstance(doc, dict) and key in doc:
-            doc = doc[key]
-        elif isinstance(doc, list) and isinstance(key, int) and key < len(doc):
+        if (isinstance(doc, dict) and key in doc) or (isinstance(doc, list) and isinstance(key, int) and key < len(doc)):
             doc = doc[key]
         else:
             return
     last = path[-1]
-    if isinstance(doc, dict) and isinstance(last, str):
-        doc[last] = value
-    elif isinstance(doc, list) and isinstance(last, int) and last < len(doc):
+    if (isinstance(doc, dict) and isinstance(last, str)) or (isinstance(doc, list) and isinstance(last, int) and last < len(doc)):
         doc[last] = value
 
 

@@ -23,7 +23,7 @@ import json
 import re
 import tempfile
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -45,7 +45,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
 
 # what a valid event must not hold in any key or string: NUL, C0 but tab/LF/CR, DEL, C1, surrogates
 BAD = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 REF = BatchRef(dag_id="trigger_emails", run_id="manual__fuzz")
 

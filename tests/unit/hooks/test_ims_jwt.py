@@ -87,7 +87,7 @@ class RecordingIms:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 outer.calls.append((self.path, {k: v[-1] for k, v in parse_qs(body).items()}))
                 status, payload = outer.reply

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -175,8 +175,8 @@ def test_stored_row_is_keyed_and_encrypted(emu, adobe_conns, store_engine) -> No
     back = decrypt_token(row["ciphertext"], emu.client.client_secret, row["cache_key"])
     assert back is not None and back.access_token == token.access_token
     # the emulator's tokens last 86399 s; the columns say so (SQLite returns naive UTC)
-    expires_at = row["expires_at"].replace(tzinfo=row["expires_at"].tzinfo or timezone.utc).timestamp()
-    minted_at = row["minted_at"].replace(tzinfo=row["minted_at"].tzinfo or timezone.utc).timestamp()
+    expires_at = row["expires_at"].replace(tzinfo=row["expires_at"].tzinfo or UTC).timestamp()
+    minted_at = row["minted_at"].replace(tzinfo=row["minted_at"].tzinfo or UTC).timestamp()
     assert before - 1 <= minted_at <= time.time() + 1
     assert expires_at - minted_at == pytest.approx(86_399, abs=2)
 
@@ -208,7 +208,7 @@ def test_row_that_does_not_decrypt_is_ignored_and_replaced(emu, adobe_conns, sto
     # As if the client secret had been rotated since the row was written.
     hook = AdobeImsHook(token_store=store_engine)
     stale = ImsToken(access_token="minted-under-the-old-secret", expires_at=time.time() + 80_000, minted_at=time.time())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with store_engine.begin() as conn:
         conn.execute(insert(ims_token).values(
             cache_key=hook.cache_key,

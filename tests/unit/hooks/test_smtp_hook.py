@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import smtplib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from include.triggerflow.hooks.smtp import TriggerMailHook
-from include.triggerflow.smtp_replies import accepted
 from include.triggerflow.mailer import build_message
-
+from include.triggerflow.smtp_replies import accepted
 from tests.unit.conftest import FROM_EMAIL, FROM_NAME, smtp_conn
 
 
@@ -18,7 +17,7 @@ def message(to_addr: str = "ada@example.com", subject: str = "Hello Ada") -> byt
     return build_message(
         from_addr=FROM_EMAIL, from_name=FROM_NAME, to_addr=to_addr, subject=subject,
         text="Hi Ada,\nyour cart is waiting.\n", html="<p>Hi Ada</p>\n", message_id="<k1@triggerflow.local>",
-        date=datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc),
+        date=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
     )
 
 

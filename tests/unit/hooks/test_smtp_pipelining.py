@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import smtplib
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -54,7 +54,7 @@ def message(to_addr: str, text: str = "Hi,\nyour cart is waiting.\n") -> bytes:
     return build_message_fast(
         from_addr=FROM_EMAIL, from_name=FROM_NAME, to_addr=to_addr, subject="Hello", text=text,
         html="<p>Hi</p>\n", message_id=f"<{abs(hash((to_addr, text)))}@triggerflow.local>",
-        date=datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc),
+        date=datetime(2026, 3, 1, 12, 0, tzinfo=UTC),
     )
 
 

@@ -5,7 +5,7 @@ working signed links, from AIRFLOW_CONN_* variables as for any hook outside a ta
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -19,7 +19,7 @@ from include.triggerflow.hooks.unsubscribe import (
 from include.triggerflow.unsubscribe import InvalidUnsubscribeToken, UnsubscribeLinks
 
 SECRET = "hook-test-secret-0123456789abcdef"
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def _set_conn(monkeypatch: pytest.MonkeyPatch, conn_id: str = DEFAULT_CONN_ID, **conn: object) -> None:

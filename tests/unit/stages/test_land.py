@@ -9,7 +9,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,10 +18,10 @@ import requests
 from sqlalchemy import update
 
 from devstack.messages import trigger_message
+from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY
 from include.triggerflow.hooks.triggers import TriggerSourceHook
 from include.triggerflow.runtime import batch_ref
 from include.triggerflow.sources.base import Page, RawMessage
-from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY
 from include.triggerflow.stages.land import (
     MAX_MESSAGE_BYTES,
     BatchRef,
@@ -32,10 +32,9 @@ from include.triggerflow.stages.land import (
 )
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.schema import batch, event, quarantine, source_health, source_position
-
 from tests.unit.conftest import envelope_json
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def ref(minute: int = 0, run_id: str | None = None) -> BatchRef:
@@ -268,7 +267,7 @@ def test_first_read_of_a_partition_conflicts_when_another_puller_inserted_it(kit
         # after we read the (empty) positions, another puller lands the first page of partition 0
         with kit.engine.begin() as conn:
             conn.execute(source_position.insert().values(
-                source=ScriptedSource.source_key, partition=0, position="p2", updated_at=datetime.now(timezone.utc)
+                source=ScriptedSource.source_key, partition=0, position="p2", updated_at=datetime.now(UTC)
             ))
         yield from original_read(positions, max_messages)
 
@@ -303,8 +302,8 @@ def test_a_replay_without_a_landed_batch_pulls_nothing_and_says_so(emu, adobe_co
     publisher(1, shopper_id="SHOP-ADA")
     before = emu.client.stats()["journal_requests"]
     replay = BatchRef(dag_id="d", run_id="backfill__x", run_type="backfill",
-                      interval_start=datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc),
-                      interval_end=datetime(2026, 1, 1, 10, 1, tzinfo=timezone.utc))
+                      interval_start=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+                      interval_end=datetime(2026, 1, 1, 10, 1, tzinfo=UTC))
     result = land_batch(kit.engine, TriggerSourceHook().get_source(), replay, allow_pull=False)
     assert (result.exists, result.pulled, result.reused) == (False, 0, False)
     assert "no batch was landed" in (result.note or "")
@@ -337,7 +336,7 @@ def with_timestamp(literal: str) -> str:
 
 
 def good_text() -> str:
-    return json.dumps(hostile_envelope(triggerTimestamp=int(datetime.now(timezone.utc).timestamp() * 1000)))
+    return json.dumps(hostile_envelope(triggerTimestamp=int(datetime.now(UTC).timestamp() * 1000)))
 
 
 BIG = 2_500_000

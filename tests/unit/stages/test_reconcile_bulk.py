@@ -5,7 +5,7 @@ same statuses and quarantine."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from include.triggerflow.store.schema import decision, event, profile_visitor_id
 from include.triggerflow.suppression import add_entries
 from tests.unit.conftest import envelope_json, write_routing
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 
 
@@ -83,11 +83,10 @@ def outcome(kit, batch_id: str) -> tuple:
 
 
 def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.triggerflow.stages import reconcile as reconcile_module
     from include.triggerflow.store.db import create_schema, get_engine
     from tests.conftest import empty_store
     from tests.unit.conftest import StoreKit, load_demo_catalog
-
-    from include.triggerflow.stages import reconcile as reconcile_module
 
     routing = routing_with_fallback(tmp_path)
     results = []

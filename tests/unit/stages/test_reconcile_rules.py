@@ -3,7 +3,7 @@ real store: every event gets one decision whose detail explains it."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from include.triggerflow.store.schema import profile_visitor_ids, send
 from include.triggerflow.suppression import add_entries
 from tests.unit.conftest import decisions_by_event, envelope_json, write_routing
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
 HOUR_MS = 3600 * 1000
 ECID = "12345678901234567890123456789012345678"
@@ -185,19 +185,19 @@ def test_quiet_hours_defer_to_the_end_of_the_window_in_the_customers_zone(kit, t
     kit.add_profiles(ADA, {"customer_id": "C2", "email": "grace@example.com", "shopper_id": "SHOP-GRACE",
                            "timezone": "America/New_York"})
     # 22:30 UTC = 23:30 in Paris (quiet), 17:30 in New York (not quiet)
-    late = datetime(2026, 12, 1, 22, 30, tzinfo=timezone.utc)
+    late = datetime(2026, 12, 1, 22, 30, tzinfo=UTC)
     ms = int(late.timestamp() * 1000)
     got = decide(kit, routing, cart(ts=ms), cart("SHOP-GRACE", ts=ms), now=late)
     assert got[0] == ("deferred", "quiet hours 21:00-08:00 Europe/Paris; scheduled for 2026-12-02T07:00:00+00:00")
     assert got[1][0] == "matched"
     rows = {r["profile_id"]: r for r in kit.rows(send)}
     assert rows["C1"]["state"] == "scheduled"
-    assert rows["C1"]["not_before"].replace(tzinfo=timezone.utc) == datetime(2026, 12, 2, 7, 0, tzinfo=timezone.utc)
+    assert rows["C1"]["not_before"].replace(tzinfo=UTC) == datetime(2026, 12, 2, 7, 0, tzinfo=UTC)
     assert rows["C2"]["state"] == "pending"
     # nothing is due before 07:00 UTC; afterwards the chunk is released to any run
-    assert due_scheduled(kit.engine, datetime(2026, 12, 2, 6, 59, tzinfo=timezone.utc)) == []
-    assert due_scheduled(kit.engine, datetime(2026, 12, 2, 7, 0, tzinfo=timezone.utc)) == [{"batch_id": "b1", "chunk": 0}]
-    assert due_scheduled(kit.engine, datetime(2026, 12, 2, 7, 0, tzinfo=timezone.utc), exclude_batch="b1") == []
+    assert due_scheduled(kit.engine, datetime(2026, 12, 2, 6, 59, tzinfo=UTC)) == []
+    assert due_scheduled(kit.engine, datetime(2026, 12, 2, 7, 0, tzinfo=UTC)) == [{"batch_id": "b1", "chunk": 0}]
+    assert due_scheduled(kit.engine, datetime(2026, 12, 2, 7, 0, tzinfo=UTC), exclude_batch="b1") == []
 
 
 def test_defaults_apply_to_every_route_and_routes_override(tmp_path) -> None:

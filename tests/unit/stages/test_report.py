@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import update
@@ -14,8 +14,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import CountsDoNotBalance, compute_report, report_batch
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.schema import decision, event, run_summary, send
-
-from tests.unit.conftest import send_chunk, envelope_json
+from tests.unit.conftest import envelope_json, send_chunk
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
 
@@ -36,7 +35,7 @@ def test_processed_batch_balances_and_is_stored(kit, routing, smtp) -> None:
         {"customer_id": "C3", "email": "donald@example.com", "shopper_id": "SHOP-OPTOUT", "opted_out": True},
     )
     b = kit.add_batch("b1")
-    now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
     for shopper, age_ms in (("SHOP-ADA", 120_000), ("SHOP-GRACE", 30_000), ("SHOP-OPTOUT", 0), ("SHOP-NOBODY", 0)):
         kit.add_event(b, envelope_json(shopper_id=shopper, triggered_at_ms=now_ms - age_ms), status="landed")
     kit.add_event(b, envelope_json(trigger_id=UNCONFIGURED_TRIGGER_ID), status="landed")
@@ -77,7 +76,7 @@ def test_an_event_never_validated_does_not_balance_and_is_still_recorded(kit) ->
     with kit.engine.begin() as conn:
         conn.execute(decision.insert().values(
             event_id=kit.rows(event, event.c.status == "valid")[0]["event_id"], batch_id=b, decision="unmatched",
-            decided_at=datetime.now(timezone.utc),
+            decided_at=datetime.now(UTC),
         ))
 
     with pytest.raises(CountsDoNotBalance) as info:

@@ -12,13 +12,12 @@ import pytest
 from sqlalchemy import update
 
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
-from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.mailer import message_id_for
 from include.triggerflow.render import Renderer
+from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import SendResult
 from include.triggerflow.store.schema import send
-
 from tests.unit.conftest import (
     FROM_EMAIL,
     FROM_NAME,
@@ -129,7 +128,6 @@ def test_invalid_profile_address_fails_that_row_only(kit, routing, smtp, rendere
 
 def test_a_route_gone_from_the_config_fails_with_a_render_error(kit, routing, smtp, renderer, tmp_path) -> None:
     from include.triggerflow.config import load_routing
-
     from tests.unit.conftest import write_routing
 
     queue(kit, routing, PROFILES[:1])

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from include.triggerflow.hooks.smtp import SmtpOutcome
-from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.render import Renderer
+from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.store.schema import send, send_log, suppression
 from tests.unit.conftest import FROM_EMAIL, envelope_json, send_chunk

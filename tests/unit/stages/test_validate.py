@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,7 +20,7 @@ from include.triggerflow.store.schema import event, quarantine
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
 
 UNCONFIGURED_TRIGGER_ID = "0badc0de-0000-4000-8000-00000000beef"
-RECEIVED = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+RECEIVED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RECEIVED_MS = int(RECEIVED.timestamp() * 1000)
 PIPELINE = "com.adobe.mcloud.pipeline.pipelineMessage"
 BODY = "com.adobe.mcloud.protocol.trigger"
@@ -254,7 +254,7 @@ def test_unconfigured_trigger_without_evar_is_not_quarantined(kit, routing) -> N
 def test_age_is_judged_against_received_at_not_the_wall_clock(kit, routing) -> None:
     """Re-validating an old batch (a replay weeks later) must give the same answer."""
     batch_id = kit.add_batch("b1")
-    long_ago = datetime.now(timezone.utc) - timedelta(days=40)
+    long_ago = datetime.now(UTC) - timedelta(days=40)
     ms = int(long_ago.timestamp() * 1000)
     ok = kit.add_event(batch_id, dumps(good_envelope(triggered_at_ms=ms - 60_000)), status="landed", received_at=long_ago)
     limit = kit.add_event(batch_id, dumps(good_envelope(triggered_at_ms=ms - MAX_AGE_MS)), status="landed", received_at=long_ago)

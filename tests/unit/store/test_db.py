@@ -5,7 +5,7 @@ TRIGGERFLOW_TEST_PG_URL is set)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -102,7 +102,7 @@ def test_create_schema_is_idempotent_and_creates_every_table(store_url: str) -> 
     engine = get_engine(store_url)
     create_schema(engine)
     create_schema(engine)
-    assert STORE_TABLES <= set(inspect(engine).get_table_names())
+    assert set(inspect(engine).get_table_names()) >= STORE_TABLES
     assert set(metadata.tables) == STORE_TABLES
 
 
@@ -124,7 +124,7 @@ def test_describe_hides_the_password() -> None:
 
 # -- insert_ignore -----------------------------------------------------------------------------------
 def _pos(partition: int, position: str = "p1") -> dict:
-    return {"source": "s", "partition": partition, "position": position, "updated_at": datetime.now(timezone.utc)}
+    return {"source": "s", "partition": partition, "position": position, "updated_at": datetime.now(UTC)}
 
 
 def test_insert_ignore_returns_the_number_of_new_rows(store_engine) -> None:
@@ -152,7 +152,7 @@ def test_a_database_error_never_carries_the_bound_values(store_engine) -> None:
     from include.triggerflow.store.schema import profiles
 
     row = {"customer_id": "C1", "email": "private.person@example.com", "first_name": "Privatename",
-           "opted_out": False, "updated_at": datetime.now(timezone.utc)}
+           "opted_out": False, "updated_at": datetime.now(UTC)}
     with store_engine.begin() as conn:
         conn.execute(insert(profiles).values(row))
     with pytest.raises(IntegrityError) as info, store_engine.begin() as conn:

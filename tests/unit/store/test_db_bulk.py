@@ -6,7 +6,7 @@ the test run (SQLite, or PostgreSQL when TRIGGERFLOW_TEST_PG_URL is set)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -23,7 +23,7 @@ from include.triggerflow.store.db import (
 )
 from include.triggerflow.store.schema import batch, event, send, send_log
 
-NOW = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
 ODD_TEXT = ["plain", "tab\there", "new\nline", "cr\rlf\r\n", "back\\slash \\N \\.", "ünïcødé ✓ 😀", "", "\\", "'quote\"", None]
 
 
@@ -66,7 +66,7 @@ def test_bulk_insert_stores_what_core_stores(store_engine) -> None:
     core = [r for r in rows if r["batch_id"] == "core"]
     bulk = [r for r in rows if r["batch_id"] == "bulk"]
     assert without(bulk, "event_id", "batch_id", "source") == without(core, "event_id", "batch_id", "source")
-    assert bulk[0]["received_at"].replace(tzinfo=timezone.utc) == NOW  # microseconds kept
+    assert bulk[0]["received_at"].replace(tzinfo=UTC) == NOW  # microseconds kept
 
 
 def test_bulk_insert_fills_column_defaults_like_core(store_engine) -> None:
@@ -90,9 +90,8 @@ def test_bulk_insert_conflict_raises_integrity_error_and_ignore_skips(store_engi
     add_batch(store_engine)
     with store_engine.begin() as conn:
         bulk_insert(conn, event, event_rows("b1", 5))
-    with pytest.raises(IntegrityError):
-        with store_engine.begin() as conn:
-            bulk_insert(conn, event, event_rows("b1", 3, start=4))  # p000004 is already there
+    with pytest.raises(IntegrityError), store_engine.begin() as conn:
+        bulk_insert(conn, event, event_rows("b1", 3, start=4))  # p000004 is already there
     assert len(stored(store_engine, event, event.c.event_id)) == 5  # the failed insert rolled back
 
     with store_engine.begin() as conn:
