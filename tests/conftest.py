@@ -19,6 +19,9 @@ import pytest
 
 from tests.support import UNSUBSCRIBE_CONN_JSON
 
+# fixtures shared by every folder (the store kit, the emulator and SMTP sink processes...)
+pytest_plugins = ["tests.fixtures"]
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Airflow reads its configuration at import time: point it at a private home before any test

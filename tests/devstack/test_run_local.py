@@ -32,7 +32,7 @@ from include.triggerflow.config import load_routing
 from include.triggerflow.profiles import load_profiles_csv
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.validate import validate_batch
-from tests.unit.conftest import StoreKit
+from tests.fixtures import StoreKit
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

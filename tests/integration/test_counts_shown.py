@@ -27,7 +27,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import report_batch
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.status import build_status
-from tests.unit.conftest import StoreKit
+from tests.fixtures import StoreKit
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -18,7 +18,7 @@ from include.triggerflow.render import Renderer
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import RelayRefusing, SendOptions
 from include.triggerflow.store.schema import decision, send_log, suppression
-from tests.unit.conftest import (  # noqa: F401 - fixtures
+from tests.fixtures import (  # noqa: F401 - fixtures
     SEND_PROFILES,
     envelope_json,
     kit,

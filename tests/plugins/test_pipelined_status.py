@@ -33,7 +33,7 @@ from tests.plugins.conftest import load_plugin
 from tests.support import captured_sql
 
 # The emulator and store fixtures of tests/unit (a conftest there, not on this folder's path).
-from tests.unit.conftest import (  # noqa: F401
+from tests.fixtures import (  # noqa: F401
     adobe_conns,
     emu,
     emulator_process,

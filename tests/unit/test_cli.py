@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import insert, inspect
 
 from include.triggerflow.store.schema import quarantine, run_summary
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER = "customer_id,email,first_name,shopper_id,opted_out"

@@ -20,7 +20,7 @@ from sqlalchemy import insert
 from devstack.processes import RunningSmtpSink
 from include.triggerflow.preview import DEFAULT_UNSUBSCRIBE_URL, SAMPLES_DIR
 from include.triggerflow.store.schema import catalog
-from tests.unit.conftest import smtp_conn
+from tests.fixtures import smtp_conn
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

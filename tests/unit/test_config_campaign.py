@@ -495,7 +495,7 @@ def test_campaign_routes_drive_reconciliation(tmp_path: Path, kit, demo_catalog)
     from devstack.messages import CART_ABANDONMENT_TRIGGER_ID
     from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.schema import decision, send
-    from tests.unit.conftest import envelope_json
+    from tests.fixtures import envelope_json
 
     text = option(triggers_topic({"name": CART_ABANDONMENT_TRIGGER_ID, "jsConnector": "cus:triggers.js"}))
     config = load_routing(write(tmp_path, HANDLERS, text), templates_dir=TEMPLATES_DIR)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from include.triggerflow.events import loads_json, parse_envelope
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 EDGE_CASES = [
     '{"a":1,"a":2}', '{"a":123456789012345678901234567890}', '{"a":-9223372036854775809}', '{"a":18446744073709551616}',

@@ -17,7 +17,7 @@ from include.triggerflow import render as R
 from include.triggerflow.config import load_routing
 from include.triggerflow.content import ProductSource
 from include.triggerflow.events import parse_envelope
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 UNSUB = "http://localhost:8080/triggerflow/unsubscribe/?token=v1.abc.def"
 NAMES = ["Ada", "Zoë", None, "", "<b>Bold</b> & Co", "O'Brien \"Jr\""]

@@ -12,7 +12,7 @@ from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.sla import latency_summary, oldest_waiting, percentile
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.store.schema import alert, send, send_log
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 MS = int(NOW.timestamp() * 1000)

@@ -28,7 +28,7 @@ from include.triggerflow.store.schema import (
     send,
     source_stats,
 )
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

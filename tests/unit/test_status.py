@@ -52,7 +52,7 @@ from include.triggerflow.store.schema import (
     source_position,
 )
 from tests.support import captured_sql
-from tests.unit.conftest import envelope_json, send_chunk
+from tests.fixtures import envelope_json, send_chunk
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SETTINGS = {"flush-pointer-msg-count": 2, "retry-period-ms": 10_000}

@@ -117,7 +117,7 @@ def test_when_forms() -> None:
 def test_reconcile_ignores_expired_entries(kit, routing, demo_catalog) -> None:
     from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.schema import decision
-    from tests.unit.conftest import envelope_json
+    from tests.fixtures import envelope_json
 
     kit.add_profiles({"customer_id": "C1", "email": "ada@example.com", "shopper_id": "SHOP-1"},
                      {"customer_id": "C2", "email": "bob@example.com", "shopper_id": "SHOP-2"})

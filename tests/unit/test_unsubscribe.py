@@ -29,7 +29,7 @@ from include.triggerflow.unsubscribe import (
     redact_token,
     token_key_for,
 )
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 SECRET = "unit-test-secret-0123456789abcdef"
 BASE = "https://airflow.example.com"

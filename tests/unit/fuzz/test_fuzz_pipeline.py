@@ -37,7 +37,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.db import create_schema, get_engine
 from include.triggerflow.store.schema import decision, event, quarantine
-from tests.unit.conftest import BASE_PROFILE, load_demo_catalog
+from tests.fixtures import BASE_PROFILE, load_demo_catalog
 from tests.unit.fuzz.strategies import dumps, good_envelope, hostile_payloads
 
 # GX 1.x deprecates the string row_condition the suite uses; the warning comes through pydantic.

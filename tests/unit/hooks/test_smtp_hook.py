@@ -10,7 +10,7 @@ import pytest
 from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.mailer import build_message
 from include.triggerflow.smtp_replies import accepted
-from tests.unit.conftest import FROM_EMAIL, FROM_NAME, smtp_conn
+from tests.fixtures import FROM_EMAIL, FROM_NAME, smtp_conn
 
 
 def message(to_addr: str = "ada@example.com", subject: str = "Hello Ada") -> bytes:

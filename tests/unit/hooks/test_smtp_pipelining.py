@@ -14,7 +14,7 @@ from include.triggerflow.hooks import smtp as smtp_module
 from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
 from include.triggerflow.mailer import build_message_fast
 from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
-from tests.unit.conftest import FROM_EMAIL, FROM_NAME, smtp_conn
+from tests.fixtures import FROM_EMAIL, FROM_NAME, smtp_conn
 
 ACCEPTED = accepted()
 

@@ -2,7 +2,7 @@
 
 Connections come from AIRFLOW_CONN_* variables (JSON), as for any Airflow hook outside a task.
 Building a source makes no network call; the token provider is checked against the real
-emulator (fixtures ``emu``/``adobe_conns`` from tests/unit/conftest.py)."""
+emulator (fixtures ``emu``/``adobe_conns`` from tests/fixtures.py)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import compute_report
 from include.triggerflow.store.schema import send
 from tests.support import captured_sql
-from tests.unit.conftest import (
+from tests.fixtures import (
     decisions_by_event,
     envelope_json,
     ledger_rows,

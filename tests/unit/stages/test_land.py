@@ -32,7 +32,7 @@ from include.triggerflow.stages.land import (
 )
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.schema import batch, event, quarantine, source_health, source_position
-from tests.unit.conftest import envelope_json
+from tests.fixtures import envelope_json
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

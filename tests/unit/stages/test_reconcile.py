@@ -11,7 +11,7 @@ from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TR
 from include.triggerflow.config import load_routing
 from include.triggerflow.stages.reconcile import ReconcileResult, idempotency_key, reconcile_batch
 from include.triggerflow.store.schema import decision, send
-from tests.unit.conftest import decisions_by_event, envelope_json, write_routing
+from tests.fixtures import decisions_by_event, envelope_json, write_routing
 
 UNCONFIGURED_TRIGGER_ID = "0badc0de-0000-4000-8000-00000000beef"
 TS = 1_772_366_340_000  # 2026-03-01T11:59:00Z

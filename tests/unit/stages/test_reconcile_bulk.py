@@ -17,7 +17,7 @@ from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store import db
 from include.triggerflow.store.schema import decision, event, profile_visitor_ids, quarantine, send, unsubscribe
 from include.triggerflow.suppression import add_entries
-from tests.unit.conftest import envelope_json, write_routing
+from tests.fixtures import envelope_json, write_routing
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -86,7 +86,7 @@ def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monke
     from include.triggerflow.stages import reconcile as reconcile_module
     from include.triggerflow.store.db import create_schema, get_engine
     from tests.conftest import empty_store
-    from tests.unit.conftest import StoreKit, load_demo_catalog
+    from tests.fixtures import StoreKit, load_demo_catalog
 
     routing = routing_with_fallback(tmp_path)
     results = []

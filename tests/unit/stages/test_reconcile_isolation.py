@@ -20,7 +20,7 @@ from include.triggerflow.stages import reconcile as reconcile_module
 from include.triggerflow.stages.reconcile import NOT_RECONCILED, reconcile_batch, store_text
 from include.triggerflow.stages.report import compute_report
 from include.triggerflow.store.schema import decision, event, send
-from tests.unit.conftest import decisions_by_event, envelope_json, write_routing
+from tests.fixtures import decisions_by_event, envelope_json, write_routing
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

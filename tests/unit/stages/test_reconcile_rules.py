@@ -14,7 +14,7 @@ from include.triggerflow.config import load_routing
 from include.triggerflow.stages.reconcile import due_scheduled, reconcile_batch
 from include.triggerflow.store.schema import profile_visitor_ids, send
 from include.triggerflow.suppression import add_entries
-from tests.unit.conftest import decisions_by_event, envelope_json, write_routing
+from tests.fixtures import decisions_by_event, envelope_json, write_routing
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)

@@ -14,7 +14,7 @@ from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import CountsDoNotBalance, compute_report, report_batch
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.store.schema import decision, event, run_summary, send
-from tests.unit.conftest import envelope_json, send_chunk
+from tests.fixtures import envelope_json, send_chunk
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pydantic.*")
 

@@ -18,7 +18,7 @@ from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import SendResult
 from include.triggerflow.store.schema import send
-from tests.unit.conftest import (
+from tests.fixtures import (
     FROM_EMAIL,
     FROM_NAME,
     SEND_PROFILES,
@@ -128,7 +128,7 @@ def test_invalid_profile_address_fails_that_row_only(kit, routing, smtp, rendere
 
 def test_a_route_gone_from_the_config_fails_with_a_render_error(kit, routing, smtp, renderer, tmp_path) -> None:
     from include.triggerflow.config import load_routing
-    from tests.unit.conftest import write_routing
+    from tests.fixtures import write_routing
 
     queue(kit, routing, PROFILES[:1])
     only_browse = load_routing(write_routing(tmp_path / "routing.yaml", [{

@@ -18,7 +18,7 @@ from include.triggerflow.render import Renderer
 from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.store.schema import send, send_log, suppression
-from tests.unit.conftest import FROM_EMAIL, envelope_json, send_chunk
+from tests.fixtures import FROM_EMAIL, envelope_json, send_chunk
 
 PROFILES = [
     {"customer_id": f"C{i}", "email": f"c{i}@example.com", "first_name": f"N{i}", "shopper_id": f"SHOP-{i}"}
