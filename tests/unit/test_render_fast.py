@@ -1,5 +1,5 @@
 """The renderer's shortcuts give exactly what plain Jinja and the uncached filters give: templates
-rendered through render._render_template (flattened globals, the direct call of built-in methods)
+rendered through render.renderer._render_template (flattened globals, the direct call of built-in methods)
 against Template.render, and the memoised money / http_url filters against their computations."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from include.triggerflow import render as R
 from include.triggerflow.config import load_routing
 from include.triggerflow.content import ProductSource
 from include.triggerflow.events import parse_envelope
+from include.triggerflow.render import filters
+from include.triggerflow.render import renderer as render_module
 from tests.fixtures import envelope_json
 
 UNSUB = "http://localhost:8080/triggerflow/unsubscribe/?token=v1.abc.def"
@@ -63,7 +65,7 @@ def test_templates_render_as_with_plain_jinja(seed: int) -> None:
         reference = plain.compiled(route, locale)
         for fast_template, reference_template in ((fast.subject, reference.subject), (fast.text, reference.text),
                                                   (fast.html, reference.html)):
-            assert R._render_template(fast_template, context) == plain_render(reference_template, context)
+            assert render_module._render_template(fast_template, context) == plain_render(reference_template, context)
         assert renderer.render(route, context, locale) == plain.render(route, context, locale)
 
 
@@ -73,7 +75,7 @@ def test_errors_are_the_same_as_with_plain_jinja() -> None:
     del context["unsubscribe_url"]
     compiled = renderer.compiled(route, locale)
     with pytest.raises(jinja2.UndefinedError) as fast:
-        R._render_template(compiled.text, context)
+        render_module._render_template(compiled.text, context)
     with pytest.raises(jinja2.UndefinedError) as reference:
         plain_render(compiled.text, context)
     assert str(fast.value) == str(reference.value)
@@ -101,7 +103,7 @@ def test_money_is_the_same_with_and_without_the_memo(value: Any, symbol: str, lo
         except Exception as exc:
             return type(exc), str(exc)
 
-    assert outcome(R.money) == outcome(R._money) == outcome(R.money)  # twice: the second from the memo
+    assert outcome(R.money) == outcome(filters._money) == outcome(R.money)  # twice: the second from the memo
 
 
 @pytest.mark.parametrize(
@@ -111,5 +113,17 @@ def test_money_is_the_same_with_and_without_the_memo(value: Any, symbol: str, lo
      "https://[::1]:80/x", "https://[bad/x", "x" * 3000],
 )
 def test_http_url_is_the_same_with_and_without_the_memo(value: Any) -> None:
-    uncached = R._check_http_url(value) if isinstance(value, str) else ""
+    uncached = filters._check_http_url(value) if isinstance(value, str) else ""
     assert R.http_url(value) == uncached == R.http_url(value)
+
+
+@pytest.mark.parametrize("locale", ["en", "fr", "fr-CA", "de", "de-CH", "es", "it", "nl", "pt", "en-IN", "ja", "sr-Latn"])
+@pytest.mark.parametrize("amount", ["0.00", "0.01", "-3.50", "1234.50", "-1234567.89", "9999999999.99"])
+def test_money_is_babels_format_currency(locale: str, amount: str) -> None:
+    """The filter applies the locale's CLDR currency pattern itself (no currency look-ups, the
+    symbol as given): the result is exactly babel.numbers.format_currency's."""
+    from babel.numbers import format_currency
+
+    slot = "\ue000"  # not an ISO code: Babel prints it as given, like the filter prints its symbol
+    expected = format_currency(Decimal(amount), slot, locale=locale.replace("-", "_"), currency_digits=False)
+    assert R.money(amount, "CHF", locale) == expected.replace(slot, "CHF")

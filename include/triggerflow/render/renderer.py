@@ -1,80 +1,51 @@
-"""Render a route's email (subject, text and HTML parts) from a profile and a trigger event.
+"""The renderer: a route's templates compiled once per (route, variant) and rendered per email.
 
 Everything in the context comes from Adobe events or customer profiles, so it is untrusted:
 
 * HTML templates are autoescaped (by file extension); templates never mark data ``|safe``.
 * The subject is a mail header, so it is rendered without HTML escaping and refused when it would
-  contain CR, LF, NUL or another line separator (U+2028...): header injection is impossible by
-  construction, whatever a profile holds.
+  contain CR, LF, NUL or another line separator (``headers.LINE_BREAKS``, U+2028...): header
+  injection is impossible by construction, whatever a profile holds.
 * ``StrictUndefined`` turns a missing variable into an error. A template bug or a missing profile
   column raises :class:`TemplateRenderError`; it never produces a blank or half-filled email.
 
 **Locale variants.** A route's folder holds the default pair ``email.html``/``email.txt`` and may
 hold variants ``email.<tag>.html``/``email.<tag>.txt`` (``email.fr.html``, ``email.fr-CA.html``).
-The profile's locale (``fr_CA``, ``FR-ca``...) is normalised by :func:`locale_chain` into the
+The profile's locale (``fr_CA``, ``FR-ca``...) is turned by :func:`filters.locale_chain` into the
 candidates, most specific first (``["fr-CA", "fr"]``); the first candidate with *both* files wins,
 else the default pair. A variant is chosen as a pair so the text and HTML parts of one email never
 speak different languages. The subject follows the same choice through ``route.subjects``.
 
-The send stage renders thousands of emails per task, so a :class:`Renderer` compiles the templates
-of each (route, variant) once and keeps them; the variants present in a folder are listed once.
+The send stage renders thousands of emails per task (its hot path), so a :class:`Renderer`
+compiles the templates of each (route, variant) once and keeps them, lists the variants of a
+folder once, and remembers the compiled route per (route, profile locale).
 """
 
 from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
 from pathlib import Path
 from types import BuiltinMethodType, TracebackType
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, select_autoescape
 
 from include.triggerflow import TEMPLATES_DIR
-from include.triggerflow.content import clean_display_text, email_content
+from include.triggerflow.headers import has_line_break
+from include.triggerflow.locales import normalize_locale
+from include.triggerflow.render.filters import FILTERS, locale_chain
 
 if TYPE_CHECKING:
     from include.triggerflow.config import TriggerRoute
-    from include.triggerflow.content import EmailContent
-    from include.triggerflow.events import TriggerEvent
 
-__all__ = [
-    "DEFAULT_DATETIME_FORMAT",
-    "DEFAULT_LOCAL_DATETIME_FORMAT",
-    "FILTERS",
-    "CompiledRoute",
-    "RenderedEmail",
-    "Renderer",
-    "TemplateRenderError",
-    "build_context",
-    "datetime_format",
-    "http_url",
-    "local_datetime",
-    "locale_chain",
-    "money",
-    "normalize_locale",
-]
+__all__ = ["CompiledRoute", "RenderedEmail", "Renderer", "TemplateRenderError"]
 
-DEFAULT_DATETIME_FORMAT = "%d %b %Y %H:%M UTC"
-#: ``%Z`` prints the zone's abbreviation (``CET``, ``EDT``) or ``UTC`` after the fallback.
-DEFAULT_LOCAL_DATETIME_FORMAT = "%d %b %Y %H:%M %Z"
 HTML_TEMPLATE = "email.html"
 TEXT_TEMPLATE = "email.txt"
-# CR, LF, NUL and every other character str.splitlines() breaks on (VT, FF, FS, GS, RS, NEL, U+2028/9).
-_HEADER_BREAKS = ("\r", "\n", "\0", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
-
-# BCP 47-ish: a 2-3 letter language, then subtags of 2-8 letters or digits. Only such a tag is ever
-# put into a template file name, so no profile value can name a path ("../", "/", "\\", ".").
-_LOCALE_RE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
-_MAX_LOCALE_CHARS = 35  # RFC 5646 advises supporting tags of at least 35 characters
 _VARIANT_RE = re.compile(r"email\.(?P<tag>[^./\\]+)\.(?P<ext>html|txt)")
 
 
@@ -110,49 +81,11 @@ class CompiledRoute:
     subject_locale: str | None = None
 
 
-# -- locales -----------------------------------------------------------------------------------------
-def normalize_locale(locale: Any) -> str | None:
-    """``fr_CA``, ``FR-ca``, `` fr-CA `` → ``fr-CA``; None for anything that is not a plain tag.
-
-    Case follows BCP 47 conventions (language lower, 2-letter region upper, 4-letter script title)
-    so that ``email.fr-CA.html`` is found on case-sensitive file systems whatever the profile holds.
-    POSIX suffixes (``fr_FR.UTF-8``, ``de_DE@euro``) are refused, not guessed at.
-    """
-    if not isinstance(locale, str):
-        return None
-    text = locale.strip().replace("_", "-")
-    if not text or len(text) > _MAX_LOCALE_CHARS or not _LOCALE_RE.fullmatch(text):
-        return None
-    first, *rest = text.split("-")
-    parts = [first.lower()]
-    for sub in rest:
-        if len(sub) == 2 and sub.isalpha():
-            parts.append(sub.upper())
-        elif len(sub) == 4 and sub.isalpha():
-            parts.append(sub.title())
-        else:
-            parts.append(sub.lower())
-    return "-".join(parts)
-
-
-def locale_chain(locale: str | None) -> list[str]:
-    """The variant tags to try for a profile locale, most specific first: ``fr_CA`` →
-    ``["fr-CA", "fr"]``; ``[]`` for None, blank or anything that is not a BCP 47-ish tag.
-
-    Every tag returned matches ``[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*``: it is safe in a file name.
-    """
-    tag = normalize_locale(locale)
-    if tag is None:
-        return []
-    parts = tag.split("-")
-    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
-
-
 def _route_subjects(route: TriggerRoute) -> dict[str, str]:
     """``{normalised tag: subject template}`` from ``route.subjects``.
 
-    Read with getattr: routes built before the field existed (or by tests) have none. A tag that
-    does not normalise is skipped here; the routing loader is where config typos are reported.
+    A malformed item or a tag that does not normalise is skipped here; the routing loader is where
+    config typos are reported.
     """
     subjects: dict[str, str] = {}
     for item in route.subjects:
@@ -164,225 +97,6 @@ def _route_subjects(route: TriggerRoute) -> dict[str, str]:
         if key is not None and isinstance(text, str) and key not in subjects:
             subjects[key] = text
     return subjects
-
-
-# -- filters -----------------------------------------------------------------------------------------
-def _raise_if_undefined(value: Any) -> None:
-    # str() on a StrictUndefined raises UndefinedError naming the missing variable, which is far more
-    # useful than a filter complaining about a value of type "StrictUndefined".
-    if isinstance(value, jinja2.Undefined):
-        str(value)
-
-
-# (thousands separator, decimal mark, symbol after the amount) by language; anything else: English.
-_MONEY_STYLES: dict[str, tuple[str, str, bool]] = {
-    "en": (",", ".", False),
-    "fr": ("\u202f", ",", True),  # narrow no-break space, as French typography writes 1 234,50 €
-    "de": (".", ",", True),
-    "es": (".", ",", True),
-    "it": (".", ",", True),
-    "nl": (".", ",", False),
-    "pt": (".", ",", True),
-}
-
-
-def money(value: Any, symbol: str = "$", locale: str | None = None) -> str:
-    """``19.5`` → ``$19.50``: two decimals (half-up), thousands separators, the symbol before the amount.
-
-    ``locale`` (a tag such as ``fr`` or ``fr-CA``; its language decides) switches to that language's
-    separators and symbol position: ``money(1234.5, "$", "fr")`` → ``1 234,50 $``, so a translated
-    template does not show English number formatting. The currency itself is the caller's choice.
-
-    Accepts int, float, Decimal and numeric strings (event payloads carry prices either way); anything
-    else raises ValueError so a garbled price fails the render instead of showing a wrong amount.
-    """
-    _raise_if_undefined(value)
-    if type(value) in _CACHEABLE_AMOUNTS and type(symbol) is str and (locale is None or type(locale) is str):
-        # Prices repeat (a catalog): remember the formatted amounts (bounded; errors are not cached).
-        return _money_cached(value, symbol, locale)
-    return _money(value, symbol, locale)
-
-
-def _money(value: Any, symbol: str, locale: str | None) -> str:
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"money: {value!r} is not a number")
-    try:
-        # str() first so a float such as 2.675 rounds as written, not as its binary approximation.
-        amount = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except InvalidOperation:
-        raise ValueError(f"money: {str(value)[:40]!r} is not a number") from None
-    if not amount.is_finite():
-        raise ValueError(f"money: {value!r} is not a finite number")
-    amount = amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
-    sign = "-" if amount < 0 else ""
-    chain = locale_chain(locale)
-    thousands, decimal_mark, after = _MONEY_STYLES.get(chain[-1] if chain else "en", _MONEY_STYLES["en"])
-    digits = f"{abs(amount):,.2f}"
-    if (thousands, decimal_mark) != (",", "."):
-        digits = digits.replace(",", "\0").replace(".", decimal_mark).replace("\0", thousands)
-    if after:
-        return f"{sign}{digits}\u00a0{symbol}" if symbol else f"{sign}{digits}"
-    return f"{sign}{symbol}{digits}"
-
-
-# What JSON payloads carry. typed: 1 and 1.0 are different keys, as are "1" and 1; equal floats
-# (0.0 and -0.0 too) format the same.
-_CACHEABLE_AMOUNTS = frozenset({int, float, str})
-_money_cached = lru_cache(maxsize=4096, typed=True)(_money)
-
-
-def _aware(value: Any, filter_name: str) -> datetime:
-    _raise_if_undefined(value)
-    if not isinstance(value, datetime):
-        raise TypeError(f"{filter_name}: expected a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{filter_name}: naive datetime (no time zone)")
-    return value
-
-
-def datetime_format(value: Any, fmt: str = DEFAULT_DATETIME_FORMAT) -> str:
-    """strftime on an aware datetime, converted to UTC first (the default format says "UTC").
-
-    Naive datetimes are refused: their time zone is unknown, so printing them as UTC could be wrong.
-    """
-    return _aware(value, "datetime_format").astimezone(UTC).strftime(fmt)
-
-
-@lru_cache(maxsize=512)
-def _zone(name: str) -> tzinfo:
-    """The zone called ``name``, or UTC when it is not a zone this machine knows.
-
-    Cached (bounded) because the send stage converts one time per email; zoneinfo refuses keys that
-    would leave its data directory (``../``, absolute paths) with ValueError, caught like a typo.
-    """
-    key = name.strip()
-    if not key or len(key) > 64:
-        return UTC
-    try:
-        return ZoneInfo(key)
-    except (ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
-        return UTC
-
-
-def local_datetime(value: Any, tz_name: Any = None, fmt: str = DEFAULT_LOCAL_DATETIME_FORMAT) -> str:
-    """strftime of an aware datetime in the customer's time zone (an IANA name, ``Europe/Paris``).
-
-    A blank, unknown or non-string zone falls back to UTC, and the default format's ``%Z`` then says
-    ``UTC``: a profile with a bad ``timezone`` column still gets a correct (if less friendly) time,
-    never a failed email. A naive datetime is refused as in :func:`datetime_format`; a *missing*
-    variable (StrictUndefined) still raises, because that is a template or context bug.
-    """
-    moment = _aware(value, "local_datetime")
-    _raise_if_undefined(tz_name)
-    zone = _zone(tz_name) if isinstance(tz_name, str) else UTC
-    return moment.astimezone(zone).strftime(fmt)
-
-
-def http_url(value: Any, required: bool = False) -> str:
-    """The value if it is an absolute http(s) URL, else ``""`` (or ValueError when ``required``).
-
-    Autoescaping stops a URL from breaking out of an ``href`` attribute but not ``javascript:`` or
-    ``data:`` URLs, so links built from event data go through this filter first. ``required=True`` is
-    for links an email must not go out without (the unsubscribe link): an empty ``href`` there would
-    be a silent compliance failure, so the render fails instead.
-    """
-    _raise_if_undefined(value)
-    result = _http_url(value)
-    if required and not result:
-        shown = value if not isinstance(value, str) else (value if len(value) <= 80 else value[:80] + "...")
-        raise ValueError(f"http_url: {shown!r} is not an absolute http(s) URL")
-    return result
-
-
-# Whitespace (exactly what str.isspace() matches: both use Py_UNICODE_ISSPACE), C0 controls and DEL.
-_URL_REFUSED = re.compile(r"[\s\x00-\x1f\x7f]")
-
-
-def _http_url(value: Any) -> str:
-    if not isinstance(value, str):
-        return ""
-    if type(value) is str and len(value) <= _URL_CACHE_MAX_CHARS:
-        # Every email checks the same catalog and page URLs: remember the answers (bounded).
-        return _http_url_cached(value)
-    return _check_http_url(value)
-
-
-_URL_CACHE_MAX_CHARS = 2048
-
-
-def _check_http_url(value: str) -> str:
-    text = value.strip()
-    if not text or _URL_REFUSED.search(text) is not None:
-        return ""
-    try:
-        parts = urlsplit(text)
-    except ValueError:
-        return ""
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return ""
-    return text
-
-
-_http_url_cached = lru_cache(maxsize=4096)(_check_http_url)
-
-
-def last_page_ending(pages: Any, suffix: str, default: str = "") -> str:
-    """The last http(s) page URL of ``pages`` whose path ends with ``suffix`` (case-insensitive,
-    trailing "/" ignored), else ``default``: e.g. the cart page a visitor left, for the button."""
-    _raise_if_undefined(pages)
-    found = default
-    for page in pages or ():
-        url = http_url(page)
-        if url and url.rstrip("/").lower().endswith(suffix.lower()):
-            found = url
-    return found
-
-
-FILTERS: dict[str, Callable[..., Any]] = {
-    "money": money,
-    "datetime_format": datetime_format,
-    "local_datetime": local_datetime,
-    "http_url": http_url,
-    "last_page_ending": last_page_ending,
-}
-
-
-# -- context -----------------------------------------------------------------------------------------
-def build_context(
-    *,
-    profile: Mapping[str, Any],
-    event: TriggerEvent,
-    route: TriggerRoute,
-    content: EmailContent | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The template context: ``profile``, ``event`` (a plain dict view of the trigger), ``links``
-    (the route's configured URLs) and ``extra``.
-
-    Nothing of the event's payload reaches the context except through ``content``
-    (:func:`content.email_content`): its products, pages and dimensions, every URL checked against
-    the route's link_hosts. The send stage passes the content it built with the chunk's catalogue;
-    without one it is built here with an empty catalogue (a catalogue-mode route then shows no
-    products). ``extra`` (e.g. ``unsubscribe_url``, which the base layouts require) is merged at
-    the top level, last, so a caller can override.
-    """
-    if content is None:
-        locale = profile.get("locale")
-        content = email_content(event, route, {}, locale if isinstance(locale, str) else None)
-    return {
-        "profile": dict(profile),
-        "event": {
-            # a catch-all route takes any trigger id: then it is event text like any other
-            "trigger_id": route.trigger_id if not route.is_catch_all else clean_display_text(event.trigger_id)[0],
-            "name": route.name,
-            "triggered_at": event.triggered_at,
-            "pages": list(content.pages),
-            "products": [product.as_context() for product in content.products],
-            "dimensions": {name: list(values) for name, values in content.dimensions.items()},
-        },
-        "links": dict(content.links),
-        **(extra or {}),
-    }
 
 
 # -- renderer ----------------------------------------------------------------------------------------
@@ -583,7 +297,7 @@ class Renderer:
         compiled = self._compiled_for(route, locale)
         label = _subject_label(compiled.subject_locale)
         subject = self._render(route, compiled.subject, label, context).strip()
-        if any(char in subject for char in _HEADER_BREAKS):
+        if has_line_break(subject):
             raise TemplateRenderError(
                 f"route {route.name!r}: {label} would contain a line break (CR, LF, NUL or another line separator) after "
                 f"rendering; refusing to build a Subject header from it: {subject[:80]!r}",
@@ -654,7 +368,7 @@ def _render_template(template: Template, context: Mapping[str, Any]) -> str:
     environment = template.environment
     ctx = environment.context_class(environment, {**flat, **context}, template.name, template.blocks, globals=flat)
     try:
-        return environment.concat(template.root_render_func(ctx))  # type: ignore[attr-defined]
+        return environment.concat(template.root_render_func(ctx))
     except Exception:
         environment.handle_exception()
         raise  # pragma: no cover - handle_exception always raises
