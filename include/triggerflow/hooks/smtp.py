@@ -19,29 +19,112 @@ same commands go one by one.
 class. A broken connection raises, and *where* it broke matters (RFC 1047): before the final "."
 was written the message cannot have arrived (``SMTPServerDisconnected``, a safe resend); after it
 and before the reply the server may have queued it (:class:`DeliveryUncertain`).
+
+**The client.** The provider (3.2) keeps its smtplib client private (``get_conn()`` returns the hook,
+and its own ``test_connection`` reads ``_smtp_client``), so the session opens its own client from the
+provider's *public* connection properties (``host``, ``port``, ``use_ssl``, ``smtp_starttls``,
+``timeout``, ``smtp_user``/``smtp_password``, ``ssl_context``, ``auth_type``/``access_token``,
+``smtp_retry_limit``): SSL unless ``disable_ssl``, STARTTLS on a plain connection unless
+``disable_tls``, login when both login and password are set. ``cli test-send`` uses the same hook,
+with its ``--smtp-host/--smtp-port/--from`` flags as keyword overrides.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import smtplib
+import ssl
 from dataclasses import replace
+from functools import cached_property
+from typing import TYPE_CHECKING
 
-from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.providers.common.compat.sdk import AirflowNotFoundException
+from airflow.providers.smtp.hooks.smtp import SmtpHook, build_xoauth2_string
 
 from include.triggerflow.mailer import PLAIN_ADDRESS
 from include.triggerflow.smtp_replies import DeliveryUncertain, ReplyClass, SmtpOutcome, SmtpStage, accepted, read_reply
 
+if TYPE_CHECKING:
+    from airflow.providers.common.compat.sdk import Connection
+
 __all__ = ["DeliveryUncertain", "SmtpOutcome", "TriggerMailHook"]
+
+#: What a message id gets when the connection names no domain (extra ``message_id_domain``).
+DEFAULT_MESSAGE_ID_DOMAIN = "triggerflow.local"
+
+
+def _missing_settings(conn_id: str, *, defined: bool, host: bool, sender: bool) -> ValueError:
+    """The error for a session that lacks its host (and maybe its sender): names the connection and
+    the command-line flags that supply them (``cli test-send``)."""
+    missing = [flag for flag, absent in (("--smtp-host", not host), ("--from", not sender)) if absent]
+    where = f"connection {conn_id!r}" + (" lacks them" if defined else " is not defined")
+    return ValueError(f"no SMTP {' and '.join(missing)}: {where}; pass {', '.join(missing)}")
 
 
 class TriggerMailHook(SmtpHook):
-    """One SMTP session (``with TriggerMailHook() as mail:``) sending many prepared messages."""
+    """One SMTP session (``with TriggerMailHook() as mail:``) sending many prepared messages.
+
+    ``host``, ``port`` and ``from_email`` override the connection's (``cli test-send``'s
+    ``--smtp-host/--smtp-port/--from``). When the connection does not exist and ``host`` is given,
+    the session is a plain one to host:port (no TLS, no login); without a host it is a ValueError.
+    """
 
     default_conn_name = "smtp_triggers"
 
-    def __init__(self, smtp_conn_id: str = default_conn_name) -> None:
+    def __init__(
+        self,
+        smtp_conn_id: str = default_conn_name,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        from_email: str | None = None,
+    ) -> None:
         super().__init__(smtp_conn_id=smtp_conn_id)
+        self._host_override = host or None
+        self._port_override = port or None
+        self._from_override = from_email or None
+        self._client: smtplib.SMTP | None = None
+
+    # -- the connection ---------------------------------------------------------------------------
+    @cached_property
+    def conn(self) -> Connection:
+        """The connection, loaded on first use (reading the sender needs no SMTP session)."""
+        if self.smtp_connection is None:
+            self.smtp_connection = self._load_connection()
+        return self.smtp_connection
+
+    def _load_connection(self) -> Connection:
+        try:
+            conn = self.get_connection(self.smtp_conn_id)
+        except AirflowNotFoundException:
+            if self._host_override is None:
+                raise _missing_settings(
+                    self.smtp_conn_id, defined=False, host=False, sender=self._from_override is not None
+                ) from None
+            from airflow.providers.common.compat.sdk import Connection
+
+            # given on the command line only: a plain session, as to a local relay or a sink
+            return Connection(
+                conn_id=self.smtp_conn_id, conn_type="smtp", host=self._host_override, port=self._port_override,
+                extra=json.dumps({"disable_ssl": True, "disable_tls": True}),
+            )
+        if not (self._host_override or conn.host):
+            sender = self._from_override or conn.extra_dejson.get("from_email")
+            raise _missing_settings(self.smtp_conn_id, defined=True, host=False, sender=bool(sender))
+        return conn
+
+    @property
+    def host(self) -> str:
+        return self._host_override or super().host
+
+    @property
+    def port(self) -> int:
+        return self._port_override or super().port
+
+    @property
+    def from_email(self) -> str | None:
+        return self._from_override or super().from_email
 
     @property
     def sender(self) -> str:
@@ -53,15 +136,84 @@ class TriggerMailHook(SmtpHook):
             if not sender:
                 raise ValueError(f"connection {self.smtp_conn_id!r}: set extra.from_email (the From address)")
             self.__dict__["_tf_sender"] = sender
-        return sender
+        return str(sender)
 
     @property
     def from_name(self) -> str | None:
-        return self.conn.extra_dejson.get("from_name")
+        name = self.conn.extra_dejson.get("from_name")
+        return None if name is None else str(name)
 
     @property
     def message_id_domain(self) -> str:
-        return str(self.conn.extra_dejson.get("message_id_domain") or "triggerflow.local")
+        return str(self.conn.extra_dejson.get("message_id_domain") or DEFAULT_MESSAGE_ID_DOMAIN)
+
+    # -- the session ------------------------------------------------------------------------------
+    def get_conn(self) -> TriggerMailHook:
+        """Open the SMTP session (connect, STARTTLS, login) unless it is open; returns the hook."""
+        if self._client is None:
+            self._client = self._open_client()
+        return self
+
+    def __enter__(self) -> TriggerMailHook:
+        return self.get_conn()
+
+    def __exit__(self, *exc: object) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    @property
+    def client(self) -> smtplib.SMTP:
+        """The open session's smtplib client."""
+        if self._client is None:
+            raise RuntimeError("TriggerMailHook must be used as a context manager (with ... as mail)")
+        return self._client
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        # the provider's extra: "default" (or unset) verifies the server, "none" does not
+        if self.ssl_context not in (None, "default", "none"):
+            raise ValueError(f"connection {self.smtp_conn_id!r}: extra.ssl_context must be 'default' or 'none', not {self.ssl_context!r}")
+        return None if self.ssl_context == "none" else ssl.create_default_context()
+
+    def _open_client(self) -> smtplib.SMTP:
+        host, port, timeout = self.host, self.port or 0, self.timeout
+        use_ssl = self.use_ssl
+        client: smtplib.SMTP
+        for attempt in range(self.smtp_retry_limit + 1):
+            try:
+                if use_ssl:
+                    client = smtplib.SMTP_SSL(host, port, timeout=timeout, context=self._ssl_context())
+                else:
+                    client = smtplib.SMTP(host, port, timeout=timeout)
+                break
+            except smtplib.SMTPServerDisconnected:
+                # the provider's connect retries (extra retry_limit); nothing was sent yet
+                if attempt >= self.smtp_retry_limit:
+                    raise
+        try:
+            if self.smtp_starttls and not use_ssl:
+                client.starttls(context=self._ssl_context())
+                client.ehlo()
+            if self.auth_type == "oauth2":
+                token, user = self.access_token, self.smtp_user or self.from_email
+                if not token or not user:
+                    raise ValueError(f"connection {self.smtp_conn_id!r}: OAuth2 needs extra.access_token and a login or from_email")
+                client.auth("XOAUTH2", lambda _=None: build_xoauth2_string(user, token))
+            elif self.smtp_user and self.smtp_password:
+                client.login(self.smtp_user, self.smtp_password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The connection form's test button: open a session and NOOP."""
+        try:
+            with self as mail:
+                code, _ = mail.client.noop()
+        except Exception as exc:
+            return False, str(exc)
+        return (True, "Connection successfully tested") if code == 250 else (False, f"NOOP answered {code}")
 
     def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
         """Send one message as one SMTP transaction; every server reply is returned, classified
@@ -72,10 +224,7 @@ class TriggerMailHook(SmtpHook):
         message, sending it again is safe. After the final "." was written and before the reply
         it is :class:`DeliveryUncertain`: the server may have queued the message (RFC 1047).
         """
-        client = self._smtp_client
-        if client is None:
-            raise RuntimeError("TriggerMailHook must be used as a context manager (with ... as mail)")
-        return _transaction(client, self.sender, recipient, message)
+        return _transaction(self.client, self.sender, recipient, message)
 
 
 _LEADING_DOT = re.compile(rb"(?m)^\.")
@@ -95,12 +244,25 @@ def _refused(client: smtplib.SMTP, stage: SmtpStage, code: int, reply: bytes) ->
     email deferred (its message was not sent)."""
     outcome = read_reply(stage, code, reply)
     if 400 <= code <= 599 and code != 421:
-        client._rset()
+        _reset(client)
         return outcome
     client.close()
     if 400 <= code <= 599:
         return outcome
     return replace(outcome, reply_class=ReplyClass.TRANSIENT)
+
+
+def _reset(client: smtplib.SMTP) -> None:
+    """RSET after a refusal, so the session can carry the next message. A server already gone is
+    left for the next transaction to find (it raises there, before anything is written); a reply
+    other than 250 means the server does not agree the transaction is over: the session is closed,
+    and the next message fails as a broken session (its row goes back to pending)."""
+    try:
+        code, _ = client.rset()
+    except smtplib.SMTPServerDisconnected:
+        return
+    if code != 250:
+        client.close()
 
 
 def _transaction(client: smtplib.SMTP, sender: str, recipient: str, message: bytes) -> SmtpOutcome:

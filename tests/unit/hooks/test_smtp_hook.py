@@ -72,7 +72,7 @@ def test_other_connection_id(smtp, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_dropped_session_raises(smtp) -> None:
     with TriggerMailHook() as mail:
-        mail._smtp_client.close()
+        mail.client.close()
         with pytest.raises(smtplib.SMTPServerDisconnected):
             mail.send_prepared("ada@example.com", message())
     assert smtp.eml_paths() == []

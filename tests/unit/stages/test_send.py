@@ -190,7 +190,7 @@ class BreakingMailHook(TriggerMailHook):
     def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
         self.calls = getattr(self, "calls", 0) + 1
         if self.calls == self.break_before:
-            self._smtp_client.close()
+            self.client.close()
         return super().send_prepared(recipient, message)
 
 
