@@ -34,7 +34,7 @@ Usage (a plugin)::
     # sync code: GUARD.call(engine, do_work, arg); or `with GUARD.begin(engine) as conn: ...`
 
 Everything here is dialect-neutral SQLAlchemy Core; the triggerflow package itself (tasks, CLI)
-keeps using :func:`include.triggerflow.store.db.get_engine`, whose long timeouts suit batch work.
+keeps using :func:`include.triggerflow.store.engines.get_engine`, whose long timeouts suit batch work.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
+
+from include.triggerflow.store.engines import sqlite_pragmas, with_connect_timeout
 
 T = TypeVar("T")
 
@@ -209,12 +211,10 @@ class StoreGuard:
         s = self.settings
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
-            from include.triggerflow.store.db import _sqlite_pragmas
-
             busy_ms = s.sqlite_busy_timeout_ms
 
             def pragmas(dbapi_conn: Any, record: Any) -> None:
-                _sqlite_pragmas(dbapi_conn, record)  # WAL, foreign keys... as every store connection
+                sqlite_pragmas(dbapi_conn, record)  # WAL, foreign keys... as every store connection
                 cur = dbapi_conn.cursor()
                 cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
                 cur.close()
@@ -222,10 +222,8 @@ class StoreGuard:
             engine = create_engine(parsed, connect_args={"timeout": busy_ms / 1000}, hide_parameters=True)
             event.listen(engine, "connect", pragmas)
             return engine
-        if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-            parsed = parsed.update_query_dict({"connect_timeout": str(s.connect_timeout_s)})
         return create_engine(
-            parsed,
+            with_connect_timeout(parsed, s.connect_timeout_s),
             pool_size=s.max_concurrent,
             max_overflow=0,
             pool_timeout=max(s.slot_wait_s, 1.0),
@@ -336,11 +334,11 @@ class TTLCache(Generic[T]):
         block: call from a worker thread)."""
         found = self.peek(key)
         if found is not _MISSING:
-            return found  # type: ignore[no-any-return]
+            return found
         with self._load_lock:
             found = self.peek(key)  # another thread may have loaded it meanwhile
             if found is not _MISSING:
-                return found  # type: ignore[no-any-return]
+                return found
             self.loads += 1
             try:
                 value = loader()
@@ -364,7 +362,7 @@ class TTLCache(Generic[T]):
 
         found = self.peek(key)
         if found is not _MISSING:
-            return found  # type: ignore[no-any-return]
+            return found
         deadline = time.monotonic() + wait_s
         while not self._load_lock.acquire(blocking=False):
             if time.monotonic() >= deadline:
@@ -372,11 +370,11 @@ class TTLCache(Generic[T]):
             await asyncio.sleep(_POLL_S)
             found = self.peek(key)
             if found is not _MISSING:
-                return found  # type: ignore[no-any-return]
+                return found
         try:
             found = self.peek(key)
             if found is not _MISSING:
-                return found  # type: ignore[no-any-return]
+                return found
             self.loads += 1
             try:
                 value = await to_thread.run_sync(loader)

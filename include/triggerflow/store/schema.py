@@ -38,13 +38,11 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     Numeric,
     String,
     Table,
@@ -52,10 +50,15 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-metadata = MetaData()
+# The status summaries (tf_batch_stats, tf_source_stats) live in their own module, on the same
+# metadata; they stay importable from here.
+from include.triggerflow.store.metadata import metadata
+from include.triggerflow.store.summaries import STATS_COLUMNS as STATS_COLUMNS
+from include.triggerflow.store.summaries import batch_stats as batch_stats
+from include.triggerflow.store.summaries import source_stats as source_stats
+from include.triggerflow.store.types import BigId, UtcDateTime
 
-# Autoincrement primary keys must be INTEGER on SQLite to alias ROWID; BIGINT on PostgreSQL.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Every date-time column is a UtcDateTime: bound as UTC, read back aware UTC on SQLite too.
 
 source_position = Table(
     "tf_source_position",
@@ -66,7 +69,7 @@ source_position = Table(
     Column("partition", Integer, primary_key=True),
     # Opaque to us: a journal position string, or a Pipeline offset written as text.
     Column("position", String(200), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 
 batch = Table(
@@ -76,15 +79,15 @@ batch = Table(
     Column("dag_id", String(250), nullable=False),
     Column("run_id", String(250), nullable=False),
     Column("run_type", String(50)),
-    Column("interval_start", DateTime(timezone=True)),
-    Column("interval_end", DateTime(timezone=True)),
+    Column("interval_start", UtcDateTime),
+    Column("interval_end", UtcDateTime),
     Column("source", String(200), nullable=False),
     # pulling -> landed. A batch left in "pulling" (task died between pages) is resumed by the
     # same run's retry; only a "landed" batch is frozen.
     Column("state", String(20), nullable=False),
     Column("pulled", Integer, nullable=False, default=0),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("landed_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("landed_at", UtcDateTime),
     # Lines/items the reader received but could not place at a position (not JSON, not an
     # object, blank...): counted here so the run summary shows them; JSON {reason: count}.
     Column("dropped", Integer),
@@ -112,7 +115,7 @@ event = Table(
     Column("raw_payload", LargeBinary),
     Column("raw_size", BigInteger),  # bytes as received, before any cap
     Column("landing_note", Text),
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
     # landed -> valid | quarantined (set by validate; reprocessing may flip quarantined -> valid)
     Column("status", String(20), nullable=False),
     UniqueConstraint("source", "src_partition", "src_position", name="uq_tf_event_source_position"),
@@ -127,8 +130,8 @@ quarantine = Table(
     Column("batch_id", String(250), nullable=False),
     # JSON list of {"expectation", "column", "value"}; values truncated.
     Column("reasons", Text, nullable=False),
-    Column("quarantined_at", DateTime(timezone=True), nullable=False),
-    Column("reprocessed_at", DateTime(timezone=True)),
+    Column("quarantined_at", UtcDateTime, nullable=False),
+    Column("reprocessed_at", UtcDateTime),
 )
 Index("ix_tf_quarantine_batch", quarantine.c.batch_id)
 
@@ -144,7 +147,7 @@ decision = Table(
     # matched | unmatched | ignored | suppressed:opt-out | duplicate | render-error ...
     Column("decision", String(50), nullable=False),
     Column("detail", Text),
-    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("decided_at", UtcDateTime, nullable=False),
 )
 Index("ix_tf_decision_batch", decision.c.batch_id)
 Index("ix_tf_decision_profile", decision.c.profile_id)
@@ -171,14 +174,14 @@ send = Table(
     Column("smtp_code", Integer),
     Column("smtp_reply", Text),
     Column("trigger_ts", BigInteger),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("sent_at", UtcDateTime),
     Column("dry_run", Boolean, nullable=False, default=False),
     Column("resend", Boolean, nullable=False, default=False),
     # Quiet hours: a row in state "scheduled" is not sent before this instant (the end of the
     # customer's quiet window); any later run's send stage picks it up once it is due.
-    Column("not_before", DateTime(timezone=True)),
+    Column("not_before", UtcDateTime),
     # The template locale the email was rendered in (None: the default templates).
     Column("locale", String(20)),
 )
@@ -207,7 +210,7 @@ run_summary = Table(
     Column("balanced", Boolean, nullable=False),
     Column("oldest_sent_age_s", Float),
     Column("counts", Text, nullable=False),  # the full JSON report
-    Column("reported_at", DateTime(timezone=True), nullable=False),
+    Column("reported_at", UtcDateTime, nullable=False),
 )
 
 source_health = Table(
@@ -215,18 +218,18 @@ source_health = Table(
     metadata,
     Column("source", String(200), primary_key=True),
     Column("endpoint", String(500)),  # the host actually read (pipelined's `pipeline-host`)
-    Column("last_alive_at", DateTime(timezone=True)),
-    Column("last_failed_at", DateTime(timezone=True)),
+    Column("last_alive_at", UtcDateTime),
+    Column("last_failed_at", UtcDateTime),
     Column("last_error", Text),
     Column("bytes_read", BigInteger, nullable=False, default=0),
     Column("messages_received", BigInteger, nullable=False, default=0),
     Column("pointer_flushes", BigInteger, nullable=False, default=0),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
     # Lines/items received but not placeable at a position, in total.
     Column("lines_dropped", BigInteger),
     # The last read that received at least one message, and how many reads in a row since then
     # received only keep-alives (a source that pings forever while it holds messages shows here).
-    Column("last_data_at", DateTime(timezone=True)),
+    Column("last_data_at", UtcDateTime),
     Column("empty_reads", BigInteger),
 )
 
@@ -240,14 +243,14 @@ source_gap = Table(
     Column("resumed_position", String(200), nullable=False),  # where the source actually resumed
     Column("reason", Text, nullable=False),
     Column("batch_id", String(250)),
-    Column("detected_at", DateTime(timezone=True), nullable=False),
+    Column("detected_at", UtcDateTime, nullable=False),
 )
 
 source_hourly = Table(
     "tf_source_hourly",
     metadata,
     Column("source", String(200), primary_key=True),
-    Column("hour", DateTime(timezone=True), primary_key=True),  # UTC, truncated to the hour
+    Column("hour", UtcDateTime, primary_key=True),  # UTC, truncated to the hour
     Column("messages", BigInteger, nullable=False),
 )
 
@@ -259,8 +262,8 @@ ims_token = Table(
     # Fernet ciphertext; the key is derived from the client secret, which only lives in the
     # connection, so a reader of the store alone cannot use the token.
     Column("ciphertext", Text, nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
-    Column("minted_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("minted_at", UtcDateTime, nullable=False),
 )
 
 send_log = Table(
@@ -275,7 +278,7 @@ send_log = Table(
     Column("action", String(20), nullable=False),
     Column("smtp_code", Integer),
     Column("detail", Text),
-    Column("at", DateTime(timezone=True), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
 )
 Index("ix_tf_send_log_batch_run", send_log.c.batch_id, send_log.c.run_id)
 Index("ix_tf_send_log_send", send_log.c.send_id)
@@ -288,9 +291,9 @@ suppression = Table(
     Column("source", String(50), nullable=False),
     Column("reason", Text),
     Column("smtp_code", Integer),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
     # None: for good. A row past its expiry no longer suppresses.
-    Column("expires_at", DateTime(timezone=True)),
+    Column("expires_at", UtcDateTime),
     # the run whose send added it (hard bounces): lets an operator lift a bad day's suppressions
     Column("batch_id", String(250)),
 )
@@ -303,7 +306,7 @@ dry_run = Table(
     Column("batch_id", String(250), nullable=False),
     Column("run_id", String(250)),
     Column("path", Text, nullable=False),
-    Column("rendered_at", DateTime(timezone=True), nullable=False),
+    Column("rendered_at", UtcDateTime, nullable=False),
 )
 Index("ix_tf_dry_run_batch", dry_run.c.batch_id)
 
@@ -314,8 +317,8 @@ unsubscribe = Table(
     Column("customer_id", String(100), nullable=False),
     Column("route", String(100)),  # the trigger route of the email whose link was used
     Column("method", String(20), nullable=False),  # one-click (RFC 8058 POST) | page (confirm form)
-    Column("issued_at", DateTime(timezone=True)),  # when the link was signed
-    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("issued_at", UtcDateTime),  # when the link was signed
+    Column("received_at", UtcDateTime, nullable=False),
     # sha256 hex of the token's signed part (version.payload): one link = one key, so recording
     # an opt-out is idempotent per customer and token. Nullable only for the additive migration,
     # which fills it for rows written before it (include/triggerflow/unsubscribe.py).
@@ -323,40 +326,6 @@ unsubscribe = Table(
 )
 Index("ix_tf_unsubscribe_customer", unsubscribe.c.customer_id)
 Index("ux_tf_unsubscribe_customer_token", unsubscribe.c.customer_id, unsubscribe.c.token_key, unique=True)
-
-#: The status counters of one batch, recomputed from that batch's rows only (bounded by the batch
-#: size) by include/triggerflow/stats.py after each stage; tf_source_stats holds their sums.
-_STATS_COLUMNS = (
-    "received",  # tf_event rows (every message landed)
-    "unprocessed",  # events landed, or valid without a tf_decision row
-    "discarded",  # events still quarantined
-    "failures",  # tf_send rows in state failed
-    "retries",  # tf_send rows in state deferred
-    "sent",  # tf_send rows in state sent
-)
-batch_stats = Table(
-    "tf_batch_stats",
-    metadata,
-    Column("batch_id", String(250), primary_key=True),
-    Column("source", String(200), nullable=False),
-    *(Column(name, BigInteger, nullable=False, default=0) for name in _STATS_COLUMNS),
-    # sum over the batch's sent rows of (sent_at - event received_at), in ms: the average
-    # processing time is taken over the latest batches without reading tf_send
-    Column("processing_ms_sum", Float, nullable=False, default=0.0),
-    # tf_batch.created_at, copied: "the latest batch" of a source without reading tf_batch
-    Column("batch_created_at", DateTime(timezone=True), nullable=False),
-    Column("refreshed_at", DateTime(timezone=True), nullable=False),
-)
-Index("ix_tf_batch_stats_source", batch_stats.c.source, batch_stats.c.batch_created_at)
-
-source_stats = Table(
-    "tf_source_stats",
-    metadata,
-    Column("source", String(200), primary_key=True),
-    *(Column(name, BigInteger, nullable=False, default=0) for name in _STATS_COLUMNS),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
-)
-STATS_COLUMNS = _STATS_COLUMNS
 
 alert = Table(
     "tf_alert",
@@ -370,7 +339,7 @@ alert = Table(
     Column("threshold_s", Float),
     Column("detail", Text, nullable=False),
     Column("notified", Text),  # who was told (addresses), or why nobody was
-    Column("fired_at", DateTime(timezone=True), nullable=False),
+    Column("fired_at", UtcDateTime, nullable=False),
 )
 Index("ix_tf_alert_kind_fired", alert.c.kind, alert.c.fired_at)
 
@@ -378,7 +347,7 @@ schema_version = Table(
     "tf_schema_version",
     metadata,
     Column("migration", String(100), primary_key=True),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
+    Column("applied_at", UtcDateTime, nullable=False),
 )
 
 profiles = Table(
@@ -394,7 +363,7 @@ profiles = Table(
     Column("ecid", String(64)),
     Column("declared_id", String(200)),
     Column("opted_out", Boolean, nullable=False, default=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
 Index("ix_profiles_shopper_id", profiles.c.shopper_id)
 Index("ix_profiles_ecid", profiles.c.ecid)
@@ -408,7 +377,7 @@ profile_visitor_ids = Table(
     # @sourceID); a customer can have several (devices, browsers).
     Column("visitor_id", String(64), primary_key=True),
     Column("customer_id", String(100), primary_key=True),
-    Column("seen_at", DateTime(timezone=True)),
+    Column("seen_at", UtcDateTime),
 )
 Index("ix_profile_visitor_ids_customer", profile_visitor_ids.c.customer_id)
 
@@ -426,5 +395,6 @@ catalog = Table(
     Column("in_stock", Boolean, nullable=False, default=True),
     # locale-specific names where given: {"fr": "...", "fr-CA": "..."} (CSV columns name.fr ...)
     Column("names", JSON),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
 )
+

@@ -1,0 +1,89 @@
+"""Schema creation and the additive migrations of existing stores (:func:`create_schema`).
+
+``create_all`` creates missing tables with everything in them but never alters an existing table;
+the migrations here add what later versions added to tables that existed before, once each,
+recorded in ``tf_schema_version``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import Connection
+
+from include.triggerflow.store.schema import metadata
+from include.triggerflow.timeutil import utcnow
+
+#: Additive changes to tables that existed before them: (migration id, table, columns, indexes).
+#: ``create_all`` creates missing tables with everything in them but never alters an existing
+#: table, so a store created by an earlier version gets these here, once, recorded in
+#: tf_schema_version. Only additions (nullable columns, indexes) belong here: they are safe while
+#: older tasks still run.
+ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    (
+        "0002_send_quiet_hours_locale",
+        "tf_send",
+        ("not_before", "locale"),
+        ("ix_tf_send_profile_created", "ix_tf_send_state_not_before"),
+    ),
+    ("0003_event_raw_and_landing_note", "tf_event", ("raw_payload", "raw_size", "landing_note"), ()),
+    ("0004_batch_dropped_lines", "tf_batch", ("dropped", "dropped_reasons"), ()),
+    ("0005_source_health_keepalives", "tf_source_health", ("lines_dropped", "last_data_at", "empty_reads"), ()),
+    ("0006_suppression_expiry", "tf_suppression", ("expires_at", "batch_id"), ()),
+    ("0007_unsubscribe_token_key", "tf_unsubscribe", ("token_key",), ("ux_tf_unsubscribe_customer_token",)),
+    ("0008_status_summaries", "tf_source_stats", (), ()),
+)
+
+#: A migration's data step, ``"module:function"`` called with the open connection after the
+#: migration's columns are added and before its indexes are created: it fills a new column, or
+#: removes the duplicates a new unique index would refuse, or builds a summary from existing rows.
+#: A data step must be a no-op on an empty store: a new store runs every migration too.
+MIGRATION_DATA_STEPS: dict[str, str] = {
+    "0007_unsubscribe_token_key": "include.triggerflow.unsubscribe:backfill_token_keys",
+    "0008_status_summaries": "include.triggerflow.stats:rebuild_all",
+}
+
+
+def _run_data_step(migration: str, conn: Connection) -> None:
+    target = MIGRATION_DATA_STEPS.get(migration)
+    if target is None:
+        return
+    module_name, _, function = target.partition(":")
+    getattr(importlib.import_module(module_name), function)(conn)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create missing tables and apply pending additive migrations (idempotent)."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+    from sqlalchemy import inspect, select
+    from sqlalchemy.schema import CreateIndex
+
+    from include.triggerflow.store.schema import schema_version
+
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        done = set(conn.execute(select(schema_version.c.migration)).scalars())
+        pending = [m for m in ADDITIVE_MIGRATIONS if m[0] not in done]
+        if not pending:
+            return
+        inspector = inspect(conn)
+        for migration, table_name, columns, indexes in pending:
+            table = metadata.tables[table_name]
+            have_cols = {c["name"] for c in inspector.get_columns(table_name)}
+            missing = [name for name in columns if name not in have_cols]
+            if missing:
+                # Alembic renders ALTER TABLE ... ADD COLUMN portably (types, defaults) for both
+                # dialects; it is installed with Airflow.
+                ops = Operations(MigrationContext.configure(conn))
+                for name in missing:
+                    ops.add_column(table_name, table.c[name].copy())
+            _run_data_step(migration, conn)
+            have_idx = {i["name"] for i in inspector.get_indexes(table_name)}
+            for index in table.indexes:
+                if index.name in indexes and index.name not in have_idx:
+                    conn.execute(CreateIndex(index))
+            conn.execute(
+                schema_version.insert().values(migration=migration, applied_at=utcnow())
+            )
