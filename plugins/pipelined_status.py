@@ -206,22 +206,13 @@ def _store_url(conn: Any) -> str:
 
 def collect_status(source: str | None = None, consumer: str | None = None) -> dict[str, Any]:
     """The status document, from the Airflow connections, read in one guarded transaction
-    (call it holding a slot of :func:`store_guard`). Raises :class:`StatusUnavailable`, or
+    (call it holding a slot of :func:`store_guard`) by the collector the CLI uses too
+    (``include.triggerflow.status.collector``). Raises :class:`StatusUnavailable`, or
     :class:`UnknownSource` when ``source`` is not a source the store has read."""
     try:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from include.triggerflow.config import RoutingConfigError, load_routing
-        from include.triggerflow.status import (
-            SEND_POOL,
-            _latest_source,
-            build_status,
-            known_source,
-            pool_slots,
-            resolve_consumer,
-            source_key_for_connection,
-            status_settings_from_connection,
-        )
+        from include.triggerflow.status import collector
         from include.triggerflow.store.db import describe
     except ImportError as exc:
         raise StatusUnavailable(
@@ -232,34 +223,16 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
     guard = store_guard()
     engine = guard.engine(_store_url(_connection(STORE_CONN_ID, required=True)))
     source_conn = _connection(SOURCE_CONN_ID, required=False)
-    extra = dict(source_conn.extra_dejson or {}) if source_conn is not None else {}
-    host = source_conn.host if source_conn is not None else None
-    routing_error = None
-    try:
-        routing = load_routing()
-    except RoutingConfigError as exc:
-        routing, routing_error = None, str(exc)
-    slots = pool_slots(SEND_POOL)
     try:
         with guard.transaction(engine) as conn:
-            if source is not None and not known_source(conn, source):
-                raise UnknownSource(source)
-            source_key = source or source_key_for_connection(host, extra) or _latest_source(conn)
-            document = build_status(
-                conn,
-                routing,
-                source_key=source_key,
-                consumer=resolve_consumer(explicit=consumer, extra=extra, routing=routing, host=host, source_key=source_key),
-                settings=status_settings_from_connection(extra, pool_slots=slots),
-            )
+            return collector.collect_status(conn, source_conn, source=source, consumer=consumer, known_only=True)
+    except collector.UnknownSource:
+        raise UnknownSource(source) from None
     except SQLAlchemyError as exc:
         raise StatusUnavailable(
             f"the triggerflow store at {describe(engine)} cannot be read: {_first_line(exc)} "
             "(if its tables are missing: python -m include.triggerflow.cli init-db, or run the DAG once)"
         ) from None
-    if routing_error is not None:
-        document["routing"]["error"] = routing_error
-    return document
 
 
 def _collect_or_raise(source: str | None, consumer: str | None = None) -> dict[str, Any]:

@@ -1,31 +1,24 @@
-"""Tests for include.triggerflow.cli, run as a real ``python -m include.triggerflow.cli`` process."""
+"""Tests for include.triggerflow.cli, run in-process through ``main(argv)`` (tests/cli_support.py);
+tests/integration/cli/test_cli_process.py runs the real ``python -m include.triggerflow.cli``."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import insert, inspect
 
 from include.triggerflow.store.schema import quarantine, run_summary
+from tests.cli_support import Done, run_cli
 from tests.fixtures import envelope_json
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HEADER = "customer_id,email,first_name,shopper_id,opted_out"
 
 
-def cli(store_url: str | None, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "include.triggerflow.cli"]
-    if store_url is not None:
-        command += ["--db-url", store_url]
-    return subprocess.run(
-        [*command, *args], cwd=PROJECT_ROOT, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=60,
-    )
+def cli(store_url: str | None, *args: str, env: dict[str, str] | None = None) -> Done:
+    prefix = ("--db-url", store_url) if store_url is not None else ()
+    return run_cli(*prefix, *args, env=env)
 
 
 def test_init_db_creates_the_tables(store_url: str) -> None:

@@ -1,32 +1,48 @@
-"""Tests for ``python -m include.triggerflow.cli status``, run as a real process against a store
-landed from the emulator process."""
+"""Tests for the CLI's ``status`` command, run in-process through ``main`` (tests/cli_support.py)
+against a store landed from a scripted journal source (the ``TriggerSource`` protocol). The
+source key an emulator-backed ``adobe_triggers`` connection yields is checked against the real
+hook in tests/integration/status/test_status_sources.py."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
 
-from include.triggerflow.hooks.triggers import TriggerSourceHook
+from include.triggerflow.sources.base import Page, RawMessage
 from include.triggerflow.stages.land import BatchRef, land_batch
 from include.triggerflow.store.schema import source_health, source_position
+from tests.cli_support import Done, run_cli
+from tests.fixtures import envelope_json
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIELDS = {"consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"}
+HOST = "http://127.0.0.1:8181"
+JOURNAL_PATH = "/events/organizations/ORG/integrations/INT/triggerflow-reg"
 
 
-def cli(store_url: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "include.triggerflow.cli", "--db-url", store_url, *args],
-        cwd=PROJECT_ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=120,
-    )
+class JournalPages:
+    """A journal source that delivers ``count`` messages, ``page_limit`` per page."""
+
+    source_key = f"journal:{JOURNAL_PATH}"
+    endpoint = HOST + JOURNAL_PATH
+
+    def __init__(self, count: int, page_limit: int) -> None:
+        self.count, self.page_limit = count, page_limit
+
+    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        for first in range(0, self.count, self.page_limit):
+            numbers = range(first, min(first + self.page_limit, self.count))
+            messages = [RawMessage(0, f"pos-{n:04d}", envelope_json(offset=n)) for n in numbers]
+            yield Page(messages, next_positions={0: messages[-1].position}, bytes_read=100 * len(messages))
+
+
+def cli(store_url: str, *args: str, env: dict[str, str] | None = None) -> Done:
+    return run_cli("--db-url", store_url, *args, env=env)
 
 
 def status(store_url: str, *args: str, env: dict[str, str] | None = None) -> dict:
@@ -36,16 +52,17 @@ def status(store_url: str, *args: str, env: dict[str, str] | None = None) -> dic
 
 
 @pytest.fixture
-def landed(emu, adobe_conns, publisher, kit):
-    adobe_conns(page_limit=2)
-    publisher(3)
-    source = TriggerSourceHook().get_source()
+def landed(kit, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_TRIGGERS", json.dumps({
+        "conn_type": "http", "host": HOST + JOURNAL_PATH, "extra": {"kind": "journal", "page_limit": 2},
+    }))
+    source = JournalPages(3, page_limit=2)
     result = land_batch(kit.engine, source, BatchRef("trigger_emails", "manual__1", "manual", T0, T0 + timedelta(minutes=1)))
     assert result.pulled == 3
     return source, result
 
 
-def test_status_prints_the_document(landed, emu, kit, store_url: str, routing) -> None:
+def test_status_prints_the_document(landed, kit, store_url: str, routing) -> None:
     source, result = landed
 
     doc = status(store_url)
@@ -54,7 +71,7 @@ def test_status_prints_the_document(landed, emu, kit, store_url: str, routing) -
     [position] = kit.rows(source_position)
     assert doc["consumer"] == "triggerflow-reg"  # the journal registration of connection adobe_triggers
     assert doc["source"] == source.source_key
-    assert doc["http-request"]["pipeline-host"] == emu.base_url
+    assert doc["http-request"]["pipeline-host"] == HOST
     assert 0 <= doc["http-request"]["last-alive-ms-ago"] < 60_000
     assert doc["pointer"]["current-offsets"] == f"0:{position['position']}"
     assert doc["pointer"]["processed-since-last-flush"] == 3

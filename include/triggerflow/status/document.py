@@ -3,7 +3,8 @@
 Campaign's ``pipelined`` answers ``GET /pipelined/status`` with counters that monitoring tools poll
 (reference/adobe-triggers.md §4). :func:`build_status` returns the same indicator names, computed
 from the triggerflow store, so a monitor written for Campaign keeps working (served by
-``plugins/pipelined_status.py`` and printed by ``python -m include.triggerflow.cli status``)::
+``plugins/pipelined_status.py`` and printed by ``python -m include.triggerflow.cli status``, both
+through :func:`.collector.collect_status`)::
 
     {"consumer": "...", "source": "journal:/events/...", "generated-at": "2026-11-27T07:12:03Z",
      "http-request": {"last-alive-ms-ago", "last-failed-cnx-ms-ago", "pipeline-host", "last-error"},
@@ -21,7 +22,7 @@ so it costs the same at 10 k or 10 M stored events. ``cli status --recount`` reb
 ==================================== ==================================================================
 indicator                            from the store
 ==================================== ==================================================================
-consumer                             given by the caller (:func:`resolve_consumer`)
+consumer                             given by the caller (:func:`.settings.resolve_consumer`)
 http-request.last-alive-ms-ago       now - ``tf_source_health.last_alive_at`` (last successful read), null if never
 http-request.last-failed-cnx-ms-ago  now - ``tf_source_health.last_failed_at`` (last failed read), null if never
 http-request.pipeline-host           scheme://host[:port] of ``tf_source_health.endpoint``
@@ -59,11 +60,12 @@ stats.lines-dropped                  ``tf_source_health.lines_dropped``: lines t
                                      could not land as an event (not JSON, not an object, blank...;
                                      per batch in ``tf_batch.dropped``) (addition)
 warnings                             what a monitor should look at, as ``{"code", "detail"}`` (addition):
-                                     ``keep-alives-only`` when the last :data:`KEEPALIVE_WARNING_READS`
-                                     reads or more received only keep-alives and the last data is older
-                                     than :data:`KEEPALIVE_WARNING_AGE_S` (or never came): a source that
-                                     pings but never delivers looks green otherwise
-settings                             given by the caller (:func:`status_settings_from_connection`)
+                                     ``keep-alives-only`` when the last N reads or more (default 30)
+                                     received only keep-alives and the last data is older than T
+                                     (default 1800 s) or never came: a source that pings but never
+                                     delivers looks green otherwise. N and T are settings
+                                     (status/settings.py: connection extra or environment)
+settings                             given by the caller (:func:`.settings.status_settings_from_connection`)
 messages-per-hour                    ``tf_source_hourly`` of S for the last 120 hours (5 days), the
                                      current hour last, hours without messages as 0
 ==================================== ==================================================================
@@ -79,8 +81,6 @@ the SQL to prove it.
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -90,6 +90,12 @@ from urllib.parse import urlparse
 
 from sqlalchemy import Connection, Engine, func, select
 
+from include.triggerflow.status.settings import (
+    KEEPALIVE_WARNING_AGE_S,
+    KEEPALIVE_WARNING_READS,
+    KeepaliveThresholds,
+    keepalive_thresholds,
+)
 from include.triggerflow.store.schema import (
     STATS_COLUMNS,
     batch_stats,
@@ -99,180 +105,27 @@ from include.triggerflow.store.schema import (
     source_position,
     source_stats,
 )
+from include.triggerflow.timeutil import as_utc_or_none, utcnow
 
 if TYPE_CHECKING:
     from include.triggerflow.config import RoutingConfig
 
-__all__ = [
-    "AVERAGE_OVER_BATCHES",
-    "AVERAGE_OVER_SENT",
-    "HOURS_SHOWN",
-    "KEEPALIVE_WARNING_AGE_S",
-    "KEEPALIVE_WARNING_READS",
-    "StatusWarning",
-    "build_status",
-    "known_source",
-    "latest_source",
-    "resolve_consumer",
-    "retry_validity_ms",
-    "source_key_for_connection",
-    "source_warnings",
-    "status_settings_from_connection",
-]
-
 HOURS_SHOWN = 120  # Campaign's "Pipeline messages" report: messages per hour over 5 days
-# A quiet night also reads only keep-alives, so the warning needs both many empty reads in a row
-# (about one read a minute: half an hour) and old data; it says "look", not "broken".
-KEEPALIVE_WARNING_READS = 30
-KEEPALIVE_WARNING_AGE_S = 1800
+#: the processing-time average is taken over the latest sent emails, at least this many ...
+AVERAGE_OVER_SENT = 1000
+#: ... taken from at most this many of the latest batches (tf_batch_stats rows, not ledger rows)
+AVERAGE_OVER_BATCHES = 50
 
 
 class StatusWarning(StrEnum):
     """Codes of the document's ``warnings``."""
 
     KEEPALIVES_ONLY = "keep-alives-only"
-AVERAGE_OVER_SENT = 1000
-#: ... taken from at most this many of the latest batches (tf_batch_stats rows, not ledger rows)
-AVERAGE_OVER_BATCHES = 50
-
-# The trigger_emails DAG's settings (dags/trigger_emails.py), mirrored here rather than parsed from
-# the DAG at request time; tests/unit/test_status.py fails if they drift apart.
-DAG_SCHEDULE_PERIOD_MS = 60_000  # schedule "* * * * *": each run lands what arrived since the last one
-DAG_RETRIES = 3
-DAG_RETRY_DELAY_S = 10
-DAG_RETRY_EXPONENTIAL_BACKOFF = 2.0
-DAG_MAX_RETRY_DELAY_S = 300
-DEFAULT_PAGE_LIMIT = 500  # hooks/triggers.py default for extra.page_limit (journal)
-DEFAULT_PAGE_SIZE = 1000  # ... and for extra.page_size (pipeline: pipelined's pointerFlushMessageCount)
-DEFAULT_TOPIC = "triggers"
-ENVIRONMENT_VARIABLE = "TRIGGERFLOW_ENVIRONMENT"  # replaces {env} in extra.consumer, as the hook does
-DEFAULT_ENVIRONMENT = "dev"
-SEND_POOL = "smtp_sessions"
-
-
-# -- settings ----------------------------------------------------------------------------------------
-def retry_validity_ms(
-    retries: int = DAG_RETRIES,
-    retry_delay_s: float = DAG_RETRY_DELAY_S,
-    backoff: float = DAG_RETRY_EXPONENTIAL_BACKOFF,
-    max_retry_delay_s: float = DAG_MAX_RETRY_DELAY_S,
-) -> int:
-    """How long a failing stage is retried before its run fails for good: the sum of the longest
-    waits Airflow 3.3 can pick before each retry (``TaskInstance.next_retry_datetime``: with a
-    backoff, try n waits between ceil(delay * backoff**(n-1)) and twice that, minus 1 s, capped)."""
-    total = 0.0
-    for try_number in range(1, retries + 1):
-        if backoff and backoff != 1.0:
-            least = max(1, math.ceil(retry_delay_s * backoff ** (try_number - 1)))
-            longest: float = 2 * least - 1
-        else:
-            longest = retry_delay_s
-        total += min(longest, max_retry_delay_s)
-    return int(total * 1000)
-
-
-def status_settings_from_connection(
-    extra: Mapping[str, Any] | None, *, pool_slots: int | None = None
-) -> dict[str, int | None]:
-    """Campaign's ``settings`` block from the ``adobe_triggers`` connection extras and the DAG.
-
-    ===========================  ============================================================
-    flush-pointer-msg-count      messages per landed page, with which the position is saved:
-                                 ``extra.page_limit`` of a journal (default 500), or
-                                 ``extra.page_size`` of a pipeline source (default 1000)
-    flush-pointer-period-ms      60000: the DAG pulls (and flushes) once a minute
-    processing-threads-JS        slots of the ``smtp_sessions`` pool (parallel send sessions)
-                                 when known, else null: there is no JS
-    retry-period-ms              10000: the DAG's ``retry_delay`` (then exponential backoff)
-    retry-validity-duration-ms   :func:`retry_validity_ms` of the DAG's retry settings
-    ===========================  ============================================================
-    """
-    extra = extra or {}
-    if _kind(extra) == "pipeline":
-        raw_limit = extra.get("page_size", DEFAULT_PAGE_SIZE)
-    else:
-        raw_limit = extra.get("page_limit", DEFAULT_PAGE_LIMIT)
-    try:
-        page_limit: int | None = int(raw_limit)
-    except (TypeError, ValueError):
-        page_limit = None  # the source would refuse it too; show that it is unusable
-    return {
-        "flush-pointer-msg-count": page_limit,
-        "flush-pointer-period-ms": DAG_SCHEDULE_PERIOD_MS,
-        "processing-threads-JS": int(pool_slots) if pool_slots is not None else None,
-        "retry-period-ms": DAG_RETRY_DELAY_S * 1000,
-        "retry-validity-duration-ms": retry_validity_ms(),
-    }
-
-
-def _kind(extra: Mapping[str, Any]) -> str:
-    return str(extra.get("kind", "journal"))
-
-
-def _connection_consumer(extra: Mapping[str, Any]) -> str | None:
-    """``extra.consumer`` with ``{env}`` replaced, as the adobe_triggers hook does."""
-    raw = extra.get("consumer")
-    if not isinstance(raw, str) or not raw.strip():
-        return None
-    env = str(extra.get("environment") or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_ENVIRONMENT).strip()
-    return raw.strip().replace("{env}", env)
-
-
-def source_key_for_connection(host: str | None, extra: Mapping[str, Any] | None) -> str | None:
-    """The store key of the source an ``adobe_triggers`` connection reads, as the sources key it:
-    ``journal:<registration path>`` for the journal, ``pipeline:<consumer>:<topic>`` for the
-    Pipeline; None when the connection does not say (then the most recently active source is shown)."""
-    extra = extra or {}
-    if _kind(extra) == "pipeline":
-        consumer = _connection_consumer(extra)
-        topic = str(extra.get("topic") or DEFAULT_TOPIC).strip()
-        return f"pipeline:{consumer}:{topic}" if consumer else None
-    url = (host or "").strip()
-    if _kind(extra) != "journal" or not url.startswith(("http://", "https://")):
-        return None
-    return f"journal:{urlparse(url).path}"
-
-
-def resolve_consumer(
-    *,
-    explicit: str | None = None,
-    extra: Mapping[str, Any] | None = None,
-    routing: RoutingConfig | None = None,
-    host: str | None = None,
-    source_key: str | None = None,
-) -> str:
-    """The consumer name shown: ``explicit`` (a --consumer flag), else ``extra.consumer`` of the
-    ``adobe_triggers`` connection (``{env}`` replaced), else the consumer of the pasted Campaign
-    option's ``triggers`` topic, else the I/O Events registration id (last segment of the journal
-    URL: like a Pipeline consumer, each registration gets its own copy of every event), else the
-    source key."""
-    extra = extra or {}
-    candidates = [
-        explicit,
-        _connection_consumer(extra),
-        routing.campaign_consumer if routing is not None else None,
-    ]
-    if _kind(extra) == "journal" and source_key_for_connection(host, extra) is not None:
-        candidates.append(urlparse(str(host).strip()).path.rstrip("/").rpartition("/")[2])
-    candidates.append(source_key)
-    for candidate in candidates:
-        if isinstance(candidate, str) and candidate.strip():
-            return candidate.strip()
-    return "triggerflow"
 
 
 # -- the document ------------------------------------------------------------------------------------
-def _utc(value: datetime | None) -> datetime | None:
-    """Store datetimes are UTC; SQLite gives them back naive, PostgreSQL aware."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
 def _ms_ago(now: datetime, then: datetime | None) -> int | None:
-    then = _utc(then)
+    then = as_utc_or_none(then)
     if then is None:
         return None
     return max(0, int((now - then).total_seconds() * 1000))
@@ -289,7 +142,8 @@ def _host_of(endpoint: str | None) -> str | None:
     return f"{parsed.scheme}://{host}{port}"  # never the path, query or user info
 
 
-def _latest_source(conn: Any) -> str | None:
+def latest_source_in(conn: Connection) -> str | None:
+    """:func:`latest_source` on an open connection (the caller's transaction)."""
     return conn.execute(
         select(source_health.c.source)
         .order_by(source_health.c.updated_at.desc(), source_health.c.source)
@@ -300,11 +154,12 @@ def _latest_source(conn: Any) -> str | None:
 def latest_source(engine: Engine) -> str | None:
     """The source with the most recent activity in ``tf_source_health`` (the only one, usually)."""
     with engine.connect() as conn:
-        return _latest_source(conn)
+        return latest_source_in(conn)
 
 
 @contextmanager
-def _reading(engine: Engine | Connection) -> Iterator[Connection]:
+def reading(engine: Engine | Connection) -> Iterator[Connection]:
+    """A connection to read on: the caller's own (and its transaction), or a new one of ``engine``."""
     if isinstance(engine, Connection):
         yield engine  # the caller's connection and transaction
     else:
@@ -315,7 +170,7 @@ def _reading(engine: Engine | Connection) -> Iterator[Connection]:
 def known_source(engine: Engine | Connection, source: str) -> bool:
     """Whether ``source`` is a source the store has read (a ``tf_source_health`` row): the only
     sources the plugin lets a caller ask for."""
-    with _reading(engine) as conn:
+    with reading(engine) as conn:
         return conn.execute(select(source_health.c.source).where(source_health.c.source == source)).first() is not None
 
 
@@ -339,16 +194,20 @@ def build_status(
     consumer: str,
     settings: Mapping[str, Any],
     now: datetime | None = None,
+    thresholds: KeepaliveThresholds | None = None,
 ) -> dict[str, Any]:
     """The status document of one source (see the module docstring for every field).
 
     :param engine: the store, or a connection to read it on (the plugin's, with its timeouts).
     :param source_key: the source (``tf_source_health.source``); None = the most recently updated.
     :param routing: shown as ``routing``; None shows no routes.
+    :param thresholds: of the keep-alives-only warning (default: :func:`.settings.keepalive_thresholds`
+        of the environment alone).
     """
-    now = _utc(now) or datetime.now(UTC)
-    with _reading(engine) as conn:
-        source = source_key if source_key is not None else _latest_source(conn)
+    now = as_utc_or_none(now) or utcnow()
+    thresholds = thresholds or keepalive_thresholds()
+    with reading(engine) as conn:
+        source = source_key if source_key is not None else latest_source_in(conn)
         health = (
             conn.execute(select(source_health).where(source_health.c.source == source)).mappings().first()
             if source is not None
@@ -387,7 +246,7 @@ def build_status(
 
     per_hour: dict[datetime, int] = {}
     for hour, messages in hourly:
-        key = _hour_floor(_utc(hour) or now)  # the column is NOT NULL
+        key = _hour_floor(as_utc_or_none(hour) or now)  # the column is NOT NULL
         per_hour[key] = per_hour.get(key, 0) + int(messages)
     sent_timed, ms_timed = 0, 0.0
     for sent, ms in timed:  # the latest batches with sends, until AVERAGE_OVER_SENT emails
@@ -396,7 +255,7 @@ def build_status(
         sent_timed, ms_timed = sent_timed + int(sent), ms_timed + float(ms or 0.0)
     counters = {name: int(totals[name] or 0) if totals else 0 for name in STATS_COLUMNS}
     received, current = counters["received"], counters["unprocessed"]
-    last_flush = max((_utc(updated) or now for _, _, updated in positions), default=None)
+    last_flush = max((as_utc_or_none(updated) or now for _, _, updated in positions), default=None)
     empty_reads = int(health["empty_reads"] or 0) if health else 0
     last_data_ms_ago = _ms_ago(now, health["last_data_at"]) if health else None
 
@@ -436,7 +295,9 @@ def build_status(
             {"hour": _iso(hour), "messages": per_hour.get(hour, 0)}
             for hour in (first_hour + timedelta(hours=i) for i in range(HOURS_SHOWN))
         ],
-        "warnings": source_warnings(empty_reads=empty_reads, last_data_ms_ago=last_data_ms_ago),
+        "warnings": source_warnings(
+            empty_reads=empty_reads, last_data_ms_ago=last_data_ms_ago, min_reads=thresholds.reads, min_age_s=thresholds.age_s
+        ),
     }
 
 
@@ -460,14 +321,3 @@ def source_warnings(
             "the source still delivers to this consumer (Adobe's own status, the registration, the topic)",
         })
     return warnings
-
-
-def pool_slots(pool_name: str) -> int | None:
-    """Slots of an Airflow pool, or None when the metadata DB is not reachable from here."""
-    try:
-        from airflow.models.pool import Pool
-
-        pool = Pool.get_pool(pool_name)
-        return int(pool.slots) if pool is not None else None
-    except Exception:
-        return None
