@@ -17,7 +17,7 @@ CSV format (header row required; column order free; unknown columns are an error
     image_url     optional, the product image: same rules as url
     in_stock      optional, true/false/yes/no/1/0 (blank = true)
     name.<locale> optional, any number of them: the name in that locale (name.fr, name.fr-CA,
-                  name.pt_BR); the locale must be a tag like render.normalize_locale accepts
+                  name.pt_BR); the locale must be a tag locales.normalize_locale accepts
 
 Rows are upserted by ``sku``; columns absent from the file are left as they are on stored rows
 (a price-only file updates prices). When the file has any ``name.<locale>`` column, each row's
@@ -29,24 +29,31 @@ value (the same rules and style as :mod:`include.triggerflow.profiles`).
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Connection, Engine, RowMapping, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, RowMapping, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from include.triggerflow.csv_rows import parse_rows
-from include.triggerflow.profiles import LoadResult, _character_problem
+from include.triggerflow.csv_rows import (
+    CsvRowsError,
+    LoadResult,
+    character_problem,
+    read_rows,
+    store_reason,
+    upsert_by_key,
+)
+from include.triggerflow.locales import normalize_locale
+from include.triggerflow.render.filters import locale_chain
 from include.triggerflow.store.db import chunked
 from include.triggerflow.store.schema import catalog
+from include.triggerflow.timeutil import utcnow
 
 __all__ = [
     "CSV_COLUMNS",
@@ -81,15 +88,9 @@ _FALSE = {"false", "no", "0"}
 _EXPECTED = ", ".join((*CSV_COLUMNS, "name.<locale>"))
 
 
-class CatalogCsvError(ValueError):
+class CatalogCsvError(CsvRowsError):
     """The CSV has bad rows; ``errors`` lists each one (file, line, column and what is wrong; never a
     value from the row, as for profiles: the texts go to terminals, logs and CI output)."""
-
-    def __init__(self, path: str, errors: list[str]):
-        self.errors = errors
-        shown = "\n  ".join(errors[:50])
-        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{path}: {len(errors)} bad row(s), nothing was loaded:\n  {shown}{more}")
 
 
 class CatalogStoreError(RuntimeError):
@@ -115,9 +116,6 @@ class CatalogItem:
     def name_for(self, locale: str | None) -> str:
         """The name in ``locale``, most specific tag first (``fr_CA``: fr-CA, then fr), else ``name``."""
         if self.names:
-            # lazy: render may import this module
-            from include.triggerflow.render import locale_chain
-
             for tag in locale_chain(locale):
                 found = self.names.get(tag)
                 if found:
@@ -127,15 +125,12 @@ class CatalogItem:
 
 def _locale_tag(column: str) -> str | None:
     """The normalised tag of a ``name.<locale>`` column, or None when it is not a locale tag."""
-    # lazy: render may import this module
-    from include.triggerflow.render import normalize_locale
-
     return normalize_locale(column[len(NAME_PREFIX):]) if column.startswith(NAME_PREFIX) else None
 
 
 def _sku_problem(sku: str) -> str | None:
     """Why a text cannot be a SKU, or None (the same rule for the CSV and for event SKUs looked up)."""
-    problem = _character_problem(sku)
+    problem = character_problem(sku)
     if problem:
         return problem
     if len(sku) > MAX_LENGTHS["sku"]:
@@ -198,7 +193,7 @@ def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any]
         text = value.strip() if isinstance(value, str) else ""
         if not text:
             continue
-        problem = _character_problem(text)
+        problem = character_problem(text)
         # currency has its own rule (three letters), clearer than "4 characters, at most 3"
         limit = MAX_LENGTHS["name"] if column.startswith(NAME_PREFIX) else MAX_LENGTHS.get(column)
         limit = None if column == "currency" else limit
@@ -284,20 +279,21 @@ def _header_problems(header: list[str]) -> list[str]:
 def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The file's good rows (only the file's columns, plus ``names`` when it has name.<locale>
     columns) and the problems of the bad ones; a bad header or a missing file raises."""
-    path = Path(path)
-    if not path.is_file():
-        raise CatalogCsvError(str(path), [f"{path}: no such file"])
-    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        problems = _header_problems(header)
-        if problems:
-            raise CatalogCsvError(str(path), [f"{path} line 1 (header): " + "; ".join(problems)])
-        has_names = any(h.startswith(NAME_PREFIX) for h in header)
-        keep = {h for h in header if h in CSV_COLUMNS} | ({"names"} if has_names else set())
-        # Only the file's columns: a price-only file must not blank the stored URLs.
-        return parse_rows(reader, path, header, parse_row, key="sku", key_label="SKU", keep=keep)
+    return read_rows(
+        path,
+        error=CatalogCsvError,
+        header_problems=_header_problems,
+        keep=_kept_columns,
+        parse_row=parse_row,
+        key="sku",
+        key_label="SKU",
+    )
+
+
+def _kept_columns(header: list[str]) -> set[str]:
+    """Only the file's columns: a price-only file must not blank the stored URLs."""
+    has_names = any(h.startswith(NAME_PREFIX) for h in header)
+    return {h for h in header if h in CSV_COLUMNS} | ({"names"} if has_names else set())
 
 
 def upsert_catalog(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadResult:
@@ -306,31 +302,14 @@ def upsert_catalog(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadRes
     A new row gets the defaults for the columns it lacks (in stock, no localised names); a stored
     row is updated in the row's columns only."""
     items = [dict(r) for r in rows]
-    result = LoadResult()
-    now = datetime.now(UTC)
     with engine.begin() as conn:
-        existing: set[str] = set()
-        for part in chunked([r["sku"] for r in items], 500):
-            existing.update(conn.execute(select(catalog.c.sku).where(catalog.c.sku.in_(list(part)))).scalars())
-        defaults: dict[str, Any] = {"price": None, "currency": None, "url": None, "image_url": None, "in_stock": True, "names": {}}
-        new = [{**defaults, **r, "updated_at": now} for r in items if r["sku"] not in existing]
-        if new:
-            conn.execute(catalog.insert(), new)
-        changed = [r for r in items if r["sku"] in existing]
-        # One executemany per set of columns (rows from one file share theirs).
-        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for r in changed:
-            by_columns.setdefault(tuple(sorted(k for k in r if k != "sku")), []).append(r)
-        for columns, group in by_columns.items():
-            stmt = (
-                update(catalog)
-                .where(catalog.c.sku == bindparam("b_sku"))
-                .values({**{c: bindparam(f"b_{c}") for c in columns}, "updated_at": now})
-            )
-            conn.execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in group])
-        result.inserted = len(new)
-        result.updated = len(changed)
-    return result
+        inserted, updated = upsert_by_key(conn, catalog, "sku", items, utcnow(), defaults=_NEW_ROW_DEFAULTS)
+    return LoadResult(inserted=inserted, updated=updated)
+
+
+_NEW_ROW_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"price": None, "currency": None, "url": None, "image_url": None, "in_stock": True, "names": {}}
+)
 
 
 def load_catalog_csv(engine: Engine, path: str | Path, *, skip_bad_rows: bool = False) -> LoadResult:
@@ -341,7 +320,7 @@ def load_catalog_csv(engine: Engine, path: str | Path, *, skip_bad_rows: bool = 
     try:
         result = upsert_catalog(engine, rows)
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        reason = store_reason(exc)
         raise CatalogStoreError(f"{path}: the store refused the catalogue, nothing was loaded: {reason}") from None
     result.skipped = errors
     return result

@@ -3,7 +3,7 @@
 CSV format (header row required; column order free; unknown columns are an error):
 
     customer_id   required, unique            the profile's key in triggerflow
-    email         required, a valid address
+    email         required, a valid address (the mailer's own rule: addresses.address_problem)
     first_name, last_name                     optional, used by templates
     locale        optional, e.g. en, en_US, fr-FR
     timezone      optional, an IANA name (Europe/Paris)
@@ -24,44 +24,58 @@ file (addresses and names are personal data that would end up in logs).
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from include.triggerflow.csv_rows import parse_rows
+from include.triggerflow.addresses import address_problem
+from include.triggerflow.csv_rows import (
+    CsvRowsError,
+    LoadResult,
+    character_problem,
+    read_rows,
+    store_reason,
+    upsert_by_key,
+)
+from include.triggerflow.locales import find_zone, normalize_locale
 from include.triggerflow.store.db import chunked
 from include.triggerflow.store.schema import (
     PROFILE_COLUMNS,
     profile_visitor_ids,
     profiles,
 )
+from include.triggerflow.timeutil import utcnow
+
+__all__ = [
+    "CSV_COLUMNS",
+    "MAX_LENGTHS",
+    "REQUIRED",
+    "LoadResult",
+    "ProfileCsvError",
+    "ProfileStoreError",
+    "load_profiles_csv",
+    "parse_row",
+    "read_csv",
+    "upsert_profiles",
+]
 
 CSV_COLUMNS = (*(c for c in PROFILE_COLUMNS if c != "updated_at"), "visitor_ids")
-_ECID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_ECID_CHARS = 64
+_ECID = re.compile(rf"^[A-Za-z0-9-]{{1,{_ECID_CHARS}}}$")
 REQUIRED = ("customer_id", "email")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})*$")
 _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f", ""}
+#: the old name of csv_rows.character_problem (the catalogue loader applies the same rule)
+_character_problem = character_problem
 
 
-class ProfileCsvError(ValueError):
+class ProfileCsvError(CsvRowsError):
     """The CSV has bad rows; ``errors`` lists each one (file, line, column and what is wrong; never a
     value from the row: they are customers' personal data and end up in logs)."""
-
-    def __init__(self, path: str, errors: list[str]):
-        self.errors = errors
-        shown = "\n  ".join(errors[:50])
-        more = f"\n  ... and {len(errors) - 50} more" if len(errors) > 50 else ""
-        super().__init__(f"{path}: {len(errors)} bad row(s), nothing was loaded:\n  {shown}{more}")
 
 
 class ProfileStoreError(RuntimeError):
@@ -69,39 +83,15 @@ class ProfileStoreError(RuntimeError):
     values (engines hide bound parameters; the error's detail lines, which can quote a key, are dropped)."""
 
 
-@dataclass
-class LoadResult:
-    inserted: int = 0
-    updated: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
 def _max_lengths() -> dict[str, int]:
     """Longest value each text column holds, from the schema: SQLite would store a longer one
     silently and PostgreSQL refuse the whole load, so both are checked here, per row."""
-    lengths = {c.name: c.type.length for c in profiles.columns if getattr(c.type, "length", None)}
-    lengths["visitor_ids"] = profile_visitor_ids.c.visitor_id.type.length
+    lengths = {c.name: length for c in profiles.columns if (length := getattr(c.type, "length", None))}
+    lengths["visitor_ids"] = getattr(profile_visitor_ids.c.visitor_id.type, "length", None) or _ECID_CHARS
     return lengths
 
 
 MAX_LENGTHS = _max_lengths()
-
-
-def _character_problem(value: str) -> str | None:
-    """Why a field's text cannot be stored, or None. PostgreSQL refuses NUL in text; other control
-    characters (a stray CR, an escape) would end up in headers and templates. A character decoded
-    from bytes that were not UTF-8 comes back as a lone surrogate (the file is read with
-    ``surrogateescape`` so one bad byte is one bad field, not an unreadable file)."""
-    for index, char in enumerate(value, start=1):
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:
-            return f"is not valid UTF-8 (byte 0x{code - 0xDC00:02X} at character {index})"
-        if code < 0x20 or code == 0x7F or 0x80 <= code < 0xA0:
-            name = "NUL" if code == 0 else f"U+{code:04X}"
-            return f"contains the control character {name} at character {index}"
-        if 0xD800 <= code <= 0xDFFF:
-            return f"contains a lone surrogate at character {index}"
-    return None
 
 
 def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any] | None, list[str]]:
@@ -116,7 +106,7 @@ def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any]
         row[column] = value or None
         if not value:
             continue
-        problem = _character_problem(value)
+        problem = character_problem(value)
         if problem:
             errors.append(f"{where}, column {column}: {problem}")
             row[column] = None  # checked no further: one problem per field is enough
@@ -125,21 +115,18 @@ def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any]
             row[column] = None
     if errors:
         return None, errors
-    for column in REQUIRED:
-        if not row[column]:
-            errors.append(f"{where}, column {column}: empty")
+    errors.extend(f"{where}, column {column}: empty" for column in REQUIRED if not row[column])
     email = row["email"]
-    if email and not _EMAIL.match(email):
+    # The mailer's own check (addresses.validate_address): an address loaded here is one it sends to.
+    if email and address_problem(email) is not None:
         errors.append(f"{where}, column email: not a valid address (expected name@domain.tld)")
     locale = row["locale"]
-    if locale and not _LOCALE.match(locale):
+    # The renderer's rule: a locale that normalises can pick a template variant (en_US too).
+    if locale and normalize_locale(locale) is None:
         errors.append(f"{where}, column locale: not like 'en' or 'en_US'")
     tz = row["timezone"]
-    if tz:
-        try:
-            ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
-            errors.append(f"{where}, column timezone: not an IANA time zone name (e.g. Europe/Paris)")
+    if tz and find_zone(tz) is None:
+        errors.append(f"{where}, column timezone: not an IANA time zone name (e.g. Europe/Paris)")
     visitor_ids = [v.strip() for v in (row.get("visitor_ids") or "").split(";") if v.strip()]
     bad = [n for n, v in enumerate(visitor_ids, start=1) if not _ECID.match(v)]
     if bad:
@@ -159,48 +146,43 @@ def parse_row(raw: Mapping[str, str | None], where: str) -> tuple[dict[str, Any]
 
 
 def read_csv(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ProfileCsvError(str(path), [f"{path}: no such file"])
-    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        unknown = [h for h in header if h not in CSV_COLUMNS]
-        missing = [c for c in REQUIRED if c not in header]
-        if unknown or missing:
-            problems = []
-            if missing:
-                problems.append(f"missing column(s) {', '.join(missing)}")
-            if unknown:
-                # Header names are the file's structure, not customer data; shown safely escaped.
-                names = ", ".join(ascii(h)[1:-1] for h in unknown)
-                problems.append(f"unknown column(s) {names} (expected: {', '.join(CSV_COLUMNS)})")
-            raise ProfileCsvError(str(path), [f"{path} line 1 (header): " + "; ".join(problems)])
-        # Only the file's columns: re-loading a CSV without, say, `ecid` must not blank the ecid of
-        # existing profiles.
-        return parse_rows(reader, path, header, parse_row, key="customer_id", key_label="id", keep=header)
+    """The file's good rows (only the file's columns: re-loading a CSV without, say, ``ecid`` must
+    not blank the ecid of existing profiles) and the problems of the bad ones; a bad header or a
+    missing file raises :class:`ProfileCsvError`."""
+    return read_rows(
+        path,
+        error=ProfileCsvError,
+        header_problems=_header_problems,
+        keep=lambda header: header,
+        parse_row=parse_row,
+        key="customer_id",
+        key_label="id",
+    )
+
+
+def _header_problems(header: list[str]) -> list[str]:
+    problems = []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    unknown = [h for h in header if h not in CSV_COLUMNS]
+    if unknown:
+        # Header names are the file's structure, not customer data; shown safely escaped.
+        names = ", ".join(ascii(h)[1:-1] for h in unknown)
+        problems.append(f"unknown column(s) {names} (expected: {', '.join(CSV_COLUMNS)})")
+    return problems
 
 
 def upsert_profiles(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadResult:
-    """Insert new customers and update existing ones, in one transaction."""
+    """Insert new customers and update existing ones, in one transaction.
+
+    ``visitor_ids``, when a row has it, replaces that customer's stored list of ECIDs."""
     rows = list(rows)
-    result = LoadResult()
-    now = datetime.now(UTC)
+    now = utcnow()
+    visitor_ids = {r["customer_id"]: r["visitor_ids"] for r in rows if "visitor_ids" in r}
+    columns = [{k: v for k, v in r.items() if k != "visitor_ids"} for r in rows]
     with engine.begin() as conn:
-        existing: set[str] = set()
-        ids = [r["customer_id"] for r in rows]
-        for part in chunked(ids, 500):
-            existing.update(conn.execute(select(profiles.c.customer_id).where(profiles.c.customer_id.in_(list(part)))).scalars())
-        visitor_ids = {r["customer_id"]: r["visitor_ids"] for r in rows if "visitor_ids" in r}
-        rows = [{k: v for k, v in r.items() if k != "visitor_ids"} for r in rows]
-        new = [{**r, "updated_at": now} for r in rows if r["customer_id"] not in existing]
-        if new:
-            conn.execute(profiles.insert(), new)
-        for r in rows:
-            if r["customer_id"] in existing:
-                values = {k: v for k, v in r.items() if k != "customer_id"}
-                conn.execute(update(profiles).where(profiles.c.customer_id == r["customer_id"]).values(**values, updated_at=now))
+        inserted, updated = upsert_by_key(conn, profiles, "customer_id", columns, now)
         for part in chunked(sorted(visitor_ids), 500):
             conn.execute(profile_visitor_ids.delete().where(profile_visitor_ids.c.customer_id.in_(list(part))))
         links = [
@@ -210,9 +192,7 @@ def upsert_profiles(engine: Engine, rows: Iterable[Mapping[str, Any]]) -> LoadRe
         ]
         if links:
             conn.execute(profile_visitor_ids.insert(), links)
-        result.inserted = len(new)
-        result.updated = len(rows) - len(new)
-    return result
+    return LoadResult(inserted=inserted, updated=updated)
 
 
 def load_profiles_csv(engine: Engine, path: str | Path, *, skip_bad_rows: bool = False) -> LoadResult:
@@ -222,8 +202,7 @@ def load_profiles_csv(engine: Engine, path: str | Path, *, skip_bad_rows: bool =
     try:
         result = upsert_profiles(engine, rows)
     except SQLAlchemyError as exc:
-        # Only the first line of the driver's message: PostgreSQL's DETAIL line quotes key values.
-        reason = str(getattr(exc, "orig", None) or exc.__class__.__name__).strip().splitlines()[0]
+        reason = store_reason(exc)
         raise ProfileStoreError(f"{path}: the store refused the profiles, nothing was loaded: {reason}") from None
     result.skipped = errors
     return result

@@ -204,7 +204,7 @@ def test_bytes_that_are_not_utf8_are_a_reported_field_not_an_unreadable_file(kit
 
 def test_a_row_at_every_column_limit_loads_and_round_trips(kit, tmp_path: Path) -> None:
     # The limits come from the schema: a value exactly as long as its column is stored whole.
-    longest = {c.name: c.type.length for c in profiles.columns if getattr(c.type, "length", None)}
+    longest = {c.name: length for c in profiles.columns if (length := getattr(c.type, "length", None))}
     email = "e" * (longest["email"] - len("@example.com")) + "@example.com"
     row = f"{'7' * longest['customer_id']},{email},{'F' * longest['first_name']},Ünïcødé 名前 😀,en,,,{'E' * longest['ecid']},,"
     load_profiles_csv(kit.engine, write_csv(tmp_path, HEADER, row))
@@ -255,3 +255,44 @@ def test_load_turns_a_store_error_into_one_line_without_values(kit, tmp_path: Pa
     for value in ("ada@example.com", "grace@example.com", "Lovelace", "SHOP-ADA"):
         assert value not in message
     assert kit.count(profiles) == 0
+
+
+# Addresses the old loader pattern (anything@anything.tld) accepted and the mailer refuses, and
+# addresses both accept: the loader now applies the mailer's own check, so the two always agree.
+ADDRESSES = [
+    "ada@example.com", "a.b+tag@sub.example.co.uk", "x@y.z", "o'brien@example.com",
+    "a@b..com", "a@.example.com", "a@example.com.", "<a@example.com>", "a@example.com>,c@d.com",
+    "a;b@example.com", "(a)@example.com", 'a"b@example.com', "zoë@example.com", "a@exämple.com",
+    "a@example", "@example.com", "a@@example.com", "a b@example.com", "a@example.com\u2028",
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_the_loader_accepts_exactly_the_addresses_the_mailer_sends_to(address: str) -> None:
+    from include.triggerflow.mailer import InvalidAddressError, validate_address
+    from include.triggerflow.profiles import parse_row
+
+    try:
+        validate_address(address)
+        mailer_accepts = True
+    except InvalidAddressError:
+        mailer_accepts = False
+    row, errors = parse_row({"customer_id": "C1", "email": address}, "p.csv line 2")
+    email_errors = [e for e in errors if e.startswith("p.csv line 2, column email:")]
+    assert (row is not None) == mailer_accepts, errors
+    assert email_errors == ([] if mailer_accepts else ["p.csv line 2, column email: not a valid address (expected name@domain.tld)"])
+
+
+@pytest.mark.parametrize(
+    ("locale", "accepted"),
+    [("en", True), ("en_US", True), ("fr-CA", True), ("zh-Hant-TW", True), ("EN_us", True), ("english!", False),
+     ("e", False), ("fr_FR.UTF-8", False), ("de_DE@euro", False), ("../fr", False)],
+)
+def test_the_loader_accepts_the_locales_the_renderer_can_use(locale: str, accepted: bool) -> None:
+    from include.triggerflow.locales import normalize_locale
+    from include.triggerflow.profiles import parse_row
+
+    row, errors = parse_row({"customer_id": "C1", "email": "a@example.com", "locale": locale}, "p.csv line 2")
+    assert (row is not None) is accepted is (normalize_locale(locale) is not None), errors
+    if row is not None:
+        assert row["locale"] == locale  # stored as written; normalised where it is used
