@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,13 +29,17 @@ from include.triggerflow.status import (
     DAG_SCHEDULE_PERIOD_MS,
     KEEPALIVE_WARNING_AGE_S,
     KEEPALIVE_WARNING_READS,
+    KeepaliveThresholds,
     build_status,
+    collect_status,
+    keepalive_thresholds,
     latest_source,
     resolve_consumer,
     retry_validity_ms,
     source_key_for_connection,
     status_settings_from_connection,
 )
+from include.triggerflow.status.settings import KEEPALIVE_AGE_ENV, KEEPALIVE_READS_ENV
 from include.triggerflow.store.schema import (
     decision,
     event,
@@ -340,6 +345,45 @@ def test_a_source_that_only_sends_keep_alives_is_flagged(kit, routing, empty_rea
         detail = doc["warnings"][0]["detail"]
         assert f"the last {empty_reads} reads received only keep-alives" in detail
         assert ("no read has ever received a message" in detail) is (data_age_s is None)
+
+
+def test_keepalive_thresholds_are_settings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Connection extra first, then the environment, then the defaults; a bad value is logged and
+    the default applies (a typo must not take the status down)."""
+    for name in (KEEPALIVE_READS_ENV, KEEPALIVE_AGE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert keepalive_thresholds({}) == KeepaliveThresholds(KEEPALIVE_WARNING_READS, KEEPALIVE_WARNING_AGE_S) == KeepaliveThresholds(30, 1800)
+    monkeypatch.setenv(KEEPALIVE_READS_ENV, "10")
+    monkeypatch.setenv(KEEPALIVE_AGE_ENV, "600")
+    assert keepalive_thresholds(None) == KeepaliveThresholds(10, 600.0)
+    extra = {"keepalive_warning_reads": 5, "keepalive_warning_age_s": "90.5"}
+    assert keepalive_thresholds(extra) == KeepaliveThresholds(5, 90.5)
+    for bad in ({"keepalive_warning_reads": 0}, {"keepalive_warning_reads": 2.5}, {"keepalive_warning_reads": "many"},
+                {"keepalive_warning_reads": True}, {"keepalive_warning_age_s": -1}, {"keepalive_warning_age_s": "nan"}):
+        caplog.clear()
+        thresholds = keepalive_thresholds(bad)
+        assert thresholds in (KeepaliveThresholds(30, 600.0), KeepaliveThresholds(10, 1800)), bad
+        assert "using" in caplog.text, bad
+
+
+def test_the_document_applies_the_thresholds_it_is_given(kit, routing, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = "pipeline:customer_dev:triggers"
+    now = datetime(2026, 3, 2, 10, 30, tzinfo=UTC)
+    _health(kit, key, now, empty_reads=5, last_data_at=now - timedelta(seconds=120))
+    quiet = build_status(kit.engine, routing, source_key=key, consumer="c", settings={}, now=now)
+    assert quiet["warnings"] == []  # defaults: 30 reads, 30 min
+    strict = KeepaliveThresholds(reads=5, age_s=60)
+    flagged = build_status(kit.engine, routing, source_key=key, consumer="c", settings={}, now=now, thresholds=strict)
+    assert [w["code"] for w in flagged["warnings"]] == ["keep-alives-only"]
+    # the collector takes them from the adobe_triggers connection's extra
+    conn = SimpleNamespace(host=None, extra_dejson={"kind": "pipeline", "consumer": "customer_dev", **{
+        "keepalive_warning_reads": 5, "keepalive_warning_age_s": 60}})
+    collected = collect_status(kit.engine, conn)
+    assert collected["source"] == key and [w["code"] for w in collected["warnings"]] == ["keep-alives-only"]
+    monkeypatch.setenv(KEEPALIVE_READS_ENV, "6")  # the extra wins over the environment
+    assert collect_status(kit.engine, conn)["warnings"] != []
+    conn.extra_dejson = {"kind": "pipeline", "consumer": "customer_dev"}
+    assert collect_status(kit.engine, conn)["warnings"] == []  # 5 reads < 6 ($TRIGGERFLOW_KEEPALIVE_WARNING_READS)
 
 
 def test_messages_per_hour_is_zero_filled_over_five_days(kit, routing) -> None:
