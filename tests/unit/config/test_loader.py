@@ -1,4 +1,4 @@
-"""Tests for include.triggerflow.config: the shipped routing file, look-ups and every load-time check."""
+"""Tests for include.triggerflow.config (loader, sections, templates): the shipped routing file, look-ups and every load-time check."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ from include.triggerflow.events import parse_envelope
 
 CART_ID = "5c2c6a3e-2b8f-4d6e-9a51-7f0d3c9b1a01"
 BROWSE_ID = "9e4b1f27-6c3d-4a8e-b2f5-0d7c8a6e3b02"
+
+
+def routed(config: RoutingConfig, trigger_id: str) -> TriggerRoute:
+    """The route for ``trigger_id``, which the test expects to exist."""
+    route = config.route_for(trigger_id)
+    assert route is not None, f"no route for {trigger_id!r}"
+    return route
+
 
 
 @pytest.fixture
@@ -130,9 +138,9 @@ def test_loaded_routes_are_typed(tmp_path: Path, templates: Path) -> None:
 def test_catch_all_is_used_only_when_no_exact_route(tmp_path: Path, templates: Path) -> None:
     text = VALID.replace("trigger_id: id-browse", 'trigger_id: "*"')
     config = load_routing(write(tmp_path, text), templates_dir=templates)
-    assert config.route_for("id-cart").name == "cart"
-    assert config.route_for("anything-else").name == "browse"
-    assert config.route_for("").name == "browse"
+    assert routed(config, "id-cart").name == "cart"
+    assert routed(config, "anything-else").name == "browse"
+    assert routed(config, "").name == "browse"
     assert config.route_for(None) is None
     assert config.route_for(12345) is None
     assert config.describe() == {"id-cart": "cart", "*": "browse"}

@@ -1,6 +1,9 @@
 """Tests for the Campaign side of include.triggerflow.config: a pasted NmsPipeline_Config option
 (``load_campaign_json`` and the routing file's ``campaign`` section)."""
 
+# Adobe's published sample below is kept byte for byte, trailing blanks included.
+# ruff: noqa: W291
+
 from __future__ import annotations
 
 import json
@@ -17,6 +20,7 @@ from include.triggerflow.config import (
     CampaignTopic,
     CampaignTrigger,
     IdentityRule,
+    RoutingConfig,
     RoutingConfigError,
     TriggerRoute,
     load_campaign_json,
@@ -69,6 +73,14 @@ CATCH_ALL_SAMPLE = """\
  ]
  }
 """
+
+
+def routed(config: RoutingConfig, trigger_id: str) -> TriggerRoute:
+    """The route for ``trigger_id``, which the test expects to exist."""
+    route = config.route_for(trigger_id)
+    assert route is not None, f"no route for {trigger_id!r}"
+    return route
+
 
 
 def option(*topics: dict) -> str:
@@ -324,8 +336,8 @@ def test_campaign_option_file_becomes_routes(tmp_path: Path) -> None:
         TriggerRoute("campaign_2da3fdff", UID_2, "cart_abandonment", "{{ profile.first_name }}, your cart", CART, handler="cus:triggers.js",
                      link_policy=SHOP_LINKS),
     )
-    assert config.route_for(UID_1).name == "campaign_3e8a2ba7"
-    assert config.route_for(UID_2).template == "cart_abandonment"
+    assert routed(config, UID_1).name == "campaign_3e8a2ba7"
+    assert routed(config, UID_2).template == "cart_abandonment"
     assert config.route_for("another-trigger") is None  # only configured triggers are processed
     assert config.campaign_consumer == "customer_dev"
     assert config.campaign is not None and config.campaign.origin == str(tmp_path / "nms.json")
@@ -345,8 +357,8 @@ def test_campaign_and_yaml_routes_together_with_catch_all_and_aliases(tmp_path: 
         ("cart", "id-cart", None),
         ("campaign_all", "*", "cus:pipeline.js"),
     ]
-    assert config.route_for("id-cart").name == "cart"  # the exact id first
-    catch_all = config.route_for("anything-else")
+    assert routed(config, "id-cart").name == "cart"  # the exact id first
+    catch_all = routed(config, "anything-else")
     assert (catch_all.name, catch_all.template, catch_all.identity) == (
         "campaign_all", "browse_abandonment", IdentityRule("field", "mcId", "ecid")
     )
@@ -365,6 +377,7 @@ def test_inline_config_json(tmp_path: Path) -> None:
     )
     config = load_routing(write(tmp_path, inline, option_text=None), templates_dir=TEMPLATES_DIR)
     assert [(r.name, r.trigger_id, r.template) for r in config.routes] == [("campaign_all", "*", "browse_abandonment")]
+    assert config.campaign is not None
     assert config.campaign.origin == f"{tmp_path / 'routing.yaml'}: campaign.config_json"
 
 
