@@ -69,10 +69,11 @@ class SectionChecker:
     problems: list[str] = field(default_factory=list)
     #: the file's ``defaults.rules``, merged under every route's own ``rules``
     default_rules: dict[object, object] = field(default_factory=dict)
+    #: the file as messages name it (``include/routing.yaml``, absolute when outside the project)
+    shown: str = field(init=False)
 
-    @property
-    def shown(self) -> str:
-        return display_path(self.path)
+    def __post_init__(self) -> None:
+        self.shown = display_path(self.path)
 
     def fail(self, where: str | None, problem: str) -> None:
         self.problems.append(f"{self.shown}: {where}: {problem}" if where else f"{self.shown}: {problem}")
