@@ -26,111 +26,128 @@ Event data is untrusted (Analytics hits are unauthenticated). Parsing never rais
   number beyond 64 bits, a number given as a string or a bool gives ``None``, the raw value in
   ``raw_fields["triggerTimestamp"]`` and a problem ("triggerTimestamp out of range").
 
-Other fields that are missing or of the wrong type come back as they were (or ``None``) so the
-validation stage can quarantine the event with a reason that shows what was wrong.
+Every scalar field has its JSON type or is ``None``: text fields (``message_id``, ``trigger_id``,
+``mc_id``...) are ``str``, a number given for one becomes its text (``42`` → ``"42"``, what the
+ledger columns and validation reasons show); integer fields (``partition``, ``offset``,
+``create_time``, ``sent_time``) are ``int``. A value of another JSON type (true, an object...) gives
+``None`` and is kept as it came in ``raw_fields`` under its envelope name; :meth:`TriggerEvent.raw`
+reads a field as the envelope gave it, so the validation stage can quarantine the event with a
+reason that shows what was wrong.
+
+JSON decoding and text cleaning live in :mod:`include.triggerflow.event_json`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-PIPELINE_MESSAGE = "com.adobe.mcloud.pipeline.pipelineMessage"
-TRIGGER_BODY = "com.adobe.mcloud.protocol.trigger"
+from include.triggerflow.event_json import (
+    LABEL_LIMIT,
+    MAX_DEPTH,
+    MAX_PROBLEMS,
+    PIPELINE_MESSAGE,
+    REPLACEMENT,
+    TRIGGER_BODY,
+    Cleaner,
+    TextProblem,
+    clean_text,
+    decode_json,
+    decode_payload,
+    loads_json,
+    may_hold_bad,
+    nesting_exceeds,
+)
 
-#: Deepest JSON nesting accepted. Adobe's envelope nests 7 levels; json and msgspec both recurse
-#: per level, so a hit nested 100,000 deep must be refused before either sees it.
-MAX_DEPTH = 64
+__all__ = [
+    "LABEL_LIMIT",
+    "MAX_DEPTH",
+    "MAX_PROBLEMS",
+    "MAX_TRIGGER_MS",
+    "MIN_TRIGGER_MS",
+    "PIPELINE_MESSAGE",
+    "REPLACEMENT",
+    "TRIGGER_BODY",
+    "TextProblem",
+    "TriggerEvent",
+    "as_int",
+    "clean_text",
+    "decode_payload",
+    "loads_json",
+    "nesting_exceeds",
+    "parse_envelope",
+]
+
 #: triggerTimestamp bounds (epoch ms): what a datetime can hold, which is well inside BIGINT.
 MIN_TRIGGER_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_TRIGGER_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
-#: at most this many problems are listed per event (a hit can carry thousands of bad strings)
-MAX_PROBLEMS = 20
-LABEL_LIMIT = 40
-REPLACEMENT = "\ufffd"
+
+#: envelope name -> TriggerEvent attribute, for the typed scalar fields (see TriggerEvent.raw)
+FIELD_NAMES: dict[str, str] = {
+    "envelopeType": "envelope_type",
+    "partition": "partition",
+    "offset": "offset",
+    "createTime": "create_time",
+    "topic": "topic",
+    "messageType": "message_type",
+    "messageId": "message_id",
+    "imsOrg": "ims_org",
+    "sentTime": "sent_time",
+    "triggerId": "trigger_id",
+    "triggerTimestamp": "trigger_ts",
+    "mcId": "mc_id",
+}
 
 
-class TextProblem(StrEnum):
-    """What normalisation found in a string of the event."""
-
-    CONTROL = "control character"  # NUL, C0 other than tab/LF/CR, DEL, C1
-    INVALID = "invalid text"  # a lone surrogate (an escape JSON allows, no encoding can store)
-
-
-# Tab, newline and carriage return are ordinary in free text and every store keeps them.
-_CONTROL = "\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
-_SURROGATE = "\ud800-\udfff"
-_BAD_CHAR = re.compile(f"[{_CONTROL}{_SURROGATE}]")
-_CONTROL_CHAR = re.compile(f"[{_CONTROL}]")
-_SURROGATE_CHAR = re.compile(f"[{_SURROGATE}]")
-# An escape that decodes to a bad character (\b, \f, \u0000-\u001f, \u007f-\u009f, \ud800-\udfff).
-_BAD_ESCAPE = re.compile(r"\\(?:[bf]|u(?:00[0189]|007[fF]|[dD][89a-fA-F]))")
-# A JSON string (escapes included) or one bracket: the depth scan skips brackets inside strings.
-_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
-# Keys of the envelope's containers: a problem is named after the first key below them, so an
-# eVar reads "eVar01" and a header field "messageId".
-_CONTAINER_KEYS = frozenset(
-    {PIPELINE_MESSAGE, TRIGGER_BODY, "header", "enrichments", "analyticsHitSummary", "dimensions"}
-)
-
-try:  # msgspec (installed with Airflow) decodes a 2 KB envelope in half the time of the json module
-    import msgspec as _msgspec
-
-    _fast_decode = _msgspec.json.Decoder().decode
-    _FAST_ERRORS: tuple[type[BaseException], ...] = (_msgspec.MsgspecError, ValueError, RecursionError)
-except ImportError:  # pragma: no cover - msgspec is pinned in requirements.txt
-    _fast_decode = None
-    _FAST_ERRORS = ()
-
-
-def loads_json(text: str | bytes) -> Any:
-    """``json.loads``, faster, with the same values and the same errors.
-
-    msgspec decodes the common case (big integers stay exact ints, as with the json module). What
-    it refuses and the json module accepts (NaN, Infinity, numbers beyond float range, lone
-    surrogates) or refuses differently (invalid JSON) goes to the json module, so a value and an
-    error message are always exactly those of ``json.loads``.
-    """
-    if _fast_decode is not None and isinstance(text, str):
-        try:
-            return _fast_decode(text)
-        except _FAST_ERRORS:
-            pass
-    return json.loads(text)
+#: the paths identity rules may name (``field_value``) -> envelope name
+_FIELD_PATHS: dict[str, str] = {
+    "mcId": "mcId",
+    "triggerId": "triggerId",
+    "messageId": "messageId",
+    "header.messageId": "messageId",
+    "imsOrg": "imsOrg",
+    "header.imsOrg": "imsOrg",
+}
 
 
 @dataclass
 class TriggerEvent:
     """One trigger message. Only fields a stage relies on are lifted out of the payload."""
 
-    envelope_type: Any = None
-    partition: Any = None
-    offset: Any = None
-    create_time: Any = None
-    topic: Any = None
-    message_type: Any = None
-    message_id: Any = None
-    ims_org: Any = None
-    sent_time: Any = None
-    trigger_id: Any = None
+    envelope_type: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    #: epoch milliseconds, as Adobe writes them
+    create_time: int | None = None
+    topic: str | None = None
+    message_type: str | None = None
+    message_id: str | None = None
+    ims_org: str | None = None
+    sent_time: int | None = None
+    trigger_id: str | None = None
     #: epoch milliseconds within datetime range, or None (the raw value is in ``raw_fields``)
     trigger_ts: int | None = None
-    mc_id: Any = None
+    mc_id: str | None = None
     properties: dict[str, str] = field(default_factory=dict)
-    dimensions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: dimension name (stripped) -> its value as sent, normally ``{"data": [...]}``
+    dimensions: dict[str, Any] = field(default_factory=dict)
     products: dict[str, Any] = field(default_factory=dict)
     trigger_path: list[Any] = field(default_factory=list)
     parse_error: str | None = None
     #: what was wrong with the content although it parsed ("control character in eVar01",
     #: "triggerTimestamp out of range"): the validation stage quarantines on any of these
     problems: list[str] = field(default_factory=list)
-    #: raw values of typed fields that were refused, by their envelope name
+    #: raw values of typed fields that were not of their type, by their envelope name
     raw_fields: dict[str, Any] = field(default_factory=dict)
+
+    def raw(self, name: str) -> Any:
+        """The scalar field ``name`` (its envelope name: ``messageId``, ``triggerTimestamp``...) as
+        the envelope gave it: the refused value when there was one, else the typed field."""
+        if name in self.raw_fields:
+            return self.raw_fields[name]
+        return getattr(self, FIELD_NAMES[name])
 
     # -- accessors used by routing, reconciliation and templates ---------------------------------
     def dimension_values(self, name: str) -> list[Any]:
@@ -156,17 +173,11 @@ class TriggerEvent:
     def field_value(self, path: str) -> str | None:
         """A top-level trigger field (``mcId``, ``triggerId``...) or a header field
         (``header.messageId``), as a stripped string."""
-        lookup = {
-            "mcId": self.mc_id,
-            "triggerId": self.trigger_id,
-            "messageId": self.message_id,
-            "header.messageId": self.message_id,
-            "imsOrg": self.ims_org,
-            "header.imsOrg": self.ims_org,
-        }
-        if path not in lookup:
+        name = _FIELD_PATHS.get(path)
+        if name is None:
             return None
-        value = lookup[path]
+        # as the envelope gave it: an identity read from a number (or a true) keeps matching as text
+        value = self.raw(name)
         if value is None:
             return None
         text = str(value).strip()
@@ -224,112 +235,22 @@ def _int_or_none(value: Any) -> int | None:
     return None
 
 
-def clean_text(text: str) -> tuple[str, tuple[TextProblem, ...]]:
-    """``text`` with lone surrogates and control characters replaced by U+FFFD, and what was found.
-
-    The one place event text is made safe for the store and templates (landing uses it for the
-    payload text, parsing for every key and string of the envelope)."""
-    if _BAD_CHAR.search(text) is None:
-        return text, ()
-    found: list[TextProblem] = []
-    if _CONTROL_CHAR.search(text) is not None:
-        found.append(TextProblem.CONTROL)
-    if _SURROGATE_CHAR.search(text) is not None:
-        found.append(TextProblem.INVALID)
-    return _BAD_CHAR.sub(REPLACEMENT, text), tuple(found)
-
-
-def nesting_exceeds(text: str, limit: int = MAX_DEPTH) -> bool:
-    """Whether the JSON text nests arrays/objects deeper than ``limit``, found without recursion.
-
-    Brackets inside strings do not count. Text with fewer brackets than ``limit`` cannot nest
-    deeper, which settles nearly every envelope with two C-speed counts."""
-    if text.count("[") + text.count("{") <= limit:
-        return False
-    depth = 0
-    for match in _STRUCTURE.finditer(text):
-        token = match.group()
-        if token[0] == '"':
-            continue
-        if token in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif depth:
-            depth -= 1
-    return False
-
-
-def decode_payload(payload: bytes) -> str:
-    """Bytes as the JSON module reads them (UTF-8, or UTF-16/32 by their BOM or zero bytes), with
-    U+FFFD for what does not decode: parsing works on text and never fails on encoding."""
-    encoding = json.detect_encoding(payload)
-    return payload.decode(encoding, errors="replace")
-
-
-def _may_hold_bad(text: str) -> bool:
-    """Whether JSON text that decoded may hold a bad character (a false hit only costs a walk).
-
-    Raw C0 characters cannot be inside a JSON string, so after a successful decode only an escape,
-    DEL, C1 or a lone surrogate can produce one; ASCII text is settled without a character scan."""
-    if "\\" in text and _BAD_ESCAPE.search(text) is not None:
-        return True
-    if text.isascii():
-        return "\x7f" in text
-    return _BAD_CHAR.search(text) is not None
-
-
-def _decode(text: str) -> tuple[Any, str | None]:
-    """(value, None) or (None, why the text is not a JSON value); never raises."""
-    if nesting_exceeds(text):
-        return None, f"nesting deeper than {MAX_DEPTH}"
-    try:
-        return loads_json(text), None
-    except RecursionError:  # pragma: no cover - nesting_exceeds refuses what could recurse this deep
-        return None, f"nesting deeper than {MAX_DEPTH}"
-    except ValueError as exc:
-        return None, f"payload is not valid JSON: {exc}"
-
-
-class _Cleaner:
-    """Walks a decoded JSON value once, replacing bad characters in keys and strings and listing
-    where they were found (at most MAX_PROBLEMS, each named once)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-
-    def note(self, problem: str) -> None:
-        if len(self.problems) < MAX_PROBLEMS and problem not in self.problems:
-            self.problems.append(problem)
-
-    def text(self, value: str, label: str | None) -> str:
-        cleaned, found = clean_text(value)
-        for kind in found:
-            self.note(f"{kind} in {label or 'payload'}")
-        return cleaned
-
-    def value(self, value: Any, label: str | None) -> Any:
-        if isinstance(value, str):
-            return self.text(value, label)
-        if isinstance(value, list):
-            return [self.value(item, label) for item in value]
-        if isinstance(value, dict):
-            out: dict[Any, Any] = {}
-            for key, item in value.items():
-                found: tuple[TextProblem, ...] = ()
-                if isinstance(key, str):
-                    key, found = clean_text(key)
-                child = label if label is not None or key in _CONTAINER_KEYS else _label(key)
-                for kind in found:
-                    self.note(f"{kind} in {child or 'payload'}")
-                out[key] = self.value(item, child)
-            return out
+def _text_field(name: str, value: Any, raw_fields: dict[str, Any]) -> str | None:
+    """A text field: a string as it is; a number as its text; anything else None (kept raw)."""
+    if value is None or isinstance(value, str):
         return value
+    raw_fields[name] = value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
 
 
-def _label(key: Any) -> str:
-    text = str(key).strip()
-    return text[:LABEL_LIMIT] + "…" if len(text) > LABEL_LIMIT else text
+def _int_field(name: str, value: Any, raw_fields: dict[str, Any]) -> int | None:
+    """An integer field: an int as it is (not a bool); anything else None (kept raw)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raw_fields[name] = value
+    return None
 
 
 def _trigger_ms(raw: Any) -> tuple[int | None, str | None]:
@@ -369,27 +290,29 @@ def parse_envelope(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
 
 def _parse(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
     problems: list[str] = []
-    cleaner = _Cleaner(problems)
+    cleaner = Cleaner(problems)
     if isinstance(payload, (bytes, bytearray, memoryview)):
         payload = decode_payload(bytes(payload))
     if isinstance(payload, str):
-        decoded, error = _decode(payload)
+        decoded, error = decode_json(payload)
         if error is not None:
             return TriggerEvent(parse_error=error)
         # most envelopes hold no escape or character that decodes to a bad one: no walk needed
-        payload = cleaner.value(decoded, None) if _may_hold_bad(payload) else decoded
+        payload = cleaner.value(decoded, None) if may_hold_bad(payload) else decoded
     else:
         payload = cleaner.value(payload, None)
     if not isinstance(payload, dict):
         return TriggerEvent(parse_error=f"payload is a JSON {type(payload).__name__}, not an object")
 
+    raw: dict[str, Any] = {}
     event = TriggerEvent(
-        envelope_type=payload.get("envelopeType"),
-        partition=payload.get("partition"),
-        offset=payload.get("offset"),
-        create_time=payload.get("createTime"),
-        topic=payload.get("topic"),
+        envelope_type=_text_field("envelopeType", payload.get("envelopeType"), raw),
+        partition=_int_field("partition", payload.get("partition"), raw),
+        offset=_int_field("offset", payload.get("offset"), raw),
+        create_time=_int_field("createTime", payload.get("createTime"), raw),
+        topic=_text_field("topic", payload.get("topic"), raw),
         problems=problems,
+        raw_fields=raw,
     )
     message = payload.get(PIPELINE_MESSAGE)
     if not isinstance(message, dict):
@@ -398,10 +321,10 @@ def _parse(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
 
     header = message.get("header")
     if isinstance(header, dict):
-        event.message_type = header.get("messageType")
-        event.message_id = header.get("messageId")
-        event.ims_org = header.get("imsOrg")
-        event.sent_time = header.get("sentTime")
+        event.message_type = _text_field("messageType", header.get("messageType"), raw)
+        event.message_id = _text_field("messageId", header.get("messageId"), raw)
+        event.ims_org = _text_field("imsOrg", header.get("imsOrg"), raw)
+        event.sent_time = _int_field("sentTime", header.get("sentTime"), raw)
         props = header.get("properties")
         if isinstance(props, list):
             for prop in props:
@@ -413,19 +336,19 @@ def _parse(payload: str | bytes | dict[str, Any]) -> TriggerEvent:
         event.parse_error = f"pipeline message has no '{TRIGGER_BODY}' object"
         return event
 
-    event.trigger_id = body.get("triggerId")
+    event.trigger_id = _text_field("triggerId", body.get("triggerId"), raw)
     raw_ts = body.get("triggerTimestamp")
     event.trigger_ts, ts_problem = _trigger_ms(raw_ts)
     if ts_problem is not None:
-        event.raw_fields["triggerTimestamp"] = raw_ts
+        raw["triggerTimestamp"] = raw_ts
         problems.append(ts_problem)  # past the cap on text problems: it decides the event alone
-    event.mc_id = body.get("mcId")
+    event.mc_id = _text_field("mcId", body.get("mcId"), raw)
     path = body.get("triggerPath")
     event.trigger_path = path if isinstance(path, list) else []
     enrichments = body.get("enrichments")
     if isinstance(enrichments, str):
         # The XML form given to Campaign's JS connector carries enrichments as a JSON string.
-        decoded, error = _decode(enrichments)
+        decoded, error = decode_json(enrichments)
         if error is not None and error.startswith("nesting"):
             problems.append(f"enrichments {error}")
         enrichments = cleaner.value(decoded, None) if error is None else None

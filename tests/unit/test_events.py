@@ -405,6 +405,41 @@ def test_trigger_timestamps_in_range_are_ints(ms: int) -> None:
     assert ev.triggered_at is not None
 
 
+@pytest.mark.parametrize(
+    ("value", "typed"),
+    [("an-id", "an-id"), (42, "42"), (1.5, "1.5"), (True, None), ({"a": 1}, None), ([1, "x"], None), (None, None)],
+)
+def test_text_fields_are_text_and_refused_values_stay_readable(value: Any, typed: str | None) -> None:
+    sample = faq_sample()
+    sample["envelopeType"] = value
+    sample[PIPELINE_MESSAGE]["header"].update(messageId=value, imsOrg=value, messageType=value)
+    sample[PIPELINE_MESSAGE][TRIGGER_BODY].update(triggerId=value, mcId=value)
+    ev = parse_envelope(json.dumps(sample))
+    assert ev.parse_error is None and ev.problems == []
+    names = {"envelopeType": ev.envelope_type, "messageId": ev.message_id, "imsOrg": ev.ims_org,
+             "messageType": ev.message_type, "triggerId": ev.trigger_id, "mcId": ev.mc_id}
+    for name, field_value in names.items():
+        assert field_value == typed and (field_value is None or type(field_value) is str), name
+        assert ev.raw(name) == value, name  # what the validation reason shows
+    expected_raw = {} if value is None or isinstance(value, str) else dict.fromkeys(names, value)
+    assert ev.raw_fields == expected_raw
+    # identity rules read the value as the envelope gave it, as text
+    assert ev.field_value("mcId") == (None if value is None else str(value).strip())
+
+
+@pytest.mark.parametrize(("value", "typed"), [(7, 7), (-1, -1), (2**70, 2**70), ("7", None), (7.0, None), (True, None)])
+def test_integer_fields_are_ints(value: Any, typed: int | None) -> None:
+    sample = faq_sample()
+    sample.update(partition=value, offset=value, createTime=value)
+    sample[PIPELINE_MESSAGE]["header"]["sentTime"] = value
+    ev = parse_envelope(json.dumps(sample))
+    for name, field_value in {"partition": ev.partition, "offset": ev.offset, "createTime": ev.create_time,
+                              "sentTime": ev.sent_time}.items():
+        assert field_value == typed and (typed is None or type(field_value) is int), name
+        assert ev.raw(name) == value
+    assert ev.raw_fields == ({} if typed is not None else dict.fromkeys(["partition", "offset", "createTime", "sentTime"], value))
+
+
 def test_missing_trigger_timestamp_is_left_to_the_not_null_expectation() -> None:
     sample = faq_sample()
     del sample[PIPELINE_MESSAGE][TRIGGER_BODY]["triggerTimestamp"]

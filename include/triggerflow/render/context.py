@@ -40,7 +40,7 @@ def build_context(
         "profile": dict(profile),
         "event": {
             # a catch-all route takes any trigger id: then it is event text like any other
-            "trigger_id": route.trigger_id if not route.is_catch_all else clean_display_text(event.trigger_id)[0],
+            "trigger_id": route.trigger_id if not route.is_catch_all else clean_display_text(event.raw("triggerId"))[0],
             "name": route.name,
             "triggered_at": event.triggered_at,
             "pages": list(content.pages),

@@ -50,6 +50,12 @@ def assert_safe(ev: TriggerEvent) -> None:
         type(ev.trigger_ts) is int and MIN_TRIGGER_MS <= ev.trigger_ts <= MAX_TRIGGER_MS
     )
     assert ev.parse_error is None or isinstance(ev.parse_error, str)
+    # the typed fields hold their type or None, whatever the payload (refused values are in raw_fields)
+    for text in (ev.envelope_type, ev.message_id, ev.trigger_id, ev.mc_id, ev.ims_org, ev.topic, ev.message_type):
+        assert text is None or type(text) is str
+    for number in (ev.partition, ev.offset, ev.create_time, ev.sent_time):
+        assert number is None or type(number) is int
+    assert isinstance(ev.raw_fields, dict) and isinstance(ev.dimensions, dict) and isinstance(ev.products, dict)
     # text problems are capped; the timestamp and enrichments problems come on top
     assert len(ev.problems) <= MAX_PROBLEMS + 2
     lifted = [ev.envelope_type, ev.message_id, ev.trigger_id, ev.mc_id, ev.ims_org, ev.topic, ev.message_type,
@@ -58,7 +64,7 @@ def assert_safe(ev: TriggerEvent) -> None:
         assert BAD.search(text) is None, repr(text)
         text.encode("utf-8")  # storable everywhere
     # what routing, reconciliation and templates call on an event
-    for name in list(ev.dimensions)[:5] + ["eVar01", "pageURL"]:
+    for name in [*list(ev.dimensions)[:5], "eVar01", "pageURL"]:
         ev.dimension_values(name)
         first = ev.dimension_first(name)
         assert first is None or BAD.search(first) is None
