@@ -1,12 +1,13 @@
 """Tests for include.triggerflow.preview: previews rendered from the shipped templates and samples,
-and test sends delivered to a real SMTP sink process (devstack.smtp_sink)."""
+and test sends over a fake session (the MailSession protocol); against the real SMTP sink:
+tests/integration/test_preview.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import email
 import json
-import socket
+import smtplib
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -14,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from devstack.processes import RunningSmtpSink
 from include.triggerflow import DEFAULT_ROUTING_FILE
 from include.triggerflow.config import load_routing
+from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.preview import (
     DEFAULT_UNSUBSCRIBE_URL,
     PREVIEW_FILES,
@@ -29,6 +30,8 @@ from include.triggerflow.preview import (
     sample_profile,
     send_test,
 )
+from include.triggerflow.preview.seeds import hook_from_settings
+from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 
 PROFILE = {
     "customer_id": "C0003",
@@ -182,45 +185,68 @@ def test_browse_preview_from_the_samples(tmp_path: Path) -> None:
     assert "Hi Grace, still looking?" in text and "Headlamp 400 Lumen Rechargeable: $54.00" in text
 
 
-# -- test send (real SMTP sink) ----------------------------------------------------------------------
-@pytest.fixture
-def sink(smtp_sink_process: RunningSmtpSink) -> RunningSmtpSink:
-    for path in smtp_sink_process.out_dir.glob("*.eml"):
-        path.unlink()
-    smtp_sink_process.clear_faults()
-    return smtp_sink_process
+# -- test send (fake session) ------------------------------------------------------------------------
+class FakeMail:
+    """A TriggerMailHook stand-in: records what would be sent; refuses or breaks on request."""
+
+    host, port, use_ssl, smtp_conn_id = "relay.test", 25, False, "smtp_triggers"
+
+    def __init__(self, sender: str = SENDER, from_name: str | None = None, *, refuse: dict[str, Any] | None = None,
+                 fail_at: int | None = None, message_id_domain: str = "triggerflow.local") -> None:
+        self.sender, self.from_name, self.message_id_domain = sender, from_name, message_id_domain
+        self.refuse = refuse or {}
+        self.fail_at = fail_at
+        self.sent: list[tuple[str, EmailMessage]] = []
+        self.sessions = 0
+
+    def __enter__(self) -> FakeMail:
+        self.sessions += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def send_prepared(self, recipient: str, message: bytes) -> Any:
+        if self.fail_at is not None and len(self.sent) == self.fail_at:
+            raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+        if recipient in self.refuse:
+            return self.refuse[recipient]
+        msg = email.message_from_bytes(message, policy=policy.default)
+        assert isinstance(msg, EmailMessage)
+        self.sent.append((recipient, msg))
+        return accepted()
 
 
-def send(sink: RunningSmtpSink, seeds: list[str], profile: dict[str, Any] = PROFILE, **kwargs: Any) -> list[TestSendResult]:
-    return send_test(
-        "cart_abandonment", cart_event(), profile, seeds, smtp_host=sink.host, smtp_port=sink.port, sender=SENDER, **kwargs
-    )
+def fake_send(mail: FakeMail, seeds: list[str], profile: dict[str, Any] = PROFILE, **kwargs: Any) -> list[TestSendResult]:
+    return send_test("cart_abandonment", cart_event(), profile, seeds, mail=mail, **kwargs)  # type: ignore[arg-type]
 
 
-def test_send_test_delivers_to_every_seed(sink: RunningSmtpSink) -> None:
-    results = send(sink, ["qa1@example.com", "qa2@example.org"], from_name="triggerflow shop")
+def test_send_test_sends_to_every_seed_in_one_session() -> None:
+    mail = FakeMail(from_name="triggerflow shop")
+    results = fake_send(mail, ["qa1@example.com", "qa2@example.org"])
 
-    assert [(r.recipient, r.accepted, r.code) for r in results] == [("qa1@example.com", True, 250), ("qa2@example.org", True, 250)]
-    messages = sink.wait_for(2)
-    assert len(messages) == 2
-    by_to = {str(m["To"]): m for m in messages}
-    assert set(by_to) == {"qa1@example.com", "qa2@example.org"}
-    for seed, msg in by_to.items():
-        assert msg["X-Envelope-To"] == seed
-        assert msg["X-Envelope-From"] == SENDER
+    assert [(r.recipient, r.accepted, r.code, r.reply) for r in results] == [
+        ("qa1@example.com", True, 250, "accepted"), ("qa2@example.org", True, 250, "accepted")]
+    assert mail.sessions == 1
+    assert [to for to, _ in mail.sent] == ["qa1@example.com", "qa2@example.org"]
+    for (seed, msg), result in zip(mail.sent, results, strict=True):
+        assert msg["To"] == seed
         assert msg["From"] == f"triggerflow shop <{SENDER}>"
         assert msg["Subject"] == "[TEST] Grace, you left something in your cart"
         assert msg["X-Triggerflow-Test"] == "true"
+        assert msg["X-Triggerflow-Route"] == "cart_abandonment"
         assert msg["List-Unsubscribe"] == f"<{DEFAULT_UNSUBSCRIBE_URL}>"
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert "Hi Grace, your cart is waiting" in body(msg, "plain")
-    assert {r.message_id for r in results} == {str(m["Message-ID"]) for m in messages}
+        assert str(msg["Message-ID"]) == result.message_id
     assert len({r.message_id for r in results}) == 2
 
 
-def test_send_test_french_profile_and_custom_prefix(sink: RunningSmtpSink) -> None:
-    send(sink, ["qa@example.com"], profile=FRENCH, subject_prefix="[QA fr] ")
-    (msg,) = sink.wait_for(1)
+def test_send_test_uses_the_sessions_message_id_domain_and_the_profile_locale() -> None:
+    mail = FakeMail(message_id_domain="mail.shop.test")
+    (result,) = fake_send(mail, ["qa@example.com"], profile=FRENCH, subject_prefix="[QA fr] ")
+    (_, msg), = mail.sent
+    assert result.message_id.endswith("@mail.shop.test>")
     assert msg["Subject"] == "[QA fr] Marie, you left something in your cart"
     assert "Bonjour Marie, votre panier vous attend" in body(msg, "plain")
 
@@ -229,29 +255,53 @@ def test_send_test_french_profile_and_custom_prefix(sink: RunningSmtpSink) -> No
     "bad",
     ["not-an-address", "qa@example.com\r\nBcc: victim@example.com", "qa@example.com, victim@example.com", ""],
 )
-def test_one_bad_seed_refuses_them_all(sink: RunningSmtpSink, bad: str) -> None:
-    with pytest.raises(PreviewError, match="^refusing to send to any seed: "):
-        send(sink, ["qa1@example.com", bad, "qa2@example.com"])
+def test_one_bad_seed_refuses_them_all_before_the_session(bad: str) -> None:
+    mail = FakeMail()
+    with pytest.raises(PreviewError, match=r"^refusing to send to any seed: "):
+        fake_send(mail, ["qa1@example.com", bad, "qa2@example.com"])
     with pytest.raises(PreviewError, match="at least one seed"):
-        send(sink, [])
-    # nothing reached the server
-    assert sink.eml_paths() == []
+        fake_send(mail, [])
+    assert (mail.sessions, mail.sent) == (0, [])
 
 
-def test_a_seed_refused_by_the_server_is_reported(sink: RunningSmtpSink) -> None:
-    sink.set_faults([{"rcpt": "full@example.com", "code": 552, "message": "5.2.2 mailbox full"}])
-    results = send(sink, ["full@example.com", "qa@example.com", "QA@example.com"])  # the duplicate is dropped
+def test_a_seed_refused_by_the_server_is_reported() -> None:
+    mail = FakeMail(refuse={"full@example.com": read_reply(SmtpStage.RCPT, 552, "5.2.2 mailbox full")})
+    results = fake_send(mail, ["full@example.com", "qa@example.com", "QA@example.com"])  # the duplicate is dropped
     assert [(r.recipient, r.accepted, r.code) for r in results] == [("full@example.com", False, 552), ("qa@example.com", True, 250)]
     assert "mailbox full" in results[0].reply
-    assert [str(m["To"]) for m in sink.wait_for(1)] == ["qa@example.com"]
+    assert [to for to, _ in mail.sent] == ["qa@example.com"]
 
 
-def test_bad_sender_and_unreachable_server(sink: RunningSmtpSink) -> None:
-    with pytest.raises(PreviewError, match="bad sender"):
-        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], smtp_host=sink.host, smtp_port=sink.port, sender="shop@localhost")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]  # bound, never listening: connection refused
-        with pytest.raises(PreviewError, match=rf"^SMTP session with 127.0.0.1:{closed_port} failed: ConnectionRefusedError"):
-            send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], smtp_host="127.0.0.1", smtp_port=closed_port, sender=SENDER, timeout=5)
-    assert sink.eml_paths() == []
+@pytest.mark.parametrize("sender", ["shop@localhost", "shop@example.com\r\nBcc: x@example.com"])
+def test_a_bad_sender_is_refused_before_the_session(sender: str) -> None:
+    mail = FakeMail(sender=sender)
+    with pytest.raises(PreviewError, match=r"^bad sender: "):
+        fake_send(mail, ["qa@example.com"])
+    assert mail.sessions == 0
+
+
+def test_a_session_failure_names_the_server_and_what_was_accepted() -> None:
+    mail = FakeMail(fail_at=1)
+    with pytest.raises(PreviewError, match=r"^SMTP session with relay.test:25 failed: SMTPServerDisconnected: "
+                       r"Connection unexpectedly closed \(accepted before the failure: qa1@example.com\)$"):
+        fake_send(mail, ["qa1@example.com", "qa2@example.com"])
+
+
+def test_a_session_missing_its_settings_is_a_preview_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
+    with pytest.raises(PreviewError) as info:
+        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], mail=TriggerMailHook("no_such_conn"))
+    assert str(info.value) == "no SMTP --smtp-host and --from: connection 'no_such_conn' is not defined; pass --smtp-host, --from"
+
+
+def test_the_old_keyword_arguments_make_a_hook() -> None:
+    hook = hook_from_settings({
+        "smtp_host": "relay.test", "smtp_port": 587, "sender": SENDER, "from_name": "Shop", "smtp_user": "ada",
+        "smtp_password": "pw", "starttls": True, "timeout": 5, "message_id_domain": "mail.shop.test",
+    })
+    assert (hook.host, hook.port, hook.sender, hook.from_name, hook.message_id_domain) == ("relay.test", 587, SENDER, "Shop", "mail.shop.test")
+    assert (hook.use_ssl, hook.smtp_starttls, hook.smtp_user, hook.smtp_password, hook.timeout, hook.smtp_retry_limit) == (
+        False, True, "ada", "pw", 5, 0)
+    assert hook_from_settings({"smtp_host": "h.test", "smtp_port": 465, "sender": SENDER, "use_ssl": True}).use_ssl
+    with pytest.raises(TypeError, match="mail= or the SMTP settings, not both"):
+        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], mail=hook, smtp_host="relay.test")

@@ -85,6 +85,8 @@ class TriggerMailHook(SmtpHook):
         self._port_override = port or None
         self._from_override = from_email or None
         self._client: smtplib.SMTP | None = None
+        #: False when the session is made of the keyword overrides alone (no such connection)
+        self._conn_defined = True
 
     # -- the connection ---------------------------------------------------------------------------
     @cached_property
@@ -104,6 +106,7 @@ class TriggerMailHook(SmtpHook):
                 ) from None
             from airflow.providers.common.compat.sdk import Connection
 
+            self._conn_defined = False
             # given on the command line only: a plain session, as to a local relay or a sink
             return Connection(
                 conn_id=self.smtp_conn_id, conn_type="smtp", host=self._host_override, port=self._port_override,
@@ -132,7 +135,10 @@ class TriggerMailHook(SmtpHook):
         # on every access, and send_prepared needs the envelope sender for every message.
         sender = self.__dict__.get("_tf_sender")
         if sender is None:
+            _ = self.conn  # a session without its host fails here, naming what to set
             sender = self.from_email
+            if not sender and not self._conn_defined:
+                raise _missing_settings(self.smtp_conn_id, defined=False, host=True, sender=False)
             if not sender:
                 raise ValueError(f"connection {self.smtp_conn_id!r}: set extra.from_email (the From address)")
             self.__dict__["_tf_sender"] = sender

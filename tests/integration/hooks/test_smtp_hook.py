@@ -52,7 +52,7 @@ def test_missing_from_email_is_a_clear_value_error(smtp, monkeypatch: pytest.Mon
     with TriggerMailHook() as mail:
         with pytest.raises(ValueError, match=r"^connection 'smtp_triggers': set extra.from_email \(the From address\)$"):
             _ = mail.sender
-        with pytest.raises(ValueError, match="set extra.from_email"):
+        with pytest.raises(ValueError, match=r"set extra\.from_email"):
             mail.send_prepared("ada@example.com", message())
     assert smtp.eml_paths() == []
 
