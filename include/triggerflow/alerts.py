@@ -16,18 +16,27 @@ import html
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
 
 from sqlalchemy import Engine, insert, select, update
 
 from include.triggerflow.mailer import build_message, message_id_for, validate_address
 from include.triggerflow.store.schema import alert
+from include.triggerflow.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
 SLA_BREACH = "sla-breach"
 ALERT_EMAILS_VARIABLE = "triggerflow_alert_emails"
+
+
+class AlertOutcome(TypedDict):
+    """What :func:`fire_sla_alert` did: the ``tf_alert`` row, its text, and who was told."""
+
+    alert_id: int
+    detail: str
+    notified: str
 
 
 def alert_recipients() -> list[str]:
@@ -51,9 +60,9 @@ def fire_sla_alert(
     open_session: Callable[[], AbstractContextManager[Any]] | None = None,
     renotify_s: float | None = None,
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> AlertOutcome:
     """Record the breach, log it, email the recipients unless they were told recently."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     renotify = timedelta(seconds=renotify_s if renotify_s is not None else threshold_s)
     detail = (
         f"the oldest waiting trigger is {age_s / 60:.1f} min old (in the {where}); "
@@ -61,12 +70,12 @@ def fire_sla_alert(
     )
     log.error("SLA alert for %s %s: %s", dag_id, run_id, detail)
     with engine.begin() as conn:
-        alert_id = conn.execute(
+        alert_id: int = conn.execute(
             insert(alert).values(
                 kind=SLA_BREACH, dag_id=dag_id, run_id=run_id, batch_id=batch_id, oldest_waiting_age_s=age_s,
                 threshold_s=threshold_s, detail=detail, notified=None, fired_at=now,
-            )
-        ).inserted_primary_key[0]
+            ).returning(alert.c.alert_id)
+        ).scalar_one()
         last_mail = conn.execute(
             select(alert.c.fired_at)
             .where(alert.c.kind == SLA_BREACH, alert.c.notified.like("emailed %"), alert.c.alert_id != alert_id)
@@ -75,8 +84,8 @@ def fire_sla_alert(
         ).scalar()
     if not recipients:
         notified = f"nobody: set the Airflow Variable {ALERT_EMAILS_VARIABLE} to be emailed"
-    elif last_mail is not None and now - _aware(last_mail) < renotify:
-        notified = f"not emailed again: last email at {_aware(last_mail).isoformat()}"
+    elif last_mail is not None and now - last_mail < renotify:  # fired_at: aware UTC (UtcDateTime)
+        notified = f"not emailed again: last email at {last_mail.isoformat()}"
     elif open_session is None:
         notified = "nobody: no mail session"
     else:
@@ -99,7 +108,3 @@ def _email(open_session: Callable[[], AbstractContextManager[Any]], recipients: 
                 text=text, html=body, message_id=message_id_for(f"sla-alert-{alert_id}", mail.message_id_domain),
             )
             mail.send_prepared(rcpt, message)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

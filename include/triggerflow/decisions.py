@@ -7,11 +7,30 @@ or the identity value carried by the event when no profile matched) and per deci
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from sqlalchemy import Engine, func, or_, select
 
+from include.triggerflow.states import SUPPRESSED_PREFIX
 from include.triggerflow.store.schema import batch, decision, send
+
+
+class DecisionRow(TypedDict):
+    """One decision as :func:`query_decisions` returns it (date-times as ISO 8601 text)."""
+
+    event_id: int
+    batch_id: str
+    run_id: str | None
+    route: str | None
+    trigger_id: str | None
+    customer_key: str | None
+    profile_id: str | None
+    decision: str
+    detail: str | None
+    decided_at: str
+    send_state: str | None
+    not_before: str | None
+    sent_at: str | None
 
 
 def query_decisions(
@@ -22,7 +41,7 @@ def query_decisions(
     customer: str | None = None,
     code: str | None = None,
     limit: int = 200,
-) -> list[dict[str, Any]]:
+) -> list[DecisionRow]:
     """Decisions, newest first, with the email's ledger state when one was queued.
 
     ``customer`` matches the profile id or the event's identity value (``customer_key``), so an
@@ -56,12 +75,12 @@ def query_decisions(
         stmt = stmt.where(decision.c.batch_id == batch_id)
     if customer is not None:
         stmt = stmt.where(or_(decision.c.profile_id == customer, decision.c.customer_key == customer))
-    if code == "suppressed":
-        stmt = stmt.where(decision.c.decision.like("suppressed:%"))
+    if code == SUPPRESSED_PREFIX.rstrip(":"):
+        stmt = stmt.where(decision.c.decision.like(SUPPRESSED_PREFIX + "%"))
     elif code is not None:
         stmt = stmt.where(decision.c.decision == code)
     with engine.connect() as conn:
-        return [_plain(dict(row._mapping)) for row in conn.execute(stmt)]
+        return [cast(DecisionRow, _plain(dict(row._mapping))) for row in conn.execute(stmt)]
 
 
 def decision_counts(engine: Engine, *, run_id: str | None = None, batch_id: str | None = None) -> dict[str, int]:

@@ -15,14 +15,15 @@ shown by ``cli quarantine`` or in the events' ``src_position``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, String, insert, select, update
 
 from include.triggerflow.store.schema import source_gap, source_health, source_position
+from include.triggerflow.timeutil import utcnow
 
 SKIP_REASON_PREFIX = "deliberate skip"
-POSITION_MAX_LENGTH = source_position.c.position.type.length
+POSITION_MAX_LENGTH: int = cast(String, source_position.c.position.type).length or 200
 
 
 class PositionError(ValueError):
@@ -86,7 +87,7 @@ def _known(conn: Connection, source: str) -> bool:
 
 
 def _move(conn: Connection, source: str, partition: int, old: str | None, new: str, reason: str) -> PositionMove:
-    now = datetime.now(UTC)
+    now = utcnow()
     if old is None:
         conn.execute(insert(source_position).values(source=source, partition=partition, position=new, updated_at=now))
     else:

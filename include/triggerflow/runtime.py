@@ -6,11 +6,18 @@ test or the CLI with the same wiring.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.triggerflow.stages.land import BatchRef
+
+if TYPE_CHECKING:  # the DAG file imports this module: the rest is imported when a task runs
+    from sqlalchemy import Engine
+
+    from include.triggerflow.alerts import AlertOutcome
+    from include.triggerflow.config import RoutingConfig
+    from include.triggerflow.stages.send import SendOptions
 
 
 def batch_ref(context: Mapping[str, Any]) -> BatchRef:
@@ -37,17 +44,17 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-def store_engine():
+def store_engine() -> Engine:
     """The store engine from connection ``triggers_db``; creates missing tables."""
     from include.triggerflow.hooks.store import TriggersStoreHook
-    from include.triggerflow.store.db import create_schema
+    from include.triggerflow.store.migrations import create_schema
 
     engine = TriggersStoreHook().get_conn()
     create_schema(engine)
     return engine
 
 
-def send_options(context: Mapping[str, Any]):
+def send_options(context: Mapping[str, Any]) -> SendOptions:
     """The send stage's options from the run's params and the task instance's try."""
     import os
     from pathlib import Path
@@ -80,17 +87,17 @@ def send_options(context: Mapping[str, Any]):
     )
 
 
-def routing():
+def routing() -> RoutingConfig:
     from include.triggerflow.config import load_routing
 
     return load_routing()
 
 
-def sla_alert(engine, dag_id: str, run_id: str, batch_id: str):
+def sla_alert(engine: Engine, dag_id: str, run_id: str, batch_id: str) -> Callable[[dict[str, Any]], AlertOutcome]:
     """The report's SLA-breach callback: alerts.fire_sla_alert with the recipients from the
     Variable triggerflow_alert_emails and mail over connection smtp_triggers."""
 
-    def fire(info: dict) -> dict:
+    def fire(info: dict[str, Any]) -> AlertOutcome:
         from include.triggerflow.alerts import alert_recipients, fire_sla_alert
         from include.triggerflow.hooks.smtp import TriggerMailHook
 

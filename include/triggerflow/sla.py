@@ -22,15 +22,43 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from typing import TypedDict
 
 from sqlalchemy import Engine, and_, func, select
 
+from include.triggerflow.states import WAITING_STATES, EventStatus, SendAction
 from include.triggerflow.store.schema import decision, event, send, send_log
+from include.triggerflow.timeutil import utcnow
 
 DEFAULT_ALERT_AFTER_S = 30 * 60
-WAITING_STATES = ("pending", "deferred", "sending")
+__all__ = [
+    "DEFAULT_ALERT_AFTER_S",
+    "WAITING_STATES",
+    "LatencySummary",
+    "Waiting",
+    "latency_summary",
+    "oldest_waiting",
+    "percentile",
+    "run_latencies",
+]
+
+
+class LatencySummary(TypedDict):
+    """Seconds from trigger to SMTP acceptance over a run's emails (None: no email)."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    max: float | None
+
+
+class Waiting(TypedDict):
+    """The oldest trigger still waiting: its age in seconds and where it waits (None: nothing)."""
+
+    age_s: float | None
+    where: str | None
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -41,7 +69,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[rank - 1])
 
 
-def latency_summary(values: Sequence[float]) -> dict[str, Any]:
+def latency_summary(values: Sequence[float]) -> LatencySummary:
     ordered = sorted(values)
     if not ordered:
         return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
@@ -60,16 +88,20 @@ def run_latencies(engine: Engine, run_id: str) -> list[float]:
         rows = conn.execute(
             select(send.c.trigger_ts, send_log.c.at)
             .join(send, send.c.send_id == send_log.c.send_id)
-            .where(send_log.c.run_id == run_id, send_log.c.action.in_(("sent", "resent")), send.c.trigger_ts.is_not(None))
+            .where(
+                send_log.c.run_id == run_id,
+                send_log.c.action.in_((SendAction.SENT, SendAction.RESENT)),
+                send.c.trigger_ts.is_not(None),
+            )
         ).all()
-    return [(_aware(at).timestamp() * 1000 - ts) / 1000 for ts, at in rows]
+    return [(at.timestamp() * 1000 - ts) / 1000 for ts, at in rows]  # ``at``: aware UTC (UtcDateTime)
 
 
 def oldest_waiting(
     engine: Engine, batch_id: str, *, source_capped: bool, now: datetime | None = None
-) -> dict[str, Any]:
+) -> Waiting:
     """``{"age_s", "where"}`` of the oldest trigger still waiting (None when nothing waits)."""
-    now = now or datetime.now(UTC)
+    now = now or utcnow()
     now_ms = now.timestamp() * 1000
     candidates: list[tuple[float, str]] = []
     with engine.connect() as conn:
@@ -86,7 +118,8 @@ def oldest_waiting(
             .where(
                 event.c.batch_id != batch_id,
                 event.c.trigger_ts.is_not(None),
-                (event.c.status == "landed") | and_(event.c.status == "valid", decision.c.event_id.is_(None)),
+                (event.c.status == EventStatus.LANDED)
+                | and_(event.c.status == EventStatus.VALID, decision.c.event_id.is_(None)),
             )
         ).scalar()
         if undecided is not None:
@@ -95,7 +128,3 @@ def oldest_waiting(
         return {"age_s": None, "where": None}
     age_ms, where = max(candidates)
     return {"age_s": round(max(age_ms, 0) / 1000, 3), "where": where}
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -45,8 +45,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
+from include.triggerflow.states import EventStatus, SendState
+from include.triggerflow.store.bulk import dialect_insert
 from include.triggerflow.store.schema import (
     STATS_COLUMNS,
     batch,
@@ -57,6 +58,7 @@ from include.triggerflow.store.schema import (
     send,
     source_stats,
 )
+from include.triggerflow.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +102,9 @@ class BatchCounts:
         return cls(**values, processing_ms_sum=float(row["processing_ms_sum"] or 0.0))
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _unprocessed() -> Any:
     undecided = ~select(literal(1)).where(decision.c.event_id == event.c.event_id).exists()
-    return or_(event.c.status == "landed", and_(event.c.status == "valid", undecided))
+    return or_(event.c.status == EventStatus.LANDED, and_(event.c.status == EventStatus.VALID, undecided))
 
 
 def batch_counts(conn: Connection, batch_id: str) -> BatchCounts:
@@ -123,33 +119,34 @@ def batch_counts(conn: Connection, batch_id: str) -> BatchCounts:
         conn.execute(
             select(func.count())
             .select_from(event.join(quarantine, quarantine.c.event_id == event.c.event_id))
-            .where(event.c.batch_id == batch_id, event.c.status == "quarantined")
+            .where(event.c.batch_id == batch_id, event.c.status == EventStatus.QUARANTINED)
         ).scalar_one()
     )
     ledger = {
-        str(state): int(n)
+        SendState(state): int(n)
         for state, n in conn.execute(
             select(send.c.state, func.count())
-            .where(send.c.batch_id == batch_id, send.c.state.in_(("failed", "deferred", "sent")))
+            .where(send.c.batch_id == batch_id, send.c.state.in_((SendState.FAILED, SendState.DEFERRED, SendState.SENT)))
             .group_by(send.c.state)
         )
     }
     processing_ms = 0.0
-    if ledger.get("sent"):
+    if ledger.get(SendState.SENT):
         # Python rather than SQL date arithmetic: the two dialects differ, and the rows are one batch's.
         for sent_at, received_at in conn.execute(
             select(send.c.sent_at, event.c.received_at)
             .select_from(send.join(event, event.c.event_id == send.c.event_id))
-            .where(send.c.batch_id == batch_id, send.c.state == "sent", send.c.sent_at.is_not(None))
+            .where(send.c.batch_id == batch_id, send.c.state == SendState.SENT, send.c.sent_at.is_not(None))
         ):
-            processing_ms += (_utc(sent_at) - _utc(received_at)).total_seconds() * 1000  # type: ignore[operator]
+            # both UtcDateTime columns: aware UTC on every dialect
+            processing_ms += (sent_at - received_at).total_seconds() * 1000
     return BatchCounts(
         received=received,
         unprocessed=unprocessed,
         discarded=discarded,
-        failures=ledger.get("failed", 0),
-        retries=ledger.get("deferred", 0),
-        sent=ledger.get("sent", 0),
+        failures=ledger.get(SendState.FAILED, 0),
+        retries=ledger.get(SendState.DEFERRED, 0),
+        sent=ledger.get(SendState.SENT, 0),
         processing_ms_sum=processing_ms,
     )
 
@@ -157,12 +154,7 @@ def batch_counts(conn: Connection, batch_id: str) -> BatchCounts:
 def _insert_ignore(conn: Connection, table: Any, values: dict[str, Any], key: str) -> None:
     """INSERT the row unless one with the same primary key exists (no error, no lock wait beyond
     the conflicting row's)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(postgresql.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
-    elif conn.dialect.name == "sqlite":
-        conn.execute(sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=[key]))
-    else:  # pragma: no cover - the store supports these two
-        raise NotImplementedError(f"tf_batch_stats on {conn.dialect.name}")
+    conn.execute(dialect_insert(conn, table).values(**values).on_conflict_do_nothing(index_elements=[key]))
 
 
 def _zeros() -> dict[str, Any]:
@@ -221,7 +213,7 @@ def refresh_batch_stats(engine_or_conn: Engine | Connection, batch_ids: str | It
     source lock, per transaction); with a connection, inside the caller's transaction, batches in
     sorted order (so two callers lock them in the same order)."""
     ids = [batch_ids] if isinstance(batch_ids, str) else sorted(set(batch_ids))
-    now = datetime.now(UTC)
+    now = utcnow()
     if isinstance(engine_or_conn, Connection):
         for batch_id in ids:
             _refresh_one(engine_or_conn, batch_id, now)
@@ -247,7 +239,7 @@ def rebuild_all(conn: Connection) -> int:
     """Recompute every batch's counters and the source totals from scratch, in ``conn``'s
     transaction (migration 0008's data step and ``cli status --recount``). A no-op on an empty
     store. Returns the number of batches counted."""
-    now = datetime.now(UTC)
+    now = utcnow()
     conn.execute(delete(batch_stats))
     conn.execute(delete(source_stats))
     batches = conn.execute(select(batch.c.batch_id, batch.c.source, batch.c.created_at).order_by(batch.c.batch_id)).all()

@@ -20,15 +20,16 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TypedDict, cast
 
 from sqlalchemy import ColumnElement, Engine, and_, delete, func, or_, select, true
 
-from include.triggerflow.mailer import InvalidAddressError, validate_address
-from include.triggerflow.store.db import chunked, insert_ignore
+from include.triggerflow.addresses import InvalidAddressError, validate_address
+from include.triggerflow.store.bulk import chunked, insert_ignore
 from include.triggerflow.store.schema import suppression
+from include.triggerflow.timeutil import as_utc, utcnow
 
 
 class Category(StrEnum):
@@ -41,6 +42,18 @@ class Category(StrEnum):
 
 SOURCES = tuple(c.value for c in Category)
 _DOMAIN = re.compile(r"@[a-z0-9-]+(\.[a-z0-9-]+)+")
+
+
+class SuppressionEntry(TypedDict):
+    """One ``tf_suppression`` row as :func:`list_entries` returns it."""
+
+    address: str
+    source: str
+    reason: str | None
+    smtp_code: int | None
+    created_at: datetime
+    expires_at: datetime | None
+    batch_id: str | None
 
 
 class SuppressionEntryError(ValueError):
@@ -82,7 +95,7 @@ def add_entries(
     An address already listed keeps its entry."""
     kind = category(source)
     clean = sorted({normalise_entry(e) for e in entries})
-    now = datetime.now(UTC)
+    now = utcnow()
     rows = [
         {"address": a, "source": kind.value, "reason": reason, "smtp_code": None, "created_at": now, "expires_at": expires_at}
         for a in clean
@@ -102,7 +115,7 @@ def remove_entries(engine: Engine, entries: Iterable[str]) -> int:
 
 def active(now: datetime | None = None) -> ColumnElement[bool]:
     """The entries that suppress at ``now``: no expiry, or an expiry still ahead."""
-    at = now or datetime.now(UTC)
+    at = now or utcnow()
     return or_(suppression.c.expires_at.is_(None), suppression.c.expires_at > at)
 
 
@@ -137,12 +150,12 @@ class Selection:
 
 
 def list_entries(engine: Engine, selection: Selection | None = None, *, source: str | None = None,
-                 limit: int = 1000) -> list[dict[str, Any]]:
+                 limit: int = 1000) -> list[SuppressionEntry]:
     """Entries, newest first."""
     chosen = selection or Selection(category=category(source) if source is not None else None)
     stmt = select(suppression).where(chosen.where()).order_by(suppression.c.created_at.desc()).limit(limit)
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(stmt)]
+        return [cast(SuppressionEntry, dict(r._mapping)) for r in conn.execute(stmt)]
 
 
 def count_entries(engine: Engine, selection: Selection) -> int:
@@ -167,9 +180,9 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     if match:
         amount, unit = int(match.group(1)), match.group(2)
         delta = {"m": timedelta(minutes=amount), "h": timedelta(hours=amount), "d": timedelta(days=amount)}[unit]
-        return (now or datetime.now(UTC)) - delta
+        return (now or utcnow()) - delta
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise SuppressionEntryError(f"{text!r} is neither a date/time (2026-12-05T14:00) nor an age (90m, 6h, 2d)") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return as_utc(when)  # an offset given is kept as the instant; none given: UTC

@@ -67,12 +67,15 @@ class StorePostgresHook(PostgresHook):
     @property
     def sqlalchemy_url(self) -> URL:
         url: URL = super().sqlalchemy_url
-        return url.set(
+        # URL.create, not url.set: set() keeps a field given None, and an empty login must be no user
+        return URL.create(
+            url.drivername,
             username=url.username or None,
             password=url.password or None,
             host=url.host or "127.0.0.1",
             port=url.port or 5432,
             database=url.database or "triggerflow",
+            query=url.query,
         )
 
 

@@ -1,4 +1,6 @@
-"""Tests for include.triggerflow.store.db: URLs from connection fields, engines, insert_ignore.
+"""Tests for the store's engines (store.engines: URLs from connection fields, one engine per URL),
+schema creation (store.migrations), insert_ignore (store.bulk), the UTC column type (store.types)
+and the old address store.db that re-exports them.
 
 The database tests run on the store of the test run (SQLite, or PostgreSQL when
 TRIGGERFLOW_TEST_PG_URL is set)."""
@@ -12,17 +14,18 @@ import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from include.triggerflow.store.db import (
+from include.triggerflow.store.bulk import chunked, insert_ignore
+from include.triggerflow.store.engines import (
     StoreConfigError,
-    chunked,
-    create_schema,
     data_dir,
     describe,
     get_engine,
-    insert_ignore,
+    request_url_from_connection,
     url_from_parts,
 )
+from include.triggerflow.store.migrations import create_schema
 from include.triggerflow.store.schema import metadata, source_position
+from include.triggerflow.store.types import UtcDateTime
 
 STORE_TABLES = {
     "tf_source_position", "tf_batch", "tf_event", "tf_quarantine", "tf_decision", "tf_send",
@@ -161,3 +164,75 @@ def test_a_database_error_never_carries_the_bound_values(store_engine) -> None:
     assert "SQL parameters hidden" in text_
     assert "private.person@example.com" not in text_ and "second.private@example.com" not in text_
     assert "Privatename" not in text_
+
+
+# -- UtcDateTime -------------------------------------------------------------------------------------
+def test_every_date_time_column_is_utc_datetime() -> None:
+    from sqlalchemy import DateTime
+
+    plain = [f"{t.name}.{c.name}" for t in metadata.tables.values() for c in t.columns
+             if isinstance(c.type, DateTime) and not isinstance(c.type, UtcDateTime)]
+    assert plain == []
+    assert isinstance(source_position.c.updated_at.type, UtcDateTime)
+
+
+def test_date_times_come_back_aware_utc_whatever_was_bound(store_engine) -> None:
+    from datetime import timedelta, timezone
+
+    paris = timezone(timedelta(hours=1))
+    written = {
+        0: datetime(2026, 12, 1, 12, 0, tzinfo=UTC),  # aware UTC
+        1: datetime(2026, 12, 1, 12, 0),  # naive: taken as UTC
+        2: datetime(2026, 12, 1, 13, 0, tzinfo=paris),  # another zone: the same instant
+    }
+    with store_engine.begin() as conn:
+        for partition, when in written.items():
+            conn.execute(source_position.insert().values(source="s", partition=partition, position="p", updated_at=when))
+    with store_engine.connect() as conn:
+        read = conn.execute(select(source_position.c.updated_at).order_by(source_position.c.partition)).scalars().all()
+        # a bound comparison converts the same way
+        later = conn.execute(select(source_position.c.partition).where(
+            source_position.c.updated_at >= datetime(2026, 12, 1, 12, 30, tzinfo=paris))).scalars().all()
+    assert read == [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)] * 3
+    assert all(value.tzinfo is UTC for value in read)
+    assert sorted(later) == [0, 1, 2]
+    if store_engine.dialect.name == "sqlite":  # stored as before the type existed: the UTC wall clock
+        with store_engine.connect() as conn:
+            raw = conn.execute(text("SELECT updated_at FROM tf_source_position")).scalars().all()
+        assert raw == ["2026-12-01 12:00:00.000000"] * 3
+
+
+def test_the_column_type_in_the_database_is_unchanged() -> None:
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    for dialect in (sqlite.dialect(), postgresql.dialect()):
+        assert UtcDateTime().dialect_impl(dialect).impl.compile(dialect) == DateTime(timezone=True).compile(dialect)
+
+
+# -- request URLs ------------------------------------------------------------------------------------
+def test_a_request_url_gets_a_postgres_connect_timeout_unless_it_has_one() -> None:
+    from include.triggerflow.store.engines import ConnectionFields
+
+    pg = ConnectionFields("postgres", host="db.internal", schema="tf")
+    assert make_url(request_url_from_connection(pg, connect_timeout_s=3)).query == {"connect_timeout": "3"}
+    own = ConnectionFields("generic", extra={"sqlalchemy_url": "postgresql+psycopg2://h/db?connect_timeout=9"})
+    assert make_url(request_url_from_connection(own)).query == {"connect_timeout": "9"}
+    lite = ConnectionFields("generic", extra={"sqlalchemy_url": "sqlite:////x.db"})
+    assert request_url_from_connection(lite) == "sqlite:////x.db"
+    with pytest.raises(StoreConfigError, match="connection 'triggers_db' does not give a database URL"):
+        request_url_from_connection(ConnectionFields("generic", extra={"sqlalchemy_url": "not a url"}))
+
+
+# -- store.db: the old address -----------------------------------------------------------------------
+def test_store_db_re_exports_and_forwards_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.triggerflow.store import bulk, db, engines, lookups, migrations
+
+    for name in db.__all__:
+        homes = [m for m in (engines, migrations, bulk, lookups) if name in vars(m)]
+        assert homes and getattr(db, name) is getattr(homes[0], name), name
+    # tests of other areas set db.IN_LIST_MAX: it must reach the look-ups that read it
+    monkeypatch.setattr(db, "IN_LIST_MAX", 7)
+    assert lookups.IN_LIST_MAX == 7
+    monkeypatch.undo()
+    assert lookups.IN_LIST_MAX == db.IN_LIST_MAX == 500

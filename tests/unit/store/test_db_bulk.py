@@ -1,5 +1,6 @@
-"""Tests for the bulk helpers of include.triggerflow.store.db: bulk_insert, select_in / where_in
-(IN-list or temporary key table), DriverStatement / DriverSession.
+"""Tests for the bulk helpers (include.triggerflow.store.bulk: bulk_insert, DriverStatement /
+DriverSession) and the set-based look-ups (store.lookups: select_in / where_in, IN-list or temporary
+key table).
 
 Each helper must store and find exactly what plain SQLAlchemy Core would. They run on the store of
 the test run (SQLite, or PostgreSQL when TRIGGERFLOW_TEST_PG_URL is set)."""
@@ -12,15 +13,9 @@ import pytest
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from include.triggerflow.store import db
-from include.triggerflow.store.db import (
-    DriverSession,
-    DriverStatement,
-    bulk_insert,
-    key_table,
-    select_in,
-    where_in,
-)
+from include.triggerflow.store import lookups
+from include.triggerflow.store.bulk import DriverSession, DriverStatement, bulk_insert
+from include.triggerflow.store.lookups import key_table, select_in, where_in
 from include.triggerflow.store.schema import batch, event, send, send_log
 
 NOW = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
@@ -106,14 +101,17 @@ def test_bulk_insert_conflict_raises_integrity_error_and_ignore_skips(store_engi
 
 
 def test_bulk_insert_of_nothing_does_nothing(store_engine) -> None:
+    add_batch(store_engine)
     with store_engine.begin() as conn:
-        bulk_insert(conn, event, [])
+        assert bulk_insert(conn, event, []) == 0
+        assert bulk_insert(conn, event, [], ignore_conflicts_on=["source", "src_partition", "src_position"]) == 0
+    assert stored(store_engine, event, event.c.event_id) == []
 
 
 # -- select_in / where_in ----------------------------------------------------------------------------
 @pytest.mark.parametrize("in_list_max", [10_000, 3], ids=["in-list", "key-table"])
 def test_select_in_and_where_in_match_the_plain_queries(store_engine, monkeypatch, in_list_max: int) -> None:
-    monkeypatch.setattr(db, "IN_LIST_MAX", in_list_max)
+    monkeypatch.setattr(lookups, "IN_LIST_MAX", in_list_max)
     add_batch(store_engine)
     with store_engine.begin() as conn:
         bulk_insert(conn, event, event_rows("b1", 40))
@@ -141,7 +139,7 @@ def test_a_key_with_a_nul_character_matches_nothing_and_fails_nothing(store_engi
     with store_engine.begin() as conn:
         bulk_insert(conn, event, event_rows("b1", 4))
     for in_list_max in (10_000, 1):
-        monkeypatch.setattr(db, "IN_LIST_MAX", in_list_max)
+        monkeypatch.setattr(lookups, "IN_LIST_MAX", in_list_max)
         with store_engine.connect() as conn:
             rows = select_in(conn, select(event.c.trigger_id), event.c.trigger_id, ["t1", "t2\x00", "t3"])
         assert sorted(r[0] for r in rows) == ["t1", "t3"]
@@ -197,7 +195,7 @@ def test_driver_statements_store_what_core_stores(store_engine) -> None:
         # all or nothing: a failing statement leaves nothing of its transaction, and the session goes on
         bad = DriverStatement(insert(send_log).inline().values(send_id=bindparam("b_id"), batch_id="b1", action="x",
                                                                at=bindparam("b_at")), store_engine.dialect)
-        with pytest.raises(Exception):
+        with pytest.raises(store_engine.dialect.loaded_dbapi.IntegrityError):  # the unknown send_id
             session.transaction([(log, {"b_id": send_ids[1], "b_at": NOW}), (bad, {"b_id": 10**9, "b_at": NOW})])
         session.transaction([(stmt, {"b_id": send_ids[1], "b_state": "sent", "b_code": 250, "b_reply": "ok ✓\ttab",
                                      "b_updated": NOW + timedelta(seconds=1), "b_sent": NOW + timedelta(seconds=2),
