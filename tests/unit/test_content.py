@@ -205,7 +205,7 @@ def test_skus_that_cannot_be_skus_are_unknown() -> None:
 
 @pytest.mark.parametrize("products", [12, ["TRL-RUN-42", None, 3], None, "TRL-RUN-42"])
 def test_products_that_are_not_an_object_name_nothing(products: Any) -> None:
-    forged = TriggerEvent(products=products)  # type: ignore[arg-type]
+    forged = TriggerEvent(products=products)
     content = email_content(forged, route(), CATALOG)
     assert (content.products, content.requested_skus, content.no_products) == ((), 0, False)
     assert event_skus(forged) == []

@@ -340,7 +340,7 @@ def test_bad_characters_in_header_fields_are_named_after_the_field(place: str, p
     sample[PIPELINE_MESSAGE]["header"][place] = "\ud83d" if "invalid" in problem else "org\u0000"
     ev = parse_envelope(json.dumps(sample))
     assert ev.problems == [problem]
-    assert "\ufffd" in ev.field_value(place)
+    assert "\ufffd" in (ev.field_value(place) or "")
 
 
 def test_bad_characters_in_trigger_id_and_keys() -> None:

@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-_COMMON = {
+_COMMON: dict[str, Any] = {
     # a store round trip per example is slow by Hypothesis' standards, and the store fixture is
     # per test on purpose (examples share it, each lands its own batch)
     "deadline": None,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import strategies as st
 
@@ -85,12 +85,12 @@ def good_envelope(now_ms: int, shopper_id: str = "SHOP-ADA") -> dict[str, Any]:
 def _set(doc: Any, path: tuple[str | int, ...], value: Any) -> None:
     for key in path[:-1]:
         if (isinstance(doc, dict) and key in doc) or (isinstance(doc, list) and isinstance(key, int) and key < len(doc)):
-            doc = doc[key]
+            doc = cast(Any, doc)[key]  # a dict key or an index in range, checked just above
         else:
             return
     last = path[-1]
     if (isinstance(doc, dict) and isinstance(last, str)) or (isinstance(doc, list) and isinstance(last, int) and last < len(doc)):
-        doc[last] = value
+        cast(Any, doc)[last] = value
 
 
 @st.composite
