@@ -17,17 +17,26 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, TypedDict
 
 from sqlalchemy import Engine, insert, select, update
 
-from include.triggerflow.mailer import build_message, message_id_for, validate_address
+from include.triggerflow.addresses import validate_address
+from include.triggerflow.mailer import build_message, message_id_for
 from include.triggerflow.store.schema import alert
 from include.triggerflow.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 
-SLA_BREACH = "sla-breach"
+
+class AlertKind(StrEnum):
+    """``tf_alert.kind``."""
+
+    SLA_BREACH = "sla-breach"
+
+
+SLA_BREACH = AlertKind.SLA_BREACH
 ALERT_EMAILS_VARIABLE = "triggerflow_alert_emails"
 
 

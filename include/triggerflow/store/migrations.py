@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from sqlalchemy import Engine
+from sqlalchemy import Column, Engine
 from sqlalchemy.engine import Connection
 
 from include.triggerflow.store.schema import metadata
@@ -78,7 +78,13 @@ def create_schema(engine: Engine) -> None:
                 # dialects; it is installed with Airflow.
                 ops = Operations(MigrationContext.configure(conn))
                 for name in missing:
-                    ops.add_column(table_name, table.c[name].copy())
+                    column = table.c[name]
+                    # a detached column for the DDL (Column.copy() is deprecated): type, nullability
+                    # and server default are all ALTER TABLE ... ADD COLUMN renders
+                    ops.add_column(
+                        table_name,
+                        Column(name, column.type, nullable=column.nullable, server_default=column.server_default),
+                    )
             _run_data_step(migration, conn)
             have_idx = {i["name"] for i in inspector.get_indexes(table_name)}
             for index in table.indexes:
