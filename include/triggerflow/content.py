@@ -29,15 +29,28 @@ set-based query per batch or chunk (:func:`event_skus` gives the SKUs to look up
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
+from include.triggerflow.content_values import (
+    CURRENCY_SYMBOLS,
+    MAX_NAME_CHARS,
+    MAX_PRICE,
+    MAX_QUANTITY,
+    MAX_SKU_CHARS,
+    clean_display_text,
+    currency_symbol,
+    event_price,
+    event_products,
+    event_skus,
+    quantity_of,
+    sku_of,
+)
 from include.triggerflow.links import NO_LINKS, LinkPolicy, LinkRefusal
 
 if TYPE_CHECKING:
@@ -45,6 +58,7 @@ if TYPE_CHECKING:
     from include.triggerflow.events import TriggerEvent
 
 __all__ = [
+    "CURRENCY_SYMBOLS",
     "MAX_DIMENSION_TEXT",
     "MAX_DIMENSION_VALUES",
     "MAX_NAME_CHARS",
@@ -64,22 +78,10 @@ __all__ = [
 
 MAX_PRODUCTS = 20
 MAX_PAGES = 20
-MAX_NAME_CHARS = 80
-#: the catalogue's sku column width: a longer SKU cannot be in it
-MAX_SKU_CHARS = 100
-MAX_QUANTITY = 99
-MAX_PRICE = Decimal(1000000)
 MAX_DIMENSION_VALUES = 20
 MAX_DIMENSION_TEXT = 80
-#: how much of an event string is looked at before cleaning (a 100 KB name costs no more than this)
-_SCAN_CHARS = 4 * MAX_NAME_CHARS
-_ELLIPSIS = "\u2026"
-_PRICE_TEXT = re.compile(r"\d{1,12}(?:\.\d{1,6})?")
 # "scheme:" at the start: a value a mail client could turn into a link (javascript:, https:, data:)
 _URL_LIKE = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:|\s*//")
-_SPACES = re.compile(r"\s+")
-#: currency code -> the symbol the money filter prints; other codes are printed as the code
-CURRENCY_SYMBOLS = MappingProxyType({"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥", "CAD": "CA$", "AUD": "A$", "CHF": "CHF"})
 
 
 class ProductSource(StrEnum):
@@ -130,7 +132,7 @@ class EmailProduct:
             "name": self.name,
             "price": self.price,
             "currency": self.currency,
-            "symbol": _symbol(self.currency),
+            "symbol": currency_symbol(self.currency),
             "quantity": self.quantity,
             "url": self.url,
             "image_url": self.image_url,
@@ -193,90 +195,6 @@ class EmailContent:
         )
 
 
-# -- text ---------------------------------------------------------------------------------------------
-def clean_display_text(value: Any, limit: int = MAX_NAME_CHARS) -> tuple[str, bool]:
-    """Event text as an email may show it, and whether it was cut.
-
-    Control, format (bidi overrides, zero-width joiners, BOM), separator and private-use characters
-    become spaces, runs of whitespace become one space, and the result is cut at ``limit``
-    characters (ending with an ellipsis). Only the first few hundred characters are ever looked at.
-    Text only: the templates autoescape it; nothing here makes markup.
-    """
-    text = value if isinstance(value, str) else ("" if value is None or isinstance(value, bool) else str(value))
-    longer = len(text) > _SCAN_CHARS
-    text = text[:_SCAN_CHARS]
-    chars = [" " if unicodedata.category(c)[0] in "CZ" else c for c in text]
-    cleaned = _SPACES.sub(" ", "".join(chars)).strip()
-    if len(cleaned) > limit or longer:
-        return cleaned[: limit - 1].rstrip() + _ELLIPSIS, True
-    return cleaned, False
-
-
-def _sku(value: Any) -> str | None:
-    """A SKU as the catalogue stores it, or None when it cannot be one (blank, too long, controls)."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if not text or len(text) > MAX_SKU_CHARS:
-        return None
-    if any(unicodedata.category(c)[0] == "C" for c in text):
-        return None
-    return text
-
-
-def _event_products(event: TriggerEvent) -> dict[str, Any]:
-    raw = event.products
-    return raw if isinstance(raw, dict) else {}
-
-
-def event_skus(event: TriggerEvent) -> list[str]:
-    """The usable SKUs an event names, in its order, without repeats (what to look up)."""
-    seen: dict[str, None] = {}
-    for key in _event_products(event):
-        sku = _sku(key)
-        if sku is not None:
-            seen.setdefault(sku)
-    return list(seen)
-
-
-def _quantity(details: Any) -> int | None:
-    value = details.get("quantity") if isinstance(details, dict) else None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and 1 <= value <= MAX_QUANTITY:
-        return value
-    return None
-
-
-def _event_price(details: Any) -> Decimal | None:
-    """A price from the event only when it is a finite number from 0 to MAX_PRICE (a plain decimal
-    text counts); anything else (a word, NaN, a currency suffix, a negative) shows no price."""
-    value = details.get("price") if isinstance(details, dict) else None
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str):
-        if not _PRICE_TEXT.fullmatch(value.strip()):
-            return None
-        value = value.strip()
-    elif not isinstance(value, int | float | Decimal):
-        return None
-    try:
-        amount = Decimal(str(value))
-    except (InvalidOperation, ValueError):
-        return None
-    if not amount.is_finite() or amount < 0 or amount > MAX_PRICE:
-        return None
-    return amount
-
-
-def _symbol(currency: str | None) -> str | None:
-    if not currency:
-        return None
-    return CURRENCY_SYMBOLS.get(currency.upper(), currency.upper())
-
-
 # -- the function --------------------------------------------------------------------------------------
 class _Tally:
     def __init__(self, policy: LinkPolicy) -> None:
@@ -315,13 +233,13 @@ def email_content(
     """
     source = ProductSource(getattr(route, "products", ProductSource.CATALOG))
     tally = _Tally(getattr(route, "link_policy", NO_LINKS))
-    raw_products = _event_products(event)
+    raw_products = event_products(event)
 
     products: list[EmailProduct] = []
     seen: set[str] = set()
     requested = unknown = 0
     for key, details in raw_products.items():
-        sku = _sku(key)
+        sku = sku_of(key)
         if sku is None:
             requested += 1
             unknown += 1
@@ -381,7 +299,7 @@ def _from_catalog(item: CatalogEntry, details: Any, tally: _Tally, locale: str |
         name=name or item.sku,
         price=price,
         currency=item.currency,
-        quantity=_quantity(details),
+        quantity=quantity_of(details),
         url=tally.url(item.url),
         image_url=tally.url(item.image_url),
         in_stock=bool(item.in_stock),
@@ -399,8 +317,8 @@ def _from_event(sku: str, details: Any, tally: _Tally) -> EmailProduct:
     return EmailProduct(
         sku=shown_sku,
         name=name or shown_sku,
-        price=_event_price(details),
-        quantity=_quantity(details),
+        price=event_price(details),
+        quantity=quantity_of(details),
         url=url,
         image_url=image,
     )
