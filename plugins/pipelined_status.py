@@ -126,7 +126,7 @@ async def require_user(request: Request) -> Any:
         return await get_user(request, _oauth_token=None, bearer_credentials=credentials)
     except RuntimeError as exc:  # get_auth_manager(): not running inside an initialised API server
         log.warning("pipelined status: cannot check the token: %s", exc)
-        raise HTTPException(status_code=503, detail="Airflow's auth manager is not initialised in this process")
+        raise HTTPException(status_code=503, detail="Airflow's auth manager is not initialised in this process") from None
 
 
 # -- the guard and the cache (built on first use: they import SQLAlchemy) ---------------------------
@@ -279,7 +279,7 @@ async def get_document(public: bool, source: str | None, consumer: str | None) -
         document = await store_guard().arun(cache.get, key, loader)
     if not public and consumer is not None and consumer.strip():
         document = {**document, "consumer": consumer.strip()}  # as resolve_consumer's explicit name
-    return document  # type: ignore[no-any-return]
+    return document
 
 
 async def _answer(public: bool, source: str | None, consumer: str | None) -> tuple[dict[str, Any] | None, int, str, dict[str, str]]:
@@ -303,127 +303,20 @@ async def _answer(public: bool, source: str | None, consumer: str | None) -> tup
 
 
 # -- the page ----------------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)
-
-
-def _chart(per_hour: list[dict[str, Any]]) -> str:
-    """Messages per hour as an inline SVG bar chart (oldest left), with day boundaries labelled."""
-    width, height, left, bottom, top = 960, 220, 48, 28, 12
-    plot_w, plot_h = width - left - 8, height - bottom - top
-    peak = max((int(h["messages"]) for h in per_hour), default=0)
-    scale = peak or 1
-    step = plot_w / max(len(per_hour), 1)
-    parts = [
-        (
-            f'<svg id="messages-per-hour" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-            f'width="100%" role="img" aria-label="Messages per hour over the last 5 days, peak {peak}">'
-        ),
-        f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{width - 8}" y2="{top + plot_h}"/>',
-        f'<text class="tick" x="{left - 6}" y="{top + plot_h}" text-anchor="end">0</text>',
-        f'<text class="tick" x="{left - 6}" y="{top + 10}" text-anchor="end">{peak:,}</text>',
-    ]
-    for index, hour in enumerate(per_hour):
-        x = left + index * step
-        stamp = str(hour["hour"])
-        if stamp[11:13] == "00":  # midnight UTC: a day boundary
-            parts.append(f'<line class="day" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}"/>')
-            parts.append(f'<text class="tick" x="{x + 3:.1f}" y="{height - 8}">{html.escape(stamp[:10])}</text>')
-        messages = int(hour["messages"])
-        if messages:
-            bar_h = max(1.0, plot_h * messages / scale)
-            parts.append(
-                f'<rect class="bar" x="{x + 0.5:.1f}" y="{top + plot_h - bar_h:.1f}" width="{max(step - 1, 1):.1f}" '
-                f'height="{bar_h:.1f}"><title>{html.escape(stamp)}: {messages:,} messages</title></rect>'
-            )
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _rows(prefix: str, values: Any) -> list[str]:
-    if isinstance(values, dict):
-        rows: list[str] = []
-        for key, value in values.items():
-            rows.extend(_rows(f"{prefix}.{key}" if prefix else str(key), value))
-        return rows
-    return [f"<tr><th>{html.escape(prefix)}</th><td>{html.escape(_fmt(values))}</td></tr>"]
-
-
 def render_page(document: dict[str, Any], *, json_href: str = "status") -> str:
-    """The status as an HTML page: watched indicators, the 5-day chart, then every indicator."""
-    stats = document.get("stats", {})
-    cards = "".join(
-        f'<div class="card {"ok" if not stats.get(name) else "alert"}" id="{name}">'
-        f'<div class="value">{_fmt(stats.get(name))}</div><div class="label">{name}</div></div>'
-        for name in WATCHED
-    )
-    table = {key: document[key] for key in ("consumer", "source", "generated-at", "http-request", "pointer", "stats", "settings") if key in document}
-    routing = document.get("routing", {})
-    routing_rows = "".join(
-        f"<tr><th>{html.escape(section)}: {html.escape(str(trigger))}</th><td>{html.escape(str(handler))}</td></tr>"
-        for section, mapping in routing.items()
-        if isinstance(mapping, dict)
-        for trigger, handler in mapping.items()
-    )
-    if routing.get("error"):
-        routing_rows += f'<tr><th>routing error</th><td class="err">{html.escape(str(routing["error"]))}</td></tr>'
-    total = sum(int(h["messages"]) for h in document.get("messages-per-hour", []))
-    # Warnings first on the page: a source that only pings looks green in every counter.
-    warnings = "".join(
-        f'<li class="warning" data-code="{html.escape(str(w.get("code", "")))}"><b>{html.escape(str(w.get("code", "")))}</b>: '
-        f'{html.escape(str(w.get("detail", "")))}</li>'
-        for w in document.get("warnings") or []
-        if isinstance(w, dict)
-    )
-    warnings_block = f'<ul id="warnings">{warnings}</ul>' if warnings else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="refresh" content="{PAGE_REFRESH_S}">
-<title>Triggers status (pipelined)</title>
-<style>
- body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #1f2328; background: #fff; }}
- h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 15px; margin: 20px 0 6px; }}
- .sub {{ color: #59636e; }} .cards {{ display: flex; gap: 12px; margin: 12px 0; }}
- .card {{ border-radius: 6px; padding: 8px 16px; min-width: 140px; border: 1px solid #d1d9e0; }}
- .card .value {{ font-size: 26px; font-weight: 600; }} .card.ok {{ background: #dafbe1; }}
- .card.alert {{ background: #ffebe9; }} table {{ border-collapse: collapse; }}
- th, td {{ text-align: left; padding: 3px 12px 3px 0; border-bottom: 1px solid #eef0f2; font-weight: normal; }}
- th {{ color: #59636e; font-family: ui-monospace, monospace; }} td {{ font-variant-numeric: tabular-nums; }}
- .err {{ color: #cf222e; white-space: pre-wrap; }} #warnings {{ padding: 0; list-style: none; }}
- .warning {{ background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 6px 12px; margin: 6px 0; }} svg .bar {{ fill: #0969da; }}
- svg .axis {{ stroke: #59636e; }} svg .day {{ stroke: #d1d9e0; stroke-dasharray: 2 2; }}
- svg .tick {{ font-size: 11px; fill: #59636e; }}
- @media (prefers-color-scheme: dark) {{
-  body {{ color: #e6edf3; background: #0d1117; }} .card.ok {{ background: #12361f; }}
-  .card.alert {{ background: #4b1113; }} th, td {{ border-color: #21262d; }} svg .bar {{ fill: #4493f8; }}
- }}
-</style></head><body>
-<h1>Triggers status</h1>
-<div class="sub">consumer <b>{html.escape(_fmt(document.get("consumer")))}</b> · source
-{html.escape(_fmt(document.get("source")))} · at {html.escape(_fmt(document.get("generated-at")))} ·
-<a href="{html.escape(json_href)}">JSON</a></div>
-{warnings_block}<div class="cards">{cards}</div>
-<h2>Messages per hour, last 5 days (UTC) — {total:,} in all</h2>
-{_chart(document.get("messages-per-hour", []))}
-<h2>Indicators</h2>
-<table id="indicators">{"".join(_rows("", table))}</table>
-<h2>Routing</h2>
-<table id="routing">{routing_rows}</table>
-</body></html>
-"""
+    """The status as an HTML page: watched indicators, the 5-day chart, then every indicator
+    (include/templates/ui/status.html, Jinja2 with autoescape: include/triggerflow/pages.py)."""
+    from include.triggerflow.pages import status_page
+
+    return status_page(document, watched=WATCHED, json_href=json_href, refresh_s=PAGE_REFRESH_S)
 
 
 def _error_page(message: str) -> str:
-    return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Triggers status unavailable</title>'
-        f'<meta http-equiv="refresh" content="{PAGE_REFRESH_S}"></head><body style="font: 14px system-ui, sans-serif">'
-        f'<h1 style="font-size: 20px">Triggers status unavailable</h1><p id="error">{html.escape(message)}</p>'
-        "</body></html>"
-    )
+    try:
+        from include.triggerflow.pages import status_error_page
+    except ImportError:  # the package is not importable: the message says so; escape it here
+        return f"<!doctype html><title>Triggers status unavailable</title><p id=\"error\">{html.escape(message)}</p>"
+    return status_error_page(message, refresh_s=PAGE_REFRESH_S)
 
 
 # -- the app -----------------------------------------------------------------------------------------

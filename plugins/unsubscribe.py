@@ -50,7 +50,6 @@ FastAPI at the top; SQLAlchemy, Airflow's models and the triggerflow package loa
 
 from __future__ import annotations
 
-import html
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -103,27 +102,16 @@ class BadRequest(Exception):
 
 # -- pages -------------------------------------------------------------------------------------------
 def render(title: str, message: str, *, status: int, form_token: str | None = None, element_id: str = "message") -> HTMLResponse:
-    """A small self-contained page; every dynamic text is escaped."""
-    form = ""
-    if form_token is not None:
-        action = html.escape(f"?{TOKEN_PARAM}={form_token}", quote=True)
-        form = (
-            f'<form id="unsubscribe-form" method="post" action="{action}" style="margin-top:20px">'
-            f'<input type="hidden" name="{ONE_CLICK_FIELD}" value="{ONE_CLICK_VALUE}">'
-            f'<input type="hidden" name="{VIA_FIELD}" value="{VIA_PAGE}">'
-            '<button type="submit" style="font:inherit;padding:10px 22px;border:0;border-radius:6px;'
-            'background:#cf222e;color:#fff;cursor:pointer">Unsubscribe</button></form>'
-        )
-    page = (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="robots" content="noindex, nofollow">'
-        f"<title>{html.escape(title)}</title></head>"
-        '<body style="font:16px/1.5 system-ui,-apple-system,Segoe UI,sans-serif;color:#1f2328;background:#f6f8fa;margin:0">'
-        '<main style="max-width:480px;margin:12vh auto;padding:28px 32px;background:#fff;border:1px solid #d1d9e0;border-radius:8px">'
-        f'<h1 style="font-size:22px;margin:0 0 12px">{html.escape(title)}</h1>'
-        f'<p id="{html.escape(element_id, quote=True)}" style="margin:0">{html.escape(message)}</p>'
-        f"{form}</main></body></html>"
+    """A small self-contained page (include/templates/ui/unsubscribe.html, Jinja2 with autoescape:
+    every dynamic text is escaped); with ``form_token``, the "Unsubscribe" button."""
+    from include.triggerflow.pages import unsubscribe_page
+
+    page = unsubscribe_page(
+        title,
+        message,
+        element_id=element_id,
+        form_action=None if form_token is None else f"?{TOKEN_PARAM}={form_token}",
+        fields={"one_click": ONE_CLICK_FIELD, "one_click_value": ONE_CLICK_VALUE, "via": VIA_FIELD, "via_page": VIA_PAGE},
     )
     return HTMLResponse(page, status_code=status, headers=HEADERS)
 
@@ -296,6 +284,34 @@ async def _form_fields(request: Request) -> dict[str, list[str]]:
     return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
+# What each route logs when it cannot answer normally (the texts operators grep for).
+_BUSY_LOG = {"GET": "unsubscribe: busy (GET): %s", "POST": "unsubscribe: busy, answered 503 (POST): %s"}
+_FAILED_LOG = {"GET": "unsubscribe: GET failed: %s: %s", "POST": "unsubscribe: could not record an opt-out: %s: %s"}
+
+
+def _failure_page(exc: Exception, method: str) -> HTMLResponse:
+    """The answer of either route to what stopped it, logged: a refused token or request (400,
+    with its hint), a busy store or an unusable configuration (the generic 503), anything else
+    (503; its class and first line in the log, never a traceback nor the token)."""
+    if isinstance(exc, BadRequest):
+        log.info("unsubscribe: refused a %s: %s", method, exc)
+        return render("Not an unsubscribe request", str(exc), status=400, element_id="invalid")
+    if isinstance(exc, Unavailable):
+        log.warning("unsubscribe: unavailable (%s): %s", method, exc)
+        return _unavailable_page()
+    from include.triggerflow.store.guarded import StoreBusy  # importable: Unavailable says when not
+    from include.triggerflow.unsubscribe import InvalidUnsubscribeToken
+
+    if isinstance(exc, InvalidUnsubscribeToken):
+        log.info("unsubscribe: refused a link (%s, %s): %s", method, exc.reason, exc)
+        return _invalid_page(exc.reason)
+    if isinstance(exc, StoreBusy):
+        log.warning(_BUSY_LOG[method], exc)
+        return _unavailable_page(busy=True)
+    log.error(_FAILED_LOG[method], exc.__class__.__name__, _first_line(exc))
+    return _unavailable_page()
+
+
 # -- the app -----------------------------------------------------------------------------------------
 app = FastAPI(title="triggerflow unsubscribe", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -304,26 +320,13 @@ app = FastAPI(title="triggerflow unsubscribe", docs_url=None, redoc_url=None, op
 async def confirm(request: Request) -> HTMLResponse:
     """The footer link: verify, then offer the button. Records nothing and needs no store; with
     the signer cached it runs in the event loop without a worker thread."""
-    from include.triggerflow.store.guarded import StoreBusy
-    from include.triggerflow.unsubscribe import InvalidUnsubscribeToken
-
     token = request.query_params.get(TOKEN_PARAM)
     try:
         _check_format(token)
         links = await _signer()
         links.verify(token)
-    except InvalidUnsubscribeToken as exc:
-        log.info("unsubscribe: refused a link (GET, %s): %s", exc.reason, exc)
-        return _invalid_page(exc.reason)
-    except StoreBusy as exc:
-        log.warning("unsubscribe: busy (GET): %s", exc)
-        return _unavailable_page(busy=True)
-    except Unavailable as exc:
-        log.warning("unsubscribe: unavailable (GET): %s", exc)
-        return _unavailable_page()
     except Exception as exc:
-        log.error("unsubscribe: GET failed: %s: %s", exc.__class__.__name__, _first_line(exc))
-        return _unavailable_page()
+        return _failure_page(exc, "GET")
     return render(
         "Unsubscribe",
         "Do you want to stop receiving these emails? Press the button to unsubscribe.",
@@ -337,11 +340,9 @@ async def confirm(request: Request) -> HTMLResponse:
 async def unsubscribe(request: Request) -> HTMLResponse:
     """RFC 8058 one-click (or the page's button): check the format, verify the signature, then
     record under the store guard, confirm."""
-    from include.triggerflow.store.guarded import StoreBusy
     from include.triggerflow.unsubscribe import (
         METHOD_ONE_CLICK,
         METHOD_PAGE,
-        InvalidUnsubscribeToken,
         log_opt_out,
         record_opt_out_in,
     )
@@ -357,21 +358,8 @@ async def unsubscribe(request: Request) -> HTMLResponse:
         method = METHOD_PAGE if fields.get(VIA_FIELD, [None])[-1] == VIA_PAGE else METHOD_ONE_CLICK
         engine = await _store()
         recorded = await _guard().acall(engine, record_opt_out_in, claim, method=method)
-    except InvalidUnsubscribeToken as exc:
-        log.info("unsubscribe: refused a link (POST, %s): %s", exc.reason, exc)
-        return _invalid_page(exc.reason)
-    except BadRequest as exc:
-        log.info("unsubscribe: refused a POST: %s", exc)
-        return render("Not an unsubscribe request", str(exc), status=400, element_id="invalid")
-    except StoreBusy as exc:
-        log.warning("unsubscribe: busy, answered 503 (POST): %s", exc)
-        return _unavailable_page(busy=True)
-    except Unavailable as exc:
-        log.warning("unsubscribe: unavailable (POST): %s", exc)
-        return _unavailable_page()
     except Exception as exc:
-        log.error("unsubscribe: could not record an opt-out: %s: %s", exc.__class__.__name__, _first_line(exc))
-        return _unavailable_page()
+        return _failure_page(exc, "POST")
     log_opt_out(claim, recorded, method)
     return render(
         "You are unsubscribed",
