@@ -30,18 +30,10 @@ Connection ``adobe_ims`` (conn_type ``http``):
   ``aud`` = ``<host>/c/<client id>`` and ``<host>/s/<metascope>: true`` per metascope.
   ``private_key`` contains "private_key", so Airflow masks it like the password.
 
-Token cache. IMS tokens last about a day and Adobe may throttle integrations that mint too many,
-so a token is reused until shortly before it expires (the margin is the smaller of 5 minutes and
-10% of the token's lifetime, so short-lived tokens are reused too):
-
-* per process — every hook instance for the same client shares it;
-* optionally across tasks and runs — ``AdobeImsHook(token_store=engine)`` also keeps it in the
-  store's ``tf_ims_token`` table. The row is keyed by a sha256 of (IMS URL, client id, scopes,
-  auth type) and the token is Fernet-encrypted under a key derived (HKDF-SHA256) from the client
-  secret, which lives only in the connection: the store alone is useless to a reader. A row that
-  no longer decrypts (the secret was rotated) is ignored and replaced. Two processes minting at
-  once is harmless: both tokens are valid and the last writer's row stays. If the store cannot be
-  read or written the hook warns and carries on with IMS.
+Token cache (include/triggerflow/adobe/ims_token.py): a token is reused until shortly before it
+expires, per process and, with ``AdobeImsHook(token_store=engine)``, across tasks and runs through
+the store's ``tf_ims_token`` table, Fernet-encrypted under a key derived from the client secret.
+If the store cannot be read or written the hook warns and carries on with IMS.
 
 Bounded answers (issue 10). Extras ``max_answer_bytes`` (default 65536: a token answer is about
 1 KB) and ``request_deadline_s`` (default 60: one token request, send to last byte; ``timeout_s``,
@@ -61,15 +53,9 @@ the journal. This hook posts the credentials only to the token endpoint.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
-import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -77,235 +63,69 @@ import requests
 import urllib3
 from airflow.sdk import BaseHook
 
+from include.triggerflow.adobe.extras import AUTH_TYPES, ExtrasError, ImsExtras
+from include.triggerflow.adobe.ims_jwt import (
+    DEFAULT_JWT_TTL_S,
+    DEFAULT_METASCOPES,
+    MAX_JWT_TTL_S,
+    MIN_RSA_KEY_BITS,
+    TECHNICAL_ACCOUNT_SUFFIX,
+    KeyProblem,
+    build_jwt_claims,
+    check_jwt_ttl_s,
+    check_technical_account_id,
+    load_rsa_private_key,
+    parse_metascopes,
+    sign_jwt,
+)
+from include.triggerflow.adobe.ims_refusal import refusal_message
+from include.triggerflow.adobe.ims_token import (
+    EXPIRY_MARGIN_FRACTION,
+    EXPIRY_MARGIN_S,
+    MAX_TOKEN_LIFETIME_S,
+    MIN_TOKEN_LIFETIME_S,
+    PROCESS_CACHE,
+    TOKEN_KEY_INFO,
+    ImsToken,
+    TokenStore,
+    clear_token_cache,
+    decrypt_token,
+    derive_token_key,
+    encrypt_token,
+    expiry_margin,
+    secret_fingerprint,
+    token_cache_key,
+    token_lifetime,
+)
+from include.triggerflow.secrets import mask
 from include.triggerflow.sources.bounded import BoundedReadError, read_body
 
 if TYPE_CHECKING:
-    from cryptography.fernet import Fernet
+    from airflow.sdk import Connection
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from sqlalchemy import Engine
+
+# Re-exported: tests, stages and the e2e helpers import these names from here.
+__all__ = [
+    "AUTH_JWT", "AUTH_OAUTH", "AUTH_TYPES", "DEFAULT_JWT_TTL_S", "DEFAULT_METASCOPES", "EXPIRY_MARGIN_FRACTION",
+    "EXPIRY_MARGIN_S", "MAX_JWT_TTL_S", "MAX_TOKEN_LIFETIME_S", "MIN_RSA_KEY_BITS", "MIN_TOKEN_LIFETIME_S",
+    "TECHNICAL_ACCOUNT_SUFFIX", "TOKEN_KEY_INFO", "AdobeImsHook", "ImsAuthError", "ImsToken", "build_jwt_claims",
+    "clear_token_cache", "decrypt_token", "derive_token_key", "encrypt_token", "expiry_margin",
+    "load_rsa_private_key", "parse_metascopes", "sign_jwt", "token_cache_key", "token_lifetime",
+]
 
 TOKEN_PATH = "/ims/token/v3"
 JWT_EXCHANGE_PATH = "/ims/exchange/jwt"
 
 AUTH_OAUTH = "oauth"
 AUTH_JWT = "jwt"
-AUTH_TYPES = (AUTH_OAUTH, AUTH_JWT)
 
-# Renew a token this long before IMS says it expires, so it never dies mid-pull: the smaller of
-# EXPIRY_MARGIN_S and EXPIRY_MARGIN_FRACTION of its lifetime (a 60 s token is reused for 54 s).
-EXPIRY_MARGIN_S = 300
-EXPIRY_MARGIN_FRACTION = 0.10
-
-# Sane bounds for IMS's expires_in (seconds): IMS tokens last about 24 h.
-MIN_TOKEN_LIFETIME_S = 60.0
-MAX_TOKEN_LIFETIME_S = 86_400.0
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024
 DEFAULT_REQUEST_DEADLINE_S = 60.0
-
-DEFAULT_METASCOPES = ("ent_analytics_bulk_ingest_sdk",)
-DEFAULT_JWT_TTL_S = 300
-MAX_JWT_TTL_S = 86_400
-MIN_RSA_KEY_BITS = 2048
-TECHNICAL_ACCOUNT_SUFFIX = "@techacct.adobe.com"
-
-# HKDF "info" of the key that encrypts stored tokens; bump it to orphan every stored row.
-TOKEN_KEY_INFO = b"triggerflow-ims-token-v1"
-_PAYLOAD_VERSION = 1
 
 
 class ImsAuthError(RuntimeError):
     """IMS refused the credentials, or the connection is unusable; the message says what to fix."""
-
-
-def expiry_margin(lifetime_s: float | None) -> float:
-    """How long before expiry a token stops being reused (unknown lifetime: the full margin)."""
-    if lifetime_s is None:
-        return float(EXPIRY_MARGIN_S)
-    return max(0.0, min(float(EXPIRY_MARGIN_S), EXPIRY_MARGIN_FRACTION * lifetime_s))
-
-
-@dataclass(repr=False)
-class ImsToken:
-    access_token: str
-    expires_at: float  # time.time() seconds
-    minted_at: float | None = None  # time.time() seconds, when known (sets the margin)
-
-    @property
-    def lifetime_s(self) -> float | None:
-        return None if self.minted_at is None else self.expires_at - self.minted_at
-
-    def usable(self, now: float | None = None) -> bool:
-        now = time.time() if now is None else now
-        return now < self.expires_at - expiry_margin(self.lifetime_s)
-
-    def __repr__(self) -> str:  # never show the token itself in logs or tracebacks
-        return f"ImsToken(expires_at={self.expires_at:.0f})"
-
-
-# -- the token store's crypto (pure functions) --------------------------------------------------------
-def token_cache_key(base_url: str, client_id: str, scopes: str, auth_type: str) -> str:
-    """sha256 hex of (IMS base URL, client id, scopes, auth type): the row key, never the id in clear."""
-    material = json.dumps([base_url, client_id, scopes, auth_type], separators=(",", ":"))
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
-
-
-def derive_token_key(client_secret: str, cache_key: str) -> bytes:
-    """The Fernet key for one cache row: HKDF-SHA256(client secret, salt=cache_key, info=v1)."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-    raw = HKDF(
-        algorithm=hashes.SHA256(), length=32, salt=cache_key.encode("ascii"), info=TOKEN_KEY_INFO
-    ).derive(client_secret.encode("utf-8"))
-    return base64.urlsafe_b64encode(raw)
-
-
-def _fernet(client_secret: str, cache_key: str) -> Fernet:
-    from cryptography.fernet import Fernet
-
-    return Fernet(derive_token_key(client_secret, cache_key))
-
-
-def encrypt_token(token: ImsToken, client_secret: str, cache_key: str) -> str:
-    """Ciphertext (text) of the token and its validity, authenticated by Fernet."""
-    payload = json.dumps({
-        "v": _PAYLOAD_VERSION,
-        "access_token": token.access_token,
-        "expires_at": token.expires_at,
-        "minted_at": token.minted_at,
-    })
-    return _fernet(client_secret, cache_key).encrypt(payload.encode("utf-8")).decode("ascii")
-
-
-def decrypt_token(ciphertext: str, client_secret: str, cache_key: str) -> ImsToken | None:
-    """The stored token, or None when it does not decrypt with this secret (rotated, tampered)."""
-    from cryptography.fernet import InvalidToken
-
-    try:
-        plain = _fernet(client_secret, cache_key).decrypt(ciphertext.encode("ascii"))
-        payload = json.loads(plain)
-        if payload.get("v") != _PAYLOAD_VERSION or not payload.get("access_token"):
-            return None
-        minted_at = payload.get("minted_at")
-        return ImsToken(
-            access_token=str(payload["access_token"]),
-            expires_at=float(payload["expires_at"]),
-            minted_at=None if minted_at is None else float(minted_at),
-        )
-    except (InvalidToken, UnicodeError, ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
-# -- JWT service account (pure functions) -------------------------------------------------------------
-def parse_metascopes(value: Any) -> tuple[str, ...]:
-    """extra.metascopes as names: a list or "a,b"; a full ``<host>/s/<name>`` keeps its name."""
-    if value is None:
-        return DEFAULT_METASCOPES
-    if isinstance(value, str):
-        items: Iterable[Any] = value.split(",")
-    elif isinstance(value, (list, tuple)):
-        items = value
-    else:
-        raise ValueError("must be a list of metascope names or a comma-separated string")
-    names = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError("must be a list of metascope names or a comma-separated string")
-        name = item.strip()
-        if "/s/" in name:
-            name = name.rsplit("/s/", 1)[1]
-        if name and name not in names:
-            names.append(name)
-    return tuple(names)
-
-
-def build_jwt_claims(
-    *,
-    base_url: str,
-    client_id: str,
-    org_id: str,
-    technical_account_id: str,
-    metascopes: Iterable[str],
-    ttl_s: int = DEFAULT_JWT_TTL_S,
-    now: float | None = None,
-) -> dict[str, Any]:
-    """The claims IMS expects in a service-account JWT (DC-JWT)."""
-    now = time.time() if now is None else now
-    claims: dict[str, Any] = {
-        "exp": int(now) + int(ttl_s),
-        "iss": org_id,
-        "sub": technical_account_id,
-        "aud": f"{base_url}/c/{client_id}",
-    }
-    for name in metascopes:
-        claims[f"{base_url}/s/{name}"] = True
-    return claims
-
-
-def sign_jwt(claims: dict[str, Any], private_key: RSAPrivateKey) -> str:
-    import jwt
-
-    return jwt.encode(claims, private_key, algorithm="RS256")
-
-
-class _KeyProblem(ValueError):
-    """Why extra.private_key is unusable (never contains the key)."""
-
-
-def load_rsa_private_key(text: Any) -> RSAPrivateKey:
-    """Parse extra.private_key; raises _KeyProblem with a reason a user can act on."""
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    if text is None or (isinstance(text, str) and not text.strip()):
-        raise _KeyProblem("it is missing")
-    if not isinstance(text, str):
-        raise _KeyProblem("it must be the PEM text, not " + type(text).__name__)
-    pem = text.strip()
-    if "-----BEGIN" not in pem:
-        # Campaign's -setimsjwtauth takes `base64 ./private.key`: accept that form too.
-        try:
-            decoded = base64.b64decode("".join(pem.split()), validate=True).decode("ascii")
-        except (binascii.Error, ValueError, UnicodeDecodeError):
-            raise _KeyProblem("it is not PEM (no -----BEGIN line)") from None
-        if "-----BEGIN" not in decoded:
-            raise _KeyProblem("it is not PEM (no -----BEGIN line)")
-        pem = decoded.strip()
-    if "\n" not in pem and "\\n" in pem:  # pasted into a one-line field with escaped newlines
-        pem = pem.replace("\\n", "\n")
-    if "BEGIN CERTIFICATE" in pem or "BEGIN PUBLIC KEY" in pem or "BEGIN RSA PUBLIC KEY" in pem:
-        raise _KeyProblem("it is a certificate or public key; put the private key here")
-    try:
-        key = serialization.load_pem_private_key(pem.encode("ascii", "replace"), password=None)
-    except TypeError:
-        raise _KeyProblem("it is encrypted with a passphrase; store it unencrypted") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise _KeyProblem("it could not be parsed") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise _KeyProblem(f"it is a {type(key).__name__.lstrip('_')}, not an RSA key")
-    if key.key_size < MIN_RSA_KEY_BITS:
-        raise _KeyProblem(f"it is only {key.key_size} bits")
-    return key
-
-
-# -- process-wide cache ---------------------------------------------------------------------------------
-# cache_key -> (fingerprint of the secret-derived key, token): every hook instance for the same
-# client shares one token, but a hook with another secret for the same client does not get it.
-_token_cache: dict[str, tuple[str, ImsToken]] = {}
-_cache_lock = threading.Lock()
-_key_locks: dict[str, threading.Lock] = {}
-
-
-def _lock_for(cache_key: str) -> threading.Lock:
-    with _cache_lock:
-        return _key_locks.setdefault(cache_key, threading.Lock())
-
-
-def clear_token_cache() -> None:
-    """Forget every token of this process (tests use it to simulate a new task process)."""
-    with _cache_lock:
-        _token_cache.clear()
 
 
 @dataclass(repr=False)
@@ -322,7 +142,7 @@ class _Settings:
     fingerprint: str
     metascopes: tuple[str, ...] = ()
     technical_account_id: str = ""
-    private_key: Any = field(default=None)
+    private_key: RSAPrivateKey | None = field(default=None)
     jwt_ttl_s: int = DEFAULT_JWT_TTL_S
 
     def __repr__(self) -> str:
@@ -348,7 +168,8 @@ class AdobeImsHook(BaseHook):
         self.adobe_ims_conn_id = adobe_ims_conn_id
         self.token_store = token_store
         self.timeout = timeout
-        self._conn: Any = None
+        self._conn: Connection | None = None
+        self._extras: ImsExtras | None = None
         self._settings_cache: _Settings | None = None
         # How many times this hook instance called IMS (token or JWT exchange endpoint).
         self.token_requests = 0
@@ -359,7 +180,7 @@ class AdobeImsHook(BaseHook):
 
     # -- connection fields ----------------------------------------------------------------------------
     @property
-    def conn(self) -> Any:
+    def conn(self) -> Connection:
         if self._conn is None:
             self._conn = self.get_connection(self.adobe_ims_conn_id)
         return self._conn
@@ -392,7 +213,7 @@ class AdobeImsHook(BaseHook):
 
     @property
     def org_id(self) -> str:
-        org = str(self.extra.get("org_id") or "").strip()
+        org = self.extras.org_id.strip()
         if not org:
             # The message Campaign administrators know from pipelined (CC-ts).
             raise self._problem("extra.org_id is empty — the subject must be a valid organization or client")
@@ -400,20 +221,27 @@ class AdobeImsHook(BaseHook):
 
     @property
     def extra(self) -> dict[str, Any]:
+        """The extras as stored (JSON values of any type; :attr:`extras` is the validated form)."""
         return dict(self.conn.extra_dejson or {})
 
     @property
+    def extras(self) -> ImsExtras:
+        """The extras validated (pydantic, unknown keys refused with a "did you mean" hint)."""
+        if self._extras is None:
+            try:
+                self._extras = ImsExtras.parse(self.extra)
+            except ExtrasError as exc:
+                raise self._problem(str(exc)) from None
+        return self._extras
+
+    @property
     def auth_type(self) -> str:
-        raw = self.extra.get("auth_type")
-        value = str(raw if raw is not None else AUTH_OAUTH).strip().lower() or AUTH_OAUTH
-        if value not in AUTH_TYPES:
-            raise self._problem(f"extra.auth_type {raw!r} is not one of {AUTH_TYPES}")
-        return value
+        return self.extras.auth_type
 
     @property
     def metascopes(self) -> tuple[str, ...]:
         try:
-            names = parse_metascopes(self.extra.get("metascopes"))
+            names = parse_metascopes(self.extras.metascopes)
         except ValueError as exc:
             raise self._problem(f"extra.metascopes {exc}") from None
         if not names:
@@ -426,7 +254,7 @@ class AdobeImsHook(BaseHook):
     def _scope_text(self, auth_type: str) -> str:
         if auth_type == AUTH_JWT:
             return ",".join(sorted(self.metascopes))
-        return str(self.extra.get("scopes", ""))
+        return self.extras.scopes
 
     @property
     def cache_key(self) -> str:
@@ -441,56 +269,29 @@ class AdobeImsHook(BaseHook):
         org_id, auth_type = self.org_id, self.auth_type
         scopes = self._scope_text(auth_type)
         cache_key = token_cache_key(base_url, client_id, scopes, auth_type)
-        fingerprint = hashlib.sha256(derive_token_key(client_secret, cache_key)).hexdigest()
+        fingerprint = secret_fingerprint(client_secret, cache_key)
         settings = _Settings(
             base_url=base_url, client_id=client_id, client_secret=client_secret, org_id=org_id,
             auth_type=auth_type, scopes=scopes, cache_key=cache_key, fingerprint=fingerprint,
         )
         if auth_type == AUTH_JWT:
-            extra = self.extra
+            extras = self.extras
             settings.metascopes = self.metascopes
-            settings.technical_account_id = self._technical_account_id(extra)
-            settings.jwt_ttl_s = self._jwt_ttl_s(extra)
-            settings.private_key = self._private_key(extra)
+            try:
+                settings.technical_account_id = check_technical_account_id(extras.technical_account_id)
+                settings.jwt_ttl_s = check_jwt_ttl_s(extras.value("jwt_ttl_s", DEFAULT_JWT_TTL_S))
+            except ValueError as exc:
+                raise self._problem(str(exc)) from None
+            settings.private_key = self._private_key(extras.private_key)
         self._settings_cache = settings
         return settings
 
-    def _technical_account_id(self, extra: dict[str, Any]) -> str:
-        value = str(extra.get("technical_account_id") or "").strip()
-        if not value:
-            raise self._problem(
-                "extra.technical_account_id is required for auth_type 'jwt' (the integration's "
-                f"Technical account ID, ...{TECHNICAL_ACCOUNT_SUFFIX}, from the Developer Console)"
-            )
-        if not value.lower().endswith(TECHNICAL_ACCOUNT_SUFFIX):
-            raise self._problem(
-                f"extra.technical_account_id {value!r} is not a technical account ID "
-                f"(...{TECHNICAL_ACCOUNT_SUFFIX}); the organization ID goes in extra.org_id"
-            )
-        return value
-
-    def _jwt_ttl_s(self, extra: dict[str, Any]) -> int:
-        raw = extra.get("jwt_ttl_s", DEFAULT_JWT_TTL_S)
-        try:
-            ttl = int(raw)
-            if isinstance(raw, bool) or ttl != float(raw):
-                raise ValueError
-        except (TypeError, ValueError):
-            ttl = 0
-        if not 1 <= ttl <= MAX_JWT_TTL_S:
-            raise self._problem(
-                f"extra.jwt_ttl_s {raw!r} must be a whole number of seconds between 1 and {MAX_JWT_TTL_S} "
-                f"(Adobe: keep the JWT's exp a few minutes; default {DEFAULT_JWT_TTL_S})"
-            )
-        return ttl
-
-    def _private_key(self, extra: dict[str, Any]) -> RSAPrivateKey:
-        raw = extra.get("private_key")
+    def _private_key(self, raw: object) -> RSAPrivateKey:
         if isinstance(raw, str) and raw.strip():
-            _mask(raw.strip())
+            mask(raw.strip())
         try:
             return load_rsa_private_key(raw)
-        except _KeyProblem as problem:
+        except KeyProblem as problem:
             raise ImsAuthError(
                 f"invalid key: extra.private_key of connection {self.adobe_ims_conn_id!r} is not a readable "
                 f"RSA private key in PEM (generate a {MIN_RSA_KEY_BITS}+ bit RSA key with OpenSSL): {problem}"
@@ -507,42 +308,34 @@ class AdobeImsHook(BaseHook):
     def fetch_token(self, *, force_refresh: bool = False) -> ImsToken:
         """Like get_token, with the expiry (``force_refresh``: mint and replace both cache entries)."""
         settings = self._settings()
-        with _lock_for(settings.cache_key):
+        with PROCESS_CACHE.lock_for(settings.cache_key):
             if not force_refresh:
-                with _cache_lock:
-                    cached = _token_cache.get(settings.cache_key)
-                if cached and cached[0] == settings.fingerprint and cached[1].usable():
-                    return cached[1]
+                cached = PROCESS_CACHE.get(settings.cache_key, settings.fingerprint)
+                if cached is not None and cached.usable():
+                    return cached
                 stored = self._store_load(settings)
                 if stored is not None and stored.usable():
-                    with _cache_lock:
-                        _token_cache[settings.cache_key] = (settings.fingerprint, stored)
+                    PROCESS_CACHE.put(settings.cache_key, settings.fingerprint, stored)
                     self.log.info(
                         "IMS token for connection %r reused from the token store (%.0f s left)",
                         self.adobe_ims_conn_id, stored.expires_at - time.time(),
                     )
                     return stored
             token = self._request_token(settings)
-            with _cache_lock:
-                _token_cache[settings.cache_key] = (settings.fingerprint, token)
+            PROCESS_CACHE.put(settings.cache_key, settings.fingerprint, token)
             self._store_save(settings, token)
             return token
 
     def invalidate(self) -> None:
         """Forget this client's token in the process and in the token store."""
         key = self.cache_key
-        with _lock_for(key):
-            with _cache_lock:
-                _token_cache.pop(key, None)
+        with PROCESS_CACHE.lock_for(key):
+            PROCESS_CACHE.drop(key)
             if self.token_store is not None:
-                from sqlalchemy import delete
                 from sqlalchemy.exc import SQLAlchemyError
 
-                from include.triggerflow.store.schema import ims_token
-
                 try:
-                    with self.token_store.begin() as conn:
-                        conn.execute(delete(ims_token).where(ims_token.c.cache_key == key))
+                    TokenStore(self.token_store).delete(key)
                 except SQLAlchemyError as exc:
                     self._store_warning("delete the stored token", exc)
 
@@ -557,16 +350,10 @@ class AdobeImsHook(BaseHook):
     def _store_load(self, settings: _Settings) -> ImsToken | None:
         if self.token_store is None:
             return None
-        from sqlalchemy import select
         from sqlalchemy.exc import SQLAlchemyError
 
-        from include.triggerflow.store.schema import ims_token
-
         try:
-            with self.token_store.connect() as conn:
-                ciphertext = conn.execute(
-                    select(ims_token.c.ciphertext).where(ims_token.c.cache_key == settings.cache_key)
-                ).scalar_one_or_none()
+            ciphertext = TokenStore(self.token_store).load(settings.cache_key)
         except SQLAlchemyError as exc:
             self._store_warning("read the stored token", exc)
             return None
@@ -580,7 +367,7 @@ class AdobeImsHook(BaseHook):
                 self.adobe_ims_conn_id,
             )
             return None
-        _mask(token.access_token)
+        mask(token.access_token)
         return token
 
     def _store_save(self, settings: _Settings, token: ImsToken) -> None:
@@ -588,15 +375,9 @@ class AdobeImsHook(BaseHook):
             return
         from sqlalchemy.exc import SQLAlchemyError
 
-        values = {
-            "cache_key": settings.cache_key,
-            "ciphertext": encrypt_token(token, settings.client_secret, settings.cache_key),
-            "expires_at": datetime.fromtimestamp(token.expires_at, UTC),
-            "minted_at": datetime.fromtimestamp(token.minted_at or time.time(), UTC),
-        }
+        ciphertext = encrypt_token(token, settings.client_secret, settings.cache_key)
         try:
-            with self.token_store.begin() as conn:
-                _upsert_token_row(conn, values)
+            TokenStore(self.token_store).save(settings.cache_key, ciphertext, token)
         except SQLAlchemyError as exc:
             self._store_warning("store the new token", exc)
 
@@ -611,8 +392,9 @@ class AdobeImsHook(BaseHook):
                 metascopes=settings.metascopes,
                 ttl_s=settings.jwt_ttl_s,
             )
+            assert settings.private_key is not None  # _settings loads it for jwt
             assertion = sign_jwt(claims, settings.private_key)
-            _mask(assertion)
+            mask(assertion)
             url = f"{settings.base_url}{JWT_EXCHANGE_PATH}"
             what = "JWT exchange"
             form = {"client_id": settings.client_id, "client_secret": settings.client_secret, "jwt_token": assertion}
@@ -629,9 +411,10 @@ class AdobeImsHook(BaseHook):
             expires_in_unit = 1.0  # /ims/token/v3 answers seconds
         self.token_requests += 1
         minted_at = time.time()
-        max_bytes = self._positive_extra("max_answer_bytes", DEFAULT_MAX_ANSWER_BYTES, integer=True)
-        deadline_s = self._positive_extra("request_deadline_s", DEFAULT_REQUEST_DEADLINE_S)
-        timeout_s = self._positive_extra("timeout_s", self.timeout)
+        extras = self.extras
+        max_bytes = extras.max_answer_bytes
+        deadline_s = extras.request_deadline_s
+        timeout_s = extras.value("timeout_s", self.timeout)
         started = monotonic()
         try:
             resp = requests.post(url, data=form, timeout=timeout_s, stream=True)
@@ -647,7 +430,7 @@ class AdobeImsHook(BaseHook):
                 f"{self.adobe_ims_conn_id!r} right, and IMS reachable from this worker?)"
             ) from None
         if resp.status_code != 200:
-            raise self._refusal(settings, what, resp.status_code, data)
+            raise ImsAuthError(refusal_message(self.adobe_ims_conn_id, settings, what, resp.status_code, data))
         try:
             body = json.loads(data)
         except (ValueError, RecursionError):
@@ -657,7 +440,7 @@ class AdobeImsHook(BaseHook):
         access_token = body.get("access_token")
         if not access_token or not isinstance(access_token, str):
             raise ImsAuthError(f"IMS {what} to {url} answered 200 without an access_token")
-        _mask(access_token)
+        mask(access_token)
         lifetime, problem = token_lifetime(body.get("expires_in"), expires_in_unit)
         if problem:
             self.log.warning(
@@ -667,140 +450,3 @@ class AdobeImsHook(BaseHook):
             "IMS token minted for connection %r (%s, valid %.0f s)", self.adobe_ims_conn_id, settings.auth_type, lifetime
         )
         return ImsToken(access_token=access_token, expires_at=minted_at + lifetime, minted_at=minted_at)
-
-    def _positive_extra(self, name: str, default: float, *, integer: bool = False) -> float:
-        raw = self.extra.get(name, default)
-        try:
-            value = float(raw)
-            ok = not isinstance(raw, bool) and value > 0 and value == value and value != float("inf")
-            if integer:
-                ok = ok and value == int(value)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            kind = "a positive whole number" if integer else "a positive number"
-            raise self._problem(f"extra.{name} must be {kind}, got {raw!r}")
-        return int(value) if integer else value
-
-    def _refusal(self, settings: _Settings, what: str, status: int, body: bytes) -> ImsAuthError:
-        conn = self.adobe_ims_conn_id
-        error, description = _error_of(body)
-        jwt_mode = settings.auth_type == AUTH_JWT
-        head = f"connection {conn!r}: IMS refused the {what} ({status} {error}"
-        head += f": {description})" if description else ")"
-        credentials = f"check the client id (login) and client secret (password) of connection {conn!r}"
-        if error == "invalid_client":
-            if jwt_mode and status == 400:
-                hint = (
-                    f"the JWT audience {settings.base_url}/c/{settings.client_id} was refused: check the client "
-                    f"id (login) and the IMS base URL (host) of connection {conn!r}"
-                )
-            else:
-                hint = credentials
-        elif error == "invalid_signature":
-            hint = (
-                "IMS could not verify the JWT signature: extra.private_key does not match the certificate "
-                "(public key) of the integration — upload the certificate of this key in the Developer Console, "
-                "or put the key of the uploaded certificate in extra.private_key"
-            )
-        elif error == "invalid_token" and jwt_mode:
-            text = description.lower()
-            if "organization" in text or "subject" in text or "technical" in text:
-                hint = (
-                    f"check extra.org_id ({settings.org_id}) and extra.technical_account_id "
-                    "— the subject must be a valid organization or client"
-                )
-            else:
-                hint = (
-                    f"the JWT was missing or expired on arrival: check extra.jwt_ttl_s (now {settings.jwt_ttl_s} s) "
-                    "and this machine's clock (clock skew makes a fresh JWT look expired)"
-                )
-        elif error == "invalid_scope":
-            if jwt_mode:
-                hint = (
-                    f"check extra.metascopes (now {list(settings.metascopes)}): each must be a metascope "
-                    "of the integration, e.g. ent_analytics_bulk_ingest_sdk"
-                )
-            else:
-                hint = f"check extra.scopes (now {settings.scopes!r}) against the credential's scopes"
-        elif status in (400, 401, 403):
-            hint = f"check the credential settings of connection {conn!r}"
-            if status == 403 and not jwt_mode:
-                hint += " (a 403 from IMS usually means the credential type is retired: use OAuth Server-to-Server)"
-        else:
-            hint = "IMS may be unavailable; retry later"
-        return ImsAuthError(f"{head}: {hint}")
-
-
-def _upsert_token_row(conn: Any, values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT (cache_key) DO UPDATE: concurrent writers leave the last one's row."""
-    from include.triggerflow.store.schema import ims_token
-
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only the two supported dialects exist
-        from sqlalchemy import delete
-        from sqlalchemy import insert as plain_insert
-
-        conn.execute(delete(ims_token).where(ims_token.c.cache_key == values["cache_key"]))
-        conn.execute(plain_insert(ims_token).values(**values))
-        return
-    stmt = insert(ims_token).values(**values)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[ims_token.c.cache_key],
-            set_={name: stmt.excluded[name] for name in ("ciphertext", "expires_at", "minted_at")},
-        )
-    )
-
-
-def token_lifetime(value: Any, unit_s_per_value: float) -> tuple[float, str | None]:
-    """IMS's ``expires_in`` as seconds, at most MAX_TOKEN_LIFETIME_S, and what was wrong with it
-    (None when it was usable as is). A value that is absent, not a number, NaN or not positive
-    counts as MIN_TOKEN_LIFETIME_S: reused briefly (a source's 401 forces a new one) rather than
-    minting a token for every request. A short positive lifetime is kept: IMS may mint short
-    tokens, and the reuse margin scales with the lifetime. ``unit_s_per_value`` is 1000 for the
-    JWT exchange (milliseconds). Never raises: an answer must not crash the pull."""
-    shown = repr(value)[:40]
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        number = None
-    else:
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        except OverflowError:  # an int beyond any float: as good as infinite
-            number = float("inf") if value > 0 else float("-inf")
-    if number is None or number != number:  # absent, not a number, NaN
-        return MIN_TOKEN_LIFETIME_S, f"expires_in {shown} is not a number of seconds"
-    seconds = number / unit_s_per_value
-    if seconds <= 0:
-        return MIN_TOKEN_LIFETIME_S, f"expires_in {shown} is not positive"
-    if seconds > MAX_TOKEN_LIFETIME_S:
-        return MAX_TOKEN_LIFETIME_S, f"expires_in {shown} is beyond {MAX_TOKEN_LIFETIME_S:.0f} s"
-    return seconds, None
-
-
-def _error_of(data: bytes) -> tuple[str, str]:
-    """(error, error_description) of an IMS error answer; never raises."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        return "unknown_error", ""
-    if not isinstance(body, dict):
-        return "unknown_error", ""
-    error = str(body.get("error") or body.get("error_code") or "unknown_error")[:100]
-    description = str(body.get("error_description") or body.get("message") or "")[:200]
-    return error, description
-
-
-def _mask(secret: str) -> None:
-    """Register a runtime secret with Airflow's log masker (no-op outside Airflow)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Airflow is always installed in this project
-        return
-    mask_secret(secret)

@@ -59,20 +59,29 @@ Changing only this connection switches the source; the DAG does not change.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseHook
 
+from include.triggerflow.adobe.extras import ExtrasError, TriggersExtras
 from include.triggerflow.hooks.ims import AdobeImsHook
-from include.triggerflow.sources.base import SourceError, TriggerSource
+from include.triggerflow.sources.base import RESET_POLICIES, SOURCE_KINDS, SourceError, SourceKind, TriggerSource
 
 if TYPE_CHECKING:
+    from airflow.sdk import Connection
     from sqlalchemy import Engine
 
-SOURCE_KINDS = ("journal", "pipeline")
-RESET_POLICIES = ("earliest", "latest")
+    from include.triggerflow.sources.journal import JournalSource
+    from include.triggerflow.sources.pipeline import PipelineSource
+
+__all__ = ["DEFAULT_ENVIRONMENT", "ENVIRONMENT_VARIABLE", "RESET_POLICIES", "SOURCE_KINDS", "TriggerSourceHook"]
+
 ENVIRONMENT_VARIABLE = "TRIGGERFLOW_ENVIRONMENT"
 DEFAULT_ENVIRONMENT = "dev"
+
+
+def _full_url(text: str) -> bool:
+    return text.startswith(("http://", "https://"))
 
 
 class TriggerSourceHook(BaseHook):
@@ -86,6 +95,8 @@ class TriggerSourceHook(BaseHook):
         self.adobe_triggers_conn_id = adobe_triggers_conn_id
         self.ims_hook: AdobeImsHook | None = None
         self._token_store: Engine | None = None
+        #: what landing caps each message at (land_batch(max_message_bytes=...)); set by get_source
+        self.max_message_bytes: int = 0
 
     def get_conn(self) -> TriggerSource:
         return self.get_source()
@@ -93,58 +104,60 @@ class TriggerSourceHook(BaseHook):
     def _error(self, text: str) -> SourceError:
         return SourceError(f"connection {self.adobe_triggers_conn_id!r}: {text}")
 
+    def extras(self, conn: Connection) -> TriggersExtras:
+        """The connection's extras validated (pydantic; unknown keys get a "did you mean")."""
+        try:
+            return TriggersExtras.parse(conn.extra_dejson or {})
+        except ExtrasError as exc:
+            raise self._error(str(exc)) from None
+
     def get_source(self, *, token_store: Engine | None = None) -> TriggerSource:
         """The source; with ``token_store`` the IMS token is shared with other tasks and runs
         through the store (encrypted), so a run does not mint a token of its own."""
         self._token_store = token_store
         conn = self.get_connection(self.adobe_triggers_conn_id)
-        extra: dict[str, Any] = dict(conn.extra_dejson or {})
-        kind = str(extra.get("kind", "journal"))
-        if kind not in SOURCE_KINDS:
-            raise self._error(f"extra.kind {kind!r} is not one of {SOURCE_KINDS}")
+        extras = self.extras(conn)
         from include.triggerflow.stages.land import MAX_MESSAGE_BYTES
 
-        #: what landing caps each message at (land_batch(max_message_bytes=...))
-        self.max_message_bytes: int = self._number(extra, "max_message_bytes", MAX_MESSAGE_BYTES, integer=True)
-        if kind == "pipeline":
-            return self._pipeline_source(conn, extra)
-        url = (conn.host or "").strip()
-        if not url.startswith(("http://", "https://")):
-            raise self._error(f"host must be the full journal URL (http[s]://...), got {url!r}")
-        ims = self._ims_hook(extra)
-        from include.triggerflow.sources.journal import (
-            DEFAULT_MAX_PAGE_BYTES,
-            DEFAULT_REQUEST_DEADLINE_S,
-            DEFAULT_TIMEOUT_S,
-            JournalSource,
-        )
+        self.max_message_bytes = extras.value("max_message_bytes", MAX_MESSAGE_BYTES)
+        if extras.kind == SourceKind.PIPELINE:
+            return self._pipeline_source(conn, extras)
+        return self._journal_source(conn, extras)
 
+    def _ims_hook(self, extras: TriggersExtras) -> AdobeImsHook:
+        self.ims_hook = AdobeImsHook(extras.ims_conn_id, token_store=self._token_store)
+        return self.ims_hook
+
+    # -- journal -----------------------------------------------------------------------------------
+    def _journal_source(self, conn: Connection, extras: TriggersExtras) -> JournalSource:
+        from include.triggerflow.sources.journal import DEFAULT_REQUEST_DEADLINE_S, DEFAULT_TIMEOUT_S, JournalSource
+
+        url = (conn.host or "").strip()
+        if not _full_url(url):
+            raise self._error(f"host must be the full journal URL (http[s]://...), got {url!r}")
+        ims = self._ims_hook(extras)
         return JournalSource(
             journal_url=url,
             api_key=ims.client_id,
             org_id=ims.org_id,
             token_provider=lambda refresh: ims.get_token(force_refresh=refresh),
-            page_limit=self._number(extra, "page_limit", 500, integer=True),
-            reset=str(extra.get("reset", "earliest")),
-            timeout=self._number(extra, "timeout_s", DEFAULT_TIMEOUT_S, integer=False),
-            request_deadline_s=self._number(extra, "request_deadline_s", DEFAULT_REQUEST_DEADLINE_S, integer=False),
-            max_page_bytes=self._number(extra, "max_page_bytes", DEFAULT_MAX_PAGE_BYTES, integer=True),
+            page_limit=extras.page_limit,
+            reset=extras.reset,
+            timeout=extras.timeout_s or DEFAULT_TIMEOUT_S,
+            request_deadline_s=extras.request_deadline_s or DEFAULT_REQUEST_DEADLINE_S,
+            max_page_bytes=extras.max_page_bytes,
         )
 
-    def _ims_hook(self, extra: dict[str, Any]) -> AdobeImsHook:
-        self.ims_hook = AdobeImsHook(str(extra.get("ims_conn_id", "adobe_ims")), token_store=self._token_store)
-        return self.ims_hook
-
     # -- pipeline ----------------------------------------------------------------------------------
-    def consumer_name(self, extra: dict[str, Any]) -> str:
+    def consumer_name(self, extras: TriggersExtras) -> str:
         """``extra.consumer`` with ``{env}`` replaced by the environment name."""
-        raw = extra.get("consumer")
+        raw = extras.consumer
         if not isinstance(raw, str) or not raw.strip():
             raise self._error(
                 "extra.consumer is required for kind 'pipeline': the Pipeline consumer name, "
                 "unique per environment (e.g. \"triggerflow-{env}\")"
             )
-        env = str(extra.get("environment") or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_ENVIRONMENT).strip()
+        env = str(extras.environment or os.environ.get(ENVIRONMENT_VARIABLE) or DEFAULT_ENVIRONMENT).strip()
         if not env:
             raise self._error("extra.environment is empty")
         consumer = raw.strip().replace("{env}", env)
@@ -152,55 +165,39 @@ class TriggerSourceHook(BaseHook):
             raise self._error(f"extra.consumer {consumer!r} must not contain spaces or commas")
         return consumer
 
-    def _number(self, extra: dict[str, Any], name: str, default: Any, *, integer: bool) -> Any:
-        value = extra.get(name, default)
-        if value is None and not integer:
-            return None
-        try:
-            number = int(value) if integer else float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or isinstance(value, bool) or number <= 0 or (integer and number != float(value)):
-            text = "a positive integer" if integer else "a positive number"
-            raise self._error(f"extra.{name} must be {text}, got {value!r}")
-        return number
-
-    def _pipeline_source(self, conn: Any, extra: dict[str, Any]) -> TriggerSource:
+    def _pipeline_source(self, conn: Connection, extras: TriggersExtras) -> PipelineSource:
         from include.triggerflow.sources import pipeline as p
 
-        consumer = self.consumer_name(extra)
-        reset = str(extra.get("reset", "earliest"))
-        if reset not in RESET_POLICIES:
-            raise self._error(f"extra.reset must be 'earliest' or 'latest', not {reset!r}")
+        consumer = self.consumer_name(extras)
         forced = (conn.host or "").strip() or None
-        if forced is not None and not forced.startswith(("http://", "https://")):
+        if forced is not None and not _full_url(forced):
             raise self._error(
                 f"host is the forced Pipeline endpoint and must be a full URL (http[s]://...), got "
                 f"{forced!r}; leave it empty to use discovery"
             )
-        discovery_url = str(extra.get("discovery_url") or p.DEFAULT_DISCOVERY_URL).strip()
-        if not discovery_url.startswith(("http://", "https://")):
+        discovery_url = str(extras.discovery_url or p.DEFAULT_DISCOVERY_URL).strip()
+        if not _full_url(discovery_url):
             raise self._error(f"extra.discovery_url must be a full URL (http[s]://...), got {discovery_url!r}")
-        topic = str(extra.get("topic") or "triggers").strip()
+        topic = str(extras.topic or p.DEFAULT_TOPIC).strip()
         if not topic or "/" in topic:
             raise self._error(f"extra.topic {topic!r} is not a topic name")
-        ims = self._ims_hook(extra)
+        ims = self._ims_hook(extras)
         return p.PipelineSource(
             consumer=consumer,
             topic=topic,
-            partitions=self._number(extra, "partitions", 15, integer=True),
+            partitions=extras.partitions,
             token_provider=lambda refresh: ims.get_token(force_refresh=refresh),
             org_id=ims.org_id,
             forced_endpoint=forced,
             discovery_url=discovery_url,
-            reset=reset,
-            read_timeout_s=self._number(extra, "read_timeout_s", 10.0, integer=False),
-            idle_stop_s=self._number(extra, "idle_stop_s", 30.0, integer=False),
-            page_size=self._number(extra, "page_size", 1000, integer=True),
-            max_tries=self._number(extra, "max_tries", 4, integer=True),
-            read_deadline_s=self._number(extra, "read_deadline_s", p.DEFAULT_READ_DEADLINE_S, integer=False),
-            max_read_bytes=self._number(extra, "max_read_bytes", p.DEFAULT_MAX_READ_BYTES, integer=True),
-            max_line_bytes=self._number(extra, "max_line_bytes", p.DEFAULT_MAX_LINE_BYTES, integer=True),
-            keepalive_wait_s=self._number(extra, "keepalive_wait_s", p.DEFAULT_KEEPALIVE_WAIT_S, integer=False),
-            caught_up_pings=self._number(extra, "caught_up_pings", p.DEFAULT_CAUGHT_UP_PINGS, integer=True),
+            reset=extras.reset,
+            read_timeout_s=extras.value("read_timeout_s", 10.0) or 10.0,
+            idle_stop_s=extras.value("idle_stop_s", 30.0),
+            page_size=extras.page_size,
+            max_tries=extras.max_tries,
+            read_deadline_s=extras.read_deadline_s or p.DEFAULT_READ_DEADLINE_S,
+            max_read_bytes=extras.max_read_bytes,
+            max_line_bytes=extras.max_line_bytes,
+            keepalive_wait_s=extras.keepalive_wait_s or p.DEFAULT_KEEPALIVE_WAIT_S,
+            caught_up_pings=extras.caught_up_pings,
         )

@@ -9,7 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
+
+
+class SourceKind(StrEnum):
+    """``extra.kind`` of connection adobe_triggers."""
+
+    JOURNAL = "journal"  # I/O Events journal (sources/journal.py)
+    PIPELINE = "pipeline"  # Pipeline v3 consumer (sources/pipeline.py)
+
+
+class ResetPolicy(StrEnum):
+    """Where a source starts when no position is stored."""
+
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+# As plain strings, for messages that list the choices: ('journal', 'pipeline').
+SOURCE_KINDS: tuple[str, ...] = tuple(kind.value for kind in SourceKind)
+RESET_POLICIES: tuple[str, ...] = tuple(policy.value for policy in ResetPolicy)
 
 
 class SourceError(RuntimeError):

@@ -38,7 +38,14 @@ import msgspec
 import requests
 import urllib3
 
-from include.triggerflow.sources.base import Page, RawMessage, SourceError
+from include.triggerflow.adobe.http import (
+    RETRYABLE_STATUS,
+    AdobeRetry,
+    RetryableFailure,
+    RetryPolicy,
+    Unauthorized,
+)
+from include.triggerflow.sources.base import RESET_POLICIES, Page, RawMessage, ResetPolicy, SourceError
 from include.triggerflow.sources.bounded import (
     AnswerTooLarge,
     BoundedReadError,
@@ -52,7 +59,6 @@ from include.triggerflow.sources.bounded import (
 log = logging.getLogger(__name__)
 
 JOURNAL_PARTITION = 0
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_REQUEST_DEADLINE_S = 60.0
 DEFAULT_TIMEOUT_S = 30.0
@@ -187,8 +193,9 @@ class JournalSource:
         request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S,
         max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES,
         session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if reset not in {"earliest", "latest"}:
+        if reset not in RESET_POLICIES:
             raise SourceError(f"adobe_triggers: reset must be 'earliest' or 'latest', not {reset!r}")
         if page_limit < 1 or max_page_bytes < 1 or request_deadline_s <= 0 or timeout <= 0:
             raise SourceError(
@@ -201,17 +208,35 @@ class JournalSource:
         self.page_limit = page_limit
         self.reset = reset
         self.timeout = timeout
-        self.max_tries = max_tries
-        self.max_retry_wait_s = max_retry_wait_s
         self.request_deadline_s = request_deadline_s
         self.max_page_bytes = max_page_bytes
         self.session = session or requests.Session()
+        self.retry = AdobeRetry(
+            RetryPolicy(max_tries=max_tries, max_wait_s=max_retry_wait_s), name=f"journal {journal_url}", sleep=sleep
+        )
         # Keyed by the registration path, not the host: moving the emulator to another port, or
         # Adobe's host name changing, must not reset the stored position.
         self.source_key = f"journal:{urlparse(journal_url).path}"
         self.endpoint = journal_url
         # The `limit` of each request, in order (tests check how an over-cap page was retried).
         self.limits_asked: list[int] = []
+
+    # The retry settings live on the retry rule; tests and the hostile corpus tune them here.
+    @property
+    def max_tries(self) -> int:
+        return self.retry.policy.max_tries
+
+    @max_tries.setter
+    def max_tries(self, value: int) -> None:
+        self.retry.policy.max_tries = value
+
+    @property
+    def max_retry_wait_s(self) -> float:
+        return self.retry.policy.max_wait_s
+
+    @max_retry_wait_s.setter
+    def max_retry_wait_s(self, value: float) -> None:
+        self.retry.policy.max_wait_s = value
 
     def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
         since = positions.get(JOURNAL_PARTITION)
@@ -221,17 +246,16 @@ class JournalSource:
             params: dict[str, str | int] = {"limit": min(limit, remaining)}
             if since:
                 params["since"] = since
-            elif self.reset == "latest":
+            elif self.reset == ResetPolicy.LATEST:
                 params["latest"] = "true"
             answer = self._get(params)
             if answer.status == 204:
-                if not since and self.reset == "latest":
-                    # Nothing newer than "latest" yet. Pin the end of the journal (the 204's
-                    # Link: rel="next" carries it) so the next read continues from here; without
-                    # a stored position every read would start at the end again and skip
-                    # whatever arrived in between.
-                    if answer.next_since:
-                        yield Page(messages=[], next_positions={JOURNAL_PARTITION: answer.next_since})
+                # Nothing newer than "latest" yet. Pin the end of the journal (the 204's Link:
+                # rel="next" carries it) so the next read continues from here; without a stored
+                # position every read would start at the end again and skip whatever arrived in
+                # between.
+                if not since and self.reset == ResetPolicy.LATEST and answer.next_since:
+                    yield Page(messages=[], next_positions={JOURNAL_PARTITION: answer.next_since})
                 return
             if answer.too_large is not None:
                 asked = int(params["limit"])
@@ -242,9 +266,9 @@ class JournalSource:
                         self.source_key, asked, self.max_page_bytes, limit,
                     )
                     continue
-                page = self._skip_oversized(answer)
-                yield page
-                since = page.next_positions[JOURNAL_PARTITION]
+                skipped = self._skip_oversized(answer)
+                yield skipped
+                since = skipped.next_positions[JOURNAL_PARTITION]
                 remaining -= 1
                 continue
             page = self._page(answer.body)
@@ -320,65 +344,61 @@ class JournalSource:
         }
 
     def _get(self, params: Mapping[str, str | int]) -> _Answer:
-        refreshed = False
-        attempt = 0
-        while True:
-            attempt += 1
-            self.limits_asked.append(int(params["limit"]))
-            started = time.monotonic()
-            try:
-                resp = self.session.get(
-                    self.journal_url, params=params, headers=self._headers(refreshed), timeout=self.timeout,
-                    stream=True,
-                )
-                status = resp.status_code
-                next_since = _since_of(resp.links.get("next", {}).get("url"))
-                cap = self.max_page_bytes if status == 200 else ERROR_BODY_BYTES
-                body = read_body(
-                    resp, what="journal page", max_bytes=cap, deadline_s=self.request_deadline_s, started=started
-                )
-            except AnswerTooLarge as exc:
-                if status != 200:
-                    raise SourceError(f"journal answered HTTP {status} with an error body over {cap} bytes") from None
-                return _Answer(status=status, body=b"", next_since=next_since, too_large=exc)
-            except DeadlinePassed:
-                if attempt >= self.max_tries:
-                    raise SourceError(
-                        f"journal {self.journal_url}: a page took longer than extra.request_deadline_s "
-                        f"({self.request_deadline_s:g} s) {attempt} times; raise it, or lower extra.page_limit"
-                    ) from None
-                self._sleep(None, attempt)
-                continue
-            except (requests.RequestException, OSError, BoundedReadError, *_URLLIB3_ERRORS) as exc:
-                if attempt >= self.max_tries:
-                    raise SourceError(
-                        f"journal {self.journal_url} unreachable after {attempt} tries: {exc.__class__.__name__}"
-                    ) from None
-                self._sleep(None, attempt)
-                continue
-            if status in (200, 204):
-                return _Answer(status=status, body=body, next_since=next_since)
-            if status == 401:
-                if refreshed:
-                    raise SourceError(
-                        "journal refused a freshly minted IMS token (401 twice): check that the "
-                        "adobe_ims credential has access to this registration"
-                    )
-                refreshed = True  # the token expired or was revoked: mint a new one once
-                continue
-            if status in RETRYABLE_STATUS and attempt < self.max_tries:
-                self._sleep(resp.headers.get("retry-after"), attempt)
-                continue
-            raise SourceError(f"journal answered HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
+        """One page, through the one Adobe retry rule (adobe/http.py): 401 refreshes the token
+        once; transport errors, slow pages and 429/5xx are retried up to ``max_tries``."""
+        self.retry.reset()  # every page starts with a fresh count of consecutive failures
+        return self.retry.call(
+            lambda refresh: self._get_once(params, refresh), give_up=self._give_up,
+            refused_twice=lambda: SourceError(
+                "journal refused a freshly minted IMS token (401 twice): check that the "
+                "adobe_ims credential has access to this registration"
+            ),
+        )
 
-    def _sleep(self, retry_after: str | None, attempt: int) -> None:
+    def _get_once(self, params: Mapping[str, str | int], refresh: bool) -> _Answer:
+        self.limits_asked.append(int(params["limit"]))
+        started = time.monotonic()
+        status = 0
+        cap = ERROR_BODY_BYTES
         try:
-            wait = float(retry_after) if retry_after is not None else 0.5 * 2 ** (attempt - 1)
-        except ValueError:
-            wait = 0.5 * 2 ** (attempt - 1)
-        wait = min(wait, self.max_retry_wait_s)
-        log.warning("journal busy or unreachable, retrying in %.1f s (try %d)", wait, attempt)
-        time.sleep(wait)
+            resp = self.session.get(
+                self.journal_url, params=params, headers=self._headers(refresh), timeout=self.timeout, stream=True,
+            )
+            status = resp.status_code
+            next_since = _since_of(resp.links.get("next", {}).get("url"))
+            cap = self.max_page_bytes if status == 200 else ERROR_BODY_BYTES
+            body = read_body(resp, what="journal page", max_bytes=cap, deadline_s=self.request_deadline_s, started=started)
+        except AnswerTooLarge as exc:
+            if status != 200:
+                raise SourceError(f"journal answered HTTP {status} with an error body over {cap} bytes") from None
+            return _Answer(status=status, body=b"", next_since=next_since, too_large=exc)
+        except DeadlinePassed as exc:
+            raise RetryableFailure(f"journal {self.journal_url}: {exc}", kind="deadline", cause=exc) from None
+        except (requests.RequestException, OSError, BoundedReadError, *_URLLIB3_ERRORS) as exc:
+            raise RetryableFailure(
+                f"journal {self.journal_url} unreachable ({exc.__class__.__name__})", cause=exc
+            ) from None
+        if status in (200, 204):
+            return _Answer(status=status, body=body, next_since=next_since)
+        if status == 401:
+            raise Unauthorized
+        if status in RETRYABLE_STATUS:
+            raise RetryableFailure(
+                f"journal answered HTTP {status}: {body[:300].decode('utf-8', 'replace')}", kind="status",
+                status=status, retry_after=resp.headers.get("retry-after"),
+            )
+        raise SourceError(f"journal answered HTTP {status}: {body[:300].decode('utf-8', 'replace')}")
+
+    def _give_up(self, failure: RetryableFailure, tries: int) -> SourceError:
+        if failure.kind == "deadline":
+            return SourceError(
+                f"journal {self.journal_url}: a page took longer than extra.request_deadline_s "
+                f"({self.request_deadline_s:g} s) {tries} times; raise it, or lower extra.page_limit"
+            )
+        if failure.kind == "status":
+            return SourceError(failure.what)
+        cause = failure.cause.__class__.__name__ if failure.cause is not None else "error"
+        return SourceError(f"journal {self.journal_url} unreachable after {tries} tries: {cause}")
 
 
 def _since_of(link_url: str | None) -> str | None:

@@ -69,31 +69,39 @@ How triggerflow uses it:
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import re
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
-from enum import StrEnum
-from typing import Any
 
-import msgspec
 import requests
-import urllib3
 
-from include.triggerflow.sources.base import Gap, Page, RawMessage, SourceError
-from include.triggerflow.sources.bounded import (
-    CHUNK_BYTES,
-    BoundedReadError,
-    LineSplitter,
-    index_at,
-    object_members,
-    read_body,
-    scalar,
+from include.triggerflow.adobe.http import (
+    RETRYABLE_STATUS,
+    RetryableFailure,
+    RetryPolicy,
+    Unauthorized,
 )
+from include.triggerflow.sources.base import RESET_POLICIES, Page, SourceError
+from include.triggerflow.sources.bounded import CHUNK_BYTES, LineSplitter
+from include.triggerflow.sources.pipeline_endpoint import (
+    DISCOVERY_MAX_BYTES,
+    ERROR_BODY_BYTES,
+    ERROR_BODY_DEADLINE_S,
+    TRANSPORT_ERRORS,
+    PipelineEndpoint,
+    adobe_message,
+    describe,
+    gave_up,
+)
+from include.triggerflow.sources.pipeline_lines import MAX_OFFSET, LineKind, PipelineLines, ReadEnd, ReadState
+
+# Re-exported: the trigger source hook and the tests read these from here.
+__all__ = [
+    "DEFAULT_CAUGHT_UP_PINGS", "DEFAULT_DISCOVERY_URL", "DEFAULT_KEEPALIVE_WAIT_S", "DEFAULT_MAX_LINE_BYTES",
+    "DEFAULT_MAX_READ_BYTES", "DEFAULT_PAGE_SIZE", "DEFAULT_PARTITIONS", "DEFAULT_READ_DEADLINE_S", "DEFAULT_TOPIC",
+    "DISCOVERY_MAX_BYTES", "ERROR_BODY_BYTES", "ERROR_BODY_DEADLINE_S", "MAX_OFFSET", "RESET_POLICIES",
+    "RETRYABLE_STATUS", "PipelineSource", "ReadEnd",
+]
 
 log = logging.getLogger(__name__)
 
@@ -101,93 +109,15 @@ DEFAULT_DISCOVERY_URL = "https://producer-pipeline-pnw.adobe.net"
 DEFAULT_TOPIC = "triggers"
 DEFAULT_PARTITIONS = 15
 DEFAULT_PAGE_SIZE = 1000  # pipelined's pointerFlushMessageCount
-RESET_POLICIES = ("earliest", "latest")
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-# What a dropped connection, a read timeout or a stream cut mid-chunk surfaces as.
-_TRANSPORT_ERRORS = (
-    requests.RequestException,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
-_OFFSET_RE = re.compile(r"^\d{1,18}$")
-_BOM = b"\xef\xbb\xbf"
-MAX_OFFSET = 10**18 - 1  # what tf_source_position (and _OFFSET_RE) can hold
 
 DEFAULT_MAX_LINE_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_READ_BYTES = 256 * 1024 * 1024
 DEFAULT_READ_DEADLINE_S = 45.0
 DEFAULT_KEEPALIVE_WAIT_S = 5.0
 DEFAULT_CAUGHT_UP_PINGS = 2
-# Discovery answers list a few endpoints; error answers carry a sentence.
-DISCOVERY_MAX_BYTES = 1024 * 1024
-ERROR_BODY_BYTES = 64 * 1024
-ERROR_BODY_DEADLINE_S = 10.0
 
 
-class ReadEnd(StrEnum):
-    """Why one stream (or the whole read) stopped."""
-
-    CAUGHT_UP = "caught up"  # caught_up_pings PINGs in a row after DATA
-    MAX = "max messages"
-    BYTES = "max bytes"
-    DEADLINE = "deadline"
-    NOTHING_CAME = "no DATA"  # keepalive_wait_s without DATA
-    IDLE = "idle"  # idle_stop_s without DATA while SYNCs arrive
-    EOF = "eof"
-    FAILED = "failed"
-
-
-# Only the fields that place a line; the body is skipped (and checked to be JSON) unparsed.
-class _Envelope(msgspec.Struct):
-    envelopeType: Any = None
-    partition: Any = None
-    offset: Any = None
-
-
-_decode_envelope = msgspec.json.Decoder(_Envelope).decode
-
-
-def _is_index(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-@dataclass
-class _ReadState:
-    """What one ``read()`` call has seen so far."""
-
-    max_messages: int
-    # partition -> next offset to read (stored, then advanced by every accepted message)
-    next_offsets: dict[int, int]
-    accepted: int = 0
-    messages: list[RawMessage] = field(default_factory=list)
-    page_next: dict[int, str] = field(default_factory=dict)
-    gaps: list[Gap] = field(default_factory=list)
-    bytes: int = 0
-    last_error: BaseException | None = None
-    started: float = field(default_factory=time.monotonic)
-    total_bytes: int = 0
-    received_data: bool = False  # any DATA line in this read (also duplicates)
-    pings_in_row: int = 0  # PINGs since the last DATA line
-    keepalives: int = 0  # PINGs not yet reported in a page
-    dropped: dict[str, int] = field(default_factory=dict)  # not yet reported in a page
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-
-    def take_page(self) -> Page | None:
-        if not (self.messages or self.gaps or self.dropped or self.keepalives):
-            return None
-        page = Page(
-            messages=self.messages, next_positions=self.page_next, bytes_read=self.bytes, gaps=self.gaps,
-            dropped=self.dropped, keepalives=self.keepalives,
-        )
-        self.messages, self.page_next, self.gaps, self.bytes = [], {}, [], 0
-        self.dropped, self.keepalives = {}, 0
-        return page
-
-
-class PipelineSource:
+class PipelineSource(PipelineEndpoint, PipelineLines):
     """Reads a Pipeline v3 topic as consumer ``consumer`` with explicit partition offsets."""
 
     def __init__(
@@ -212,6 +142,7 @@ class PipelineSource:
         keepalive_wait_s: float = DEFAULT_KEEPALIVE_WAIT_S,
         caught_up_pings: int = DEFAULT_CAUGHT_UP_PINGS,
         session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not consumer or not consumer.strip():
             raise SourceError("adobe_triggers: the pipeline consumer name is empty")
@@ -237,8 +168,9 @@ class PipelineSource:
         self.read_timeout_s = read_timeout_s
         self.idle_stop_s = idle_stop_s
         self.page_size = page_size
-        self.max_tries = max_tries
-        self.max_retry_wait_s = max_retry_wait_s
+        # 401 once, Retry-After, consecutive failures: the one Adobe retry rule (adobe/http.py)
+        self.retry_policy = RetryPolicy(max_tries=max_tries, max_wait_s=max_retry_wait_s)
+        self.sleep = sleep
         self.max_line_bytes = max_line_bytes
         self.max_read_bytes = max_read_bytes
         self.read_deadline_s = read_deadline_s
@@ -268,101 +200,28 @@ class PipelineSource:
     def __repr__(self) -> str:
         return f"PipelineSource({self.source_key!r}, endpoint={self.endpoint!r} ({self.endpoint_origin}))"
 
+    # The retry settings live on the retry policy; tests and the hostile corpus tune them here.
+    @property
+    def max_tries(self) -> int:
+        return self.retry_policy.max_tries
+
+    @max_tries.setter
+    def max_tries(self, value: int) -> None:
+        self.retry_policy.max_tries = value
+
+    @property
+    def max_retry_wait_s(self) -> float:
+        return self.retry_policy.max_wait_s
+
+    @max_retry_wait_s.setter
+    def max_retry_wait_s(self, value: float) -> None:
+        self.retry_policy.max_wait_s = value
+
     @property
     def unplaceable(self) -> int:
         """Lines that could not be placed at a partition/offset (not JSON, no offset...)."""
         return self.stats["unplaceable"]
 
-    # -- endpoint ----------------------------------------------------------------------------------
-    def resolve_endpoint(self) -> str:
-        """The consume host: forced, or discovered once per source instance."""
-        if self.endpoint_origin != "unresolved":
-            return self.endpoint
-        url = f"{self.discovery_url}/v1/endpoints"
-        body = self._discovery_answer(url)
-        entries = body.get("endpoints") if isinstance(body, dict) else None
-        entry = next(
-            (
-                e for e in (entries if isinstance(entries, list) else [])
-                if isinstance(e, dict) and e.get("topic") == self.topic
-                and isinstance(e.get("httpEndPoint"), str) and e["httpEndPoint"].startswith(("http://", "https://"))
-            ),
-            None,
-        )
-        if entry is None:
-            raise SourceError(
-                f"pipeline discovery at {url} lists no endpoint for topic '{self.topic}' "
-                f"(answer: {json.dumps(body)[:300]}); check the topic name, or set the connection "
-                "host to force an endpoint"
-            )
-        discovered_partitions = entry.get("partitions")
-        if _is_index(discovered_partitions) and discovered_partitions and discovered_partitions != self.partitions:
-            log.warning(
-                "%s: discovery says topic '%s' has %d partitions, the connection says %d; reading %d",
-                self.source_key, self.topic, discovered_partitions, self.partitions, discovered_partitions,
-            )
-            self.partitions = discovered_partitions
-        self.endpoint = entry["httpEndPoint"].rstrip("/")
-        self.endpoint_origin = "discovered"
-        log.info(
-            "%s: pipeline endpoint %s (discovered via %s, location %s)",
-            self.source_key, self.endpoint, url, entry.get("location"),
-        )
-        return self.endpoint
-
-    def _discovery_answer(self, url: str) -> Any:
-        refresh = False
-        failures = 0
-        while True:
-            headers = {**self._headers(refresh), "x-gw-ims-org-id": self.org_id}
-            self.stats["requests"] += 1
-            started = time.monotonic()
-            try:
-                resp = self.session.get(
-                    url, params={"topic": self.topic}, headers=headers, timeout=self.read_timeout_s, stream=True
-                )
-                data = (
-                    read_body(
-                        resp, what=f"the discovery answer of {url}", max_bytes=DISCOVERY_MAX_BYTES,
-                        deadline_s=self.read_deadline_s, started=started,
-                    )
-                    if resp.status_code == 200 else b""
-                )
-            except BoundedReadError as exc:
-                raise SourceError(f"pipeline discovery: {exc}; set the connection host to force an endpoint") from None
-            except _TRANSPORT_ERRORS as exc:
-                failures += 1
-                self._give_up_or_wait(failures, None, f"discovery {url} unreachable ({exc.__class__.__name__})")
-                continue
-            requested_refresh, refresh = refresh, False
-            if resp.status_code == 200:
-                try:
-                    return json.loads(data)
-                except (ValueError, RecursionError):
-                    raise SourceError(
-                        f"pipeline discovery at {url} answered 200 with no JSON: "
-                        f"{data[:200].decode('utf-8', 'replace')}"
-                    ) from None
-            if resp.status_code == 401 and not requested_refresh:
-                refresh = True
-                continue
-            if resp.status_code == 401:
-                raise SourceError(
-                    f"pipeline discovery at {url} refused a freshly minted IMS token (401 twice): "
-                    "check that the adobe_ims credential has access to Pipeline"
-                )
-            if resp.status_code in RETRYABLE_STATUS:
-                failures += 1
-                self._give_up_or_wait(
-                    failures, resp.headers.get("Retry-After"),
-                    f"discovery {url} answered HTTP {resp.status_code}: {_adobe_message(resp)}",
-                )
-                continue
-            raise SourceError(
-                f"pipeline discovery at {url} answered HTTP {resp.status_code}: {_adobe_message(resp)}"
-            )
-
-    # -- reading -----------------------------------------------------------------------------------
     def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
         if max_messages <= 0:
             return
@@ -373,68 +232,38 @@ class PipelineSource:
             "forced by the connection, no discovery" if self.endpoint_origin == "forced"
             else f"discovered via {self.discovery_url}",
         )
-        st = _ReadState(
+        st = ReadState(
             max_messages=max_messages, next_offsets=self._stored_offsets(positions), started=self._read_started
         )
         url = f"{endpoint}/pipeline/topics/{self.topic}/messages"
-        failures = 0
-        refresh = False
+        retry = self.new_retry()
+
+        def give_up(failure: RetryableFailure, tries: int) -> SourceError:
+            if retry.deadline_passed():
+                return SourceError(
+                    f"pipeline stream from {endpoint} failed without progress until the read's "
+                    f"{self.read_deadline_s:g} s deadline ({describe(st.last_error)})"
+                )
+            return gave_up(failure, tries)
+
         while True:
-            if self._deadline_passed(st):
-                if failures:
-                    raise SourceError(
-                        f"pipeline stream from {endpoint} failed without progress until the read's "
-                        f"{self.read_deadline_s:g} s deadline ({_describe(st.last_error)})"
-                    )
+            if retry.deadline_passed():
+                if retry.failures:
+                    raise give_up(RetryableFailure("deadline", kind="deadline"), retry.failures)
                 self._end(st, ReadEnd.DEADLINE)
                 page = st.take_page()
                 if page is not None:
                     yield page
                 return
             assigned: dict[int, int | None] = {p: st.next_offsets.get(p) for p in range(self.partitions)}
-            params = {
-                "group": self.consumer,
-                # No stored offset: 0, which Pipeline treats as expired, so `reset` applies.
-                "assign": ",".join(f"{p}:{0 if o is None else o}" for p, o in assigned.items()),
-                "reset": self.reset,
-            }
-            self.stats["requests"] += 1
-            try:
-                resp = self.session.get(
-                    url, params=params, headers=self._headers(refresh), stream=True,
-                    timeout=(self.read_timeout_s, self.read_timeout_s),
-                )
-            except _TRANSPORT_ERRORS as exc:
-                failures += 1
-                st.last_error = exc
-                self._give_up_or_wait(failures, None, f"pipeline {endpoint} unreachable ({exc.__class__.__name__}: {exc})")
-                continue
-            requested_refresh, refresh = refresh, False
-            if resp.status_code != 200:
-                message = _adobe_message(resp)
-                resp.close()
-                if resp.status_code == 401 and not requested_refresh:
-                    refresh = True  # expired or revoked: mint a new token once
-                    continue
-                if resp.status_code == 401:
-                    raise SourceError(
-                        f"pipeline {endpoint} refused a freshly minted IMS token (401 twice): check "
-                        f"that the adobe_ims credential has access to topic '{self.topic}'"
-                    )
-                if resp.status_code in RETRYABLE_STATUS:
-                    failures += 1
-                    st.last_error = SourceError(f"HTTP {resp.status_code}: {message}")
-                    self._give_up_or_wait(
-                        failures, resp.headers.get("Retry-After"),
-                        f"pipeline {endpoint} answered HTTP {resp.status_code}: {message}",
-                    )
-                    continue
-                if resp.status_code == 404:
-                    raise SourceError(f"topic '{self.topic}' missing or not accessible (404) at {endpoint}")
-                if resp.status_code == 400:
-                    raise SourceError(f"pipeline {endpoint} rejected the request (400, not retried): {message}")
-                raise SourceError(f"pipeline {endpoint} answered HTTP {resp.status_code}: {message}")
-
+            resp = retry.call(
+                lambda refresh, assigned=assigned: self._open_stream(url, endpoint, assigned, refresh, st),  # type: ignore[misc]
+                give_up=give_up,
+                refused_twice=lambda: SourceError(
+                    f"pipeline {endpoint} refused a freshly minted IMS token (401 twice): check "
+                    f"that the adobe_ims credential has access to topic '{self.topic}'"
+                ),
+            )
             before = st.accepted
             outcome = yield from self._consume(resp, st, assigned)
             progressed = st.accepted > before
@@ -449,22 +278,61 @@ class PipelineSource:
                 return  # the stream ended without anything for us: nothing is waiting
             self.stats["reconnects"] += 1
             if progressed:
-                failures = 0
+                retry.reset()
                 if outcome == ReadEnd.FAILED:
                     log.warning(
                         "%s: stream from %s broke after progress (%s); reconnecting from the advanced offsets",
-                        self.source_key, endpoint, _describe(st.last_error),
+                        self.source_key, endpoint, describe(st.last_error),
                     )
                 continue
-            failures += 1
-            self._give_up_or_wait(
-                failures, None, f"pipeline stream from {endpoint} failed without progress ({_describe(st.last_error)})"
+            retry.failed(
+                RetryableFailure(
+                    f"pipeline stream from {endpoint} failed without progress ({describe(st.last_error)})", kind="stream"
+                ),
+                give_up,
             )
 
-    def _deadline_passed(self, st: _ReadState) -> bool:
-        return time.monotonic() - st.started >= self.read_deadline_s
+    def _open_stream(
+        self, url: str, endpoint: str, assigned: Mapping[int, int | None], refresh: bool, st: ReadState
+    ) -> requests.Response:
+        """One consume request; the 200 answer is the stream (raises what adobe/http.py retries)."""
+        params = {
+            "group": self.consumer,
+            # No stored offset: 0, which Pipeline treats as expired, so `reset` applies.
+            "assign": ",".join(f"{p}:{0 if o is None else o}" for p, o in assigned.items()),
+            "reset": self.reset,
+        }
+        self.stats["requests"] += 1
+        try:
+            resp = self.session.get(
+                url, params=params, headers=self._headers(refresh), stream=True,
+                timeout=(self.read_timeout_s, self.read_timeout_s),
+            )
+        except TRANSPORT_ERRORS as exc:
+            st.last_error = exc
+            raise RetryableFailure(
+                f"pipeline {endpoint} unreachable ({exc.__class__.__name__}: {exc})", cause=exc
+            ) from None
+        status = resp.status_code
+        if status == 200:
+            return resp
+        message = adobe_message(resp)
+        resp.close()
+        if status == 401:
+            raise Unauthorized  # expired or revoked: adobe/http.py mints a new token once
+        if status in RETRYABLE_STATUS:
+            st.last_error = SourceError(f"HTTP {status}: {message}")
+            raise RetryableFailure(
+                f"pipeline {endpoint} answered HTTP {status}: {message}", kind="status", status=status,
+                retry_after=resp.headers.get("Retry-After"),
+            )
+        if status == 404:
+            raise SourceError(f"topic '{self.topic}' missing or not accessible (404) at {endpoint}")
+        if status == 400:
+            raise SourceError(f"pipeline {endpoint} rejected the request (400, not retried): {message}")
+        raise SourceError(f"pipeline {endpoint} answered HTTP {status}: {message}")
 
-    def _end(self, st: _ReadState, why: ReadEnd) -> None:
+    def _end(self, st: ReadState, why: ReadEnd) -> None:
         log.info(
             "%s: read ended (%s) after %d messages, %d bytes, %d keep-alives, %.1f s",
             self.source_key, why.value, st.accepted, st.total_bytes, self.stats["pings"],
@@ -472,7 +340,7 @@ class PipelineSource:
         )
 
     def _consume(
-        self, resp: requests.Response, st: _ReadState, assigned: Mapping[int, int | None]
+        self, resp: requests.Response, st: ReadState, assigned: Mapping[int, int | None]
     ) -> Generator[Page, None, ReadEnd]:
         """Read one stream; yield full pages; return why it ended."""
         seen: set[int] = set()
@@ -490,9 +358,9 @@ class PipelineSource:
                     return ReadEnd.EOF
                 for item in lines.feed(chunk):
                     kind = self._take(item, st, assigned, seen)
-                    if kind == "data":
+                    if kind == LineKind.DATA:
                         last_data = time.monotonic()
-                    if kind == "ping" and st.received_data and st.pings_in_row >= self.caught_up_pings:
+                    if kind == LineKind.PING and st.received_data and st.pings_in_row >= self.caught_up_pings:
                         return ReadEnd.CAUGHT_UP
                     if st.accepted >= st.max_messages:
                         return ReadEnd.MAX
@@ -514,187 +382,8 @@ class PipelineSource:
                 if self.idle_stop_s is not None and now - last_data >= self.idle_stop_s:
                     log.info("%s: no DATA for %.1f s, stopping this read", self.source_key, self.idle_stop_s)
                     return ReadEnd.IDLE
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             st.last_error = exc
             return ReadEnd.FAILED
         finally:
             resp.close()
-
-    def _take(
-        self, item: tuple[bytes | None, int], st: _ReadState, assigned: Mapping[int, int | None], seen: set[int]
-    ) -> str:
-        """Account for one line (None = over the line cap) and place it; returns its kind."""
-        raw, size = item
-        st.bytes += size
-        st.total_bytes += size
-        self.stats["bytes_read"] += size
-        if raw is None:
-            self.stats["oversize_lines"] += 1
-            return self._unplaceable(st, b"", f"line larger than {self.max_line_bytes} bytes", size=size)
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        return self._take_line(raw, st, assigned, seen)
-
-    def _take_line(
-        self, raw: bytes, st: _ReadState, assigned: Mapping[int, int | None], seen: set[int]
-    ) -> str:
-        if not raw.strip():
-            return self._unplaceable(st, raw, "blank line")
-        if raw.startswith(_BOM):
-            return self._unplaceable(st, raw, "line starts with a byte order mark")
-        try:
-            env = _decode_envelope(raw)
-            envelope_type, partition, offset = env.envelopeType, env.partition, env.offset
-        except msgspec.ValidationError:
-            return self._unplaceable(st, raw, "not a JSON object")
-        except (msgspec.DecodeError, RecursionError):
-            # Nested deeper than the parser follows, or not strict JSON further in (NaN, a broken
-            # body): find the placing members with a scanner that neither recurses nor judges
-            # values, so the message lands at its position and validation says what is wrong.
-            members = object_members(raw)
-            if members is None:
-                return self._unplaceable(st, raw, "not JSON")
-            envelope_type = scalar(raw, members["envelopeType"]) if "envelopeType" in members else None
-            partition = index_at(raw, members["partition"]) if "partition" in members else None
-            offset = index_at(raw, members["offset"]) if "offset" in members else None
-        if envelope_type == "PING":
-            self.stats["pings"] += 1
-            st.keepalives += 1
-            st.pings_in_row += 1
-            return "ping"
-        if envelope_type == "SYNC":
-            self.stats["syncs"] += 1  # triggerflow keeps its own offsets: never committed
-            return "sync"
-        if not _is_index(partition) or not _is_index(offset) or offset > MAX_OFFSET:
-            return self._unplaceable(st, raw, "no integer partition/offset")
-        self.stats["data_lines"] += 1
-        st.received_data = True
-        st.pings_in_row = 0
-        if partition not in seen:
-            seen.add(partition)
-            self._check_resume(st, partition, offset, assigned.get(partition))
-        expected = st.next_offsets.get(partition)
-        if expected is not None and offset < expected:
-            self.stats["duplicates_dropped"] += 1  # at-least-once delivery: already read
-            return "duplicate"
-        try:
-            payload: str | bytes = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            payload = raw  # landing decodes with replacement and keeps these bytes
-        st.messages.append(RawMessage(partition=partition, position=str(offset), payload=payload))
-        st.next_offsets[partition] = offset + 1
-        st.page_next[partition] = str(offset + 1)
-        st.accepted += 1
-        return "data"
-
-    def _check_resume(self, st: _ReadState, partition: int, offset: int, asked: int | None) -> None:
-        """First DATA line of a partition on this connection: did Pipeline start where asked?"""
-        if asked is None:
-            reason = f"first read of this partition (reset={self.reset})"
-            st.gaps.append(Gap(partition=partition, expected=None, resumed=str(offset), reason=reason))
-            self.stats["gaps"] += 1
-        elif offset > asked:
-            reason = (
-                f"the source resumed past the requested offset: offsets {asked}..{offset - 1} expired "
-                f"from retention or were skipped by reset={self.reset}"
-            )
-            st.gaps.append(Gap(partition=partition, expected=str(asked), resumed=str(offset), reason=reason))
-            self.stats["gaps"] += 1
-            log.warning("%s partition %d: asked for offset %d, resumed at %d", self.source_key, partition, asked, offset)
-        elif offset < asked:
-            # Redelivery below what we asked for: those lines are dropped as already landed.
-            self.stats["rewinds"] += 1
-            log.warning(
-                "%s partition %d: asked for offset %d, the source restarted at %d; lines below %d are "
-                "dropped as already landed (a topic recreated with reused offsets would lose them)",
-                self.source_key, partition, asked, offset, asked,
-            )
-
-    def _unplaceable(self, st: _ReadState, raw: bytes, why: str, *, size: int | None = None) -> str:
-        self.stats["unplaceable"] += 1
-        st.drop(why)
-        log.warning(
-            "%s: unplaceable line (%s, %d bytes) from %s, not landed: %r",
-            self.source_key, why, len(raw) if size is None else size, self.endpoint, raw[:80],
-        )
-        return "unplaceable"
-
-    # -- helpers -----------------------------------------------------------------------------------
-    def _stored_offsets(self, positions: Mapping[int, str]) -> dict[int, int]:
-        offsets: dict[int, int] = {}
-        for partition, position in positions.items():
-            p = int(partition)
-            if not 0 <= p < self.partitions:
-                log.warning(
-                    "%s: stored position for partition %d ignored (topic has partitions 0..%d)",
-                    self.source_key, p, self.partitions - 1,
-                )
-                continue
-            text = str(position).strip()
-            if not _OFFSET_RE.match(text):
-                raise SourceError(
-                    f"{self.source_key}: stored position {position!r} of partition {p} is not a "
-                    "Pipeline offset (tf_source_position)"
-                )
-            offsets[p] = int(text)
-        return offsets
-
-    def _headers(self, refresh: bool) -> dict[str, str]:
-        return {
-            "Authorization": f"Bearer {self._token(refresh)}",
-            "Accept": "application/json",
-            "x-gw-ims-org-id": self.org_id,
-        }
-
-    def _give_up_or_wait(self, failures: int, retry_after: str | None, what: str) -> None:
-        if failures >= self.max_tries:
-            raise SourceError(f"{what}; gave up after {failures} consecutive tries without progress")
-        wait = min(_retry_after_seconds(retry_after, failures), self.max_retry_wait_s)
-        if self._read_started is not None:
-            # never wait past the read's deadline; the loop then ends the read with this error
-            wait = min(wait, max(0.0, self._read_started + self.read_deadline_s - time.monotonic()))
-        log.warning("%s: %s; retrying in %.2f s (try %d of %d)", self.source_key, what, wait, failures, self.max_tries)
-        time.sleep(wait)
-
-
-def _retry_after_seconds(value: str | None, failures: int) -> float:
-    backoff = 0.5 * 2 ** (failures - 1)
-    if value is None:
-        return backoff
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return backoff
-
-
-def _adobe_message(resp: requests.Response) -> str:
-    """Adobe's own words from an error answer (Pipeline: message; IMS style: error_description),
-    read with a size cap and a deadline like every answer."""
-    try:
-        data = read_body(
-            resp, what="the error answer", max_bytes=ERROR_BODY_BYTES, deadline_s=ERROR_BODY_DEADLINE_S,
-            started=time.monotonic(),
-        )
-    except BoundedReadError as exc:
-        return f"{resp.reason or ''} ({exc})"
-    except _TRANSPORT_ERRORS as exc:
-        return f"{resp.reason or ''} (answer unreadable: {exc.__class__.__name__})"
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        return data[:300].decode("utf-8", "replace") or resp.reason or ""
-    if isinstance(body, dict):
-        parts = [str(body[k]) for k in ("error", "message", "error_description") if body.get(k)]
-        if parts:
-            return ": ".join(parts)[:300]
-    return json.dumps(body)[:300]
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "stream ended"
-    return f"{exc.__class__.__name__}: {exc}"[:300]

@@ -3,8 +3,8 @@
 Pure tests pin what the hook builds and sends: the claims, an RS256 signature that verifies with
 the integration's public key (pyjwt), the exact form, the milliseconds of ``expires_in``, and the
 key/extra mistakes caught before any request. What the hook sends is read from a small recording
-HTTP server (the emulator checks a JWT but cannot show it). The rest runs against the real
-emulator process started with the integration's public key, which checks the JWT like IMS does.
+HTTP server in a thread (the emulator checks a JWT but cannot show it). The exchange against the
+emulator process, which checks the JWT like IMS does, is in tests/integration/hooks/test_ims_jwt.py.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import socket
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,23 +22,18 @@ from urllib.parse import parse_qs
 
 import jwt
 import pytest
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from sqlalchemy import select
 
-from include.triggerflow.hooks import ims as ims_module
 from include.triggerflow.hooks.ims import (
     DEFAULT_METASCOPES,
     AdobeImsHook,
     ImsAuthError,
     build_jwt_claims,
     clear_token_cache,
-    decrypt_token,
     parse_metascopes,
     token_cache_key,
 )
-from include.triggerflow.store.schema import ims_token
 
 TECH_ACCT = "TECHACCT1234@techacct.adobe.com"
 ORG = "C0FFEE0123456789ABCDEF01@AdobeOrg"
@@ -293,7 +287,7 @@ def test_refusal_without_a_json_body(recorder, monkeypatch) -> None:
 def test_success_without_a_token_is_an_error(recorder, monkeypatch, body) -> None:
     set_conn(monkeypatch, host=recorder.base_url, extra={"org_id": ORG})
     recorder.reply = (200, body)
-    with pytest.raises(ImsAuthError, match="answered 200 (without an access_token|with a body that is not a JSON object)"):
+    with pytest.raises(ImsAuthError, match=r"answered 200 (without an access_token|with a body that is not a JSON object)"):
         AdobeImsHook().get_token()
 
 
@@ -478,62 +472,6 @@ def stats(emu) -> dict[str, int]:
     return emu.client.stats()
 
 
-@needs_jwt_emulator
-def test_jwt_token_is_minted_and_accepted_by_the_journal(jemu) -> None:
-    hook = AdobeImsHook()
-    token = hook.fetch_token()
-    resp = requests.get(jemu.client.journal_url, headers=jemu.client.journal_headers(token.access_token), timeout=10)
-    assert resp.status_code == 204
-    # the emulator's tokens last 86399 s and its exchange says so in milliseconds
-    assert token.lifetime_s == pytest.approx(86_399, abs=1)
-    # refreshed 300 s before it expires (measured from its own expiry, not from a clock read later)
-    assert token.usable(token.expires_at - 301) and not token.usable(token.expires_at - 299)
-    assert hook.get_token() == token.access_token
-    assert stats(jemu)["jwt_exchanges"] == 1
-    assert stats(jemu)["token_requests"] == 0  # the OAuth endpoint was not used
-    assert hook.token_requests == 1
-
-
-@needs_jwt_emulator
-def test_jwt_token_is_reused_across_processes_through_the_store(jemu, store_engine) -> None:
-    hooks = []
-    tokens = set()
-    for _ in range(4):
-        clear_token_cache()  # a new task process
-        hook = AdobeImsHook(token_store=store_engine)
-        tokens.add(hook.get_token())
-        hooks.append(hook)
-    assert len(tokens) == 1
-    assert stats(jemu)["jwt_exchanges"] == 1
-    assert [h.token_requests for h in hooks] == [1, 0, 0, 0]
-    with store_engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(select(ims_token))]
-    assert len(rows) == 1
-    token = tokens.pop()
-    assert token not in rows[0]["ciphertext"]
-    assert rows[0]["cache_key"] == token_cache_key(
-        jemu.base_url, jemu.client.client_id, "ent_analytics_bulk_ingest_sdk", "jwt"
-    )
-    assert decrypt_token(rows[0]["ciphertext"], jemu.client.client_secret, rows[0]["cache_key"]).access_token == token
-
-
-@needs_jwt_emulator
-def test_jwt_force_refresh_mints_a_second_token(jemu, store_engine) -> None:
-    old = AdobeImsHook(token_store=store_engine).get_token()
-    new = AdobeImsHook(token_store=store_engine).get_token(force_refresh=True)
-    assert new != old
-    assert stats(jemu)["jwt_exchanges"] == 2
-    clear_token_cache()
-    assert AdobeImsHook(token_store=store_engine).get_token() == new
-    assert stats(jemu)["jwt_exchanges"] == 2
-
-
-@needs_jwt_emulator
-def test_jwt_with_several_metascopes_including_the_integrations(jemu, keys, monkeypatch) -> None:
-    configure_jwt(monkeypatch, jemu, keys, metascopes=["ent_campaign_sdk", "ent_analytics_bulk_ingest_sdk"])
-    assert AdobeImsHook().get_token()
-
-
 def _refusal(monkeypatch, jemu, keys, **conf: Any) -> str:
     configure_jwt(monkeypatch, jemu, keys, **conf)
     with pytest.raises(ImsAuthError) as info:
@@ -543,70 +481,3 @@ def _refusal(monkeypatch, jemu, keys, **conf: Any) -> str:
     for secret in (jemu.client.client_secret, "wrong-client-secret", keys.body_line):
         assert secret not in message
     return message
-
-
-@needs_jwt_emulator
-def test_jwt_wrong_client_secret(jemu, keys, monkeypatch) -> None:
-    message = _refusal(monkeypatch, jemu, keys, password="wrong-client-secret")
-    assert "401 invalid_client" in message
-    assert "check the client id (login) and client secret (password) of connection 'adobe_ims'" in message
-    assert stats(jemu)["tokens_issued"] == 0
-
-
-@needs_jwt_emulator
-def test_jwt_signed_with_another_key(jemu, keys, other_keys, monkeypatch) -> None:
-    message = _refusal(monkeypatch, jemu, keys, private_key=other_keys.private_pem)
-    assert "400 invalid_signature" in message
-    assert (
-        "IMS could not verify the JWT signature: extra.private_key does not match the certificate "
-        "(public key) of the integration"
-    ) in message
-    assert other_keys.body_line not in message
-
-
-@needs_jwt_emulator
-def test_jwt_with_an_unknown_org(jemu, keys, monkeypatch) -> None:
-    message = _refusal(monkeypatch, jemu, keys, org_id="SOMEONE0123456789ELSE@AdobeOrg")
-    assert "400 invalid_token" in message
-    assert "the subject must be a valid organization or client" in message
-    assert "extra.org_id" in message
-
-
-@needs_jwt_emulator
-def test_jwt_with_another_technical_account(jemu, keys, monkeypatch) -> None:
-    message = _refusal(monkeypatch, jemu, keys, technical_account_id="OTHER0000@techacct.adobe.com")
-    assert "400 invalid_token" in message
-    assert "extra.technical_account_id" in message
-
-
-@needs_jwt_emulator
-def test_jwt_with_a_metascope_the_integration_lacks(jemu, keys, monkeypatch) -> None:
-    message = _refusal(monkeypatch, jemu, keys, metascopes="ent_campaign_sdk")
-    assert "400 invalid_scope" in message
-    assert "check extra.metascopes (now ['ent_campaign_sdk'])" in message
-
-
-@needs_jwt_emulator
-def test_jwt_expired_on_arrival_points_at_ttl_and_clock(jemu, keys, monkeypatch) -> None:
-    # This machine's clock runs an hour late: the JWT's exp is already past for IMS.
-    real_time = time.time
-    monkeypatch.setattr(ims_module, "time", types.SimpleNamespace(time=lambda: real_time() - 3600))
-    message = _refusal(monkeypatch, jemu, keys)
-    assert "400 invalid_token" in message and "expired" in message
-    assert "extra.jwt_ttl_s (now 300 s)" in message and "clock" in message
-
-
-@needs_jwt_emulator
-def test_jwt_audience_of_another_ims_host(jemu, keys, monkeypatch) -> None:
-    # The same emulator reached as "localhost": the aud claim names a host IMS does not call itself.
-    message = _refusal(monkeypatch, jemu, keys, host=jemu.base_url.replace("127.0.0.1", "localhost"))
-    assert "400 invalid_client" in message
-    assert "check the client id (login) and the IMS base URL (host) of connection 'adobe_ims'" in message
-
-
-@needs_jwt_emulator
-def test_jwt_empty_org_is_refused_before_any_request(jemu, keys, monkeypatch) -> None:
-    message = _refusal(monkeypatch, jemu, keys, org_id="")
-    assert "the subject must be a valid organization or client" in message
-    assert stats(jemu)["jwt_exchanges"] == 0
-

@@ -1,8 +1,8 @@
 """Tests for include.triggerflow.hooks.triggers: connection ``adobe_triggers`` -> a trigger source.
 
 Connections come from AIRFLOW_CONN_* variables (JSON), as for any Airflow hook outside a task.
-Building a source makes no network call; the token provider is checked against the real
-emulator (fixtures ``emu``/``adobe_conns`` from tests/fixtures.py)."""
+Building a source makes no network call; the token provider is checked against the emulator
+process in tests/integration/hooks/test_triggers_hook.py."""
 
 from __future__ import annotations
 
@@ -123,22 +123,8 @@ def test_connection_mistakes_name_the_connection_and_the_field(conns, host, extr
 
 def test_another_connection_id_is_named_in_errors(conns, monkeypatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_TRIGGERS_STAGE", json.dumps({"conn_type": "http", "extra": {"kind": "pipeline"}}))
-    with pytest.raises(SourceError, match="^connection 'triggers_stage': extra.consumer is required"):
+    with pytest.raises(SourceError, match=r"^connection 'triggers_stage': extra.consumer is required"):
         TriggerSourceHook("triggers_stage").get_source()
-
-
-def test_pipeline_token_provider_mints_through_the_ims_connection(emu, adobe_conns, monkeypatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_TRIGGERS", json.dumps({
-        "conn_type": "http", "host": emu.base_url, "extra": {"kind": "pipeline", "consumer": "c-{env}"},
-    }))
-    hook = TriggerSourceHook()
-    src = hook.get_source()
-    assert hook.ims_hook is not None and hook.ims_hook.adobe_ims_conn_id == "adobe_ims"
-    first = src._token(False)
-    assert src._token(False) == first  # cached
-    assert emu.client.stats()["tokens_issued"] == 1
-    fresh = src._token(True)
-    assert fresh != first and emu.client.stats()["tokens_issued"] == 2
 
 
 def test_read_bounds_have_documented_defaults(conns) -> None:
@@ -170,7 +156,7 @@ def test_message_cap_defaults_to_pipeline_limit_and_comes_from_the_extras(conns)
     hook.get_source()
     assert hook.max_message_bytes == 5000
     conns(JOURNAL_URL, max_message_bytes=0)
-    with pytest.raises(SourceError, match="extra.max_message_bytes must be a positive integer, got 0"):
+    with pytest.raises(SourceError, match=r"extra.max_message_bytes must be a positive integer, got 0"):
         TriggerSourceHook().get_source()
 
 
