@@ -41,7 +41,7 @@ def test_skip_moves_one_partition_on_and_records_a_deliberate_gap(kit) -> None:
 
 def test_skip_refuses_a_journal_position_and_a_partition_without_one(kit) -> None:
     store_positions(kit, JOURNAL, p0="pos-abc")
-    with pytest.raises(PositionError, match="not a Pipeline offset.*set-position"):
+    with pytest.raises(PositionError, match=r"not a Pipeline offset.*set-position"):
         skip_messages(kit.engine, JOURNAL, 0)
     with pytest.raises(PositionError, match="partition 4 has no stored position"):
         skip_messages(kit.engine, JOURNAL, 4)
