@@ -195,7 +195,7 @@ def test_rebuild_all_equals_incremental_refreshes_and_is_a_no_op_on_an_empty_sto
 
 
 def test_migration_0008_builds_the_summaries_of_an_existing_store(kit) -> None:
-    from include.triggerflow.store.db import create_schema
+    from include.triggerflow.store.migrations import create_schema
 
     _arrange(kit, "b1")
     with kit.engine.begin() as conn:  # as a store from before 0008: data, no summaries
@@ -207,7 +207,7 @@ def test_migration_0008_builds_the_summaries_of_an_existing_store(kit) -> None:
 
 
 def test_refresh_quietly_logs_a_failure_instead_of_raising(tmp_path, caplog) -> None:
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     bare = get_engine(f"sqlite:///{tmp_path / 'no-tables.db'}")  # a real store without its tables
     with caplog.at_level(logging.ERROR, logger="include.triggerflow.stats"):
