@@ -28,14 +28,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, delete, func, insert, select
 
+from include.triggerflow.payloads import ReportXCom
 from include.triggerflow.sla import DEFAULT_ALERT_AFTER_S, latency_summary, oldest_waiting, run_latencies
 from include.triggerflow.stages.land import dropped_counts
+from include.triggerflow.states import SUPPRESSED_PREFIX, Decision, EventStatus, SendState
 from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.schema import batch, decision, event, run_summary, send
+from include.triggerflow.timeutil import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +54,9 @@ class Report:
     balanced: bool
     problems: list[str]
 
-    def as_xcom(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "balanced": self.balanced, **self.counts}
+    def as_xcom(self) -> ReportXCom:
+        # the counts' keys are tf_run_summary's counters, listed in ReportXCom's docstring
+        return cast(ReportXCom, {"batch_id": self.batch_id, "balanced": self.balanced, **self.counts})
 
     def table(self) -> str:
         c = self.counts
@@ -110,43 +114,43 @@ def compute_report(engine: Engine, batch_id: str) -> Report:
         decisions = _group_counts(conn, decision.c.decision, decision, batch_id)
         states = _group_counts(conn, send.c.state, send, batch_id)
         sent_rows = conn.execute(
-            select(send.c.trigger_ts, send.c.sent_at).where(send.c.batch_id == batch_id, send.c.state == "sent")
+            select(send.c.trigger_ts, send.c.sent_at).where(send.c.batch_id == batch_id, send.c.state == SendState.SENT)
         ).all()
         dropped_row = conn.execute(
             select(batch.c.dropped, batch.c.dropped_reasons).where(batch.c.batch_id == batch_id)
         ).first()
 
-    suppressed_by = {k.split(":", 1)[1]: n for k, n in decisions.items() if k.startswith("suppressed:")}
+    suppressed_by = {k.removeprefix(SUPPRESSED_PREFIX): n for k, n in decisions.items() if k.startswith(SUPPRESSED_PREFIX)}
     suppressed = sum(suppressed_by.values())
     counts: dict[str, Any] = {
         "pulled": sum(statuses.values()),
-        "valid": statuses.get("valid", 0),
-        "quarantined": statuses.get("quarantined", 0),
-        "unvalidated": statuses.get("landed", 0),
-        "ignored": decisions.get("ignored", 0),
-        "unmatched": decisions.get("unmatched", 0),
-        "ambiguous_identity": decisions.get("ambiguous", 0),
+        "valid": statuses.get(EventStatus.VALID, 0),
+        "quarantined": statuses.get(EventStatus.QUARANTINED, 0),
+        "unvalidated": statuses.get(EventStatus.LANDED, 0),
+        "ignored": decisions.get(Decision.IGNORED, 0),
+        "unmatched": decisions.get(Decision.UNMATCHED, 0),
+        "ambiguous_identity": decisions.get(Decision.AMBIGUOUS, 0),
         "suppressed": suppressed,
         "suppressed_by": suppressed_by,
-        "duplicate": decisions.get("duplicate", 0),
-        "capped": decisions.get("capped", 0),
-        "expired": decisions.get("expired", 0),
-        "no_products": decisions.get("no-products", 0),
-        "deferred_quiet_hours": decisions.get("deferred", 0),
-        "queued": decisions.get("matched", 0) + decisions.get("deferred", 0),
-        "sent": states.get("sent", 0),
-        "failed": states.get("failed", 0),
-        "deferred": states.get("deferred", 0),
-        "ambiguous": states.get("ambiguous", 0),
-        "pending": states.get("pending", 0) + states.get("sending", 0),
-        "scheduled": states.get("scheduled", 0),
+        "duplicate": decisions.get(Decision.DUPLICATE, 0),
+        "capped": decisions.get(Decision.CAPPED, 0),
+        "expired": decisions.get(Decision.EXPIRED, 0),
+        "no_products": decisions.get(Decision.NO_PRODUCTS, 0),
+        "deferred_quiet_hours": decisions.get(Decision.DEFERRED, 0),
+        "queued": decisions.get(Decision.MATCHED, 0) + decisions.get(Decision.DEFERRED, 0),
+        "sent": states.get(SendState.SENT, 0),
+        "failed": states.get(SendState.FAILED, 0),
+        "deferred": states.get(SendState.DEFERRED, 0),
+        "ambiguous": states.get(SendState.AMBIGUOUS, 0),
+        "pending": states.get(SendState.PENDING, 0) + states.get(SendState.SENDING, 0),
+        "scheduled": states.get(SendState.SCHEDULED, 0),
     }
     counts["dropped"], counts["dropped_reasons"] = dropped_counts(dropped_row)
     counts["matched"] = (
         counts["queued"] + suppressed + counts["duplicate"] + counts["capped"] + counts["expired"] + counts["no_products"]
     )
     ages = [
-        (_aware(sent_at) - datetime.fromtimestamp(ts / 1000, tz=UTC)).total_seconds()
+        (as_utc(sent_at) - datetime.fromtimestamp(ts / 1000, tz=UTC)).total_seconds()
         for ts, sent_at in sent_rows
         if ts is not None and sent_at is not None
     ]
@@ -239,7 +243,7 @@ def report_batch(
                 balanced=report.balanced,
                 oldest_sent_age_s=c["oldest_sent_age_s"],
                 counts=json.dumps({**c, "balanced": report.balanced, "problems": report.problems}),
-                reported_at=datetime.now(UTC),
+                reported_at=utcnow(),
             )
         )
         exists = conn.execute(select(func.count()).select_from(batch).where(batch.c.batch_id == batch_id)).scalar_one()
@@ -250,7 +254,3 @@ def report_batch(
     if not report.balanced:
         raise CountsDoNotBalance(f"batch {batch_id} does not balance: " + "; ".join(report.problems))
     return report
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -171,11 +171,11 @@ def test_a_render_exception_of_any_kind_fails_that_email_only(kit, routing, rend
 
 
 def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routing, renderer, monkeypatch) -> None:
-    from include.triggerflow.stages import send as send_module
+    from include.triggerflow.ledger import Ledger
 
     rows = queue(kit, routing)
     session = ObservingSession(kit.engine)
-    real_mark = send_module._Ledger.mark_sending
+    real_mark = Ledger.mark_sending
     calls = []
 
     def mark_sending(self, *args, **kwargs):
@@ -184,7 +184,7 @@ def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routi
             raise RuntimeError("a bug, not an email's problem")
         return real_mark(self, *args, **kwargs)
 
-    monkeypatch.setattr(send_module._Ledger, "mark_sending", mark_sending)
+    monkeypatch.setattr(Ledger, "mark_sending", mark_sending)
     with pytest.raises(RuntimeError, match="a bug"):
         send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
 

@@ -1,0 +1,253 @@
+"""The send ledger's writes for one chunk: ``pending -> sending -> sent | deferred | failed``.
+
+:func:`claim_chunk` opens the chunk in one transaction: rows a dead process left ``sending``
+become ``ambiguous`` (the server may or may not have accepted them), rows already ``sent`` are
+logged as skipped (or taken again for a deliberate resend), and the rows to send are read with
+their event and profile.
+
+:class:`Ledger` then writes per email, on one connection, one transaction per email: the
+outcome of email *i* (``sent``/``deferred``/``failed``/``ambiguous`` with its tf_send_log row,
+and a hard bounce's suppression) is queued and committed together with the ``sending`` mark of
+email *i + 1*, just before *i + 1*'s SMTP transaction. So every row is committed ``sending``
+before its SMTP transaction starts and a process that dies leaves at most one row ``sending``.
+The statements are compiled once per dialect and run on the raw driver
+(``store.db.DriverStatement``): the send stage is the benchmark's hot path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, and_, bindparam, insert, or_, select, update
+
+from include.triggerflow.send_log import SendLog
+from include.triggerflow.smtp_replies import SmtpOutcome
+from include.triggerflow.states import SendAction, SendState
+from include.triggerflow.store.db import DriverSession, DriverStatement, dialect_insert
+from include.triggerflow.store.schema import event, profiles, send, send_log, suppression
+from include.triggerflow.suppression import Category
+from include.triggerflow.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+#: ledger states a chunk sends (with ``scheduled`` rows whose quiet hours are over)
+RETRYABLE_STATES = (SendState.PENDING, SendState.DEFERRED)
+#: ``hold``: an ambiguous row is not sent again; ``resend``: it is, with the same Message-ID
+AMBIGUOUS_POLICIES = ("hold", "resend")
+
+
+@dataclass
+class ClaimedChunk:
+    """What :func:`claim_chunk` found: the rows to send (send row + event payload + profile
+    columns, by send_id), which of them are resends, and the counts of what it recorded."""
+
+    rows: Sequence[Row[Any]]
+    resend_ids: set[int] = field(default_factory=set)
+    ambiguous: int = 0
+    skipped_already_sent: int = 0
+
+
+def claim_chunk(engine: Engine, batch_id: str, chunk: int, logger: SendLog, *, now: datetime,
+                ambiguous_policy: str, force_resend: bool) -> ClaimedChunk:
+    """Open the chunk (one transaction): mark rows left ``sending`` ambiguous, log rows already
+    sent as skipped (unless ``force_resend``), and read the rows to send, ordered by send_id."""
+    in_chunk = and_(send.c.batch_id == batch_id, send.c.chunk == chunk)
+    claimed = ClaimedChunk(rows=[])
+    with engine.begin() as conn:
+        # Rows left in `sending` by a process that died between committing `sending` and
+        # recording the server's reply: the message may or may not have been accepted.
+        stuck = list(conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == SendState.SENDING))).scalars())
+        if stuck:
+            conn.execute(
+                update(send)
+                .where(send.c.send_id.in_(stuck))
+                .values(state=SendState.AMBIGUOUS, smtp_reply="process died during the SMTP transaction", updated_at=utcnow())
+            )
+            logger.add(conn, stuck, SendAction.AMBIGUOUS, detail=f"policy {ambiguous_policy}")
+            claimed.ambiguous = len(stuck)
+        states: list[SendState] = list(RETRYABLE_STATES)
+        # quiet-hours rows whose window is over; the others wait for a later run
+        due = and_(send.c.state == SendState.SCHEDULED, or_(send.c.not_before.is_(None), send.c.not_before <= now))
+        if ambiguous_policy == "resend":
+            states.append(SendState.AMBIGUOUS)
+            claimed.resend_ids.update(
+                conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == SendState.AMBIGUOUS))).scalars()
+            )
+        already_sent = list(conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == SendState.SENT))).scalars())
+        if force_resend:
+            states.append(SendState.SENT)
+            claimed.resend_ids.update(already_sent)
+        elif already_sent:
+            logger.add(conn, already_sent, SendAction.SKIPPED_SENT)
+            claimed.skipped_already_sent = len(already_sent)
+        claimed.rows = conn.execute(
+            select(
+                send.c.send_id,
+                send.c.idempotency_key,
+                send.c.route,
+                send.c.recipient,
+                send.c.attempts,
+                event.c.payload,
+                profiles,
+            )
+            .join(event, event.c.event_id == send.c.event_id)
+            .join(profiles, profiles.c.customer_id == send.c.profile_id)
+            .where(and_(in_chunk, or_(send.c.state.in_(states), due)))
+            .order_by(send.c.send_id)
+        ).all()
+    return claimed
+
+
+class Ledger:
+    """The per-email ledger writes of one chunk, on one connection, one transaction per email.
+
+    The outcome methods (``sent``, ``deferred``, ``failed``, ``ambiguous``, ``back_to_pending``,
+    ``suppress``) queue their statements; ``mark_sending`` commits everything queued together
+    with the ``sending`` update, so the outcome of email *i* is committed with the ``sending``
+    mark of *i + 1*; ``commit`` commits what is queued (the last outcome, or the in-flight row
+    put back to ``pending`` when the session broke).
+    """
+
+    def __init__(self, engine: Engine, logger: SendLog) -> None:
+        self.logger = logger
+        self.queued: list[tuple[DriverStatement, dict[str, Any]]] = []
+        self.session: DriverSession | None = None
+        self.engine = engine
+        self.statements = ledger_statements(engine)
+
+    def _db(self) -> DriverSession:
+        if self.session is None:
+            self.session = DriverSession(self.engine)
+        return self.session
+
+    # -- outcomes ------------------------------------------------------------------------------------
+    def sent(self, send_id: int, outcome: SmtpOutcome, *, resend: bool) -> None:
+        """The server accepted the message (a deliberate or ambiguous resend is logged ``resent``)."""
+        self.finish(send_id, state=SendState.SENT, code=outcome.code, reply=outcome.reply, sent=True, resend=resend)
+        self.log(send_id, SendAction.RESENT if resend else SendAction.SENT, code=outcome.code)
+
+    def deferred(self, send_id: int, code: int | None, summary: str) -> None:
+        """A 4xx (or mailbox full): a later try sends it."""
+        self.finish(send_id, state=SendState.DEFERRED, code=code, reply=summary)
+        self.log(send_id, SendAction.DEFERRED, code=code, detail=summary)
+
+    def failed(self, send_id: int, code: int | None, reason: str) -> None:
+        """Refused for good (a 5xx), or the email could not be made (render, address, size)."""
+        self.finish(send_id, state=SendState.FAILED, code=code, reply=reason)
+        self.log(send_id, SendAction.FAILED, code=code, detail=reason)
+
+    def ambiguous(self, send_id: int, reason: str, policy: str) -> None:
+        """The connection broke after the final "." and before the reply (RFC 1047)."""
+        self.finish(send_id, state=SendState.AMBIGUOUS, code=None, reply=reason)
+        self.log(send_id, SendAction.AMBIGUOUS, detail=f"policy {policy}: {reason}")
+
+    def back_to_pending(self, send_id: int) -> None:
+        """The session broke before the end of DATA: nothing was accepted, the task retry sends it."""
+        self.finish(send_id, state=SendState.PENDING, code=None, reply="session failed; will retry")
+
+    def finish(self, send_id: int, *, state: SendState, code: int | None, reply: str, sent: bool = False,
+               resend: bool = False) -> None:
+        values: dict[str, Any] = {"b_id": send_id, "b_state": state, "b_code": code, "b_reply": reply[:1000], "b_now": utcnow()}
+        kind = "finish"
+        if sent:
+            kind = "finish_resent" if resend else "finish_sent"
+        self.queued.append((self.statements[kind], values))
+
+    def log(self, send_id: int, action: SendAction, *, code: int | None = None, detail: str | None = None) -> None:
+        self.queued.append((self.statements["log"], self.logger.row(send_id, action, code=code, detail=detail)))
+
+    def suppress(self, address: str, code: int | None, reply: str, *, batch_id: str, expires_at: datetime | None) -> None:
+        """The mailbox does not exist: do not mail it again (until ``expires_at``; reconcile checks
+        tf_suppression). An existing entry is kept, unless it has expired: then it is renewed."""
+        now = utcnow()
+        self.queued.append((
+            self.statements["suppress"],
+            {"b_address": address.strip().lower(), "b_source": Category.HARD_BOUNCE.value, "b_reason": reply[:1000],
+             "b_code": code, "b_at": now, "b_expires": expires_at, "b_batch": batch_id, "b_now": now},
+        ))
+
+    # -- transactions --------------------------------------------------------------------------------
+    def mark_sending(self, send_id: int, message_id: str, subject: str, attempts: int, locale: str | None) -> None:
+        """Commit the queued outcomes and this row's ``sending`` mark, in one transaction. If that
+        fails, the outcomes stay queued and the mark is dropped (the row stays as it was)."""
+        sending = (
+            self.statements["sending"],
+            {"b_id": send_id, "b_message_id": message_id, "b_subject": subject, "b_attempts": attempts + 1,
+             "b_locale": locale, "b_now": utcnow()},
+        )
+        self._db().transaction([*self.queued, sending])
+        self.queued = []
+
+    def commit(self) -> None:
+        if not self.queued:
+            return
+        self._db().transaction(self.queued)
+        self.queued = []
+
+    def commit_quietly(self) -> None:
+        """After an unexpected error: try to keep the outcomes already known (emails accepted are
+        recorded ``sent`` rather than left ``sending``); the original error is what is raised."""
+        try:
+            self.commit()
+        except Exception:
+            log.exception("could not record the last outcomes of the chunk")
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+_STATEMENTS: dict[tuple[str, str], dict[str, DriverStatement]] = {}
+
+
+def ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
+    """The ledger's per-email statements, compiled once per dialect and process."""
+    dialect = engine.dialect
+    key = (dialect.name, dialect.driver)
+    found = _STATEMENTS.get(key)
+    if found is not None:
+        return found
+    by_id = send.c.send_id == bindparam("b_id")
+    finish: dict[str, Any] = {
+        "state": bindparam("b_state"), "smtp_code": bindparam("b_code"), "smtp_reply": bindparam("b_reply"),
+        "updated_at": bindparam("b_now"),
+    }
+    statements = {
+        "finish": update(send).where(by_id).values(**finish),
+        "finish_sent": update(send).where(by_id).values(**finish, sent_at=bindparam("b_now")),
+        "finish_resent": update(send).where(by_id).values(**finish, sent_at=bindparam("b_now"), resend=True),
+        "sending": update(send).where(by_id).values(
+            state=SendState.SENDING, message_id=bindparam("b_message_id"), subject=bindparam("b_subject"),
+            attempts=bindparam("b_attempts"), locale=bindparam("b_locale"), updated_at=bindparam("b_now"),
+        ),
+        "suppress": _suppress_statement(engine),
+    }
+    found = {name: DriverStatement(stmt, dialect) for name, stmt in statements.items()}
+    # bound by column name, so it takes SendLog.row() as it is ("b_" names: SQLAlchemy reserves
+    # a column's own name for the VALUES clause)
+    log_columns = [c.name for c in send_log.columns if not c.primary_key]
+    found["log"] = DriverStatement(
+        insert(send_log).inline().values({c: bindparam(f"b_{c}") for c in log_columns}), dialect,
+        names={f"b_{c}": c for c in log_columns},
+    )
+    _STATEMENTS[key] = found
+    return found
+
+
+def _suppress_statement(engine: Engine) -> Any:
+    stmt = dialect_insert(engine, suppression).values(
+        address=bindparam("b_address"), source=bindparam("b_source"), reason=bindparam("b_reason"),
+        smtp_code=bindparam("b_code"), created_at=bindparam("b_at"), expires_at=bindparam("b_expires"),
+        batch_id=bindparam("b_batch"),
+    )
+    renewed = {c: stmt.excluded[c] for c in ("source", "reason", "smtp_code", "created_at", "expires_at", "batch_id")}
+    # only an expired entry is replaced: a live one (a block-list entry, an earlier bounce) stays as it is
+    return stmt.on_conflict_do_update(
+        index_elements=["address"], set_=renewed,
+        where=and_(suppression.c.expires_at.is_not(None), suppression.c.expires_at <= bindparam("b_now")),
+    )
