@@ -31,12 +31,14 @@ does not check the scheme.
 from __future__ import annotations
 
 import ipaddress
+import math
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
+from include.triggerflow.secrets import mask
 from include.triggerflow.unsubscribe import UnsubscribeLinks
 
 DEFAULT_CONN_ID = "triggerflow_unsubscribe"
@@ -55,15 +57,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
-
-
-def _mask(secret: str) -> None:
-    """Register the secret with Airflow's log masker (no-op where there is none)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Airflow is always installed in this project
-        return
-    mask_secret(secret)
 
 
 def _extra(conn: Any) -> dict[str, Any]:
@@ -85,7 +78,7 @@ def max_age_from_extra(extra: dict[str, Any], conn_id: str = DEFAULT_CONN_ID) ->
         days = float(value)
     except (TypeError, ValueError):
         raise UnsubscribeConfigError(f"{conn_id}: extra.max_age_days must be a positive number of days, not {value!r}") from None
-    if isinstance(value, bool) or not days > 0 or days != days or days == float("inf"):
+    if isinstance(value, bool) or not math.isfinite(days) or not days > 0:  # refuses nan and inf too
         raise UnsubscribeConfigError(f"{conn_id}: extra.max_age_days must be a positive number of days, not {value!r}")
     return timedelta(days=days)
 
@@ -126,7 +119,7 @@ def links_from_connection(conn: Any) -> UnsubscribeLinks:
             f"{conn_id}: the signing secret is missing: set the connection's password "
             "(at least 16 bytes, e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-    _mask(secret)
+    mask(secret)
     if not conn.host:
         raise UnsubscribeConfigError(
             f"{conn_id}: host is missing: set the public base URL of the Airflow API server, e.g. https://airflow.example.com"

@@ -1,4 +1,4 @@
-"""Signed one-click unsubscribe links (RFC 8058) and recording the opt-outs they carry.
+"""Signed one-click unsubscribe links (RFC 8058): the token, its signature and its checks.
 
 Every email carries
 
@@ -35,13 +35,10 @@ the default is no expiry).
 The endpoint runs :func:`check_token_format` (text only, no key) before it looks up the
 connection, so junk never reaches the secrets backend.
 
-**Recording**: :func:`record_opt_out` (or :func:`record_opt_out_in` in the caller's transaction)
-sets ``profiles.opted_out`` and writes a ``tf_unsubscribe`` row in one transaction — one row per
-customer and link: ``token_key`` is the SHA-256 of the token's signed part and the insert is
-``ON CONFLICT DO NOTHING`` on the unique (customer_id, token_key) index, so repeating a request adds
-nothing. Reconcile then decides ``suppressed:opt-out`` for that customer's next triggers. The secret lives only in the Airflow connection ``triggerflow_unsubscribe``
+The secret lives only in the Airflow connection ``triggerflow_unsubscribe``
 (``include/triggerflow/hooks/unsubscribe.py``); it is never logged, and neither is a token's
-signature (:func:`redact_token` gives a loggable form).
+signature (:func:`redact_token` gives a loggable form). The store writes of a verified claim are
+in :mod:`include.triggerflow.unsubscribe.records`.
 """
 
 from __future__ import annotations
@@ -51,14 +48,12 @@ import binascii
 import hashlib
 import hmac
 import json
-import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 from urllib.parse import urlsplit
 
-log = logging.getLogger(__name__)
+from include.triggerflow.timeutil import as_utc, utcnow
 
 #: where the plugin is mounted in the API server (not under a reserved prefix: /api/v2, /ui,
 #: /execution, /auth, /pluginsv2)
@@ -78,10 +73,6 @@ FUTURE_SKEW = timedelta(minutes=5)
 #: longer tokens are refused before any work (a customer id and a route are at most 100 chars each)
 MAX_TOKEN_CHARS = 1024
 MAX_ID_CHARS = 100  # profiles.customer_id and tf_unsubscribe.route are String(100)
-
-METHOD_ONE_CLICK = "one-click"
-METHOD_PAGE = "page"
-METHODS = (METHOD_ONE_CLICK, METHOD_PAGE)
 
 _KEY_INFO = b"triggerflow-unsubscribe-" + TOKEN_VERSION.encode("ascii")
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
@@ -135,7 +126,7 @@ def token_key_for(customer_id: str, route: str | None, issued_at: datetime | Non
     route, marked ``legacy``."""
     if issued_at is None:
         return _sha256_hex("legacy:" + json.dumps([customer_id, route or None], separators=(",", ":"), ensure_ascii=False))
-    when = issued_at if issued_at.tzinfo else issued_at.replace(tzinfo=UTC)  # SQLite: naive UTC
+    when = as_utc(issued_at)  # SQLite: naive UTC
     return _sha256_hex(_signed_part(customer_id, route, int(when.timestamp())))
 
 
@@ -174,10 +165,12 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _utc(value: datetime) -> datetime:
+def aware_utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive value is refused rather than guessed: a caller passing a time to
+    sign or verify with must say which time it means (the store's naive values use :func:`as_utc`)."""
     if value.tzinfo is None:
         raise ValueError("issued_at/now must be timezone-aware (UTC)")
-    return value.astimezone(UTC)
+    return as_utc(value)
 
 
 def redact_token(token: str | None) -> str:
@@ -261,7 +254,7 @@ class UnsubscribeLinks:
             raise ValueError(f"customer_id is longer than {MAX_ID_CHARS} characters")
         if route is not None and (not isinstance(route, str) or len(route) > MAX_ID_CHARS):
             raise ValueError(f"route must be None or a string of at most {MAX_ID_CHARS} characters")
-        when = datetime.now(UTC) if issued_at is None else _utc(issued_at)
+        when = utcnow() if issued_at is None else aware_utc(issued_at)
         signed = _signed_part(customer_id, route, int(when.timestamp()))
         return f"{signed}.{self._signature(signed)}"
 
@@ -295,7 +288,7 @@ class UnsubscribeLinks:
             issued_at = datetime.fromtimestamp(issued, tz=UTC)
         except (OverflowError, OSError, ValueError):
             raise InvalidUnsubscribeToken("malformed", "malformed unsubscribe token: issued-at out of range") from None
-        current = datetime.now(UTC) if now is None else _utc(now)
+        current = utcnow() if now is None else aware_utc(now)
         if issued_at - current > FUTURE_SKEW:
             raise InvalidUnsubscribeToken(
                 "future", f"unsubscribe token issued in the future ({issued_at:%Y-%m-%dT%H:%M:%SZ}): check the workers' clocks"
@@ -315,129 +308,3 @@ def _age(value: timedelta) -> str:
         days = value // timedelta(days=1)
         return f"{days} day{'s' if days != 1 else ''}"
     return f"{int(value.total_seconds())} s"
-
-
-@dataclass(frozen=True)
-class OptOutRecorded:
-    """What :func:`record_opt_out_in` did: whether the customer is in ``profiles``, whether this
-    request changed the profile (it was not opted out yet), whether it added the
-    ``tf_unsubscribe`` row (False: this link was used before)."""
-
-    known: bool
-    changed: bool
-    new_request: bool
-
-
-def record_opt_out_in(conn: Any, claim: UnsubscribeClaim, *, method: str, now: datetime | None = None) -> OptOutRecorded:
-    """:func:`record_opt_out` on an open connection, in the caller's transaction (the plugin runs
-    it in a guarded, short-timeout transaction). Logs nothing: see :func:`log_opt_out`.
-
-    The ``tf_unsubscribe`` row is inserted with ON CONFLICT DO NOTHING on (customer_id,
-    token_key): one row per customer and link however often it is used, so the table (which
-    reconcile reads) grows with the links used, not with the requests. The profile is updated
-    only while it is not opted out yet (a repeated request writes nothing there either).
-    """
-    from sqlalchemy import false, select, update
-
-    from include.triggerflow.store.db import insert_ignore
-    from include.triggerflow.store.schema import profiles, unsubscribe
-
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    at = datetime.now(UTC) if now is None else _utc(now)
-    changed = conn.execute(
-        update(profiles)
-        .where(profiles.c.customer_id == claim.customer_id, profiles.c.opted_out == false())
-        .values(opted_out=True, updated_at=at)
-    ).rowcount
-    known = bool(changed) or conn.execute(
-        select(profiles.c.customer_id).where(profiles.c.customer_id == claim.customer_id)
-    ).first() is not None
-    added = insert_ignore(
-        conn,
-        unsubscribe,
-        [
-            {
-                "customer_id": claim.customer_id,
-                "route": claim.route,
-                "method": method,
-                "issued_at": claim.issued_at,
-                "received_at": at,
-                "token_key": claim.key,
-            }
-        ],
-        keys=("customer_id", "token_key"),
-    )
-    return OptOutRecorded(known=known, changed=bool(changed), new_request=bool(added))
-
-
-def log_opt_out(claim: UnsubscribeClaim, recorded: OptOutRecorded, method: str) -> None:
-    """The log line of a recorded opt-out (after the commit): the customer id and the method,
-    never the token."""
-    repeat = "" if recorded.new_request else ", link used before"
-    if recorded.known:
-        log.info("unsubscribe: customer %s opted out (%s%s%s)", claim.customer_id, method, "" if recorded.changed else ", already opted out", repeat)
-    else:
-        log.warning(
-            "unsubscribe: customer %s is not in profiles; request recorded in tf_unsubscribe only (%s%s)", claim.customer_id, method, repeat
-        )
-
-
-def record_opt_out(engine: Any, claim: UnsubscribeClaim, *, method: str, now: datetime | None = None) -> bool:
-    """Record a verified unsubscribe request; True when the customer is in ``profiles``.
-
-    One transaction: ``profiles.opted_out = True`` (and ``updated_at``) for ``claim.customer_id``
-    and one ``tf_unsubscribe`` row per customer and link (``method`` ``one-click`` or ``page``,
-    the first request's). Idempotent: a repeated request keeps the profile opted out (its
-    ``updated_at`` is not touched again), adds no row, and returns True.
-
-    Every verified link gets a ``tf_unsubscribe`` row, also for a customer id that is not (or
-    no longer) in ``profiles``: the signature proves we mailed that id, and the row keeps the
-    request for an audit or for a profile loaded later. Then the answer is False (a warning is
-    logged), not an error: the recipient asked not to be mailed, and nobody with that id can be.
-    Database errors propagate (the caller answers "try again later").
-    """
-    with engine.begin() as conn:
-        recorded = record_opt_out_in(conn, claim, method=method, now=now)
-    log_opt_out(claim, recorded, method)
-    return recorded.known
-
-
-def backfill_token_keys(conn: Any) -> None:
-    """Migration ``0007_unsubscribe_token_key``'s data step (``store.db.MIGRATION_DATA_STEPS``):
-    give every ``tf_unsubscribe`` row written before the key existed its ``token_key``, then
-    delete the repeats — rows of the same customer and key, keeping the earliest (lowest id) — so
-    the unique index on (customer_id, token_key) can be created. The key comes from the row's
-    customer, route and issued_at exactly as :meth:`UnsubscribeLinks.verify` derives it from the
-    link (:func:`token_key_for`), so a link used before the migration is still recognised after
-    it. A no-op on an empty table; runs in the migration's transaction."""
-    from sqlalchemy import bindparam, delete, select, update
-
-    from include.triggerflow.store.db import chunked
-    from include.triggerflow.store.schema import unsubscribe
-
-    t = unsubscribe.c
-    rows = conn.execute(
-        select(t.unsubscribe_id, t.customer_id, t.route, t.issued_at, t.token_key).order_by(t.unsubscribe_id)
-    ).all()
-    if not rows:
-        return
-    seen: set[tuple[str, str]] = set()
-    fill: list[dict[str, Any]] = []
-    repeats: list[int] = []
-    for row_id, customer_id, route, issued_at, key in rows:
-        if key is None:
-            key = token_key_for(customer_id, route, issued_at)
-            fill.append({"row_id": row_id, "key": key})
-        if (customer_id, key) in seen:
-            repeats.append(row_id)
-        else:
-            seen.add((customer_id, key))
-    stmt = update(unsubscribe).where(t.unsubscribe_id == bindparam("row_id")).values(token_key=bindparam("key"))
-    for part in chunked(fill, 1000):
-        conn.execute(stmt, list(part))
-    for ids in chunked(repeats, 500):
-        conn.execute(delete(unsubscribe).where(t.unsubscribe_id.in_(list(ids))))
-    log.info(
-        "unsubscribe: migration 0007: token keys given to %d tf_unsubscribe rows, %d repeated requests removed", len(fill), len(repeats)
-    )
