@@ -159,6 +159,8 @@ class _Loader(SectionChecker):
         return RoutingConfig(path=self.path, routes=tuple(routes), campaign=campaign)
 
     def load_routes(self, triggers: list[object], names: dict[str, str], ids: dict[str, str]) -> list[TriggerRoute]:
+        """The ``triggers`` list. ``names`` and ``ids`` record where each route name and trigger id
+        is first used, so a repeat names the entry it repeats."""
         routes: list[TriggerRoute] = []
         for index, entry in enumerate(triggers):
             where = f"triggers[{index}]"
@@ -166,71 +168,75 @@ class _Loader(SectionChecker):
                 self.fail(where, f"entry must be a mapping, got {type_name(entry)}")
                 continue
             name = entry.get("name")
-            if isinstance(name, str) and name:
-                where = f"{where} ({name})"
-            before = len(self.problems)
-            for problem in shape_problems(RouteShape, entry):
-                self.fail(where, problem)
-
-            if "name" in entry:
-                if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-                    self.fail(where, f"name {name!r} must match [a-z0-9_]+ (lower-case letters, digits, '_')")
-                elif name in names:
-                    self.fail(where, f"name {name!r} is already used by {names[name]}")
-                else:
-                    names[name] = where
-
-            trigger_id = entry.get("trigger_id")
-            if "trigger_id" in entry:
-                if not isinstance(trigger_id, str) or not trigger_id.strip():
-                    self.fail(
-                        where,
-                        f"trigger_id must be a non-empty string (the triggerType UID, or \"*\"), got {trigger_id!r}",
-                    )
-                else:
-                    trigger_id = trigger_id.strip()
-                    if trigger_id in ids:
-                        what = "catch-all '*'" if trigger_id == CATCH_ALL else f"trigger_id {trigger_id!r}"
-                        self.fail(where, f"{what} is already routed by {ids[trigger_id]}")
-                    else:
-                        ids[trigger_id] = where
-
-            template = entry.get("template")
-            if "template" in entry:
-                self.check_template(where, template)
-            subject, subjects = self.load_subjects(where, entry["subject"]) if "subject" in entry else (None, ())
-            identities = self.load_identities(where, entry["identity"]) if "identity" in entry else None
-            policy = entry.get("multiple_profiles", "first")
-            if policy not in MULTIPLE_PROFILE_POLICIES:
-                self.fail(where, f"multiple_profiles {policy!r} is not one of: {', '.join(MULTIPLE_PROFILE_POLICIES)}")
-            order = self.load_profile_order(where, entry.get("profile_order", "customer_id"))
-            rules = self.load_rules(f"{where}: rules", entry.get("rules") if "rules" in entry else {})
-            content = self.load_content(where, entry) if len(self.problems) == before else None
-
-            if len(self.problems) != before or content is None:
-                continue
-            # No problem found: every value below was checked (the isinstance tests are for mypy).
-            if (
-                isinstance(name, str) and isinstance(trigger_id, str) and isinstance(template, str)
-                and isinstance(policy, str) and identities and subject is not None and order and rules
-            ):
-                routes.append(
-                    TriggerRoute(
-                        name=name,
-                        trigger_id=trigger_id,
-                        template=template,
-                        subject=subject,
-                        identities=identities,
-                        subjects=subjects,
-                        multiple_profiles=policy,
-                        profile_order=order,
-                        rules=rules,
-                        products=content.products,
-                        link_policy=content.link_policy,
-                        links=content.links,
-                    )
-                )
+            route = self.load_route(f"{where} ({name})" if isinstance(name, str) and name else where, entry, names, ids)
+            if route is not None:
+                routes.append(route)
         return routes
+
+    def load_route(self, where: str, entry: RawSection, names: dict[str, str], ids: dict[str, str]) -> TriggerRoute | None:
+        """One entry of the ``triggers`` list, or None when it has a problem (each one recorded)."""
+        before = len(self.problems)
+        for problem in shape_problems(RouteShape, entry):
+            self.fail(where, problem)
+
+        name = entry.get("name")
+        if "name" in entry:
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+                self.fail(where, f"name {name!r} must match [a-z0-9_]+ (lower-case letters, digits, '_')")
+            elif name in names:
+                self.fail(where, f"name {name!r} is already used by {names[name]}")
+            else:
+                names[name] = where
+
+        trigger_id = entry.get("trigger_id")
+        if "trigger_id" in entry:
+            if not isinstance(trigger_id, str) or not trigger_id.strip():
+                self.fail(
+                    where,
+                    f"trigger_id must be a non-empty string (the triggerType UID, or \"*\"), got {trigger_id!r}",
+                )
+            else:
+                trigger_id = trigger_id.strip()
+                if trigger_id in ids:
+                    what = "catch-all '*'" if trigger_id == CATCH_ALL else f"trigger_id {trigger_id!r}"
+                    self.fail(where, f"{what} is already routed by {ids[trigger_id]}")
+                else:
+                    ids[trigger_id] = where
+
+        template = entry.get("template")
+        if "template" in entry:
+            self.check_template(where, template)
+        subject, subjects = self.load_subjects(where, entry["subject"]) if "subject" in entry else (None, ())
+        identities = self.load_identities(where, entry["identity"]) if "identity" in entry else None
+        policy = entry.get("multiple_profiles", "first")
+        if policy not in MULTIPLE_PROFILE_POLICIES:
+            self.fail(where, f"multiple_profiles {policy!r} is not one of: {', '.join(MULTIPLE_PROFILE_POLICIES)}")
+        order = self.load_profile_order(where, entry.get("profile_order", "customer_id"))
+        rules = self.load_rules(f"{where}: rules", entry.get("rules") if "rules" in entry else {})
+        content = self.load_content(where, entry) if len(self.problems) == before else None
+
+        if len(self.problems) != before or content is None:
+            return None
+        # No problem found: every value below was checked (the isinstance tests are for mypy).
+        if not (
+            isinstance(name, str) and isinstance(trigger_id, str) and isinstance(template, str)
+            and isinstance(policy, str) and identities and subject is not None and order and rules
+        ):
+            return None
+        return TriggerRoute(
+            name=name,
+            trigger_id=trigger_id,
+            template=template,
+            subject=subject,
+            identities=identities,
+            subjects=subjects,
+            multiple_profiles=policy,
+            profile_order=order,
+            rules=rules,
+            products=content.products,
+            link_policy=content.link_policy,
+            links=content.links,
+        )
 
     def load_campaign(
         self, section: object, names: dict[str, str], ids: dict[str, str]
