@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email import policy
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import insert
@@ -110,3 +111,69 @@ def test_test_send_without_smtp_settings() -> None:
     assert done.stderr == (
         "error: no SMTP --smtp-host and --from: connection 'no_such_conn' is not defined; pass --smtp-host, --from\n"
     )
+
+
+class FakeMailHook:
+    """Stands in for ``TriggerMailHook`` (its session interface: sender, from_name,
+    message_id_domain, a context manager with ``send_prepared``): records how the CLI built it and
+    what it sent; ``refuse`` maps a recipient to a (code, reply) refusal."""
+
+    built: ClassVar[list[dict[str, object]]] = []
+    sent: ClassVar[list[tuple[str, bytes]]] = []
+    refuse: ClassVar[dict[str, tuple[int, str]]] = {}
+
+    def __init__(self, smtp_conn_id: str = "smtp_triggers", *, host=None, port=None, from_email=None) -> None:
+        self.built.append({"conn": smtp_conn_id, "host": host, "port": port, "from_email": from_email})
+        self.sender, self.from_name, self.message_id_domain = from_email or "shop@example.com", "Shop", "test.example"
+        self.smtp_conn_id = smtp_conn_id
+
+    def __enter__(self) -> FakeMailHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def send_prepared(self, recipient: str, message: bytes):
+        from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
+
+        self.sent.append((recipient, message))
+        if recipient in self.refuse:
+            return read_reply(SmtpStage.RCPT, *self.refuse[recipient])
+        return accepted()
+
+
+@pytest.fixture
+def fake_mail(monkeypatch: pytest.MonkeyPatch) -> type[FakeMailHook]:
+    import include.triggerflow.hooks.smtp as smtp_hooks
+
+    monkeypatch.setattr(FakeMailHook, "built", [])
+    monkeypatch.setattr(FakeMailHook, "sent", [])
+    monkeypatch.setattr(FakeMailHook, "refuse", {})
+    monkeypatch.setattr(smtp_hooks, "TriggerMailHook", FakeMailHook)
+    return FakeMailHook
+
+
+def test_test_send_goes_through_the_mail_hook_with_the_flags(fake_mail: type[FakeMailHook]) -> None:
+    """The sink-backed versions are in tests/integration/cli/test_cli_test_send.py."""
+    fake_mail.refuse = {"full@example.com": (552, "5.2.2 mailbox full")}
+    done = cli(
+        "test-send", "--route", "cart_abandonment", "--to", "full@example.com", "--to", "qa@example.com",
+        "--smtp-conn", "qa_smtp", "--smtp-host", "mail.example.com", "--smtp-port", "2525", "--from", "qa@example.org",
+        "--subject-prefix", "[QA] ",
+    )
+    assert done.returncode == 1, done.stderr  # one seed refused
+    assert fake_mail.built == [{"conn": "qa_smtp", "host": "mail.example.com", "port": 2525, "from_email": "qa@example.org"}]
+    lines = [line.split("\t") for line in done.stdout.splitlines()]
+    assert [line[:2] for line in lines] == [["full@example.com", "refused 552: 5.2.2 mailbox full"], ["qa@example.com", "accepted"]]
+    assert all(line[2].startswith("<test.") and line[2].endswith("@test.example>") for line in lines)
+    [(_, _), (_, raw)] = fake_mail.sent
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert msg["Subject"] == "[QA] Grace, you left something in your cart"
+    assert msg["To"] == "qa@example.com" and msg["X-Triggerflow-Test"] == "true"
+
+
+def test_test_send_defaults_to_the_smtp_triggers_connection(fake_mail: type[FakeMailHook]) -> None:
+    done = cli("test-send", "--route", "browse_abandonment", "--to", "qa@example.com")
+    assert done.returncode == 0, done.stderr
+    assert fake_mail.built == [{"conn": "smtp_triggers", "host": None, "port": None, "from_email": None}]
+    assert [recipient for recipient, _ in fake_mail.sent] == ["qa@example.com"]

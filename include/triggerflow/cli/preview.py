@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from include.triggerflow.cli.common import CliError, error, optional_connection, store_engine
+from include.triggerflow.cli.common import CliError, error, store_engine
 from include.triggerflow.store.db import describe
 
 if TYPE_CHECKING:
@@ -100,47 +100,26 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def _smtp_settings(args: argparse.Namespace) -> dict:
-    """Host, port, sender and TLS/login settings: the connection (the smtp provider's semantics:
-    SSL unless extra.disable_ssl, STARTTLS unless extra.disable_tls), then the command-line flags."""
-    conn = optional_connection(args.smtp_conn)
-    extra = dict(conn.extra_dejson or {}) if conn is not None else {}
-    use_ssl = conn is not None and not bool(extra.get("disable_ssl", False))
-    settings = {
-        "smtp_host": args.smtp_host or (conn.host if conn is not None else None),
-        "smtp_port": args.smtp_port or (conn.port if conn is not None and conn.port else (465 if use_ssl else 25)),
-        "sender": args.sender or extra.get("from_email"),
-        "from_name": extra.get("from_name"),
-        "smtp_user": conn.login if conn is not None else None,
-        "smtp_password": conn.password if conn is not None else None,
-        "use_ssl": use_ssl,
-        "starttls": conn is not None and not use_ssl and not bool(extra.get("disable_tls", False)),
-        "timeout": float(extra.get("timeout", 30)),
-        "message_id_domain": str(extra.get("message_id_domain") or "triggerflow.local"),
-    }
-    missing = [flag for key, flag in (("smtp_host", "--smtp-host"), ("sender", "--from")) if not settings[key]]
-    if missing:
-        where = f"connection {args.smtp_conn!r}" + (" is not defined" if conn is None else " lacks them")
-        raise CliError(f"no SMTP {' and '.join(missing)}: {where}; pass {', '.join(missing)}")
-    return settings
-
-
 def cmd_test_send(args: argparse.Namespace) -> int:
+    """Send through :class:`~include.triggerflow.hooks.smtp.TriggerMailHook`: the connection
+    (``--smtp-conn``) with ``--smtp-host/--smtp-port/--from`` as overrides; the hook's errors name
+    what is missing and which flag supplies it."""
+    from include.triggerflow.hooks.smtp import TriggerMailHook
     from include.triggerflow.preview import PreviewError, send_test
 
     try:
         routing, profile, event, catalog = _preview_inputs(args)
-        settings = _smtp_settings(args)
+        mail = TriggerMailHook(args.smtp_conn, host=args.smtp_host, port=args.smtp_port, from_email=args.sender)
         results = send_test(
             args.route,
             event,
             profile,
             args.to,
+            mail=mail,
             routing=routing,
             catalog=catalog,
             unsubscribe_url=args.unsubscribe_url,
             subject_prefix=args.subject_prefix,
-            **settings,
         )
     except (CliError, PreviewError) as exc:
         return error(exc)
