@@ -83,7 +83,7 @@ def outcome(kit, batch_id: str) -> tuple:
 
 
 def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from include.triggerflow.stages import reconcile as reconcile_module
+    from include.triggerflow.stages import reconcile_load
     from include.triggerflow.store.db import create_schema, get_engine
     from tests.conftest import empty_store
     from tests.fixtures import StoreKit, load_demo_catalog
@@ -102,7 +102,7 @@ def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monke
         # IN-lists; key tables; key tables and the small tables (suppressions, unsubscribes) read whole
         for store, in_list_max, small_table_keys in zip(stores, (100_000, 2, 2), (100_000, 100_000, 2)):
             monkeypatch.setattr(db, "IN_LIST_MAX", in_list_max)
-            monkeypatch.setattr(reconcile_module, "IN_LIST_SIZE", small_table_keys)
+            monkeypatch.setattr(reconcile_load, "IN_LIST_SIZE", small_table_keys)
             arrange(store)
             for batch_id in ("b1", "b2"):  # b2 repeats b1's triggers: duplicates of earlier batches
                 land(store, batch_id)

@@ -216,14 +216,14 @@ def test_an_event_whose_rules_raise_is_decided_and_the_others_are_queued(kit, ro
     b = kit.add_batch("b1")
     ada = kit.add_event(b, envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=NOW_MS))
     grace = kit.add_event(b, envelope_json(shopper_id="SHOP-GRACE", triggered_at_ms=NOW_MS + 1))
-    real_rules = reconcile_module._apply_rules
+    real_rules = reconcile_module.decide
 
-    def failing_for_grace(item: dict[str, Any], *args: Any) -> dict[str, Any]:
-        if item["event_id"] == grace:
-            raise KeyError(f"timezone of {item['profile']['email']}")
-        return real_rules(item, *args)
+    def failing_for_grace(candidate: Any, match: Any, *args: Any) -> Any:
+        if candidate.event_id == grace:
+            raise KeyError(f"timezone of {match.profile['email']}")
+        return real_rules(candidate, match, *args)
 
-    monkeypatch.setattr(reconcile_module, "_apply_rules", failing_for_grace)
+    monkeypatch.setattr(reconcile_module, "decide", failing_for_grace)
     result = reconcile_batch(kit.engine, b, routing, now=NOW)
 
     got = decisions_by_event(kit, b)
@@ -236,7 +236,7 @@ def test_an_event_whose_rules_raise_is_decided_and_the_others_are_queued(kit, ro
     _balanced(kit, b)
 
     # the cause fixed, a replay decides the event again and queues its email
-    monkeypatch.setattr(reconcile_module, "_apply_rules", real_rules)
+    monkeypatch.setattr(reconcile_module, "decide", real_rules)
     again = reconcile_batch(kit.engine, b, routing, now=NOW)
     assert again.counts == {"matched": 2}
     assert sorted(r["profile_id"] for r in kit.rows(send, send.c.batch_id == b)) == ["C1", "C2"]
