@@ -18,17 +18,13 @@ from include.triggerflow.render import Renderer
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import RelayRefusing, SendOptions
 from include.triggerflow.store.schema import decision, send_log, suppression
-from tests.fixtures import (  # noqa: F401 - fixtures
+from tests.fixtures import (
     SEND_PROFILES,
     envelope_json,
-    kit,
     ledger_rows,
     ledger_states,
     queue_emails,
-    routing,
     send_chunk,
-    smtp,
-    smtp_sink_process,
 )
 
 PROFILES = SEND_PROFILES
@@ -92,7 +88,7 @@ def test_each_reply_class_gives_its_state_and_only_mailbox_failures_suppress(
     result = send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook, SendOptions(run_id="r1", try_number=1))
 
     assert states(kit) == {"ada@example.com": "sent", GRACE: state, "donald@example.com": "sent"}
-    grace = [r for r in rows(kit) if r["recipient"] == GRACE][0]
+    grace = next(r for r in rows(kit) if r["recipient"] == GRACE)
     assert (grace["smtp_code"], grace["smtp_reply"]) == (int(reply.split(": ")[1].split()[0]), reply)
     assert result.counts["failed" if state == "failed" else "deferred"] == 1
     assert delivered(sink) == ["ada@example.com", "donald@example.com"]
@@ -208,7 +204,7 @@ def test_a_drop_after_the_final_dot_makes_the_row_ambiguous(kit, routing, sink, 
         send_chunk(kit.engine, "b1", 0, routing, renderer, TriggerMailHook, SendOptions(run_id="r1", ambiguous_policy=policy))
 
     assert states(kit) == {"ada@example.com": "sent", GRACE: "ambiguous", "donald@example.com": "pending"}
-    grace = [r for r in rows(kit) if r["recipient"] == GRACE][0]
+    grace = next(r for r in rows(kit) if r["recipient"] == GRACE)
     assert "the message may have been queued" in grace["smtp_reply"]
     assert delivered(sink) == ["ada@example.com", GRACE]  # the server did queue it
     assert [r["action"] for r in kit.rows(send_log, send_log.c.send_id == grace["send_id"])] == ["ambiguous"]
@@ -221,7 +217,7 @@ def test_a_drop_after_the_final_dot_makes_the_row_ambiguous(kit, routing, sink, 
         assert len(to_grace) == 1
     else:
         assert states(kit) == {"ada@example.com": "sent", GRACE: "sent", "donald@example.com": "sent"}
-        key = [r for r in before if r["recipient"] == GRACE][0]["idempotency_key"]
+        key = next(r for r in before if r["recipient"] == GRACE)["idempotency_key"]
         assert [m["Message-ID"] for m in to_grace] == [message_id_for(key, "triggerflow.local")] * 2
 
 
