@@ -402,5 +402,5 @@ def test_padded_ims_answer_over_the_cap_is_an_auth_error(emu, monkeypatch) -> No
     emu.client.add_faults({"endpoint": "token", "kind": "pad", "size": 200_000})
     from include.triggerflow.hooks.ims import ImsAuthError
 
-    with pytest.raises(ImsAuthError, match="larger than 65536 bytes.*max_answer_bytes"):
+    with pytest.raises(ImsAuthError, match=r"larger than 65536 bytes.*max_answer_bytes"):
         AdobeImsHook().get_token()

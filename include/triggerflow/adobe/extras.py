@@ -12,13 +12,23 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Annotated, ClassVar, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticCustomError
 
 T = TypeVar("T")
-AUTH_TYPES = ("oauth", "jwt")
+
+
+class AuthType(StrEnum):
+    """How AdobeImsHook obtains a token (extra.auth_type)."""
+
+    OAUTH = "oauth"  # OAuth Server-to-Server: POST /ims/token/v3
+    JWT = "jwt"  # the deprecated service account: a signed JWT to POST /ims/exchange/jwt
+
+
+AUTH_TYPES: tuple[str, ...] = tuple(kind.value for kind in AuthType)
 
 
 def _fail(text: str) -> PydanticCustomError:

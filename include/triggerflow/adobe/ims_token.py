@@ -23,7 +23,9 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
+
+from include.triggerflow.secrets import mask
 
 if TYPE_CHECKING:
     from cryptography.fernet import Fernet
@@ -197,41 +199,87 @@ def clear_token_cache() -> None:
 
 
 # -- the store (tf_ims_token) -----------------------------------------------------------------------------
+class Log(Protocol):
+    """The hook's logger (Airflow's structlog logger or a stdlib one): messages keep its name."""
+
+    def warning(self, event: str, *args: Any) -> Any: ...
+
+    def info(self, event: str, *args: Any) -> Any: ...
+
+
 class TokenStore:
-    """Encrypted token rows in the store; every SQLAlchemyError is the caller's to log and skip
-    (a store that cannot be read or written must not stop a pull that IMS can serve)."""
+    """Encrypted token rows in the store. A store that cannot be read or written must not stop a
+    pull that IMS can serve: every SQLAlchemyError is logged as a warning naming the connection
+    and the hook carries on with IMS."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, conn_id: str, log: Log) -> None:
         self.engine = engine
+        self.conn_id = conn_id
+        self.log = log
 
-    def load(self, cache_key: str) -> str | None:
-        """The ciphertext stored for ``cache_key``, if any."""
+    def _warn(self, action: str, exc: Exception) -> None:
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+        self.log.warning(
+            "IMS token store: could not %s for connection %r (%s: %s); carrying on without it",
+            action, self.conn_id, exc.__class__.__name__, first_line,
+        )
+
+    def load(self, cache_key: str, client_secret: str) -> ImsToken | None:
+        """The stored token of ``cache_key`` if it decrypts with ``client_secret``."""
         from sqlalchemy import select
+        from sqlalchemy.exc import SQLAlchemyError
 
         from include.triggerflow.store.schema import ims_token
 
-        with self.engine.connect() as conn:
-            return conn.execute(
-                select(ims_token.c.ciphertext).where(ims_token.c.cache_key == cache_key)
-            ).scalar_one_or_none()
+        try:
+            with self.engine.connect() as conn:
+                ciphertext = conn.execute(
+                    select(ims_token.c.ciphertext).where(ims_token.c.cache_key == cache_key)
+                ).scalar_one_or_none()
+        except SQLAlchemyError as exc:
+            self._warn("read the stored token", exc)
+            return None
+        if ciphertext is None:
+            return None
+        token = decrypt_token(ciphertext, client_secret, cache_key)
+        if token is None:
+            self.log.info(
+                "IMS token store: the stored token of connection %r does not decrypt with its client secret "
+                "(rotated?); minting a new one",
+                self.conn_id,
+            )
+            return None
+        mask(token.access_token)
+        return token
 
-    def save(self, cache_key: str, ciphertext: str, token: ImsToken) -> None:
+    def save(self, cache_key: str, client_secret: str, token: ImsToken) -> None:
+        if token.lifetime_s is None or token.lifetime_s <= 0:
+            return
+        from sqlalchemy.exc import SQLAlchemyError
+
         values = {
             "cache_key": cache_key,
-            "ciphertext": ciphertext,
+            "ciphertext": encrypt_token(token, client_secret, cache_key),
             "expires_at": datetime.fromtimestamp(token.expires_at, UTC),
             "minted_at": datetime.fromtimestamp(token.minted_at or time.time(), UTC),
         }
-        with self.engine.begin() as conn:
-            _upsert_token_row(conn, values)
+        try:
+            with self.engine.begin() as conn:
+                _upsert_token_row(conn, values)
+        except SQLAlchemyError as exc:
+            self._warn("store the new token", exc)
 
     def delete(self, cache_key: str) -> None:
         from sqlalchemy import delete
+        from sqlalchemy.exc import SQLAlchemyError
 
         from include.triggerflow.store.schema import ims_token
 
-        with self.engine.begin() as conn:
-            conn.execute(delete(ims_token).where(ims_token.c.cache_key == cache_key))
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(ims_token).where(ims_token.c.cache_key == cache_key))
+        except SQLAlchemyError as exc:
+            self._warn("delete the stored token", exc)
 
 
 def _upsert_token_row(conn: Connection, values: dict[str, object]) -> None:

@@ -63,13 +63,11 @@ import requests
 import urllib3
 from airflow.sdk import BaseHook
 
-from include.triggerflow.adobe.extras import AUTH_TYPES, ExtrasError, ImsExtras
+from include.triggerflow.adobe.extras import AuthType, ExtrasError, ImsExtras
 from include.triggerflow.adobe.ims_jwt import (
     DEFAULT_JWT_TTL_S,
     DEFAULT_METASCOPES,
-    MAX_JWT_TTL_S,
     MIN_RSA_KEY_BITS,
-    TECHNICAL_ACCOUNT_SUFFIX,
     KeyProblem,
     build_jwt_claims,
     check_jwt_ttl_s,
@@ -80,19 +78,10 @@ from include.triggerflow.adobe.ims_jwt import (
 )
 from include.triggerflow.adobe.ims_refusal import refusal_message
 from include.triggerflow.adobe.ims_token import (
-    EXPIRY_MARGIN_FRACTION,
-    EXPIRY_MARGIN_S,
-    MAX_TOKEN_LIFETIME_S,
-    MIN_TOKEN_LIFETIME_S,
     PROCESS_CACHE,
-    TOKEN_KEY_INFO,
     ImsToken,
     TokenStore,
     clear_token_cache,
-    decrypt_token,
-    derive_token_key,
-    encrypt_token,
-    expiry_margin,
     secret_fingerprint,
     token_cache_key,
     token_lifetime,
@@ -105,20 +94,12 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
     from sqlalchemy import Engine
 
-# Re-exported: tests, stages and the e2e helpers import these names from here.
-__all__ = [
-    "AUTH_JWT", "AUTH_OAUTH", "AUTH_TYPES", "DEFAULT_JWT_TTL_S", "DEFAULT_METASCOPES", "EXPIRY_MARGIN_FRACTION",
-    "EXPIRY_MARGIN_S", "MAX_JWT_TTL_S", "MAX_TOKEN_LIFETIME_S", "MIN_RSA_KEY_BITS", "MIN_TOKEN_LIFETIME_S",
-    "TECHNICAL_ACCOUNT_SUFFIX", "TOKEN_KEY_INFO", "AdobeImsHook", "ImsAuthError", "ImsToken", "build_jwt_claims",
-    "clear_token_cache", "decrypt_token", "derive_token_key", "encrypt_token", "expiry_margin",
-    "load_rsa_private_key", "parse_metascopes", "sign_jwt", "token_cache_key", "token_lifetime",
-]
+# ImsToken and clear_token_cache are re-exported: stages, fixtures and e2e helpers import them here.
+__all__ = ["AdobeImsHook", "ImsAuthError", "ImsToken", "clear_token_cache"]
 
 TOKEN_PATH = "/ims/token/v3"
 JWT_EXCHANGE_PATH = "/ims/exchange/jwt"
 
-AUTH_OAUTH = "oauth"
-AUTH_JWT = "jwt"
 
 DEFAULT_MAX_ANSWER_BYTES = 64 * 1024
 DEFAULT_REQUEST_DEADLINE_S = 60.0
@@ -252,7 +233,7 @@ class AdobeImsHook(BaseHook):
         return names
 
     def _scope_text(self, auth_type: str) -> str:
-        if auth_type == AUTH_JWT:
+        if auth_type == AuthType.JWT:
             return ",".join(sorted(self.metascopes))
         return self.extras.scopes
 
@@ -274,7 +255,7 @@ class AdobeImsHook(BaseHook):
             base_url=base_url, client_id=client_id, client_secret=client_secret, org_id=org_id,
             auth_type=auth_type, scopes=scopes, cache_key=cache_key, fingerprint=fingerprint,
         )
-        if auth_type == AUTH_JWT:
+        if auth_type == AuthType.JWT:
             extras = self.extras
             settings.metascopes = self.metascopes
             try:
@@ -331,59 +312,27 @@ class AdobeImsHook(BaseHook):
         key = self.cache_key
         with PROCESS_CACHE.lock_for(key):
             PROCESS_CACHE.drop(key)
-            if self.token_store is not None:
-                from sqlalchemy.exc import SQLAlchemyError
+            store = self._store()
+            if store is not None:
+                store.delete(key)
 
-                try:
-                    TokenStore(self.token_store).delete(key)
-                except SQLAlchemyError as exc:
-                    self._store_warning("delete the stored token", exc)
-
-    # -- the token store ---------------------------------------------------------------------------
-    def _store_warning(self, action: str, exc: Exception) -> None:
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
-        self.log.warning(
-            "IMS token store: could not %s for connection %r (%s: %s); carrying on without it",
-            action, self.adobe_ims_conn_id, exc.__class__.__name__, first_line,
-        )
-
-    def _store_load(self, settings: _Settings) -> ImsToken | None:
+    def _store(self) -> TokenStore | None:
         if self.token_store is None:
             return None
-        from sqlalchemy.exc import SQLAlchemyError
+        return TokenStore(self.token_store, conn_id=self.adobe_ims_conn_id, log=self.log)
 
-        try:
-            ciphertext = TokenStore(self.token_store).load(settings.cache_key)
-        except SQLAlchemyError as exc:
-            self._store_warning("read the stored token", exc)
-            return None
-        if ciphertext is None:
-            return None
-        token = decrypt_token(ciphertext, settings.client_secret, settings.cache_key)
-        if token is None:
-            self.log.info(
-                "IMS token store: the stored token of connection %r does not decrypt with its client secret "
-                "(rotated?); minting a new one",
-                self.adobe_ims_conn_id,
-            )
-            return None
-        mask(token.access_token)
-        return token
+    def _store_load(self, settings: _Settings) -> ImsToken | None:
+        store = self._store()
+        return None if store is None else store.load(settings.cache_key, settings.client_secret)
 
     def _store_save(self, settings: _Settings, token: ImsToken) -> None:
-        if self.token_store is None or token.lifetime_s is None or token.lifetime_s <= 0:
-            return
-        from sqlalchemy.exc import SQLAlchemyError
-
-        ciphertext = encrypt_token(token, settings.client_secret, settings.cache_key)
-        try:
-            TokenStore(self.token_store).save(settings.cache_key, ciphertext, token)
-        except SQLAlchemyError as exc:
-            self._store_warning("store the new token", exc)
+        store = self._store()
+        if store is not None:
+            store.save(settings.cache_key, settings.client_secret, token)
 
     # -- IMS ---------------------------------------------------------------------------------------
     def _request_token(self, settings: _Settings) -> ImsToken:
-        if settings.auth_type == AUTH_JWT:
+        if settings.auth_type == AuthType.JWT:
             claims = build_jwt_claims(
                 base_url=settings.base_url,
                 client_id=settings.client_id,

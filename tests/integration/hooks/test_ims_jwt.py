@@ -21,13 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from include.triggerflow.adobe import ims_jwt as ims_jwt_module
-from include.triggerflow.hooks.ims import (
-    AdobeImsHook,
-    ImsAuthError,
-    clear_token_cache,
-    decrypt_token,
-    token_cache_key,
-)
+from include.triggerflow.adobe.ims_token import decrypt_token, token_cache_key
+from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, clear_token_cache
 from include.triggerflow.store.schema import ims_token
 
 TECH_ACCT = "TECHACCT1234@techacct.adobe.com"

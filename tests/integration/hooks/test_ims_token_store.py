@@ -20,15 +20,8 @@ import pytest
 import requests
 from sqlalchemy import create_engine, insert, select, update
 
-from include.triggerflow.hooks.ims import (
-    AdobeImsHook,
-    ImsAuthError,
-    ImsToken,
-    clear_token_cache,
-    decrypt_token,
-    encrypt_token,
-    token_cache_key,
-)
+from include.triggerflow.adobe.ims_token import decrypt_token, encrypt_token, token_cache_key
+from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, ImsToken, clear_token_cache
 from include.triggerflow.store.schema import ims_token
 
 SECRET = "p8e-0123456789abcdefABCDEF-secret"

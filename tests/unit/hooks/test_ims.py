@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from include.triggerflow.hooks.ims import EXPIRY_MARGIN_S, AdobeImsHook, ImsAuthError, ImsToken
+from include.triggerflow.adobe.ims_token import EXPIRY_MARGIN_S
+from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, ImsToken
 
 
 def token_requests(emu) -> int:

@@ -13,14 +13,8 @@ from typing import Any
 
 import pytest
 
-from include.triggerflow.hooks.ims import (
-    MAX_TOKEN_LIFETIME_S,
-    MIN_TOKEN_LIFETIME_S,
-    AdobeImsHook,
-    ImsAuthError,
-    clear_token_cache,
-    token_lifetime,
-)
+from include.triggerflow.adobe.ims_token import MAX_TOKEN_LIFETIME_S, MIN_TOKEN_LIFETIME_S, token_lifetime
+from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, clear_token_cache
 
 
 class RawIms:

@@ -25,15 +25,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from include.triggerflow.hooks.ims import (
-    DEFAULT_METASCOPES,
-    AdobeImsHook,
-    ImsAuthError,
-    build_jwt_claims,
-    clear_token_cache,
-    parse_metascopes,
-    token_cache_key,
-)
+from include.triggerflow.adobe.ims_jwt import DEFAULT_METASCOPES, build_jwt_claims, parse_metascopes
+from include.triggerflow.adobe.ims_token import token_cache_key
+from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, clear_token_cache
 
 TECH_ACCT = "TECHACCT1234@techacct.adobe.com"
 ORG = "C0FFEE0123456789ABCDEF01@AdobeOrg"

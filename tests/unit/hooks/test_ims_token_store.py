@@ -11,18 +11,16 @@ import json
 import pytest
 from sqlalchemy import select
 
-from include.triggerflow.hooks.ims import (
+from include.triggerflow.adobe.ims_token import (
     EXPIRY_MARGIN_S,
     TOKEN_KEY_INFO,
-    AdobeImsHook,
-    ImsToken,
-    clear_token_cache,
     decrypt_token,
     derive_token_key,
     encrypt_token,
     expiry_margin,
     token_cache_key,
 )
+from include.triggerflow.hooks.ims import AdobeImsHook, ImsToken, clear_token_cache
 from include.triggerflow.store.schema import ims_token
 
 SECRET = "p8e-0123456789abcdefABCDEF-secret"
