@@ -7,7 +7,7 @@ builds its payload with ``as_xcom()``.
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 
 class LandedXCom(TypedDict):
@@ -23,15 +23,17 @@ class LandedXCom(TypedDict):
 
 
 class ValidatedXCom(TypedDict):
-    """``validate`` → reconcile, report (``note`` is the landing note carried along)."""
+    """``validate`` → reconcile, report (``note`` is the landing note the DAG carries along)."""
 
     batch_id: str
     valid: int
     quarantined: int
-    note: str | None
+    note: NotRequired[str | None]
 
 
 class ReconciledXCom(TypedDict):
+    """``reconcile_batch``'s result: its decision counts and the batch's send chunks."""
+
     batch_id: str
     counts: dict[str, int]
     chunks: list[int]

@@ -18,158 +18,57 @@ Invariants this module keeps:
   sanitised text and a trigger timestamp within range, or NULL. Should the store still refuse a
   message, it is found and landed as a last-resort row (raw bytes and a note only) instead of
   rolling the page back on every run.
+
+The module holds the pull loop; what a message becomes is :mod:`.landing_payload`, and a page's
+commit with its position advance and counters is :mod:`.landing_bookkeeping`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from enum import StrEnum
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from include.triggerflow.events import clean_text, parse_envelope
+from include.triggerflow.events import parse_envelope
+from include.triggerflow.payloads import LandedXCom
 from include.triggerflow.sources.base import Page, RawMessage, TriggerSource
-from include.triggerflow.stats import refresh_quietly
-from include.triggerflow.store.db import bulk_insert
-from include.triggerflow.store.schema import (
-    batch,
-    event,
-    source_gap,
-    source_health,
-    source_hourly,
-    source_position,
+from include.triggerflow.stages.landing_bookkeeping import (
+    PositionConflict,
+    commit_page,
+    dropped_counts,
+    record_source_alive,
+    record_source_failure,
+    stored_positions,
 )
+from include.triggerflow.stages.landing_payload import (
+    BENIGN_NOTES,
+    MAX_MESSAGE_BYTES,
+    LandedPayload,
+    LandingNote,
+    bigint_or_none,
+    id_text,
+    oversize_note,
+    prepare_payload,
+)
+from include.triggerflow.states import BatchState, EventStatus
+from include.triggerflow.stats import refresh_quietly
+from include.triggerflow.store.schema import batch, event
+from include.triggerflow.timeutil import as_utc, utcnow
+
+# Re-exported: importers name these by their old address (hooks/triggers.py, stages/report.py,
+# stages/validate.py, tests).
+__all__ = [
+    "BENIGN_NOTES", "MAX_MESSAGE_BYTES", "BatchRef", "LandResult", "LandedPayload", "LandingNote",
+    "PositionConflict", "dropped_counts", "land_batch", "oversize_note", "prepare_payload",
+    "record_source_alive", "record_source_failure", "stored_positions",
+]
 
 log = logging.getLogger(__name__)
-
-#: Pipeline's own limit for one message (reference/adobe-triggers.md §1.7): anything larger did not
-#: come from Adobe as sent and is quarantined with its size.
-MAX_MESSAGE_BYTES = 1024 * 1024
-#: message_id / trigger_id columns are String(200)
-ID_LIMIT = 200
-BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
-UTF8_BOM = b"\xef\xbb\xbf"
-# What no store can hold in a text column: NUL (PostgreSQL) and lone surrogates (both).
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class LandingNote(StrEnum):
-    """Why a stored payload differs from what arrived (``tf_event.landing_note``, "; "-joined).
-
-    The size note carries the limit: :func:`oversize_note`."""
-
-    INVALID_UTF8 = "invalid UTF-8"
-    BOM_REMOVED = "byte order mark removed"
-    NUL_REPLACED = "NUL replaced"
-    INVALID_TEXT = "lone surrogate replaced"
-    UNSTORABLE = "the store refused the message as text; only its raw bytes are kept"
-
-
-#: notes that do not make an event invalid: RFC 8259 lets a parser ignore a byte order mark
-BENIGN_NOTES = frozenset({LandingNote.BOM_REMOVED})
-
-
-def oversize_note(limit: int) -> str:
-    return f"message larger than {limit} bytes"
-
-
-@dataclass(frozen=True)
-class LandedPayload:
-    """A message made storable: the text to store, and what arrived when it differs."""
-
-    payload: str
-    raw_size: int  # bytes as received, before any cap
-    raw_payload: bytes | None = None  # what arrived (capped), only when ``payload`` differs
-    notes: tuple[str, ...] = ()
-
-    @property
-    def landing_note(self) -> str | None:
-        return "; ".join(self.notes) or None
-
-
-def prepare_payload(payload: str | bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> LandedPayload:
-    """Turn whatever a source delivered into text every store can hold; never raises."""
-    notes: list[str] = []
-    data: bytes | None = None
-    if isinstance(payload, str):
-        text = payload
-        if text.isascii():
-            size = len(text)
-        else:  # surrogatepass: a str holding a lone surrogate still has bytes to keep
-            data = text.encode("utf-8", "surrogatepass")
-            size = len(data)
-    else:
-        data = bytes(payload)
-        size = len(data)
-        text = ""
-    if size > max_bytes:
-        if data is None:
-            data = text.encode("utf-8", "surrogatepass")
-        data = _cut(data, max_bytes)
-        notes.append(oversize_note(max_bytes))
-        payload = data  # the cut bytes are decoded below like any delivered bytes
-    if not isinstance(payload, str):
-        assert data is not None
-        body = data
-        if body.startswith(UTF8_BOM):
-            body = body[len(UTF8_BOM):]
-            notes.append(LandingNote.BOM_REMOVED)
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            text = body.decode("utf-8", errors="replace")
-            notes.append(LandingNote.INVALID_UTF8)
-    elif text.startswith("\ufeff"):
-        text = text[1:]
-        notes.append(LandingNote.BOM_REMOVED)
-    # Text decoded from bytes, or ASCII, can hold no surrogate: a substring test settles it.
-    may_hold_surrogate = isinstance(payload, str) and not text.isascii()
-    if ("\x00" in text) if not may_hold_surrogate else _UNSTORABLE.search(text) is not None:
-        if "\x00" in text:
-            notes.append(LandingNote.NUL_REPLACED)
-        if _SURROGATE.search(text) is not None:
-            notes.append(LandingNote.INVALID_TEXT)
-        text = _UNSTORABLE.sub("\ufffd", text)
-    if not notes:
-        # bytes that decoded cleanly are stored as their text; nothing else to keep
-        return LandedPayload(payload=text, raw_size=size)
-    if data is None:
-        data = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
-    return LandedPayload(payload=text, raw_size=size, raw_payload=data[:max_bytes], notes=tuple(notes))
-
-
-def _cut(data: bytes, limit: int) -> bytes:
-    """The first ``limit`` bytes, backed off to a UTF-8 character boundary when the cut falls
-    inside one (so a cap alone never reads as invalid UTF-8)."""
-    end = limit
-    while end > 0 and limit - end < 3 and (data[end] & 0xC0) == 0x80:
-        end -= 1
-    return data[:end] if (data[end] & 0xC0) != 0x80 else data[:limit]
-
-
-def _identifier(value: Any) -> str | None:
-    """An id column's value: text without NUL or lone surrogates, at most ID_LIMIT characters.
-    Containers and booleans are not ids."""
-    if value is None or isinstance(value, (bool, dict, list)):
-        return None
-    text = clean_text(value if isinstance(value, str) else str(value))[0]
-    return text[:ID_LIMIT]
-
-
-def _timestamp(value: int | None) -> int | None:
-    return value if value is not None and BIGINT_MIN <= value <= BIGINT_MAX else None
-
-
-class PositionConflict(RuntimeError):
-    """Another puller advanced the source while this page was being read."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +102,7 @@ class LandResult:
     note: str | None = None
     dropped: int = 0  # lines/items the source received but could not place, by this call
 
-    def as_xcom(self) -> dict[str, object]:
+    def as_xcom(self) -> LandedXCom:
         return {
             "batch_id": self.batch_id,
             "pulled": self.pulled,
@@ -213,26 +112,6 @@ class LandResult:
             "note": self.note,
             "dropped": self.dropped,
         }
-
-
-def _iso(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def stored_positions(engine: Engine, source_key: str) -> dict[int, str]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(source_position.c.partition, source_position.c.position).where(
-                source_position.c.source == source_key
-            )
-        ).all()
-    return {int(p): str(pos) for p, pos in rows}
 
 
 def land_batch(
@@ -261,6 +140,8 @@ def land_batch(
             log.info(note)
             return LandResult(batch_id=batch_id, pulled=0, newly_landed=0, reused=False, exists=False, note=note)
         if existing is None:
+            if source is None:
+                raise ValueError("land_batch needs a source to pull a new batch")
             conn.execute(
                 insert(batch).values(
                     batch_id=batch_id,
@@ -270,21 +151,21 @@ def land_batch(
                     interval_start=ref.interval_start,
                     interval_end=ref.interval_end,
                     source=source.source_key,
-                    state="pulling",
+                    state=BatchState.PULLING,
                     pulled=0,
-                    created_at=_now(),
+                    created_at=utcnow(),
                 )
             )
-    if existing == "pulling" and not allow_pull:
+    if existing == BatchState.PULLING and not allow_pull:
         # A replay never pulls: what the dead pull committed is the batch.
         with engine.begin() as conn:
             conn.execute(
                 update(batch).where(batch.c.batch_id == batch_id).values(
-                    state="landed", pulled=_count_events(engine, batch_id), landed_at=_now()
+                    state=BatchState.LANDED, pulled=_count_events(engine, batch_id), landed_at=utcnow()
                 )
             )
-        existing = "landed"
-    if existing == "landed":
+        existing = BatchState.LANDED
+    if existing == BatchState.LANDED:
         pulled = _count_events(engine, batch_id)
         note = f"batch {batch_id} already landed with {pulled} events: reprocessing it, pulling nothing"
         log.info(note)
@@ -322,7 +203,7 @@ def land_batch(
         conn.execute(
             update(batch)
             .where(batch.c.batch_id == batch_id)
-            .values(state="landed", pulled=already + newly, landed_at=_now())
+            .values(state=BatchState.LANDED, pulled=already + newly, landed_at=utcnow())
         )
     refresh_quietly(engine, batch_id)  # the status counters (include/triggerflow/stats.py)
     return LandResult(
@@ -344,15 +225,15 @@ def _event_row(batch_id: str, source_key: str, msg: RawMessage, received_at: dat
         "source": source_key,
         "src_partition": msg.partition,
         "src_position": msg.position,
-        "message_id": _identifier(parsed.message_id),
-        "trigger_id": _identifier(parsed.trigger_id),
-        "trigger_ts": _timestamp(parsed.trigger_ts),
+        "message_id": id_text(parsed.message_id),
+        "trigger_id": id_text(parsed.trigger_id),
+        "trigger_ts": bigint_or_none(parsed.trigger_ts),
         "payload": landed.payload,
         "raw_payload": landed.raw_payload,
         "raw_size": landed.raw_size,
         "landing_note": landed.landing_note,
         "received_at": received_at,
-        "status": "landed",
+        "status": EventStatus.LANDED,
     }
 
 
@@ -410,10 +291,10 @@ def _land_page(
     engine: Engine, source: TriggerSource, batch_id: str, page: Page, expected: Mapping[int, str], max_bytes: int
 ) -> int:
     source_key = source.source_key
-    received_at = _now()
+    received_at = utcnow()
     rows = [_event_row(batch_id, source_key, msg, received_at, max_bytes) for msg in page.messages]
     try:
-        _commit_page(engine, source, batch_id, page, expected, rows, received_at)
+        commit_page(engine, source, batch_id, page, expected, rows, received_at)
     except PositionConflict:
         raise
     except Exception as exc:
@@ -431,187 +312,10 @@ def _land_page(
         )
         for index, error in refused.items():
             rows[index] = _last_resort_row(rows[index], page.messages[index], max_bytes, error)
-        _commit_page(engine, source, batch_id, page, expected, rows, received_at)
+        commit_page(engine, source, batch_id, page, expected, rows, received_at)
     return len(rows)
 
 
-def _commit_page(
-    engine: Engine,
-    source: TriggerSource,
-    batch_id: str,
-    page: Page,
-    expected: Mapping[int, str],
-    rows: list[dict[str, Any]],
-    received_at: datetime,
-) -> None:
-    source_key = source.source_key
-    dropped = {str(reason): int(count) for reason, count in page.dropped.items() if count}
-    try:
-        with engine.begin() as conn:
-            for partition, new_position in page.next_positions.items():
-                _advance(conn, source_key, partition, expected.get(partition), new_position)
-            if rows:
-                # COPY on PostgreSQL, the driver's executemany on SQLite: same rows, same constraint
-                # errors (a collision still raises IntegrityError and rolls the whole page back)
-                bulk_insert(conn, event, rows)
-            for gap in page.gaps:
-                log.warning(
-                    "%s partition %d: asked for %s, the source resumed at %s (%s)",
-                    source_key, gap.partition, gap.expected, gap.resumed, gap.reason,
-                )
-                conn.execute(
-                    insert(source_gap).values(
-                        source=source_key,
-                        partition=gap.partition,
-                        expected_position=gap.expected,
-                        resumed_position=gap.resumed,
-                        reason=gap.reason,
-                        batch_id=batch_id,
-                        detected_at=received_at,
-                    )
-                )
-            if dropped:
-                log.warning("%s: the source dropped %s", source_key, dropped)
-                _add_dropped(conn, batch_id, dropped)
-            _bump_health(
-                conn, source, alive=True, bytes_read=page.bytes_read, messages=len(rows),
-                flushes=1 if page.next_positions else 0, dropped=sum(dropped.values()),
-            )
-            if rows:
-                _bump_hourly(conn, source_key, received_at, len(rows))
-    except IntegrityError as exc:
-        raise PositionConflict(
-            f"{source_key}: this page collides with what is already stored (another run advanced "
-            "the position or landed these messages concurrently, or the source served an "
-            "already-landed position again); nothing of this page was stored and the stored "
-            "position did not move"
-        ) from exc
-
-
-def dropped_counts(row: Any) -> tuple[int, dict[str, int]]:
-    """(count, {reason: count}) of a batch's dropped lines from its ``(dropped, dropped_reasons)``
-    row. Read defensively: a report must never fail on this bookkeeping, and a batch landed before
-    these columns existed has NULLs."""
-    if row is None:
-        return 0, {}
-    reasons: dict[str, int] = {}
-    try:
-        loaded = json.loads(row.dropped_reasons) if row.dropped_reasons else {}
-    except ValueError:
-        loaded = {}
-    if isinstance(loaded, dict):
-        reasons = {str(k): int(v) for k, v in loaded.items() if isinstance(v, int) and not isinstance(v, bool)}
-    total = int(row.dropped) if row.dropped is not None else sum(reasons.values())
-    return total, reasons
-
-
-def _add_dropped(conn: Connection, batch_id: str, dropped: Mapping[str, int]) -> None:
-    """Sum the page's dropped lines into its batch (count and {reason: count})."""
-    row = conn.execute(select(batch.c.dropped, batch.c.dropped_reasons).where(batch.c.batch_id == batch_id)).first()
-    if row is None:  # pragma: no cover - land_batch inserts the batch before reading
-        return
-    total, reasons = dropped_counts(row)
-    for reason, count in dropped.items():
-        reasons[reason] = reasons.get(reason, 0) + count
-    conn.execute(
-        update(batch)
-        .where(batch.c.batch_id == batch_id)
-        .values(dropped=total + sum(dropped.values()), dropped_reasons=json.dumps(reasons, sort_keys=True))
-    )
-
-
-def _bump_health(
-    conn: Connection,
-    source: TriggerSource,
-    *,
-    alive: bool = False,
-    error: str | None = None,
-    bytes_read: int = 0,
-    messages: int = 0,
-    flushes: int = 0,
-    dropped: int = 0,
-    empty_read: bool = False,
-) -> None:
-    """Counters and last contact per source, for the pipelined-style status document.
-
-    ``empty_reads`` counts pulls in a row that heard only keep-alives; a page with messages
-    resets it and sets ``last_data_at``."""
-    now = _now()
-    row = conn.execute(select(source_health).where(source_health.c.source == source.source_key)).mappings().first()
-    values: dict[str, object] = {"endpoint": getattr(source, "endpoint", None), "updated_at": now}
-    if alive:
-        values["last_alive_at"] = now
-    if error is not None:
-        values["last_failed_at"] = now
-        values["last_error"] = error[:1000]
-    if messages:
-        values["last_data_at"] = now
-        values["empty_reads"] = 0
-    elif empty_read:
-        values["empty_reads"] = (row["empty_reads"] or 0) + 1 if row is not None else 1
-    if row is None:
-        conn.execute(
-            insert(source_health).values(
-                source=source.source_key, bytes_read=bytes_read, messages_received=messages,
-                pointer_flushes=flushes, lines_dropped=dropped, **values,
-            )
-        )
-    else:
-        conn.execute(
-            update(source_health)
-            .where(source_health.c.source == source.source_key)
-            .values(
-                bytes_read=row["bytes_read"] + bytes_read,
-                messages_received=row["messages_received"] + messages,
-                pointer_flushes=row["pointer_flushes"] + flushes,
-                lines_dropped=(row["lines_dropped"] or 0) + dropped,
-                **values,
-            )
-        )
-
-
-def _bump_hourly(conn, source_key: str, at: datetime, messages: int) -> None:
-    hour = at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    where = and_(source_hourly.c.source == source_key, source_hourly.c.hour == hour)
-    done = conn.execute(update(source_hourly).where(where).values(messages=source_hourly.c.messages + messages))
-    if done.rowcount == 0:
-        conn.execute(insert(source_hourly).values(source=source_key, hour=hour, messages=messages))
-
-
-def record_source_alive(engine: Engine, source: TriggerSource, *, empty_read: bool = False) -> None:
-    with engine.begin() as conn:
-        _bump_health(conn, source, alive=True, empty_read=empty_read)
-
-
-def record_source_failure(engine: Engine, source: TriggerSource, exc: BaseException) -> None:
-    """Best effort: the failure being reported must not be hidden by a failing store."""
-    try:
-        with engine.begin() as conn:
-            _bump_health(conn, source, error=f"{exc.__class__.__name__}: {exc}")
-    except Exception:
-        log.exception("could not record the source failure in tf_source_health")
-
-
-def _advance(conn, source_key: str, partition: int, old: str | None, new: str) -> None:
-    now = _now()
-    if old is None:
-        # First read of this partition: the insert fails on the primary key if someone else won.
-        conn.execute(insert(source_position).values(source=source_key, partition=partition, position=new, updated_at=now))
-        return
-    result = conn.execute(
-        update(source_position)
-        .where(
-            and_(
-                source_position.c.source == source_key,
-                source_position.c.partition == partition,
-                source_position.c.position == old,
-            )
-        )
-        .values(position=new, updated_at=now)
-    )
-    if result.rowcount != 1:
-        raise PositionConflict(
-            f"position of {source_key} partition {partition} moved from {old!r} while this page was read"
-        )
-
-
+def _iso(value: datetime) -> str:
+    """A batch id's instant: UTC, to the second (a naive value is taken as UTC)."""
+    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -28,17 +28,19 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, func, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
-from include.triggerflow.stages.land import BENIGN_NOTES
+from include.triggerflow.payloads import ValidatedXCom
+from include.triggerflow.stages.landing_payload import BENIGN_NOTES
+from include.triggerflow.states import EventStatus
 from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.db import bulk_insert, where_in
 from include.triggerflow.store.schema import event, quarantine
+from include.triggerflow.timeutil import epoch_ms, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ class ValidateResult:
     valid: int
     quarantined: int
 
-    def as_xcom(self) -> dict[str, object]:
+    def as_xcom(self) -> ValidatedXCom:
+        """The payload for reconcile and report (the DAG adds the landing note it carries along)."""
         return {"batch_id": self.batch_id, "valid": self.valid, "quarantined": self.quarantined}
 
 
@@ -69,10 +72,6 @@ COLUMNS = ("event_id", "parse_error", "landing_note", "problems", "envelope_type
 #: columns GX sees as one "; "-joined text; the reasons list each item (the list is kept beside
 #: the frame as ``<name>_items``) on its own
 LISTED = ("landing_note", "problems")
-
-
-def _epoch_ms(received_at: datetime) -> int:
-    return int(received_at.replace(tzinfo=received_at.tzinfo or UTC).timestamp() * 1000)
 
 
 def _lift(
@@ -124,7 +123,7 @@ def frame_columns(stored: Any, routing: RoutingConfig) -> dict[str, list[Any]]:
     for event_id, payload, received_at, *note in stored:
         ms = received.get(received_at)
         if ms is None:
-            ms = received[received_at] = _epoch_ms(received_at)
+            ms = received[received_at] = epoch_ms(received_at)
         lifted.append(_lift(int(event_id), payload, ms, routing, note[0] if note else None))
     columns = {name: [row[i] for row in lifted] for i, name in enumerate(COLUMNS)}
     for name in LISTED:
@@ -251,11 +250,11 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
     with engine.connect() as conn:
         stored = conn.execute(
             select(event.c.event_id, event.c.payload, event.c.received_at, event.c.landing_note).where(
-                event.c.batch_id == batch_id, event.c.status.in_(("landed", "quarantined"))
+                event.c.batch_id == batch_id, event.c.status.in_((EventStatus.LANDED, EventStatus.QUARANTINED))
             )
         ).all()
         already_valid = conn.execute(
-            select(func.count()).select_from(event).where(event.c.batch_id == batch_id, event.c.status == "valid")
+            select(func.count()).select_from(event).where(event.c.batch_id == batch_id, event.c.status == EventStatus.VALID)
         ).scalar_one()
     columns = frame_columns(stored, routing)
     del stored
@@ -279,7 +278,7 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
     all_ids = columns["event_id"]
     bad_ids = sorted(failures)
     good_ids = sorted(eid for eid in all_ids if eid not in failures)
-    now = datetime.now(UTC)
+    now = utcnow()
     with engine.begin() as conn:
         where_in(conn, delete(quarantine), quarantine.c.event_id, all_ids)
         if bad_ids:
@@ -296,7 +295,7 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
                     for eid in bad_ids
                 ],
             )
-        for status, ids in (("quarantined", bad_ids), ("valid", good_ids)):
+        for status, ids in ((EventStatus.QUARANTINED, bad_ids), (EventStatus.VALID, good_ids)):
             where_in(conn, update(event).values(status=status), event.c.event_id, ids)
     refresh_quietly(engine, batch_id)  # the status counters (include/triggerflow/stats.py)
     if bad_ids:
