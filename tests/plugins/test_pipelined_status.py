@@ -1,27 +1,22 @@
 """Tests for plugins/pipelined_status.py: the /pipelined app, its authentication, its errors and
-the page, with FastAPI's TestClient; and once against a real ``airflow api-server`` (e2e)."""
+the page, with FastAPI's TestClient. The tests against a real ``airflow api-server`` are in
+tests/integration/plugins/test_pipelined_status_server.py."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
-import signal
 import socket
-import subprocess
-import sys
-import time
 import warnings
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
 import pytest
-import requests
 from sqlalchemy import insert
 
 from include.triggerflow.store.schema import (
@@ -30,24 +25,13 @@ from include.triggerflow.store.schema import (
     source_position,
 )
 from tests.plugins.conftest import load_plugin
+from tests.status_support import JournalPages, journal_connection
 from tests.support import captured_sql
-
-# The emulator and store fixtures of tests/unit (a conftest there, not on this folder's path).
-from tests.fixtures import (  # noqa: F401
-    adobe_conns,
-    emu,
-    emulator_process,
-    kit,
-    publisher,
-    routing,
-)
 
 with warnings.catch_warnings():  # starlette's note about httpx, raised by this import only
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
     from fastapi.testclient import TestClient
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_FILE = PROJECT_ROOT / "plugins" / "pipelined_status.py"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIELDS = ["consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"]
 
@@ -118,22 +102,6 @@ def test_plugin_declares_the_app_and_the_nav_view(plugin: ModuleType) -> None:
     assert {route.path for route in plugin.app.routes} == {"/status", "/"}  # no unauthenticated /docs
 
 
-def test_importing_the_plugin_stays_cheap() -> None:
-    """Plugins load in the scheduler, DAG processor and CLI: nothing heavy at import time."""
-    code = (
-        "import sys, runpy, json\n"
-        "import airflow.plugins_manager, fastapi, fastapi.responses\n"  # what loading any plugin costs
-        "before = set(sys.modules)\n"
-        "runpy.run_path(sys.argv[1])\n"
-        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(PLUGIN_FILE)], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT)
-    assert done.returncode == 0, done.stderr
-    added = json.loads(done.stdout.strip().splitlines()[-1])
-    heavy = ("include", "airflow.api_fastapi", "airflow.models", "sqlalchemy", "yaml", "jinja2", "pandas", "great_expectations")
-    assert [m for m in added if m.split(".")[0] in heavy or m.startswith(heavy)] == []
-
-
 # -- authentication ----------------------------------------------------------------------------------
 def test_anonymous_requests_are_refused(client: TestClient, store_conn: str) -> None:
     for path in ("/status", "/"):
@@ -150,15 +118,15 @@ def test_public_opt_out(client: TestClient, plugin: ModuleType, store_conn: str,
 
 
 def test_authenticated_user_gets_the_document(
-    client: TestClient, plugin: ModuleType, emu, adobe_conns, publisher, kit, store_conn: str, routing
+    client: TestClient, plugin: ModuleType, kit, store_conn: str, routing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from include.triggerflow.hooks.triggers import TriggerSourceHook
+    """Landed from a scripted journal (tests/status_support.py); the key the real hook gives an
+    emulator journal is checked in tests/integration/status/test_status_sources.py."""
     from include.triggerflow.stages.land import BatchRef, land_batch
     from include.triggerflow.status import build_status, status_settings_from_connection
 
-    adobe_conns(page_limit=2)
-    publisher(3)
-    source = TriggerSourceHook().get_source()
+    journal_connection(monkeypatch, page_limit=2)
+    source = JournalPages(3, page_limit=2)
     landed = land_batch(kit.engine, source, BatchRef("trigger_emails", "manual__1"))
     as_user(plugin)
 
@@ -270,11 +238,11 @@ def test_unreachable_postgres_is_503_quickly(client: TestClient, plugin: ModuleT
         json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": port, "login": "u", "password": "secret-pw", "schema": "tf"}),
     )
     as_user(plugin)
-    started = time.monotonic()
     response = client.get("/status")
-    assert time.monotonic() - started < 15
     assert response.status_code == 503
     error = response.json()["error"]
+    # what keeps it quick: the plugin connects with connect_timeout=PG_CONNECT_TIMEOUT_S (5 s)
+    assert plugin.PG_CONNECT_TIMEOUT_S == 5
     assert error.startswith(f"the triggerflow store at postgresql+psycopg2://u:***@127.0.0.1:{port}/tf?connect_timeout=5 cannot be read:")
     assert "secret-pw" not in response.text
 
@@ -527,124 +495,3 @@ def test_public_document_keeps_only_counters_and_ages(plugin: ModuleType) -> Non
         "messages-per-hour": [{"hour": "h", "messages": 8}],
         "warnings": [{"code": "keep-alives-only"}],
     }
-
-
-# -- a real API server -------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def api_server(airflow_db: Path, store_url: str, tmp_path: Path, **extra_env: str) -> Iterator[str]:
-    """A real ``airflow api-server`` process (SimpleAuthManager, user monitor/monitor-pw) on a free
-    port, with connection triggers_db -> the test's store; yields its base URL."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    passwords = tmp_path / "passwords.json"
-    passwords.write_text(json.dumps({"monitor": "monitor-pw"}))
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(airflow_db),
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "monitor:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
-        "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "sqlite", "extra": {"sqlalchemy_url": store_url}}),
-    }
-    env.pop("TRIGGERFLOW_STATUS_PUBLIC", None)
-    env.update(extra_env)
-    log_path = tmp_path / "api-server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "-H", "127.0.0.1", "-p", str(port), "-w", "1"],
-            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, f"api-server exited:\n{log_path.read_text()[-3000:]}"
-            try:
-                if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"api-server not up after 90 s:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
-        yield base
-        assert "Traceback" not in log_path.read_text()
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=5)
-
-
-@pytest.mark.e2e
-def test_real_api_server_protects_and_serves_the_status(airflow_db: Path, store_url: str, store_engine, tmp_path: Path) -> None:
-    fill_store(store_engine)
-    with api_server(airflow_db, store_url, tmp_path) as base:
-        anonymous = requests.get(f"{base}/pipelined/status", timeout=30)
-        assert anonymous.status_code == 401, anonymous.text
-        assert requests.get(f"{base}/pipelined/", timeout=30).status_code == 401
-
-        login = requests.post(f"{base}/auth/token", json={"username": "monitor", "password": "monitor-pw"}, timeout=30)
-        assert login.status_code == 201, login.text
-        token = login.json()["access_token"]
-        bearer = {"Authorization": f"Bearer {token}"}
-
-        response = requests.get(f"{base}/pipelined/status", headers=bearer, timeout=30)
-        assert response.status_code == 200, response.text
-        doc = response.json()
-        assert list(doc) == FIELDS
-        assert doc["source"] == "journal:/events/organizations/O/integrations/I/reg-1"
-        assert (doc["stats"]["bytes-read"], doc["stats"]["pointer-flushes"], doc["pointer"]["current-offsets"]) == (2048, 3, "0:pos-9")
-        assert len(doc["messages-per-hour"]) == 120
-        assert requests.get(f"{base}/pipelined/status", params={"source": "journal:/x"}, headers=bearer, timeout=30).status_code == 404
-
-        page = requests.get(f"{base}/pipelined/", cookies={"_token": token}, timeout=30)  # as the UI iframe
-        assert page.status_code == 200 and "<svg" in page.text
-        assert requests.get(f"{base}/pipelined/status", headers={"Authorization": "Bearer x.y.z"}, timeout=30).status_code == 403
-
-        plugins = requests.get(f"{base}/api/v2/plugins", headers=bearer, timeout=30)
-        assert plugins.status_code == 200, plugins.text
-        [ours] = [p for p in plugins.json()["plugins"] if p["name"] == "pipelined_status"]
-        assert [(a["url_prefix"], a["name"]) for a in ours["fastapi_apps"]] == [("/pipelined", "pipelined status")]
-        [view] = ours["external_views"]
-        assert (view["name"], view["href"], view["destination"], view["url_route"]) == ("Triggers status", "/pipelined/", "nav", "pipelined")
-
-
-@pytest.mark.e2e
-def test_real_api_server_public_mode_serves_the_minimal_cached_document(
-    airflow_db: Path, store_url: str, store_engine, tmp_path: Path
-) -> None:
-    """TRIGGERFLOW_STATUS_PUBLIC=true on a real API server: anonymous callers get counters and
-    ages only, whatever they pass; the document is the cached one within the TTL."""
-    fill_with_secrets(store_engine)
-    with api_server(airflow_db, store_url, tmp_path, TRIGGERFLOW_STATUS_PUBLIC="true", TRIGGERFLOW_STATUS_CACHE_SECONDS="300") as base:
-        first = requests.get(f"{base}/pipelined/status", timeout=30)
-        assert first.status_code == 200, first.text
-        doc = first.json()
-        assert list(doc) == list(PUBLIC_SHAPE)
-        assert doc["stats"]["trigger-received"] == 3
-        assert [text for text in PRIVATE_TEXTS if text in first.text] == []
-        # more events land meanwhile: within the TTL the same document is served, parameters ignored
-        from include.triggerflow.stats import refresh_batch_stats
-        from include.triggerflow.store.schema import event
-
-        with store_engine.begin() as conn:
-            conn.execute(insert(event).values(batch_id="b1", source=SECRET_SOURCE, src_partition=0, src_position="p9",
-                                              payload="{}", received_at=datetime.now(UTC), status="landed"))
-        refresh_batch_stats(store_engine, "b1")
-        for params in ({}, {"source": "journal:/other"}, {"consumer": "x"}):
-            again = requests.get(f"{base}/pipelined/status", params=params, timeout=30)
-            assert again.json() == doc
-        assert again.headers["cache-control"] == "max-age=300"
-        page = requests.get(f"{base}/pipelined/", timeout=30)
-        assert page.status_code == 200 and "REG-SECRET-3" not in page.text

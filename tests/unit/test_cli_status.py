@@ -6,41 +6,19 @@ hook in tests/integration/status/test_status_sources.py."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
 
-from include.triggerflow.sources.base import Page, RawMessage
 from include.triggerflow.stages.land import BatchRef, land_batch
 from include.triggerflow.store.schema import source_health, source_position
 from tests.cli_support import Done, run_cli
-from tests.fixtures import envelope_json
+from tests.status_support import HOST, JournalPages, journal_connection
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FIELDS = {"consumer", "source", "generated-at", "http-request", "pointer", "routing", "stats", "settings", "messages-per-hour", "warnings"}
-HOST = "http://127.0.0.1:8181"
-JOURNAL_PATH = "/events/organizations/ORG/integrations/INT/triggerflow-reg"
-
-
-class JournalPages:
-    """A journal source that delivers ``count`` messages, ``page_limit`` per page."""
-
-    source_key = f"journal:{JOURNAL_PATH}"
-    endpoint = HOST + JOURNAL_PATH
-
-    def __init__(self, count: int, page_limit: int) -> None:
-        self.count, self.page_limit = count, page_limit
-
-    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
-        for first in range(0, self.count, self.page_limit):
-            numbers = range(first, min(first + self.page_limit, self.count))
-            messages = [RawMessage(0, f"pos-{n:04d}", envelope_json(offset=n)) for n in numbers]
-            yield Page(messages, next_positions={0: messages[-1].position}, bytes_read=100 * len(messages))
-
-
 def cli(store_url: str, *args: str, env: dict[str, str] | None = None) -> Done:
     return run_cli("--db-url", store_url, *args, env=env)
 
@@ -53,9 +31,7 @@ def status(store_url: str, *args: str, env: dict[str, str] | None = None) -> dic
 
 @pytest.fixture
 def landed(kit, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_TRIGGERS", json.dumps({
-        "conn_type": "http", "host": HOST + JOURNAL_PATH, "extra": {"kind": "journal", "page_limit": 2},
-    }))
+    journal_connection(monkeypatch, page_limit=2)
     source = JournalPages(3, page_limit=2)
     result = land_batch(kit.engine, source, BatchRef("trigger_emails", "manual__1", "manual", T0, T0 + timedelta(minutes=1)))
     assert result.pulled == 3
