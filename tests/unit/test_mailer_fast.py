@@ -251,7 +251,7 @@ def test_generated_inputs_match_the_reference(seed: int) -> None:
 def test_quoted_printable_line_by_line_is_the_whole_body_encoding(seed: int) -> None:
     import binascii
 
-    from include.triggerflow.mailer import _qp_body
+    from include.triggerflow.mailer.fast import _qp_body
 
     rng = random.Random(seed)
     for _ in range(500):

@@ -15,32 +15,18 @@ long URL into ``=?utf-8?q?...?=`` words, which mailbox providers do not decode i
 
 from __future__ import annotations
 
-import binascii
 import hashlib
-import ipaddress
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
-from functools import lru_cache
-from urllib.parse import urlsplit
 
-from include.triggerflow.addresses import InvalidAddressError, validate_address
 from include.triggerflow.addresses import shown as _shown
+from include.triggerflow.addresses import validate_address
 from include.triggerflow.headers import INJECTION_RE, OTHER_LINE_BREAKS_RE
-
-__all__ = [
-    "HeaderInjectionError",
-    "InvalidAddressError",
-    "build_message",
-    "build_message_fast",
-    "check_header_value",
-    "list_unsubscribe_headers",
-    "message_id_for",
-    "validate_address",
-]
+from include.triggerflow.timeutil import utcnow
 
 # Character classes as regular expressions: one C-level scan each, for the send stage's hot loop.
 # The other line breaks (VT, FF, NEL, U+2028...): the email package refuses them in some headers
@@ -62,11 +48,6 @@ _RESERVED_HEADERS = frozenset(
 # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters and MUST be at most 998 (excluding CRLF).
 _FOLD_AT = 78
 _MAX_LINE = 998
-# Characters that would end a URI inside List-Unsubscribe's "<uri>, <uri>" list or start a new header.
-_LIST_URI_BREAKERS_RE = re.compile("[<>,]")
-_ASCII_CONTROLS_RE = re.compile("[\x00-\x1f\x7f]")
-_LOOPBACK_NAMES = ("localhost",)
-LIST_UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 # Header objects fold themselves as usual; refold_source="none" only concerns values set with
 # set_raw (the verbatim extra headers), which are written exactly as _fold_verbatim left them.
 _SERIALIZE = policy.SMTP.clone(refold_source="none")
@@ -112,75 +93,6 @@ def message_id_for(idempotency_key: str, domain: str = "triggerflow.local") -> s
     if not isinstance(domain, str) or not _DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"Message-ID domain {domain!r} is not a dotted domain name")
     return f"<{idempotency_key}@{domain}>"
-
-
-def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_list_uri(kind: str, value: str) -> None:
-    """Refuse what could break out of ``<...>`` in the header or out of the header line."""
-    if not isinstance(value, str):
-        raise TypeError(f"List-Unsubscribe {kind} must be a str, got {type(value).__name__}")
-    if _HEADER_BREAKS_RE.search(value) is not None:
-        raise HeaderInjectionError(f"List-Unsubscribe {kind} contains CR, LF or NUL: {_shown(value)}")
-    if _WHITESPACE_RE.search(value) is not None:
-        raise HeaderInjectionError(f"List-Unsubscribe {kind} contains whitespace: {_shown(value)}")
-    if _LIST_URI_BREAKERS_RE.search(value) is not None:
-        raise HeaderInjectionError(
-            f"List-Unsubscribe {kind} contains '<', '>' or ',' (they delimit the header's URI list): {_shown(value)}"
-        )
-    if not value.isascii() or _ASCII_CONTROLS_RE.search(value) is not None:
-        raise ValueError(f"List-Unsubscribe {kind} must be ASCII (percent-encode it): {_shown(value)}")
-
-
-def list_unsubscribe_headers(url: str, mailto: str | None = None) -> dict[str, str]:
-    """The RFC 2369 / RFC 8058 one-click unsubscribe headers for one email::
-
-        {"List-Unsubscribe": "<https://...>" (+ ", <mailto:...>"),
-         "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"}
-
-    ``url`` must be an absolute ``https://`` URL with a host: RFC 8058 requires HTTPS for one-click,
-    and mailbox providers ignore the header otherwise. ``http://`` is accepted only for a loopback
-    host (``localhost``, ``127.0.0.1``, ``::1``), so local tests and the demo can use the dev server;
-    it is refused everywhere else. ``mailto`` (``unsubscribe@example.com`` or ``mailto:...``) is an
-    optional second method for clients without one-click support.
-
-    The URL is signed per recipient and therefore data-derived: anything that could end the ``<...>``
-    list item or the header line (CR, LF, NUL, whitespace, ``<``, ``>``, ``,``) is refused with
-    :class:`HeaderInjectionError`; a non-http(s), relative or non-ASCII URL with ValueError.
-    """
-    _check_list_uri("URL", url)
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise ValueError(f"List-Unsubscribe URL {_shown(url)} is not a valid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not host:
-        raise ValueError(f"List-Unsubscribe URL {_shown(url)} must be an absolute https:// URL with a host")
-    if scheme == "http" and not _is_loopback(host):
-        raise ValueError(
-            f"List-Unsubscribe URL {_shown(url)} must use https (RFC 8058); http is allowed only for "
-            "localhost / loopback addresses in local tests"
-        )
-    targets = [f"<{url}>"]
-    if mailto is not None:
-        _check_list_uri("mailto", mailto)
-        target = mailto if mailto.lower().startswith("mailto:") else f"mailto:{mailto}"
-        address = target[len("mailto:"):].split("?", 1)[0]
-        try:
-            validate_address(address)
-        except InvalidAddressError as exc:
-            raise InvalidAddressError(f"List-Unsubscribe mailto: {exc}") from None
-        targets.append(f"<{target}>")
-    return {"List-Unsubscribe": ", ".join(targets), "List-Unsubscribe-Post": LIST_UNSUBSCRIBE_POST}
 
 
 def _fold_verbatim(name: str, value: str) -> str:
@@ -242,7 +154,7 @@ def _checked_inputs(
             raise ValueError(f"header {name} is given twice (header names are case-insensitive)")
         seen.add(name.lower())
     if date is None:
-        date = datetime.now(UTC)
+        date = utcnow()
     elif date.tzinfo is None or date.utcoffset() is None:
         raise ValueError("date must be timezone-aware (a naive datetime has no defined Date header)")
     return from_addr, to_addr, extra, date
@@ -309,120 +221,3 @@ def build_message(
         del part["MIME-Version"]
     msg.set_boundary(_boundary(message_id))
     return msg.as_bytes(policy=_SERIALIZE)
-
-
-# -- the fast path -------------------------------------------------------------------------------------
-# build_message_fast writes what build_message writes, without building an EmailMessage (about a
-# quarter of the cost of putting the message on the wire). Its header lines are byte for byte those of
-# the email package: plain values that the package would write unchanged are written directly, and
-# every other value (non-ASCII subjects and names, long lines, unusual addresses) is folded by the
-# package itself, per header, with the same policy (cached: a chunk repeats its From line and many of
-# its subjects). The bodies are quoted-printable from binascii (C) instead of email.quoprimime: soft
-# line breaks may fall elsewhere (76 instead of 78 columns), the decoded bodies are the same.
-#: A plain addr-spec: dot-atom local part and domain (what needs no quoting in a header or in
-#: SMTP's MAIL FROM/RCPT TO). Also used by hooks.smtp.
-PLAIN_ADDRESS = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"
-)
-_PLAIN_MESSAGE_ID = re.compile(r"<[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+>")
-# Printable ASCII words separated by single spaces: what the email package writes back unchanged.
-_PLAIN_TEXT = re.compile(r"[!-~]+(?: [!-~]+)*")
-_PART_HEAD = {
-    subtype: (
-        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-    ).encode("ascii")
-    for subtype in ("plain", "html")
-}
-
-
-@lru_cache(maxsize=4096)
-def _package_header(name: str, value: str) -> bytes:
-    """One header line (folded, CRLF) exactly as build_message's email package writes it."""
-    return _SERIALIZE.fold_binary(*policy.SMTP.header_store_parse(name, value))
-
-
-def _header(name: str, value: str, plain: bool) -> bytes:
-    if plain and len(name) + 2 + len(value) <= _FOLD_AT:
-        return f"{name}: {value}\r\n".encode("ascii")
-    return _package_header(name, value)
-
-
-_ZERO = timedelta(0)
-
-
-@lru_cache(maxsize=64)
-def _utc_date_header(second: int) -> bytes:
-    return f"Date: {format_datetime(datetime.fromtimestamp(second, UTC))}\r\n".encode("ascii")
-
-
-def _date_header(date: datetime) -> bytes:
-    """The Date line of a UTC date (whole seconds, as format_datetime writes it), made once per second."""
-    return _utc_date_header(int(date.replace(microsecond=0).timestamp()))
-
-
-def _qp_body(text: str) -> bytes:
-    """Quoted-printable body with CRLF line ends, after the email package's normalisation
-    (contentmanager._encode_text: lines split on CR, LF and CRLF, joined with LF, one final LF).
-
-    Exactly ``binascii.b2a_qp(body, istext=True)``, computed line by line: quoted-printable encodes
-    each line on its own, and most lines of an email are its template's markup, the same in every
-    email, so their encoding is remembered (bounded) and only the lines carrying data are encoded."""
-    return b"\r\n".join([_qp_line(line) for line in text.encode("utf-8").splitlines()]) + b"\r\n"
-
-
-@lru_cache(maxsize=8192)
-def _qp_line(line: bytes) -> bytes:
-    # with its line break, as inside the whole body (trailing spaces, soft breaks near the end)
-    return binascii.b2a_qp(line + b"\n", istext=True)[:-1].replace(b"\n", b"\r\n")
-
-
-def build_message_fast(
-    *,
-    from_addr: str,
-    from_name: str | None,
-    to_addr: str,
-    subject: str,
-    text: str,
-    html: str,
-    message_id: str,
-    headers: Mapping[str, str] | None = None,
-    date: datetime | None = None,
-) -> bytes:
-    """:func:`build_message` without the email package's message objects: the same checks and
-    errors, the same headers byte for byte, the same parts, charsets and decoded bodies (only the
-    quoted-printable soft line breaks may differ)."""
-    from_addr, to_addr, extra, date = _checked_inputs(
-        from_addr=from_addr, from_name=from_name, to_addr=to_addr, subject=subject, message_id=message_id,
-        headers=headers, date=date,
-    )
-    offset = date.utcoffset()
-    lines = [
-        _package_header("From", _from_value(from_name, from_addr)),
-        _header("To", to_addr, PLAIN_ADDRESS.fullmatch(to_addr) is not None),
-        _header("Subject", subject, "=?" not in subject and _PLAIN_TEXT.fullmatch(subject) is not None),
-        _date_header(date) if offset == _ZERO else
-        _header("Date", format_datetime(date), offset is not None and offset.seconds % 60 == 0 and not offset.microseconds),
-        # a plain Message-ID has no place to fold: the package writes it on one line whatever its length
-        f"Message-ID: {message_id}\r\n".encode("ascii")
-        if _PLAIN_MESSAGE_ID.fullmatch(message_id) is not None and len(message_id) <= _MAX_LINE - 12
-        else _package_header("Message-ID", message_id),
-        b"MIME-Version: 1.0\r\n",
-    ]
-    for name, value in extra.items():
-        if value.isascii() and value.isprintable():
-            # as the reference's set_raw + refold_source="none": the folded value, CRLF line ends
-            folded = _fold_verbatim(name, value).replace("\n", "\r\n")
-            lines.append(f"{name}: {folded}\r\n".encode("ascii"))
-        else:
-            lines.append(_package_header(name, value))
-    boundary = _boundary(message_id).encode("ascii")
-    text_body = _qp_body(text)
-    html_body = _qp_body(html)
-    lines += [
-        b'Content-Type: multipart/alternative;\r\n boundary="', boundary, b'"\r\n\r\n',
-        b"--", boundary, b"\r\n", _PART_HEAD["plain"], text_body,
-        b"\r\n--", boundary, b"\r\n", _PART_HEAD["html"], html_body,
-        b"\r\n--", boundary, b"--\r\n",
-    ]
-    return b"".join(lines)
