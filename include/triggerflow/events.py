@@ -30,9 +30,9 @@ Every scalar field has its JSON type or is ``None``: text fields (``message_id``
 ``mc_id``...) are ``str``, a number given for one becomes its text (``42`` → ``"42"``, what the
 ledger columns and validation reasons show); integer fields (``partition``, ``offset``,
 ``create_time``, ``sent_time``) are ``int``. A value of another JSON type (true, an object...) gives
-``None`` and is kept as it came in ``raw_fields`` under its envelope name; :meth:`TriggerEvent.raw`
-reads a field as the envelope gave it, so the validation stage can quarantine the event with a
-reason that shows what was wrong.
+``None``. Any value that was not of its field's type is kept as it came in ``raw_fields`` under
+its envelope name, and :meth:`TriggerEvent.raw` reads a field as the envelope gave it, so the
+validation stage can quarantine the event with a reason that shows what was wrong.
 
 JSON decoding and text cleaning live in :mod:`include.triggerflow.event_json`.
 """

@@ -69,8 +69,6 @@ _ECID = re.compile(rf"^[A-Za-z0-9-]{{1,{_ECID_CHARS}}}$")
 REQUIRED = ("customer_id", "email")
 _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f", ""}
-#: the old name of csv_rows.character_problem (the catalogue loader applies the same rule)
-_character_problem = character_problem
 
 
 class ProfileCsvError(CsvRowsError):
