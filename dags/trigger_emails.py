@@ -29,9 +29,13 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import cast
 
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+# Typing only (TypedDicts): what the tasks hand each other through XCom.
+from include.triggerflow.payloads import ChunkRef, LandedXCom, ReportXCom, SentXCom, ValidatedXCom
 
 # Heavy imports (great_expectations, pandas, SQLAlchemy) stay inside the tasks: every task process
 # re-parses this file, and the DAG processor does so every 30 s.
@@ -152,9 +156,9 @@ def _default(name: str, fallback: int) -> int:
     tags=["triggerflow", "adobe", "email"],
     doc_md=__doc__,
 )
-def trigger_emails():
+def trigger_emails() -> None:
     @task
-    def pull_and_land() -> dict:
+    def pull_and_land() -> LandedXCom:
         from include.triggerflow.hooks.triggers import TriggerSourceHook
         from include.triggerflow.runtime import batch_ref, store_engine
         from include.triggerflow.stages.land import land_batch
@@ -174,14 +178,16 @@ def trigger_emails():
         return result.as_xcom()
 
     @task
-    def validate(landed: dict) -> dict:
+    def validate(landed: LandedXCom) -> ValidatedXCom:
         from include.triggerflow.runtime import routing, store_engine
         from include.triggerflow.stages.validate import validate_batch
 
-        return {**validate_batch(store_engine(), landed["batch_id"], routing()).as_xcom(), "note": landed.get("note")}
+        validated = validate_batch(store_engine(), landed["batch_id"], routing()).as_xcom()
+        validated["note"] = landed.get("note")  # carried along for the report
+        return validated
 
     @task
-    def reconcile(validated: dict) -> list[dict]:
+    def reconcile(validated: ValidatedXCom) -> list[ChunkRef]:
         """Returns one ``{"batch_id", "chunk"}`` per send chunk, for the mapped send task: this
         batch's chunks, then chunks of earlier batches whose quiet-hours emails are now due."""
         from include.triggerflow.runtime import routing, store_engine
@@ -196,25 +202,25 @@ def trigger_emails():
             chunk_size=int(params["chunk_size"]),
             max_chunks=int(params["max_chunks"]),
         )
-        own = [{"batch_id": result.batch_id, "chunk": chunk} for chunk in result.chunks]
-        return own + due_scheduled(engine, exclude_batch=result.batch_id)
+        return result.chunk_refs() + due_scheduled(engine, exclude_batch=result.batch_id)
 
-    @task(pool="smtp_sessions", map_index_template="chunk {{ chunk }}")
-    def send(batch_id: str, chunk: int) -> dict:
+    # Names each mapped task instance in the UI: the unmapped task (``task`` in the template
+    # context) holds this instance's own arguments in op_kwargs.
+    @task(pool="smtp_sessions", map_index_template="chunk {{ task.op_kwargs['chunk'] }}")
+    def send(batch_id: str, chunk: int) -> SentXCom:
         from include.triggerflow.hooks.smtp import TriggerMailHook
         from include.triggerflow.render import Renderer
         from include.triggerflow.runtime import routing, send_options, store_engine
         from include.triggerflow.stages.send import send_chunk
 
         context = get_current_context()
-        context["chunk"] = chunk  # names the mapped task instance in the UI
         return send_chunk(
             store_engine(), batch_id, chunk, routing(), Renderer(), TriggerMailHook, send_options(context)
         ).as_xcom()
 
     # A report that does not balance will not balance on a retry either.
     @task(retries=0)
-    def report(landed: dict, validated: dict, sent: list) -> dict:
+    def report(landed: LandedXCom, validated: ValidatedXCom, sent: list[SentXCom]) -> ReportXCom:
         from include.triggerflow.runtime import sla_alert, store_engine
         from include.triggerflow.stages.report import report_batch
 
@@ -226,17 +232,19 @@ def trigger_emails():
             validated["batch_id"],
             dag_id=dag_run.dag_id,
             run_id=dag_run.run_id,
-            send_results=list(sent),
+            send_results=[dict(result) for result in sent],
             note=validated.get("note"),
-            source_capped=int(landed.get("newly_landed") or 0) >= int(params["max_events"]),
+            source_capped=int(landed["newly_landed"] or 0) >= int(params["max_events"]),
             sla_alert_after_s=float(params["sla_alert_minutes"]) * 60,
             on_sla_breach=sla_alert(engine, dag_run.dag_id, dag_run.run_id, validated["batch_id"]),
         ).as_xcom()
 
-    landed = pull_and_land()
-    validated = validate(landed)
+    # Calling a task gives an XComArg, resolved to the upstream task's return value at run time:
+    # the casts say which value that is.
+    landed = cast(LandedXCom, pull_and_land())
+    validated = cast(ValidatedXCom, validate(landed))
     sent = send.expand_kwargs(reconcile(validated))
-    report(landed, validated, sent)
+    report(landed, validated, cast(list[SentXCom], sent))
 
 
 trigger_emails()

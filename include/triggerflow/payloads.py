@@ -59,3 +59,21 @@ class ReportXCom(TypedDict, total=False):
 
     batch_id: str
     balanced: bool
+
+
+class ReprocessedXCom(TypedDict):
+    """One batch's outcome (``trigger_reprocess``'s reprocess task → summary)."""
+
+    batch_id: str
+    quarantined_before: int
+    quarantined_after: int
+    unmatched_before: int
+    unmatched_after: int
+    sent_now: int
+    skipped_already_sent: int
+
+
+class BatchGroup(TypedDict):
+    """``trigger_reprocess``: one mapped reprocess task's input, the batches it runs in order."""
+
+    batch_ids: list[str]

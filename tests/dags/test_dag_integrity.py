@@ -75,6 +75,14 @@ def test_tasks_and_wiring(dag) -> None:
     assert dag.get_task("pull_and_land").retries >= 2
 
 
+def test_send_tasks_are_named_by_their_chunk(dag) -> None:
+    """Airflow renders map_index_template with the unmapped task (holding this instance's
+    op_kwargs) as ``task``: the chunk comes from the task's own argument."""
+    send = dag.get_task("send")
+    unmapped = send.unmap({"op_kwargs": {"batch_id": "b1", "chunk": 3}})
+    assert dag.get_template_env().from_string(send.map_index_template).render({"task": unmapped}) == "chunk 3"
+
+
 def test_importing_the_dag_file_stays_light() -> None:
     """The DAG processor re-parses the file every 30 s: heavy libraries load only inside tasks."""
     code = (
