@@ -61,6 +61,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import requests
 from airflow.sdk import BaseHook
 
 from include.triggerflow.adobe.extras import ExtrasError, TriggersExtras
@@ -97,6 +98,12 @@ class TriggerSourceHook(BaseHook):
         self._token_store: Engine | None = None
         #: what landing caps each message at (land_batch(max_message_bytes=...)); set by get_source
         self.max_message_bytes: int = 0
+        # One HTTP session per hook, handed to the source it builds (connection reuse across pages
+        # and reconnects). Not the http provider's HttpHook: the journal and the Pipeline stream
+        # are read with stream=True under a byte cap and a deadline per answer (sources/bounded.py),
+        # which HttpHook.run does not offer, and HttpHook would send this connection's extras as
+        # headers; the retry rule is adobe/http.py's.
+        self.session = requests.Session()
 
     def get_conn(self) -> TriggerSource:
         return self.get_source()
@@ -146,6 +153,7 @@ class TriggerSourceHook(BaseHook):
             timeout=extras.timeout_s or DEFAULT_TIMEOUT_S,
             request_deadline_s=extras.request_deadline_s or DEFAULT_REQUEST_DEADLINE_S,
             max_page_bytes=extras.max_page_bytes,
+            session=self.session,
         )
 
     # -- pipeline ----------------------------------------------------------------------------------
@@ -200,4 +208,5 @@ class TriggerSourceHook(BaseHook):
             max_line_bytes=extras.max_line_bytes,
             keepalive_wait_s=extras.keepalive_wait_s or p.DEFAULT_KEEPALIVE_WAIT_S,
             caught_up_pings=extras.caught_up_pings,
+            session=self.session,
         )

@@ -6,13 +6,10 @@ and the extras are pinned in-process by tests/unit/hooks/test_ims_jwt.py.)
 from __future__ import annotations
 
 import json
-import threading
 import time
 import types
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -62,47 +59,6 @@ def other_keys() -> KeyPair:
 
 
 # -- a recording IMS double (pure tests only) -----------------------------------------------------------------
-class RecordingIms:
-    """Answers every POST with ``reply`` and records (path, form). Real HTTP, no checks."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[str, str]]] = []
-        self.reply: tuple[int, dict[str, Any]] = (200, {"token_type": "bearer", "access_token": "x" * 40, "expires_in": 86_399_973})
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                outer.calls.append((self.path, {k: v[-1] for k, v in parse_qs(body).items()}))
-                status, payload = outer.reply
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def recorder() -> Iterator[RecordingIms]:
-    clear_token_cache()
-    ims = RecordingIms()
-    yield ims
-    ims.close()
-    clear_token_cache()
-
-
 def set_conn(monkeypatch: pytest.MonkeyPatch, *, host: str, login: str = "cid-123", password: str = "client-secret-xyz",
              extra: dict[str, Any] | None = None, conn_id: str = "adobe_ims") -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
@@ -116,11 +72,6 @@ def jwt_extra(keys: KeyPair, **overrides: Any) -> dict[str, Any]:
     }
     extra.update(overrides)
     return {k: v for k, v in extra.items() if v is not None}
-
-
-def sent_jwt(recorder: RecordingIms) -> str:
-    assert len(recorder.calls) == 1
-    return recorder.calls[0][1]["jwt_token"]
 
 
 # -- pure: claims ----------------------------------------------------------------------------------------------

@@ -188,17 +188,3 @@ def test_unreachable_journal_is_a_source_error_after_the_tries(emu, adobe_conns)
 
 
 # -- hostile pages (issue 10): the page decoder alone, on bytes no server of ours would send -------------
-def offline_source() -> JournalSource:
-    return JournalSource(
-        journal_url="https://events.example/events/organizations/o/integrations/i/r", api_key="k",
-        org_id="o", token_provider=lambda refresh: "t",
-    )
-
-
-def page_bytes(items: list[bytes], last: str | None) -> bytes:
-    tail = b"" if last is None else b',"_page":{"last":' + json.dumps(last).encode() + b',"count":1}'
-    return b'{"events":[' + b",".join(items) + b"]" + tail + b"}"
-
-
-def item(position: bytes, event: bytes) -> bytes:
-    return b'{"position":' + position + b',"event":{"event_id":"e","event":' + event + b"}}"

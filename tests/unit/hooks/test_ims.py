@@ -13,10 +13,6 @@ from include.triggerflow.adobe.ims_token import EXPIRY_MARGIN_S
 from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, ImsToken
 
 
-def token_requests(emu) -> int:
-    return emu.client.stats()["token_requests"]
-
-
 def test_missing_password_and_host_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps(
         {"conn_type": "http", "host": "http://127.0.0.1:9", "login": "cid", "extra": {"org_id": "O@AdobeOrg"}}

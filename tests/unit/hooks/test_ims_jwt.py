@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -411,67 +410,3 @@ def test_unreachable_ims_names_the_exchange_url_and_the_error(keys, monkeypatch)
 
 
 # -- against the emulator ---------------------------------------------------------------------------------------
-def _emulator_has_jwt_exchange() -> bool:
-    import inspect
-
-    from devstack import adobe_emulator, processes
-
-    return "/ims/exchange/jwt" in Path(adobe_emulator.__file__).read_text() and (
-        "jwt_public_key_path" in inspect.signature(processes.start_emulator).parameters
-    )
-
-
-needs_jwt_emulator = pytest.mark.skipif(
-    not _emulator_has_jwt_exchange(),
-    reason="devstack/adobe_emulator.py has no POST /ims/exchange/jwt endpoint (start_emulator(jwt_public_key_path=...)) yet",
-)
-
-
-@pytest.fixture(scope="module")
-def jwt_emulator(tmp_path_factory, keys):
-    from devstack.processes import start_emulator
-
-    base = tmp_path_factory.mktemp("jwt-emulator")
-    public_key = base / "integration-public.pem"
-    public_key.write_text(keys.public_pem)
-    with start_emulator(
-        jwt_public_key_path=public_key, technical_account_id=TECH_ACCT, metascope="ent_analytics_bulk_ingest_sdk",
-        log_path=base / "emulator.log",
-    ) as emu:
-        yield emu
-
-
-@pytest.fixture
-def jemu(jwt_emulator, keys, monkeypatch):
-    """The JWT-enabled emulator, reset, with connection adobe_ims in JWT mode pointing at it."""
-    jwt_emulator.client.reset()
-    clear_token_cache()
-    configure_jwt(monkeypatch, jwt_emulator, keys)
-    yield jwt_emulator
-    clear_token_cache()
-
-
-def configure_jwt(monkeypatch, emu, keys: KeyPair, *, host: str | None = None, password: str | None = None,
-                  **overrides: Any) -> None:
-    extra = jwt_extra(keys, org_id=emu.client.org_id)
-    extra.update(overrides)
-    set_conn(
-        monkeypatch, host=host or emu.base_url, login=emu.client.client_id,
-        password=emu.client.client_secret if password is None else password,
-        extra={k: v for k, v in extra.items() if v is not None},
-    )
-
-
-def stats(emu) -> dict[str, int]:
-    return emu.client.stats()
-
-
-def _refusal(monkeypatch, jemu, keys, **conf: Any) -> str:
-    configure_jwt(monkeypatch, jemu, keys, **conf)
-    with pytest.raises(ImsAuthError) as info:
-        AdobeImsHook().get_token()
-    message = str(info.value)
-    assert "'adobe_ims'" in message
-    for secret in (jemu.client.client_secret, "wrong-client-secret", keys.body_line):
-        assert secret not in message
-    return message

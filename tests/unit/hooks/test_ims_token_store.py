@@ -6,10 +6,8 @@ against the emulator process and the store is in tests/integration/hooks/test_im
 from __future__ import annotations
 
 import base64
-import json
 
 import pytest
-from sqlalchemy import select
 
 from include.triggerflow.adobe.ims_token import (
     EXPIRY_MARGIN_S,
@@ -20,25 +18,9 @@ from include.triggerflow.adobe.ims_token import (
     expiry_margin,
     token_cache_key,
 )
-from include.triggerflow.hooks.ims import AdobeImsHook, ImsToken, clear_token_cache
-from include.triggerflow.store.schema import ims_token
+from include.triggerflow.hooks.ims import ImsToken
 
 SECRET = "p8e-0123456789abcdefABCDEF-secret"
-
-
-def token_requests(emu) -> int:
-    return emu.client.stats()["token_requests"]
-
-
-def stored_rows(engine) -> list[dict]:
-    with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(ims_token))]
-
-
-def new_process_hook(engine, conn_id: str = "adobe_ims") -> AdobeImsHook:
-    """A hook as a fresh task process would build it: nothing in the process cache."""
-    clear_token_cache()
-    return AdobeImsHook(conn_id, token_store=engine)
 
 
 # -- pure: the row key, the key derivation, the ciphertext -------------------------------------------------
@@ -126,29 +108,4 @@ def test_day_long_token_is_renewed_5_minutes_before_expiry() -> None:
 
 
 # -- with the emulator ------------------------------------------------------------------------------------
-def logged(capsys, caplog) -> str:
-    """Everything logged so far: Airflow's hook loggers write to stdout/stderr, libraries to logging."""
-    out, err = capsys.readouterr()
-    return "\n".join([out, err, caplog.text])
-
-
 # -- short-lived tokens (a second emulator whose tokens last 20 s) ------------------------------------------
-@pytest.fixture(scope="module")
-def short_emulator(tmp_path_factory):
-    from devstack.processes import start_emulator
-
-    with start_emulator(token_ttl=20, log_path=tmp_path_factory.mktemp("short") / "emulator.log") as emu:
-        yield emu
-
-
-@pytest.fixture
-def short_emu(short_emulator, monkeypatch):
-    short_emulator.client.reset()
-    clear_token_cache()
-    monkeypatch.setenv("AIRFLOW_CONN_ADOBE_IMS", json.dumps({
-        "conn_type": "http", "host": short_emulator.base_url, "login": short_emulator.client.client_id,
-        "password": short_emulator.client.client_secret,
-        "extra": {"org_id": short_emulator.client.org_id, "scopes": "openid,AdobeID"},
-    }))
-    yield short_emulator
-    clear_token_cache()

@@ -1,6 +1,6 @@
 """Tests for include.triggerflow.sources.journal's page parsing, in-process (no server). Reads
-against the emulator process are in tests/integration/sources/test_journal.py; the retry rules
-against an in-thread server in tests/unit/adobe/."""
+against the emulator process are in tests/integration/sources/test_journal.py; its retry rules in
+tests/unit/adobe/test_http.py and, through real HTTP, tests/unit/sources/test_readers_inthread.py."""
 
 from __future__ import annotations
 
@@ -8,35 +8,11 @@ import json
 
 import pytest
 
-from include.triggerflow.hooks.triggers import TriggerSourceHook
-from include.triggerflow.sources.base import Page, SourceError
-from include.triggerflow.sources.journal import JOURNAL_PARTITION, JournalSource
-
-
-def source(**overrides) -> JournalSource:
-    """The source as the DAG builds it: from connections adobe_triggers and adobe_ims."""
-    src = TriggerSourceHook().get_source()
-    for name, value in overrides.items():
-        setattr(src, name, value)
-    return src
-
-
-def read_all(src: JournalSource, positions: dict[int, str] | None = None, max_messages: int = 10_000) -> list[Page]:
-    return list(src.read(positions or {}, max_messages))
-
-
-def journal_requests(emu) -> int:
-    return emu.client.stats()["journal_requests"]
+from include.triggerflow.sources.base import SourceError
+from include.triggerflow.sources.journal_page import JOURNAL_PARTITION, parse_page
 
 
 # -- hostile pages (issue 10): the page decoder alone, on bytes no server of ours would send -------------
-def offline_source() -> JournalSource:
-    return JournalSource(
-        journal_url="https://events.example/events/organizations/o/integrations/i/r", api_key="k",
-        org_id="o", token_provider=lambda refresh: "t",
-    )
-
-
 def page_bytes(items: list[bytes], last: str | None) -> bytes:
     tail = b"" if last is None else b',"_page":{"last":' + json.dumps(last).encode() + b',"count":1}'
     return b'{"events":[' + b",".join(items) + b"]" + tail + b"}"
@@ -53,7 +29,7 @@ def test_items_without_a_usable_position_are_counted_and_the_page_advances() -> 
          b'{"event":{"event":{}}}'],
         last="v2:9",
     )
-    page = offline_source()._page(content)
+    page = parse_page(content)
     assert page is not None
     assert [m.position for m in page.messages] == ["v2:1", "v2:3"]
     assert page.dropped == {"journal item without a position": 3, "journal position repeated in one page": 1}
@@ -64,7 +40,7 @@ def test_page_nested_deeper_than_the_decoder_is_split_without_recursion() -> Non
     deep = b'{"envelopeType":"DATA","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     bad_utf8 = b'{"envelopeType":"DATA","x":"\xff"}'
     content = page_bytes([item(b'"v2:1"', deep), item(b'"v2:2"', bad_utf8), item(b'"v2:3"', b'"a \\u00e9 string"')], last="v2:3")
-    page = offline_source()._page(content)
+    page = parse_page(content)
     assert page is not None
     assert [(m.position, m.payload) for m in page.messages] == [
         ("v2:1", deep.decode()), ("v2:2", bad_utf8), ("v2:3", "a \u00e9 string"),
@@ -77,7 +53,7 @@ def test_lone_surrogate_escapes_neither_stall_the_page_nor_reach_text() -> None:
     as_string = b'"x \\ud800 y"'
     in_envelope = b'{"envelopeType":"DATA","eVar01":"\\ud800"}'
     content = page_bytes([item(b'"v2:1"', as_string), item(b'"v2:2"', in_envelope)], last="v2:2")
-    page = offline_source()._page(content)
+    page = parse_page(content)
     assert page is not None
     # kept as the JSON text received (no text with a lone surrogate is ever made)
     assert [(m.position, m.payload) for m in page.messages] == [
@@ -88,4 +64,4 @@ def test_lone_surrogate_escapes_neither_stall_the_page_nor_reach_text() -> None:
 def test_page_without_any_position_is_a_source_error_not_a_silent_stall() -> None:
     content = page_bytes([item(b"null", b"{}")], last=None)
     with pytest.raises(SourceError, match="no usable position"):
-        offline_source()._page(content)
+        parse_page(content)
