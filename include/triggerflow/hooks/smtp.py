@@ -110,7 +110,7 @@ class TriggerMailHook(SmtpHook):
             # given on the command line only: a plain session, as to a local relay or a sink
             return Connection(
                 conn_id=self.smtp_conn_id, conn_type="smtp", host=self._host_override, port=self._port_override,
-                extra=json.dumps({"disable_ssl": True, "disable_tls": True}),
+                extra=json.dumps({"disable_ssl": True, "disable_tls": True, "retry_limit": 0}),
             )
         if not (self._host_override or conn.host):
             sender = self._from_override or conn.extra_dejson.get("from_email")

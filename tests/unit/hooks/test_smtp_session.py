@@ -45,8 +45,8 @@ def test_keyword_overrides_win_over_the_connection(monkeypatch: pytest.MonkeyPat
 def test_without_a_connection_the_overrides_make_a_plain_session(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
     mail = TriggerMailHook("no_such_conn", host="127.0.0.1", port=2525, from_email="qa@shop.test")
-    assert (mail.host, mail.port, mail.sender, mail.use_ssl, mail.smtp_starttls, mail.smtp_user) == (
-        "127.0.0.1", 2525, "qa@shop.test", False, False, "")
+    assert (mail.host, mail.port, mail.sender, mail.use_ssl, mail.smtp_starttls, mail.smtp_user, mail.smtp_retry_limit) == (
+        "127.0.0.1", 2525, "qa@shop.test", False, False, "", 0)
 
 
 @pytest.mark.parametrize(
