@@ -381,6 +381,18 @@ ROUTE_T = TriggerRoute(
 )
 
 
+@pytest.mark.parametrize(
+    ("trigger_id", "shown"),
+    [("any-\u202eid\u0085", "any- id\ufffd"), (42, "42"), (True, ""), ({"a": 1}, "{'a': 1}"), (None, "")],
+)
+def test_a_catch_all_route_shows_the_trigger_id_as_the_event_gave_it(trigger_id: Any, shown: str) -> None:
+    # the typed field holds text or None; the context shows the value as sent, cleaned as display text
+    event = event_of(trigger_id=trigger_id)
+    context = build_context(profile={}, event=event, route=ROUTE_T)
+    assert context["event"]["trigger_id"] == shown
+    assert event.trigger_id is None or type(event.trigger_id) is str
+
+
 def test_error_in_parent_template_names_the_parent(tmp_path: Path) -> None:
     (tmp_path / "base.html").write_text("<p>top</p>\n<p>{{ brand }}</p>\n{% block content %}{% endblock %}")
     write_templates(tmp_path, '{% extends "base.html" %}{% block content %}x{% endblock %}')
