@@ -1,31 +1,35 @@
 """Reconcile and send with the catalogue (issue 11): one set-based catalogue look-up per batch and per
 chunk, ``no-products`` for an event whose SKUs are all unknown (counted in the report's balance),
 what was left out in the ``matched`` detail, and emails at the real SMTP sink that hold the
-catalogue's products and no foreign host. The stores hold the demo catalogue
+catalogue's products and no foreign host (here over a fake MailSession; at the real SMTP sink in
+tests/integration/stages/test_content_stages_smtp.py). The stores hold the demo catalogue
 (tests/unit/stages/conftest.py)."""
 
 from __future__ import annotations
 
+import email
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
+from email import policy
+from email.message import EmailMessage
 
 from sqlalchemy import Engine
 
-from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.render import Renderer
+from include.triggerflow.smtp_replies import SmtpOutcome, accepted
 from include.triggerflow.stages import reconcile as reconcile_module
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import compute_report
 from include.triggerflow.store.schema import send
-from tests.support import captured_sql
 from tests.fixtures import (
     decisions_by_event,
     envelope_json,
     ledger_rows,
     send_chunk,
 )
+from tests.support import captured_sql
 
 EVIL_PAGES = ["https://shop.example.com/p/TRL-RUN-42", "https://evil.example/login",
               "https://shop.example.com@evil.example/cart", "https://shop.example.com.evil.example/cart"]
@@ -144,18 +148,41 @@ def test_an_event_whose_content_raises_is_decided_alone(kit, routing, monkeypatc
     assert compute_report(kit.engine, "b1").balanced
 
 
-def test_send_looks_the_catalogue_up_once_per_chunk_and_emails_only_its_products(kit, routing, smtp) -> None:
+class RecordingSession:
+    """A fake of the MailSession protocol send_chunk uses: accepts every message and keeps it."""
+
+    sender = "triggers@shop.example.com"
+    from_name = None
+    message_id_domain = "mail.example.test"
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
+        self.sent.append(message)
+        return accepted()
+
+    @contextmanager
+    def opener(self) -> Iterator[RecordingSession]:
+        yield self
+
+    def messages(self) -> list[EmailMessage]:
+        return [email.message_from_bytes(m, policy=policy.default) for m in self.sent]  # type: ignore[misc]
+
+
+def test_send_looks_the_catalogue_up_once_per_chunk_and_emails_only_its_products(kit, routing) -> None:
     arrange(kit)
+    session = RecordingSession()
     reconcile_batch(kit.engine, "b1", routing)
 
     with catalog_queries(kit.engine) as queries:
-        result = send_chunk(kit.engine, "b1", 0, routing, Renderer(), TriggerMailHook)
+        result = send_chunk(kit.engine, "b1", 0, routing, Renderer(), session.opener)
 
     assert len(queries) == 1
     assert result.counts["sent"] == 3
     states = {r["recipient"]: r["state"] for r in kit.rows(send)}
     assert set(states.values()) == {"sent"}
-    by_to = {m["To"]: m for m in smtp.messages()}
+    by_to = {m["To"]: m for m in session.messages()}
     forged = by_to["c1@example.com"]
     text = forged.get_body(preferencelist=("plain",)).get_content()
     html = forged.get_body(preferencelist=("html",)).get_content()

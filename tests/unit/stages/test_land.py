@@ -1,7 +1,9 @@
-"""Tests for include.triggerflow.stages.land: pull from the real emulator journal into the store.
+"""Tests for include.triggerflow.stages.land: pull from a source into the store, in-process.
 
-The source is the production JournalSource built by the adobe_triggers hook; a fake source is used
-only to interleave a competing puller between two pages (PositionConflict)."""
+The sources are fakes through the TriggerSource protocol: an in-memory journal that serves what
+follows the stored position (as the Adobe journal does), and scripted pages to interleave a
+competing puller between two pages (PositionConflict). The same behaviours against the real
+emulator journal: tests/integration/stages/test_land_emulator.py."""
 
 from __future__ import annotations
 
@@ -14,12 +16,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import requests
 from sqlalchemy import update
 
-from devstack.messages import trigger_message
+from devstack.messages import envelope, trigger_message
 from include.triggerflow.events import PIPELINE_MESSAGE, TRIGGER_BODY
-from include.triggerflow.hooks.triggers import TriggerSourceHook
 from include.triggerflow.runtime import batch_ref
 from include.triggerflow.sources.base import Page, RawMessage
 from include.triggerflow.stages.land import (
@@ -47,10 +47,6 @@ def ref(minute: int = 0, run_id: str | None = None) -> BatchRef:
 
 def events_of(kit, batch_id: str) -> list[dict]:
     return kit.rows(event, event.c.batch_id == batch_id, order_by=event.c.event_id)
-
-
-def journal_requests(emu) -> int:
-    return emu.client.stats()["journal_requests"]
 
 
 # -- BatchRef ----------------------------------------------------------------------------------------
@@ -91,26 +87,57 @@ def test_land_result_as_xcom() -> None:
     }
 
 
-# -- against the emulator ----------------------------------------------------------------------------
-def test_first_pull_lands_everything_and_advances_the_position(emu, adobe_conns, publisher: Callable, kit) -> None:
-    published = publisher(3, shopper_id="SHOP-ADA")
-    journal = requests.get(emu.client.journal_url, headers=emu.client.journal_headers(), timeout=10).json()
-    source = TriggerSourceHook().get_source()
+# -- an in-memory journal (the TriggerSource protocol) ---------------------------------------------
+class MemoryJournal:
+    """Messages in publication order on partition 0, served after the stored position, at most
+    ``page_limit`` per page and ``max_messages`` per read (as the Adobe journal serves them)."""
 
-    result = land_batch(kit.engine, source, ref(0))
+    source_key = "test:journal"
+    endpoint = "memory://journal"
+
+    def __init__(self, page_limit: int = 100) -> None:
+        self.page_limit = page_limit
+        self.messages: list[RawMessage] = []
+        self.reads = 0
+        self.served = 0
+
+    def publish(self, *payloads: str | bytes) -> list[str]:
+        """Append messages; their positions, in order."""
+        start = len(self.messages)
+        added = [RawMessage(0, f"{start + i + 1:06d}", payload) for i, payload in enumerate(payloads)]
+        self.messages.extend(added)
+        return [m.position for m in added]
+
+    def publish_triggers(self, count: int, **kwargs: Any) -> list[str]:
+        return self.publish(*(envelope_json(offset=len(self.messages) + i, **kwargs) for i in range(count)))
+
+    def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
+        self.reads += 1
+        after = positions.get(0)
+        start = 0 if after is None else next(i for i, m in enumerate(self.messages) if m.position == after) + 1
+        wanted = self.messages[start:start + max(max_messages, 0)]
+        for i in range(0, len(wanted), self.page_limit):
+            chunk = wanted[i:i + self.page_limit]
+            self.served += len(chunk)
+            size = sum(len(m.payload if isinstance(m.payload, bytes) else m.payload.encode()) for m in chunk)
+            yield Page(messages=chunk, next_positions={0: chunk[-1].position}, bytes_read=size)
+
+
+def test_first_pull_lands_everything_and_advances_the_position(kit) -> None:
+    journal = MemoryJournal()
+    published = journal.publish_triggers(3, shopper_id="SHOP-ADA")
+
+    result = land_batch(kit.engine, journal, ref(0))
 
     assert (result.batch_id, result.pulled, result.newly_landed, result.reused) == (ref(0).batch_id, 3, 3, False)
     assert result.bytes_read > 0
-    assert stored_positions(kit.engine, source.source_key) == {0: journal["_page"]["last"]}
-    assert journal["_page"]["last"] == published[-1]
+    assert stored_positions(kit.engine, journal.source_key) == {0: published[-1]}
     rows = events_of(kit, result.batch_id)
     assert [r["src_position"] for r in rows] == published
     assert {r["status"] for r in rows} == {"landed"}
-    assert {r["source"] for r in rows} == {source.source_key}
-    envelopes = [e["event"]["event"] for e in journal["events"]]
-    assert [r["message_id"] for r in rows] == [
-        env["com.adobe.mcloud.pipeline.pipelineMessage"]["header"]["messageId"] for env in envelopes
-    ]
+    assert {r["source"] for r in rows} == {journal.source_key}
+    envelopes = [json.loads(m.payload) for m in journal.messages]
+    assert [r["message_id"] for r in rows] == [env[PIPELINE_MESSAGE]["header"]["messageId"] for env in envelopes]
     assert [json.loads(r["payload"]) for r in rows] == envelopes
     assert all(r["trigger_id"] == "5c2c6a3e-2b8f-4d6e-9a51-7f0d3c9b1a01" and r["trigger_ts"] > 0 for r in rows)
     [batch_row] = kit.rows(batch, batch.c.batch_id == result.batch_id)
@@ -118,55 +145,55 @@ def test_first_pull_lands_everything_and_advances_the_position(emu, adobe_conns,
     assert batch_row["landed_at"] is not None
 
 
-def test_second_land_of_the_same_batch_reuses_it_without_calling_the_journal(emu, adobe_conns, publisher: Callable, kit) -> None:
-    publisher(2)
-    first = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
-    publisher(2)  # newer events must not sneak into the frozen batch
-    requests_before = journal_requests(emu)
+def test_second_land_of_the_same_batch_reuses_it_without_reading_the_source(kit) -> None:
+    journal = MemoryJournal()
+    journal.publish_triggers(2)
+    first = land_batch(kit.engine, journal, ref(0))
+    journal.publish_triggers(2)  # newer events must not sneak into the frozen batch
+    reads_before = journal.reads
 
-    again = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
+    again = land_batch(kit.engine, journal, ref(0))
 
     assert (again.batch_id, again.pulled, again.newly_landed, again.reused) == (first.batch_id, 2, 0, True)
-    assert journal_requests(emu) == requests_before
+    assert journal.reads == reads_before
     assert len(events_of(kit, first.batch_id)) == 2
 
 
-def test_a_new_batch_pulls_only_what_is_new(emu, adobe_conns, publisher: Callable, kit) -> None:
-    old = publisher(2)
-    land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
-    new = publisher(3)
+def test_a_new_batch_pulls_only_what_is_new(kit) -> None:
+    journal = MemoryJournal()
+    old = journal.publish_triggers(2)
+    land_batch(kit.engine, journal, ref(0))
+    new = journal.publish_triggers(3)
 
-    result = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(1))
+    result = land_batch(kit.engine, journal, ref(1))
 
     assert (result.pulled, result.newly_landed, result.reused) == (3, 3, False)
     assert [r["src_position"] for r in events_of(kit, result.batch_id)] == new
     assert [r["src_position"] for r in events_of(kit, ref(0).batch_id)] == old
     # and a batch with nothing new is landed empty
-    empty = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(2))
+    empty = land_batch(kit.engine, journal, ref(2))
     assert (empty.pulled, empty.newly_landed) == (0, 0)
     assert kit.rows(batch, batch.c.batch_id == empty.batch_id)[0]["state"] == "landed"
 
 
-def test_max_messages_bounds_a_batch_and_the_next_continues_without_gap_or_repeat(
-    emu, adobe_conns, publisher: Callable, kit
-) -> None:
-    adobe_conns(page_limit=2)
-    published = publisher(7)
+def test_max_messages_bounds_a_batch_and_the_next_continues_without_gap_or_repeat(kit) -> None:
+    journal = MemoryJournal(page_limit=2)
+    published = journal.publish_triggers(7)
     landed: list[list[str]] = []
     for minute in range(4):
-        result = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(minute), max_messages=3)
+        result = land_batch(kit.engine, journal, ref(minute), max_messages=3)
         landed.append([r["src_position"] for r in events_of(kit, result.batch_id)])
     assert [len(b) for b in landed] == [3, 3, 1, 0]
     flat = [p for b in landed for p in b]
     assert flat == published  # in order: no gap, no repeat
     assert len(set(flat)) == len(flat)
-    assert emu.client.stats()["events_served"] == 7  # nothing was read twice from the journal
+    assert journal.served == 7  # nothing was read twice from the source
 
 
 class CrashAfterFirstPage:
-    """The real source, but the task 'dies' after landing its first page."""
+    """A source whose task 'dies' after landing its first page."""
 
-    def __init__(self, real) -> None:
+    def __init__(self, real: Any) -> None:
         self.real = real
         self.source_key = real.source_key
         self.endpoint = real.endpoint
@@ -177,15 +204,17 @@ class CrashAfterFirstPage:
         raise RuntimeError("task killed")
 
 
-def test_a_batch_left_pulling_is_resumed_by_the_retry(emu, adobe_conns, publisher: Callable, kit) -> None:
-    adobe_conns(page_limit=2)
-    published = publisher(6)
+def test_a_batch_left_pulling_is_resumed_by_the_retry(kit) -> None:
+    journal = MemoryJournal(page_limit=2)
+    published = journal.publish_triggers(6)
     with pytest.raises(RuntimeError, match="task killed"):
-        land_batch(kit.engine, CrashAfterFirstPage(TriggerSourceHook().get_source()), ref(0), max_messages=5)
+        land_batch(kit.engine, CrashAfterFirstPage(journal), ref(0), max_messages=5)
     assert kit.rows(batch, batch.c.batch_id == ref(0).batch_id)[0]["state"] == "pulling"
     assert [r["src_position"] for r in events_of(kit, ref(0).batch_id)] == published[:2]
+    [health] = kit.rows(source_health, source_health.c.source == journal.source_key)
+    assert health["last_error"] == "RuntimeError: task killed"
 
-    retry = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0), max_messages=5)
+    retry = land_batch(kit.engine, journal, ref(0), max_messages=5)
 
     # resumes from the stored position, and the bound counts what the first try landed
     assert (retry.pulled, retry.newly_landed, retry.reused) == (5, 3, False)
@@ -193,23 +222,42 @@ def test_a_batch_left_pulling_is_resumed_by_the_retry(emu, adobe_conns, publishe
     assert kit.rows(batch, batch.c.batch_id == ref(0).batch_id)[0]["state"] == "landed"
 
 
-def test_malformed_events_are_landed_not_refused(emu, adobe_conns, kit) -> None:
+def test_malformed_events_are_landed_not_refused(kit) -> None:
     """Landing never judges content: junk is stored for validate to quarantine, and never crashes
     the pull (a crash here would block the source at this position forever)."""
-    odd_ts = trigger_message(trigger_id="t", shopper_id="S")
-    odd_ts["message"]["triggerTimestamp"] = "--5"
-    super_ts = trigger_message(trigger_id="t", shopper_id="S")
-    super_ts["message"]["triggerTimestamp"] = "²"
-    emu.client.publish([odd_ts, super_ts])
-    emu.client.inject_raw(["not json at all", {"envelopeType": "DATA"}, [1, 2]])
+    journal = MemoryJournal()
+    for literal in ("--5", "²"):
+        message = trigger_message(trigger_id="t", shopper_id="S")
+        message["message"]["triggerTimestamp"] = literal
+        journal.publish(json.dumps(envelope(message, partition=0, offset=len(journal.messages))))
+    journal.publish("not json at all", json.dumps({"envelopeType": "DATA"}), json.dumps([1, 2]))
 
-    result = land_batch(kit.engine, TriggerSourceHook().get_source(), ref(0))
+    result = land_batch(kit.engine, journal, ref(0))
 
     rows = events_of(kit, result.batch_id)
     assert result.newly_landed == 5
     assert [r["trigger_ts"] for r in rows] == [None] * 5
     assert rows[2]["payload"] == "not json at all"
     assert [r["message_id"] is None for r in rows] == [False, False, True, True, True]
+
+
+def test_a_replay_without_a_landed_batch_pulls_nothing_and_says_so(kit) -> None:
+    journal = MemoryJournal()
+    journal.publish_triggers(1, shopper_id="SHOP-ADA")
+    replay = BatchRef(dag_id="d", run_id="backfill__x", run_type="backfill",
+                      interval_start=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
+                      interval_end=datetime(2026, 1, 1, 10, 1, tzinfo=UTC))
+    result = land_batch(kit.engine, journal, replay, allow_pull=False)
+    assert (result.exists, result.pulled, result.reused) == (False, 0, False)
+    assert "no batch was landed" in (result.note or "")
+    assert journal.reads == 0  # the source was not read
+    assert kit.rows(batch) == []  # and no empty batch was invented
+
+
+def test_a_new_batch_needs_a_source(kit) -> None:
+    with pytest.raises(ValueError, match="needs a source"):
+        land_batch(kit.engine, None, ref(0))
+    assert kit.rows(batch) == []
 
 
 # -- competing pullers (fake source) -----------------------------------------------------------------
@@ -296,19 +344,6 @@ def test_max_messages_passed_to_the_source_accounts_for_already_landed(kit) -> N
     result = land_batch(kit.engine, source, ref(0), max_messages=10)
     assert source.asked == [({}, 9)]
     assert (result.pulled, result.newly_landed, result.reused) == (1, 0, False)
-
-
-def test_a_replay_without_a_landed_batch_pulls_nothing_and_says_so(emu, adobe_conns, publisher: Callable, kit) -> None:
-    publisher(1, shopper_id="SHOP-ADA")
-    before = emu.client.stats()["journal_requests"]
-    replay = BatchRef(dag_id="d", run_id="backfill__x", run_type="backfill",
-                      interval_start=datetime(2026, 1, 1, 10, 0, tzinfo=UTC),
-                      interval_end=datetime(2026, 1, 1, 10, 1, tzinfo=UTC))
-    result = land_batch(kit.engine, TriggerSourceHook().get_source(), replay, allow_pull=False)
-    assert (result.exists, result.pulled, result.reused) == (False, 0, False)
-    assert "no batch was landed" in (result.note or "")
-    assert emu.client.stats()["journal_requests"] == before  # the source was not read
-    assert kit.rows(batch) == []  # and no empty batch was invented
 
 
 # -- hostile content: landing never fails on it, and the position always advances --------------------

@@ -19,6 +19,7 @@ Hypothesis profile in the default suite; ``HYPOTHESIS_PROFILE=long`` runs 2,000 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import tempfile
@@ -85,7 +86,7 @@ def pages(draw: st.DrawFn) -> tuple[list[list[str | bytes]], set[int]]:
     good = {index + offset for offset, index in enumerate(good_at)}
     cuts = sorted(draw(st.lists(st.integers(0, len(flat)), max_size=2)))
     bounds = [0, *cuts, len(flat)]
-    return [flat[a:b] for a, b in zip(bounds, bounds[1:])], good
+    return [flat[a:b] for a, b in itertools.pairwise(bounds)], good
 
 
 @given(pages(), st.sampled_from([600, 4096, 1024 * 1024]))
