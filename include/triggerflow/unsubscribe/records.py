@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from include.triggerflow.timeutil import utcnow
@@ -20,9 +21,17 @@ from include.triggerflow.unsubscribe.tokens import UnsubscribeClaim, aware_utc, 
 
 log = logging.getLogger("include.triggerflow.unsubscribe")  # the name operators filter on, as before the split
 
-METHOD_ONE_CLICK = "one-click"
-METHOD_PAGE = "page"
-METHODS = (METHOD_ONE_CLICK, METHOD_PAGE)
+class UnsubscribeMethod(StrEnum):
+    """``tf_unsubscribe.method``: how the recipient asked (a mail client's RFC 8058 one-click POST,
+    or the button of the page the footer link opens)."""
+
+    ONE_CLICK = "one-click"
+    PAGE = "page"
+
+
+METHOD_ONE_CLICK = UnsubscribeMethod.ONE_CLICK
+METHOD_PAGE = UnsubscribeMethod.PAGE
+METHODS = tuple(UnsubscribeMethod)
 
 
 @dataclass(frozen=True)
