@@ -31,7 +31,7 @@ from include.triggerflow.timeutil import as_utc
 #: A profile row as read from the store (``profiles`` columns by name).
 Profile = Mapping[str, Any]
 #: column, keys -> {key: every profile carrying it}: the batch-wide look-up identity resolution calls
-ProfileLookup = Callable[[str, list[str]], Mapping[str, list[Profile]]]
+ProfileLookup = Callable[[str, list[str]], Mapping[str, Sequence[Profile]]]
 
 #: values of ``profiles.opted_out`` that mean "opted out" (the column is a boolean; CSV loads and
 #: SQLite may hand back 1 or text)

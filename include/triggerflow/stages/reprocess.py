@@ -31,7 +31,8 @@ from include.triggerflow.timeutil import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
-WHAT = ("quarantined", "unmatched", "both")
+#: which events a run reprocesses (the DAG's ``what`` param): quarantined ones, unmatched ones, both
+WHAT = (EventStatus.QUARANTINED.value, Decision.UNMATCHED.value, "both")
 #: how far back ``since`` reaches when the run does not say: a day, from the start of its hour
 DEFAULT_LOOKBACK = timedelta(days=1)
 
@@ -78,11 +79,11 @@ def find_batches(engine: Engine, since: datetime, until: datetime, what: str = "
     in_range = and_(event.c.received_at >= since, event.c.received_at < until)
     found: set[str] = set()
     with engine.connect() as conn:
-        if what in ("quarantined", "both"):
+        if what in (EventStatus.QUARANTINED, "both"):
             found.update(
                 conn.execute(select(event.c.batch_id).where(in_range, event.c.status == EventStatus.QUARANTINED).distinct()).scalars()
             )
-        if what in ("unmatched", "both"):
+        if what in (Decision.UNMATCHED, "both"):
             found.update(
                 conn.execute(
                     select(event.c.batch_id)
