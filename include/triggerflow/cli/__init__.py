@@ -63,6 +63,12 @@ from include.triggerflow.cli.runs import (
 from include.triggerflow.cli.status import cmd_status
 from include.triggerflow.cli.store import cmd_catalog, cmd_init_db, cmd_load_profiles
 
+# One module per command group, each registering its sub-commands (the docstring above is the
+# --help text, so the layout is told here): store.py (init-db, load-profiles, catalog), runs.py
+# (runs, quarantine, decisions, suppress, positions, forget-position, skip, set-position),
+# status.py (status, through include.triggerflow.status.collector), preview.py (preview,
+# test-send through hooks.smtp.TriggerMailHook); common.py holds the store engine and errors.
+
 __all__ = [
     "RUNS_COLUMNS",
     "CliError",
