@@ -165,7 +165,7 @@ def test_only_pings_end_the_read_with_nothing_pulled_and_keepalives_counted(emu,
     src = pipeline(emu, monkeypatch, keepalive_wait_s=0.6)
     result = land(store_engine, src, "pings-only")
     assert result.pulled == 0
-    assert src.stats["pings"] >= 1 and src.stats["data_lines"] == 0
+    assert src.stats.pings >= 1 and src.stats.data_lines == 0
     assert stored_positions(store_engine, src.source_key) == {}
     with store_engine.connect() as conn:
         health = conn.execute(source_health.select().where(source_health.c.source == src.source_key)).mappings().one()
@@ -179,8 +179,8 @@ def test_only_pings_end_by_the_read_deadline(emu, monkeypatch) -> None:
     src = pipeline(emu, monkeypatch, keepalive_wait_s=60, read_deadline_s=0.8)
     pages = list(src.read({}, 1000))
     assert placed(pages) == []
-    assert sum(p.keepalives for p in pages) == src.stats["pings"] >= 1
-    assert src.stats["requests"] == 1  # no reconnect after the deadline
+    assert sum(p.keepalives for p in pages) == src.stats.pings >= 1
+    assert src.stats.requests == 1  # no reconnect after the deadline
 
 
 def test_stream_of_pings_then_data_is_read_within_the_keepalive_wait(emu, monkeypatch) -> None:
@@ -217,7 +217,7 @@ def test_huge_line_is_skipped_to_its_newline_in_bounded_memory(emu, monkeypatch)
         tracemalloc.stop()
     assert sorted(placed(pages)) == receipts_places(receipts)  # the stream went on after it
     assert dropped(pages) == {f"line larger than {line_cap} bytes": 1}
-    assert src.stats["bytes_read"] > huge
+    assert src.stats.bytes_read > huge
     # the line is never held (a quadratic reader held it whole, twice); the margin above the
     # 1 MiB cap is for what else the process allocates meanwhile
     assert peak < huge / 4

@@ -93,7 +93,14 @@ from include.triggerflow.sources.pipeline_endpoint import (
     describe,
     gave_up,
 )
-from include.triggerflow.sources.pipeline_lines import MAX_OFFSET, LineKind, PipelineLines, ReadEnd, ReadState
+from include.triggerflow.sources.pipeline_lines import (
+    MAX_OFFSET,
+    LineKind,
+    PipelineLines,
+    PipelineStats,
+    ReadEnd,
+    ReadState,
+)
 
 # Re-exported: the trigger source hook and the tests read these from here.
 __all__ = [
@@ -183,19 +190,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
         # Until discovery has run this names where we are about to go.
         self.endpoint: str = self.forced_endpoint or self.discovery_url
         self.endpoint_origin = "forced" if self.forced_endpoint else "unresolved"
-        self.stats: dict[str, int] = {
-            "bytes_read": 0,
-            "data_lines": 0,
-            "duplicates_dropped": 0,
-            "unplaceable": 0,
-            "oversize_lines": 0,
-            "reconnects": 0,
-            "pings": 0,
-            "syncs": 0,
-            "requests": 0,
-            "gaps": 0,
-            "rewinds": 0,
-        }
+        self.stats = PipelineStats()
 
     def __repr__(self) -> str:
         return f"PipelineSource({self.source_key!r}, endpoint={self.endpoint!r} ({self.endpoint_origin}))"
@@ -220,7 +215,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
     @property
     def unplaceable(self) -> int:
         """Lines that could not be placed at a partition/offset (not JSON, no offset...)."""
-        return self.stats["unplaceable"]
+        return self.stats.unplaceable
 
     def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Page]:
         if max_messages <= 0:
@@ -276,7 +271,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
             if outcome == ReadEnd.EOF and not progressed:
                 self._end(st, outcome)
                 return  # the stream ended without anything for us: nothing is waiting
-            self.stats["reconnects"] += 1
+            self.stats.reconnects += 1
             if progressed:
                 retry.reset()
                 if outcome == ReadEnd.FAILED:
@@ -302,7 +297,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
             "assign": ",".join(f"{p}:{0 if o is None else o}" for p, o in assigned.items()),
             "reset": self.reset,
         }
-        self.stats["requests"] += 1
+        self.stats.requests += 1
         try:
             resp = self.session.get(
                 url, params=params, headers=self._headers(refresh), stream=True,
@@ -335,7 +330,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
     def _end(self, st: ReadState, why: ReadEnd) -> None:
         log.info(
             "%s: read ended (%s) after %d messages, %d bytes, %d keep-alives, %.1f s",
-            self.source_key, why.value, st.accepted, st.total_bytes, self.stats["pings"],
+            self.source_key, why.value, st.accepted, st.total_bytes, self.stats.pings,
             time.monotonic() - st.started,
         )
 
@@ -376,7 +371,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
                 if not st.received_data and now - st.started >= self.keepalive_wait_s:
                     log.info(
                         "%s: no DATA within %.1f s (%d keep-alives), stopping this read",
-                        self.source_key, self.keepalive_wait_s, self.stats["pings"],
+                        self.source_key, self.keepalive_wait_s, self.stats.pings,
                     )
                     return ReadEnd.NOTHING_CAME
                 if self.idle_stop_s is not None and now - last_data >= self.idle_stop_s:

@@ -25,6 +25,7 @@ from include.triggerflow.adobe.http import (
 )
 from include.triggerflow.sources.base import SourceError
 from include.triggerflow.sources.bounded import BoundedReadError, read_body
+from include.triggerflow.sources.pipeline_lines import PipelineStats, is_index
 
 log = logging.getLogger("include.triggerflow.sources.pipeline")
 
@@ -41,10 +42,6 @@ ERROR_BODY_BYTES = 64 * 1024
 ERROR_BODY_DEADLINE_S = 10.0
 
 
-def _is_index(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 class PipelineEndpoint:
     """Where and how the reader connects (a mixin of PipelineSource)."""
 
@@ -58,7 +55,7 @@ class PipelineEndpoint:
     read_timeout_s: float
     read_deadline_s: float
     session: requests.Session
-    stats: dict[str, int]
+    stats: PipelineStats
     retry_policy: RetryPolicy
     sleep: Callable[[float], None]
     _token: Callable[[bool], str]
@@ -92,7 +89,7 @@ class PipelineEndpoint:
                 "host to force an endpoint"
             )
         discovered_partitions = entry.get("partitions")
-        if _is_index(discovered_partitions) and discovered_partitions and discovered_partitions != self.partitions:
+        if is_index(discovered_partitions) and discovered_partitions and discovered_partitions != self.partitions:
             log.warning(
                 "%s: discovery says topic '%s' has %d partitions, the connection says %d; reading %d",
                 self.source_key, self.topic, discovered_partitions, self.partitions, discovered_partitions,
@@ -109,7 +106,7 @@ class PipelineEndpoint:
     def _discovery_answer(self, url: str) -> Any:
         def once(refresh: bool) -> Any:
             headers = {**self._headers(refresh), "x-gw-ims-org-id": self.org_id}
-            self.stats["requests"] += 1
+            self.stats.requests += 1
             started = time.monotonic()
             try:
                 resp = self.session.get(

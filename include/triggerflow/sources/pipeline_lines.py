@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgspec
 
@@ -63,8 +63,26 @@ class _Envelope(msgspec.Struct):
 _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 
 
-def _is_index(value: Any) -> bool:
+def is_index(value: object) -> TypeGuard[int]:
+    """A JSON partition or offset: a non-negative int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+@dataclass
+class PipelineStats:
+    """What one PipelineSource has done over all its reads (logs, tests, the hostile corpus)."""
+
+    bytes_read: int = 0
+    data_lines: int = 0
+    duplicates_dropped: int = 0
+    unplaceable: int = 0
+    oversize_lines: int = 0
+    reconnects: int = 0
+    pings: int = 0
+    syncs: int = 0
+    requests: int = 0
+    gaps: int = 0
+    rewinds: int = 0
 
 
 @dataclass
@@ -110,7 +128,7 @@ class PipelineLines:
     reset: str
     partitions: int
     max_line_bytes: int
-    stats: dict[str, int]
+    stats: PipelineStats
 
     def _take(
         self, item: tuple[bytes | None, int], st: ReadState, assigned: Mapping[int, int | None], seen: set[int]
@@ -119,9 +137,9 @@ class PipelineLines:
         raw, size = item
         st.bytes += size
         st.total_bytes += size
-        self.stats["bytes_read"] += size
+        self.stats.bytes_read += size
         if raw is None:
-            self.stats["oversize_lines"] += 1
+            self.stats.oversize_lines += 1
             return self._unplaceable(st, b"", f"line larger than {self.max_line_bytes} bytes", size=size)
         if raw.endswith(b"\r"):
             raw = raw[:-1]
@@ -150,16 +168,16 @@ class PipelineLines:
             partition = index_at(raw, members["partition"]) if "partition" in members else None
             offset = index_at(raw, members["offset"]) if "offset" in members else None
         if envelope_type == "PING":
-            self.stats["pings"] += 1
+            self.stats.pings += 1
             st.keepalives += 1
             st.pings_in_row += 1
             return LineKind.PING
         if envelope_type == "SYNC":
-            self.stats["syncs"] += 1  # triggerflow keeps its own offsets: never committed
+            self.stats.syncs += 1  # triggerflow keeps its own offsets: never committed
             return LineKind.SYNC
-        if not _is_index(partition) or not _is_index(offset) or offset > MAX_OFFSET:
+        if not is_index(partition) or not is_index(offset) or offset > MAX_OFFSET:
             return self._unplaceable(st, raw, "no integer partition/offset")
-        self.stats["data_lines"] += 1
+        self.stats.data_lines += 1
         st.received_data = True
         st.pings_in_row = 0
         if partition not in seen:
@@ -167,7 +185,7 @@ class PipelineLines:
             self._check_resume(st, partition, offset, assigned.get(partition))
         expected = st.next_offsets.get(partition)
         if expected is not None and offset < expected:
-            self.stats["duplicates_dropped"] += 1  # at-least-once delivery: already read
+            self.stats.duplicates_dropped += 1  # at-least-once delivery: already read
             return LineKind.DUPLICATE
         try:
             payload: str | bytes = raw.decode("utf-8")
@@ -184,18 +202,18 @@ class PipelineLines:
         if asked is None:
             reason = f"first read of this partition (reset={self.reset})"
             st.gaps.append(Gap(partition=partition, expected=None, resumed=str(offset), reason=reason))
-            self.stats["gaps"] += 1
+            self.stats.gaps += 1
         elif offset > asked:
             reason = (
                 f"the source resumed past the requested offset: offsets {asked}..{offset - 1} expired "
                 f"from retention or were skipped by reset={self.reset}"
             )
             st.gaps.append(Gap(partition=partition, expected=str(asked), resumed=str(offset), reason=reason))
-            self.stats["gaps"] += 1
+            self.stats.gaps += 1
             log.warning("%s partition %d: asked for offset %d, resumed at %d", self.source_key, partition, asked, offset)
         elif offset < asked:
             # Redelivery below what we asked for: those lines are dropped as already landed.
-            self.stats["rewinds"] += 1
+            self.stats.rewinds += 1
             log.warning(
                 "%s partition %d: asked for offset %d, the source restarted at %d; lines below %d are "
                 "dropped as already landed (a topic recreated with reused offsets would lose them)",
@@ -203,7 +221,7 @@ class PipelineLines:
             )
 
     def _unplaceable(self, st: ReadState, raw: bytes, why: str, *, size: int | None = None) -> LineKind:
-        self.stats["unplaceable"] += 1
+        self.stats.unplaceable += 1
         st.drop(why)
         log.warning(
             "%s: unplaceable line (%s, %d bytes) from %s, not landed: %r",

@@ -130,9 +130,9 @@ def test_reads_everything_published_across_partitions(emu, pipeline_conn) -> Non
     assert all(g.expected is None and g.reason == "first read of this partition (reset=earliest)" for g in gaps)
     assert all(g.resumed == "1000" for g in gaps)
     # caught up: the read ends on the second PING in a row after DATA (caught_up_pings=2)
-    assert src.stats["data_lines"] == 40 and src.stats["pings"] == 2
+    assert src.stats.data_lines == 40 and src.stats.pings == 2
     assert sum(p.keepalives for p in pages) == 2 and all(not p.dropped for p in pages)
-    assert src.stats["bytes_read"] == sum(p.bytes_read for p in pages) > 0
+    assert src.stats.bytes_read == sum(p.bytes_read for p in pages) > 0
 
 
 def test_page_size_is_respected_and_positions_advance_to_last_plus_one(emu, pipeline_conn) -> None:
@@ -350,7 +350,7 @@ def test_cut_streams_lose_and_repeat_nothing(emu, pipeline_conn) -> None:
     assert sorted(got) == sorted(accepted) and len(got) == 25
     # what was read before each cut came out as its own (short) page before reconnecting
     assert [len(p.messages) for p in pages] == [5, 2, 4, 5, 5, 4]
-    assert src.stats["reconnects"] == 2 and src.stats["duplicates_dropped"] == 0
+    assert src.stats.reconnects == 2 and src.stats.duplicates_dropped == 0
     assert consume_requests(emu) == 4
 
 
@@ -368,7 +368,7 @@ def test_slow_stream_is_read_to_the_end(emu, pipeline_conn) -> None:
     src = source()
     assert set(places(read_all(src))) == accepted
     # slow is not broken: one stream, read to its end, no reconnect
-    assert (src.stats["requests"], src.stats["reconnects"]) == (1, 0)
+    assert (src.stats.requests, src.stats.reconnects) == (1, 0)
     assert consume_requests(emu) == 1
 
 
@@ -381,7 +381,7 @@ def test_stalled_stream_times_out_and_reconnects(emu, pipeline_conn) -> None:
     assert sorted(places(pages)) == sorted(accepted)
     # the 3 s stall ended at the 0.5 s socket timeout: one reconnect, not a wait for the stall
     assert src.read_timeout_s == 0.5
-    assert (src.stats["requests"], src.stats["reconnects"]) == (2, 1)
+    assert (src.stats.requests, src.stats.reconnects) == (2, 1)
     assert [len(p.messages) for p in pages] == [2, 4]  # the two before the stall, then the rest
 
 
@@ -391,7 +391,7 @@ def test_duplicate_delivery_is_dropped(emu, pipeline_conn) -> None:
     src = source()
     got = places(read_all(src))
     assert sorted(got) == sorted(accepted) and len(got) == len(set(got))
-    assert src.stats["duplicates_dropped"] == 8 and src.stats["data_lines"] == 16
+    assert src.stats.duplicates_dropped == 8 and src.stats.data_lines == 16
 
 
 def test_malformed_body_is_yielded_at_its_position(emu, pipeline_conn) -> None:
@@ -415,7 +415,7 @@ def test_non_json_line_is_counted_unplaceable(emu, pipeline_conn, caplog) -> Non
     with caplog.at_level(logging.WARNING, logger="include.triggerflow.sources.pipeline"):
         pages = read_all(src)
     assert set(places(pages)) == accepted
-    assert src.unplaceable == 1 == src.stats["unplaceable"]
+    assert src.unplaceable == 1 == src.stats.unplaceable
     assert "unplaceable line (not JSON, 16 bytes)" in caplog.text
     # the second rule fires on the next stream
     publish(emu, 1)
@@ -464,7 +464,7 @@ def test_land_cut_and_duplicated_streams_store_each_message_exactly_once(emu, pi
     rows = kit.rows(event)
     assert sorted((r["src_partition"], r["src_position"]) for r in rows) == sorted(accepted)
     assert {r["source"] for r in rows} == {src.source_key}
-    assert src.stats["duplicates_dropped"] > 0 and src.stats["reconnects"] == 1
+    assert src.stats.duplicates_dropped > 0 and src.stats.reconnects == 1
     last = {}
     for partition, offset in accepted:
         last[partition] = max(last.get(partition, 0), int(offset))

@@ -122,7 +122,7 @@ def test_pipeline_401_mints_exactly_one_new_token(adobe: EmulatorClient, monkeyp
     pages = list(source.read({}, 10))
     assert sum(len(page.messages) for page in pages) == 2
     assert token_requests(adobe) == minted + 1
-    assert source.stats["requests"] == 2  # the refused request and the one with the new token
+    assert source.stats.requests == 2  # the refused request and the one with the new token
 
 
 def test_pipeline_waits_what_retry_after_says(adobe: EmulatorClient, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,7 +136,7 @@ def test_pipeline_waits_what_retry_after_says(adobe: EmulatorClient, monkeypatch
     source.sleep = waits.append
     assert sum(len(page.messages) for page in source.read({}, 10)) == 1
     assert waits == [2.0, 1.0]  # Retry-After, then the back-off of a second failure
-    assert source.stats["requests"] == 3
+    assert source.stats.requests == 3
 
 
 def test_pipeline_discovery_goes_through_the_same_rule(adobe: EmulatorClient, monkeypatch: pytest.MonkeyPatch) -> None:
