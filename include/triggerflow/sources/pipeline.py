@@ -88,6 +88,7 @@ from include.triggerflow.sources.pipeline_endpoint import (
     ERROR_BODY_BYTES,
     ERROR_BODY_DEADLINE_S,
     TRANSPORT_ERRORS,
+    EndpointOrigin,
     PipelineEndpoint,
     adobe_message,
     describe,
@@ -189,11 +190,11 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
         self.source_key = f"pipeline:{self.consumer}:{topic}"
         # Until discovery has run this names where we are about to go.
         self.endpoint: str = self.forced_endpoint or self.discovery_url
-        self.endpoint_origin = "forced" if self.forced_endpoint else "unresolved"
+        self.endpoint_origin = EndpointOrigin.FORCED if self.forced_endpoint else EndpointOrigin.UNRESOLVED
         self.stats = PipelineStats()
 
     def __repr__(self) -> str:
-        return f"PipelineSource({self.source_key!r}, endpoint={self.endpoint!r} ({self.endpoint_origin}))"
+        return f"PipelineSource({self.source_key!r}, endpoint={self.endpoint!r} ({self.endpoint_origin.value}))"
 
     # The retry settings live on the retry policy; tests and the hostile corpus tune them here.
     @property
@@ -224,7 +225,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
         endpoint = self.resolve_endpoint()
         log.info(
             "%s: reading from pipeline endpoint %s (%s)", self.source_key, endpoint,
-            "forced by the connection, no discovery" if self.endpoint_origin == "forced"
+            "forced by the connection, no discovery" if self.endpoint_origin == EndpointOrigin.FORCED
             else f"discovered via {self.discovery_url}",
         )
         st = ReadState(

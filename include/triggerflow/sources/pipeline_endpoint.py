@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 import requests
@@ -42,6 +43,14 @@ ERROR_BODY_BYTES = 64 * 1024
 ERROR_BODY_DEADLINE_S = 10.0
 
 
+class EndpointOrigin(StrEnum):
+    """Where the consume endpoint came from."""
+
+    FORCED = "forced"  # the connection's host (Campaign's forcedPipelineEndpoint)
+    UNRESOLVED = "unresolved"  # discovery has not run yet
+    DISCOVERED = "discovered"  # discovery listed it for the topic
+
+
 class PipelineEndpoint:
     """Where and how the reader connects (a mixin of PipelineSource)."""
 
@@ -51,7 +60,7 @@ class PipelineEndpoint:
     org_id: str
     discovery_url: str
     endpoint: str
-    endpoint_origin: str
+    endpoint_origin: EndpointOrigin
     read_timeout_s: float
     read_deadline_s: float
     session: requests.Session
@@ -69,7 +78,7 @@ class PipelineEndpoint:
     # -- endpoint ----------------------------------------------------------------------------------
     def resolve_endpoint(self) -> str:
         """The consume host: forced, or discovered once per source instance."""
-        if self.endpoint_origin != "unresolved":
+        if self.endpoint_origin != EndpointOrigin.UNRESOLVED:
             return self.endpoint
         url = f"{self.discovery_url}/v1/endpoints"
         body = self._discovery_answer(url)
@@ -96,7 +105,7 @@ class PipelineEndpoint:
             )
             self.partitions = discovered_partitions
         self.endpoint = entry["httpEndPoint"].rstrip("/")
-        self.endpoint_origin = "discovered"
+        self.endpoint_origin = EndpointOrigin.DISCOVERED
         log.info(
             "%s: pipeline endpoint %s (discovered via %s, location %s)",
             self.source_key, self.endpoint, url, entry.get("location"),

@@ -20,6 +20,7 @@ from include.triggerflow.hooks.triggers import TriggerSourceHook
 from include.triggerflow.sources.base import SourceError
 from include.triggerflow.sources.journal import JournalSource
 from include.triggerflow.sources.pipeline import PipelineSource
+from include.triggerflow.sources.pipeline_endpoint import EndpointOrigin
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_pipeline_discovery_goes_through_the_same_rule(adobe: EmulatorClient, mo
     adobe.add_faults([{"endpoint": "discovery", "kind": "status", "status": 503, "retry_after": 0, "times": 2}])
     source = pipeline_source(adobe, monkeypatch)
     source.forced_endpoint = None
-    source.endpoint_origin = "unresolved"
+    source.endpoint_origin = EndpointOrigin.UNRESOLVED
     source.discovery_url = adobe.base_url
     source.sleep = lambda seconds: None
     assert sum(len(page.messages) for page in source.read({}, 10)) == 1
