@@ -83,60 +83,47 @@ Consume stream, in detail (what the emulator does; Adobe documents only the para
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import bisect
 import concurrent.futures
 import json
-import math
 import secrets
 import signal
-import socket
 import sys
 import threading
 import time
-import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 # The model (positions, entries, faults, state): devstack/emulator_state.py
+from devstack.emulator_control import ControlPlane
+from devstack.emulator_pipeline import PipelineEndpoints
 from devstack.emulator_state import (
-    _INT_RE,
     CONSUMER_SYNC_PATH,
     DEFAULT_LIMIT,
     DEFAULT_METASCOPE,
     DEFAULT_PING_INTERVAL_S,
     DEFAULT_STREAM_MAX_SECONDS,
     DEFAULT_TECHNICAL_ACCOUNT_ID,
-    DISCOVERY_LOCATION,
     DISCOVERY_PATH,
     FIRST_OFFSET,
     JOURNAL_PREFIX,
     JWT_EXCHANGE_PATH,
     MAX_BATCH_BYTES,
-    MAX_GENERATE,
     MAX_LIMIT,
     MAX_RAW_BODY_BYTES,
-    MAX_SINGLE_MESSAGE_BYTES,
     PRODUCER_RE,
-    RAW_AS,
     RAW_PATH,
     READ_AHEAD_MIN_LIMIT,
     READ_AHEAD_PAGES,
     RETRY_AFTER_SECONDS,
-    STREAM_BATCH,
     TOKEN_PATH,
     ApiError,
     EmulatorSettings,
     EmulatorState,
     FaultRule,
-    GeneratedEntry,
-    GeneratedRun,
-    RawEntry,
     StreamFaults,
-    _as_envelope,
     _entry_seq,
     _journal_events_bytes,
     _status_slug,
@@ -145,18 +132,22 @@ from devstack.emulator_state import (
     encode_sync_marker,
     format_position,
     loggable_path,
-    parse_fault_rules,
     parse_position,
     partition_for,
     redact,
 )
-from devstack.loadgen import Mix, factory_for
-from devstack.messages import DEMO_IMS_ORG, envelope, now_ms
+from devstack.messages import DEMO_IMS_ORG
 from devstack.readiness import write_ready_file
-from include.triggerflow.events import PIPELINE_MESSAGE
+
+# What tools and tests import from here (the model lives in emulator_state, the endpoints in
+# emulator_pipeline and emulator_control).
+__all__ = [
+    "AdobeEmulator", "EmulatorHandler", "EmulatorSettings", "EmulatorState", "build_arg_parser", "decode_sync_marker",
+    "encode_sync_marker", "format_position", "main", "parse_position", "partition_for",
+]
 
 
-class EmulatorHandler(BaseHTTPRequestHandler):
+class EmulatorHandler(PipelineEndpoints, ControlPlane, BaseHTTPRequestHandler):
     server: _EmulatorHTTPServer
     protocol_version = "HTTP/1.1"
     server_version = "triggerflow-adobe-emulator/1.0"
@@ -617,571 +608,6 @@ class EmulatorHandler(BaseHTTPRequestHandler):
         if value <= 0:
             raise ApiError(400, "invalid_limit", f"limit must be a positive integer, got {raw!r}")
         return min(value, self.settings.max_limit)
-
-    # -- Pipeline producer -------------------------------------------------------------------------
-    def _handle_publish(self, topic: str) -> None:
-        self._require_token()
-        try:
-            payload = json.loads(self._body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-        messages = payload if isinstance(payload, list) else [payload]
-        if not messages:
-            raise ApiError(400, "bad_request", "no messages in request body")
-        # Validate the whole batch before appending anything: a rejected batch leaves no trace.
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict):
-                kind = type(message).__name__
-                raise ApiError(400, "bad_request", f"message #{index} is a JSON {kind}, not an object")
-            size = len(json.dumps(message, separators=(",", ":")).encode("utf-8"))
-            if size > MAX_SINGLE_MESSAGE_BYTES:
-                raise ApiError(
-                    413, "payload_too_large", f"message #{index} exceeds {MAX_SINGLE_MESSAGE_BYTES} bytes"
-                )
-
-        accepted = []
-        with self.state.lock:
-            logs = self.state.topic(topic, create=True)
-            assert logs is not None
-            for message in messages:
-                if not isinstance(message.get("messageId"), str) or not message["messageId"]:
-                    message = {**message, "messageId": str(uuid.uuid4())}
-                partition = partition_for(message["messageId"], self.state.partitions)
-                offset = logs[partition].next_offset
-                wrapped = envelope(message, partition=partition, offset=offset, topic=topic)
-                # One envelope, two views: the I/O Events journal and the pipeline topic.
-                logs[partition].append(wrapped)
-                entry = self.state.append(wrapped)
-                self.state.stats["published"] += 1
-                accepted.append({"partition": partition, "offset": offset, "position": entry.position})
-            self.state.version += 1
-            self.state.changed.notify_all()
-        self._send_json(200, {"accepted": len(accepted), "positions": accepted})
-
-    # -- Pipeline consume --------------------------------------------------------------------------
-    def _require_json_accept(self) -> None:
-        accept = self.headers.get("Accept", "")
-        types = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
-        if "application/json" not in types:
-            raise ApiError.pipeline(
-                406,
-                "not_acceptable",
-                "only application/json is served here (send Accept: application/json; "
-                "Pipeline's x-protobuf default is not emulated)",
-            )
-
-    @staticmethod
-    def _param(query: dict[str, list[str]], name: str) -> str | None:
-        values = query.get(name)
-        return values[-1] if values else None
-
-    def _parse_assign(self, text: str) -> dict[int, int]:
-        def bad(why: str) -> ApiError:
-            return ApiError.pipeline(
-                400, "bad_request", f"invalid assign parameter {text!r}: {why}", parameter="assign"
-            )
-
-        assigned: dict[int, int] = {}
-        for item in text.split(","):
-            partition, sep, offset = item.strip().partition(":")
-            if not sep or not _INT_RE.match(partition) or not _INT_RE.match(offset):
-                raise bad(f"{item!r} is not <partition>:<offset>")
-            p, o = int(partition), int(offset)
-            if p >= self.state.partitions:
-                raise bad(f"partition {p} is not in 0..{self.state.partitions - 1}")
-            if p in assigned:
-                raise bad(f"partition {p} is listed twice")
-            assigned[p] = o
-        return assigned
-
-    def _handle_consume(self, topic: str, query: dict[str, list[str]]) -> None:
-        with self.state.lock:
-            self.state.stats["consume_requests"] += 1
-        self._request_faults("consume", pipeline_style=True)
-        self._require_token(pipeline_style=True)
-        self._require_json_accept()
-        with self.state.lock:
-            known = topic in self.state.topics
-        if not known:
-            raise ApiError.pipeline(404, "not_found", "topic missing or not accessible")
-        group = (self._param(query, "group") or "").strip()
-        if not group:
-            raise ApiError.pipeline(
-                400, "bad_request", "missing required query parameter 'group' (the consumer name)",
-                parameter="group",
-            )
-        reset = self._param(query, "reset") or "latest"  # PIPE-API default
-        if reset not in ("earliest", "latest"):
-            raise ApiError.pipeline(
-                400, "bad_request", f"reset must be 'earliest' or 'latest', not {reset!r}", parameter="reset"
-            )
-        sync_text = self._param(query, "syncInterval")
-        if sync_text is not None and not _INT_RE.match(sync_text):
-            raise ApiError.pipeline(
-                400, "bad_request", f"syncInterval must be milliseconds >= 0, not {sync_text!r}",
-                parameter="syncInterval",
-            )
-        sync_ms = int(sync_text or 0)
-        assign_text = self._param(query, "assign")
-        assigned = self._parse_assign(assign_text) if assign_text is not None else None
-
-        with self.state.lock:
-            logs = self.state.topics[topic]
-            if assigned is None:
-                committed = self.state.group_offsets.get((group, topic), {})
-                wanted: dict[int, int | None] = {p: committed.get(p) for p in range(len(logs))}
-            else:
-                wanted = dict(assigned)
-            cursors: dict[int, int] = {}
-            for p, offset in wanted.items():
-                log = logs[p]
-                if offset is None or offset < log.earliest or offset > log.next_offset:
-                    # No committed offset, expired, or beyond the end: the reset policy decides.
-                    offset = log.earliest if reset == "earliest" else log.next_offset
-                cursors[p] = offset
-        self._stream(topic, group, cursors, sync_ms, self._stream_faults())
-
-    def _gather(self, topic: str, cursors: dict[int, int], limit: int) -> list[tuple[int, int, Any]]:
-        """Up to ``limit`` retained messages at or after the cursors, partitions interleaved
-        round-robin, advancing the cursors. Caller holds the lock."""
-        logs = self.state.topics.get(topic)
-        out: list[tuple[int, int, Any]] = []
-        if logs is None:
-            return out
-        progressed = True
-        while progressed and len(out) < limit:
-            progressed = False
-            for p in sorted(cursors):
-                log = logs[p]
-                cursor = max(cursors[p], log.earliest)  # expired while the stream was open
-                if cursor < log.next_offset:
-                    out.append((p, cursor, log.at(cursor)))
-                    cursor += 1
-                    progressed = True
-                cursors[p] = cursor
-                if len(out) >= limit:
-                    break
-        return out
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%X\r\n%s\r\n" % (len(data), data))
-
-    def _line(self, obj: Any) -> None:
-        self._chunk(json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n")
-
-    def _cut(self) -> None:
-        with self.state.lock:
-            self.state.stats["faults_fired"] += 1
-        self.close_connection = True
-        try:
-            # No chunk terminator: the client sees the body end mid-stream.
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        raise _StreamCut()
-
-    def _stream_checkpoint(self, faults: StreamFaults, data_sent: int) -> None:
-        """Fire a cut or a stall once the stream has sent enough DATA lines."""
-        if faults.cut is not None and data_sent >= faults.cut.after_messages:
-            self._cut()
-        if faults.stall is not None and not faults.stalled and data_sent >= faults.stall.after_messages:
-            faults.stalled = True
-            with self.state.lock:
-                self.state.stats["faults_fired"] += 1
-            self._sleep(faults.stall.seconds)
-
-    def _huge_line_due(self, faults: StreamFaults, data_sent: int) -> None:
-        """A `huge_line` fault: ``size`` bytes of a line that is not JSON, then its newline."""
-        rule = faults.huge_line
-        if rule is None or faults.huge_sent or data_sent < rule.after_messages:
-            return
-        faults.huge_sent = True
-        block = b"x" * min(rule.size, 1024 * 1024)
-        left = rule.size
-        while left > 0:
-            self._chunk(block[:left])
-            left -= len(block)
-        self._chunk(b"\n")
-
-    def _malformed(self, faults: StreamFaults, partition: int, offset: int) -> FaultRule | None:
-        """The malformed rule to apply to this message, counted as fired, or None."""
-        rule = faults.malformed
-        if rule is None:
-            return None
-        if rule.line is None and (
-            (rule.partition is not None and rule.partition != partition)
-            or (rule.offset is not None and rule.offset != offset)
-        ):
-            return None
-        with self.state.lock:
-            if rule.times <= 0:
-                faults.malformed = None
-                return None
-            self.state.use_fault(rule)
-        return rule
-
-    def _stream(
-        self, topic: str, group: str, cursors: dict[int, int], sync_ms: int, faults: StreamFaults
-    ) -> None:
-        state, settings = self.state, self.settings
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-
-        started = time.monotonic()
-        deadline = started + settings.stream_max_seconds
-        next_sync = started + sync_ms / 1000 if sync_ms > 0 else math.inf
-        ping_interval = max(settings.ping_interval, 0.01)
-        last_ping = -math.inf
-        pinged_since_data = False
-        data_sent = 0
-        with state.lock:
-            generation = state.generation
-
-        def sync_due() -> None:
-            nonlocal next_sync
-            now = time.monotonic()
-            if now >= next_sync:
-                with state.lock:
-                    marker = encode_sync_marker(group, topic, dict(cursors))
-                self._line({"envelopeType": "SYNC", "syncMarker": marker, "createTime": now_ms()})
-                next_sync = now + sync_ms / 1000
-
-        def ping() -> None:
-            self._line({"envelopeType": "PING", "createTime": now_ms()})
-
-        try:
-            if faults.ping_first is not None:
-                for i in range(faults.ping_first.count):
-                    if i:
-                        self._sleep(faults.ping_first.delay_ms / 1000)
-                    ping()
-            while True:
-                self._stream_checkpoint(faults, data_sent)
-                self._huge_line_due(faults, data_sent)
-                if time.monotonic() >= deadline:
-                    break
-                with state.lock:
-                    if state.stopping or state.generation != generation:
-                        break
-                    version = state.version
-                    # pings_only: a server that never serves what is waiting
-                    batch = [] if faults.pings_only is not None else self._gather(topic, cursors, STREAM_BATCH)
-                if batch:
-                    for partition, offset, message in batch:
-                        self._stream_checkpoint(faults, data_sent)
-                        self._huge_line_due(faults, data_sent)
-                        rule = self._malformed(faults, partition, offset)
-                        if rule is not None and rule.line is not None:
-                            self._chunk(rule.line.encode("utf-8") + b"\n")
-                        elif rule is not None and not isinstance(message, RawEntry):
-                            # Still placeable (partition/offset intact), but the body is garbage.
-                            message = {**_as_envelope(message), PIPELINE_MESSAGE: "not an object"}
-                        copies = 2 if faults.duplicate is not None else 1
-                        for _ in range(copies):
-                            if isinstance(message, (GeneratedEntry, RawEntry)):
-                                self._chunk(message.envelope_bytes() + b"\n")
-                            else:
-                                self._line(message)
-                        if faults.interleave_pings is not None:
-                            ping()
-                        data_sent += 1
-                        with state.lock:
-                            state.stats["data_lines_streamed"] += copies
-                        if faults.slow is not None:
-                            self._sleep(faults.slow.delay_ms / 1000)
-                        sync_due()
-                    pinged_since_data = False
-                    continue
-                now = time.monotonic()
-                if not pinged_since_data or now - last_ping >= ping_interval:
-                    # Caught up: nothing more is waiting for this stream.
-                    ping()
-                    pinged_since_data, last_ping = True, now
-                sync_due()
-                wake = min(deadline, last_ping + ping_interval, next_sync)
-                with state.changed:
-                    state.changed.wait_for(
-                        lambda version=version: (  # type: ignore[misc]
-                            state.version != version or state.stopping or state.generation != generation
-                        ),
-                        timeout=max(0.0, min(wake - time.monotonic(), 1.0)),
-                    )
-            self.wfile.write(b"0\r\n\r\n")
-        except OSError:
-            # The client went away (read timeout, disconnect): nothing to answer.
-            self.close_connection = True
-
-    def _handle_consumer_sync(self) -> None:
-        """``POST /pipeline/consumer/sync``, body = a syncMarker: commit the group's offsets."""
-        self._require_token(pipeline_style=True)
-        try:
-            marker = self._body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ApiError.pipeline(400, "bad_request", "body is not UTF-8 text") from exc
-        group, topic, offsets = decode_sync_marker(marker)
-        with self.state.lock:
-            committed = self.state.group_offsets.setdefault((group, topic), {})
-            committed.update(offsets)
-            result = {"group": group, "topic": topic, "offsets": {str(p): o for p, o in sorted(committed.items())}}
-        self._send_json(200, result)
-
-    # -- discovery ---------------------------------------------------------------------------------
-    def _handle_discovery(self, query: dict[str, list[str]]) -> None:
-        """``GET /v1/endpoints?topic=``: which HTTP broker serves the topic (CC-img2).
-
-        Adobe does not document this response (reference §9, open questions). It is modelled on
-        the Pipeline Central topic record (PIPE-CEN, §1.6): ``httpEndPoint`` (the HTTP service
-        that produces/consumes the topic), ``partitions`` and ``location``.
-        """
-        with self.state.lock:
-            self.state.stats["discovery_requests"] += 1
-        self._request_faults("discovery", pipeline_style=True)
-        self._require_token(pipeline_style=True)
-        if self.headers.get("x-gw-ims-org-id", "") != self.settings.org_id:
-            raise ApiError.pipeline(403, "forbidden", "x-gw-ims-org-id does not match this organization")
-        wanted = self._param(query, "topic")
-        with self.state.lock:
-            names = sorted(self.state.topics)
-        endpoints = [
-            {
-                "topic": name,
-                "httpEndPoint": self.base_url,
-                "location": DISCOVERY_LOCATION,
-                "partitions": self.state.partitions,
-            }
-            for name in names
-            if wanted is None or name == wanted
-        ]
-        self._send_json(200, {"endpoints": endpoints})
-
-    # -- control plane -----------------------------------------------------------------------------
-    def _json_body(self) -> Any:
-        try:
-            return json.loads(self._body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from exc
-
-    def _handle_control(self, method: str, path: str) -> None:
-        action = path[len("/_emulator/"):]
-        routes: dict[str, tuple[str, ...]] = {
-            "journal": ("POST",),
-            "stats": ("GET",),
-            "reset": ("POST",),
-            "health": ("GET",),
-            "expire-tokens": ("POST",),
-            "pipeline/expire": ("POST",),
-            "faults": ("GET", "POST", "DELETE"),
-            "generate": ("GET", "POST"),
-            "raw": ("POST",),
-        }
-        if action not in routes:
-            raise ApiError(404, "not_found", f"no such control endpoint: {path}")
-        self._require_method(method, *routes[action])
-        state = self.state
-        if action == "health":
-            self._send_json(200, {"ok": True})
-        elif action == "stats":
-            with state.lock:
-                stats = dict(state.stats)
-            self._send_json(200, stats)
-        elif action == "reset":
-            with state.lock:
-                state.clear()
-                state.changed.notify_all()
-            self._send_json(200, {"ok": True})
-        elif action == "expire-tokens":
-            with state.lock:
-                expired = len(state.tokens)
-                # Keep the tokens so requests using them get "expired", not "unknown".
-                state.tokens = {token: 0.0 for token in state.tokens}
-            self._send_json(200, {"expired": expired})
-        elif action == "pipeline/expire":
-            self._expire(self._json_body())
-        elif action == "raw":
-            self._publish_raw(self._json_body())
-        elif action == "generate":
-            if method == "POST":
-                self._generate(self._json_body())
-            else:
-                with state.lock:
-                    info = {
-                        "generated": state.generated,
-                        "next_start": {str(seed): nxt for seed, nxt in sorted(state.generated_next.items())},
-                    }
-                self._send_json(200, info)
-        elif action == "faults":
-            if method == "POST":
-                rules = parse_fault_rules(self._json_body())
-                with state.lock:
-                    state.add_faults(rules)
-                    queued = len(state.faults)
-                self._send_json(200, {"added": len(rules), "queued": queued})
-            elif method == "DELETE":
-                with state.lock:
-                    cleared = len(state.faults)
-                    state.faults = []
-                self._send_json(200, {"cleared": cleared})
-            else:
-                with state.lock:
-                    listing = [rule.as_json() for rule in state.faults]
-                self._send_json(200, listing)
-        else:  # journal
-            payload = self._json_body()
-            if not isinstance(payload, dict) or "events" not in payload:
-                raise ApiError(400, "bad_request", 'body must be {"events": <value or list of values>}')
-            raw = payload["events"]
-            items = raw if isinstance(raw, list) else [raw]
-            with state.lock:
-                positions = [state.append(item).position for item in items]
-            self._send_json(200, {"accepted": len(positions), "positions": positions})
-
-    def _generate(self, payload: Any) -> None:
-        """``POST /_emulator/generate`` (see the module docstring)."""
-        usage = (
-            'body must be {"count": n, "seed": s, "customers": N, "customer_offset": o, "mix": {...}, '
-            '"start": i0, "trigger_ts_ms": t, "topic": "triggers"} (all but count optional)'
-        )
-        if not isinstance(payload, dict):
-            raise ApiError(400, "bad_request", usage)
-        unknown = sorted(
-            set(payload) - {"count", "seed", "customers", "customer_offset", "mix", "start", "trigger_ts_ms", "topic"}
-        )
-        if unknown:
-            raise ApiError(400, "bad_request", f"unknown fields {unknown}; {usage}")
-
-        def integer(name: str, default: Any, low: int, high: int | None = None) -> Any:
-            value = payload.get(name, default)
-            if value is None and default is None:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-                bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-                raise ApiError(400, "bad_request", f"{name} must be an integer {bounds}, got {value!r}")
-            return value
-
-        count = integer("count", 0, 1, MAX_GENERATE)
-        seed = integer("seed", 7, -(2**63), 2**63 - 1)
-        customers = integer("customers", 1_000_000, 1)
-        customer_offset = integer("customer_offset", 0, 0)
-        start = integer("start", None, 0, 2**62)
-        trigger_ts = integer("trigger_ts_ms", None, 0)
-        topic = payload.get("topic", "triggers")
-        if not isinstance(topic, str) or not topic or "/" in topic:
-            raise ApiError(400, "bad_request", f"topic must be a topic name, got {topic!r}")
-        try:
-            mix = Mix.from_json(payload.get("mix"))
-        except (TypeError, ValueError) as exc:
-            raise ApiError(400, "bad_request", f"mix: {exc}") from exc
-        factory = factory_for(seed, customers, mix, customer_offset)
-        with self.state.lock:
-            if start is None:
-                start = self.state.generated_next.get(seed, 0)
-            salt = self.state.event_salt
-        created = now_ms()
-        run = GeneratedRun(factory, created if trigger_ts is None else trigger_ts, created, topic, salt)
-        # The expensive part (message ids, partitions) outside the lock.
-        partitions_n = self.state.partitions
-        partitions = [partition_for(factory.message_id(i), partitions_n) for i in range(start, start + count)]
-        with self.state.lock:
-            first, last = self.state.append_generated(run, start, partitions)
-            nxt = max(self.state.generated_next.get(seed, 0), start + count)
-            self.state.generated_next[seed] = nxt
-            self.state.version += 1
-            self.state.changed.notify_all()
-            journal_size = len(self.state.journal)
-        self._send_json(
-            200,
-            {
-                "accepted": count,
-                "start": start,
-                "next_start": nxt,
-                "first_position": format_position(first),
-                "last_position": format_position(last),
-                "trigger_ts_ms": run.trigger_ts_ms,
-                "create_time_ms": created,
-                "journal_size": journal_size,
-            },
-        )
-
-    def _publish_raw(self, payload: Any) -> None:
-        """``POST /_emulator/raw`` (see the module docstring): bytes to the journal and a topic."""
-        usage = (
-            'body must be {"items": [{"b64": "<base64 bytes>", "as": "envelope"|"pipeline_message", '
-            '"partition": p}], "topic": "triggers"}'
-        )
-        if not isinstance(payload, dict) or not isinstance(payload.get("items"), list) or not payload["items"]:
-            raise ApiError(400, "bad_request", usage)
-        topic = payload.get("topic", "triggers")
-        if not isinstance(topic, str) or not topic or "/" in topic:
-            raise ApiError(400, "bad_request", f"topic must be a topic name, got {topic!r}")
-        parsed: list[tuple[bytes, bool, int]] = []
-        for index, item in enumerate(payload["items"]):
-            if not isinstance(item, dict) or not isinstance(item.get("b64"), str):
-                raise ApiError(400, "bad_request", f"item #{index}: {usage}")
-            try:
-                data = base64.b64decode(item["b64"], validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise ApiError(400, "bad_request", f"item #{index}: b64 is not base64") from exc
-            mode = item.get("as", "envelope")
-            if mode not in RAW_AS:
-                raise ApiError(400, "bad_request", f"item #{index}: as must be one of {RAW_AS}")
-            partition = item.get("partition", 0)
-            if isinstance(partition, bool) or not isinstance(partition, int) or not 0 <= partition < self.state.partitions:
-                raise ApiError(400, "bad_request", f"item #{index}: partition must be in 0..{self.state.partitions - 1}")
-            parsed.append((data, mode == "pipeline_message", partition))
-        accepted = []
-        with self.state.lock:
-            logs = self.state.topic(topic, create=True)
-            assert logs is not None
-            for data, wrap, partition in parsed:
-                self.state.last_seq += 1
-                log = logs[partition]
-                entry = RawEntry(self.state.last_seq, partition, log.next_offset, data, wrap=wrap, topic=topic)
-                log.append(entry)
-                self.state.journal.append(entry)
-                self.state.stats["published"] += 1
-                accepted.append({"partition": partition, "offset": entry.offset, "position": entry.position})
-            self.state.stats["journal_size"] = len(self.state.journal)
-            self.state.version += 1
-            self.state.changed.notify_all()
-        self._send_json(200, {"accepted": len(accepted), "positions": accepted})
-
-    def _expire(self, payload: Any) -> None:
-        """Drop retained pipeline messages, as retention would: ``{"partition", "before_offset"}``
-        or ``{"all_before_ms"}`` (createTime), optionally ``"topic"`` (default triggers)."""
-        usage = 'body must be {"partition": p, "before_offset": o} or {"all_before_ms": t}'
-        if not isinstance(payload, dict):
-            raise ApiError(400, "bad_request", usage)
-        topic = payload.get("topic", "triggers")
-
-        def whole(name: str) -> int:
-            value = payload.get(name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ApiError(400, "bad_request", f"{usage}; {name} must be an integer >= 0")
-            return value
-
-        with self.state.lock:
-            logs = self.state.topics.get(topic) if isinstance(topic, str) else None
-            if logs is None:
-                raise ApiError(404, "not_found", f"no topic {topic!r}")
-            if "all_before_ms" in payload:
-                cutoff = whole("all_before_ms")
-                dropped = sum(log.expire_created_before(cutoff) for log in logs)
-            elif "partition" in payload and "before_offset" in payload:
-                partition = whole("partition")
-                if partition >= len(logs):
-                    raise ApiError(400, "bad_request", f"partition {partition} is not in 0..{len(logs) - 1}")
-                dropped = logs[partition].expire_before(whole("before_offset"))
-            else:
-                raise ApiError(400, "bad_request", usage)
-            earliest = {str(p): log.earliest for p, log in enumerate(logs)}
-            self.state.version += 1
-            self.state.changed.notify_all()
-        self._send_json(200, {"expired": dropped, "earliest": earliest})
 
 
 class _EmulatorHTTPServer(ThreadingHTTPServer):
