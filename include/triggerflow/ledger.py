@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Engine, Row, and_, bindparam, insert, or_, select, update
@@ -36,8 +37,19 @@ log = logging.getLogger(__name__)
 
 #: ledger states a chunk sends (with ``scheduled`` rows whose quiet hours are over)
 RETRYABLE_STATES = (SendState.PENDING, SendState.DEFERRED)
-#: ``hold``: an ambiguous row is not sent again; ``resend``: it is, with the same Message-ID
-AMBIGUOUS_POLICIES = ("hold", "resend")
+
+
+class AmbiguousPolicy(StrEnum):
+    """What a chunk does with an ``ambiguous`` row (the server may or may not have its message)."""
+
+    #: not sent again: a duplicate is worse than a gap nobody sees
+    HOLD = "hold"
+    #: sent again with the same Message-ID, so a receiver can still deduplicate
+    RESEND = "resend"
+
+
+#: the policies' names, as SendOptions' error message lists them
+AMBIGUOUS_POLICIES = tuple(p.value for p in AmbiguousPolicy)
 
 
 @dataclass
@@ -72,7 +84,7 @@ def claim_chunk(engine: Engine, batch_id: str, chunk: int, logger: SendLog, *, n
         states: list[SendState] = list(RETRYABLE_STATES)
         # quiet-hours rows whose window is over; the others wait for a later run
         due = and_(send.c.state == SendState.SCHEDULED, or_(send.c.not_before.is_(None), send.c.not_before <= now))
-        if ambiguous_policy == "resend":
+        if ambiguous_policy == AmbiguousPolicy.RESEND:
             states.append(SendState.AMBIGUOUS)
             claimed.resend_ids.update(
                 conn.execute(select(send.c.send_id).where(and_(in_chunk, send.c.state == SendState.AMBIGUOUS))).scalars()

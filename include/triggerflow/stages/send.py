@@ -54,7 +54,7 @@ from sqlalchemy import Engine, Row
 
 from include.triggerflow.compose import Composer, Email, SenderIdentity, UnsubscribeLinkMaker
 from include.triggerflow.config import RoutingConfig
-from include.triggerflow.ledger import AMBIGUOUS_POLICIES, RETRYABLE_STATES, Ledger, claim_chunk
+from include.triggerflow.ledger import AMBIGUOUS_POLICIES, RETRYABLE_STATES, AmbiguousPolicy, Ledger, claim_chunk
 from include.triggerflow.mailer import (
     MAX_EMAIL_BYTES,
 )
@@ -76,6 +76,7 @@ from include.triggerflow.timeutil import utcnow
 __all__ = [
     "AMBIGUOUS_POLICIES",
     "RETRYABLE_STATES",
+    "AmbiguousPolicy",
     "DeferredRecipients",
     "MailSession",
     "RelayRefusing",
@@ -129,7 +130,7 @@ class SendOptions:
     #: what to do with a row a dead process left in ``sending``: ``hold`` marks it ``ambiguous``
     #: and does not send it again (the default: a duplicate is worse than a gap nobody sees);
     #: ``resend`` sends it again with the same Message-ID, so a receiver can still deduplicate
-    ambiguous_policy: str = "hold"
+    ambiguous_policy: str = AmbiguousPolicy.HOLD
     #: on a try that Airflow can still retry, 4xx deferrals raise so the retry sends them
     last_try: bool = True
     #: signs each email's one-click unsubscribe URL (connection ``triggerflow_unsubscribe``)
