@@ -149,7 +149,7 @@ class ReconcileResult:
         return [{"batch_id": self.batch_id, "chunk": chunk} for chunk in self.chunks]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per queued email (see rules.py's records)
 class QueuedEmail:
     """The ledger row (``tf_send``) queuing the email of a matched or deferred event."""
 
