@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -181,7 +181,7 @@ def report_batch(
     note: str | None = None,
     source_capped: bool = False,
     sla_alert_after_s: float | None = DEFAULT_ALERT_AFTER_S,
-    on_sla_breach: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    on_sla_breach: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None,
 ) -> Report:
     """Compute, store and return the report; raise if it does not balance.
 

@@ -90,11 +90,11 @@ def _lift(
             parsed.parse_error,
             notes,
             list(parsed.problems),
-            _text(parsed.envelope_type),
-            _text(parsed.message_id),
-            _text(parsed.trigger_id),
-            # the value as it came, so a refused one shows in the reason ("1e+30", "nan", "123")
-            _text(parsed.raw_fields.get("triggerTimestamp", ts)),
+            # the values as they came, so a refused one shows in the reason ("1e+30", "nan", true, {...})
+            _text(parsed.raw("envelopeType")),
+            _text(parsed.raw("messageId")),
+            _text(parsed.raw("triggerId")),
+            _text(parsed.raw("triggerTimestamp")),
             (received_ms - ts) if ts is not None else None,
             route is not None,
             # any identity rule of the route will do: they are an ordered fallback

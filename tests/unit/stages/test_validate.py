@@ -324,3 +324,18 @@ def test_landing_notes_quarantine_except_a_removed_byte_order_mark() -> None:
 
     assert landing_notes(None) == [] and landing_notes("byte order mark removed") == []
     assert landing_notes("byte order mark removed; invalid UTF-8; NUL replaced") == ["invalid UTF-8", "NUL replaced"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [(True, "True"), ({"id": "x"}, '{"id": "x"}'), (["m"], '["m"]'), (5.5, "5.5")]
+)
+def test_a_scalar_id_of_the_wrong_type_shows_as_it_came_in_the_reason(routing, value: Any, shown: str) -> None:
+    # The typed TriggerEvent keeps None for such values; the frame GX sees must carry the value as it
+    # came (raw_fields), so the quarantine reason says what was wrong, not just "null".
+    from include.triggerflow.stages.validate import COLUMNS, _lift
+
+    payload = envelope(trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, shopper_id="SHOP-1"), partition=0, offset=1)
+    payload["com.adobe.mcloud.pipeline.pipelineMessage"]["header"]["messageId"] = value
+    payload["envelopeType"] = value
+    row = dict(zip(COLUMNS, _lift(1, json.dumps(payload), 0, routing)))
+    assert (row["message_id"], row["envelope_type"]) == (shown, shown)
