@@ -8,6 +8,7 @@ PostgreSQL database created on that server and dropped afterwards.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,10 +77,28 @@ def store_url(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def store_engine(store_url: str):
+@pytest.fixture(scope="session")
+def _sqlite_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store with the whole schema, made once per test process: each SQLite test store
+    starts as a copy of it (a file copy instead of ~30 CREATE TABLE/INDEX statements and the
+    migration checks, which were a tenth of the unit tests' time)."""
     from include.triggerflow.store.db import create_schema, get_engine
 
+    path = tmp_path_factory.mktemp("store-template") / "store.db"
+    engine = get_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    engine.dispose()
+    return path
+
+
+@pytest.fixture
+def store_engine(store_url: str, request: pytest.FixtureRequest):
+    """The test's store with the schema created (SQLite: a copy of the session's template)."""
+    from include.triggerflow.store.db import create_schema, get_engine
+
+    if store_url.startswith("sqlite:///"):
+        shutil.copyfile(request.getfixturevalue("_sqlite_store_template"), store_url.removeprefix("sqlite:///"))
+        return get_engine(store_url)
     engine = get_engine(store_url)
     create_schema(engine)
     return engine

@@ -94,6 +94,18 @@ def load_demo_catalog(engine: Engine) -> None:
     load(engine)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_secrets_masker() -> Iterator[None]:
+    """Each test starts with Airflow's log masker empty. The masker is process-wide and recompiles
+    one regex over every secret it holds on each new one; across a session of tests that mint
+    unique tokens and keys this grew to ~10 ms per mask call. Tests of masking mask and check inside
+    the test."""
+    from airflow.sdk.log import _secrets_masker
+
+    _secrets_masker().reset_masker()
+    yield
+
+
 @pytest.fixture
 def demo_catalog(store_engine: Engine) -> Engine:
     """The test's store with the demo catalogue loaded (see :func:`load_demo_catalog`)."""

@@ -7,8 +7,6 @@ an error, so the rule cannot erode silently.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 #: fixtures that start a subprocess (tests/fixtures.py)
@@ -21,7 +19,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items
         if "tests/unit/" in item.nodeid.replace("\\", "/") and PROCESS_FIXTURES & set(getattr(item, "fixturenames", ()))
     ]
-    if offenders and os.environ.get("TRIGGERFLOW_UNIT_GUARD", "0") != "0":
+    if offenders:
         raise pytest.UsageError(
             "tests/unit must not start processes; move these to tests/integration/:\n  " + "\n  ".join(offenders)
         )
