@@ -178,3 +178,7 @@ class TriggersExtras(_Extras):
     max_line_bytes: PositiveInt = 4 * 1024 * 1024
     keepalive_wait_s: PositiveFloat = None
     caught_up_pings: PositiveInt = 2
+    # the status document's keep-alive warning thresholds: status/settings.py reads and checks them
+    # (a bad value is logged there and its default applies; the source itself never uses them)
+    keepalive_warning_reads: object = None
+    keepalive_warning_age_s: object = None

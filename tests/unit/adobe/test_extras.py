@@ -54,3 +54,13 @@ def test_ims_auth_type_is_case_insensitive_and_blank_means_oauth() -> None:
     assert ImsExtras.parse({"auth_type": " JWT "}).auth_type == "jwt"
     assert ImsExtras.parse({"auth_type": ""}).auth_type == "oauth"
     assert ImsExtras.parse({}).auth_type == "oauth"
+
+
+def test_the_status_documents_keepalive_thresholds_are_settings_of_the_source_connection() -> None:
+    # status/settings.py reads them from adobe_triggers: the source hook must not refuse them
+    from include.triggerflow.status.settings import keepalive_thresholds
+
+    extra = {"kind": "journal", "keepalive_warning_reads": 5, "keepalive_warning_age_s": 60}
+    TriggersExtras.parse(extra)
+    thresholds = keepalive_thresholds(extra)
+    assert (thresholds.reads, thresholds.age_s) == (5, 60)
