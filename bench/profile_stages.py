@@ -237,7 +237,7 @@ def _validate_child(url: str, batch_id: str, profile: bool, top: int, out_path: 
     logging.getLogger("include.triggerflow").setLevel(logging.ERROR)
     t_import = time.perf_counter()
     from include.triggerflow.stages.validate import validate_batch
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     routing = routing_config()
     engine = get_engine(url)
@@ -263,7 +263,7 @@ def _send_child(
         from include.triggerflow.hooks.smtp import TriggerMailHook
         from include.triggerflow.render import Renderer
         from include.triggerflow.stages.send import SendOptions, send_chunk
-        from include.triggerflow.store.db import get_engine
+        from include.triggerflow.store.engines import get_engine
         from include.triggerflow.unsubscribe import UnsubscribeLinks
 
         routing = routing_config()
@@ -400,7 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from include.triggerflow.stages.land import BatchRef, land_batch
     from include.triggerflow.stages.reconcile import reconcile_batch
-    from include.triggerflow.store.db import create_schema, describe, get_engine
+    from include.triggerflow.store.engines import describe, get_engine
+    from include.triggerflow.store.migrations import create_schema
     from include.triggerflow.store.schema import event, send
 
     rng = random.Random(args.seed)
@@ -538,7 +539,7 @@ t0 = time.perf_counter()
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.send import send_chunk
-from include.triggerflow.store.db import get_engine
+from include.triggerflow.store.engines import get_engine
 from include.triggerflow import DEFAULT_ROUTING_FILE
 from include.triggerflow.config import load_routing
 routing = load_routing(DEFAULT_ROUTING_FILE)

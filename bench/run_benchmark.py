@@ -58,7 +58,7 @@ def bench_store(kind: str, folder: Path) -> Iterator[str]:
         yield f"sqlite:///{folder / 'store.db'}"
         return
     from devstack.airflow_stack import postgres_metadata_db
-    from include.triggerflow.store.db import dispose_engines
+    from include.triggerflow.store.engines import dispose_engines
 
     # a fresh, dropped-afterwards database: the same helper gives Airflow its metadata DB
     with postgres_metadata_db(PG_SERVER) as url:
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
     from devstack.loadgen import inject_backlog, inject_rate, load_profiles
     from devstack.processes import start_emulator, start_smtp_sink
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = RESULTS / stamp

@@ -156,7 +156,7 @@ class Filler:
 
     def add_batch(self) -> None:
         from include.triggerflow.stats import refresh_batch_stats
-        from include.triggerflow.store.db import bulk_insert
+        from include.triggerflow.store.bulk import bulk_insert
         from include.triggerflow.store.schema import (
             batch,
             decision,
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from include.triggerflow.stats import recount_source
     from include.triggerflow.status import build_status
-    from include.triggerflow.store.db import create_schema, describe, get_engine
+    from include.triggerflow.store.engines import describe, get_engine
+    from include.triggerflow.store.migrations import create_schema
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     rows: list[dict[str, Any]] = []

@@ -51,7 +51,7 @@ def scratch_database(server_url: str, prefix: str = "tf_scratch", *, store: bool
             yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
         finally:
             if store:
-                from include.triggerflow.store.db import dispose_engines
+                from include.triggerflow.store.engines import dispose_engines
 
                 dispose_engines()
             with admin.connect() as conn:

@@ -642,7 +642,8 @@ def load_profiles(
     from sqlalchemy import delete, func, select
 
     from include.triggerflow.catalog import catalog_size
-    from include.triggerflow.store.db import create_schema, insert_ignore
+    from include.triggerflow.store.bulk import insert_ignore
+    from include.triggerflow.store.migrations import create_schema
     from include.triggerflow.store.schema import profiles, suppression
 
     if count < 0:
@@ -915,7 +916,7 @@ def inject_rate(
 
 # -- CLI ------------------------------------------------------------------------------------------
 def _store_engine(db_url: str | None) -> Any:
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     url = db_url or os.environ.get("TRIGGERFLOW_DB_URL")
     if not url:
@@ -993,7 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     tty = sys.stderr.isatty()
     if args.command == "profiles":
-        from include.triggerflow.store.db import describe
+        from include.triggerflow.store.engines import describe
 
         engine = _store_engine(args.db_url)
         print(f"loading {args.count} profiles into {describe(engine)}", file=sys.stderr)

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             f"injecting {args.burst} demo triggers every {args.every:.0f} s, round {len(shoppers)} customers "
             f"(demo dedup window {window_s} s: {DEMO_ROUTING.relative_to(ROOT)})",
         )
-        from include.triggerflow.store.db import get_engine
+        from include.triggerflow.store.engines import get_engine
 
         store = get_engine(store_url)
         triggers = DemoTriggers(shoppers, random.Random(42))

@@ -193,10 +193,7 @@ def _connection(conn_id: str, *, required: bool) -> Any:
 
 
 def _store_url(conn: Any) -> str:
-    from include.triggerflow.store.db import (
-        StoreConfigError,
-        request_url_from_connection,
-    )
+    from include.triggerflow.store.engines import StoreConfigError, request_url_from_connection
 
     try:
         return request_url_from_connection(conn, connect_timeout_s=PG_CONNECT_TIMEOUT_S)
@@ -213,7 +210,7 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
         from sqlalchemy.exc import SQLAlchemyError
 
         from include.triggerflow.status import collector
-        from include.triggerflow.store.db import describe
+        from include.triggerflow.store.engines import describe
     except ImportError as exc:
         raise StatusUnavailable(
             f"the triggerflow package cannot be imported ({exc}): put the project root on the API "

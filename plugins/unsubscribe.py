@@ -184,10 +184,7 @@ def get_store() -> Any:
     """The guarded store engine from connection ``triggers_db`` (short timeouts, a pool no larger
     than the gate; see :func:`_guard`). Use :func:`_store`, which caches it."""
     _package()
-    from include.triggerflow.store.db import (
-        StoreConfigError,
-        request_url_from_connection,
-    )
+    from include.triggerflow.store.engines import StoreConfigError, request_url_from_connection
 
     conn = _connection(STORE_CONN_ID, "the triggerflow store")
     try:

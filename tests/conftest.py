@@ -82,7 +82,8 @@ def _sqlite_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite store with the whole schema, made once per test process: each SQLite test store
     starts as a copy of it (a file copy instead of ~30 CREATE TABLE/INDEX statements and the
     migration checks, which were a tenth of the unit tests' time)."""
-    from include.triggerflow.store.db import create_schema, get_engine
+    from include.triggerflow.store.engines import get_engine
+    from include.triggerflow.store.migrations import create_schema
 
     path = tmp_path_factory.mktemp("store-template") / "store.db"
     engine = get_engine(f"sqlite:///{path}")
@@ -94,7 +95,8 @@ def _sqlite_store_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store_engine(store_url: str, request: pytest.FixtureRequest):
     """The test's store with the schema created (SQLite: a copy of the session's template)."""
-    from include.triggerflow.store.db import create_schema, get_engine
+    from include.triggerflow.store.engines import get_engine
+    from include.triggerflow.store.migrations import create_schema
 
     if store_url.startswith("sqlite:///"):
         shutil.copyfile(request.getfixturevalue("_sqlite_store_template"), store_url.removeprefix("sqlite:///"))

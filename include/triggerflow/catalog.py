@@ -51,7 +51,7 @@ from include.triggerflow.csv_rows import (
 )
 from include.triggerflow.locales import normalize_locale
 from include.triggerflow.render.filters import locale_chain
-from include.triggerflow.store.db import chunked
+from include.triggerflow.store.bulk import chunked
 from include.triggerflow.store.schema import catalog
 from include.triggerflow.timeutil import utcnow
 

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from include.triggerflow.store.db import chunked
+from include.triggerflow.store.bulk import chunked
 
 __all__ = [
     "CsvRowsError",

@@ -11,7 +11,7 @@ and a hard bounce's suppression) is queued and committed together with the ``sen
 email *i + 1*, just before *i + 1*'s SMTP transaction. So every row is committed ``sending``
 before its SMTP transaction starts and a process that dies leaves at most one row ``sending``.
 The statements are compiled once per dialect and run on the raw driver
-(``store.db.DriverStatement``): the send stage is the benchmark's hot path.
+(``store.bulk.DriverStatement``): the send stage is the benchmark's hot path.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sqlalchemy import Engine, Row, and_, bindparam, insert, or_, select, update
 from include.triggerflow.send_log import SendLog
 from include.triggerflow.smtp_replies import SmtpOutcome
 from include.triggerflow.states import SendAction, SendState
-from include.triggerflow.store.db import DriverSession, DriverStatement, dialect_insert
+from include.triggerflow.store.bulk import DriverSession, DriverStatement, dialect_insert
 from include.triggerflow.store.schema import event, profiles, send, send_log, suppression
 from include.triggerflow.suppression import Category
 from include.triggerflow.timeutil import utcnow

@@ -42,7 +42,7 @@ from include.triggerflow.csv_rows import (
     upsert_by_key,
 )
 from include.triggerflow.locales import find_zone, normalize_locale
-from include.triggerflow.store.db import chunked
+from include.triggerflow.store.bulk import chunked
 from include.triggerflow.store.schema import (
     PROFILE_COLUMNS,
     profile_visitor_ids,

@@ -241,7 +241,7 @@ def test_profiles_cli_loads_into_a_db_url(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "1500 inserted" in proc.stdout
     assert proc.stdout.rstrip().endswith("; 6 catalogue products")  # the demo catalogue came along
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     with get_engine(url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(profiles)).scalar_one() == 1500

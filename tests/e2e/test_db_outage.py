@@ -226,7 +226,7 @@ class OutageController(threading.Thread):
 @pytest.fixture
 def dag_store(store_url: str, store_engine) -> Iterator[tuple[str, Any, Any]]:
     """(URL the DAG uses, the test's engine, an outage factory) for SQLite or PostgreSQL."""
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     load_demo_catalog(store_engine)  # the shipped routes email only products the catalogue knows
     url = make_url(store_url)
@@ -249,7 +249,7 @@ def dag_store(store_url: str, store_engine) -> Iterator[tuple[str, Any, Any]]:
         proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         yield proxied, store_engine, ProxyCutOutage(proxy)
     finally:
-        from include.triggerflow.store.db import dispose_engines
+        from include.triggerflow.store.engines import dispose_engines
 
         dispose_engines()
         proxy.close()

@@ -25,7 +25,7 @@ def test_init_db_creates_the_tables(store_url: str) -> None:
     done = cli(store_url, "init-db")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("store ready at ")
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     assert {"tf_event", "tf_send", "tf_run_summary", "profiles"} <= set(inspect(get_engine(store_url)).get_table_names())
 
@@ -33,7 +33,7 @@ def test_init_db_creates_the_tables(store_url: str) -> None:
 def test_db_url_from_the_environment(store_url: str) -> None:
     done = cli(None, "init-db", env={"TRIGGERFLOW_DB_URL": store_url})
     assert done.returncode == 0, done.stderr
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     assert "tf_batch" in inspect(get_engine(store_url)).get_table_names()
 

@@ -172,7 +172,7 @@ def test_processed_current_discarded_and_since_last_flush(kit, routing) -> None:
 def _fill(kit, batches: int, per_batch: int, *, first: int = 0) -> None:
     """``batches`` batches of ``per_batch`` events in every state, with sends and quarantine rows,
     summarised as the stages would leave them."""
-    from include.triggerflow.store.db import bulk_insert
+    from include.triggerflow.store.bulk import bulk_insert
 
     statuses = ("landed", "valid", "valid", "quarantined")
     for b in range(first, first + batches):

@@ -432,7 +432,7 @@ def _old_store(url: str):
     store's."""
     from sqlalchemy import Index, MetaData, Table
 
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     engine = get_engine(url)
     old = MetaData()
@@ -445,7 +445,7 @@ def _old_store(url: str):
 def test_migration_0007_keys_legacy_rows_and_removes_repeats(store_url: str, links: UnsubscribeLinks) -> None:
     from sqlalchemy import insert, inspect
 
-    from include.triggerflow.store.db import create_schema
+    from include.triggerflow.store.migrations import create_schema
 
     engine, old_table = _old_store(store_url)
     at = T0 + timedelta(hours=1)
@@ -490,7 +490,7 @@ def test_migration_0007_keys_legacy_rows_and_removes_repeats(store_url: str, lin
 def test_migration_0007_on_an_empty_old_table_is_a_no_op(store_url: str) -> None:
     from sqlalchemy import inspect
 
-    from include.triggerflow.store.db import create_schema
+    from include.triggerflow.store.migrations import create_schema
     from include.triggerflow.store.schema import schema_version
 
     engine, _ = _old_store(store_url)

@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from include.triggerflow.store.db import create_schema, get_engine
+from include.triggerflow.store.engines import get_engine
+from include.triggerflow.store.migrations import create_schema
 
 
 class CliError(Exception):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from include.triggerflow.cli.common import CliError, error, store_engine
-from include.triggerflow.store.db import describe
+from include.triggerflow.store.engines import describe
 
 if TYPE_CHECKING:
     from include.triggerflow.config import RoutingConfig

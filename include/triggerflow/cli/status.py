@@ -17,7 +17,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from include.triggerflow.stats import rebuild_all
     from include.triggerflow.status import collect_status
-    from include.triggerflow.store.db import describe
+    from include.triggerflow.store.engines import describe
 
     engine = store_engine(args)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from include.triggerflow.cli.common import error, store_engine
-from include.triggerflow.store.db import describe
+from include.triggerflow.store.engines import describe
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from include.triggerflow.sources.base import Page, TriggerSource
-from include.triggerflow.store.db import bulk_insert
+from include.triggerflow.store.bulk import bulk_insert
 from include.triggerflow.store.schema import (
     batch,
     event,

@@ -1,7 +1,7 @@
 """Stage 3 — reconcile valid events with profiles, apply the route's rules, queue the emails.
 
 Set-based: identities are looked up with one query per profile column per identity level (an
-IN-list for a few keys, a join with a temporary key table for many: ``store.db.select_in``),
+IN-list for a few keys, a join with a temporary key table for many: ``store.lookups.select_in``),
 recent ledger rows (for deduplication and frequency caps), suppressions and unsubscribes the same
 way, never one query per event; decisions and ledger rows are written in bulk (COPY on
 PostgreSQL). Every valid event gets exactly one decision in
@@ -80,7 +80,8 @@ from include.triggerflow.stages import reconcile_load as load
 from include.triggerflow.stages.reconcile_load import catalog_skus, lookup_catalog
 from include.triggerflow.states import Decision, EventStatus, SendState
 from include.triggerflow.stats import refresh_quietly
-from include.triggerflow.store.db import bulk_insert, select_in, where_in
+from include.triggerflow.store.bulk import bulk_insert
+from include.triggerflow.store.lookups import select_in, where_in
 from include.triggerflow.store.schema import decision, event, send
 from include.triggerflow.timeutil import utcnow
 

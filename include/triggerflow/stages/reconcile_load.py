@@ -1,7 +1,7 @@
 """What the reconcile stage reads for a whole batch before the rules run: set-based look-ups.
 
 One query per table or per profile key column (an IN-list for a few keys, a join with a
-temporary key table for many: ``store.db.select_in``), never one query per event. Small tables
+temporary key table for many: ``store.lookups.select_in``), never one query per event. Small tables
 (suppressions, unsubscribes) are read whole when they hold fewer rows than there are keys. Every
 function takes the connection the stage holds, so the look-ups share one read snapshot.
 """
@@ -20,7 +20,7 @@ from include.triggerflow.config import TriggerRoute
 from include.triggerflow.content import CatalogEntry, event_skus
 from include.triggerflow.rules import Candidate, Profile, ProfileMatch, RecentSend
 from include.triggerflow.states import COUNTED_STATES
-from include.triggerflow.store.db import select_in
+from include.triggerflow.store.lookups import select_in
 from include.triggerflow.store.schema import (
     PROFILE_COLUMNS,
     profile_visitor_ids,

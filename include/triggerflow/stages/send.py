@@ -32,7 +32,7 @@ most one row ``sending``, the one whose SMTP transaction may or may not have com
 one it started: if it died before recording the 250 of *i*, *i + 1* was never marked). Rows that
 fail before the SMTP transaction (render, address) ride along with the next commit; a broken
 session commits what is pending (its row back to ``pending``) before raising. The writes use one
-connection for the whole chunk and pre-compiled statements (``store.db.DriverStatement``).
+connection for the whole chunk and pre-compiled statements (``store.bulk.DriverStatement``).
 
 Modules: the ledger's statements (claiming a chunk, the per-email writes) are ``ledger.py``,
 tf_send_log and the earlier refusals ``send_log.py``, each email's rendering ``compose.py``, dry

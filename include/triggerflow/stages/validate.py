@@ -38,7 +38,8 @@ from include.triggerflow.payloads import ValidatedXCom
 from include.triggerflow.stages.landing_payload import BENIGN_NOTES
 from include.triggerflow.states import EventStatus
 from include.triggerflow.stats import refresh_quietly
-from include.triggerflow.store.db import bulk_insert, where_in
+from include.triggerflow.store.bulk import bulk_insert
+from include.triggerflow.store.lookups import where_in
 from include.triggerflow.store.schema import event, quarantine
 from include.triggerflow.timeutil import epoch_ms, utcnow
 

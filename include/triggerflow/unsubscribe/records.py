@@ -56,7 +56,7 @@ def record_opt_out_in(conn: Any, claim: UnsubscribeClaim, *, method: str, now: d
     """
     from sqlalchemy import false, select, update
 
-    from include.triggerflow.store.db import insert_ignore
+    from include.triggerflow.store.bulk import insert_ignore
     from include.triggerflow.store.schema import profiles, unsubscribe
 
     if method not in METHODS:
@@ -121,7 +121,7 @@ def record_opt_out(engine: Any, claim: UnsubscribeClaim, *, method: str, now: da
 
 
 def backfill_token_keys(conn: Any) -> None:
-    """Migration ``0007_unsubscribe_token_key``'s data step (``store.db.MIGRATION_DATA_STEPS``):
+    """Migration ``0007_unsubscribe_token_key``'s data step (``store.migrations.MIGRATION_DATA_STEPS``):
     give every ``tf_unsubscribe`` row written before the key existed its ``token_key``, then
     delete the repeats — rows of the same customer and key, keeping the earliest (lowest id) — so
     the unique index on (customer_id, token_key) can be created. The key comes from the row's
@@ -130,7 +130,7 @@ def backfill_token_keys(conn: Any) -> None:
     it. A no-op on an empty table; runs in the migration's transaction."""
     from sqlalchemy import bindparam, delete, select, update
 
-    from include.triggerflow.store.db import chunked
+    from include.triggerflow.store.bulk import chunked
     from include.triggerflow.store.schema import unsubscribe
 
     t = unsubscribe.c

@@ -33,7 +33,7 @@ def test_init_db_then_runs_in_new_processes(store_url: str) -> None:
     done = cli("--db-url", store_url, "init-db")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("store ready at ")
-    from include.triggerflow.store.db import get_engine
+    from include.triggerflow.store.engines import get_engine
 
     assert "tf_run_summary" in inspect(get_engine(store_url)).get_table_names()
     runs = cli("--db-url", store_url, "runs")

@@ -36,7 +36,8 @@ from include.triggerflow.sources.base import Page, RawMessage
 from include.triggerflow.stages.land import BatchRef, land_batch, stored_positions
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.validate import validate_batch
-from include.triggerflow.store.db import create_schema, get_engine
+from include.triggerflow.store.engines import get_engine
+from include.triggerflow.store.migrations import create_schema
 from include.triggerflow.store.schema import decision, event, quarantine
 from tests.fixtures import BASE_PROFILE, load_demo_catalog
 from tests.unit.fuzz.strategies import dumps, good_envelope, hostile_payloads

@@ -237,7 +237,7 @@ def test_concurrent_processes_minting_at_once_leave_one_valid_row(emu, adobe_con
     """Several task processes with an empty store mint at the same moment: all succeed, last writer wins."""
     script = (
         "import sys, time\n"
-        "from include.triggerflow.store.db import get_engine\n"
+        "from include.triggerflow.store.engines import get_engine\n"
         "from include.triggerflow.hooks.ims import AdobeImsHook\n"
         "hook = AdobeImsHook(token_store=get_engine(sys.argv[1]))\n"
         "while time.time() < float(sys.argv[2]): time.sleep(0.005)\n"

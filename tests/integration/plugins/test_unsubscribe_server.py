@@ -24,7 +24,8 @@ from tests.plugins.test_unsubscribe_plugin import ONE_CLICK, SECRET, requests_fo
 @pytest.fixture(scope="module")
 def e2e_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
     """One store for the module's stack: SQLite, or a fresh PostgreSQL database."""
-    from include.triggerflow.store.db import create_schema, get_engine
+    from include.triggerflow.store.engines import get_engine
+    from include.triggerflow.store.migrations import create_schema
     from tests.conftest import empty_store
 
     with empty_store(tmp_path_factory.mktemp("unsub-store")) as url:

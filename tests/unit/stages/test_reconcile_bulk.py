@@ -1,5 +1,5 @@
 """Reconciliation gives the same decisions and ledger whether its look-ups run as IN-lists (a few
-keys) or as joins with temporary key tables (many keys: store.db.IN_LIST_MAX), and validation the
+keys) or as joins with temporary key tables (many keys: store.lookups.IN_LIST_MAX), and validation the
 same statuses and quarantine."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from devstack.messages import BROWSE_ABANDONMENT_TRIGGER_ID, CART_ABANDONMENT_TR
 from include.triggerflow.config import load_routing
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.validate import validate_batch
-from include.triggerflow.store import db
+from include.triggerflow.store import lookups
 from include.triggerflow.store.schema import decision, event, profile_visitor_ids, quarantine, send, unsubscribe
 from include.triggerflow.suppression import add_entries
 from tests.fixtures import envelope_json, write_routing
@@ -84,7 +84,8 @@ def outcome(kit, batch_id: str) -> tuple:
 
 def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from include.triggerflow.stages import reconcile_load
-    from include.triggerflow.store.db import create_schema, get_engine
+    from include.triggerflow.store.engines import get_engine
+    from include.triggerflow.store.migrations import create_schema
     from tests.conftest import empty_store
     from tests.fixtures import StoreKit, load_demo_catalog
 
@@ -101,7 +102,7 @@ def test_key_tables_and_in_lists_give_the_same_result(kit, tmp_path: Path, monke
             stores.append(StoreKit(engine))
         # IN-lists; key tables; key tables and the small tables (suppressions, unsubscribes) read whole
         for store, in_list_max, small_table_keys in zip(stores, (100_000, 2, 2), (100_000, 100_000, 2)):
-            monkeypatch.setattr(db, "IN_LIST_MAX", in_list_max)
+            monkeypatch.setattr(lookups, "IN_LIST_MAX", in_list_max)
             monkeypatch.setattr(reconcile_load, "IN_LIST_SIZE", small_table_keys)
             arrange(store)
             for batch_id in ("b1", "b2"):  # b2 repeats b1's triggers: duplicates of earlier batches

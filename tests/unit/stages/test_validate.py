@@ -213,7 +213,8 @@ def every_case_validated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[d
     about 0.25 s per validation, and one batch also proves that each row's reasons stay its own."""
     from include.triggerflow import DEFAULT_ROUTING_FILE
     from include.triggerflow.config import load_routing
-    from include.triggerflow.store.db import create_schema, get_engine
+    from include.triggerflow.store.engines import get_engine
+    from include.triggerflow.store.migrations import create_schema
     from tests.conftest import empty_store
     from tests.fixtures import StoreKit
 

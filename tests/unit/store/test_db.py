@@ -1,6 +1,5 @@
 """Tests for the store's engines (store.engines: URLs from connection fields, one engine per URL),
-schema creation (store.migrations), insert_ignore (store.bulk), the UTC column type (store.types)
-and the old address store.db that re-exports them.
+schema creation (store.migrations), insert_ignore (store.bulk) and the UTC column type (store.types).
 
 The database tests run on the store of the test run (SQLite, or PostgreSQL when
 TRIGGERFLOW_TEST_PG_URL is set)."""
@@ -222,17 +221,3 @@ def test_a_request_url_gets_a_postgres_connect_timeout_unless_it_has_one() -> No
     assert request_url_from_connection(lite) == "sqlite:////x.db"
     with pytest.raises(StoreConfigError, match="connection 'triggers_db' does not give a database URL"):
         request_url_from_connection(ConnectionFields("generic", extra={"sqlalchemy_url": "not a url"}))
-
-
-# -- store.db: the old address -----------------------------------------------------------------------
-def test_store_db_re_exports_and_forwards_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from include.triggerflow.store import bulk, db, engines, lookups, migrations
-
-    for name in db.__all__:
-        homes = [m for m in (engines, migrations, bulk, lookups) if name in vars(m)]
-        assert homes and getattr(db, name) is getattr(homes[0], name), name
-    # tests of other areas set db.IN_LIST_MAX: it must reach the look-ups that read it
-    monkeypatch.setattr(db, "IN_LIST_MAX", 7)
-    assert lookups.IN_LIST_MAX == 7
-    monkeypatch.undo()
-    assert lookups.IN_LIST_MAX == db.IN_LIST_MAX == 500
