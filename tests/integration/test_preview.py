@@ -60,14 +60,34 @@ def sink(smtp_sink_process: RunningSmtpSink) -> RunningSmtpSink:
     return smtp_sink_process
 
 
-def send(sink: RunningSmtpSink, seeds: list[str], profile: dict[str, Any] = PROFILE, **kwargs: Any) -> list[TestSendResult]:
-    return send_test(
-        "cart_abandonment", cart_event(), profile, seeds, smtp_host=sink.host, smtp_port=sink.port, sender=SENDER, **kwargs
-    )
+@pytest.fixture
+def mail_to(monkeypatch: pytest.MonkeyPatch):
+    """A TriggerMailHook on connection ``test_send``: plain SMTP to ``host:port``, no retries."""
+
+    def make(host: str, port: int, *, sender: str = SENDER, from_name: str | None = None, timeout: float = 10) -> TriggerMailHook:
+        extra: dict[str, Any] = {
+            "from_email": sender, "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": timeout,
+        }
+        if from_name is not None:
+            extra["from_name"] = from_name
+        conn = {"conn_type": "smtp", "host": host, "port": port, "extra": extra}
+        monkeypatch.setenv("AIRFLOW_CONN_TEST_SEND", json.dumps(conn))
+        return TriggerMailHook("test_send")
+
+    return make
 
 
-def test_send_test_delivers_to_every_seed(sink: RunningSmtpSink) -> None:
-    results = send(sink, ["qa1@example.com", "qa2@example.org"], from_name="triggerflow shop")
+@pytest.fixture
+def send(sink: RunningSmtpSink, mail_to):
+    def send(seeds: list[str], profile: dict[str, Any] = PROFILE, *, from_name: str | None = None, **kwargs: Any) -> list[TestSendResult]:
+        mail = mail_to(sink.host, sink.port, from_name=from_name)
+        return send_test("cart_abandonment", cart_event(), profile, seeds, mail=mail, **kwargs)
+
+    return send
+
+
+def test_send_test_delivers_to_every_seed(sink: RunningSmtpSink, send) -> None:
+    results = send(["qa1@example.com", "qa2@example.org"], from_name="triggerflow shop")
 
     assert [(r.recipient, r.accepted, r.code) for r in results] == [("qa1@example.com", True, 250), ("qa2@example.org", True, 250)]
     messages = sink.wait_for(2)
@@ -87,8 +107,8 @@ def test_send_test_delivers_to_every_seed(sink: RunningSmtpSink) -> None:
     assert len({r.message_id for r in results}) == 2
 
 
-def test_send_test_french_profile_and_custom_prefix(sink: RunningSmtpSink) -> None:
-    send(sink, ["qa@example.com"], profile=FRENCH, subject_prefix="[QA fr] ")
+def test_send_test_french_profile_and_custom_prefix(sink: RunningSmtpSink, send) -> None:
+    send(["qa@example.com"], profile=FRENCH, subject_prefix="[QA fr] ")
     (msg,) = sink.wait_for(1)
     assert msg["Subject"] == "[QA fr] Marie, you left something in your cart"
     assert "Bonjour Marie, votre panier vous attend" in body(msg, "plain")
@@ -98,31 +118,31 @@ def test_send_test_french_profile_and_custom_prefix(sink: RunningSmtpSink) -> No
     "bad",
     ["not-an-address", "qa@example.com\r\nBcc: victim@example.com", "qa@example.com, victim@example.com", ""],
 )
-def test_one_bad_seed_refuses_them_all(sink: RunningSmtpSink, bad: str) -> None:
+def test_one_bad_seed_refuses_them_all(sink: RunningSmtpSink, send, bad: str) -> None:
     with pytest.raises(PreviewError, match=r"^refusing to send to any seed: "):
-        send(sink, ["qa1@example.com", bad, "qa2@example.com"])
+        send(["qa1@example.com", bad, "qa2@example.com"])
     with pytest.raises(PreviewError, match="at least one seed"):
-        send(sink, [])
+        send([])
     # nothing reached the server
     assert sink.eml_paths() == []
 
 
-def test_a_seed_refused_by_the_server_is_reported(sink: RunningSmtpSink) -> None:
+def test_a_seed_refused_by_the_server_is_reported(sink: RunningSmtpSink, send) -> None:
     sink.set_faults([{"rcpt": "full@example.com", "code": 552, "message": "5.2.2 mailbox full"}])
-    results = send(sink, ["full@example.com", "qa@example.com", "QA@example.com"])  # the duplicate is dropped
+    results = send(["full@example.com", "qa@example.com", "QA@example.com"])  # the duplicate is dropped
     assert [(r.recipient, r.accepted, r.code) for r in results] == [("full@example.com", False, 552), ("qa@example.com", True, 250)]
     assert "mailbox full" in results[0].reply
     assert [str(m["To"]) for m in sink.wait_for(1)] == ["qa@example.com"]
 
 
-def test_bad_sender_and_unreachable_server(sink: RunningSmtpSink) -> None:
+def test_bad_sender_and_unreachable_server(sink: RunningSmtpSink, mail_to) -> None:
     with pytest.raises(PreviewError, match="bad sender"):
-        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], smtp_host=sink.host, smtp_port=sink.port, sender="shop@localhost")
+        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], mail=mail_to(sink.host, sink.port, sender="shop@localhost"))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]  # bound, never listening: connection refused
         with pytest.raises(PreviewError, match=rf"^SMTP session with 127.0.0.1:{closed_port} failed: ConnectionRefusedError"):
-            send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], smtp_host="127.0.0.1", smtp_port=closed_port, sender=SENDER, timeout=5)
+            send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], mail=mail_to("127.0.0.1", closed_port, timeout=5))
     assert sink.eml_paths() == []
 
 

@@ -30,7 +30,6 @@ from include.triggerflow.preview import (
     sample_profile,
     send_test,
 )
-from include.triggerflow.preview.seeds import hook_from_settings
 from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
 
 PROFILE = {
@@ -292,16 +291,3 @@ def test_a_session_missing_its_settings_is_a_preview_error(monkeypatch: pytest.M
     with pytest.raises(PreviewError) as info:
         send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], mail=TriggerMailHook("no_such_conn"))
     assert str(info.value) == "no SMTP --smtp-host and --from: connection 'no_such_conn' is not defined; pass --smtp-host, --from"
-
-
-def test_the_old_keyword_arguments_make_a_hook() -> None:
-    hook = hook_from_settings({
-        "smtp_host": "relay.test", "smtp_port": 587, "sender": SENDER, "from_name": "Shop", "smtp_user": "ada",
-        "smtp_password": "pw", "starttls": True, "timeout": 5, "message_id_domain": "mail.shop.test",
-    })
-    assert (hook.host, hook.port, hook.sender, hook.from_name, hook.message_id_domain) == ("relay.test", 587, SENDER, "Shop", "mail.shop.test")
-    assert (hook.use_ssl, hook.smtp_starttls, hook.smtp_user, hook.smtp_password, hook.timeout, hook.smtp_retry_limit) == (
-        False, True, "ada", "pw", 5, 0)
-    assert hook_from_settings({"smtp_host": "h.test", "smtp_port": 465, "sender": SENDER, "use_ssl": True}).use_ssl
-    with pytest.raises(TypeError, match="mail= or the SMTP settings, not both"):
-        send_test("cart_abandonment", cart_event(), PROFILE, ["qa@example.com"], mail=hook, smtp_host="relay.test")

@@ -45,7 +45,7 @@ from include.triggerflow.preview.rendering import (
     render_for,
     render_preview,
 )
-from include.triggerflow.preview.seeds import LegacySmtpSettings, TestSendResult, send_test
+from include.triggerflow.preview.seeds import TestSendResult, send_test
 
 __all__ = [
     "DEFAULT_UNSUBSCRIBE_URL",
@@ -53,7 +53,6 @@ __all__ = [
     "PREVIEW_FROM",
     "PREVIEW_FROM_NAME",
     "SAMPLES_DIR",
-    "LegacySmtpSettings",
     "PreviewError",
     "RenderOptions",
     "TestSendResult",

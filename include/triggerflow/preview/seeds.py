@@ -7,12 +7,11 @@ SMTP transaction and reading of replies. The send ledger is never touched.
 
 from __future__ import annotations
 
-import json
 import smtplib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any
 
 from include.triggerflow.content import CatalogEntry
 from include.triggerflow.mailer import (
@@ -46,22 +45,6 @@ class TestSendResult:
     message_id: str
 
 
-class LegacySmtpSettings(TypedDict, total=False):
-    """The keyword arguments ``send_test`` took before it took ``mail``; still accepted (a hook
-    is built from them) until ``cli test-send`` passes a hook."""
-
-    smtp_host: str
-    smtp_port: int
-    sender: str
-    from_name: str | None
-    smtp_user: str | None
-    smtp_password: str | None
-    use_ssl: bool
-    starttls: bool
-    timeout: float
-    message_id_domain: str
-
-
 def _seeds(seeds: Sequence[str]) -> list[str]:
     """Every seed validated (all-or-nothing) and de-duplicated, order kept."""
     if isinstance(seeds, str) or not seeds:
@@ -83,44 +66,18 @@ def _seeds(seeds: Sequence[str]) -> list[str]:
     return valid
 
 
-def hook_from_settings(settings: LegacySmtpSettings) -> TriggerMailHook:
-    """A session for the old keyword arguments: a connection made of them (no retries on connect,
-    as before), so the SMTP work is still the hook's."""
-    from airflow.providers.common.compat.sdk import Connection
-
-    from include.triggerflow.hooks.smtp import TriggerMailHook
-
-    extra: dict[str, Any] = {
-        "from_email": settings.get("sender"),
-        "disable_ssl": not settings.get("use_ssl", False),
-        "disable_tls": not settings.get("starttls", False),
-        "timeout": settings.get("timeout", 30.0),
-        "retry_limit": 0,
-        "message_id_domain": settings.get("message_id_domain", "triggerflow.local"),
-    }
-    if settings.get("from_name") is not None:
-        extra["from_name"] = settings["from_name"]
-    hook = TriggerMailHook("triggerflow_test_send")
-    hook.smtp_connection = Connection(
-        conn_id="triggerflow_test_send", conn_type="smtp", host=settings.get("smtp_host"), port=settings.get("smtp_port"),
-        login=settings.get("smtp_user") or None, password=settings.get("smtp_password") or None, extra=json.dumps(extra),
-    )
-    return hook
-
-
 def send_test(
     route_name: str,
     event_payload: Mapping[str, Any] | str | bytes,
     profile: Mapping[str, Any],
     seeds: Sequence[str],
     *,
-    mail: TriggerMailHook | None = None,
+    mail: TriggerMailHook,
     routing: RoutingConfig | None = None,
     renderer: Renderer | None = None,
     catalog: Mapping[str, CatalogEntry] | None = None,
     unsubscribe_url: str = DEFAULT_UNSUBSCRIBE_URL,
     subject_prefix: str = "[TEST] ",
-    **legacy: Unpack[LegacySmtpSettings],
 ) -> list[TestSendResult]:
     """Send ``route_name``'s email, rendered for this event and profile, to each seed address.
 
@@ -131,17 +88,8 @@ def send_test(
     one bad address refuses them all. A seed the server refuses is reported in its
     :class:`TestSendResult`; a session failure (cannot connect, login refused) raises.
 
-    The old keyword arguments (``smtp_host``, ``smtp_port``, ``sender``... :class:`LegacySmtpSettings`)
-    are still accepted instead of ``mail``.
-
     :raises PreviewError: a bad seed or sender, a render error, or the SMTP session failed.
     """
-    if mail is None:
-        if not legacy:
-            raise TypeError("send_test needs mail= (a TriggerMailHook)")
-        mail = hook_from_settings(legacy)
-    elif legacy:
-        raise TypeError(f"send_test takes mail= or the SMTP settings, not both ({', '.join(legacy)})")
     recipients = _seeds(seeds)
     try:
         # a connection that lacks its host or sender names the connection and the flags to pass
