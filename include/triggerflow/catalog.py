@@ -49,8 +49,7 @@ from include.triggerflow.csv_rows import (
     store_reason,
     upsert_by_key,
 )
-from include.triggerflow.locales import normalize_locale
-from include.triggerflow.render.filters import locale_chain
+from include.triggerflow.locales import locale_chain, normalize_locale
 from include.triggerflow.store.bulk import chunked
 from include.triggerflow.store.schema import catalog
 from include.triggerflow.timeutil import utcnow

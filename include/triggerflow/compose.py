@@ -134,7 +134,7 @@ def chunk_events(
     """Each row's parsed event (by send_id) and the catalogue items of every SKU the chunk's
     catalogue-route events name, looked up at once. A payload that does not parse is left out
     here: its row fails on its own when it is rendered."""
-    from include.triggerflow.stages.reconcile import catalog_skus, lookup_catalog
+    from include.triggerflow.stages.reconcile_load import catalog_skus, lookup_catalog
 
     events: dict[int, TriggerEvent] = {}
     for row in rows:

@@ -49,6 +49,19 @@ def normalize_locale(locale: Any) -> str | None:
     return "-".join(parts)
 
 
+def locale_chain(locale: str | None) -> list[str]:
+    """The variant tags to try for a profile locale, most specific first: ``fr_CA`` →
+    ``["fr-CA", "fr"]``; ``[]`` for None, blank or anything that is not a BCP 47-ish tag.
+
+    Every tag returned matches ``[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*``: it is safe in a file name.
+    """
+    tag = normalize_locale(locale)
+    if tag is None:
+        return []
+    parts = tag.split("-")
+    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+
 @lru_cache(maxsize=512)
 def _zone(key: str) -> ZoneInfo | None:
     try:

@@ -124,7 +124,7 @@ class TriggerSourceHook(BaseHook):
         self._token_store = token_store
         conn = self.get_connection(self.adobe_triggers_conn_id)
         extras = self.extras(conn)
-        from include.triggerflow.stages.land import MAX_MESSAGE_BYTES
+        from include.triggerflow.stages.landing_payload import MAX_MESSAGE_BYTES
 
         self.max_message_bytes = extras.value("max_message_bytes", MAX_MESSAGE_BYTES)
         if extras.kind == SourceKind.PIPELINE:

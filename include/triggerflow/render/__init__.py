@@ -13,7 +13,7 @@ The names below are the package's public API (importers use ``include.triggerflo
 
 from __future__ import annotations
 
-from include.triggerflow.locales import normalize_locale
+from include.triggerflow.locales import locale_chain, normalize_locale
 from include.triggerflow.render.context import build_context
 from include.triggerflow.render.filters import (
     DEFAULT_DATETIME_FORMAT,
@@ -23,7 +23,6 @@ from include.triggerflow.render.filters import (
     http_url,
     last_page_ending,
     local_datetime,
-    locale_chain,
     money,
 )
 from include.triggerflow.render.renderer import CompiledRoute, RenderedEmail, Renderer, TemplateRenderError

@@ -22,7 +22,7 @@ import jinja2
 from babel import Locale
 from babel.numbers import NumberPattern
 
-from include.triggerflow.locales import find_zone, normalize_locale
+from include.triggerflow.locales import find_zone, locale_chain
 
 __all__ = [
     "DEFAULT_DATETIME_FORMAT",
@@ -32,7 +32,6 @@ __all__ = [
     "http_url",
     "last_page_ending",
     "local_datetime",
-    "locale_chain",
     "money",
 ]
 
@@ -42,19 +41,6 @@ DEFAULT_LOCAL_DATETIME_FORMAT = "%d %b %Y %H:%M %Z"
 
 
 # -- locales -----------------------------------------------------------------------------------------
-def locale_chain(locale: str | None) -> list[str]:
-    """The variant tags to try for a profile locale, most specific first: ``fr_CA`` →
-    ``["fr-CA", "fr"]``; ``[]`` for None, blank or anything that is not a BCP 47-ish tag.
-
-    Every tag returned matches ``[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*``: it is safe in a file name.
-    """
-    tag = normalize_locale(locale)
-    if tag is None:
-        return []
-    parts = tag.split("-")
-    return ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]
-
-
 def _raise_if_undefined(value: Any) -> None:
     # str() on a StrictUndefined raises UndefinedError naming the missing variable, which is far more
     # useful than a filter complaining about a value of type "StrictUndefined".

@@ -11,7 +11,7 @@ Everything in the context comes from Adobe events or customer profiles, so it is
 
 **Locale variants.** A route's folder holds the default pair ``email.html``/``email.txt`` and may
 hold variants ``email.<tag>.html``/``email.<tag>.txt`` (``email.fr.html``, ``email.fr-CA.html``).
-The profile's locale (``fr_CA``, ``FR-ca``...) is turned by :func:`filters.locale_chain` into the
+The profile's locale (``fr_CA``, ``FR-ca``...) is turned by :func:`locales.locale_chain` into the
 candidates, most specific first (``["fr-CA", "fr"]``); the first candidate with *both* files wins,
 else the default pair. A variant is chosen as a pair so the text and HTML parts of one email never
 speak different languages. The subject follows the same choice through ``route.subjects``.
@@ -36,8 +36,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, sel
 
 from include.triggerflow import TEMPLATES_DIR
 from include.triggerflow.headers import has_line_break
-from include.triggerflow.locales import normalize_locale
-from include.triggerflow.render.filters import FILTERS, locale_chain
+from include.triggerflow.locales import locale_chain, normalize_locale
+from include.triggerflow.render.filters import FILTERS
 
 if TYPE_CHECKING:
     from include.triggerflow.config import TriggerRoute

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from include.triggerflow.events import clean_text
+from include.triggerflow.event_json import clean_text
 
 #: Pipeline's own limit for one message (reference/adobe-triggers.md §1.7): anything larger did not
 #: come from Adobe as sent and is quarantined with its size.

@@ -59,7 +59,8 @@ from sqlalchemy import Connection, Engine, delete, func, or_, select
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.content import ProductSource, email_content
-from include.triggerflow.events import clean_text, parse_envelope
+from include.triggerflow.event_json import clean_text
+from include.triggerflow.events import parse_envelope
 from include.triggerflow.payloads import ChunkRef, ReconciledXCom
 from include.triggerflow.rules import (
     QUEUED_DECISIONS,
@@ -77,7 +78,6 @@ from include.triggerflow.rules import (
 )
 from include.triggerflow.smtp_replies import mask_addresses
 from include.triggerflow.stages import reconcile_load as load
-from include.triggerflow.stages.reconcile_load import catalog_skus, lookup_catalog
 from include.triggerflow.states import Decision, EventStatus, SendState
 from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.bulk import bulk_insert
@@ -87,7 +87,7 @@ from include.triggerflow.timeutil import utcnow
 
 __all__ = [
     "NOT_RECONCILED", "NOT_SENT_DECISIONS", "NO_PRODUCTS", "QUEUED_DECISIONS", "REDECIDED", "EventProblem",
-    "ReconcileResult", "catalog_skus", "due_scheduled", "idempotency_key", "lookup_catalog", "reconcile_batch",
+    "ReconcileResult", "due_scheduled", "idempotency_key", "reconcile_batch",
     "store_text",
 ]
 
@@ -113,7 +113,7 @@ _DETAIL_LEN = 2000
 def store_text(value: Any, limit: int | None = None) -> str | None:
     """``value`` as text every store can hold and every look-up can send, cut at ``limit``
     characters: NUL (PostgreSQL text cannot hold it) and lone surrogates (no UTF-8 encoding, both
-    stores refuse them) become U+FFFD by the parser's own rule (:func:`events.clean_text`).
+    stores refuse them) become U+FFFD by the parser's own rule (:func:`event_json.clean_text`).
     Parsing normalises event text already; this is the guard at the write boundary, so a value
     that slipped through (an event landed before that rule, a value built from one) costs its
     event a replacement character instead of failing the whole batch's insert."""

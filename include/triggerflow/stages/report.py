@@ -34,7 +34,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 
 from include.triggerflow.payloads import ReportXCom
 from include.triggerflow.sla import DEFAULT_ALERT_AFTER_S, latency_summary, oldest_waiting, run_latencies
-from include.triggerflow.stages.land import dropped_counts
+from include.triggerflow.stages.landing_bookkeeping import dropped_counts
 from include.triggerflow.states import SUPPRESSED_PREFIX, Decision, EventStatus, SendState
 from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.schema import batch, decision, event, run_summary, send
