@@ -3,26 +3,20 @@ send through the SMTP sink process (moved from tests/unit/test_status.py: they s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import update
 
-from devstack.messages import CART_ABANDONMENT_TRIGGER_ID, trigger_message
-from include.triggerflow.hooks.smtp import SmtpOutcome, TriggerMailHook
+from devstack.messages import trigger_message
 from include.triggerflow.hooks.triggers import TriggerSourceHook
 from include.triggerflow.render import Renderer
-from include.triggerflow.smtp_replies import SmtpStage, read_reply
-from include.triggerflow.stages.land import BatchRef, land_batch
+from include.triggerflow.stages.land import land_batch
 from include.triggerflow.stages.reconcile import reconcile_batch
 from include.triggerflow.stages.report import report_batch
 from include.triggerflow.stages.validate import validate_batch
 from include.triggerflow.status import (
     HOURS_SHOWN,
-    build_status,
     source_key_for_connection,
 )
 from include.triggerflow.store.schema import (
@@ -32,57 +26,16 @@ from include.triggerflow.store.schema import (
     source_position,
 )
 from tests.fixtures import send_chunk
-
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-SETTINGS = {"flush-pointer-msg-count": 2, "retry-period-ms": 10_000}
-UNROUTED = "00000000-0000-0000-0000-000000000000"
-
-
-def cart(**kwargs: Any) -> dict[str, Any]:
-    return trigger_message(trigger_id=CART_ABANDONMENT_TRIGGER_ID, **kwargs)
-
-
-def ref(minute: int) -> BatchRef:
-    start = T0 + timedelta(minutes=minute)
-    return BatchRef("trigger_emails", f"scheduled__{minute}", "scheduled", start, start + timedelta(minutes=1))
-
-
-def utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def iso_hour(value: datetime) -> str:
-    return utc(value).replace(minute=0, second=0, microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class GreylistingSession:
-    """The real SMTP session to the sink, except that the given recipients get a 4xx reply, which
-    the sink (it accepts everything) cannot give."""
-
-    def __init__(self, real: TriggerMailHook, deferred: set[str]) -> None:
-        self.real, self.deferred = real, deferred
-        self.sender, self.from_name, self.message_id_domain = real.sender, real.from_name, real.message_id_domain
-
-    def send_prepared(self, recipient: str, message: bytes) -> SmtpOutcome:
-        if recipient in self.deferred:
-            return read_reply(SmtpStage.RCPT, 451, "4.7.1 greylisted, try later")
-        return self.real.send_prepared(recipient, message)
-
-
-def greylisting(*recipients: str) -> Callable[[], Any]:
-    @contextmanager
-    def open_session():
-        with TriggerMailHook() as real:
-            yield GreylistingSession(real, set(recipients))
-
-    return open_session
-
-
-def status_now(kit, routing, **kwargs: Any) -> tuple[dict[str, Any], datetime]:
-    now = datetime.now(UTC)
-    kwargs.setdefault("consumer", "customer_dev")
-    kwargs.setdefault("settings", SETTINGS)
-    return build_status(kit.engine, routing, now=now, **kwargs), now
+from tests.status_support import (
+    SETTINGS,
+    UNROUTED,
+    cart,
+    greylisting,
+    iso_hour,
+    ref,
+    status_now,
+    utc,
+)
 
 
 def test_status_follows_a_real_landing_processing_and_failure(emu, adobe_conns, smtp, kit, routing, demo_catalog) -> None:
