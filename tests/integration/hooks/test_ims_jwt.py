@@ -5,7 +5,6 @@ and the extras are pinned in-process by tests/unit/hooks/test_ims_jwt.py.)
 
 from __future__ import annotations
 
-import json
 import time
 import types
 from collections.abc import Callable
@@ -13,39 +12,22 @@ from typing import Any
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import select
 
 from include.triggerflow.adobe import ims_jwt as ims_jwt_module
 from include.triggerflow.adobe.ims_token import decrypt_token, token_cache_key
 from include.triggerflow.hooks.ims import AdobeImsHook, ImsAuthError, clear_token_cache
 from include.triggerflow.store.schema import ims_token
-
-TECH_ACCT = "TECHACCT1234@techacct.adobe.com"
-ORG = "C0FFEE0123456789ABCDEF01@AdobeOrg"
-KEY_PHRASE = (
-    "invalid key: extra.private_key of connection 'adobe_ims' is not a readable RSA private key in PEM "
-    "(generate a 2048+ bit RSA key with OpenSSL)"
+from tests.ims_support import (
+    TECH_ACCT,
+    KeyPair,
+    ec_pem,
+    encrypted_pem,
+    jwt_extra,
+    set_conn,
 )
 
-
 # -- keys ----------------------------------------------------------------------------------------------------
-class KeyPair:
-    def __init__(self, bits: int = 2048) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        self.private_pem = self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ).decode()
-        self.public_pem = self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
-
-    @property
-    def body_line(self) -> str:
-        """A line from the middle of the private key: must never show up in a message."""
-        return self.private_pem.splitlines()[5]
-
 
 @pytest.fixture(scope="module")
 def keys() -> KeyPair:
@@ -59,35 +41,11 @@ def other_keys() -> KeyPair:
 
 
 # -- a recording IMS double (pure tests only) -----------------------------------------------------------------
-def set_conn(monkeypatch: pytest.MonkeyPatch, *, host: str, login: str = "cid-123", password: str = "client-secret-xyz",
-             extra: dict[str, Any] | None = None, conn_id: str = "adobe_ims") -> None:
-    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps({
-        "conn_type": "http", "host": host, "login": login, "password": password, "extra": extra or {},
-    }))
-
-
-def jwt_extra(keys: KeyPair, **overrides: Any) -> dict[str, Any]:
-    extra: dict[str, Any] = {
-        "org_id": ORG, "auth_type": "jwt", "technical_account_id": TECH_ACCT, "private_key": keys.private_pem,
-    }
-    extra.update(overrides)
-    return {k: v for k, v in extra.items() if v is not None}
 
 
 # -- pure: claims ----------------------------------------------------------------------------------------------
 # -- pure: what the hook sends ---------------------------------------------------------------------------------
 # -- pure: key and extra mistakes, caught before any request ------------------------------------------------------
-def _ec_pem() -> str:
-    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
-def _encrypted_pem(keys: KeyPair) -> str:
-    return keys.key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(b"passphrase"),
-    ).decode()
 
 
 BAD_KEYS: dict[str, tuple[Callable[[KeyPair], Any], str]] = {
@@ -96,9 +54,9 @@ BAD_KEYS: dict[str, tuple[Callable[[KeyPair], Any], str]] = {
     "not pem": (lambda k: "this is not a key", "it is not PEM"),
     "truncated pem": (lambda k: "\n".join(k.private_pem.splitlines()[:8]), "it could not be parsed"),
     "corrupted pem": (lambda k: k.private_pem.replace(k.body_line, "A" * len(k.body_line)), "it could not be parsed"),
-    "ec key": (lambda k: _ec_pem(), "not an RSA key"),
+    "ec key": (lambda k: ec_pem(), "not an RSA key"),
     "public key": (lambda k: k.public_pem, "it is a certificate or public key"),
-    "encrypted": (_encrypted_pem, "it is encrypted with a passphrase"),
+    "encrypted": (encrypted_pem, "it is encrypted with a passphrase"),
     "a number": (lambda k: 12345, "it must be the PEM text"),
 }
 
