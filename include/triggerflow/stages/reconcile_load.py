@@ -29,7 +29,6 @@ from include.triggerflow.store.schema import (
     suppression,
     unsubscribe,
 )
-from include.triggerflow.timeutil import as_utc
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ def recent_sends(conn: Connection, profile_ids: list[str], since: datetime) -> d
         send.c.created_at >= since, send.c.state.in_(COUNTED_STATES)
     )
     for profile_id, route, trigger_ts, event_id, batch_id, created in select_in(conn, stmt, send.c.profile_id, profile_ids):
-        out[profile_id].append(RecentSend(route, trigger_ts, int(event_id), batch_id, as_utc(created)))
+        out[profile_id].append(RecentSend(route, trigger_ts, int(event_id), batch_id, created))
     return out
 
 

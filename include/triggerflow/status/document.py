@@ -246,7 +246,7 @@ def build_status(
 
     per_hour: dict[datetime, int] = {}
     for hour, messages in hourly:
-        key = _hour_floor(as_utc_or_none(hour) or now)  # the column is NOT NULL
+        key = _hour_floor(hour)  # NOT NULL, and aware UTC (store.types.UtcDateTime)
         per_hour[key] = per_hour.get(key, 0) + int(messages)
     sent_timed, ms_timed = 0, 0.0
     for sent, ms in timed:  # the latest batches with sends, until AVERAGE_OVER_SENT emails
@@ -255,7 +255,7 @@ def build_status(
         sent_timed, ms_timed = sent_timed + int(sent), ms_timed + float(ms or 0.0)
     counters = {name: int(totals[name] or 0) if totals else 0 for name in STATS_COLUMNS}
     received, current = counters["received"], counters["unprocessed"]
-    last_flush = max((as_utc_or_none(updated) or now for _, _, updated in positions), default=None)
+    last_flush = max((updated for _, _, updated in positions), default=None)  # NOT NULL, aware UTC
     empty_reads = int(health["empty_reads"] or 0) if health else 0
     last_data_ms_ago = _ms_ago(now, health["last_data_at"]) if health else None
 
