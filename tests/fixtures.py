@@ -326,6 +326,23 @@ def ledger_states(kit: StoreKit, batch_id: str = "b1") -> dict[str, str]:
     return {r["recipient"]: r["state"] for r in ledger_rows(kit, batch_id)}
 
 
+def chunk_counts(**counts: int) -> dict[str, int]:
+    """A send chunk's full counts (``SendResult.counts``), zero unless given. The keys are written
+    out here, not taken from the send stage, so a count the stage drops or adds fails the tests."""
+    keys = ("sent", "resent", "deferred", "failed", "ambiguous", "dry_run", "skipped_already_sent")
+    return {**dict.fromkeys(keys, 0), **counts}
+
+
+def set_ledger_state(kit: StoreKit, send_id: int, state: str) -> None:
+    """Put one ledger row in ``state`` directly (e.g. ``sending``: a process died mid-transaction)."""
+    from sqlalchemy import update
+
+    from include.triggerflow.store.schema import send
+
+    with kit.engine.begin() as conn:
+        conn.execute(update(send).where(send.c.send_id == send_id).values(state=state))
+
+
 def queue_emails(
     kit: StoreKit, routing: Any, profiles: Sequence[Mapping[str, Any]] = SEND_PROFILES, batch_id: str = "b1"
 ) -> list[dict[str, Any]]:

@@ -25,15 +25,14 @@ from tests.fixtures import (
     send_chunk,
     smtp_conn,
 )
+from tests.fixtures import (
+    chunk_counts as C,
+)
+from tests.fixtures import (
+    set_ledger_state as set_state,
+)
 
 PROFILES = SEND_PROFILES
-
-
-def C(**counts: int) -> dict[str, int]:
-    """A chunk's full counts, zero unless given."""
-    full = dict.fromkeys(("sent", "resent", "deferred", "failed", "ambiguous", "dry_run", "skipped_already_sent"), 0)
-    full.update(counts)
-    return full
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +45,6 @@ ledger = ledger_rows
 states = ledger_states
 
 
-def set_state(kit, send_id: int, state: str) -> None:
-    with kit.engine.begin() as conn:
-        conn.execute(update(send).where(send.c.send_id == send_id).values(state=state))
 
 
 def test_pending_rows_are_sent_and_recorded(kit, routing, smtp, renderer) -> None:

@@ -29,15 +29,14 @@ from tests.fixtures import (
     queue_emails,
     send_chunk,
 )
+from tests.fixtures import (
+    chunk_counts as C,
+)
+from tests.fixtures import (
+    set_ledger_state as set_state,
+)
 
 PROFILES = SEND_PROFILES
-
-
-def C(**counts: int) -> dict[str, int]:
-    """A chunk's full counts, zero unless given."""
-    full = dict.fromkeys(("sent", "resent", "deferred", "failed", "ambiguous", "dry_run", "skipped_already_sent"), 0)
-    full.update(counts)
-    return full
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +49,6 @@ ledger = ledger_rows
 states = ledger_states
 
 
-def set_state(kit, send_id: int, state: str) -> None:
-    with kit.engine.begin() as conn:
-        conn.execute(update(send).where(send.c.send_id == send_id).values(state=state))
 
 
 # -- the fake session ----------------------------------------------------------------------------------
