@@ -21,7 +21,6 @@ from include.triggerflow.hooks.smtp import TriggerMailHook
 from include.triggerflow.preview import (
     DEFAULT_UNSUBSCRIBE_URL,
     PREVIEW_FILES,
-    SAMPLES_DIR,
     PreviewError,
     TestSendResult,
     complete_profile,
@@ -31,32 +30,7 @@ from include.triggerflow.preview import (
     send_test,
 )
 from include.triggerflow.smtp_replies import SmtpStage, accepted, read_reply
-
-PROFILE = {
-    "customer_id": "C0003",
-    "email": "grace.hopper@example.com",
-    "first_name": "Grace",
-    "locale": "en_US",
-    "timezone": "America/New_York",
-}
-FRENCH = {**PROFILE, "customer_id": "C0004", "email": "marie@example.fr", "first_name": "Marie", "locale": "fr_FR", "timezone": "Europe/Paris"}
-SENDER = "shop@triggerflow.test"
-
-
-def cart_event() -> dict[str, Any]:
-    return json.loads((SAMPLES_DIR / "cart_abandonment.event.json").read_text())
-
-
-def parse_eml(path: Path) -> EmailMessage:
-    msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
-def body(msg: EmailMessage, kind: str) -> str:
-    part = msg.get_body(preferencelist=(kind,))
-    assert part is not None
-    return part.get_content().replace("\r\n", "\n")
+from tests.preview_support import FRENCH, PROFILE, SENDER, body, cart_event, parse_eml
 
 
 # -- preview -----------------------------------------------------------------------------------------

@@ -1,16 +1,9 @@
-"""Build the MIME message of one email. No network here: the SMTP session lives in the send stage.
+"""The checks every header value and address goes through, and the reference :func:`build_message`.
 
-Header values come, directly or through templates, from untrusted events and profiles. Every header
-value is checked for CR, LF and NUL before it reaches the message, and addresses are checked to be
-one plain ``local@domain`` each, so no data can add a header (``Bcc:``) or a recipient.
-
-:func:`build_message` is a pure function of its arguments (only the Date defaults to now): given the
-same inputs, including ``date``, it returns the same bytes, so a retried send can be rebuilt unchanged.
-
-:func:`list_unsubscribe_headers` builds the RFC 2369 ``List-Unsubscribe`` and RFC 8058
-``List-Unsubscribe-Post`` headers. Machine-read extra headers such as these are written verbatim
-(folded only at their own spaces), never RFC 2047-encoded: the email package would otherwise turn a
-long URL into ``=?utf-8?q?...?=`` words, which mailbox providers do not decode in that header.
+Header values come from untrusted events and profiles, directly or through templates: each is
+checked for CR, LF, NUL and the other line breaks before it reaches the message, and addresses must
+be one plain ``local@domain`` each, so no data can add a header (``Bcc:``) or a recipient. The
+package docstring (``mailer/__init__.py``) says how this module, ``unsubscribe`` and ``fast`` fit.
 """
 
 from __future__ import annotations
