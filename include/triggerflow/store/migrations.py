@@ -33,6 +33,7 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
     ("0006_suppression_expiry", "tf_suppression", ("expires_at", "batch_id"), ()),
     ("0007_unsubscribe_token_key", "tf_unsubscribe", ("token_key",), ("ux_tf_unsubscribe_customer_token",)),
     ("0008_status_summaries", "tf_source_stats", (), ()),
+    ("0009_alert_value_subject_resolved", "tf_alert", ("value", "subject", "resolved_at"), ()),
 )
 
 #: A migration's data step, ``"module:function"`` called with the open connection after the

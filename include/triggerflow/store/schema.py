@@ -25,7 +25,11 @@ writes its output here; XCom only ever carries ids and counts.
                          stages; the status document never counts tf_event itself)
     tf_source_stats      per source: the sum of its batches' tf_batch_stats (kept by delta)
     tf_schema_version    which additive migrations of existing tables have been applied
-    tf_alert             SLA alerts fired (oldest waiting trigger older than the threshold)
+    tf_alert             operator alerts fired (SLA breach, failed runs, stalled source, refused
+                         credentials, quarantine share, ambiguous sends, stopped chunks); an
+                         alert is active until ``resolved_at`` is set
+    tf_run_outcome       per DAG run: failed or succeeded (the consecutive-failures alert)
+    tf_maintenance       what each maintenance run deleted, stripped, analysed or cleaned
     profiles             the customers (default schema; see README "Profiles")
     profile_visitor_ids  ECIDs (Experience Cloud visitor ids) known for each customer
     catalog              the products (optional; see README "Catalogue"): what an email shows of a SKU
@@ -331,7 +335,7 @@ alert = Table(
     "tf_alert",
     metadata,
     Column("alert_id", BigId, primary_key=True, autoincrement=True),
-    Column("kind", String(50), nullable=False),  # sla-breach
+    Column("kind", String(50), nullable=False),  # alerts.AlertKind
     Column("dag_id", String(250)),
     Column("run_id", String(250)),
     Column("batch_id", String(250)),
@@ -340,8 +344,45 @@ alert = Table(
     Column("detail", Text, nullable=False),
     Column("notified", Text),  # who was told (addresses), or why nobody was
     Column("fired_at", UtcDateTime, nullable=False),
+    # the measured figure that crossed ``threshold_s`` (failed runs, a share, a count; the SLA
+    # alert keeps its age in oldest_waiting_age_s)
+    Column("value", Float),
+    # what the alert is about within its kind (a source key, a route...): rate limits and
+    # resolution are per (kind, subject)
+    Column("subject", String(250)),
+    Column("resolved_at", UtcDateTime),  # None: active (the condition has not cleared)
 )
 Index("ix_tf_alert_kind_fired", alert.c.kind, alert.c.fired_at)
+
+run_outcome = Table(
+    "tf_run_outcome",
+    metadata,
+    # one row per DAG run and outcome: a task's final failure writes "failed", the report writes
+    # "succeeded"; consecutive failed runs are the failed ones after the last succeeded one
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("outcome", String(20), nullable=False),  # failed | succeeded
+    Column("task_id", String(250)),  # the task whose failure failed the run
+    Column("error", Text),  # the exception's first line (never a secret: masked like the logs)
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("ix_tf_run_outcome_dag_at", run_outcome.c.dag_id, run_outcome.c.at)
+
+maintenance = Table(
+    "tf_maintenance",
+    metadata,
+    # one row per table and action of a maintenance run (include/triggerflow/maintenance)
+    Column("maintenance_id", BigId, primary_key=True, autoincrement=True),
+    Column("run_id", String(250)),
+    Column("table_name", String(100), nullable=False),
+    Column("action", String(30), nullable=False),  # delete | strip | analyze | vacuum | db-clean | kept
+    Column("cutoff", UtcDateTime),  # rows older than this were eligible
+    Column("rows", BigInteger),
+    Column("seconds", Float),
+    Column("detail", Text),
+    Column("at", UtcDateTime, nullable=False),
+)
+Index("ix_tf_maintenance_at", maintenance.c.at)
 
 schema_version = Table(
     "tf_schema_version",
