@@ -104,3 +104,29 @@ def store_engine(store_url: str, request: pytest.FixtureRequest):
     engine = get_engine(store_url)
     create_schema(engine)
     return engine
+
+
+def _reads_the_store_server(item: pytest.Item) -> bool:
+    """Whether the test depends on which store it runs on: it uses the store fixtures (directly
+    or through another fixture), or its module reads TRIGGERFLOW_TEST_PG_URL itself."""
+    if "store_url" in getattr(item, "fixturenames", ()):
+        return True
+    module = getattr(item, "module", None)
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return False
+    text = _module_text.get(path)
+    if text is None:
+        text = _module_text[path] = Path(path).read_text(encoding="utf-8", errors="replace")
+    return "TRIGGERFLOW_TEST_PG_URL" in text
+
+
+_module_text: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # bin/test's PostgreSQL pass selects these (-m store): a test that never touches the store
+    # proves nothing more the second time.
+    for item in items:
+        if _reads_the_store_server(item):
+            item.add_marker(pytest.mark.store)
