@@ -190,17 +190,25 @@ def test_data_delay_writes_the_file_before_the_delayed_250(sink: RunningSmtpSink
     import threading
     import time
 
-    sink.set_faults([{"data_delay_ms": 600}])
+    sink.set_faults([{"data_delay_ms": 3000}])
     seen_before_reply: list[int] = []
+    replied = threading.Event()
+
+    def probe() -> None:
+        # Poll the outbox while the client is still waiting for the reply to end-of-data: the
+        # file must appear before the delayed 250 does.
+        while not replied.is_set():
+            if sink.eml_paths():
+                seen_before_reply.append(len(sink.eml_paths()))
+                return
+            time.sleep(0.02)
+
     with smtplib.SMTP(sink.host, sink.port, timeout=10) as smtp:
-        # Probe the outbox while the client is still waiting for the reply to end-of-data.
-        probe = threading.Timer(0.35, lambda: seen_before_reply.append(len(sink.eml_paths())))
-        started = time.monotonic()
-        probe.start()
+        watcher = threading.Thread(target=probe)
+        watcher.start()
         assert _send(smtp, "slow@example.org") == {}
-        elapsed = time.monotonic() - started
-        probe.join()
-    assert elapsed >= 0.6
+        replied.set()
+        watcher.join()
     assert seen_before_reply == [1]
 
 
