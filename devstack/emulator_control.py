@@ -9,6 +9,8 @@ import binascii
 import json
 from typing import Any
 
+from devstack.emulator_handler_base import HandlerBase
+
 # The model (positions, entries, faults, state): devstack/emulator_state.py
 from devstack.emulator_state import (
     MAX_GENERATE,
@@ -24,7 +26,7 @@ from devstack.loadgen import Mix, factory_for
 from devstack.messages import now_ms
 
 
-class ControlPlane:
+class ControlPlane(HandlerBase):
     """Control endpoints of the emulator's request handler (a mixin: see EmulatorHandler)."""
 
     # -- control plane -----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import time
 import uuid
 from typing import Any
 
+from devstack.emulator_handler_base import HandlerBase
+
 # The model (positions, entries, faults, state): devstack/emulator_state.py
 from devstack.emulator_state import (
     _INT_RE,
@@ -33,13 +35,8 @@ from devstack.messages import envelope, now_ms
 from include.triggerflow.events import PIPELINE_MESSAGE
 
 
-class PipelineEndpoints:
+class PipelineEndpoints(HandlerBase):
     """Pipeline endpoints of the emulator's request handler (a mixin: see EmulatorHandler)."""
-
-    # Set by EmulatorHandler / BaseHTTPRequestHandler.
-    wfile: Any
-    headers: Any
-    close_connection: bool
 
     # -- Pipeline producer -------------------------------------------------------------------------
     def _handle_publish(self, topic: str) -> None:
