@@ -114,19 +114,19 @@ def _key(seed: int, purpose: int) -> int:
 def ecid_for(customer: int) -> str:
     """The Experience Cloud ID (38 digits) of a visitor; independent of the seed."""
     h = _mix64(0xEC1D0000 ^ customer)
-    return "%019d%019d" % (h % 10**19, ((h * 0xD6E8FEB86659FD93) & _M64) % 10**19)
+    return f"{h % 10**19:019d}{((h * 0xD6E8FEB86659FD93) & _M64) % 10**19:019d}"
 
 
 def shopper_id_for(customer: int) -> str:
-    return "SHOP-%07d" % customer
+    return f"SHOP-{customer:07d}"
 
 
 def event_id_for(salt: int, seq: int) -> str:
     """A journal entry's ``event_id`` (UUID v4 shape): 48 bits of ``salt`` and the entry's
     ``seq`` (< 2**74), so unique per journal position for a salt and the same on every read."""
-    return "%08x-%04x-4%03x-%04x-%012x" % (
-        (salt >> 32) & 0xFFFFFFFF, (salt >> 16) & 0xFFFF, (seq >> 62) & 0xFFF,
-        0x8000 | ((seq >> 48) & 0x3FFF), seq & 0xFFFFFFFFFFFF,
+    return (
+        f"{(salt >> 32) & 0xFFFFFFFF:08x}-{(salt >> 16) & 0xFFFF:04x}-4{(seq >> 62) & 0xFFF:03x}-"
+        f"{0x8000 | ((seq >> 48) & 0x3FFF):04x}-{seq & 0xFFFFFFFFFFFF:012x}"
     )
 
 
@@ -300,7 +300,7 @@ class MessageFactory:
         self._random_draw = m.draw == "random"
         self._unknown_span = max(customers, 1000)
         self._shapes: dict[tuple[str, tuple[str, ...]], _Shape] = {}
-        self._templates: dict[tuple[str, tuple[str, ...], str | None], tuple[str, str, str]] = {}
+        self._templates: dict[tuple[str, tuple[str, ...], str | None], tuple[str, str, str, str, int]] = {}
         self._header = (
             '"messageType":"TRIGGER","source":"triggers","sentTime":%d,"imsOrg":' + _esc(_dumps(ims_org))
             + ',"messageId":"%s","properties":[{"name":"triggerFiredTimestamp","value":"%d"},'
@@ -319,8 +319,9 @@ class MessageFactory:
         x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
         h = x ^ (x >> 31)
         h2 = (h * _C2) & _M64
-        message_id = "%08x-%04x-4%03x-%04x-%012x" % (
-            h >> 32, (h >> 16) & 0xFFFF, h & 0xFFF, 0x8000 | ((h2 >> 48) & 0x3FFF), h2 & 0xFFFFFFFFFFFF
+        message_id = (
+            f"{h >> 32:08x}-{(h >> 16) & 0xFFFF:04x}-4{h & 0xFFF:03x}-"
+            f"{0x8000 | ((h2 >> 48) & 0x3FFF):04x}-{h2 & 0xFFFFFFFFFFFF:012x}"
         )
         band = h >> 40
         kind = None
@@ -425,20 +426,20 @@ class MessageFactory:
         if kind is None:
             return templates, (
                 ts, message_id, fired, first_s, last_hit // 1000,
-                ts, ecid_for(customer), ",".join(('"SHOP-%07d"' % customer,) * n), times,
+                ts, ecid_for(customer), ",".join((f'"SHOP-{customer:07d}"',) * n), times,
                 first_hit, last_hit, last_hit, notify,
             )
         head = (ts, message_id, fired, first_s, last_hit // 1000)
         path = (first_hit, last_hit, last_hit, notify)
-        shopper = ",".join(('"SHOP-%07d"' % customer,) * n)
+        shopper = ",".join((f'"SHOP-{customer:07d}"',) * n)
         if kind == "not_object":
-            body = templates[3] % ((ts, ecid_for(customer), shopper, times) + path)
-            return templates, head + (_dumps(body),)
+            body = templates[3] % (ts, ecid_for(customer), shopper, times, *path)
+            return templates, (*head, _dumps(body))
         if kind == "no_timestamp":
-            return templates, head + (ecid_for(customer), shopper, times) + path
+            return templates, (*head, ecid_for(customer), shopper, times, *path)
         if kind == "text_timestamp":
-            return templates, head + (_text_timestamp(ts), ecid_for(customer), shopper, times) + path
-        return templates, head + (ts, times) + path  # no_identity
+            return templates, (*head, _text_timestamp(ts), ecid_for(customer), shopper, times, *path)
+        return templates, (*head, ts, times, *path)  # no_identity
 
     def _topic_json(self, topic: str) -> str:
         found = self._topics.get(topic)
@@ -457,7 +458,7 @@ class MessageFactory:
         """The pipeline envelope a consumer sees for message ``i``: byte for byte
         ``json.dumps(devstack.messages.envelope(message, ...), separators=(",", ":"))``."""
         templates, args = self._args(i, trigger_ts_ms)
-        return (templates[1] % ((partition, offset, create_time_ms, self._topic_json(topic)) + args)).encode("ascii")
+        return (templates[1] % (partition, offset, create_time_ms, self._topic_json(topic), *args)).encode("ascii")
 
     def render_journal_item(
         self, i: int, trigger_ts_ms: int, *, partition: int, offset: int, create_time_ms: int, topic: str,
@@ -548,7 +549,7 @@ class Profile:
 
 
 def customer_id_for(customer: int) -> str:
-    return "C%07d" % customer
+    return f"C{customer:07d}"
 
 
 def _invalid_blocked(g: int, shares: ProfileShares) -> tuple[bool, bool]:
@@ -559,7 +560,7 @@ def _invalid_blocked(g: int, shares: ProfileShares) -> tuple[bool, bool]:
 def block_listed_email(customer: int, seed: int = DEFAULT_SEED, shares: ProfileShares = ProfileShares()) -> str | None:
     """The (lower-case) address of ``customer`` if it is on the synthetic block list."""
     g = _mix64(_mix64(_key(seed, 0x9F) ^ customer) ^ 0x51)
-    return "c%07d@example.test" % customer if _invalid_blocked(g, shares)[1] else None
+    return f"c{customer:07d}@example.test" if _invalid_blocked(g, shares)[1] else None
 
 
 def profile_for(customer: int, seed: int = DEFAULT_SEED, shares: ProfileShares = ProfileShares()) -> Profile:
@@ -583,7 +584,7 @@ def profile_for(customer: int, seed: int = DEFAULT_SEED, shares: ProfileShares =
         timezone=zones[((k >> 16) & 0xFF) % len(zones)],
         shopper_id=shopper_id_for(customer),
         ecid=ecid_for(customer) if has_ecid else None,
-        declared_id="crm-%07d" % customer,
+        declared_id=f"crm-{customer:07d}",
         opted_out=opted_out,
         invalid_email=invalid,
         block_listed=blocked,
@@ -707,7 +708,7 @@ def load_profiles(
                     buf.seek(0)
                     cur.copy_expert(copy_sql, buf)
                 else:
-                    cur.executemany(insert_sql, [r[:9] + (1 if r[9] else 0, r[10]) for r in rows])
+                    cur.executemany(insert_sql, [(*r[:9], 1 if r[9] else 0, r[10]) for r in rows])
                 raw.commit()
             inserted += len(rows)
             skipped += (hi - lo + 1) - len(rows)
@@ -1016,13 +1017,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(factory.message(i, ts)))
         return 0
     if args.command == "backlog":
-        result = inject_backlog(
+        backlog = inject_backlog(
             args.emulator_url, args.count, start=args.start, seed=args.seed, customers=args.customers, mix=mix,
             trigger_ts_ms=args.trigger_ts_ms, chunk=args.chunk, progress=True, customer_offset=args.customer_offset,
         )
         print(
-            f"backlog: {result.injected} messages (i = {result.first_start}..{(result.next_start or 1) - 1}) "
-            f"in {result.seconds:.1f} s = {result.per_second:,.0f}/s"
+            f"backlog: {backlog.injected} messages (i = {backlog.first_start}..{(backlog.next_start or 1) - 1}) "
+            f"in {backlog.seconds:.1f} s = {backlog.per_second:,.0f}/s"
         )
         return 0
     # rate
@@ -1033,14 +1034,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             last_print[0] = time.monotonic()
             print(f"rate: {sent} sent in {elapsed:.0f} s = {sent / elapsed:.1f}/s", flush=True)
 
-    result = inject_rate(
+    rate = inject_rate(
         args.emulator_url, args.per_second, args.duration, start=args.start, seed=args.seed,
         customers=args.customers, mix=mix, tick_s=args.tick, progress=True, report=_report,
         customer_offset=args.customer_offset,
     )
     print(
-        f"rate: {result.injected} messages in {result.seconds:.1f} s = {result.per_second:.1f}/s "
-        f"(target {result.target_per_second:g}/s, late ticks {result.late_ticks})"
+        f"rate: {rate.injected} messages in {rate.seconds:.1f} s = {rate.per_second:.1f}/s "
+        f"(target {rate.target_per_second:g}/s, late ticks {rate.late_ticks})"
     )
     return 0
 
