@@ -174,11 +174,16 @@ def _nested(depth: int) -> bytes:
 
 
 # -- the corpus --------------------------------------------------------------------------------------
-_Spec = tuple[str, str, Bucket, str, Callable[[dict[str, Any], str, int], Any]]
+#: build(good envelope, shopper id, trigger ts) -> payload
+_Build = Callable[[dict[str, Any], str, int], Any]
+#: (name, attacks, bucket, reason, build), build None for the repeat of another case's message, or
+#: (name, attacks, bucket, reason, build, forbidden)
+_Spec = tuple[str, str, Bucket, str, _Build | None] | tuple[str, str, Bucket, str, _Build, tuple[str, ...]]
 
 
 def _specs() -> list[_Spec]:
-    """(name, attacks, bucket, reason, build(good envelope, shopper id, trigger ts) -> payload)."""
+    """(name, attacks, bucket, reason, build(good envelope, shopper id, trigger ts) -> payload[,
+    forbidden])."""
     Q, D, S = Bucket.QUARANTINED, Bucket.DECIDED, Bucket.SENT
     return [
         # -- the issue's reproductions
