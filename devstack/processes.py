@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from devstack.emulator_client import EmulatorClient
 from devstack.messages import DEMO_IMS_ORG
@@ -110,11 +110,11 @@ class RunningSmtpSink:
     def fired_faults(self) -> list[dict[str, Any]]:
         """Every fault the sink fired so far (from its log), oldest first."""
         prefix = "smtp-sink fault fired: "
-        fired = []
-        for line in _read_log(self.log_path, limit=10_000_000).splitlines():
-            if line.startswith(prefix):
-                fired.append(json.loads(line[len(prefix):]))
-        return fired
+        return [
+            json.loads(line[len(prefix):])
+            for line in _read_log(self.log_path, limit=10_000_000).splitlines()
+            if line.startswith(prefix)
+        ]
 
     def eml_paths(self) -> list[Path]:
         """Stored messages in name order (= arrival order: UTC timestamp, then sequence)."""
@@ -129,7 +129,7 @@ class RunningSmtpSink:
         parsed: list[EmailMessage] = []
         for path in self.eml_paths():
             raw = path.read_bytes().replace(b"\r\n", b"\n")
-            parsed.append(cast(EmailMessage, email.message_from_bytes(raw, policy=email.policy.default)))
+            parsed.append(email.message_from_bytes(raw, policy=email.policy.default))
         return parsed
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
@@ -182,7 +182,7 @@ def _server_process(
     ready_file = work_dir / "ready"
     log = Path(log_path) if log_path is not None else work_dir / f"{module}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log_fh: IO[bytes] = open(log, "ab")
+    log_fh: IO[bytes] = open(log, "ab")  # noqa: SIM115 - closed in the finally below, once the process stopped
     command = [
         sys.executable, "-m", f"devstack.{module}",
         "--port", str(port), "--ready-file", str(ready_file), *args,

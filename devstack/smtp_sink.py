@@ -67,7 +67,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
@@ -123,6 +123,15 @@ def rule_kind(rule: dict[str, Any]) -> str:
     )
 
 
+def _check_integer(item: dict[str, Any], where: str, name: str, low: int, high: int | None = None) -> None:
+    """``item[name]``, when given, must be an integer in [low, high] (a bool is not one)."""
+    value = item.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise FaultRuleError(f"{where}: {name} must be an integer in [{low}, {high if high is not None else '...'}]")
+
+
 def parse_fault_rules(payload: Any) -> list[dict[str, Any]]:
     """Validate a rules list (or one rule); return copies. Raises :class:`FaultRuleError`."""
     items = payload if isinstance(payload, list) else [payload]
@@ -137,21 +146,13 @@ def parse_fault_rules(payload: Any) -> list[dict[str, Any]]:
             raise FaultRuleError(f"{where} ({kind}): unknown keys {sorted(unknown)}")
         if "rcpt" in item and "rcpt_domain" in item:
             raise FaultRuleError(f"{where}: give rcpt or rcpt_domain, not both")
-
-        def integer(name: str, low: int, high: int | None = None) -> None:
-            value = item.get(name)
-            if value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-                raise FaultRuleError(f"{where}: {name} must be an integer in [{low}, {high if high is not None else '...'}]")
-
-        integer("times", 1)
-        integer("drop_after_messages", 0)
-        integer("data_delay_ms", 0)
-        integer("code", 400, 599)
-        integer("data_code", 400, 599)
-        integer("mail_code", 400, 599)
-        integer("data_command_code", 400, 599)
+        _check_integer(item, where, "times", 1)
+        _check_integer(item, where, "drop_after_messages", 0)
+        _check_integer(item, where, "data_delay_ms", 0)
+        _check_integer(item, where, "code", 400, 599)
+        _check_integer(item, where, "data_code", 400, 599)
+        _check_integer(item, where, "mail_code", 400, 599)
+        _check_integer(item, where, "data_command_code", 400, 599)
         if kind == "rcpt" and "code" not in item:
             raise FaultRuleError(f"{where}: a rcpt rule needs a code (4xx or 5xx)")
         for name in ("rcpt", "rcpt_domain", "message"):
@@ -274,7 +275,7 @@ class EmlFolderHandler:
         self._accept_log: Any = None
         if accept_log is not None:
             Path(accept_log).parent.mkdir(parents=True, exist_ok=True)
-            self._accept_log = open(accept_log, "ab", buffering=1 << 20)
+            self._accept_log = open(accept_log, "ab", buffering=1 << 20)  # noqa: SIM115 - open until close()
 
     @staticmethod
     def message_key(content: bytes) -> str:
@@ -355,8 +356,7 @@ class EmlFolderHandler:
         if rule is not None and accepted >= rule["drop_after_messages"]:
             self.faults.fire(rule, accepted_in_session=accepted, mail_from=address)
             # Close without a reply; connection_lost() then cancels this handler coroutine.
-            if server.transport is not None:
-                server.transport.abort()
+            _abort_transport(server.transport)
             await asyncio.sleep(_DROP_WAIT_S)
             return "421 4.4.2 connection dropped"
         refuse = self.faults.match("mail_code")
@@ -391,8 +391,7 @@ class EmlFolderHandler:
             self._count(session, envelope)
             stored = self.store(envelope).name if self.store_mode == "eml" else None
             self.faults.fire(drop, rcpt_to=",".join(envelope.rcpt_tos), stored=stored)
-            if server.transport is not None:
-                server.transport.abort()
+            _abort_transport(server.transport)
             await asyncio.sleep(_DROP_WAIT_S)
             return "421 4.4.2 connection dropped"
         if self.store_mode == "none":
@@ -426,7 +425,7 @@ class EmlFolderHandler:
         self.accepted += 1
         self.bytes += len(content)
         if self._accept_log is not None:
-            line = "%.6f\t%s\n" % (time.time(), self.message_key(content))
+            line = f"{time.time():.6f}\t{self.message_key(content)}\n"
             self._accept_log.write(line.encode("ascii", "replace"))
 
     async def _accept_only(self, session: Session, envelope: Envelope) -> str:
@@ -438,7 +437,7 @@ class EmlFolderHandler:
         if delay is not None:
             self.faults.fire(delay, accepted=seq)
             await asyncio.sleep(delay["data_delay_ms"] / 1000)
-        return "250 2.0.0 OK: accepted as %06d" % seq
+        return f"250 2.0.0 OK: accepted as {seq:06d}"
 
 
 def _fault_reply(rule: dict[str, Any], code_key: str) -> str:
@@ -480,8 +479,14 @@ class FaultySMTP(SMTP):
         await super().smtp_DATA(arg)
 
     def _abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        _abort_transport(self.transport)
+
+
+def _abort_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Drop the connection without a reply. aiosmtpd types its transport as the base class, which
+    has no ``abort()``; the one a server connection gets is a full transport."""
+    if transport is not None:
+        cast(asyncio.Transport, transport).abort()
 
 
 _MAX_COMMAND_LINE = 4096
@@ -607,7 +612,7 @@ class LeanSmtpProtocol(asyncio.Protocol):
                 self._reply("503 Error: send HELO first")
             elif self.mail_from is not None:
                 self._reply("503 Error: nested MAIL command")
-            elif not arg[:5].upper() == "FROM:":
+            elif arg[:5].upper() != "FROM:":
                 self._reply("501 Syntax: MAIL FROM: <address>")
             else:
                 rule = handler.faults.match("drop")
@@ -628,7 +633,7 @@ class LeanSmtpProtocol(asyncio.Protocol):
         elif verb == "RCPT":
             if self.mail_from is None:
                 self._reply("503 Error: need MAIL command")
-            elif not arg[:3].upper() == "TO:":
+            elif arg[:3].upper() != "TO:":
                 self._reply("501 Syntax: RCPT TO: <address>")
             else:
                 address = self._address(arg[3:])
@@ -695,7 +700,7 @@ class LeanSmtpProtocol(asyncio.Protocol):
             handler.faults.fire(drop, rcpt_to=",".join(rcpts))
             self._abort()
             return
-        reply = "250 2.0.0 OK: accepted as %06d" % handler.accepted
+        reply = f"250 2.0.0 OK: accepted as {handler.accepted:06d}"
         delay = handler.faults.match("delay", rcpts)
         if delay is None:
             self._reply(reply)
