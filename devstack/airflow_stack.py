@@ -360,7 +360,7 @@ def airflow_standalone(
     port = api_port or free_port()
     env = stack_env(home, port, env_overrides, metadata_url=metadata_url)
     log_path = home / "standalone.log"
-    log_fh = open(log_path, "ab")
+    log_fh = open(log_path, "ab")  # noqa: SIM115 - closed in the finally below, once the stack stopped
     process: subprocess.Popen[bytes] | None = None
     seen: dict[int, Any] = {}
     try:
