@@ -83,7 +83,7 @@ def test_prefill_writes_the_claimed_history_and_keeps_every_index(store_engine) 
         # the customers are loadgen's, so a measurement's look-ups find history for them
         low, high, customers = conn.execute(select(func.min(send.c.profile_id), func.max(send.c.profile_id),
                                                    func.count(func.distinct(send.c.profile_id)))).one()
-        assert "C0000001" <= low and high <= "C0000500" and customers == 350  # 70 % of the 500
+        assert low >= "C0000001" and high <= "C0000500" and customers == 350  # 70 % of the 500
         # payloads: real envelopes naming the decided customer's shopper id and the event's trigger
         row = conn.execute(select(event.c.payload, event.c.trigger_id, event.c.message_id, decision.c.customer_key, event.c.trigger_ts)
                            .join(decision, decision.c.event_id == event.c.event_id).where(decision.c.decision == "ignored").limit(1)).one()
