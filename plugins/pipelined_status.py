@@ -7,6 +7,10 @@
     ?source=KEY              either route, authenticated only: another source the store has read
                              (a ``tf_source_health`` row); any other key is a 404
     ?consumer=NAME           either route, authenticated only: the consumer name shown
+    GET /pipelined/runs, /run, /quarantine, /search, /alerts; POST /pipelined/reprocess
+                             the Triggers console an operator works from (always authenticated,
+                             even in public mode: it shows customer data):
+                             include/triggerflow/console/routes.py
 
 The page also appears in the Airflow UI: a "Triggers status" entry in the navigation opens it in
 an iframe (``/plugin/pipelined``).
@@ -118,6 +122,16 @@ async def require_user(request: Request) -> Any:
     $TRIGGERFLOW_STATUS_PUBLIC is true. Airflow's ``get_user`` raises 401/403 itself."""
     if status_is_public():
         return None
+    return await _authenticated_user(request)
+
+
+async def require_operator(request: Request) -> Any:
+    """An authenticated Airflow user whatever $TRIGGERFLOW_STATUS_PUBLIC says: the console's views
+    show customer data (addresses, payloads) and start DAG runs."""
+    return await _authenticated_user(request)
+
+
+async def _authenticated_user(request: Request) -> Any:
     # Imported here: it costs ~1.7 s and plugins load in every Airflow process.
     from airflow.api_fastapi.core_api.security import bearer_scheme, get_user
 
@@ -232,6 +246,57 @@ def collect_status(source: str | None = None, consumer: str | None = None) -> di
         ) from None
 
 
+def _read_store(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(conn, *args, **kwargs)`` in one guarded read transaction of the store (the console's
+    queries; call it holding a guard slot). Raises :class:`StatusUnavailable`."""
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from include.triggerflow.store.engines import describe
+    except ImportError as exc:
+        raise StatusUnavailable(f"the triggerflow package cannot be imported ({exc}): put the project root on PYTHONPATH") from None
+    guard = store_guard()
+    engine = guard.engine(_store_url(_connection(STORE_CONN_ID, required=True)))
+    try:
+        with guard.transaction(engine) as conn:
+            return fn(conn, *args, **kwargs)
+    except SQLAlchemyError as exc:
+        raise StatusUnavailable(
+            f"the triggerflow store at {describe(engine)} cannot be read: {_first_line(exc)} "
+            "(if its tables are missing: python -m include.triggerflow.cli init-db, or run the DAG once)"
+        ) from None
+
+
+async def read_store(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """The console's store read: under a guard slot (awaited in the event loop), in a worker
+    thread; any failure becomes ConsoleUnavailable (503 page, never a stack trace)."""
+    from include.triggerflow.console.routes import ConsoleUnavailable
+    from include.triggerflow.store.guarded import StoreBusy
+
+    try:
+        return await store_guard().arun(lambda: _read_store(fn, *args, **kwargs))
+    except StoreBusy as exc:
+        log.warning("pipelined console: %s", exc)
+        raise ConsoleUnavailable("the store is busy: try again shortly", {"Retry-After": str(exc.retry_after_s)}) from None
+    except StatusUnavailable as exc:
+        raise ConsoleUnavailable(str(exc)) from None
+    except Exception as exc:
+        log.exception("pipelined console: store read failed")
+        raise ConsoleUnavailable(f"the store cannot be read: {exc.__class__.__name__}: {_first_line(exc)}") from None
+
+
+async def active_alert_count() -> int | None:
+    """Active alerts for the status page's link (None when they cannot be counted: the status
+    page does not fail for it)."""
+    try:
+        from include.triggerflow.console.queries import active_alert_count as count
+
+        return int(await read_store(count))
+    except Exception as exc:
+        log.warning("pipelined status: active alerts not counted: %s", _first_line(exc))
+        return None
+
+
 def _collect_or_raise(source: str | None, consumer: str | None = None) -> dict[str, Any]:
     try:
         return collect_status(source, consumer)
@@ -300,12 +365,12 @@ async def _answer(public: bool, source: str | None, consumer: str | None) -> tup
 
 
 # -- the page ----------------------------------------------------------------------------------------
-def render_page(document: dict[str, Any], *, json_href: str = "status") -> str:
+def render_page(document: dict[str, Any], *, json_href: str = "status", active_alerts: int | None = None) -> str:
     """The status as an HTML page: watched indicators, the 5-day chart, then every indicator
     (include/templates/ui/status.html, Jinja2 with autoescape: include/triggerflow/pages.py)."""
     from include.triggerflow.pages import status_page
 
-    return status_page(document, watched=WATCHED, json_href=json_href, refresh_s=PAGE_REFRESH_S)
+    return status_page(document, watched=WATCHED, json_href=json_href, refresh_s=PAGE_REFRESH_S, active_alerts=active_alerts)
 
 
 def _error_page(message: str) -> str:
@@ -344,7 +409,24 @@ async def page(
     if document is None:
         return HTMLResponse(_error_page(error), status_code=code, headers=headers)
     query = "" if public else request.url.query
-    return HTMLResponse(render_page(document, json_href="status" + (f"?{query}" if query else "")), headers=headers)
+    alerts = None if public else await active_alert_count()  # public mode: counters and ages only
+    body = render_page(document, json_href="status" + (f"?{query}" if query else ""), active_alerts=alerts)
+    return HTMLResponse(body, headers=headers)
+
+
+def _include_console() -> None:
+    """The console's routes (include/triggerflow/console/routes.py imports only FastAPI at the
+    top). Without the project root on the path the plugin still loads: the status routes then
+    explain the problem, and the console's URLs are 404s."""
+    try:
+        from include.triggerflow.console.routes import build_router
+    except ImportError as exc:
+        log.warning("pipelined console not available: %s", exc)
+        return
+    app.include_router(build_router(require_operator=require_operator, read=read_store, error_page=_error_page))
+
+
+_include_console()
 
 
 class PipelinedStatusPlugin(AirflowPlugin):

@@ -106,9 +106,12 @@ def _indicator_rows(prefix: str, values: Any) -> list[tuple[str, str]]:
 INDICATOR_BLOCKS = ("consumer", "source", "generated-at", "http-request", "pointer", "stats", "settings")
 
 
-def status_page(document: Mapping[str, Any], *, watched: Sequence[str], json_href: str = "status", refresh_s: int = 60) -> str:
+def status_page(
+    document: Mapping[str, Any], *, watched: Sequence[str], json_href: str = "status", refresh_s: int = 60,
+    active_alerts: int | None = None,
+) -> str:
     """The status as an HTML page: warnings, the ``watched`` indicators as cards, the 5-day chart,
-    then every indicator and the routing."""
+    then every indicator and the routing; with ``active_alerts``, their count linking to the alerts view."""
     stats = document.get("stats", {})
     routing = document.get("routing", {})
     per_hour = document.get("messages-per-hour", [])
@@ -135,6 +138,8 @@ def status_page(document: Mapping[str, Any], *, watched: Sequence[str], json_hre
             for trigger, handler in mapping.items()
         ],
         routing_error=str(routing["error"]) if routing.get("error") else None,
+        here="status",
+        active_alerts=active_alerts,
     )
 
 
@@ -149,3 +154,167 @@ def unsubscribe_page(
     """A small self-contained page; with ``form_action``, the "Unsubscribe" button (a form POSTing
     there with the hidden ``fields``: one_click, one_click_value, via, via_page)."""
     return render("unsubscribe.html", title=title, message=message, element_id=element_id, form_action=form_action, fields=fields or {})
+
+
+# -- the Triggers console (plugins/pipelined_status.py, include/triggerflow/console) -----------------
+# Rows arrive as the store holds them; the pages get display strings (times in UTC to the second,
+# no value as an empty cell) and hrefs built with urlencode: a value from an event or a reply only
+# ever reaches a URL as an encoded query value, and autoescape writes it into the attribute.
+def when(value: Any) -> str:
+    """A time as the console shows it: UTC, to the second (None: "")."""
+    if value is None:
+        return ""
+    from include.triggerflow.timeutil import as_utc
+
+    return as_utc(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def iso(value: Any) -> str:
+    """A time as an ISO 8601 form value (UTC, microseconds kept: ranges are exact)."""
+    from include.triggerflow.timeutil import as_utc
+
+    return as_utc(value).isoformat() if value is not None else ""
+
+
+def number(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def href(path: str, **query: Any) -> str:
+    from urllib.parse import urlencode
+
+    values = {k: str(v) for k, v in query.items() if v is not None and v != ""}
+    return f"{path}?{urlencode(values)}" if values else path
+
+
+def _display(row: Any, **extra: Any) -> dict[str, Any]:
+    """A dataclass row as display strings: times via :func:`when`, numbers via :func:`number`."""
+    from dataclasses import fields
+    from datetime import datetime
+
+    shown_row: dict[str, Any] = {}
+    for f in fields(row):
+        value = getattr(row, f.name)
+        if isinstance(value, datetime):
+            value = when(value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        elif isinstance(value, int | float) or value is None:
+            value = number(value)
+        shown_row[f.name] = value
+    shown_row.update(extra)
+    return shown_row
+
+
+def _pager(path: str, offset: int, count: int, total: int, page_rows: int, **query: Any) -> dict[str, Any]:
+    return {
+        "first": offset + 1 if count else 0,
+        "last": offset + count,
+        "page_rows": page_rows,
+        "prev_href": href(path, **query, offset=max(0, offset - page_rows) or None) if offset > 0 else None,
+        "next_href": href(path, **query, offset=offset + page_rows) if offset + count < total else None,
+    }
+
+
+def runs_page(rows: Sequence[Any], *, limit: int) -> str:
+    shown_rows = []
+    for r in rows:
+        row = _display(
+            r,
+            ledger_href=href("run", batch_id=r.batch_id),
+            quarantine_href=href("quarantine", batch_id=r.batch_id),
+        )
+        row["balanced"] = "not reported" if r.balanced is None else ("yes" if r.balanced else "no")
+        row["latency_p95"] = "—" if r.latency_p95_s is None else f"{r.latency_p95_s:.1f}"
+        shown_rows.append(row)
+    return render("runs.html", title="Runs", here="runs", rows=shown_rows, limit=limit)
+
+
+def run_page(info: Any, total: int, rows: Sequence[Any], *, offset: int, page_rows: int) -> str:
+    return render(
+        "run.html",
+        title=f"Ledger of run {info.run_id}",
+        here="runs",
+        info=_display(info),
+        total=total,
+        rows=[_display(r) for r in rows],
+        quarantine_href=href("quarantine", batch_id=info.batch_id),
+        **_pager("run", offset, len(rows), total, page_rows, batch_id=info.batch_id),
+    )
+
+
+def quarantine_page(
+    *,
+    batch: Any = None,
+    since: str = "",
+    until: str = "",
+    total: int = 0,
+    rows: Sequence[Any] = (),
+    offset: int = 0,
+    page_rows: int = 200,
+    clip_chars: int = 300,
+    form: Mapping[str, str] | None = None,
+    error: str | None = None,
+) -> str:
+    """The quarantine of one batch (``batch``) or of a receive-time range (``since``/``until``),
+    with the reprocess form (``form``: since, until, csrf) when there is something to reprocess."""
+    if batch is not None:
+        scope: str | None = f"in run {batch.run_id}"
+        query: dict[str, Any] = {"batch_id": batch.batch_id}
+    elif since and until and error is None:
+        scope = f"received {since} – {until}"
+        query = {"since": since, "until": until}
+    else:
+        scope, query = None, {}
+    return render(
+        "quarantine.html",
+        title="Quarantine",
+        here="quarantine",
+        batch=_display(batch) if batch is not None else None,
+        ledger_href=href("run", batch_id=batch.batch_id) if batch is not None else None,
+        since=since,
+        until=until,
+        scope=scope,
+        total=total,
+        rows=[_display(r) for r in rows],
+        clip_chars=clip_chars,
+        form=form,
+        error=error,
+        **_pager("quarantine", offset, len(rows), total, page_rows, **query),
+    )
+
+
+def search_page(q: str, result: Any = None, *, error: str | None = None) -> str:
+    shown_result = None
+    if result is not None:
+        shown_result = {
+            "profiles": list(result.profiles),
+            "suppressions": [_display(s) for s in result.suppressions],
+            "decisions": [_display(d, ledger_href=href("run", batch_id=d.batch_id)) for d in result.decisions],
+            "decision_total": result.decision_total,
+            "sends": [_display(r) for r in result.sends],
+        }
+    return render("search.html", title="Why did this customer not get the email?", here="search", q=q, result=shown_result, error=error)
+
+
+def alerts_page(total: int, active: Sequence[Any], resolved: Sequence[Any]) -> str:
+    return render(
+        "alerts.html", title="Alerts", here="alerts", total=total,
+        active=[_display(a) for a in active], resolved=[_display(a) for a in resolved],
+    )
+
+
+def reprocess_page(*, started: Any = None, error: str | None = None, since: str = "", until: str = "", what: str = "", back_href: str | None = None) -> str:
+    return render(
+        "reprocess.html", title="Reprocess", here="quarantine", started=started, error=error,
+        since=since, until=until, what=what, back_href=back_href,
+    )
+
+
+def console_message_page(title: str, message: str, *, here: str = "") -> str:
+    """A console page that only says something (an unknown batch, a refused input)."""
+    return render("console_message.html", title=title, here=here, message=message)
