@@ -34,7 +34,13 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
     ("0007_unsubscribe_token_key", "tf_unsubscribe", ("token_key",), ("ux_tf_unsubscribe_customer_token",)),
     ("0008_status_summaries", "tf_source_stats", (), ()),
     ("0009_alert_value_subject_resolved", "tf_alert", ("value", "subject", "resolved_at"), ()),
+    ("0010_batch_created_index", "tf_batch", (), ("ix_tf_batch_created",)),
 )
+
+#: Not additive: tf_send.event_id loses its foreign key to tf_event (the ledger outlives the
+#: events, see include/triggerflow/maintenance/ledger.py). Applied by :func:`drop_send_event_fk`
+#: after the additive ones.
+SEND_EVENT_FK_MIGRATION = "0011_send_event_fk_dropped"
 
 #: A migration's data step, ``"module:function"`` called with the open connection after the
 #: migration's columns are added and before its indexes are created: it fills a new column, or
@@ -55,7 +61,13 @@ def _run_data_step(migration: str, conn: Connection) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create missing tables and apply pending additive migrations (idempotent)."""
+    """Create missing tables and apply pending migrations (idempotent)."""
+    _additive(engine)
+    drop_send_event_fk(engine)
+
+
+def _additive(engine: Engine) -> None:
+    """Create missing tables and apply pending additive migrations."""
     from alembic.migration import MigrationContext
     from alembic.operations import Operations
     from sqlalchemy import inspect, select
@@ -94,3 +106,95 @@ def create_schema(engine: Engine) -> None:
             conn.execute(
                 schema_version.insert().values(migration=migration, applied_at=utcnow())
             )
+
+
+def _send_event_fks(conn: Connection) -> list[str | None]:
+    """Names of tf_send's foreign keys on event_id (SQLite's are unnamed: None)."""
+    from sqlalchemy import inspect
+
+    return [
+        fk.get("name")
+        for fk in inspect(conn).get_foreign_keys("tf_send")
+        if fk.get("referred_table") == "tf_event" and fk.get("constrained_columns") == ["event_id"]
+    ]
+
+
+def drop_send_event_fk(engine: Engine) -> None:
+    """Migration 0011: drop tf_send.event_id's foreign key to tf_event, once.
+
+    PostgreSQL: ``ALTER TABLE ... DROP CONSTRAINT``. SQLite cannot drop a constraint: the table is
+    rebuilt the way SQLite documents it (foreign keys off on this connection, new table, copy,
+    drop, rename, indexes, foreign_key_check, all in one IMMEDIATE transaction). A new store was
+    created without the key and only gets the tf_schema_version row."""
+    from sqlalchemy import select
+
+    from include.triggerflow.store.bulk import dialect_insert
+    from include.triggerflow.store.schema import schema_version
+
+    with engine.connect() as conn:
+        if conn.execute(
+            select(schema_version.c.migration).where(schema_version.c.migration == SEND_EVENT_FK_MIGRATION)
+        ).first():
+            return
+        names = _send_event_fks(conn)
+    if names:
+        if engine.dialect.name == "sqlite":
+            _rebuild_sqlite_send(engine)
+        else:
+            with engine.begin() as conn:
+                for name in names:
+                    conn.exec_driver_sql(f'ALTER TABLE tf_send DROP CONSTRAINT IF EXISTS "{name}"')
+    with engine.begin() as conn:
+        conn.execute(
+            dialect_insert(conn, schema_version)
+            .values(migration=SEND_EVENT_FK_MIGRATION, applied_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["migration"])
+        )
+
+
+def _rebuild_sqlite_send(engine: Engine) -> None:
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from include.triggerflow.store.schema import send
+
+    ddl = str(CreateTable(send).compile(dialect=engine.dialect)).strip()
+    head = "CREATE TABLE tf_send "
+    if not ddl.startswith(head):
+        raise RuntimeError(f"unexpected DDL for tf_send: {ddl[:60]!r}")
+    ddl = "CREATE TABLE tf_send__new " + ddl[len(head):]
+    raw = engine.raw_connection()
+    try:
+        dbapi = raw.driver_connection
+        assert dbapi is not None
+        dbapi.commit()  # no transaction may be open for the PRAGMA to take effect
+        dbapi.execute("PRAGMA foreign_keys=OFF")
+        old_isolation = dbapi.isolation_level
+        dbapi.isolation_level = None  # we issue BEGIN / COMMIT ourselves
+        try:
+            dbapi.execute("BEGIN IMMEDIATE")
+            try:
+                has_fk = any(
+                    row[2] == "tf_event" and row[3] == "event_id"
+                    for row in dbapi.execute("PRAGMA foreign_key_list(tf_send)").fetchall()
+                )
+                if has_fk:  # another process may have rebuilt it while we waited for the lock
+                    have = [row[1] for row in dbapi.execute("PRAGMA table_info(tf_send)").fetchall()]
+                    cols = ", ".join(f'"{c.name}"' for c in send.columns if c.name in have)
+                    dbapi.execute(ddl)
+                    dbapi.execute(f"INSERT INTO tf_send__new ({cols}) SELECT {cols} FROM tf_send")
+                    dbapi.execute("DROP TABLE tf_send")
+                    dbapi.execute("ALTER TABLE tf_send__new RENAME TO tf_send")
+                    for index in send.indexes:
+                        dbapi.execute(str(CreateIndex(index).compile(dialect=engine.dialect)))
+                    problems = dbapi.execute("PRAGMA foreign_key_check").fetchall()
+                    if problems:
+                        raise RuntimeError(f"foreign key check failed after rebuilding tf_send: {problems[:3]}")
+                dbapi.execute("COMMIT")
+            except BaseException:
+                dbapi.execute("ROLLBACK")
+                raise
+        finally:
+            dbapi.isolation_level = old_isolation
+            dbapi.execute("PRAGMA foreign_keys=ON")
+    finally:
+        raw.close()

@@ -97,6 +97,8 @@ batch = Table(
     Column("dropped", Integer),
     Column("dropped_reasons", Text),
 )
+# Retention finds the old batches by age (include/triggerflow/maintenance); one row a minute.
+Index("ix_tf_batch_created", batch.c.created_at)
 
 event = Table(
     "tf_event",
@@ -165,7 +167,10 @@ send = Table(
     Column("idempotency_key", String(64), nullable=False, unique=True),
     Column("batch_id", String(250), nullable=False),
     Column("chunk", Integer, nullable=False),
-    Column("event_id", BigId, ForeignKey("tf_event.event_id"), nullable=False),
+    # No foreign key to tf_event: the ledger outlives the events (retention keeps it as long as
+    # the dedup windows and frequency caps look back; events go after three days). Migration 0011
+    # drops the key of older stores. A row that still has to be sent keeps its batch's events.
+    Column("event_id", BigId, nullable=False),
     Column("profile_id", String(100), nullable=False),
     Column("trigger_id", String(200), nullable=False),
     Column("route", String(100), nullable=False),
