@@ -34,6 +34,9 @@ from typing import cast
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
 
+# Light (no SQLAlchemy at import): Airflow calls it in the task process after a final failure.
+from include.triggerflow.alerts.callbacks import on_task_failure
+
 # Typing only (TypedDicts): what the tasks hand each other through XCom.
 from include.triggerflow.payloads import ChunkRef, LandedXCom, ReportXCom, SentXCom, ValidatedXCom
 
@@ -65,6 +68,8 @@ def _default(name: str, fallback: int) -> int:
         "retry_delay": timedelta(seconds=float(os.environ.get("TRIGGERFLOW_RETRY_DELAY_S", "10"))),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=5),
+        # a task's final failure fails the run: recorded in tf_run_outcome, N in a row alert
+        "on_failure_callback": on_task_failure,
     },
     params={
         "max_events": Param(
@@ -120,6 +125,45 @@ def _default(name: str, fallback: int) -> int:
             "trigger still waiting — in the source, the ledger or an unprocessed batch — is older than this. "
             "Adobe's response target is under an hour.",
         ),
+        "alert_renotify_minutes": Param(
+            60,
+            type="number",
+            minimum=0,
+            title="Alerts: notify again after (minutes)",
+            description="While an alert's condition lasts it is recorded (tf_alert) at every check but emailed / "
+            "posted at most once per this period (the SLA alert: once per its threshold).",
+        ),
+        "failed_runs_alert": Param(
+            3,
+            type="integer",
+            minimum=1,
+            title="Alert after N failed runs in a row",
+            description="A run fails when one of its tasks fails after its last retry; this many in a row alert.",
+        ),
+        "source_stall_minutes": Param(
+            15,
+            type="number",
+            minimum=0,
+            title="Alert when the source has not advanced for (minutes)",
+            description="The source's stored position has not moved for this long while it holds messages "
+            "(its reads fail, or the last pull stopped at max_events).",
+        ),
+        "quarantine_alert_share": Param(
+            0.2,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Alert when this share of a batch is quarantined",
+            description="Quarantined / pulled above this (0.2 = 20 %) alerts, for batches of at least "
+            "quarantine_alert_min_events triggers.",
+        ),
+        "quarantine_alert_min_events": Param(
+            20,
+            type="integer",
+            minimum=1,
+            title="Smallest batch for the quarantine alert",
+            description="A batch smaller than this never raises the quarantine-share alert (one bad trigger of two is not news).",
+        ),
         "ambiguous_policy": Param(
             "hold",
             enum=["hold", "resend"],
@@ -159,22 +203,27 @@ def _default(name: str, fallback: int) -> int:
 def trigger_emails() -> None:
     @task
     def pull_and_land() -> LandedXCom:
+        from include.triggerflow.alerts.checks import PullAlerts
         from include.triggerflow.hooks.triggers import TriggerSourceHook
-        from include.triggerflow.runtime import batch_ref, store_engine
+        from include.triggerflow.runtime import alerter, batch_ref, store_engine
         from include.triggerflow.stages.land import land_batch
 
         context = get_current_context()
         engine = store_engine()
         ref = batch_ref(context)
+        max_events = int(context["params"]["max_events"])
         # Backfills replay what was landed for their intervals; they never read the source.
         allow_pull = not (context["params"]["replay_only"] or ref.run_type == "backfill")
-        # The store also holds the (encrypted) IMS token, shared by every task and run.
-        hook = TriggerSourceHook()
-        source = hook.get_source(token_store=engine) if allow_pull else None
-        result = land_batch(
-            engine, source, ref, max_messages=int(context["params"]["max_events"]), allow_pull=allow_pull,
-            **({"max_message_bytes": hook.max_message_bytes} if source is not None else {}),
-        )
+        # Alerts: credentials refused, source not advancing (the exception, if any, goes on up).
+        with PullAlerts(alerter(engine, context), max_events=max_events) as alerts:
+            # The store also holds the (encrypted) IMS token, shared by every task and run.
+            hook = TriggerSourceHook()
+            source = hook.get_source(token_store=engine) if allow_pull else None
+            alerts.source_key = source.source_key if source is not None else None
+            result = land_batch(
+                engine, source, ref, max_messages=max_events, allow_pull=allow_pull,
+                **({"max_message_bytes": hook.max_message_bytes} if source is not None else {}),
+            )
         return result.as_xcom()
 
     @task
@@ -208,26 +257,31 @@ def trigger_emails() -> None:
     # context) holds this instance's own arguments in op_kwargs.
     @task(pool="smtp_sessions", map_index_template="chunk {{ task.op_kwargs['chunk'] }}")
     def send(batch_id: str, chunk: int) -> SentXCom:
+        from include.triggerflow.alerts.checks import send_alerts
         from include.triggerflow.hooks.smtp import TriggerMailHook
         from include.triggerflow.render import Renderer
-        from include.triggerflow.runtime import routing, send_options, store_engine
+        from include.triggerflow.runtime import alerter, routing, send_options, store_engine
         from include.triggerflow.stages.send import send_chunk
 
         context = get_current_context()
-        return send_chunk(
-            store_engine(), batch_id, chunk, routing(), Renderer(), TriggerMailHook, send_options(context)
-        ).as_xcom()
+        engine = store_engine()
+        with send_alerts(alerter(engine, context), batch_id):  # a chunk stopped by refusal_limit alerts
+            return send_chunk(
+                engine, batch_id, chunk, routing(), Renderer(), TriggerMailHook, send_options(context)
+            ).as_xcom()
 
     # A report that does not balance will not balance on a retry either.
     @task(retries=0)
     def report(landed: LandedXCom, validated: ValidatedXCom, sent: list[SentXCom]) -> ReportXCom:
-        from include.triggerflow.runtime import sla_alert, store_engine
+        from include.triggerflow.alerts.checks import report_alerts
+        from include.triggerflow.runtime import alerter, store_engine
         from include.triggerflow.stages.report import report_batch
 
         context = get_current_context()
         dag_run, params = context["dag_run"], context["params"]
         engine = store_engine()
-        return report_batch(
+        alerts = alerter(engine, context)
+        result = report_batch(
             engine,
             validated["batch_id"],
             dag_id=dag_run.dag_id,
@@ -238,8 +292,11 @@ def trigger_emails() -> None:
             note=validated.get("note"),
             source_capped=int(landed["newly_landed"] or 0) >= int(params["max_events"]),
             sla_alert_after_s=float(params["sla_alert_minutes"]) * 60,
-            on_sla_breach=sla_alert(engine, dag_run.dag_id, dag_run.run_id, validated["batch_id"]),
-        ).as_xcom()
+            on_sla_breach=alerts.sla(validated["batch_id"]),
+        )
+        # the run succeeded: record it, clear what it clears, check its quarantine and ambiguous sends
+        report_alerts(alerts, result.batch_id, result.counts)
+        return result.as_xcom()
 
     # Calling a task gives an XComArg, resolved to the upstream task's return value at run time:
     # the casts say which value that is.

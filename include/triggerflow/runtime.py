@@ -6,7 +6,7 @@ test or the CLI with the same wiring.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from include.triggerflow.stages.land import BatchRef
 if TYPE_CHECKING:  # the DAG file imports this module: the rest is imported when a task runs
     from sqlalchemy import Engine
 
-    from include.triggerflow.alerts import AlertOutcome
+    from include.triggerflow.alerts.checks import Alerter
     from include.triggerflow.config import RoutingConfig
     from include.triggerflow.stages.send import SendOptions
 
@@ -93,17 +93,10 @@ def routing() -> RoutingConfig:
     return load_routing()
 
 
-def sla_alert(engine: Engine, dag_id: str, run_id: str, batch_id: str) -> Callable[[dict[str, Any]], AlertOutcome]:
-    """The report's SLA-breach callback: alerts.fire_sla_alert with the recipients from the
-    Variable triggerflow_alert_emails and mail over connection smtp_triggers."""
+def alerter(engine: Engine, context: Mapping[str, Any]) -> Alerter:
+    """The run's alerter: fires and resolves alerts (include/triggerflow/alerts) with the
+    thresholds from the run's Params, telling the channels configured in Airflow."""
+    from include.triggerflow.alerts.checks import Alerter, AlertSettings
 
-    def fire(info: dict[str, Any]) -> AlertOutcome:
-        from include.triggerflow.alerts import alert_recipients, fire_sla_alert
-        from include.triggerflow.hooks.smtp import TriggerMailHook
-
-        return fire_sla_alert(
-            engine, dag_id=dag_id, run_id=run_id, batch_id=batch_id, recipients=alert_recipients(),
-            open_session=TriggerMailHook, **info,
-        )
-
-    return fire
+    dag_run = context["dag_run"]
+    return Alerter(engine, dag_run.dag_id, dag_run.run_id, AlertSettings.from_params(context.get("params") or {}))

@@ -47,13 +47,15 @@ def test_a_backlog_older_than_the_threshold_fires_the_sla_alert(
         by_rcpt = {m["To"]: m for m in mails}
         assert sorted(by_rcpt) == ["c001@example.com", "ops@shop.test"]
         assert by_rcpt["ops@shop.test"]["Subject"] == "[triggerflow] SLA alert: trigger_emails is falling behind"
-        body = by_rcpt["ops@shop.test"].get_body(preferencelist=("plain",)).get_content()
+        body = by_rcpt["ops@shop.test"].get_body(preferencelist=("html",)).get_content()
         assert "in the source (the pull stopped at max_events)" in body
 
         with store_engine.connect() as conn:
             [row] = conn.execute(select(alert)).mappings().all()
             report = json.loads(conn.execute(select(run_summary.c.counts)).scalar_one())
-        assert (row["kind"], row["run_id"], row["notified"]) == ("sla-breach", run.run_id, "emailed ops@shop.test")
+        assert (row["kind"], row["subject"], row["run_id"], row["notified"]) == (
+            "sla-breach", "trigger_emails", run.run_id, "emailed ops@shop.test")
+        assert row["resolved_at"] is None  # active
         assert 240 < row["oldest_waiting_age_s"] < 600 and row["threshold_s"] == 60
         sla = report["sla"]
         assert sla["breached"] is True and sla["alert"]["alert_id"] == row["alert_id"]
@@ -65,4 +67,5 @@ def test_a_backlog_older_than_the_threshold_fires_the_sla_alert(
         assert second.state == DagRunState.SUCCESS
         assert len(smtp.wait_for(4)) == 4  # the two other customers; no second alert email
         with store_engine.connect() as conn:
-            assert conn.execute(select(alert.c.alert_id)).all() == [(row["alert_id"],)]
+            [(alert_id, resolved_at)] = conn.execute(select(alert.c.alert_id, alert.c.resolved_at)).all()
+        assert alert_id == row["alert_id"] and resolved_at is not None  # the drained backlog resolved it

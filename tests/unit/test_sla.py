@@ -1,19 +1,16 @@
-"""Latency percentiles, the oldest waiting trigger, and SLA alerts (real store; alert emails go to a
-fake mail session here, through the real SMTP sink in tests/integration/test_sla.py)."""
+"""Latency percentiles and the oldest waiting trigger (real store). The SLA alert itself is tested
+with the other alerts: tests/unit/alerts/ and tests/e2e/test_sla_alert.py."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from email import message_from_bytes
-from email.message import Message
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, update
 
-from include.triggerflow.alerts import fire_sla_alert
 from include.triggerflow.sla import latency_summary, oldest_waiting, percentile
 from include.triggerflow.stages.reconcile import reconcile_batch
-from include.triggerflow.store.schema import alert, send, send_log
+from include.triggerflow.store.schema import send, send_log
 from tests.fixtures import envelope_json
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -54,49 +51,6 @@ def test_oldest_waiting_looks_in_the_ledger_the_source_and_unprocessed_batches(k
     kit.add_event("b2", envelope_json(shopper_id="SHOP-ADA", triggered_at_ms=MS - 2_700_000))
     capped = oldest_waiting(kit.engine, "b2", source_capped=True, now=NOW)
     assert capped == {"age_s": 2700.0, "where": "source (the pull stopped at max_events)"}
-
-
-class FakeMailSession:
-    """A MailSession (stages.send) that keeps the messages instead of speaking SMTP."""
-
-    sender = "alerts@shop.example"
-    from_name = None
-    message_id_domain = "shop.example"
-
-    def __init__(self, outbox: list[Message]) -> None:
-        self.outbox = outbox
-
-    def __enter__(self) -> FakeMailSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def send_prepared(self, recipient: str, message: bytes) -> None:
-        self.outbox.append(message_from_bytes(message))
-
-
-def test_an_alert_is_recorded_emailed_once_and_not_again_until_renotify(kit) -> None:
-    outbox: list[Message] = []
-    common = dict(dag_id="trigger_emails", run_id="r1", batch_id="b1", where="send ledger", threshold_s=1800.0,
-                  recipients=["ops@shop.example", "oncall@shop.example"], open_session=lambda: FakeMailSession(outbox))
-    first = fire_sla_alert(kit.engine, age_s=2400.0, now=NOW, **common)
-    assert first["notified"] == "emailed ops@shop.example, oncall@shop.example"
-    assert "40.0 min old" in first["detail"]
-    assert sorted(m["To"] for m in outbox) == ["oncall@shop.example", "ops@shop.example"]
-    assert outbox[0]["Subject"] == "[triggerflow] SLA alert: trigger_emails is falling behind"
-    again = fire_sla_alert(kit.engine, age_s=2500.0, now=NOW + timedelta(minutes=1), **common)
-    assert again["notified"].startswith("not emailed again: last email at 2026-12-01T12:00:00")
-    assert len(outbox) == 2
-    later = fire_sla_alert(kit.engine, age_s=4000.0, now=NOW + timedelta(minutes=31), **common)
-    assert later["notified"].startswith("emailed ")
-    assert len(outbox) == 4
-    nobody = fire_sla_alert(kit.engine, age_s=4000.0, now=NOW + timedelta(minutes=90), **{**common, "recipients": []})
-    assert nobody["notified"] == "nobody: set the Airflow Variable triggerflow_alert_emails to be emailed"
-    no_session = fire_sla_alert(kit.engine, age_s=4000.0, now=NOW + timedelta(minutes=150), **{**common, "open_session": None})
-    assert no_session["notified"] == "nobody: no mail session"
-    assert [r["notified"][:7] for r in kit.rows(alert, order_by=alert.c.alert_id)] == [
-        "emailed", "not ema", "emailed", "nobody:", "nobody:"]
 
 
 def test_run_latencies_come_from_this_runs_send_log(kit, routing, demo_catalog) -> None:

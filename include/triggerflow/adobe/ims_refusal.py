@@ -9,6 +9,17 @@ from __future__ import annotations
 import json
 from typing import Protocol
 
+from include.triggerflow.sources.base import SourceError
+
+
+class CredentialsRefused(Exception):
+    """Marks an error as IMS or the source refusing the credentials (not an outage): the run fails
+    as before, and the operator is alerted (alerts.AlertKind.CREDENTIALS_REFUSED)."""
+
+
+class SourceCredentialsRefused(SourceError, CredentialsRefused):
+    """The source refused a freshly minted IMS token (401 twice)."""
+
 
 class RefusedCredential(Protocol):
     """What a hint may quote of the credential (never a secret)."""

@@ -76,7 +76,7 @@ from include.triggerflow.adobe.ims_jwt import (
     parse_metascopes,
     sign_jwt,
 )
-from include.triggerflow.adobe.ims_refusal import refusal_message
+from include.triggerflow.adobe.ims_refusal import CredentialsRefused, refusal_message
 from include.triggerflow.adobe.ims_token import (
     PROCESS_CACHE,
     ImsToken,
@@ -107,6 +107,10 @@ DEFAULT_REQUEST_DEADLINE_S = 60.0
 
 class ImsAuthError(RuntimeError):
     """IMS refused the credentials, or the connection is unusable; the message says what to fix."""
+
+
+class ImsCredentialsRefused(ImsAuthError, CredentialsRefused):
+    """IMS answered 400/401/403 to the token request: the credentials themselves were refused."""
 
 
 @dataclass(repr=False)
@@ -379,7 +383,8 @@ class AdobeImsHook(BaseHook):
                 f"{self.adobe_ims_conn_id!r} right, and IMS reachable from this worker?)"
             ) from None
         if resp.status_code != 200:
-            raise ImsAuthError(refusal_message(self.adobe_ims_conn_id, settings, what, resp.status_code, data))
+            refused = ImsCredentialsRefused if resp.status_code in (400, 401, 403) else ImsAuthError
+            raise refused(refusal_message(self.adobe_ims_conn_id, settings, what, resp.status_code, data))
         try:
             body = json.loads(data)
         except (ValueError, RecursionError):

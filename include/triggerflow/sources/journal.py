@@ -43,6 +43,7 @@ from include.triggerflow.adobe.http import (
     RetryPolicy,
     Unauthorized,
 )
+from include.triggerflow.adobe.ims_refusal import SourceCredentialsRefused
 from include.triggerflow.sources.base import RESET_POLICIES, Page, ResetPolicy, SourceError
 from include.triggerflow.sources.bounded import (
     AnswerTooLarge,
@@ -210,7 +211,7 @@ class JournalSource:
         self.retry.reset()  # every page starts with a fresh count of consecutive failures
         return self.retry.call(
             lambda refresh: self._get_once(params, refresh), give_up=self._give_up,
-            refused_twice=lambda: SourceError(
+            refused_twice=lambda: SourceCredentialsRefused(
                 "journal refused a freshly minted IMS token (401 twice): check that the "
                 "adobe_ims credential has access to this registration"
             ),

@@ -81,6 +81,7 @@ from include.triggerflow.adobe.http import (
     RetryPolicy,
     Unauthorized,
 )
+from include.triggerflow.adobe.ims_refusal import SourceCredentialsRefused
 from include.triggerflow.sources.base import RESET_POLICIES, Page, SourceError
 from include.triggerflow.sources.bounded import CHUNK_BYTES, LineSplitter
 from include.triggerflow.sources.pipeline_endpoint import (
@@ -255,7 +256,7 @@ class PipelineSource(PipelineEndpoint, PipelineLines):
             resp = retry.call(
                 lambda refresh, assigned=assigned: self._open_stream(url, endpoint, assigned, refresh, st),  # type: ignore[misc]
                 give_up=give_up,
-                refused_twice=lambda: SourceError(
+                refused_twice=lambda: SourceCredentialsRefused(
                     f"pipeline {endpoint} refused a freshly minted IMS token (401 twice): check "
                     f"that the adobe_ims credential has access to topic '{self.topic}'"
                 ),

@@ -24,6 +24,7 @@ from include.triggerflow.adobe.http import (
     RetryPolicy,
     Unauthorized,
 )
+from include.triggerflow.adobe.ims_refusal import SourceCredentialsRefused
 from include.triggerflow.sources.base import SourceError
 from include.triggerflow.sources.bounded import BoundedReadError, read_body
 from include.triggerflow.sources.pipeline_lines import PipelineStats, is_index
@@ -152,7 +153,7 @@ class PipelineEndpoint:
 
         return self.new_retry().call(
             once, give_up=gave_up,
-            refused_twice=lambda: SourceError(
+            refused_twice=lambda: SourceCredentialsRefused(
                 f"pipeline discovery at {url} refused a freshly minted IMS token (401 twice): "
                 "check that the adobe_ims credential has access to Pipeline"
             ),
