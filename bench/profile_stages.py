@@ -109,9 +109,12 @@ def load_profiles(engine: Any, rows: list[dict[str, Any]]) -> float:
     return time.perf_counter() - t0
 
 
-def event_payloads(count: int, profiles: int, rng: random.Random, *, known: float, invalid: float) -> list[str]:
+def event_payloads(
+    count: int, profiles: int, rng: random.Random, *, known: float, invalid: float, offset: int = 0
+) -> list[str]:
     """Pipeline envelopes as landed: 60% cart, 34% browse, 6% an unrouted trigger; ``known`` of the
-    shopper ids belong to a profile; ``invalid`` of the events fail one expectation."""
+    shopper ids belong to a profile (``SHOP-%07d`` of ``offset .. offset + profiles - 1``);
+    ``invalid`` of the events fail one expectation."""
     from devstack.messages import (
         BROWSE_ABANDONMENT_TRIGGER_ID,
         CART_ABANDONMENT_TRIGGER_ID,
@@ -129,7 +132,7 @@ def event_payloads(count: int, profiles: int, rng: random.Random, *, known: floa
         trigger_id = (
             CART_ABANDONMENT_TRIGGER_ID if pick < 0.60 else BROWSE_ABANDONMENT_TRIGGER_ID if pick < 0.94 else UNROUTED_TRIGGER_ID
         )
-        shopper = f"SHOP-{rng.randrange(profiles):07d}" if rng.random() < known else f"SHOP-X{i:07d}"
+        shopper = f"SHOP-{offset + rng.randrange(profiles):07d}" if rng.random() < known else f"SHOP-X{i:07d}"
         message = trigger_message(
             trigger_id=trigger_id,
             shopper_id=shopper,
@@ -153,12 +156,13 @@ def event_payloads(count: int, profiles: int, rng: random.Random, *, known: floa
 class MemorySource:
     """A TriggerSource over a list of payloads: pages of ``page_size`` messages on partition 0."""
 
-    source_key = "bench:memory"
     endpoint = "memory://bench"
 
-    def __init__(self, payloads: list[str], page_size: int) -> None:
+    def __init__(self, payloads: list[str], page_size: int, source_key: str = "bench:memory") -> None:
         self.payloads = payloads
         self.page_size = page_size
+        # one key per measurement on a shared store: the positions read so far are per source
+        self.source_key = source_key
 
     def read(self, positions: Mapping[int, str], max_messages: int) -> Iterator[Any]:
         from include.triggerflow.sources.base import Page, RawMessage
@@ -396,13 +400,9 @@ def _process_cpu(pid: int) -> float:
 # -- the benchmark ------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    from sqlalchemy import func, select
-
     from include.triggerflow.stages.land import BatchRef, land_batch
-    from include.triggerflow.stages.reconcile import reconcile_batch
     from include.triggerflow.store.engines import describe, get_engine
     from include.triggerflow.store.migrations import create_schema
-    from include.triggerflow.store.schema import event, send
 
     rng = random.Random(args.seed)
     n = args.n
@@ -433,72 +433,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_demo_catalog(engine)  # the events' SKUs: the shipped routes email only products the catalogue knows
         report["profiles_load_s"] = round(seconds, 3)
         say(f"store {report['store_url']}: {n_profiles:,} profiles loaded in {seconds:.1f} s")
-        routing = routing_config()
-        start = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
-
-        def ref(k: int) -> BatchRef:
-            return BatchRef(dag_id="bench", run_id=f"bench-{k}", run_type="scheduled",
-                            interval_start=start + timedelta(minutes=k), interval_end=start + timedelta(minutes=k + 1))
-
         # -- idle run: an empty batch through every stage
-        idle = ref(0)
+        idle = BatchRef(dag_id="bench", run_id="bench-0", run_type="scheduled", interval_start=BENCH_START,
+                        interval_end=BENCH_START + timedelta(minutes=1))
         land_batch(engine, MemorySource([], args.page_size), idle)
         idle_report = _idle_run(url, idle.batch_id, tmp)
         report["idle"] = idle_report
         say(f"idle run (fresh interpreter, import + empty batch): {idle_report}")
 
-        # -- land
-        batch = ref(1)
-        source = MemorySource(payloads, args.page_size)
-        landed, seconds = timed("land", lambda: land_batch(engine, source, batch, max_messages=n), profile=args.cprofile,
-                                top=args.top, report=stages)
-        stages["land"].update(events=landed.pulled, events_per_s=round(landed.pulled / seconds, 1))
-        _say_stage(say, "land", stages["land"], "events")
-
-        # -- validate (fresh interpreter)
-        if args.skip_validate:
-            from sqlalchemy import update
-
-            with engine.begin() as conn:
-                mine = event.c.batch_id == batch.batch_id
-                conn.execute(update(event).where(mine, event.c.trigger_ts.is_not(None)).values(status="valid"))
-                conn.execute(update(event).where(mine, event.c.trigger_ts.is_(None)).values(status="quarantined"))
-            say("validate   skipped (--skip-validate): events with a trigger timestamp marked valid")
-        else:
-            _run_validate(url, batch.batch_id, tmp, args, stages, n, say)
-
-        # -- reconcile
-        with engine.connect() as conn:
-            valid = conn.execute(select(func.count()).select_from(event).where(event.c.batch_id == batch.batch_id, event.c.status == "valid")).scalar_one()
-        result, seconds = timed(
-            "reconcile",
-            # chunk_size 1: as many chunks as --chunks allows (every chunk the same size)
-            lambda: reconcile_batch(engine, batch.batch_id, routing, chunk_size=1, max_chunks=args.chunks),
-            profile=args.cprofile, top=args.top, report=stages,
-        )
-        stages["reconcile"].update(events=valid, events_per_s=round(valid / seconds, 1), counts=result.counts, chunks=result.chunks)
-        _say_stage(say, "reconcile", stages["reconcile"], "events", extra=f"{result.counts}")
-        with engine.connect() as conn:
-            queued = conn.execute(select(func.count()).select_from(send).where(send.c.batch_id == batch.batch_id)).scalar_one()
-
-        # -- send
-        if not args.no_send:
-            from devstack.processes import start_smtp_sink
-
-            sink_dir = Path(tmp) / "sink"
-            with start_smtp_sink(
-                sink_dir / "outbox" if args.sink_store == "eml" else None, store=args.sink_store,
-                log_path=sink_dir / "sink.log", stats_interval=0.2,
-            ) as sink:
-                stages["send"] = run_send(url, batch.batch_id, result.chunks, sink, profile=args.cprofile, top=args.top)
-            s = stages["send"]
-            s.update(queued=queued, emails_per_s=round(s["emails"] / s["seconds"], 1) if s["seconds"] else None,
-                     sink=args.sink_store)
-            _say_stage(say, "send", s, "emails", extra=f"({len(result.chunks)} chunks; sink accepted {s['sink_accepted']:,}; "
-                       f"CPU per email: send {s['client_cpu_ms_per_email']} ms (system {s['client_sys_ms_per_email']}), sink {s['sink_cpu_ms_per_email']} ms, "
-                       f"PostgreSQL sessions {s['pg_server_cpu_ms_per_email']} ms, machine {s['machine_cpu_ms_per_email']} ms)")
-            if s["sink_accepted"] != s["emails"]:
-                raise RuntimeError(f"the sink accepted {s['sink_accepted']} of {s['emails']} sent emails")
+        stages.update(measure_stages(
+            url, payloads, tmp=tmp, chunks=args.chunks, page_size=args.page_size, sink_store=args.sink_store,
+            skip_validate=args.skip_validate, no_send=args.no_send, profile=args.cprofile, top=args.top, say=say,
+        ))
 
         total = sum(stages[k]["seconds"] for k in ("land", "validate", "reconcile", "send") if k in stages)
         report["total_s"] = round(total, 3)
@@ -513,10 +459,103 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _run_validate(url: str, batch_id: str, tmp: str, args: argparse.Namespace, stages: dict[str, Any], n: int, say: Any) -> None:
+BENCH_START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def measure_stages(
+    url: str,
+    payloads: list[str],
+    *,
+    tmp: str,
+    chunks: int = 4,
+    page_size: int = 1000,
+    key: str = "bench",
+    start: datetime = BENCH_START,
+    sink_store: str = "none",
+    skip_validate: bool = False,
+    no_send: bool = False,
+    profile: bool = False,
+    top: int = 20,
+    say: Any = print,
+) -> dict[str, Any]:
+    """Time land, validate (fresh interpreter), reconcile and send of one batch of ``payloads``
+    on the store at ``url`` (schema, profiles and catalogue already there). ``key`` names the
+    batch's DAG id and source so that several measurements can share a store; ``start`` is the
+    batch's data interval. Returns {stage: figures}."""
+    from sqlalchemy import func, select
+
+    from include.triggerflow.stages.land import BatchRef, land_batch
+    from include.triggerflow.stages.reconcile import reconcile_batch
+    from include.triggerflow.store.engines import get_engine
+    from include.triggerflow.store.schema import event, send
+
+    engine = get_engine(url)
+    routing = routing_config()
+    n = len(payloads)
+    stages: dict[str, Any] = {}
+    batch = BatchRef(dag_id=key, run_id=f"{key}-1", run_type="scheduled", interval_start=start + timedelta(minutes=1),
+                     interval_end=start + timedelta(minutes=2))
+
+    # -- land
+    source = MemorySource(payloads, page_size, source_key=f"{key}:memory")
+    landed, seconds = timed("land", lambda: land_batch(engine, source, batch, max_messages=n), profile=profile,
+                            top=top, report=stages)
+    stages["land"].update(events=landed.pulled, events_per_s=round(landed.pulled / seconds, 1))
+    _say_stage(say, "land", stages["land"], "events")
+
+    # -- validate (fresh interpreter)
+    if skip_validate:
+        from sqlalchemy import update
+
+        with engine.begin() as conn:
+            mine = event.c.batch_id == batch.batch_id
+            conn.execute(update(event).where(mine, event.c.trigger_ts.is_not(None)).values(status="valid"))
+            conn.execute(update(event).where(mine, event.c.trigger_ts.is_(None)).values(status="quarantined"))
+        say("validate   skipped (--skip-validate): events with a trigger timestamp marked valid")
+    else:
+        _run_validate(url, batch.batch_id, tmp, profile, top, stages, n, say)
+
+    # -- reconcile
+    with engine.connect() as conn:
+        valid = conn.execute(select(func.count()).select_from(event).where(event.c.batch_id == batch.batch_id, event.c.status == "valid")).scalar_one()
+    result, seconds = timed(
+        "reconcile",
+        # chunk_size 1: as many chunks as ``chunks`` allows (every chunk the same size)
+        lambda: reconcile_batch(engine, batch.batch_id, routing, chunk_size=1, max_chunks=chunks),
+        profile=profile, top=top, report=stages,
+    )
+    stages["reconcile"].update(events=valid, events_per_s=round(valid / seconds, 1), counts=result.counts, chunks=result.chunks)
+    _say_stage(say, "reconcile", stages["reconcile"], "events", extra=f"{result.counts}")
+    with engine.connect() as conn:
+        queued = conn.execute(select(func.count()).select_from(send).where(send.c.batch_id == batch.batch_id)).scalar_one()
+
+    # -- send
+    if not no_send:
+        from devstack.processes import start_smtp_sink
+
+        sink_dir = Path(tmp) / f"sink-{key}"
+        with start_smtp_sink(
+            sink_dir / "outbox" if sink_store == "eml" else None, store=sink_store,
+            log_path=sink_dir / "sink.log", stats_interval=0.2,
+        ) as sink:
+            stages["send"] = run_send(url, batch.batch_id, result.chunks, sink, profile=profile, top=top)
+        s = stages["send"]
+        s.update(queued=queued, emails_per_s=round(s["emails"] / s["seconds"], 1) if s["seconds"] else None,
+                 sink=sink_store)
+        _say_stage(say, "send", s, "emails", extra=f"({len(result.chunks)} chunks; sink accepted {s['sink_accepted']:,}; "
+                   f"CPU per email: send {s['client_cpu_ms_per_email']} ms (system {s['client_sys_ms_per_email']}), sink {s['sink_cpu_ms_per_email']} ms, "
+                   f"PostgreSQL sessions {s['pg_server_cpu_ms_per_email']} ms, machine {s['machine_cpu_ms_per_email']} ms)")
+        if s["sink_accepted"] != s["emails"]:
+            raise RuntimeError(f"the sink accepted {s['sink_accepted']} of {s['emails']} sent emails")
+    return stages
+
+
+def _run_validate(
+    url: str, batch_id: str, tmp: str, profile: bool, top: int, stages: dict[str, Any], n: int, say: Any
+) -> None:
     out_path = Path(tmp) / "validate.json"
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=_validate_child, args=(url, batch_id, args.cprofile, args.top, str(out_path), SORT))
+    proc = ctx.Process(target=_validate_child, args=(url, batch_id, profile, top, str(out_path), SORT))
     proc.start()
     proc.join()
     if proc.exitcode != 0:
