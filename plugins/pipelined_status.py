@@ -414,19 +414,39 @@ async def page(
     return HTMLResponse(body, headers=headers)
 
 
-def _include_console() -> None:
-    """The console's routes (include/triggerflow/console/routes.py imports only FastAPI at the
-    top). Without the project root on the path the plugin still loads: the status routes then
-    explain the problem, and the console's URLs are 404s."""
-    try:
-        from include.triggerflow.console.routes import build_router
-    except ImportError as exc:
-        log.warning("pipelined console not available: %s", exc)
-        return
-    app.include_router(build_router(require_operator=require_operator, read=read_store, error_page=_error_page))
+class _LazyConsole:
+    """The console's views (include/triggerflow/console/routes.py), mounted after the status
+    routes and built on their first request: importing them imports the triggerflow package, which
+    plugin loading in the scheduler, DAG processor and CLI must not pay for."""
+
+    def __init__(self) -> None:
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def build(self) -> Any:
+        with self._lock:
+            if self._app is None:
+                from include.triggerflow.console.routes import build_router
+
+                console = FastAPI(title="triggerflow console", docs_url=None, redoc_url=None, openapi_url=None)
+                console.dependency_overrides = app.dependency_overrides  # one set of overrides (tests)
+                console.include_router(build_router(require_operator=require_operator, read=read_store, error_page=_error_page))
+                self._app = console
+            return self._app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            console = self._app or self.build()
+        except ImportError as exc:  # the project root is not importable: say so, as the status page does
+            log.warning("pipelined console not available: %s", exc)
+            response = HTMLResponse(_error_page(f"the triggerflow package cannot be imported ({exc}): put the project root on PYTHONPATH"), status_code=503)
+            await response(scope, receive, send)
+            return
+        await console(scope, receive, send)
 
 
-_include_console()
+console_app = _LazyConsole()
+app.mount("", console_app)  # after "/status" and "/": every other path is the console's (or its 404)
 
 
 class PipelinedStatusPlugin(AirflowPlugin):

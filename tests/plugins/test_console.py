@@ -126,7 +126,7 @@ def fill(kit: StoreKit, routing: Any) -> dict[str, Any]:
 
 # -- routes and authentication --------------------------------------------------------------------
 def test_console_routes_are_declared(plugin: ModuleType) -> None:
-    paths = {(route.path, tuple(sorted(route.methods))) for route in plugin.app.routes}
+    paths = {(route.path, tuple(sorted(route.methods))) for route in plugin.console_app.build().routes}
     for path in ("/runs", "/run", "/quarantine", "/search", "/alerts"):
         assert (path, ("GET",)) in paths
     assert ("/reprocess", ("POST",)) in paths

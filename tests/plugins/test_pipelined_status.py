@@ -99,8 +99,10 @@ def test_plugin_declares_the_app_and_the_nav_view(plugin: ModuleType) -> None:
     assert cls.external_views == [
         {"name": "Triggers status", "href": "/pipelined/", "destination": "nav", "url_route": "pipelined"}
     ]
-    # the status document and page, and the console's views (tests/plugins/test_console.py); no unauthenticated /docs
-    assert {route.path for route in plugin.app.routes} == {"/status", "/", "/runs", "/run", "/quarantine", "/reprocess", "/search", "/alerts"}
+    # the status document and page, then the console's views mounted under the same prefix
+    # (tests/plugins/test_console.py); no unauthenticated /docs
+    assert {route.path for route in plugin.app.routes} == {"/status", "/", ""}
+    assert {route.path for route in plugin.console_app.build().routes} == {"/runs", "/run", "/quarantine", "/reprocess", "/search", "/alerts"}
 
 
 # -- authentication ----------------------------------------------------------------------------------
