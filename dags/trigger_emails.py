@@ -21,6 +21,13 @@ Each run is one micro-batch:
    waiting; past `sla_alert_minutes` an SLA alert fires (`tf_alert`, log, email to the Variable
    `triggerflow_alert_emails`).
 
+**Alerts** (README "Operating triggerflow"): besides the SLA alert, this DAG alerts on N failed runs in
+a row (`failed_runs_alert`), a source not advancing while it holds messages (`source_stall_minutes`),
+IMS or the source refusing the credentials, a quarantine share above `quarantine_alert_share`,
+ambiguous sends, and a chunk stopped by `refusal_limit` SMTP refusals. Each is a `tf_alert` row,
+emailed (Variable `triggerflow_alert_emails`) and posted to `triggerflow_alert_webhook` if that
+connection exists, at most once per `alert_renotify_minutes` while it lasts. An alert never fails a run.
+
 Data moves through the store (`triggers_db`); XCom carries only batch ids and counts.
 See the README for connections, the routing config and how to replay a run.
 """
