@@ -22,6 +22,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from include.triggerflow import TEMPLATES_DIR
+from include.triggerflow.states import Decision
 
 UI_TEMPLATES_DIR = TEMPLATES_DIR / "ui"
 
@@ -288,13 +289,34 @@ def quarantine_page(
     )
 
 
+#: what a decision means, shown when the store's row carries no detail of its own
+DECISION_NOTES: dict[str, str] = {
+    Decision.MATCHED: "an email was queued: see the ledger below",
+    Decision.UNMATCHED: "no profile matched the event's identity (load the profile, then reprocess: unmatched)",
+    Decision.AMBIGUOUS: "several profiles matched and the route skips ambiguous identities",
+    Decision.IGNORED: "no route handles this trigger",
+    Decision.EXPIRED: "the trigger was older than its route's validity when reconciled",
+    Decision.NO_PRODUCTS: "none of the event's products can be shown",
+    Decision.DUPLICATE: "an email of the same route went to this customer within the dedup window",
+    Decision.CAPPED: "the customer reached the route's frequency cap",
+    Decision.DEFERRED: "held for later (quiet hours)",
+    Decision.SUPPRESSED_OPT_OUT: "the customer opted out",
+    Decision.SUPPRESSED_INVALID_ADDRESS: "the profile's address is not deliverable",
+    Decision.SUPPRESSED_BLOCK_LIST: "the address is on the block list",
+    Decision.SUPPRESSED_HARD_BOUNCE: "the address hard-bounced before",
+}
+
+
 def search_page(q: str, result: Any = None, *, error: str | None = None) -> str:
     shown_result = None
     if result is not None:
         shown_result = {
             "profiles": list(result.profiles),
             "suppressions": [_display(s) for s in result.suppressions],
-            "decisions": [_display(d, ledger_href=href("run", batch_id=d.batch_id)) for d in result.decisions],
+            "decisions": [
+                _display(d, ledger_href=href("run", batch_id=d.batch_id), detail=d.detail or DECISION_NOTES.get(d.decision, ""))
+                for d in result.decisions
+            ],
             "decision_total": result.decision_total,
             "sends": [_display(r) for r in result.sends],
         }

@@ -538,3 +538,20 @@ def test_form_links_carry_hostile_batch_ids_encoded(operator: TestClient, store_
     [ledger_href] = hrefs(row, "ledger-link")
     assert parse_qs(urlsplit(ledger_href).query) == {"batch_id": [batch_id]}
     assert operator.get("/" + ledger_href).status_code == 200
+
+
+def test_search_explains_a_decision_the_store_left_without_detail(operator: TestClient, store_conn: str, kit: StoreKit) -> None:
+    from include.triggerflow.pages import DECISION_NOTES
+    from include.triggerflow.states import Decision
+    from include.triggerflow.store.schema import decision
+
+    kit.add_batch("b9")
+    event_id = kit.add_event("b9", "{}")
+    with kit.engine.begin() as conn:
+        conn.execute(insert(decision).values(
+            event_id=event_id, batch_id="b9", profile_id="C9", route="cart", decision=Decision.CAPPED, detail=None,
+            decided_at=datetime.now(UTC),
+        ))
+    [row] = table_rows(doc(operator.get("/search", params={"q": "C9"})), "decisions")
+    assert cell(row, "decision") == "capped"
+    assert cell(row, "detail") == DECISION_NOTES[Decision.CAPPED] == "the customer reached the route's frequency cap"
