@@ -20,7 +20,7 @@ from typing import Any
 
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
 #: the window the screenshots in docs/img/ are taken at
-VIEWPORT = {"width": 1400, "height": 900}
+VIEWPORT = {"width": 1600, "height": 1000}
 # No sandbox: CI containers run as root, where Chromium refuses its sandbox. The rest keeps the
 # browser from phoning home (updates, sync, field trials) while a test runs.
 CHROMIUM_ARGS = [

@@ -2,8 +2,8 @@
 
 One stack for the whole module (``world``): the store (SQLite, or PostgreSQL under
 TRIGGERFLOW_TEST_PG_URL, where Airflow's metadata goes to PostgreSQL too), the Adobe emulator, the
-SMTP sink and ``airflow standalone`` with the project's plugins. Four known customers fire cart
-abandonments five minutes ago; one trigger names nobody (unmatched); two journal items are hostile
+SMTP sink and ``airflow standalone`` with the project's plugins. Five known customers (one opted
+out) fire cart abandonments five minutes ago; one trigger names nobody (unmatched); two journal items are hostile
 (one carries a ``<script>`` and an ``onerror`` handler, one is not an object: both quarantined);
 one more trigger waits behind ``max_events``, so the run also raises the SLA alert. The scheduler
 runs ``trigger_emails`` once.
@@ -55,7 +55,7 @@ TIMEOUT_MS = 30_000
 # What the hostile payload would set if the page let its markup run (in the iframe's window).
 PWNED = "__tf_pwned"
 HOSTILE_TYPE = f"<script>window.{PWNED}=1</script><img src=x onerror=window.{PWNED}=2>\"'\u2028"
-CUSTOMERS = 4
+CUSTOMERS = 4  # emailed
 
 
 @dataclass
@@ -98,7 +98,8 @@ def world(chromium_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     from include.triggerflow.store.migrations import create_schema
 
     tmp = tmp_path_factory.mktemp("triggers-page")
-    people = customers(CUSTOMERS)
+    people = customers(CUSTOMERS + 1)
+    people[-1]["opted_out"] = True  # C005: the "why did this customer not get the email" case
     with contextlib.ExitStack() as stack:
         store_url = stack.enter_context(_module_store(tmp))
         engine = get_engine(store_url)
@@ -120,7 +121,7 @@ def world(chromium_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
             [1, 2, 3],  # not an object
         ])
         emu.client.publish(triggers_for(customers(1, prefix="W"), later_ms=-180_000))  # waits: the backlog
-        pulled = CUSTOMERS + 1 + 2
+        pulled = len(people) + 1 + 2
 
         pg_server = os.environ.get("TRIGGERFLOW_TEST_PG_URL")
         metadata_url = stack.enter_context(postgres_metadata_db(pg_server)) if pg_server else None
@@ -196,9 +197,14 @@ def _no_script_ran(frame: Any, page: Any) -> None:
 
 
 def test_login_lands_in_the_ui_with_the_status_page_in_its_iframe(world: World, ui: Any) -> None:
+    from include.triggerflow.store.schema import alert
+
     frame = _frame(ui)
     for view in ("status", "runs", "quarantine", "search", "alerts"):
         frame.locator(f"a#nav-{view}").wait_for()
+    with world.engine.connect() as conn:
+        active = conn.execute(select(func.count()).select_from(alert).where(alert.c.resolved_at.is_(None))).scalar_one()
+    assert _int(frame.locator("a#active-alerts span#active-alert-count").inner_text()) == active >= 1
     # the shell's URL follows the iframe (/plugin/pipelined/<path in the plugin>)
     assert re.match(r"/plugin/pipelined(/|$)", urlsplit(ui.url).path), ui.url
     _shot(world, ui, "status")
@@ -215,7 +221,8 @@ def test_runs_view_shows_the_run_with_the_store_counts(world: World, ui: Any) ->
     assert _cell(row, "run-id") == world.run_id
     for name in ("pulled", "valid", "quarantined", "sent", "suppressed", "failed", "pending"):
         assert _int(_cell(row, name)) == summary[name], name
-    assert (summary["pulled"], summary["quarantined"], summary["sent"]) == (CUSTOMERS + 3, 2, CUSTOMERS)
+    assert (summary["pulled"], summary["quarantined"], summary["sent"], summary["suppressed"]) == (
+        CUSTOMERS + 4, 2, CUSTOMERS, 1)
     assert _cell(row, "balanced") == ("yes" if summary["balanced"] else "no")
     p95 = json.loads(summary["counts"])["latency_s"]["p95"]
     assert float(re.sub(r"[^\d.]", "", _cell(row, "latency-p95"))) == pytest.approx(p95, abs=1.0)
@@ -266,9 +273,14 @@ def test_quarantine_view_shows_hostile_payloads_escaped(world: World, ui: Any) -
 
 
 def test_search_by_customer_id_and_by_address(world: World, ui: Any) -> None:
+    """An emailed customer by id: one "matched" decision and its ledger row. The opted-out one by
+    address: the decision says why no email went, and the ledger holds nothing for them."""
     from include.triggerflow.store.schema import decision, send
 
-    for person, query in ((world.people[0], world.people[0]["customer_id"]), (world.people[1], world.people[1]["email"])):
+    emailed, opted_out = world.people[0], world.people[-1]
+    cases = ((emailed, emailed["customer_id"], "matched", "search"),
+             (opted_out, opted_out["email"], "suppressed:opt-out", "search-address"))
+    for person, query, expected, view in cases:
         frame = _open(world, ui, "search")
         box = frame.locator("input[name='q']")
         box.fill(query)
@@ -276,16 +288,24 @@ def test_search_by_customer_id_and_by_address(world: World, ui: Any) -> None:
             box.press("Enter")
         with world.engine.connect() as conn:
             decided = conn.execute(
-                select(decision.c.decision).where(decision.c.profile_id == person["customer_id"])
-            ).scalars().all()
-            ledger = conn.execute(select(send.c.send_id, send.c.state).where(send.c.profile_id == person["customer_id"])).all()
+                select(decision.c.event_id, decision.c.decision).where(decision.c.profile_id == person["customer_id"])
+            ).all()
+            ledger = conn.execute(
+                select(send.c.send_id, send.c.state, send.c.recipient).where(send.c.profile_id == person["customer_id"])
+            ).all()
         assert _int(frame.locator("span#decision-count").inner_text()) == len(decided) == 1
+        assert [d for _, d in decided] == [expected]
         rows = frame.locator("table#decisions tbody tr")
         assert rows.count() == 1
-        assert _cell(rows.first, "decision") == decided[0] == "matched"
-        assert _cell(rows.first, "batch") in (world.batch_id, world.run_id) or world.run_id in _cell(rows.first, "batch")
-        assert frame.locator("table#sends").inner_text().count("sent") >= len(ledger) == 1
-        _shot(world, ui, "search" if query == person["customer_id"] else "search-address")
+        assert _cell(rows.first, "decision") == expected
+        assert _cell(rows.first, "detail")  # every decision says why
+        assert world.batch_id in _cell(rows.first, "batch")
+        shown = frame.locator("table#sends tbody tr")
+        assert shown.count() == len(ledger) == (1 if expected == "matched" else 0)
+        for send_id, state, recipient in ledger:
+            row = frame.locator(f"table#sends tr[data-send-id='{send_id}']")
+            assert (_cell(row, "state"), _cell(row, "recipient")) == (state, recipient) == ("sent", person["email"])
+        _shot(world, ui, view)
 
 
 def test_alerts_view_shows_the_active_alerts(world: World, ui: Any) -> None:
