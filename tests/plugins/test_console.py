@@ -555,3 +555,20 @@ def test_search_explains_a_decision_the_store_left_without_detail(operator: Test
     [row] = table_rows(doc(operator.get("/search", params={"q": "C9"})), "decisions")
     assert cell(row, "decision") == "capped"
     assert cell(row, "detail") == DECISION_NOTES[Decision.CAPPED] == "the customer reached the route's frequency cap"
+
+
+def test_quarantine_pages(operator: TestClient, store_conn: str, kit: StoreKit, routing: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.triggerflow.console import queries
+
+    filled = fill(kit, routing)
+    monkeypatch.setattr(queries, "PAGE_ROWS", 1)
+    first = doc(operator.get("/quarantine", params={"batch_id": "b1"}))
+    assert span(first, "quarantine-count") == "2" and len(table_rows(first, "quarantine")) == 1
+    next_href = by_id(first, "next-page").get("href")
+    assert next_href == "quarantine?batch_id=b1&offset=1"
+    second = doc(operator.get("/" + next_href))
+    assert by_id(second, "next-page") is None and by_id(second, "prev-page").get("href") == "quarantine?batch_id=b1"
+    shown = [int(r.get("data-event-id")) for page in (first, second) for r in table_rows(page, "quarantine")]
+    assert shown == sorted(filled["quarantined"])
+    # the form covers the whole run on every page
+    assert inputs(by_id(first, "reprocess"))["since"] == inputs(by_id(second, "reprocess"))["since"]
