@@ -376,9 +376,19 @@ class FakeAirflowApi:
         self.requests: list[dict[str, Any]] = []
         self.status = 200
         self.body: dict[str, Any] = {"dag_run_id": "manual__2026-03-01T12:00:00+00:00", "state": "queued"}
+        self.paused = True
         api = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                api.requests.append({"path": self.path, "headers": dict(self.headers), "method": "GET"})
+                payload = json.dumps({"dag_id": "trigger_reprocess", "is_paused": api.paused}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 api.requests.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(self.rfile.read(length))})
@@ -429,8 +439,11 @@ def test_reprocess_starts_the_dag_as_the_calling_user(
     page = doc(response)
     assert span(page, "reprocess-run-id") == "manual__2026-03-01T12:00:00+00:00"
     assert by_id(page, "reprocess-run-link").get("href") == "/dags/trigger_reprocess/runs/manual__2026-03-01T12%3A00%3A00%2B00%3A00"
-    [request] = api.requests
+    [request, look_up] = api.requests
     assert request["path"] == "/api/v2/dags/trigger_reprocess/dagRuns"
+    # then whether the DAG is paused, as the same user: the page says the run waits
+    assert (look_up["path"], look_up["headers"]["Authorization"]) == ("/api/v2/dags/trigger_reprocess", f"Bearer {SESSION}")
+    assert "waits queued until you unpause" in span(page, "reprocess-paused")
     assert request["headers"]["Authorization"] == f"Bearer {SESSION}"  # the cookie's token, as Bearer
     assert request["json"] == {"logical_date": None, "conf": {"since": form["since"], "until": form["until"], "what": "quarantined"}}
     # what trigger_reprocess does with that conf: finds b1 by its quarantined events
@@ -446,8 +459,11 @@ def test_reprocess_forwards_a_bearer_token(operator: TestClient, store_conn: str
     page = doc(operator.get("/quarantine", params={"batch_id": "b1"}, headers=headers))
     form = inputs(by_id(page, "reprocess"))
     assert form["csrf_token"] == expected_csrf("monitoring-tool-token")
-    assert operator.post("/reprocess", data=form, headers=headers).status_code == 200
+    api.paused = False
+    response = operator.post("/reprocess", data=form, headers=headers)
+    assert response.status_code == 200
     assert api.requests[0]["headers"]["Authorization"] == "Bearer monitoring-tool-token"
+    assert by_id(doc(response), "reprocess-paused") is None
 
 
 @pytest.mark.parametrize(
@@ -480,7 +496,7 @@ def test_reprocess_refusals_start_nothing(
 def test_reprocess_accepts_a_same_origin_referer(operator: TestClient, store_conn: str, kit: StoreKit, routing: Any, api: FakeAirflowApi) -> None:
     fill(kit, routing)
     response = operator.post("/reprocess", data=reprocess_form(operator), headers={"Referer": f"{ORIGIN}/pipelined/quarantine?batch_id=b1"})
-    assert response.status_code == 200 and len(api.requests) == 1
+    assert response.status_code == 200 and len(api.requests) == 2  # the run, then the paused look-up
 
 
 def test_reprocess_csrf_token_is_bound_to_the_session(operator: TestClient, store_conn: str, kit: StoreKit, routing: Any, api: FakeAirflowApi) -> None:

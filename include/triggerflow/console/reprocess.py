@@ -185,6 +185,7 @@ class Started:
     dag_run_id: str
     state: str
     url: str  # the run in Airflow's UI (relative to the server root)
+    paused: bool = False  # the DAG is paused: the run waits queued until someone unpauses it
 
 
 def _api_error(status: int, body: bytes) -> str:
@@ -218,4 +219,18 @@ async def start_run(base: str, token: str, request: ReprocessRequest, *, timeout
         run_id = str(answer["dag_run_id"])
     except (ValueError, KeyError, TypeError):
         raise ReprocessRefused("Airflow's API answered without a dag_run_id", 502) from None
-    return Started(run_id, str(answer.get("state") or ""), f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}")
+    paused = await _is_paused(base, token, timeout_s)
+    return Started(run_id, str(answer.get("state") or ""), f"/dags/{DAG_ID}/runs/{quote(run_id, safe='')}", paused)
+
+
+async def _is_paused(base: str, token: str, timeout_s: float) -> bool:
+    """Whether the DAG is paused (new DAGs are): the page then says the run waits. Best effort:
+    the run is started either way, so a failed look-up only leaves the note out."""
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            response = await client.get(f"{base}/api/v2/dags/{DAG_ID}", headers={"Authorization": f"Bearer {token}"})
+        return response.status_code == 200 and response.json().get("is_paused") is True
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
