@@ -493,6 +493,12 @@ def test_reprocess_refusals_start_nothing(
     assert api.requests == []
 
 
+def test_reprocess_refuses_a_large_body(operator: TestClient, store_conn: str, api: FakeAirflowApi) -> None:
+    response = operator.post("/reprocess", content=b"since=" + b"x" * 100_000, headers={"Origin": ORIGIN, "Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413 and span(doc(response), "reprocess-error") == "the form is too large"
+    assert api.requests == []
+
+
 def test_reprocess_accepts_a_same_origin_referer(operator: TestClient, store_conn: str, kit: StoreKit, routing: Any, api: FakeAirflowApi) -> None:
     fill(kit, routing)
     response = operator.post("/reprocess", data=reprocess_form(operator), headers={"Referer": f"{ORIGIN}/pipelined/quarantine?batch_id=b1"})

@@ -150,6 +150,17 @@ def validate(since: str | None, until: str | None, what: str | None) -> Reproces
     return ReprocessRequest(start, end, chosen)
 
 
+async def read_form(request: Any) -> dict[str, str]:
+    """The POSTed form, read up to :data:`MAX_FORM_BYTES` (a larger body is refused while it
+    streams in, never held whole)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise ReprocessRefused("the form is too large", 413)
+    return parse_form(body)
+
+
 def parse_form(body: bytes) -> dict[str, str]:
     """An application/x-www-form-urlencoded body (last value of each field wins)."""
     from urllib.parse import parse_qsl

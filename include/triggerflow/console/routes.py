@@ -149,7 +149,7 @@ def build_router(*, require_operator: Callable[..., Any], read: Read, error_page
         fields: dict[str, str] = {}
         try:
             reprocess.check_same_origin(request.headers)  # before the body is even read
-            fields = reprocess.parse_form(await request.body())
+            fields = await reprocess.read_form(request)
             token = reprocess.caller_token(request.headers, request.cookies)
             reprocess.check_csrf(fields.get(reprocess.CSRF_FIELD), token, reprocess.user_key(user))
             assert token is not None  # check_csrf refused a request without one
