@@ -110,7 +110,7 @@ def trigger_maintenance() -> None:
     def clean_metadata() -> dict[str, Any]:
         from include.triggerflow.maintenance.metadata_clean import TRIGGERFLOW_DAGS, clean_metadata
         from include.triggerflow.maintenance.plan import make_plan
-        from include.triggerflow.maintenance.runner import Step, record
+        from include.triggerflow.maintenance.runner import MaintenanceResult, Step, record
         from include.triggerflow.maintenance.settings import RetentionSettings
         from include.triggerflow.runtime import routing, store_engine
         from include.triggerflow.timeutil import utcnow
@@ -127,10 +127,8 @@ def trigger_maintenance() -> None:
             cutoff, dag_ids=None if params.get("metadata_all_dags") else TRIGGERFLOW_DAGS,
             dry_run=dry_run, batch_size=int(params["chunk_rows"]),
         )
-        from include.triggerflow.maintenance.runner import MaintenanceResult
-
         record_of = MaintenanceResult(plan=plan, dry_run=dry_run, steps=[
-            Step("airflow:" + ",".join(result.tables), "db-clean", 0, result.seconds, cutoff, result.summary()),
+            Step("airflow:" + ",".join(result.tables), "db-clean", result.rows, result.seconds, cutoff, result.summary()),
         ])
         record(store_engine(), record_of, context["dag_run"].run_id)
         return {"cleaned": not dry_run, "cutoff": cutoff.isoformat(), "seconds": round(result.seconds, 1)}

@@ -39,7 +39,22 @@ DEFAULT_TABLES = (
 #: the DAGs whose metadata is cleaned by default (a deployment's other DAGs are left alone)
 TRIGGERFLOW_DAGS = ("trigger_emails", "trigger_reprocess", "trigger_maintenance")
 
-_ROWS = re.compile(r"(\d+)\s+rows?", re.IGNORECASE)
+#: ``--dag-ids`` filters each table by its dag_id column; in Airflow 3.3 the tables cleaned along
+#: with dag_run that have none (deadline, task_reschedule) then fail ("Encountered error when
+#: attempting to clean table"). Their rows go with their dag_run / task_instance rows anyway
+#: (ON DELETE CASCADE), so with ``--dag-ids`` these failures are expected and tolerated; any
+#: other table's failure fails the task.
+NO_DAG_ID_TABLES = frozenset({"deadline", "task_reschedule"})
+_FOUND = re.compile(r"Found (\d+) rows? meeting deletion criteria")
+_NOT_CLEANED = re.compile(r"not cleaned due to errors: \[([^\]]*)\]")
+
+
+def failed_tables(output: str) -> set[str]:
+    """The tables ``airflow db clean`` reports it could not clean."""
+    found: set[str] = set()
+    for match in _NOT_CLEANED.finditer(output):
+        found.update(name.strip().strip("'\"") for name in match.group(1).split(",") if name.strip())
+    return found
 
 
 @dataclass(frozen=True)
@@ -52,11 +67,16 @@ class CleanResult:
     command: tuple[str, ...]
 
     @property
+    def rows(self) -> int:
+        """Rows the CLI reported meeting the criteria, summed over the tables."""
+        return sum(int(n) for n in _FOUND.findall(self.output))
+
+    @property
     def ok(self) -> bool:
         return self.returncode == 0
 
     def summary(self) -> str:
-        return f"exit {self.returncode}; tables {','.join(self.tables)}; " + (self.output.strip().splitlines() or [""])[-1][:300]
+        return f"exit {self.returncode}; tables {','.join(self.tables)}; {self.rows} row(s) older than the cutoff"
 
 
 def clean_command(
@@ -75,10 +95,12 @@ def clean_command(
         "--batch-size", str(int(batch_size)),
         "--skip-archive",
         "--yes",
-        "--error-on-cleanup-failure",
     ]
     if dag_ids:
         cmd += ["--dag-ids", ",".join(dag_ids)]
+    else:
+        # every table must clean; with --dag-ids the output is checked instead (failed_tables)
+        cmd.append("--error-on-cleanup-failure")
     if dry_run:
         cmd.append("--dry-run")
     return cmd
@@ -95,6 +117,8 @@ def clean_metadata(
 ) -> CleanResult:
     """Run ``airflow db clean`` and return what it did; raises when it fails (a failed cleanup
     must show as a failed task, not as a green run that cleaned nothing)."""
+    if dag_ids:
+        tables = [t for t in tables if t not in NO_DAG_ID_TABLES]
     cmd = clean_command(cutoff, tables=tables, dag_ids=dag_ids, dry_run=dry_run, batch_size=batch_size)
     log.info("running: %s", " ".join(cmd[1:]))
     started = time.perf_counter()
@@ -105,6 +129,7 @@ def clean_metadata(
     for line in output.splitlines()[-40:]:
         log.info("db clean: %s", line)
     result = CleanResult(cutoff, tuple(tables), proc.returncode, time.perf_counter() - started, output, tuple(cmd))
-    if not result.ok:
-        raise RuntimeError(f"airflow db clean failed ({result.summary()})")
+    unexpected = failed_tables(output) - (NO_DAG_ID_TABLES if dag_ids else set())
+    if not result.ok or unexpected:
+        raise RuntimeError(f"airflow db clean failed ({result.summary()}; tables not cleaned: {sorted(unexpected)})")
     return result
