@@ -641,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filled-url", help="soak on this already pre-filled store (bench.prefill) instead of filling one")
     p.add_argument("--keep-store", action="store_true", help="keep the filled scratch store afterwards")
     p.add_argument("--profiles", type=int, default=1_000_000, help="customers in both stores (default 1000000)")
-    p.add_argument("--n", type=int, default=50_000, help="events per stage measurement (default 50000)")
+    p.add_argument("--n", type=int, default=30_000, help="events per stage measurement (default 30000)")
     p.add_argument("--block", type=int, default=100_000, help="customers per measurement (default 100000)")
     p.add_argument("--repeats", type=int, default=2, help="stage measurements per store, alternately (default 2)")
     p.add_argument("--repeats-after", type=int, default=1, help="stage measurements after the purge (default 1)")
