@@ -73,7 +73,7 @@ def api_server(airflow_db: Path, store_url: str, tmp_path: Path, **extra_env: st
             try:
                 if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or slow to answer on a loaded machine
                 pass
             assert time.monotonic() < deadline, f"api-server not up after 90 s:\n{log_path.read_text()[-3000:]}"
             time.sleep(0.5)
