@@ -114,7 +114,12 @@ def run_maintenance(
         purged, seconds = timed(lambda: batch_purge.purge_batches(engine, plan, dry_run=dry_run))
         detail = f"{purged.batches} batch(es); {_chunks(purged.counter)}"
         for table in (decision, quarantine, event):
-            result.steps.append(Step(table.name, "delete", purged.rows[table.name], seconds, plan.batch_cutoff, detail))
+            # one pass deletes all three: its time goes on tf_event's row (the others say so)
+            timed_here = table is event
+            result.steps.append(Step(
+                table.name, "delete", purged.rows[table.name], seconds if timed_here else 0.0, plan.batch_cutoff,
+                detail if timed_here else f"{detail}; deleted with tf_event (time on its row)",
+            ))
             log.info("%s: %s %d rows (%s)", table.name, verb, purged.rows[table.name], detail)
         kept = sum(purged.kept.values())
         result.steps.append(Step(batch.name, "kept", kept, 0.0, plan.batch_cutoff, batch_purge.kept_detail(purged)))
