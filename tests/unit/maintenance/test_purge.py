@@ -214,3 +214,14 @@ def test_status_totals_hold_when_the_ledger_of_a_purged_batch_goes(history: Hist
     with history.engine.connect() as conn:
         after = conn.execute(select(source_stats)).mappings().one()
     assert {k: after[k] for k in ("received", "sent", "failures")} == {k: before[k] for k in ("received", "sent", "failures")}
+
+
+def test_tables_that_lost_many_rows_are_analysed(history: History) -> None:
+    history.batch("old", 4)
+    result = purge(history.engine, analyze_min_rows=3)
+    expected = "vacuum" if history.engine.dialect.name == "postgresql" else "analyze"
+    analysed = {s.table for s in result.steps if s.action == expected}
+    assert analysed == {"tf_event", "tf_decision"}  # 3 rows each; tf_send lost none
+    assert {r["table_name"] for r in history.rows(maintenance, maintenance.c.action == expected)} == analysed
+    # a run that deletes nothing analyses nothing
+    assert not any(s.action in ("analyze", "vacuum") for s in purge(history.engine, analyze_min_rows=3).steps)
