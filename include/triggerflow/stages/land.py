@@ -167,6 +167,8 @@ def land_batch(
         existing = BatchState.LANDED
     if existing == BatchState.LANDED:
         pulled = _count_events(engine, batch_id)
+        if pulled == 0:
+            _refuse_if_purged(engine, batch_id)
         note = f"batch {batch_id} already landed with {pulled} events: reprocessing it, pulling nothing"
         log.info(note)
         return LandResult(batch_id=batch_id, pulled=pulled, newly_landed=0, reused=True, note=note)
@@ -210,6 +212,24 @@ def land_batch(
         batch_id=batch_id, pulled=already + newly, newly_landed=newly, reused=False, bytes_read=bytes_read,
         dropped=dropped,
     )
+
+
+class BatchPurged(RuntimeError):
+    """A cleared or replayed run whose batch's events the maintenance DAG has deleted: there is
+    nothing left to reprocess, and reprocessing what is left (its ledger rows) could not balance."""
+
+
+def _refuse_if_purged(engine: Engine, batch_id: str) -> None:
+    """Fail with the reason when a batch landed events that retention has since deleted (its
+    tf_batch row keeps the count it landed with)."""
+    with engine.connect() as conn:
+        landed_with = conn.execute(select(batch.c.pulled).where(batch.c.batch_id == batch_id)).scalar_one_or_none()
+    if landed_with:
+        raise BatchPurged(
+            f"batch {batch_id} landed {landed_with} events, and they have been deleted by the retention of "
+            "trigger_maintenance (older than event_days): there is nothing left to reprocess. Its emails stay "
+            "in the send ledger (and are never sent again); see README, Operating triggerflow."
+        )
 
 
 def _count_events(engine: Engine, batch_id: str) -> int:

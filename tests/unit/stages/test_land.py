@@ -544,3 +544,20 @@ def test_keepalive_only_pulls_are_counted_until_data_arrives(kit) -> None:
     land_batch(kit.engine, ScriptedSource([PingPage(messages=page("p1").messages, next_positions={0: "p1"}, keepalives=5)]), ref(3))
     assert health()["empty_reads"] == 0
     assert health()["last_data_at"] is not None
+
+
+# -- a batch whose events retention deleted ----------------------------------------------------------
+def test_a_cleared_run_whose_events_were_purged_fails_with_the_reason(kit) -> None:
+    from include.triggerflow.stages.land import BatchPurged
+
+    batch_id = kit.add_batch(ref(0).batch_id)
+    with kit.engine.begin() as conn:  # what the maintenance DAG leaves: the row, with its landed count
+        conn.execute(update(batch).where(batch.c.batch_id == batch_id).values(pulled=3))
+    with pytest.raises(BatchPurged, match=r"landed 3 events, and they have been deleted by the retention"):
+        land_batch(kit.engine, None, ref(0), allow_pull=False)
+
+
+def test_a_batch_that_landed_nothing_is_still_reprocessed_as_empty(kit) -> None:
+    kit.add_batch(ref(0).batch_id)  # pulled=0: an empty minute, not a purge
+    result = land_batch(kit.engine, None, ref(0), allow_pull=False)
+    assert (result.reused, result.pulled) == (True, 0)
