@@ -470,18 +470,17 @@ def _took(m: dict[str, Any]) -> str:
 
 
 def purge_summary(actions: list[dict[str, Any]]) -> str:
-    """What the purge removed, rows per second: the tables deleted in the same chunks (a batch's
-    events, decisions and quarantine go together) share their seconds, so they are shown as one."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for a in actions:
-        if a["action"] in ("delete", "strip") and a.get("rows"):
-            groups.setdefault((a["action"], round(a.get("seconds") or 0.0, 3)), []).append(a)
+    """What the purge removed, with rows per second. A batch's events, decisions and quarantine
+    go in one pass, timed on one of its rows (tf_event's): the others ride along with it."""
+    timed = [a for a in actions if a["action"] in ("delete", "strip") and a.get("rows") and a.get("seconds")]
+    riders = [a for a in actions if a["action"] in ("delete", "strip") and a.get("rows") and not a.get("seconds")]
     parts = []
-    for (action, seconds), items in groups.items():
-        rows = sum(a["rows"] for a in items)
-        names = " + ".join(f"`{a['table']}` {a['rows']:,}" for a in items)
-        rate = f" = {rows / seconds:,.0f} rows/s" if seconds else ""
-        parts.append(f"{action} {names} in {seconds:,.0f} s{rate}")
+    for a in timed:
+        with_ = ""
+        if a["table"] == "tf_event" and riders:
+            with_ = " (with " + ", ".join(f"`{r['table']}` {r['rows']:,}" for r in riders) + " in the same pass)"
+        parts.append(f"{a['action']} `{a['table']}` {a['rows']:,} in {a['seconds']:,.0f} s = "
+                     f"{a['rows'] / a['seconds']:,.0f} rows/s{with_}")
     parts.extend(f"VACUUM `{a['table']}` {a['seconds']:,.0f} s" for a in actions
                  if a["action"] == "vacuum" and (a.get("seconds") or 0) >= 0.5)
     return "; ".join(parts)
