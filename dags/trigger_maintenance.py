@@ -108,30 +108,17 @@ def trigger_maintenance() -> None:
 
     @task
     def clean_metadata() -> dict[str, Any]:
-        from include.triggerflow.maintenance.metadata_clean import TRIGGERFLOW_DAGS, clean_metadata
-        from include.triggerflow.maintenance.plan import make_plan
-        from include.triggerflow.maintenance.runner import MaintenanceResult, Step, record
+        from include.triggerflow.maintenance.runner import run_metadata_clean
         from include.triggerflow.maintenance.settings import RetentionSettings
         from include.triggerflow.runtime import routing, store_engine
-        from include.triggerflow.timeutil import utcnow
 
         context = get_current_context()
         params = context["params"]
-        plan = make_plan(RetentionSettings.from_params(params), routing(), utcnow())
-        cutoff = plan.metadata_cutoff
-        if cutoff is None:
-            print("metadata_days is 0: Airflow metadata cleanup is off (the deployment cleans it)")
-            return {"cleaned": False}
-        dry_run = bool(params.get("dry_run"))
-        result = clean_metadata(
-            cutoff, dag_ids=None if params.get("metadata_all_dags") else TRIGGERFLOW_DAGS,
-            dry_run=dry_run, batch_size=int(params["chunk_rows"]),
+        return run_metadata_clean(
+            store_engine(), RetentionSettings.from_params(params), routing(),
+            run_id=context["dag_run"].run_id, dry_run=bool(params.get("dry_run")),
+            all_dags=bool(params.get("metadata_all_dags")),
         )
-        record_of = MaintenanceResult(plan=plan, dry_run=dry_run, steps=[
-            Step("airflow:" + ",".join(result.tables), "db-clean", result.rows, result.seconds, cutoff, result.summary()),
-        ])
-        record(store_engine(), record_of, context["dag_run"].run_id)
-        return {"cleaned": not dry_run, "cutoff": cutoff.isoformat(), "seconds": round(result.seconds, 1)}
 
     purge_store() >> clean_metadata()
 

@@ -196,3 +196,24 @@ def record(engine: Engine, result: MaintenanceResult, run_id: str | None) -> Non
     if rows:
         with engine.begin() as conn:
             conn.execute(insert(maintenance), rows)
+
+
+def run_metadata_clean(
+    engine: Engine, settings: RetentionSettings, routing: RoutingConfig, *,
+    run_id: str | None, dry_run: bool = False, all_dags: bool = False,
+) -> dict[str, Any]:
+    """``airflow db clean`` older than the plan's metadata cutoff (never inside the failed-batch
+    window), recorded as one tf_maintenance row; off when ``metadata_days`` is 0."""
+    from include.triggerflow.maintenance.metadata_clean import TRIGGERFLOW_DAGS, clean_metadata
+
+    plan = make_plan(settings, routing, utcnow())
+    cutoff = plan.metadata_cutoff
+    if cutoff is None:
+        log.info("metadata_days is 0: Airflow metadata cleanup is off (the deployment cleans it)")
+        return {"cleaned": False}
+    cleaned = clean_metadata(
+        cutoff, dag_ids=None if all_dags else TRIGGERFLOW_DAGS, dry_run=dry_run, batch_size=settings.chunk_rows,
+    )
+    step = Step("airflow:" + ",".join(cleaned.tables), "db-clean", cleaned.rows, cleaned.seconds, cutoff, cleaned.summary())
+    record(engine, MaintenanceResult(plan=plan, dry_run=dry_run, steps=[step]), run_id)
+    return {"cleaned": not dry_run, "cutoff": cutoff.isoformat(), "seconds": round(cleaned.seconds, 1)}
