@@ -444,6 +444,8 @@ def readme_table(r: dict[str, Any]) -> str:
             f"(trigger fired → SMTP accepted) | {le['p50']:.1f} / {le['p95']:.1f} / {le['p99']:.1f} s | "
             f"{lf['p50']:.1f} / {lf['p95']:.1f} / {lf['p99']:.1f} s | p95 {_pct(le['p95'], lf['p95'])} | — |"
         )
+    if after and not st.get("purged"):
+        after = {}  # no purge finished: the "after" figures would only repeat the filled store's
     if before:
         lines.append(f"| store size (database) | {sz.get('empty', {}).get('database_bytes', 0) / 1e9:.2f} GB | "
                      f"{before['database_bytes'] / 1e9:.1f} GB | | "
@@ -459,6 +461,10 @@ def readme_table(r: dict[str, Any]) -> str:
     if m.get("actions"):
         lines.append(f"| maintenance run (`{MAINTENANCE_DAG_ID}`, defaults; run {m['state']}) | | "
                      f"{_took(m)} | | {purge_summary(m['actions']) or '—'} |")
+    elif m.get("state"):
+        task = (m.get("tasks") or {}).get("purge_store") or {}
+        lines.append(f"| maintenance run (`{MAINTENANCE_DAG_ID}`, defaults) | | purge_store {task.get('state')} after "
+                     f"{task.get('duration') or 0:,.0f} s, nothing recorded in tf_maintenance | | not measured |")
     elif m.get("skipped"):
         lines.append(f"| maintenance run | | skipped: {m['skipped']} | | |")
     return "\n".join(lines)

@@ -57,7 +57,7 @@ def test_medians_per_stage_and_table_shows_the_comparison() -> None:
     result = {
         "finished_at": "2026-12-06T08:20:00+00:00", "machine": {"description": "2 vCPU"}, "pg_version": "15.20",
         "config": {"repeats": 3, "n": 50_000}, "history": {"label": "24 h of history at 1 M triggers/h"},
-        "stages": {"empty": empty, "filled": filled}, "sizes": {"filled_before": size, "filled_after_purge": after},
+        "stages": {"empty": empty, "filled": filled, "purged": filled}, "sizes": {"filled_before": size, "filled_after_purge": after},
         "maintenance": {"state": "failed", "seconds": 300.0, "tasks": {"purge_store": {"state": "success", "duration": 280.0}},
                         "actions": [
             {"table": "tf_decision", "action": "delete", "rows": 5_900_000, "seconds": 0.0},
