@@ -16,7 +16,9 @@ What it sets up, under ``home`` (a fresh ``AIRFLOW_HOME``):
   (a passwords file), a fixed JWT secret shared by every component, a free API port (the
   execution API URL follows it), short scheduler heartbeats and DAG-folder refresh;
 * the pools the project's DAGs use (``smtp_sessions``), created through the REST API;
-* connections only from ``AIRFLOW_CONN_*`` entries of ``env_overrides`` (JSON form): inherited
+* connection ``airflow_metadata`` = the metadata DB's URL (``airflow db clean`` in
+  trigger_maintenance needs it: Airflow 3 hides ``sql_alchemy_conn`` from task processes);
+* other connections only from ``AIRFLOW_CONN_*`` entries of ``env_overrides`` (JSON form): inherited
   ``AIRFLOW_CONN_*`` and ``AIRFLOW__*`` variables of the calling process are dropped, so a test
   runner's own Airflow settings cannot leak in.
 
@@ -114,6 +116,11 @@ def stack_env(
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         }
+    )
+    # trigger_maintenance's clean_metadata runs `airflow db clean`, and task processes do not see
+    # sql_alchemy_conn in Airflow 3: the metadata URL reaches it as a connection (metadata_clean).
+    env["AIRFLOW_CONN_AIRFLOW_METADATA"] = json.dumps(
+        {"conn_type": "generic", "extra": {"sqlalchemy_url": env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]}}
     )
     if metadata_url is None:
         env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "devstack.airflow_stack.SQLITE_METADATA_CONNECT_ARGS"

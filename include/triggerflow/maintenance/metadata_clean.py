@@ -7,9 +7,15 @@ it deletes in batches (``--batch-size``), keeps the latest run of every DAG, and
 ``--skip-archive`` does not copy the rows to ``_airflow_deleted__*`` tables first.
 
 It runs as a subprocess of the task: the CLI opens the metadata database itself (task code may
-not use the ORM in Airflow 3), so the worker needs the metadata connection
-(``[database] sql_alchemy_conn``), as the scheduler does. A deployment that already cleans its
-metadata switches this off (``metadata_days`` 0).
+not use the ORM in Airflow 3). Airflow 3's task runner hides that database from task processes:
+it replaces ``[database] sql_alchemy_conn`` (and its environment variable) with
+``airflow-db-not-allowed:///`` before task code runs, so a worker's own setting never reaches
+the CLI. The URL therefore comes from the Airflow connection ``airflow_metadata``
+(:data:`METADATA_CONN_ID`; ``extra.sqlalchemy_url``, or a ``postgres`` / ``sqlite`` connection's
+fields, as for ``triggers_db``), a secret like any other. Where the setting is not hidden
+(``dag.test()`` in one process) it is used as it is. Without either, the task fails and says
+which connection to define. A deployment that already cleans its metadata switches this off
+(``metadata_days`` 0).
 """
 
 from __future__ import annotations
@@ -20,11 +26,74 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+#: the Airflow connection holding the metadata database's URL (module doc)
+METADATA_CONN_ID = "airflow_metadata"
+#: what Airflow 3's task runner puts in place of the metadata URL (supervisor.block_orm_access)
+BLOCKED_URL_MARK = "airflow-db-not-allowed"
+_URL_VARS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CORE__SQL_ALCHEMY_CONN")
+
+
+class MetadataDbUnavailable(RuntimeError):
+    """The metadata database's URL is hidden from this task and no connection supplies it."""
+
+
+def redact_url(text: str, url: str | None) -> str:
+    """``text`` without the password of ``url`` (the CLI's output goes to the task log)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if not url:
+        return text
+    try:
+        password = make_url(url).password
+    except ArgumentError:
+        return text
+    return text.replace(str(password), "***") if password else text
+
+
+def _lookup_connection(conn_id: str) -> Any | None:
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def metadata_env(
+    environ: Mapping[str, str] | None = None,
+    *,
+    conn_id: str = METADATA_CONN_ID,
+    lookup: Callable[[str], Any | None] = _lookup_connection,
+) -> dict[str, str]:
+    """The environment for ``airflow db clean``: this process's, with the metadata URL from
+    connection ``conn_id`` when it exists; raises :class:`MetadataDbUnavailable` when the URL is
+    hidden (Airflow 3 task process) and no connection gives it."""
+    from include.triggerflow.store.engines import url_from_connection
+
+    env = dict(os.environ if environ is None else environ)
+    conn = lookup(conn_id)
+    if conn is not None:
+        url = url_from_connection(conn)
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = url
+        env.pop("AIRFLOW__CORE__SQL_ALCHEMY_CONN", None)
+        return env
+    if any(BLOCKED_URL_MARK in env.get(var, "") for var in _URL_VARS):
+        raise MetadataDbUnavailable(
+            "airflow db clean needs Airflow's metadata database, which Airflow 3 hides from task "
+            f"processes ([database] sql_alchemy_conn reads {BLOCKED_URL_MARK!r} here): define the "
+            f"connection {conn_id!r} with that database's URL (extra.sqlalchemy_url, or a postgres "
+            "connection's fields), or set metadata_days to 0 where the deployment cleans its metadata itself"
+        )
+    return env
 
 #: the tables a minute schedule grows (names as ``airflow db clean --tables`` lists them)
 DEFAULT_TABLES = (
@@ -114,18 +183,23 @@ def clean_metadata(
     dry_run: bool = False,
     batch_size: int = 5_000,
     timeout_s: float = 3_600,
+    env: Mapping[str, str] | None = None,
 ) -> CleanResult:
     """Run ``airflow db clean`` and return what it did; raises when it fails (a failed cleanup
-    must show as a failed task, not as a green run that cleaned nothing)."""
+    must show as a failed task, not as a green run that cleaned nothing). ``env``: the CLI's
+    environment, :func:`metadata_env` by default."""
     if dag_ids:
         tables = [t for t in tables if t not in NO_DAG_ID_TABLES]
     cmd = clean_command(cutoff, tables=tables, dag_ids=dag_ids, dry_run=dry_run, batch_size=batch_size)
+    cli_env = dict(env) if env is not None else metadata_env()
     log.info("running: %s", " ".join(cmd[1:]))
     started = time.perf_counter()
     proc = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout_s, env=os.environ.copy(), check=False
+        cmd, capture_output=True, text=True, timeout=timeout_s, env=cli_env, check=False
     )
-    output = (proc.stdout or "") + (proc.stderr or "")
+    output = redact_url(
+        (proc.stdout or "") + (proc.stderr or ""), cli_env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
+    )
     for line in output.splitlines()[-40:]:
         log.info("db clean: %s", line)
     result = CleanResult(cutoff, tuple(tables), proc.returncode, time.perf_counter() - started, output, tuple(cmd))
