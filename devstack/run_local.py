@@ -87,6 +87,11 @@ def airflow_env(api_port: int) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
     )
+    # trigger_maintenance's `airflow db clean` reads the metadata URL from connection
+    # airflow_metadata (Airflow 3 hides sql_alchemy_conn from tasks); this variable wins over the
+    # Astro-local entry of airflow_settings.yaml.
+    metadata_url = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
+    env["AIRFLOW_CONN_AIRFLOW_METADATA"] = json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": metadata_url}})
     return env
 
 
