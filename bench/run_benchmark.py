@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "store": args.store,
         "config": config,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "description": f"{os.cpu_count()} vCPU, {_mem_gb():.0f} GB RAM, Python {platform.python_version()}"},
+                    "description": f"{os.cpu_count()} vCPU, {mem_gb():.0f} GB RAM, Python {platform.python_version()}"},
         "args": vars(args),
     }
     with ExitStack() as stack:
@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _mem_gb() -> float:
+def mem_gb() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     except (ValueError, OSError):

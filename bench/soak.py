@@ -58,6 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.run_benchmark import mem_gb  # noqa: E402 - after the sys.path line above
+
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "README.md"
 IMG = ROOT / "docs" / "img"
@@ -415,6 +417,13 @@ def _pct(a: float | None, b: float | None) -> str:
     return f"{(b / a - 1) * 100:+.0f} %"
 
 
+def _server_label(r: dict[str, Any]) -> str:
+    settings = r.get("pg_settings") or {}
+    if not settings:
+        return "server settings not recorded"
+    return ", ".join(f"{k} {v}" for k, v in settings.items())
+
+
 def readme_table(r: dict[str, Any]) -> str:
     st, lat, sz = r["stages"], r.get("latency", {}), r.get("sizes", {})
     hist = r.get("history", {})
@@ -423,7 +432,7 @@ def readme_table(r: dict[str, Any]) -> str:
     rows_b = {t: s["rows_estimate"] for t, s in before.get("tables", {}).items()}
     lines = [
         f"Measured {r['finished_at'][:16].replace('T', ' ')} UTC on {r['machine']['description']}, store on PostgreSQL "
-        f"{r.get('pg_version', '')}. Filled store: {hist.get('label', '?')} — "
+        f"{r.get('pg_version', '')} ({_server_label(r)}). Filled store: {hist.get('label', '?')} — "
         f"{rows_b.get('tf_event', 0):,} events, {rows_b.get('tf_decision', 0):,} decisions, {rows_b.get('tf_send', 0):,} ledger rows, "
         f"{rows_b.get('tf_send_log', 0):,} send-log rows, **{before.get('database_bytes', 0) / 1e9:.1f} GB**. "
         f"Stage figures: median of {r['config']['repeats']} batch(es) of {r['config']['n']:,} events per store, empty and filled "
@@ -518,7 +527,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "started_at": datetime.now(UTC).isoformat(),
         "config": {k: v for k, v in vars(args).items() if k not in ("filled_url",)},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-                    "description": f"{os.cpu_count()} vCPU, {_mem_gb():.0f} GB RAM, Python {platform.python_version()}"},
+                    "description": f"{os.cpu_count()} vCPU, {mem_gb():.0f} GB RAM, Python {platform.python_version()}"},
         "stages": {}, "runs": {"empty": [], "filled": [], "purged": []}, "latency": {}, "sizes": {},
         "disk_free_start_bytes": disk_free_bytes(),
     }
@@ -537,6 +546,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             filled_url = stack.enter_context(scratch_store("tf_soak_filled", keep=args.keep_store))
         with get_engine(empty_url).connect() as conn:
             result["pg_version"] = conn.exec_driver_sql("SHOW server_version").scalar_one().split()[0]
+            result["pg_settings"] = {
+                name: conn.exec_driver_sql(f"SHOW {name}").scalar_one()
+                for name in ("shared_buffers", "max_wal_size", "checkpoint_timeout", "effective_cache_size")
+            }
+        log(f"PostgreSQL {result['pg_version']} at {PG_SERVER.split('@')[-1]}: {result['pg_settings']}")
         for label, url in (("empty", empty_url), ("filled", filled_url)):
             log(f"{label} store: schema, {args.profiles:,} profiles and the catalogue")
             result.setdefault("profiles", {})[label] = prepare_store(url, args.profiles)
@@ -631,13 +645,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _mem_gb() -> float:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
-    except (ValueError, OSError):
-        return 0.0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -658,6 +665,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, default=250_000, help="events per INSERT ... SELECT of the pre-fill")
     p.add_argument("--timeout", type=float, default=1200.0, help="give up draining a latency phase after this (s)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--pg-server", help="the PostgreSQL server the stores (and Airflow's metadata) go on "
+                   "(default $TRIGGERFLOW_BENCH_PG_URL or the local server on 5432)")
+    p.add_argument("--private-server", type=Path, metavar="DIR",
+                   help="start a private PostgreSQL cluster in DIR with devstack.pg_cluster.STORE_SETTINGS "
+                   "(a production store's memory and checkpoint settings) for the run; removed afterwards "
+                   "unless --keep-store")
     p.add_argument("--update-readme", action="store_true")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 15 min of history, 100k profiles, 5k-event batches, 50/s for 60 s")
@@ -675,6 +688,17 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats, args.rate, args.duration = 1, 50.0, 60.0
     if args.rate * args.duration > args.block:
         raise SystemExit(f"--rate x --duration ({args.rate * args.duration:,.0f} customers) must fit in --block {args.block:,}")
+    global PG_SERVER
+    if args.pg_server:
+        PG_SERVER = args.pg_server
+    if args.private_server:
+        from devstack.airflow_stack import free_port
+        from devstack.pg_cluster import private_cluster
+
+        with private_cluster(args.private_server, free_port(), remove=not args.keep_store) as server:
+            PG_SERVER = server
+            run(args)
+        return 0
     run(args)
     return 0
 
