@@ -285,7 +285,7 @@ def test_search_by_customer_id_and_by_address(operator: TestClient, store_conn: 
         conn.execute(insert(suppression).values(address="grace@example.com", source="hard-bounce", reason=HOSTILE, created_at=datetime.now(UTC)))
     stored = kit.rows(decision, decision.c.profile_id == "C2")
     assert stored
-    for q in ("C2", "grace@example.com", "Grace@Example.com"):
+    for q in ("C2", "SHOP-2", "grace@example.com", "Grace@Example.com"):  # SHOP-2: the id the trigger carried
         response = operator.get("/search", params={"q": q})
         assert response.status_code == 200 and "<script>" not in response.text
         page = doc(response)
@@ -320,6 +320,7 @@ def test_search_uses_indexes_only(operator: TestClient, store_conn: str, kit: St
     try:
         with kit.engine.connect() as conn:
             queries.search(conn, "grace@example.com")
+            queries.search(conn, "SHOP-2")  # customer id, shopper id, ECID, declared id: one index each
     finally:
         sa_event.remove(kit.engine, "before_cursor_execute", record)
     assert len(statements) >= 4

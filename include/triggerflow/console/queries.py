@@ -332,7 +332,9 @@ def _profiles(conn: Connection, q: str) -> list[ProfileRow]:
         emails = sorted({q, q.lower()})  # an exact match either way keeps to ix_profiles_email
         where: Any = profiles.c.email.in_(emails)
     else:
-        where = profiles.c.customer_id == q
+        # the ids a trigger carries (shopper id, ECID, declared id) find the customer too: an
+        # operator often holds the id from Analytics, not the CRM's (each column has its index)
+        where = or_(*(profiles.c[name] == q for name in ("customer_id", "shopper_id", "ecid", "declared_id")))
     rows = conn.execute(
         select(profiles.c.customer_id, profiles.c.email, profiles.c.opted_out).where(where).order_by(profiles.c.customer_id).limit(SEARCH_ROWS)
     ).mappings()
@@ -340,8 +342,8 @@ def _profiles(conn: Connection, q: str) -> list[ProfileRow]:
 
 
 def search(conn: Connection, q: str, *, limit: int = SEARCH_ROWS) -> SearchResult:
-    """A customer's latest decisions and ledger rows, by customer id or email address (an address
-    names every profile holding it); with the profile's opt-out and the address's suppressions."""
+    """A customer's latest decisions and ledger rows, by customer id (or the shopper id, ECID or
+    declared id a trigger carries) or email address (an address names every profile holding it); with the profile's opt-out and the address's suppressions."""
     q = q.strip()
     limit = max(1, min(limit, SEARCH_ROWS))
     found = _profiles(conn, q)
