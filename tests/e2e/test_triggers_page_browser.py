@@ -219,6 +219,7 @@ def test_runs_view_shows_the_run_with_the_store_counts(world: World, ui: Any) ->
     row = frame.locator(f"table#runs tr[data-batch-id='{world.batch_id}']")
     row.wait_for()
     assert _cell(row, "run-id") == world.run_id
+    assert _cell(row, "state") == "succeeded"  # the report recorded the run's outcome
     for name in ("pulled", "valid", "quarantined", "sent", "suppressed", "failed", "pending"):
         assert _int(_cell(row, name)) == summary[name], name
     assert (summary["pulled"], summary["quarantined"], summary["sent"], summary["suppressed"]) == (

@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import insert, update
 
-from include.triggerflow.store.schema import alert, event, quarantine, run_summary, send, suppression
+from include.triggerflow.store.schema import alert, batch, event, quarantine, run_summary, send, suppression
 from tests.fixtures import SEND_PROFILES, StoreKit, queue_emails
 from tests.plugins.conftest import load_plugin
 from tests.plugins.html_tree import all_by_class, by_id, cell, inputs, parse, text
@@ -156,8 +156,12 @@ def test_every_console_page_has_the_nav_bar(operator: TestClient, store_conn: st
 
 # -- runs ------------------------------------------------------------------------------------------
 def test_runs_view_matches_the_store(operator: TestClient, store_conn: str, kit: StoreKit, routing: Any) -> None:
+    from include.triggerflow.alerts.detectors import RunOutcome, record_outcome
+
     fill(kit, routing)
     [summary] = kit.rows(run_summary)
+    [b1_batch] = kit.rows(batch, batch.c.batch_id == "b1")
+    record_outcome(kit.engine, b1_batch["dag_id"], "run-b1", RunOutcome.SUCCEEDED)
     page = doc(operator.get("/runs"))
     rows = table_rows(page, "runs")
     assert [r.get("data-batch-id") for r in rows] == ["b2", "b1"]  # newest first
@@ -166,6 +170,7 @@ def test_runs_view_matches_the_store(operator: TestClient, store_conn: str, kit:
         assert cell(b1, name) == str(summary[name]), name
     assert (summary["sent"], summary["failed"], summary["pending"], summary["quarantined"]) == (1, 1, 1, 2)
     assert cell(b1, "run-id") == "run-b1"
+    assert (cell(b1, "state"), cell(b2, "state")) == ("succeeded", "in progress")  # outcome; landed, no outcome
     assert cell(b1, "balanced") == ("yes" if summary["balanced"] else "no")
     latency = json.loads(summary["counts"])["latency_s"]["p95"]
     assert cell(b1, "latency-p95") == ("—" if latency is None else f"{latency:.1f}")

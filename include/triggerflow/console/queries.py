@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, or_, select
 
+from include.triggerflow.states import BatchState
 from include.triggerflow.store.schema import (
     alert,
     batch,
@@ -33,6 +34,7 @@ from include.triggerflow.store.schema import (
     event,
     profiles,
     quarantine,
+    run_outcome,
     run_summary,
     send,
     suppression,
@@ -91,24 +93,36 @@ def _latency_p95(counts: str | None) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
+def run_state(batch_state: str | None, outcome: str | None) -> str:
+    """What an operator calls the run's state: its recorded outcome (``tf_run_outcome``: the
+    report's "succeeded", a task's final "failed"; the last word wins after a clear), else where
+    its batch is — still "pulling", or landed and "in progress"."""
+    if outcome:
+        return str(outcome)
+    return BatchState.PULLING.value if batch_state == BatchState.PULLING else "in progress"
+
+
 def latest_runs(conn: Connection, limit: int = 50) -> list[RunRow]:
-    """The newest batches (by creation), with their report where there is one."""
+    """The newest batches (by creation), with their report and outcome where there are."""
     limit = max(1, min(int(limit), MAX_RUNS))
     rs = run_summary.c
+    landed_by = and_(run_outcome.c.dag_id == batch.c.dag_id, run_outcome.c.run_id == batch.c.run_id)
     rows = conn.execute(
         select(
             batch.c.batch_id, batch.c.dag_id, batch.c.run_id, batch.c.state, batch.c.created_at, batch.c.pulled,
             rs.pulled.label("reported_pulled"), rs.valid, rs.quarantined, rs.sent, rs.suppressed, rs.failed,
-            rs.pending, rs.balanced, rs.counts, rs.batch_id.label("reported"),
+            rs.pending, rs.balanced, rs.counts, rs.batch_id.label("reported"), run_outcome.c.outcome,
         )
-        .select_from(batch.outerjoin(run_summary, run_summary.c.batch_id == batch.c.batch_id))
+        .select_from(
+            batch.outerjoin(run_summary, run_summary.c.batch_id == batch.c.batch_id).outerjoin(run_outcome, landed_by)
+        )
         .order_by(batch.c.created_at.desc(), batch.c.batch_id.desc())
         .limit(limit)
     ).mappings()
     return [
         RunRow(
-            batch_id=r["batch_id"], dag_id=r["dag_id"], run_id=r["run_id"], state=r["state"], created_at=r["created_at"],
-            pulled=int(r["reported_pulled"] if r["reported_pulled"] is not None else r["pulled"] or 0),
+            batch_id=r["batch_id"], dag_id=r["dag_id"], run_id=r["run_id"], state=run_state(r["state"], r["outcome"]),
+            created_at=r["created_at"], pulled=int(r["reported_pulled"] if r["reported_pulled"] is not None else r["pulled"] or 0),
             valid=r["valid"], quarantined=r["quarantined"], sent=r["sent"], suppressed=r["suppressed"],
             failed=r["failed"], pending=r["pending"],
             balanced=None if r["reported"] is None else bool(r["balanced"]),
