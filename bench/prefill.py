@@ -424,14 +424,12 @@ def prefill(
         result.index_rebuild_s = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
     say("  VACUUM (ANALYZE) of the filled tables")
-    raw = engine.raw_connection()
-    try:
-        raw.set_isolation_level(0)  # psycopg2: autocommit for VACUUM
-        with raw.cursor() as cur:
-            for table in FILLED_TABLES:
-                cur.execute(f"VACUUM (ANALYZE) {table}")
-    finally:
-        raw.close()
+    # VACUUM refuses a transaction. Autocommit through SQLAlchemy, which puts the connection back
+    # in the pool in its usual mode: a psycopg2 connection switched by hand stayed in autocommit,
+    # and the next user of the pool (the soak's reconcile) lost its transaction.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in FILLED_TABLES:
+            conn.execute(text(f"VACUUM (ANALYZE) {table}"))
     result.vacuum_s = round(time.perf_counter() - t0, 1)
     result.rows = table_rows(engine, FILLED_TABLES)
     result.seconds = round(time.perf_counter() - started, 1)

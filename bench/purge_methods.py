@@ -147,14 +147,12 @@ def partitioned_copy(engine: Any, oldest: datetime, days: int) -> dict[str, Any]
 
 
 def vacuum(engine: Any, statement: str) -> None:
-    """VACUUM cannot run in a transaction: a raw connection in autocommit."""
-    raw = engine.raw_connection()
-    try:
-        raw.set_isolation_level(0)  # psycopg2: autocommit
-        with raw.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        raw.close()
+    """VACUUM cannot run in a transaction: a connection in autocommit, back to the pool in its usual
+    mode afterwards (SQLAlchemy restores the isolation level it set)."""
+    from sqlalchemy import text
+
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(statement))
 
 
 def table_bytes(engine: Any, table: str) -> int:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from bench.prefill import prefill, store_sizes, table_rows
+from include.triggerflow.store.engines import get_engine
 from include.triggerflow.store.schema import decision, event, quarantine, send, send_log
 
 NOW = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
@@ -61,6 +62,15 @@ def test_prefill_writes_the_claimed_history_and_keeps_every_index(store_engine) 
     assert rows["tf_batch"] == 4 + 1 and rows["tf_run_summary"] == 4
     assert rows["tf_unsubscribe"] == 5  # customers 42, 142, ... of 1..500
     assert any("events/s" in line for line in lines)  # progress output
+    # VACUUM ran in autocommit; the pool it used hands out transactional connections again (a
+    # connection left in autocommit made the soak's next reconcile commit statement by statement)
+    pooled = get_engine(str(engine.url))
+    held = [pooled.connect() for _ in range(max(1, pooled.pool.checkedin()))]  # type: ignore[attr-defined]
+    try:
+        assert [c.connection.dbapi_connection.autocommit for c in held] == [False] * len(held)
+    finally:
+        for c in held:
+            c.close()
     with engine.connect() as conn:
         ids = conn.execute(select(func.min(event.c.event_id)).where(event.c.event_id > first)).scalar_one()
         assert ids == first + 1
