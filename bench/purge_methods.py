@@ -141,7 +141,6 @@ def partitioned_copy(engine: Any, oldest: datetime, days: int) -> dict[str, Any]
         conn.execute(text("ALTER TABLE tf_event_part ADD CONSTRAINT uq_tf_event_part_position "
                           "UNIQUE (source, src_partition, src_position, received_at)"))
         conn.execute(text("CREATE INDEX ix_tf_event_part_batch ON tf_event_part (batch_id)"))
-        conn.execute(text("CREATE INDEX ix_tf_event_part_message_id ON tf_event_part (message_id)"))
     vacuum(engine, "VACUUM (ANALYZE) tf_event_part")
     return {"seconds": round(time.perf_counter() - t0, 1)}
 

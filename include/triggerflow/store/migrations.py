@@ -42,6 +42,11 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
 #: after the additive ones.
 SEND_EVENT_FK_MIGRATION = "0011_send_event_fk_dropped"
 
+#: Not additive: tf_event's index on message_id goes (no query used it; on a store of days of
+#: history its random keys made landing read and write a leaf page per event, the soak's land
+#: figure on a filled store). Applied by :func:`drop_event_message_id_index`.
+EVENT_MESSAGE_ID_INDEX_MIGRATION = "0012_event_message_id_index_dropped"
+
 #: A migration's data step, ``"module:function"`` called with the open connection after the
 #: migration's columns are added and before its indexes are created: it fills a new column, or
 #: removes the duplicates a new unique index would refuse, or builds a summary from existing rows.
@@ -64,6 +69,7 @@ def create_schema(engine: Engine) -> None:
     """Create missing tables and apply pending migrations (idempotent)."""
     _additive(engine)
     drop_send_event_fk(engine)
+    drop_event_message_id_index(engine)
 
 
 def _additive(engine: Engine) -> None:
@@ -148,6 +154,27 @@ def drop_send_event_fk(engine: Engine) -> None:
         conn.execute(
             dialect_insert(conn, schema_version)
             .values(migration=SEND_EVENT_FK_MIGRATION, applied_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["migration"])
+        )
+
+
+def drop_event_message_id_index(engine: Engine) -> None:
+    """Migration 0012: ``DROP INDEX IF EXISTS ix_tf_event_message_id``, once (both dialects; a
+    new store never had it). Running tasks of the previous version do not use the index."""
+    from sqlalchemy import select
+
+    from include.triggerflow.store.bulk import dialect_insert
+    from include.triggerflow.store.schema import schema_version
+
+    with engine.begin() as conn:
+        if conn.execute(
+            select(schema_version.c.migration).where(schema_version.c.migration == EVENT_MESSAGE_ID_INDEX_MIGRATION)
+        ).first():
+            return
+        conn.exec_driver_sql("DROP INDEX IF EXISTS ix_tf_event_message_id")
+        conn.execute(
+            dialect_insert(conn, schema_version)
+            .values(migration=EVENT_MESSAGE_ID_INDEX_MIGRATION, applied_at=utcnow())
             .on_conflict_do_nothing(index_elements=["migration"])
         )
 

@@ -127,7 +127,8 @@ event = Table(
     UniqueConstraint("source", "src_partition", "src_position", name="uq_tf_event_source_position"),
 )
 Index("ix_tf_event_batch", event.c.batch_id)
-Index("ix_tf_event_message_id", event.c.message_id)
+# No index on message_id: nothing looks events up by it, and its random keys cost every landed
+# event a random leaf page once tf_event outgrows memory (migration 0012 drops it from old stores).
 
 quarantine = Table(
     "tf_quarantine",

@@ -7,9 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import ForeignKeyConstraint, MetaData, insert, inspect, select, text
+from sqlalchemy import ForeignKeyConstraint, Index, MetaData, insert, inspect, select, text
 
-from include.triggerflow.store.migrations import SEND_EVENT_FK_MIGRATION, create_schema
+from include.triggerflow.store.migrations import (
+    EVENT_MESSAGE_ID_INDEX_MIGRATION,
+    SEND_EVENT_FK_MIGRATION,
+    create_schema,
+)
 from include.triggerflow.store.schema import metadata, schema_version
 
 
@@ -53,6 +57,26 @@ def test_an_existing_store_loses_the_ledgers_foreign_key_and_keeps_its_rows(stor
             assert conn.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
     with pytest.raises(Exception), store_engine.begin() as conn:  # noqa: B017 - the key to tf_send is still enforced
         conn.execute(text("INSERT INTO tf_send_log (send_id, batch_id, action, at) VALUES (999, 'b', 'sent', CURRENT_TIMESTAMP)"))
+    create_schema(store_engine)  # once only
+
+
+def test_an_existing_store_loses_tf_events_message_id_index(store_engine) -> None:
+    old = _old_store(store_engine)
+    old_event = old.tables["tf_event"]
+    Index("ix_tf_event_message_id", old_event.c.message_id).create(store_engine)
+    with store_engine.begin() as conn:
+        conn.execute(schema_version.delete())  # a store from before the migrations
+    assert "ix_tf_event_message_id" in {i["name"] for i in inspect(store_engine).get_indexes("tf_event")}
+
+    create_schema(store_engine)
+
+    indexes = {i["name"] for i in inspect(store_engine).get_indexes("tf_event")}
+    assert "ix_tf_event_message_id" not in indexes
+    assert "ix_tf_event_batch" in indexes
+    with store_engine.connect() as conn:
+        assert conn.execute(
+            select(schema_version.c.migration).where(schema_version.c.migration == EVENT_MESSAGE_ID_INDEX_MIGRATION)
+        ).first()
     create_schema(store_engine)  # once only
 
 
