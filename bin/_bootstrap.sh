@@ -1,6 +1,7 @@
 # Sourced by bin/demo and bin/test, and safe to source from an interactive shell: make sure .venv
-# exists and matches requirements.txt, then put it first on PATH and the project on PYTHONPATH.
-# Re-installs only when requirements.txt changed (its hash is stamped into the venv).
+# exists and matches requirements-dev.txt (which includes requirements.txt, the image's list), then
+# put it first on PATH and the project on PYTHONPATH. Re-installs only when either file changed:
+# one hash over both is stamped into the venv.
 #
 # The caller's shell options are left as they were: the work runs in a subshell under
 # `set -euo pipefail`, so a failure stops it there, and this file then returns non-zero, which
@@ -25,14 +26,17 @@ _tf_bootstrap_venv() (
     return 1
   }
 
-  want="$(sha256sum "$root/requirements.txt" | cut -d' ' -f1)"
+  # Both files, by name, in one hash: an edit to either re-installs, and a missing one fails here
+  # (sha256sum names it) rather than installing half the venv.
+  sums="$(cd "$root" && sha256sum requirements.txt requirements-dev.txt)"
+  want="$(printf '%s\n' "$sums" | sha256sum | cut -d' ' -f1)"
   have="$(cat "$venv/.requirements.sha256" 2>/dev/null || true)"
   if [ ! -x "$venv/bin/python" ] || [ "$want" != "$have" ]; then
     py="$(pick_python)"
-    echo "[bootstrap] preparing $venv with $("$py" --version) (requirements.txt changed or no venv yet)"
+    echo "[bootstrap] preparing $venv with $("$py" --version) (requirements changed or no venv yet)"
     [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --upgrade pip
-    "$venv/bin/python" -m pip install --quiet --progress-bar off -r "$root/requirements.txt"
+    "$venv/bin/python" -m pip install --quiet --progress-bar off -r "$root/requirements-dev.txt"
     echo "$want" > "$venv/.requirements.sha256"
     echo "[bootstrap] venv ready"
   fi

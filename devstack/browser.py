@@ -46,7 +46,7 @@ def chromium_missing() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401 - only whether it imports
     except ImportError as exc:
-        return f"the playwright package is not installed ({exc}); pip install -r requirements.txt"
+        return f"the playwright package is not installed ({exc}); pip install -r requirements-dev.txt"
     return None
 
 

@@ -1,8 +1,8 @@
 """bin/_bootstrap.sh: safe to source from a user's shell, still loud under bin/demo and bin/test.
 
 Runs real bash processes against a copy of bin/_bootstrap.sh in a throw-away project folder whose
-.venv is stamped as up to date (so nothing is installed), or whose requirements.txt is missing (so
-preparing the venv fails)."""
+.venv is stamped as up to date for its requirements.txt and requirements-dev.txt (so nothing is
+installed), or whose requirement files are missing (so preparing the venv fails)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,15 @@ def project(tmp_path: Path, *, ready: bool) -> Path:
     (root / "bin").mkdir(parents=True)
     shutil.copy(PROJECT_ROOT / "bin" / "_bootstrap.sh", root / "bin" / "_bootstrap.sh")
     if ready:
-        requirements = root / "requirements.txt"
-        requirements.write_text("nothing==1.0\n")
+        files = {"requirements.txt": "nothing==1.0\n", "requirements-dev.txt": "-r requirements.txt\n"}
+        for name, text in files.items():
+            (root / name).write_text(text)
         venv_bin = root / ".venv" / "bin"
         venv_bin.mkdir(parents=True)
         (venv_bin / "python").symlink_to(shutil.which("python3") or shutil.which("python"))
-        stamp = hashlib.sha256(requirements.read_bytes()).hexdigest()
+        # as bin/_bootstrap.sh stamps it: the hash of `sha256sum requirements.txt requirements-dev.txt`
+        sums = "".join(f"{hashlib.sha256(text.encode()).hexdigest()}  {name}\n" for name, text in files.items())
+        stamp = hashlib.sha256(sums.encode()).hexdigest()
         (root / ".venv" / ".requirements.sha256").write_text(stamp + "\n")
     return root
 
