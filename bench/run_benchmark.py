@@ -3,11 +3,15 @@
     python -m bench.run_benchmark                      # the full benchmark (about 35 min)
     python -m bench.run_benchmark --quick              # a small smoke run (about 3 min)
     python -m bench.run_benchmark --update-readme      # and rewrite the README's results table
+    python -m bench.run_benchmark --executor celery --workers 2   # the same on the CeleryExecutor
 
 Everything is real and local: the Adobe emulator (``devstack.adobe_emulator``) serving the I/O
 Events journal, the SMTP sink in count-only mode, ``airflow standalone`` (scheduler with the
 LocalExecutor, dag-processor, API server, triggerer; metadata on PostgreSQL), and the store on
-PostgreSQL (``--store sqlite`` for the embedded default). Phases:
+PostgreSQL (``--store sqlite`` for the embedded default). ``--executor celery --workers N`` runs
+Airflow as devstack.celery_stack does instead (api-server, scheduler, dag-processor and N Celery
+workers, Redis broker): the results and the table name the executor, so both sit side by side.
+Phases:
 
 1. **Backlog drain**: N triggers (default 1,000,000) wait in the journal over a profiles table of
    ``--profiles`` customers (default 1,000,000); ``trigger_emails`` is unpaused and runs on its
@@ -89,7 +93,54 @@ def connection_env(emu: Any, smtp: Any, store_url: str, page_limit: int) -> dict
     }
 
 
+def executor_info(args: argparse.Namespace) -> dict[str, Any]:
+    """What runs the tasks, for results.json (``tasks_by_host`` is added after the run)."""
+    if args.executor == "celery":
+        from devstack.celery_stack import DEFAULT_WORKER_CONCURRENCY
+
+        return {"kind": "celery", "workers": args.workers, "worker_concurrency": DEFAULT_WORKER_CONCURRENCY}
+    return {"kind": "local"}
+
+
+def executor_label(r: dict[str, Any]) -> str:
+    """The executor as the table names it; results written before ``--executor`` existed ran
+    on the LocalExecutor."""
+    e = r.get("executor") or {"kind": "local"}
+    if e["kind"] == "celery":
+        return f"CeleryExecutor, {e['workers']} workers × {e['worker_concurrency']} processes, Redis broker"
+    return "LocalExecutor"
+
+
+def start_airflow(args: argparse.Namespace, home: Path, env: dict[str, str], metadata_url: str) -> Any:
+    """The Airflow of ``--executor`` (a context manager giving a devstack.airflow_stack.Stack)."""
+    if args.executor == "celery":
+        from devstack.celery_stack import broker_url, celery_stack, ensure_services
+
+        problem = ensure_services(PG_SERVER, broker_url())
+        if problem:
+            raise SystemExit(f"--executor celery: {problem}")
+        return celery_stack(home, metadata_url=metadata_url, workers=args.workers, env_overrides=env)
+    from devstack.airflow_stack import airflow_standalone
+
+    return airflow_standalone(home, env_overrides=env, metadata_url=metadata_url)
+
+
 # -- measuring ----------------------------------------------------------------------------------------
+def tasks_by_host(af: Any, since: datetime, until: datetime) -> dict[str, int]:
+    """How many task instances of runs started in the window each host ran (the Celery worker's
+    hostname under ``--executor celery``): how evenly the work spread."""
+    runs = af.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 500, "order_by": "-start_date"})["dag_runs"]
+    hosts: dict[str, int] = {}
+    for run in runs:
+        start = run.get("start_date")
+        if not start or not (since <= _iso(start) <= until):
+            continue
+        for ti in af.task_instances(DAG_ID, run["dag_run_id"]):
+            host = ti.get("hostname") or "?"
+            hosts[host] = hosts.get(host, 0) + 1
+    return hosts
+
+
 def store_progress(engine: Any) -> dict[str, int]:
     from sqlalchemy import func, select
 
@@ -179,7 +230,7 @@ def stage_times(af: Any, since: datetime, until: datetime) -> dict[str, dict[str
 def latency_stats(values: list[float]) -> dict[str, Any]:
     from include.triggerflow.sla import latency_summary
 
-    return latency_summary(values)
+    return dict(latency_summary(values))
 
 
 # -- plots and README ---------------------------------------------------------------------------------
@@ -245,7 +296,7 @@ def readme_table(r: dict[str, Any]) -> str:
     ceiling = c.get("best_per_second")
     lines = [
         f"Measured {r['finished_at'][:16].replace('T', ' ')} UTC on {r['machine']['description']} "
-        f"(store: {r['store']}, metadata: PostgreSQL, LocalExecutor, pool `smtp_sessions` = {r['config']['pool_slots']}, "
+        f"(store: {r['store']}, metadata: PostgreSQL, {executor_label(r)}, pool `smtp_sessions` = {r['config']['pool_slots']}, "
         f"`max_events` {r['config']['max_events']:,}, `chunk_size` {r['config']['chunk_size']:,}). "
         "Regenerate with `python -m bench.run_benchmark --update-readme`.",
         "",
@@ -281,7 +332,7 @@ def update_readme(table: str) -> None:
 
 # -- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
+    from devstack.airflow_stack import postgres_metadata_db
     from devstack.loadgen import inject_backlog, inject_rate, load_profiles
     from devstack.processes import start_emulator, start_smtp_sink
     from include.triggerflow.store.engines import get_engine
@@ -295,6 +346,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "store": args.store,
+        "executor": executor_info(args),
         "config": config,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                     "description": f"{os.cpu_count()} vCPU, {mem_gb():.0f} GB RAM, Python {platform.python_version()}"},
@@ -318,8 +370,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "TRIGGERFLOW_MAX_CHUNKS": str(args.max_chunks),
             "GX_ANALYTICS_ENABLED": "false",
         }
-        log("starting airflow standalone (PostgreSQL metadata, LocalExecutor)")
-        af = stack.enter_context(airflow_standalone(out / "airflow", env_overrides=env, metadata_url=metadata_url))
+        log(f"starting Airflow (PostgreSQL metadata, {executor_label(result)})")
+        af = stack.enter_context(start_airflow(args, out / "airflow", env, metadata_url))
         af.ensure_pools({"smtp_sessions": args.pool_slots})
         af.wait_dag(DAG_ID)
 
@@ -330,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the backlog's are beyond every profile and the steady state's land on backlog customers
         # (counted as duplicates there), never on a steady customer: the steady state measures
         # fresh triggers, not duplicates of the backlog inside the 24 h dedup window.
-        steady_customers = max(1, int(round(args.rate * args.duration)))
+        steady_customers = max(1, round(args.rate * args.duration))
         injected = inject_backlog(emu.base_url, args.backlog, customers=args.backlog,
                                   customer_offset=steady_customers, progress=True)
         log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
@@ -366,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         feeder.start()
         feeder.join()
         phase_end_ms = int(time.time() * 1000)
-        expected = args.backlog + int(round(args.rate * args.duration))
+        expected = args.backlog + round(args.rate * args.duration)
         wait_processed(engine, expected, "steady (drain)", args.timeout, sink)
         steady = sent_rows(engine, since_ms=phase_start_ms - 5_000, until_ms=phase_end_ms + 5_000)
         latencies = [sent - ts / 1000 for ts, sent in steady]
@@ -374,6 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "latency_s": latency_stats(latencies)}
         log(f"steady: latency {result['steady']['latency_s']}")
         (out / "steady_latencies.json").write_text(json.dumps(steady), encoding="utf-8")
+        result["executor"]["tasks_by_host"] = tasks_by_host(af, t_unpause, datetime.now(UTC))
 
     # 3. ceiling (alone on the machine)
     log("phase 3: the SMTP sink's own ceiling")
@@ -416,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run_benchmark", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", choices=("postgres", "sqlite"), default="postgres")
+    p.add_argument("--executor", choices=("local", "celery"), default="local",
+                   help="local: airflow standalone (LocalExecutor); celery: devstack.celery_stack")
+    p.add_argument("--workers", type=int, default=None, help="Celery workers (--executor celery; default 2)")
     p.add_argument("--profiles", type=int, default=1_000_000, help="at least backlog + rate x duration")
     p.add_argument("--backlog", type=int, default=1_000_000)
     p.add_argument("--rate", type=float, default=278.0, help="steady-state triggers per second")
@@ -432,8 +488,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_executor_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--workers`` only with ``--executor celery`` (default 2 there), and at least 1."""
+    if args.executor != "celery":
+        if args.workers is not None:
+            parser.error("--workers needs --executor celery")
+        return
+    args.workers = 2 if args.workers is None else args.workers
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_executor_args(parser, args)
     if args.quick:
         args.profiles, args.backlog, args.rate, args.duration = 0, 20_000, 50.0, 60.0
         args.ceiling_messages = 5_000

@@ -1,0 +1,91 @@
+"""bench.run_benchmark's ``--executor`` / ``--workers``: the arguments, the table naming the
+executor (old results without one ran on the LocalExecutor), and the benchmark run for real at a
+tiny scale on the CeleryExecutor with two workers (devstack.celery_stack).
+
+The tiny run needs the CeleryExecutor's packages, PostgreSQL and Redis (started when they are
+down); without them it skips, except under CI (CI=true), where it fails. It is not marked
+``store``: the benchmark's store is its own PostgreSQL database whatever bin/test's pass, so it
+runs once, in the first pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import run_benchmark
+from devstack.celery_stack import broker_url, ensure_services, pg_server_url
+
+
+def _result(**extra: Any) -> dict[str, Any]:
+    """The parts of a results.json that readme_table reads."""
+    return {
+        "finished_at": "2026-12-08T10:00:00+00:00",
+        "machine": {"description": "2 vCPU"},
+        "store": "postgres",
+        "config": {"pool_slots": 4, "max_events": 1000, "chunk_size": 10},
+        "backlog": {"events": 60, "triggers_per_hour": 1e6, "seconds": 20.0, "emails": 50, "stages": {}},
+        "steady": {"rate_per_s": 1.0, "duration_s": 2.0, "emails": 0, "latency_s": {"count": 0}},
+        "ceiling": {},
+        **extra,
+    }
+
+
+def test_workers_only_with_the_celery_executor(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in (
+        (["--workers", "2"], "--workers needs --executor celery"),
+        (["--executor", "celery", "--workers", "0"], "--workers must be at least 1"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:  # the parser stops before anything starts
+            run_benchmark.main(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    parser = run_benchmark.build_parser()
+    for argv, workers in ((["--executor", "celery"], 2), (["--executor", "celery", "--workers", "3"], 3), ([], None)):
+        args = parser.parse_args(argv)
+        run_benchmark.check_executor_args(parser, args)
+        assert args.workers == workers
+
+
+def test_the_table_names_the_executor() -> None:
+    celery = {"kind": "celery", "workers": 3, "worker_concurrency": 2}
+    assert ", LocalExecutor, pool" in run_benchmark.readme_table(_result())  # results from before --executor
+    assert ", LocalExecutor, pool" in run_benchmark.readme_table(_result(executor={"kind": "local"}))
+    table = run_benchmark.readme_table(_result(executor=celery))
+    assert "CeleryExecutor, 3 workers × 2 processes, Redis broker, pool" in table
+    assert "LocalExecutor" not in table
+
+
+@pytest.mark.e2e
+def test_benchmark_runs_on_two_celery_workers_at_a_tiny_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pg = pg_server_url()
+    problem = ensure_services(pg, broker_url())
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the Celery stack is required under CI: {problem}")
+        pytest.skip(f"no Celery stack on this machine: {problem}")
+    monkeypatch.setattr(run_benchmark, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(run_benchmark, "PG_SERVER", pg)
+    code = run_benchmark.main([
+        "--executor", "celery", "--workers", "2", "--profiles", "0", "--backlog", "60", "--rate", "1",
+        "--duration", "2", "--max-events", "1000", "--chunk-size", "10", "--max-chunks", "4",
+        "--page-limit", "100", "--ceiling-messages", "200", "--timeout", "300",
+    ])
+    assert code == 0
+    [out] = list((tmp_path / "results").iterdir())
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    executor = result["executor"]
+    assert (executor["kind"], executor["workers"], executor["worker_concurrency"]) == ("celery", 2, 2)
+    # every task ran on one of the two Celery workers (their hostnames: w1-<id>@host, w2-<id>@host)
+    hosts = executor["tasks_by_host"]
+    assert hosts and all(re.fullmatch(r"w[12]-[0-9a-f]{6}@.+", host) for host in hosts), hosts
+    assert sum(hosts.values()) >= 10  # two runs (backlog, steady state) of five tasks at least
+    assert result["backlog"]["events"] == 60 and result["backlog"]["emails"] > 0
+    assert result["backlog"]["outcome"]["waiting"] == 0
+    table = (out / "table.md").read_text(encoding="utf-8")
+    assert "CeleryExecutor, 2 workers × 2 processes, Redis broker" in table
