@@ -191,7 +191,7 @@ def top_functions(profiler: cProfile.Profile, top: int) -> str:
 
 def timed(name: str, func: Any, *, profile: bool, top: int, report: dict[str, Any]) -> Any:
     profiler = cProfile.Profile() if profile else None
-    busy0 = _machine_busy()
+    busy0 = machine_busy()
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()
@@ -203,7 +203,7 @@ def timed(name: str, func: Any, *, profile: bool, top: int, report: dict[str, An
     seconds = time.perf_counter() - t0
     # the whole machine's CPU meanwhile: this process and the store's server (the capacity model
     # in the README adds these up per trigger); other load on the machine counts too
-    report[name] = {"seconds": round(seconds, 3), "machine_cpu_s": round(_machine_busy() - busy0, 3)}
+    report[name] = {"seconds": round(seconds, 3), "machine_cpu_s": round(machine_busy() - busy0, 3)}
     if profiler:
         report[name]["profile"] = top_functions(profiler, top)
     return result, seconds
@@ -316,7 +316,7 @@ def run_send(url: str, batch_id: str, chunks: list[int], sink: Any, *, profile: 
     conn_json = smtp_conn_json(sink.host, sink.port)
     before = sink.accepted()
     sink_cpu0 = _process_cpu(sink.process.pid)
-    machine0 = _machine_busy()
+    machine0 = machine_busy()
     procs = [
         ctx.Process(target=_send_child, args=(url, batch_id, c, conn_json, profile and i == 0, top, SORT, ready, go, out, leave))
         for i, c in enumerate(chunks)
@@ -339,7 +339,7 @@ def run_send(url: str, batch_id: str, chunks: list[int], sink: Any, *, profile: 
     wall = max(r["wall1"] for r in results) - wall0
     sent = sum(r["counts"]["sent"] for r in results)
     sink_cpu = _process_cpu(sink.process.pid) - sink_cpu0
-    machine_cpu = _machine_busy() - machine0
+    machine_cpu = machine_busy() - machine0
     client_cpu = sum(r["cpu_s"] for r in results)
     client_sys = sum(r["sys_s"] for r in results)
     accepted = sink.wait_accepted(before + sent, timeout=30) - before if sent else 0
@@ -366,7 +366,7 @@ def run_send(url: str, batch_id: str, chunks: list[int], sink: Any, *, profile: 
     }
 
 
-def _machine_busy() -> float:
+def machine_busy() -> float:
     """Busy CPU seconds of the whole machine so far (Linux /proc/stat; 0 elsewhere)."""
     try:
         fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

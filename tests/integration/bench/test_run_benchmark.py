@@ -59,6 +59,9 @@ def test_the_table_names_the_executor() -> None:
     table = run_benchmark.readme_table(_result(executor=celery))
     assert "CeleryExecutor, 3 workers × 2 processes, Redis broker, pool" in table
     assert "LocalExecutor" not in table
+    assert "machine CPU per email" not in table  # results from before the figure existed
+    row = run_benchmark.readme_table(_result(backlog={**_result()["backlog"], "machine_cpu_ms_per_email": 2.345}))
+    assert "| — machine CPU per email during the drain (all processes) | 2.35 ms |" in row
 
 
 @pytest.mark.e2e
@@ -87,5 +90,6 @@ def test_benchmark_runs_on_two_celery_workers_at_a_tiny_scale(tmp_path: Path, mo
     assert sum(hosts.values()) >= 10  # two runs (backlog, steady state) of five tasks at least
     assert result["backlog"]["events"] == 60 and result["backlog"]["emails"] > 0
     assert result["backlog"]["outcome"]["waiting"] == 0
+    assert result["backlog"]["machine_cpu_ms_per_email"] > 0
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "CeleryExecutor, 2 workers × 2 processes, Redis broker" in table
