@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -396,6 +396,20 @@ def airflow_standalone(
 
 def _wait_healthy(stack: Stack, timeout: float) -> None:
     """Wait for /api/v2/monitor/health to answer 200 with a healthy scheduler."""
+    wait_until_healthy(stack, timeout, what="airflow standalone")
+
+
+def wait_until_healthy(
+    stack: Stack,
+    timeout: float,
+    *,
+    components: tuple[str, ...] = ("metadatabase", "scheduler"),
+    not_ready: Callable[[], list[str]] = list,
+    what: str,
+) -> None:
+    """Wait until /api/v2/monitor/health answers 200 with ``components`` healthy and
+    ``not_ready()`` (the caller's own readiness check, e.g. workers that have not logged in) is
+    empty; raise AirflowStackError naming ``what``, the last answer and the log's tail."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
@@ -403,16 +417,14 @@ def _wait_healthy(stack: Stack, timeout: float) -> None:
         try:
             response = requests.get(f"{stack.base_url}/api/v2/monitor/health", timeout=3)
             if response.status_code == 200:
-                health = response.json()
-                statuses = {k: (v or {}).get("status") for k, v in health.items() if isinstance(v, dict)}
-                if statuses.get("metadatabase") == "healthy" and statuses.get("scheduler") == "healthy":
+                statuses = {k: (v or {}).get("status") for k, v in response.json().items() if isinstance(v, dict)}
+                waiting = not_ready()
+                if all(statuses.get(k) == "healthy" for k in components) and not waiting:
                     return
-                last = f"200 {statuses}"
+                last = f"200 {statuses}" + (f"; not ready: {waiting}" if waiting else "")
             else:
                 last = f"HTTP {response.status_code}"
         except requests.RequestException as exc:
             last = exc.__class__.__name__
         time.sleep(1)
-    raise AirflowStackError(
-        f"airflow standalone not healthy after {timeout:.0f} s (last: {last}); log {stack.log_path}:\n{_tail(stack.log_path)}"
-    )
+    raise AirflowStackError(f"{what} not healthy after {timeout:.0f} s (last: {last}); log {stack.log_path}:\n{stack.log_tail()}")

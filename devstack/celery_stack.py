@@ -61,8 +61,6 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-import requests
-
 from devstack.airflow_stack import (
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -76,6 +74,7 @@ from devstack.airflow_stack import (
     _tail,
     free_port,
     stack_env,
+    wait_until_healthy,
 )
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -476,25 +475,11 @@ def _sample(stack: CeleryStack, stop: threading.Event) -> None:
 def _wait_ready(stack: CeleryStack, timeout: float) -> None:
     """Until the API answers with a healthy metadata DB, scheduler and dag-processor, and every
     worker has logged that it is ready (connected to the broker, consuming its queue)."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        stack._check_alive()
-        try:
-            response = requests.get(f"{stack.base_url}/api/v2/monitor/health", timeout=3)
-            if response.status_code == 200:
-                statuses = {k: (v or {}).get("status") for k, v in response.json().items() if isinstance(v, dict)}
-                not_ready = [w.name for w in stack.workers.values() if f"{w.hostname} ready." not in _tail(w.log_path, 400)]
-                healthy = all(statuses.get(k) == "healthy" for k in ("metadatabase", "scheduler", "dag_processor"))
-                if healthy and not not_ready:
-                    return
-                last = f"200 {statuses}; workers not ready: {not_ready}"
-            else:
-                last = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            last = exc.__class__.__name__
-        time.sleep(1)
-    raise AirflowStackError(f"celery stack not ready after {timeout:.0f} s (last: {last})\n{stack.log_tail()}")
+    wait_until_healthy(
+        stack, timeout, components=("metadatabase", "scheduler", "dag_processor"),
+        not_ready=lambda: [w.name for w in stack.workers.values() if f"{w.hostname} ready." not in _tail(w.log_path, 400)],
+        what="celery stack",
+    )
 
 
 def _stop(procs: list[subprocess.Popen[bytes]], seen: Mapping[int, Any]) -> None:
