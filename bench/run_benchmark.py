@@ -114,7 +114,8 @@ def executor_label(r: dict[str, Any]) -> str:
 def start_airflow(args: argparse.Namespace, home: Path, env: dict[str, str], metadata_url: str) -> Any:
     """The Airflow of ``--executor`` (a context manager giving a devstack.airflow_stack.Stack)."""
     if args.executor == "celery":
-        from devstack.celery_stack import broker_url, celery_stack, ensure_services
+        from devstack.celery_stack import celery_stack, ensure_services
+        from devstack.ensure_redis import broker_url
 
         problem = ensure_services(PG_SERVER, broker_url())
         if problem:

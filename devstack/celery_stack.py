@@ -15,7 +15,7 @@ What differs from ``airflow standalone`` (devstack.airflow_stack), and why:
 
 * The metadata DB must be PostgreSQL (Airflow refuses the CeleryExecutor on SQLite); the Celery
   result backend gets a fresh database of its own on the same server (dropped on exit). The broker
-  is Redis (:func:`ensure_redis` starts the local server when it is down).
+  is Redis (:func:`devstack.ensure_redis.ensure_redis` starts the local server when it is down).
 * Each stack sends its tasks to a queue of its own (``[operators] default_queue``, the workers'
   ``--queues``) and its workers have hostnames of their own: a stack never takes another stack's
   tasks from a shared Redis, and a message a killed worker never acknowledged (it stays in Redis
@@ -47,19 +47,16 @@ import importlib.metadata
 import json
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from devstack.airflow_stack import (
     ADMIN_PASSWORD,
@@ -76,8 +73,8 @@ from devstack.airflow_stack import (
     stack_env,
     wait_until_healthy,
 )
+from devstack.ensure_redis import broker_url, ensure_redis
 
-DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PG_SERVER_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 DEFAULT_WORKER_CONCURRENCY = 2
 #: the environment variable :func:`worker_hostname` reads (set per worker process)
@@ -100,11 +97,6 @@ def pg_server_url() -> str:
     return os.environ.get("TRIGGERFLOW_TEST_PG_URL") or DEFAULT_PG_SERVER_URL
 
 
-def broker_url() -> str:
-    """The Redis broker: ``TRIGGERFLOW_REDIS_URL``, else the local server on 6379."""
-    return os.environ.get("TRIGGERFLOW_REDIS_URL") or DEFAULT_BROKER_URL
-
-
 # -- what the stack needs on the machine ----------------------------------------------------------
 def missing_distributions() -> list[str]:
     """The :data:`CELERY_DISTRIBUTIONS` not installed in this Python."""
@@ -115,54 +107,6 @@ def missing_distributions() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             missing.append(name)
     return missing
-
-
-def _redis_answers(url: str) -> str | None:
-    """None when the Redis server of ``url`` answers PING, else the reason."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-        return None
-    except redis.RedisError as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    finally:
-        client.close()
-
-
-def ensure_redis(url: str, *, start_timeout: float = 15.0) -> str | None:
-    """Make sure the Redis server of ``url`` answers; start a local one when it is down.
-
-    Returns None when it answers, else why not. A server on 127.0.0.1/localhost that does not
-    answer is started as the machine starts its own (``redis-server --daemonize yes``, nothing
-    kept on disk) on the URL's port and left running, as devstack.ensure_postgres leaves
-    PostgreSQL running: it is a machine service, not part of one stack.
-    """
-    problem = _redis_answers(url)
-    if problem is None:
-        return None
-    parts = urlsplit(url)
-    if parts.hostname not in ("127.0.0.1", "localhost", "::1"):
-        return f"Redis at {parts.hostname}:{parts.port} does not answer ({problem})"
-    server = shutil.which("redis-server")
-    if server is None:
-        return f"Redis on {parts.hostname}:{parts.port or 6379} does not answer ({problem}) and redis-server is not installed"
-    work = Path(tempfile.mkdtemp(prefix="triggerflow-redis-"))
-    port = str(parts.port or 6379)
-    proc = subprocess.run(
-        [server, "--daemonize", "yes", "--bind", "127.0.0.1", "--port", port, "--save", "", "--appendonly", "no",
-         "--dir", str(work), "--logfile", str(work / "redis.log")],
-        capture_output=True, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        return f"redis-server failed to start (exit {proc.returncode}): {(proc.stdout + proc.stderr).strip()[-500:]}"
-    deadline = time.monotonic() + start_timeout
-    while time.monotonic() < deadline:
-        if _redis_answers(url) is None:
-            return None
-        time.sleep(0.2)
-    return f"redis-server started but {url} still does not answer after {start_timeout:.0f} s: {_tail(work / 'redis.log', 10)}"
 
 
 def ensure_services(pg_url: str, redis_url: str) -> str | None:

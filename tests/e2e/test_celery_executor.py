@@ -45,8 +45,9 @@ from typing import Any
 import pytest
 
 from devstack.airflow_stack import postgres_metadata_db
-from devstack.celery_stack import CeleryStack, broker_url, celery_stack, ensure_services, pg_server_url
+from devstack.celery_stack import CeleryStack, celery_stack, ensure_services, pg_server_url
 from devstack.ensure_postgres import scratch_database
+from devstack.ensure_redis import broker_url
 from devstack.messages import load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles

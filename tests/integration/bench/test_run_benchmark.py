@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from bench import run_benchmark
-from devstack.celery_stack import broker_url, ensure_services, pg_server_url
+from devstack.celery_stack import ensure_services, pg_server_url
+from devstack.ensure_redis import broker_url
 
 
 def _result(**extra: Any) -> dict[str, Any]:
