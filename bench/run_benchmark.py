@@ -129,7 +129,8 @@ def start_airflow(args: argparse.Namespace, home: Path, env: dict[str, str], met
 # -- measuring ----------------------------------------------------------------------------------------
 def tasks_by_host(af: Any, since: datetime, until: datetime) -> dict[str, int]:
     """How many task instances of runs started in the window each host ran (the Celery worker's
-    hostname under ``--executor celery``): how evenly the work spread."""
+    hostname under ``--executor celery``): how evenly the work spread. Task instances that ran
+    nowhere (skipped, or still queued when the benchmark ended) have no hostname and are left out."""
     runs = af.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 500, "order_by": "-start_date"})["dag_runs"]
     hosts: dict[str, int] = {}
     for run in runs:
@@ -137,8 +138,9 @@ def tasks_by_host(af: Any, since: datetime, until: datetime) -> dict[str, int]:
         if not start or not (since <= _iso(start) <= until):
             continue
         for ti in af.task_instances(DAG_ID, run["dag_run_id"]):
-            host = ti.get("hostname") or "?"
-            hosts[host] = hosts.get(host, 0) + 1
+            host = ti.get("hostname")
+            if host:
+                hosts[host] = hosts.get(host, 0) + 1
     return hosts
 
 
