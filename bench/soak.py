@@ -548,7 +548,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["pg_version"] = conn.exec_driver_sql("SHOW server_version").scalar_one().split()[0]
             result["pg_settings"] = {
                 name: conn.exec_driver_sql(f"SHOW {name}").scalar_one()
-                for name in ("shared_buffers", "max_wal_size", "checkpoint_timeout", "effective_cache_size")
+                for name in ("shared_buffers", "max_wal_size", "checkpoint_timeout", "effective_cache_size", "wal_compression")
             }
         log(f"PostgreSQL {result['pg_version']} at {PG_SERVER.split('@')[-1]}: {result['pg_settings']}")
         for label, url in (("empty", empty_url), ("filled", filled_url)):
