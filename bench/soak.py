@@ -30,8 +30,8 @@ PostgreSQL only (the history is generated server-side). Phases, all printed as t
    seconds, rows/s per table) and the store's size after it.
 5. **After the purge**: stage throughput again on the purged store.
 
-Writes ``bench/results/soak-<timestamp>/results.json``, ``table.md`` and the plots, copies them
-to ``docs/img/soak-*.png`` and with ``--update-readme`` rewrites the table between
+Writes ``bench/results/soak-<timestamp>/results.json``, ``table.md`` and the plots; with
+``--update-readme`` it copies the plots to ``docs/img/soak-*.png`` and rewrites the table between
 ``<!-- soak:start -->`` and ``<!-- soak:end -->`` in README.md.
 """
 
@@ -635,7 +635,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     made = plots(result, out)
     table = readme_table(result)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    if not args.quick:
+    # the README's pictures go with the README's table: both only with --update-readme (a partial
+    # run, --no-latency say, would otherwise put its plots beside another run's table)
+    if args.update_readme and not args.quick:
         for path in made:
             shutil.copy(path, IMG / path.name)
         log("docs/img/soak-*.png updated")
