@@ -125,6 +125,27 @@ def _send_event_fks(conn: Connection) -> list[str | None]:
     ]
 
 
+def _applied(conn: Connection, migration: str) -> bool:
+    """Whether tf_schema_version records ``migration``."""
+    from sqlalchemy import select
+
+    from include.triggerflow.store.schema import schema_version
+
+    return conn.execute(select(schema_version.c.migration).where(schema_version.c.migration == migration)).first() is not None
+
+
+def _record_applied(conn: Connection, migration: str) -> None:
+    """Record ``migration`` in tf_schema_version (a no-op when a concurrent task recorded it first)."""
+    from include.triggerflow.store.bulk import dialect_insert
+    from include.triggerflow.store.schema import schema_version
+
+    conn.execute(
+        dialect_insert(conn, schema_version)
+        .values(migration=migration, applied_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["migration"])
+    )
+
+
 def drop_send_event_fk(engine: Engine) -> None:
     """Migration 0011: drop tf_send.event_id's foreign key to tf_event, once.
 
@@ -132,15 +153,8 @@ def drop_send_event_fk(engine: Engine) -> None:
     rebuilt the way SQLite documents it (foreign keys off on this connection, new table, copy,
     drop, rename, indexes, foreign_key_check, all in one IMMEDIATE transaction). A new store was
     created without the key and only gets the tf_schema_version row."""
-    from sqlalchemy import select
-
-    from include.triggerflow.store.bulk import dialect_insert
-    from include.triggerflow.store.schema import schema_version
-
     with engine.connect() as conn:
-        if conn.execute(
-            select(schema_version.c.migration).where(schema_version.c.migration == SEND_EVENT_FK_MIGRATION)
-        ).first():
+        if _applied(conn, SEND_EVENT_FK_MIGRATION):
             return
         names = _send_event_fks(conn)
     if names:
@@ -151,32 +165,17 @@ def drop_send_event_fk(engine: Engine) -> None:
                 for name in names:
                     conn.exec_driver_sql(f'ALTER TABLE tf_send DROP CONSTRAINT IF EXISTS "{name}"')
     with engine.begin() as conn:
-        conn.execute(
-            dialect_insert(conn, schema_version)
-            .values(migration=SEND_EVENT_FK_MIGRATION, applied_at=utcnow())
-            .on_conflict_do_nothing(index_elements=["migration"])
-        )
+        _record_applied(conn, SEND_EVENT_FK_MIGRATION)
 
 
 def drop_event_message_id_index(engine: Engine) -> None:
     """Migration 0012: ``DROP INDEX IF EXISTS ix_tf_event_message_id``, once (both dialects; a
     new store never had it). Running tasks of the previous version do not use the index."""
-    from sqlalchemy import select
-
-    from include.triggerflow.store.bulk import dialect_insert
-    from include.triggerflow.store.schema import schema_version
-
     with engine.begin() as conn:
-        if conn.execute(
-            select(schema_version.c.migration).where(schema_version.c.migration == EVENT_MESSAGE_ID_INDEX_MIGRATION)
-        ).first():
+        if _applied(conn, EVENT_MESSAGE_ID_INDEX_MIGRATION):
             return
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_tf_event_message_id")
-        conn.execute(
-            dialect_insert(conn, schema_version)
-            .values(migration=EVENT_MESSAGE_ID_INDEX_MIGRATION, applied_at=utcnow())
-            .on_conflict_do_nothing(index_elements=["migration"])
-        )
+        _record_applied(conn, EVENT_MESSAGE_ID_INDEX_MIGRATION)
 
 
 def _rebuild_sqlite_send(engine: Engine) -> None:
