@@ -126,11 +126,13 @@ class RunningSmtpSink:
         Files keep the CRLF line endings of the SMTP wire; they are parsed with LF endings (the
         in-memory convention of the email package) so ``get_content()`` returns plain ``\\n`` text.
         """
-        parsed: list[EmailMessage] = []
-        for path in self.eml_paths():
-            raw = path.read_bytes().replace(b"\r\n", b"\n")
-            parsed.append(email.message_from_bytes(raw, policy=email.policy.default))
-        return parsed
+        return [self.message(path.name) for path in self.eml_paths()]
+
+    def message(self, name: str) -> EmailMessage:
+        """One stored message by file name (as the sink's fault log names it), parsed as
+        :meth:`messages` parses them."""
+        raw = (self.out_dir / name).read_bytes().replace(b"\r\n", b"\n")
+        return email.message_from_bytes(raw, policy=email.policy.default)
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
         """Wait until at least ``count`` messages are stored (for senders that do not block on the

@@ -31,14 +31,11 @@ skips, except under CI (CI=true), where it fails.
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +101,6 @@ def _send_tis(af: CeleryStack, run_id: str) -> dict[int, dict[str, Any]]:
     return {t["map_index"]: t for t in af.task_instances(DAG_ID, run_id) if t["task_id"] == "send"}
 
 
-def _stored_message(smtp: Any, name: str) -> EmailMessage:
-    """A message the sink stored, by file name (as the sink's fault log names it)."""
-    raw = (smtp.out_dir / name).read_bytes().replace(b"\r\n", b"\n")
-    return email.message_from_bytes(raw, policy=email.policy.default)
-
-
 def test_two_celery_workers_share_the_chunks_and_one_dies_mid_chunk(
     tmp_path: Path, services: tuple[str, str], store: tuple[str, Any]
 ) -> None:
@@ -173,7 +164,7 @@ def test_two_celery_workers_share_the_chunks_and_one_dies_mid_chunk(
             assert af.run(DAG_ID, run2)["state"] in ("queued", "running"), af.log_tail()
             assert time.monotonic() < deadline, f"no email held back within 180 s\n{af.log_tail()}"
             time.sleep(0.1)
-        victim_msg = _stored_message(smtp, held[0]["stored"])
+        victim_msg = smtp.message(held[0]["stored"])
         victim_key = str(victim_msg["X-Triggerflow-Key"]).strip()
         [victim] = [r for r in ledger(engine) if r["idempotency_key"] == victim_key]
         assert victim["state"] == "sending", victim  # committed before the SMTP transaction
