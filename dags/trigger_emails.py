@@ -179,6 +179,17 @@ def _default(name: str, fallback: int) -> int:
             "accepted. hold: mark it ambiguous and do not send it again (default). resend: send it again "
             "with the same Message-ID.",
         ),
+        "send_group_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=1000,
+            title="Send group size (G)",
+            description="Emails whose 'sending' marks, then outcomes, are committed in one ledger transaction. "
+            "Larger is cheaper per email; a task killed mid-group leaves at most G emails ambiguous (held or "
+            "resent by ambiguous_policy). Empty: the SMTP connection's extra send_group_size, else the default "
+            "(README, Exactly once).",
+        ),
         "hard_bounce_suppress_days": Param(
             None,
             type=["null", "number"],

@@ -5,11 +5,12 @@ become ``ambiguous`` (the server may or may not have accepted them), rows alread
 logged as skipped (or taken again for a deliberate resend), and the rows to send are read with
 their event and profile.
 
-:class:`Ledger` then writes per email, on one connection, one transaction per email: the
-outcome of email *i* (``sent``/``deferred``/``failed``/``ambiguous`` with its tf_send_log row,
-and a hard bounce's suppression) is queued and committed together with the ``sending`` mark of
-email *i + 1*, just before *i + 1*'s SMTP transaction. So every row is committed ``sending``
-before its SMTP transaction starts and a process that dies leaves at most one row ``sending``.
+:class:`Ledger` then writes per group of *G* emails (``group_size``), on one connection, one
+transaction per group: the outcomes of group *k* (``sent``/``deferred``/``failed``/``ambiguous``
+with their tf_send_log rows, and a hard bounce's suppression) are queued and committed together
+with the ``sending`` marks of group *k + 1*, just before *k + 1*'s first SMTP transaction. So every
+row is committed ``sending`` before its SMTP transaction starts and a process that dies leaves at
+most *G* rows ``sending`` (with *G* = 1, one transaction per email: at most one).
 The statements are compiled once per dialect and run on the raw driver
 (``store.bulk.DriverStatement``): the send stage is the benchmark's hot path.
 """
@@ -50,6 +51,25 @@ class AmbiguousPolicy(StrEnum):
 
 #: the policies' names, as SendOptions' error message lists them
 AMBIGUOUS_POLICIES = tuple(p.value for p in AmbiguousPolicy)
+
+
+#: emails whose ``sending`` marks are committed in one transaction, when neither the run nor the
+#: SMTP connection says otherwise (README "Exactly once": the measurements behind it)
+DEFAULT_GROUP_SIZE = 1
+#: the largest group a run may ask for: a crash leaves at most this many rows ``ambiguous``
+MAX_GROUP_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class SendingMark:
+    """What the ``sending`` mark of one email records: its Message-ID, subject and locale (the
+    email as composed), and the row's attempts so far."""
+
+    send_id: int
+    message_id: str
+    subject: str
+    attempts: int
+    locale: str | None
 
 
 @dataclass
@@ -115,13 +135,13 @@ def claim_chunk(engine: Engine, batch_id: str, chunk: int, logger: SendLog, *, n
 
 
 class Ledger:
-    """The per-email ledger writes of one chunk, on one connection, one transaction per email.
+    """The ledger writes of one chunk, on one connection, one transaction per group of emails.
 
     The outcome methods (``sent``, ``deferred``, ``failed``, ``ambiguous``, ``back_to_pending``,
     ``suppress``) queue their statements; ``mark_sending`` commits everything queued together
-    with the ``sending`` update, so the outcome of email *i* is committed with the ``sending``
-    mark of *i + 1*; ``commit`` commits what is queued (the last outcome, or the in-flight row
-    put back to ``pending`` when the session broke).
+    with the ``sending`` marks of the next group, so the outcomes of group *k* are committed with
+    the marks of group *k + 1*; ``commit`` commits what is queued (the last group's outcomes, or
+    when the session broke, the rows of the group it did not send put back to ``pending``).
     """
 
     def __init__(self, engine: Engine, logger: SendLog) -> None:
@@ -157,9 +177,10 @@ class Ledger:
         self.finish(send_id, state=SendState.AMBIGUOUS, code=None, reply=reason)
         self.log(send_id, SendAction.AMBIGUOUS, detail=f"policy {policy}: {reason}")
 
-    def back_to_pending(self, send_id: int) -> None:
-        """The session broke before the end of DATA: nothing was accepted, the task retry sends it."""
-        self.finish(send_id, state=SendState.PENDING, code=None, reply="session failed; will retry")
+    def back_to_pending(self, send_id: int, reason: str = "session failed; will retry") -> None:
+        """Marked ``sending`` but its message was not accepted: the session broke before the end of
+        its DATA, or before its turn in the group came; a later try sends it."""
+        self.finish(send_id, state=SendState.PENDING, code=None, reply=reason)
 
     def finish(self, send_id: int, *, state: SendState, code: int | None, reply: str, sent: bool = False,
                resend: bool = False) -> None:
@@ -183,15 +204,18 @@ class Ledger:
         ))
 
     # -- transactions --------------------------------------------------------------------------------
-    def mark_sending(self, send_id: int, message_id: str, subject: str, attempts: int, locale: str | None) -> None:
-        """Commit the queued outcomes and this row's ``sending`` mark, in one transaction. If that
-        fails, the outcomes stay queued and the mark is dropped (the row stays as it was)."""
-        sending = (
-            self.statements["sending"],
-            {"b_id": send_id, "b_message_id": message_id, "b_subject": subject, "b_attempts": attempts + 1,
-             "b_locale": locale, "b_now": utcnow()},
-        )
-        self._db().transaction([*self.queued, sending])
+    def mark_sending(self, marks: Sequence[SendingMark]) -> None:
+        """Commit the queued outcomes and the ``sending`` marks of the next group, in one
+        transaction. If that fails, the outcomes stay queued and the marks are dropped (the rows
+        stay as they were)."""
+        now = utcnow()
+        sending = self.statements["sending"]
+        items = [
+            (sending, {"b_id": m.send_id, "b_message_id": m.message_id, "b_subject": m.subject,
+                       "b_attempts": m.attempts + 1, "b_locale": m.locale, "b_now": now})
+            for m in marks
+        ]
+        self._db().transaction([*self.queued, *items])
         self.queued = []
 
     def commit(self) -> None:

@@ -84,7 +84,21 @@ def send_options(context: Mapping[str, Any]) -> SendOptions:
         ),
         refusal_limit=int(params.get("refusal_limit", SendOptions.refusal_limit)),
         max_email_bytes=int(params.get("max_email_bytes", SendOptions.max_email_bytes)),
+        group_size=send_group_size(params),
     )
+
+
+def send_group_size(params: Mapping[str, Any]) -> int:
+    """G for this run: the run's ``send_group_size``, else the SMTP connection's extra of that name,
+    else the built-in default (ledger.DEFAULT_GROUP_SIZE)."""
+    from include.triggerflow.hooks.smtp import TriggerMailHook
+    from include.triggerflow.ledger import DEFAULT_GROUP_SIZE
+
+    asked = params.get("send_group_size")
+    if asked not in (None, ""):
+        return int(asked)
+    configured = TriggerMailHook().send_group_size
+    return DEFAULT_GROUP_SIZE if configured is None else configured
 
 
 def routing() -> RoutingConfig:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.providers.smtp.hooks.smtp import SmtpHook, build_xoauth2_string
 
+from include.triggerflow.ledger import MAX_GROUP_SIZE
 from include.triggerflow.mailer import PLAIN_ADDRESS
 from include.triggerflow.smtp_replies import DeliveryUncertain, ReplyClass, SmtpOutcome, SmtpStage, accepted, read_reply
 
@@ -152,6 +153,25 @@ class TriggerMailHook(SmtpHook):
     @property
     def message_id_domain(self) -> str:
         return str(self.conn.extra_dejson.get("message_id_domain") or DEFAULT_MESSAGE_ID_DOMAIN)
+
+    @property
+    def send_group_size(self) -> int | None:
+        """Extra ``send_group_size``: this deployment's G, the emails committed ``sending`` in one
+        transaction (README "Exactly once"); None when the connection does not set it."""
+        try:
+            extra = self.conn.extra_dejson
+        except ValueError:
+            return None  # no usable connection: opening the session says what is missing
+        value = extra.get("send_group_size")
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit() \
+                or not 1 <= int(value) <= MAX_GROUP_SIZE:
+            raise ValueError(
+                f"connection {self.smtp_conn_id!r}: extra.send_group_size must be a whole number from 1 to "
+                f"{MAX_GROUP_SIZE}, not {value!r}"
+            )
+        return int(value)
 
     # -- the session ------------------------------------------------------------------------------
     def get_conn(self) -> TriggerMailHook:

@@ -24,15 +24,18 @@ before the next SMTP step, so the ledger (not the mail library's retry loop) dec
 
 What an email shows of its trigger, its one-click unsubscribe link and its locale: ``compose.py``.
 
-**One commit per email.** The outcome of email *i* (its final state and its ``tf_send_log`` row)
-is committed in the same transaction as the ``sending`` mark of email *i + 1*, just before *i + 1*'s
-SMTP transaction; the last outcome is committed on its own. The invariant is unchanged: every row
-is committed ``sending`` before its SMTP transaction starts, and a process that dies leaves at
-most one row ``sending``, the one whose SMTP transaction may or may not have completed (the last
-one it started: if it died before recording the 250 of *i*, *i + 1* was never marked). Rows that
-fail before the SMTP transaction (render, address) ride along with the next commit; a broken
-session commits what is pending (its row back to ``pending``) before raising. The writes use one
-connection for the whole chunk and pre-compiled statements (``store.bulk.DriverStatement``).
+**One commit per group of G emails** (``SendOptions.group_size``: the run's ``send_group_size``,
+else the SMTP connection's extra, else ``ledger.DEFAULT_GROUP_SIZE``). The group's emails are
+composed, then their ``sending`` marks are committed in one transaction together with the outcomes
+of the group before (their final states, ``tf_send_log`` rows and suppressions); then one SMTP
+transaction per email; the last group's outcomes are committed on their own. The invariant holds
+for any G: every row is committed ``sending`` before its SMTP transaction starts, and a process
+that dies leaves at most G rows ``sending`` — each of which may or may not have been accepted, so
+the next try makes them ``ambiguous`` (with G = 1, one transaction per email: at most one row).
+Whatever stops a group short (a broken session, a relay refusing) puts the rows it did not send
+back to ``pending`` in the commit before raising. Rows that fail before the SMTP transaction
+(render, address) ride along with the next commit. The writes use one connection for the whole
+chunk and pre-compiled statements (``store.bulk.DriverStatement``).
 
 Modules: the ledger's statements (claiming a chunk, the per-email writes) are ``ledger.py``,
 tf_send_log and the earlier refusals ``send_log.py``, each email's rendering ``compose.py``, dry
@@ -54,7 +57,16 @@ from sqlalchemy import Engine, Row
 
 from include.triggerflow.compose import Composer, Email, SenderIdentity, UnsubscribeLinkMaker
 from include.triggerflow.config import RoutingConfig
-from include.triggerflow.ledger import AMBIGUOUS_POLICIES, RETRYABLE_STATES, AmbiguousPolicy, Ledger, claim_chunk
+from include.triggerflow.ledger import (
+    AMBIGUOUS_POLICIES,
+    DEFAULT_GROUP_SIZE,
+    MAX_GROUP_SIZE,
+    RETRYABLE_STATES,
+    AmbiguousPolicy,
+    Ledger,
+    SendingMark,
+    claim_chunk,
+)
 from include.triggerflow.mailer import (
     MAX_EMAIL_BYTES,
 )
@@ -145,6 +157,9 @@ class SendOptions:
     refusal_limit: int = 5
     #: a rendered email (headers included) larger than this fails its row
     max_email_bytes: int = MAX_EMAIL_BYTES
+    #: G: emails whose ``sending`` marks (and then outcomes) are committed in one transaction. A
+    #: process that dies mid-group leaves at most G rows ``ambiguous``; 1 is one transaction per email
+    group_size: int = DEFAULT_GROUP_SIZE
 
     def check(self) -> UnsubscribeLinkMaker:
         """ValueError for options that contradict each other; the unsubscribe signer, which
@@ -153,6 +168,8 @@ class SendOptions:
             raise ValueError(f"ambiguous_policy must be one of {AMBIGUOUS_POLICIES}, not {self.ambiguous_policy!r}")
         if self.refusal_limit < 1 or self.max_email_bytes < 1:
             raise ValueError(f"refusal_limit and max_email_bytes must be at least 1, not {self.refusal_limit} and {self.max_email_bytes}")
+        if not 1 <= self.group_size <= MAX_GROUP_SIZE:
+            raise ValueError(f"group_size must be in [1, {MAX_GROUP_SIZE}], not {self.group_size}")
         if self.hard_bounce_suppress_days is not None and not 0 < self.hard_bounce_suppress_days <= 36500:
             raise ValueError(f"hard_bounce_suppress_days must be in (0, 36500] or None (for good), not {self.hard_bounce_suppress_days}")
         if self.dry_run and self.dry_run_dir is None:
@@ -218,31 +235,31 @@ def send_chunk(
     try:
         with (DryRunSession if opts.dry_run else open_session)() as mail:
             composer.use_session(mail)
-            for row in rows:
-                resend = row.send_id in claimed.resend_ids
-                try:
-                    email = composer.compose(row, resend)
-                except Exception as exc:
-                    # one email's own problem (render, address, size, hostile data) fails that row only
-                    reason = _reason(exc)
+            for start in range(0, len(rows), opts.group_size):
+                group: list[_Composed] = []
+                for row in rows[start : start + opts.group_size]:
+                    resend = row.send_id in claimed.resend_ids
+                    try:
+                        email = composer.compose(row, resend)
+                    except Exception as exc:
+                        # one email's own problem (render, address, size, hostile data) fails that row only
+                        reason = _reason(exc)
+                        if opts.dry_run:
+                            logger.one(row.send_id, SendAction.DRY_RUN, detail=f"would fail: {reason}")
+                        else:
+                            ledger.failed(row.send_id, None, reason)
+                        counts["failed"] += 1
+                        continue
                     if opts.dry_run:
-                        logger.one(row.send_id, SendAction.DRY_RUN, detail=f"would fail: {reason}")
-                    else:
-                        ledger.failed(row.send_id, None, reason)
-                    counts["failed"] += 1
-                    continue
-                if opts.dry_run:
-                    record_dry_run(engine, logger, opts.dry_run_dir, batch_id, opts.run_id, row.send_id, row.idempotency_key,
-                                   email.recipient, email.message)
-                    counts["dry_run"] += 1
-                    continue
-                outcome = _transmit(mail, ledger, row, email, opts.ambiguous_policy)
-                counts[_record(ledger, row.send_id, email.recipient, outcome, resend, batch_id, bounce_expiry)] += 1
-                if outcome.reply_class is ReplyClass.MESSAGE_REFUSED:
-                    refusals[outcome.refusal_key] += 1
-                    if refusals[outcome.refusal_key] >= opts.refusal_limit:
-                        ledger.commit()
-                        raise _relay_refusing(batch_id, chunk, outcome, refusals, len(rows), counts)
+                        record_dry_run(engine, logger, opts.dry_run_dir, batch_id, opts.run_id, row.send_id,
+                                       row.idempotency_key, email.recipient, email.message)
+                        counts["dry_run"] += 1
+                        continue
+                    group.append(_Composed(row, email, resend))
+                if group:
+                    _send_group(mail, ledger, group, opts, counts, refusals,
+                                lambda outcome: _relay_refusing(batch_id, chunk, outcome, refusals, len(rows), counts),
+                                batch_id, bounce_expiry)
             ledger.commit()
     except Exception:
         ledger.commit_quietly()
@@ -259,23 +276,51 @@ def send_chunk(
     return SendResult(batch_id=batch_id, chunk=chunk, counts=counts)
 
 
-def _transmit(mail: MailSession, ledger: Ledger, row: Row[Any], email: Email, ambiguous_policy: str) -> SmtpOutcome:
-    """Commit the row ``sending`` (with the outcomes recorded so far), then its SMTP transaction."""
-    ledger.mark_sending(row.send_id, email.message_id, email.subject, row.attempts, email.locale)
-    try:
-        return mail.send_prepared(email.recipient, email.message)
-    except DeliveryUncertain as exc:
-        # RFC 1047: the final "." left, the reply never came; the server may have queued it.
-        # Sending it again could deliver it twice: ambiguous_policy decides.
-        ledger.ambiguous(row.send_id, _reason(exc), ambiguous_policy)
-        ledger.commit()
-        raise
-    except Exception:
-        # The session broke before the end of DATA: the message cannot have been accepted. Put
-        # the row back so the task retry sends it; everything sent so far is already recorded.
-        ledger.back_to_pending(row.send_id)
-        ledger.commit()
-        raise
+@dataclass(frozen=True)
+class _Composed:
+    row: Row[Any]
+    email: Email
+    resend: bool
+
+
+def _send_group(mail: MailSession, ledger: Ledger, group: list[_Composed], opts: SendOptions, counts: dict[str, int],
+                refusals: Counter[RefusalKey], refusing: Callable[[SmtpOutcome], RelayRefusing], batch_id: str,
+                bounce_expiry: datetime | None) -> None:
+    """Commit the group ``sending`` (with the outcomes recorded so far), then one SMTP transaction
+    per email. Whatever stops the group puts the rows it did not send back to ``pending``."""
+    ledger.mark_sending([
+        SendingMark(c.row.send_id, c.email.message_id, c.email.subject, c.row.attempts, c.email.locale) for c in group
+    ])
+    for i, c in enumerate(group):
+        try:
+            outcome = mail.send_prepared(c.email.recipient, c.email.message)
+        except DeliveryUncertain as exc:
+            # RFC 1047: the final "." left, the reply never came; the server may have queued it.
+            # Sending it again could deliver it twice: ambiguous_policy decides.
+            ledger.ambiguous(c.row.send_id, _reason(exc), opts.ambiguous_policy)
+            _put_back(ledger, group[i + 1 :])
+            ledger.commit()
+            raise
+        except Exception:
+            # The session broke before the end of DATA: this message cannot have been accepted, nor
+            # the group's later ones. Their rows go back to pending for the task retry; everything
+            # sent so far is recorded.
+            ledger.back_to_pending(c.row.send_id)
+            _put_back(ledger, group[i + 1 :])
+            ledger.commit()
+            raise
+        counts[_record(ledger, c.row.send_id, c.email.recipient, outcome, c.resend, batch_id, bounce_expiry)] += 1
+        if outcome.reply_class is ReplyClass.MESSAGE_REFUSED:
+            refusals[outcome.refusal_key] += 1
+            if refusals[outcome.refusal_key] >= opts.refusal_limit:
+                _put_back(ledger, group[i + 1 :])
+                ledger.commit()
+                raise refusing(outcome)
+
+
+def _put_back(ledger: Ledger, unsent: list[_Composed]) -> None:
+    for c in unsent:
+        ledger.back_to_pending(c.row.send_id, "not sent: the group stopped before its turn; will retry")
 
 
 def _record(ledger: Ledger, send_id: int, recipient: str, outcome: SmtpOutcome, resend: bool, batch_id: str,

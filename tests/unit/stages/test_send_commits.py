@@ -191,3 +191,128 @@ def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routi
     # the second email's 250 was recorded although no later `sending` mark carried it
     assert [r["state"] for r in kit.rows(send, order_by=send.c.send_id)] == ["sent", "sent"] + ["pending"] * (len(rows) - 2)
     assert [r["action"] for r in kit.rows(send_log)] == ["sent", "sent"]
+
+
+# -- groups of G emails per transaction (SendOptions.group_size) -------------------------------------------
+def grouped(size: int, **kwargs: Any):
+    from include.triggerflow.stages.send import SendOptions
+
+    return SendOptions(group_size=size, **kwargs)
+
+
+@pytest.mark.parametrize("size", [2, 3, 4, 6, 50])
+def test_a_group_is_committed_sending_together_with_the_outcomes_of_the_group_before(kit, routing, renderer, size: int) -> None:
+    rows = queue(kit, routing)
+    recipients = [r["recipient"] for r in rows]
+    session = ObservingSession(kit.engine, {recipients[1]: read_reply(SmtpStage.RCPT, 550, "5.1.1 unknown")})
+
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), grouped(size))
+
+    assert (result.counts["sent"], result.counts["failed"]) == (5, 1)
+    final = ["sent", "failed", "sent", "sent", "sent", "sent"]
+    for i, (recipient, states, logged) in enumerate(session.seen):
+        start = i - i % size  # the first email of i's group
+        end = min(start + size, len(rows))
+        assert recipient == recipients[i]
+        # earlier groups final, the whole group sending (also the emails it already sent), later ones pending
+        assert [states[r] for r in recipients] == final[:start] + ["sending"] * (end - start) + ["pending"] * (len(rows) - end)
+        assert logged == start
+    assert [r["state"] for r in kit.rows(send, order_by=send.c.send_id)] == final
+    assert [r["address"] for r in kit.rows(suppression)] == [recipients[1]]
+
+
+@pytest.mark.parametrize("die_after", [0, 1, 2, 3, 4, 5])
+def test_a_process_dying_mid_group_leaves_at_most_g_rows_sending_and_the_retry_sends_nothing_twice(
+        kit, routing, renderer, die_after: int) -> None:
+    size = 3
+    rows = queue(kit, routing)
+    dying = ObservingSession(kit.engine, die_after=die_after)
+
+    with pytest.raises(SystemExit):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, dying.opener(), grouped(size))
+
+    start = die_after - die_after % size
+    end = min(start + size, len(rows))
+    states = [r["state"] for r in kit.rows(send, order_by=send.c.send_id)]
+    assert states == ["sent"] * start + ["sending"] * (end - start) + ["pending"] * (len(rows) - end)
+
+    retry = ObservingSession(kit.engine)
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, retry.opener(), grouped(size))
+    assert (result.counts["ambiguous"], result.counts["sent"], result.counts["skipped_already_sent"]) == (
+        end - start, len(rows) - end, start)
+    # held: only the rows after the dead group are sent by the retry
+    assert [r for r, _, _ in retry.seen] == [r["recipient"] for r in rows[end:]]
+    after = [r["state"] for r in kit.rows(send, order_by=send.c.send_id)]
+    assert after == ["sent"] * start + ["ambiguous"] * (end - start) + ["sent"] * (len(rows) - end)
+
+
+def test_ambiguous_rows_of_a_dead_group_are_resent_with_their_message_id_under_resend(kit, routing, renderer) -> None:
+    rows = queue(kit, routing)
+    with pytest.raises(SystemExit):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, ObservingSession(kit.engine, die_after=4).opener(), grouped(3))
+    before = {r["send_id"]: r["message_id"] for r in kit.rows(send)}
+
+    retry = ObservingSession(kit.engine)
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, retry.opener(), grouped(3, ambiguous_policy="resend"))
+
+    assert (result.counts["ambiguous"], result.counts["resent"], result.counts["sent"]) == (3, 3, 0)
+    assert [r for r, _, _ in retry.seen] == [r["recipient"] for r in rows[3:]]
+    after = kit.rows(send, order_by=send.c.send_id)
+    assert all(r["message_id"] == before[r["send_id"]] for r in after[3:])
+    assert [r["state"] for r in after] == ["sent"] * 6
+
+
+def test_a_broken_session_mid_group_puts_the_rest_of_the_group_back(kit, routing, renderer) -> None:
+    import smtplib
+
+    rows = queue(kit, routing)
+    session = ObservingSession(kit.engine, {rows[2]["recipient"]: smtplib.SMTPServerDisconnected("gone")})
+
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), grouped(4))
+
+    after = kit.rows(send, order_by=send.c.send_id)
+    assert [r["state"] for r in after] == ["sent", "sent", "pending", "pending", "pending", "pending"]
+    assert after[2]["smtp_reply"] == "session failed; will retry"
+    # row 3 was in the group and put back without being sent; rows 4 and 5 were never marked
+    assert after[3]["smtp_reply"].startswith("not sent: the group stopped")
+    assert (after[4]["smtp_reply"], after[5]["smtp_reply"]) == (None, None)
+    assert [r["action"] for r in kit.rows(send_log)] == ["sent"] * 2
+
+    retry = ObservingSession(kit.engine)
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, retry.opener(), grouped(4))
+    assert (result.counts["ambiguous"], result.counts["sent"], result.counts["skipped_already_sent"]) == (0, 4, 2)
+
+
+def test_an_uncertain_delivery_mid_group_makes_that_row_ambiguous_and_puts_the_rest_back(kit, routing, renderer) -> None:
+    from include.triggerflow.smtp_replies import DeliveryUncertain
+
+    rows = queue(kit, routing)
+    session = ObservingSession(kit.engine, {rows[1]["recipient"]: DeliveryUncertain("no reply after the final dot")})
+
+    with pytest.raises(DeliveryUncertain):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), grouped(6))
+
+    assert [r["state"] for r in kit.rows(send, order_by=send.c.send_id)] == ["sent", "ambiguous"] + ["pending"] * 4
+
+
+def test_a_relay_refusing_mid_group_puts_the_rest_of_the_group_back(kit, routing, renderer) -> None:
+    from include.triggerflow.stages.send import RelayRefusing
+
+    rows = queue(kit, routing)
+    refused = read_reply(SmtpStage.DATA, 554, "5.7.1 rejected by policy")
+    session = ObservingSession(kit.engine, {r["recipient"]: refused for r in rows[:2]})
+
+    with pytest.raises(RelayRefusing, match="2 emails answered 554 5.7.1"):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), grouped(6, refusal_limit=2))
+
+    assert [r["state"] for r in kit.rows(send, order_by=send.c.send_id)] == ["failed", "failed"] + ["pending"] * 4
+    assert not kit.rows(suppression)
+
+
+@pytest.mark.parametrize("size", [0, -1, 1001])
+def test_a_group_size_out_of_range_is_refused_naming_the_limits(kit, routing, renderer, size: int) -> None:
+    queue(kit, routing)
+    with pytest.raises(ValueError, match=r"group_size must be in \[1, 1000\]"):
+        send_chunk(kit.engine, "b1", 0, routing, renderer, ObservingSession(kit.engine).opener(), grouped(size))
+    assert {r["state"] for r in kit.rows(send)} == {"pending"}
