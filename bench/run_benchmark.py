@@ -45,7 +45,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
 PG_SERVER = os.environ.get("TRIGGERFLOW_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 DAG_ID = "trigger_emails"
 
@@ -326,13 +325,10 @@ def readme_table(r: dict[str, Any]) -> str:
 
 
 def update_readme(table: str) -> None:
-    text = README.read_text(encoding="utf-8")
-    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-    if start not in text or end not in text:
-        raise SystemExit(f"README.md has no {start} ... {end} block")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
+    from bench.readme import replace_block
+
+    if not replace_block("bench", table):
+        raise SystemExit("README.md has no <!-- bench:start --> ... <!-- bench:end --> block")
 
 
 # -- the run ------------------------------------------------------------------------------------------

@@ -61,7 +61,6 @@ if str(ROOT) not in sys.path:
 from bench.run_benchmark import mem_gb  # noqa: E402 - after the sys.path line above
 
 RESULTS = ROOT / "bench" / "results"
-README = ROOT / "README.md"
 IMG = ROOT / "docs" / "img"
 PG_SERVER = os.environ.get("TRIGGERFLOW_BENCH_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 STAGES = ("land", "validate", "reconcile", "send")
@@ -502,15 +501,12 @@ def purge_summary(actions: list[dict[str, Any]]) -> str:
 
 
 def update_readme(table: str) -> bool:
-    text = README.read_text(encoding="utf-8")
-    start, end = "<!-- soak:start -->", "<!-- soak:end -->"
-    if start not in text or end not in text:
-        log(f"README.md has no {start} ... {end} block (yet): table left in the results folder")
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
-    return True
+    from bench.readme import replace_block
+
+    if replace_block("soak", table):
+        return True
+    log("README.md has no <!-- soak:start --> ... <!-- soak:end --> block (yet): table left in the results folder")
+    return False
 
 
 # -- the run ----------------------------------------------------------------------------------------------
