@@ -18,8 +18,8 @@ Adobe emulator and the SMTP sink run as processes too. One test, two phases on t
    (``task_instance_heartbeat_timeout`` 20 s) and Airflow retries them on the other worker, where
    the chunk ends. Checked: the chunk's retry ran on the survivor and sent the rows that were
    pending; the held-back row is ``ambiguous`` and not sent again (policy ``hold``); at most one
-   ambiguous row per chunk the dead worker was running (README "Exactly once": a task killed
-   mid-send leaves at most the row in flight), none elsewhere; no email twice at the sink; the run
+   ambiguous row per chunk the dead worker was running (the run asks for ``send_group_size`` 1:
+   a task killed mid-send leaves at most the row in flight), none elsewhere; no email twice at the sink; the run
    balanced.
 
 Where it runs: the store is always PostgreSQL here, whatever bin/test's pass, so the test is not
@@ -67,7 +67,9 @@ DAG_ID = "trigger_emails"
 CHUNKS = 4
 CHUNK_SIZE = 6
 CUSTOMERS = CHUNKS * CHUNK_SIZE
-CONF = {"chunk_size": CHUNK_SIZE, "max_chunks": CHUNKS}
+# G = 1 (one ledger transaction per email): this test counts one row in flight per dead chunk;
+# groups under a SIGKILL are test_scheduler_kill's
+CONF = {"chunk_size": CHUNK_SIZE, "max_chunks": CHUNKS, "send_group_size": 1}
 HEARTBEAT_TIMEOUT_S = 20
 HOLD_MS = 120_000
 
