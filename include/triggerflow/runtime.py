@@ -101,6 +101,17 @@ def send_group_size(params: Mapping[str, Any]) -> int:
     return DEFAULT_GROUP_SIZE if configured is None else configured
 
 
+def wait_for_earlier_batches(engine: Engine, context: Mapping[str, Any], step: str, batch_id: str) -> None:
+    """Pull or decide only after the earlier batches of runs still going (stages/batch_order.py);
+    Airflow says which runs are still going."""
+    from include.triggerflow.stages.batch_order import OrderedStep
+    from include.triggerflow.stages.batch_order import wait_for_earlier_batches as wait
+
+    ti = context["ti"]
+    # this run's own batch never waits for itself (a retry resuming its pull, a cleared reconcile)
+    wait(engine, context["dag_run"].dag_id, OrderedStep(step), ti.get_dagrun_state, batch_id=batch_id)
+
+
 def routing() -> RoutingConfig:
     from include.triggerflow.config import load_routing
 
