@@ -14,10 +14,14 @@ the dedup window and the frequency cap to stay exact:
   counts), so batch *n + 1*'s frequency cap and dedup window see batch *n*'s queued emails even
   while they are still being sent; within a batch, events are decided in trigger-time order.
 
+A step that has to wait does not hold its worker slot (nor the step's one-at-a-time slot, which
+the earlier batch's own retry needs): the task is rescheduled (``AirflowRescheduleException``,
+Airflow's reschedule mode: the task instance shows ``up_for_reschedule`` and no retry is used)
+and checks again a few seconds later (runtime.wait_for_earlier_batches).
+
 An earlier batch whose run is no longer running (failed, or deleted by the metadata cleanup) does
 not hold later batches back: it was not decided, and a clear of its run decides it when it runs
-(as any replay does, after the batches decided since). A wait longer than ``timeout_s`` raises
-:class:`EarlierBatchPending`, and Airflow retries the task.
+(as any replay does, after the batches decided since).
 
 What asks Airflow whether a run is still going is a callable (the task's
 ``RuntimeTaskInstance.get_dagrun_state``; a fake in unit tests).
@@ -26,7 +30,6 @@ What asks Airflow whether a run is still going is a callable (the task's
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,11 +54,6 @@ class OrderedStep(StrEnum):
 
     PULL = "pull"
     RECONCILE = "reconcile"
-
-
-class EarlierBatchPending(RuntimeError):
-    """An earlier batch of a run that is still going has not been pulled or decided yet; the task's
-    retry tries again."""
 
 
 @dataclass(frozen=True)
@@ -91,50 +89,41 @@ def earlier_unfinished(conn: Connection, dag_id: str, step: OrderedStep, *, batc
     return [EarlierBatch(r.batch_id, r.run_id, r.created_at) for r in rows]
 
 
-def wait_for_earlier_batches(
-    engine: Engine,
-    dag_id: str,
-    step: OrderedStep,
-    run_state: RunState,
-    *,
-    batch_id: str | None = None,
-    timeout_s: float = 600.0,
-    poll_s: float = 1.0,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> list[EarlierBatch]:
-    """Return once no earlier batch of a still-active run is left for ``step``; the earlier batches
-    passed over because their runs ended are returned (logged as warnings). Raises
-    :class:`EarlierBatchPending` after ``timeout_s``."""
-    deadline = clock() + timeout_s
-    said: set[str] = set()
-    while True:
-        with engine.connect() as conn:
-            earlier = earlier_unfinished(conn, dag_id, step, batch_id=batch_id, now=utcnow())
-        blocking: list[EarlierBatch] = []
-        passed: list[EarlierBatch] = []
-        for other in earlier:
-            state = _state_of(run_state, dag_id, other.run_id)
-            (blocking if state in ACTIVE_RUN_STATES else passed).append(other)
-        if not blocking:
-            for other in passed:
-                log.warning("%s of %s: earlier batch %s is not %s, and its run %s is no longer running: going ahead "
-                            "(a clear of that run %s it later)", step, batch_id or "this run", other.batch_id,
-                            "landed" if step is OrderedStep.PULL else "decided", other.run_id,
-                            "pulls" if step is OrderedStep.PULL else "decides")
-            return passed
+@dataclass(frozen=True)
+class OrderCheck:
+    """What stands before a batch's step: earlier batches of runs still going (wait for them) and
+    earlier batches of runs that ended (passed over)."""
+
+    blocking: list[EarlierBatch]
+    passed: list[EarlierBatch]
+
+
+def check_earlier_batches(engine: Engine, dag_id: str, step: OrderedStep, run_state: RunState, *,
+                          batch_id: str | None = None) -> OrderCheck:
+    """Which earlier batches of this DAG ``step`` of ``batch_id`` has to wait for: those still
+    ``pulling`` / not decided whose runs are still going. The ones of runs that ended are passed
+    over (logged as warnings)."""
+    with engine.connect() as conn:
+        earlier = earlier_unfinished(conn, dag_id, step, batch_id=batch_id, now=utcnow())
+    blocking: list[EarlierBatch] = []
+    passed: list[EarlierBatch] = []
+    for other in earlier:
+        state = _state_of(run_state, dag_id, other.run_id)
+        (blocking if state in ACTIVE_RUN_STATES else passed).append(other)
+    if blocking:
         first = blocking[0]
-        if clock() >= deadline:
-            raise EarlierBatchPending(
-                f"{step} of {batch_id or 'this run'} waited {timeout_s:.0f} s for the earlier batch {first.batch_id} "
-                f"(run {first.run_id}, still running) to be {'landed' if step is OrderedStep.PULL else 'decided'} first; "
-                "batches are pulled and decided in landing order. The task's retry waits again."
-            )
-        if first.batch_id not in said:
-            said.add(first.batch_id)
-            log.info("%s of %s waits for the earlier batch %s (run %s) first", step, batch_id or "this run",
-                     first.batch_id, first.run_id)
-        sleep(poll_s)
+        log.info("%s of %s waits for the earlier batch %s (run %s, still going) to be %s first", step,
+                 batch_id or "this run", first.batch_id, first.run_id, _done(step))
+    else:
+        for other in passed:
+            log.warning("%s of %s: earlier batch %s is not %s, and its run %s is no longer running: going ahead "
+                        "(a clear of that run %s it later)", step, batch_id or "this run", other.batch_id, _done(step),
+                        other.run_id, "pulls" if step is OrderedStep.PULL else "decides")
+    return OrderCheck(blocking, passed)
+
+
+def _done(step: OrderedStep) -> str:
+    return "landed" if step is OrderedStep.PULL else "decided"
 
 
 def _state_of(run_state: RunState, dag_id: str, run_id: str) -> str | None:
