@@ -189,9 +189,13 @@ def top_functions(profiler: cProfile.Profile, top: int) -> str:
     return text[at:] if at >= 0 else text
 
 
-def timed(name: str, func: Any, *, profile: bool, top: int, report: dict[str, Any]) -> Any:
+def timed(name: str, func: Any, *, profile: bool, top: int, report: dict[str, Any], postmaster: int | None = None) -> Any:
+    """Run ``func`` in this process; record its wall time, the machine's CPU, this process's CPU
+    and (``postmaster``: a local PostgreSQL server) the server processes' CPU meanwhile."""
     profiler = cProfile.Profile() if profile else None
     busy0 = machine_busy()
+    server0 = server_processes_cpu(postmaster)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()
@@ -201,12 +205,37 @@ def timed(name: str, func: Any, *, profile: bool, top: int, report: dict[str, An
         if profiler:
             profiler.disable()
     seconds = time.perf_counter() - t0
+    process_cpu = time.process_time() - cpu0
     # the whole machine's CPU meanwhile: this process and the store's server (the capacity model
     # in the README adds these up per trigger); other load on the machine counts too
-    report[name] = {"seconds": round(seconds, 3), "machine_cpu_s": round(machine_busy() - busy0, 3)}
+    report[name] = {"seconds": round(seconds, 3), "machine_cpu_s": round(machine_busy() - busy0, 3),
+                    "process_cpu_s": round(process_cpu, 3),
+                    "server_cpu_s": round(cpu_since(server0, server_processes_cpu(postmaster)), 3) if postmaster else None}
     if profiler:
         report[name]["profile"] = top_functions(profiler, top)
     return result, seconds
+
+
+def project_cpu(stages: Mapping[str, Mapping[str, Any]], triggers: int) -> dict[str, float]:
+    """**Project CPU-seconds per 1,000 triggers**, per stage and in total: the stage's own processes
+    (land and reconcile: this process; validate: its task process, the GX import left out; send:
+    the send processes) plus the PostgreSQL server's processes meanwhile (on SQLite the store is
+    in-process). The emulator and the SMTP sink are stand-ins for remote services: not counted."""
+    out: dict[str, float] = {}
+    for name in ("land", "validate", "reconcile", "send"):
+        stage = stages.get(name)
+        if not stage or not triggers:
+            continue
+        if name == "send":
+            own, server = stage.get("client_cpu_s"), stage.get("server_cpu_s")
+        else:
+            own, server = stage.get("process_cpu_s"), stage.get("server_cpu_s")
+        if own is None:
+            continue
+        out[name] = round((own + (server or 0.0)) / triggers * 1000, 3)
+    if out:
+        out["total"] = round(sum(out.values()), 3)
+    return out
 
 
 def routing_config() -> Any:
@@ -250,7 +279,11 @@ def _validate_child(url: str, batch_id: str, profile: bool, top: int, out_path: 
     engine = get_engine(url)
     import_s = time.perf_counter() - t_import
     report: dict[str, Any] = {}
-    result, _seconds = timed("validate", lambda: validate_batch(engine, batch_id, routing), profile=profile, top=top, report=report)
+    postmaster = postmaster_pid(url)
+    with engine.connect():  # the pooled session validate will use is open before the server snapshot
+        pass
+    result, _seconds = timed("validate", lambda: validate_batch(engine, batch_id, routing), profile=profile, top=top,
+                             report=report, postmaster=postmaster)
     report["validate"].update(import_s=round(import_s, 3), result=result.as_xcom())
     Path(out_path).write_text(json.dumps(report), encoding="utf-8")
 
@@ -351,6 +384,8 @@ def run_send(url: str, batch_id: str, chunks: list[int], sink: Any, *, profile: 
     accepted = sink.wait_accepted(before + sent, timeout=30) - before if sent else 0
     return {
         "seconds": round(wall, 3),
+        "client_cpu_s": round(client_cpu, 3),
+        "server_cpu_s": round(server_cpu, 3) if server_cpu is not None else None,
         "emails": sent,
         "failed": sum(r["counts"]["failed"] for r in results),
         "sink_accepted": accepted,
@@ -482,8 +517,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stages.update(measure_stages(
             url, payloads, tmp=tmp, chunks=args.chunks, page_size=args.page_size, sink_store=args.sink_store,
             skip_validate=args.skip_validate, no_send=args.no_send, profile=args.cprofile, top=args.top, say=say,
+            group_size=args.group_size,
         ))
 
+        cpu = report["project_cpu_s_per_1000_triggers"] = project_cpu(stages, n)
+        say("project CPU-seconds per 1,000 triggers (own processes + PostgreSQL server; no emulator, no sink): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in cpu.items()))
+        if not args.no_send and not args.no_naive:
+            report["naive"] = naive = _naive_comparison(url, stages, tmp)
+            say(f"naive loop on the same batch: {naive['project_cpu_ms_per_trigger']} CPU-s per 1,000 triggers "
+                f"(loop {naive['loop_cpu_ms_per_trigger']}, PostgreSQL {naive['pg_server_cpu_ms_per_trigger']}), "
+                f"{naive['emails']:,} emails at {naive['emails_per_s']:,.0f}/s")
         total = sum(stages[k]["seconds"] for k in ("land", "validate", "reconcile", "send") if k in stages)
         report["total_s"] = round(total, 3)
         report["events_per_hour_end_to_end"] = round(n / total * 3600) if total else None
@@ -498,6 +542,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 BENCH_START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def _naive_comparison(url: str, stages: Mapping[str, Any], tmp: str) -> dict[str, Any]:
+    """bench.naive_loop over the batch the stages just processed, to a sink of its own."""
+    from bench.naive_loop import run_naive
+    from devstack.processes import start_smtp_sink
+
+    batch_id = stages["reconcile"]["batch_id"]
+    with start_smtp_sink(None, store="none", log_path=Path(tmp) / "naive-sink.log") as sink:
+        result = run_naive(url, batch_id, sink.host, sink.port, sink_pid=sink.process.pid)
+        result["sink_accepted"] = sink.wait_accepted(result["emails"], timeout=60)
+    return result
 
 
 def measure_stages(
@@ -537,8 +593,9 @@ def measure_stages(
 
     # -- land
     source = MemorySource(payloads, page_size, source_key=f"{key}:memory")
+    postmaster = postmaster_pid(url)
     landed, seconds = timed("land", lambda: land_batch(engine, source, batch, max_messages=n), profile=profile,
-                            top=top, report=stages)
+                            top=top, report=stages, postmaster=postmaster)
     stages["land"].update(events=landed.pulled, events_per_s=round(landed.pulled / seconds, 1))
     _say_stage(say, "land", stages["land"], "events")
 
@@ -561,9 +618,10 @@ def measure_stages(
         "reconcile",
         # chunk_size 1: as many chunks as ``chunks`` allows (every chunk the same size)
         lambda: reconcile_batch(engine, batch.batch_id, routing, chunk_size=1, max_chunks=chunks),
-        profile=profile, top=top, report=stages,
+        profile=profile, top=top, report=stages, postmaster=postmaster,
     )
-    stages["reconcile"].update(events=valid, events_per_s=round(valid / seconds, 1), counts=result.counts, chunks=result.chunks)
+    stages["reconcile"].update(events=valid, events_per_s=round(valid / seconds, 1), counts=result.counts, chunks=result.chunks,
+                               batch_id=batch.batch_id)
     _say_stage(say, "reconcile", stages["reconcile"], "events", extra=f"{result.counts}")
     with engine.connect() as conn:
         queued = conn.execute(select(func.count()).select_from(send).where(send.c.batch_id == batch.batch_id)).scalar_one()
@@ -672,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invalid", type=float, default=0.01, help="share of events failing validation (0.01)")
     parser.add_argument("--sink-store", choices=("none", "eml"), default="none", help="SMTP sink mode (default none)")
     parser.add_argument("--no-send", action="store_true", help="stop after reconcile")
+    parser.add_argument("--no-naive", action="store_true",
+                        help="skip the naive loop's comparison (bench.naive_loop over the same batch)")
+    parser.add_argument("--group-size", type=int, default=None, help="the send stage's G (default: SendOptions')")
     parser.add_argument("--skip-validate", action="store_true",
                         help="mark every event valid instead of validating (to iterate on later stages)")
     parser.add_argument("--cprofile", action="store_true", help="cProfile each stage (send: the first chunk)")

@@ -71,7 +71,7 @@ def bench_store(kind: str, folder: Path) -> Iterator[str]:
             dispose_engines()
 
 
-def connection_env(emu: Any, smtp: Any, store_url: str, page_limit: int) -> dict[str, str]:
+def connection_env(emu: Any, smtp: Any, store_url: str, page_limit: int, group_size: int | None = None) -> dict[str, str]:
     return {
         "AIRFLOW_CONN_ADOBE_IMS": json.dumps({
             "conn_type": "http", "host": emu.base_url, "login": emu.client.client_id,
@@ -84,7 +84,8 @@ def connection_env(emu: Any, smtp: Any, store_url: str, page_limit: int) -> dict
         "AIRFLOW_CONN_SMTP_TRIGGERS": json.dumps({
             "conn_type": "smtp", "host": smtp.host, "port": smtp.port,
             "extra": {"from_email": "shop@triggerflow.test", "from_name": "triggerflow shop",
-                      "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 60},
+                      "disable_ssl": True, "disable_tls": True, "retry_limit": 0, "timeout": 60,
+                      **({"send_group_size": group_size} if group_size is not None else {})},
         }),
         "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}}),
         "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": json.dumps({
@@ -309,6 +310,11 @@ def readme_table(r: dict[str, Any]) -> str:
     ]
     if b.get("machine_cpu_ms_per_email"):
         lines.append(f"| — machine CPU per email during the drain (all processes) | {b['machine_cpu_ms_per_email']:.2f} ms | |")
+    kill = r.get("kill")
+    if kill and kill.get("pid"):
+        lines.append(
+            f"| — a send task SIGKILLed after {kill['accepted_at_kill']:,} emails (G = {kill['group_size']}) | "
+            f"{kill['ambiguous']} row(s) ambiguous, the drain completed | ≤ G ambiguous |")
     for name in ("pull_and_land", "validate", "reconcile", "send"):
         st = b["stages"].get(name)
         if st:
@@ -343,8 +349,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = RESULTS / stamp
     out.mkdir(parents=True, exist_ok=True)
     log(f"results go to {out}")
+    from include.triggerflow.ledger import DEFAULT_GROUP_SIZE
+
     config = {"max_events": args.max_events, "chunk_size": args.chunk_size, "max_chunks": args.max_chunks,
-              "pool_slots": args.pool_slots, "page_limit": args.page_limit}
+              "pool_slots": args.pool_slots, "page_limit": args.page_limit,
+              "group_size": args.group_size or DEFAULT_GROUP_SIZE}
     result: dict[str, Any] = {
         "started_at": datetime.now(UTC).isoformat(),
         "store": args.store,
@@ -364,7 +373,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sink = stack.enter_context(start_smtp_sink(store="none", log_path=out / "smtp.log"))
         metadata_url = stack.enter_context(postgres_metadata_db(PG_SERVER))
         env = {
-            **connection_env(emu, sink, store_url, args.page_limit),
+            **connection_env(emu, sink, store_url, args.page_limit, args.group_size),
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
             "AIRFLOW__CORE__PARALLELISM": str(max(8, args.pool_slots + 4)),
             "TRIGGERFLOW_MAX_EVENTS": str(args.max_events),
@@ -390,8 +399,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
         t_unpause = datetime.now(UTC)
         busy0 = machine_busy()
+        killer = None
+        if args.kill_send_after:
+            killer = SendKiller(af, sink, args.kill_send_after)
+            killer.start()
         af.unpause(DAG_ID)
         done = wait_processed(engine, args.backlog, "backlog", args.timeout, sink)
+        if killer is not None:
+            result["kill"] = killer.report(engine, config["group_size"])
         t_done = datetime.now(UTC)
         busy = machine_busy() - busy0
         rows = sent_rows(engine)
@@ -457,6 +472,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+class SendKiller(threading.Thread):
+    """Once the sink has accepted ``after`` emails, SIGKILL one send task process in the middle of
+    its SMTP session (LocalExecutor), as a machine dying would: no except block, no cleanup."""
+
+    def __init__(self, af: Any, sink: Any, after: int) -> None:
+        super().__init__(daemon=True, name="send-killer")
+        self.af, self.sink, self.after = af, sink, after
+        self.killed: dict[str, Any] | None = None
+
+    def run(self) -> None:
+        import signal
+
+        base = self.sink.accepted()
+        while self.killed is None:
+            accepted = self.sink.accepted() - base
+            if accepted >= self.after:
+                for proc in self.af.task_processes_connected_to(self.sink.port, self.sink.host):
+                    try:
+                        os.kill(proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    self.killed = {"pid": proc.pid, "accepted_at_kill": accepted, "at": datetime.now(UTC).isoformat()}
+                    log(f"killed send task process {proc.pid} (SIGKILL) after {accepted:,} emails")
+                    return
+            time.sleep(0.05)
+
+    def report(self, engine: Any, group_size: int) -> dict[str, Any]:
+        """What the kill left: the ambiguous rows (at most G) and whether every other row was sent."""
+        from sqlalchemy import func, select
+
+        from include.triggerflow.store.schema import send
+
+        with engine.connect() as conn:
+            states = dict(conn.execute(select(send.c.state, func.count()).group_by(send.c.state)).all())
+        ambiguous = int(states.get("ambiguous", 0))
+        out = {**(self.killed or {"pid": None}), "group_size": group_size, "ambiguous": ambiguous,
+               "ledger_states": states, "at_most_g": ambiguous <= group_size}
+        if self.killed is None:
+            log("no send task was killed (the drain ended first)")
+        else:
+            log(f"after the kill: {ambiguous} ambiguous row(s) (G = {group_size}: "
+                f"{'within' if ambiguous <= group_size else 'MORE THAN'} G); ledger {states}; the drain completed")
+        return out
+
+
 def mem_gb() -> float:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
@@ -490,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-limit", type=int, default=10_000, help="journal page size")
     p.add_argument("--ceiling-messages", type=int, default=20_000)
     p.add_argument("--timeout", type=float, default=3600.0, help="give up a phase after this many seconds")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="the send stage's G (connection extra send_group_size; default: the ledger's default)")
+    p.add_argument("--kill-send-after", type=int, default=0, metavar="EMAILS",
+                   help="SIGKILL one send task process once the sink has accepted this many emails of the backlog "
+                        "(LocalExecutor); the drain must still complete with at most G rows ambiguous")
     p.add_argument("--update-readme", action="store_true")
     p.add_argument("--quick", action="store_true", help="small smoke run: 20k profiles, 20k backlog, 50/s for 60 s")
     return p

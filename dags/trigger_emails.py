@@ -66,7 +66,10 @@ def _default(name: str, fallback: int) -> int:
     # Pulls follow the stored source position, not the interval, so skipped minutes lose no
     # events: the next run picks them up.
     catchup=False,
-    max_active_runs=1,
+    # Runs overlap: the next minute's run lands and decides its batch while this one sends. Pulls
+    # and decisions stay one at a time and in landing order (pull_and_land and reconcile below,
+    # include/triggerflow/stages/batch_order.py). TRIGGERFLOW_MAX_ACTIVE_RUNS=1: one run at a time.
+    max_active_runs=_default("MAX_ACTIVE_RUNS", 2),
     dagrun_timeout=timedelta(minutes=30),
     default_args={
         "owner": "triggerflow",
@@ -219,11 +222,11 @@ def _default(name: str, fallback: int) -> int:
     doc_md=__doc__,
 )
 def trigger_emails() -> None:
-    @task
+    @task(max_active_tis_per_dag=1)
     def pull_and_land() -> LandedXCom:
         from include.triggerflow.alerts.checks import PullAlerts
         from include.triggerflow.hooks.triggers import TriggerSourceHook
-        from include.triggerflow.runtime import alerter, batch_ref, store_engine
+        from include.triggerflow.runtime import alerter, batch_ref, store_engine, wait_for_earlier_batches
         from include.triggerflow.stages.land import land_batch
 
         context = get_current_context()
@@ -232,6 +235,8 @@ def trigger_emails() -> None:
         max_events = int(context["params"]["max_events"])
         # Backfills replay what was landed for their intervals; they never read the source.
         allow_pull = not (context["params"]["replay_only"] or ref.run_type == "backfill")
+        if allow_pull:
+            wait_for_earlier_batches(engine, context, "pull", ref.batch_id)
         # Alerts: credentials refused, source not advancing (the exception, if any, goes on up).
         with PullAlerts(alerter(engine, context), max_events=max_events) as alerts:
             # The store also holds the (encrypted) IMS token, shared by every task and run.
@@ -253,15 +258,18 @@ def trigger_emails() -> None:
         validated["note"] = landed.get("note")  # carried along for the report
         return validated
 
-    @task
+    @task(max_active_tis_per_dag=1)
     def reconcile(validated: ValidatedXCom) -> list[ChunkRef]:
         """Returns one ``{"batch_id", "chunk"}`` per send chunk, for the mapped send task: this
         batch's chunks, then chunks of earlier batches whose quiet-hours emails are now due."""
-        from include.triggerflow.runtime import routing, store_engine
+        from include.triggerflow.runtime import routing, store_engine, wait_for_earlier_batches
         from include.triggerflow.stages.reconcile import due_scheduled, reconcile_batch
 
-        params = get_current_context()["params"]
+        context = get_current_context()
+        params = context["params"]
         engine = store_engine()
+        # batches are decided in landing order: the dedup window and frequency caps see the earlier ones
+        wait_for_earlier_batches(engine, context, "reconcile", validated["batch_id"])
         result = reconcile_batch(
             engine,
             validated["batch_id"],

@@ -307,6 +307,19 @@ class Stack:
                 found.append(proc)
         return found
 
+    def task_processes_connected_to(self, port: int, host: str = "127.0.0.1") -> list[Any]:
+        """The task processes (``airflow worker -- <ti>``, not their LocalExecutor supervisors)
+        holding an established TCP connection to ``host:port``: a send task's SMTP session."""
+        found = []
+        for proc in self.processes_connected_to(port, host):
+            try:
+                cmdline = " ".join(proc.cmdline())
+            except Exception:  # gone meanwhile
+                continue
+            if cmdline.startswith("airflow worker --") and "LocalExecutor" not in cmdline:
+                found.append(proc)
+        return found
+
     def log_tail(self, lines: int = 60) -> str:
         return _tail(self.log_path, lines)
 

@@ -102,7 +102,8 @@ class Composer:
         unsubscribe_url = self.unsubscribe.url_for(str(profile["customer_id"]), route.name)
         parsed = self.events.get(row.send_id) or parse_envelope(row.payload)
         locale = profile.get("locale")
-        content = email_content(parsed, route, self.catalog_items, locale if isinstance(locale, str) else None)
+        content = email_content(parsed, route, self.catalog_items, locale if isinstance(locale, str) else None,
+                                lazy_dimensions=True)
         context = build_context(
             profile=profile, event=parsed, route=route, content=content, extra={"unsubscribe_url": unsubscribe_url},
         )

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
@@ -218,17 +218,49 @@ class _Tally:
         return text
 
 
+class LazyDimensions(Mapping[str, tuple[str, ...]]):
+    """An email's dimensions, worked out on first use (the shipped templates show none; a custom
+    template that reads ``event.dimensions`` gets exactly what :func:`email_content` would give).
+    Their refusals and cuts are not counted in the content's tallies: only reconcile's decision
+    detail reads those, and reconcile works the dimensions out eagerly."""
+
+    __slots__ = ("_event", "_policy", "_value")
+
+    def __init__(self, event: TriggerEvent, policy: LinkPolicy) -> None:
+        self._event = event
+        self._policy = policy
+        self._value: dict[str, tuple[str, ...]] | None = None
+
+    def _shown(self) -> dict[str, tuple[str, ...]]:
+        if self._value is None:
+            self._value = _dimensions(self._event, _Tally(self._policy))
+        return self._value
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return self._shown()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._shown())
+
+    def __len__(self) -> int:
+        return len(self._shown())
+
+
 def email_content(
     event: TriggerEvent,
     route: TriggerRoute,
     catalog: Mapping[str, CatalogEntry],
     locale: str | None = None,
+    *,
+    lazy_dimensions: bool = False,
 ) -> EmailContent:
     """What ``event`` may show in ``route``'s email (see the module docstring).
 
     :param catalog: SKU -> catalogue item, for at least the SKUs of :func:`event_skus` (extra items
         are ignored); unused in event-only mode.
     :param locale: the profile's locale, for catalogue names in its language.
+    :param lazy_dimensions: the dimensions as a :class:`LazyDimensions` (the send stage: worked out
+        only if a template reads them; their tallies are then left out).
     Pure and total: any event value gives a result, never an exception.
     """
     source = ProductSource(getattr(route, "products", ProductSource.CATALOG))
@@ -281,7 +313,7 @@ def email_content(
         products=tuple(products),
         pages=tuple(pages),
         links=MappingProxyType(links),
-        dimensions=MappingProxyType(_dimensions(event, tally)),
+        dimensions=LazyDimensions(event, tally.policy) if lazy_dimensions else MappingProxyType(_dimensions(event, tally)),
         requested_skus=requested,
         unknown_skus=unknown,
         dropped=MappingProxyType(dict(tally.dropped)),

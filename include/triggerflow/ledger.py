@@ -20,19 +20,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, bindparam, delete, insert, or_, select, update
 
 from include.triggerflow.send_log import SendLog
 from include.triggerflow.smtp_replies import SmtpOutcome
 from include.triggerflow.states import SendAction, SendState
-from include.triggerflow.store.bulk import DriverSession, DriverStatement, dialect_insert
-from include.triggerflow.store.schema import event, profiles, send, send_log, suppression
+from include.triggerflow.store.bulk import DriverSession, DriverStatement, dialect_insert, insert_ignore
+from include.triggerflow.store.schema import chunk_lease, event, profiles, send, send_log, suppression
 from include.triggerflow.suppression import Category
-from include.triggerflow.timeutil import utcnow
+from include.triggerflow.timeutil import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,47 @@ class ClaimedChunk:
     resend_ids: set[int] = field(default_factory=set)
     ambiguous: int = 0
     skipped_already_sent: int = 0
+
+
+#: a lease older than this is taken over by any task: its holder's run is over (dagrun_timeout is 30 min)
+LEASE_STALE_AFTER = timedelta(minutes=45)
+
+
+def acquire_chunk_lease(engine: Engine, batch_id: str, chunk: int, holder: str, *, now: datetime | None = None,
+                        stale_after: timedelta = LEASE_STALE_AFTER) -> str | None:
+    """Take the chunk for ``holder`` (its DAG run): None when it is ours now, else who holds it.
+
+    Two tasks never send one chunk at once (overlapping runs both pick up an earlier batch's due
+    quiet-hours emails; a backfill of a minute whose run is still sending): the second one leaves
+    the chunk to the first. A holder's own retry takes its lease back at once (a SIGKILLed task
+    leaves it); a lease older than ``stale_after`` is taken over by anyone."""
+    now = now or utcnow()
+    key = and_(chunk_lease.c.batch_id == batch_id, chunk_lease.c.chunk == chunk)
+    with engine.begin() as conn:
+        if insert_ignore(conn, chunk_lease, [{"batch_id": batch_id, "chunk": chunk, "holder": holder, "acquired_at": now}],
+                         keys=["batch_id", "chunk"]):
+            return None
+        current = conn.execute(select(chunk_lease.c.holder, chunk_lease.c.acquired_at).where(key)).first()
+        if current is None:  # released meanwhile: try once more
+            taken = insert_ignore(conn, chunk_lease, [{"batch_id": batch_id, "chunk": chunk, "holder": holder,
+                                                        "acquired_at": now}], keys=["batch_id", "chunk"])
+            return None if taken else "another task"
+        if current.holder != holder and as_utc(current.acquired_at) > now - stale_after:
+            return str(current.holder)
+        # ours (a retry), or stale: take it over unless someone else just did
+        moved = conn.execute(
+            update(chunk_lease)
+            .where(key, chunk_lease.c.holder == current.holder, chunk_lease.c.acquired_at == current.acquired_at)
+            .values(holder=holder, acquired_at=now)
+        ).rowcount
+        return None if moved == 1 else "another task"
+
+
+def release_chunk_lease(engine: Engine, batch_id: str, chunk: int, holder: str) -> None:
+    """Give the chunk back (only if ``holder`` still holds it)."""
+    with engine.begin() as conn:
+        conn.execute(delete(chunk_lease).where(
+            chunk_lease.c.batch_id == batch_id, chunk_lease.c.chunk == chunk, chunk_lease.c.holder == holder))
 
 
 def claim_chunk(engine: Engine, batch_id: str, chunk: int, logger: SendLog, *, now: datetime,

@@ -101,6 +101,28 @@ def send_group_size(params: Mapping[str, Any]) -> int:
     return DEFAULT_GROUP_SIZE if configured is None else configured
 
 
+#: how soon a step waiting for an earlier batch checks again (stages/batch_order.py)
+ORDER_RECHECK_S = 5
+
+
+def wait_for_earlier_batches(engine: Engine, context: Mapping[str, Any], step: str, batch_id: str) -> None:
+    """Pull or decide only after the earlier batches of runs still going (stages/batch_order.py):
+    while one is left, the task is rescheduled (its slot freed for the earlier batch's own task)."""
+    from datetime import timedelta
+
+    from airflow.sdk.exceptions import AirflowRescheduleException
+
+    from include.triggerflow.stages.batch_order import OrderedStep, check_earlier_batches
+    from include.triggerflow.timeutil import utcnow
+
+    ti = context["ti"]
+    # this run's own batch never waits for itself (a retry resuming its pull, a cleared reconcile)
+    check = check_earlier_batches(engine, context["dag_run"].dag_id, OrderedStep(step), ti.get_dagrun_state,
+                                  batch_id=batch_id)
+    if check.blocking:
+        raise AirflowRescheduleException(utcnow() + timedelta(seconds=ORDER_RECHECK_S))
+
+
 def routing() -> RoutingConfig:
     from include.triggerflow.config import load_routing
 

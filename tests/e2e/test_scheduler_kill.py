@@ -59,17 +59,6 @@ KILL_AFTER_EMAILS = 12
 GROUP = 8  # the kill lands inside the second group (emails 9..16)
 
 
-def _task_process(stack, smtp):
-    """The one Airflow task process (``airflow worker -- <ti id>``, not its supervisor) holding a
-    TCP connection to the SMTP sink."""
-    procs = []
-    for proc in stack.processes_connected_to(smtp.port, smtp.host):
-        cmdline = " ".join(proc.cmdline())
-        if cmdline.startswith("airflow worker --") and "LocalExecutor" not in cmdline:
-            procs.append(proc)
-    return procs
-
-
 def test_killed_send_task_is_retried_by_the_scheduler(tmp_path: Path, store_url: str, store_engine) -> None:
     started = time.monotonic()
     people = customers(CUSTOMERS)
@@ -96,7 +85,7 @@ def test_killed_send_task_is_retried_by_the_scheduler(tmp_path: Path, store_url:
                 stored = len(smtp.eml_paths())
                 assert stored < CUSTOMERS, "the chunk finished before the kill"
                 if stored >= KILL_AFTER_EMAILS:
-                    procs = _task_process(af, smtp)
+                    procs = af.task_processes_connected_to(smtp.port, smtp.host)
                     assert len(procs) <= 1, procs
                     if procs:
                         killed = procs[0]

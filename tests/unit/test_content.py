@@ -221,6 +221,23 @@ def test_dimensions_show_checked_urls_and_capped_text() -> None:
     assert content.dropped_links == 3
 
 
+def test_lazy_dimensions_are_worked_out_on_first_use_and_equal_the_eager_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    import include.triggerflow.content as content_module
+    from include.triggerflow.render import build_context
+
+    forged = event(pages=[f"{SHOP}/", "https://evil.example/"], eVar02=["https://evil.example/x", f"{SHOP}/y", "T" * 200])
+    eager = email_content(forged, route(), CATALOG)
+    calls = []
+    real = content_module._dimensions
+    monkeypatch.setattr(content_module, "_dimensions", lambda *a: calls.append(1) or real(*a))
+    lazy = email_content(forged, route(), CATALOG, lazy_dimensions=True)
+    context = build_context(profile={"customer_id": "C1"}, event=forged, route=route(), content=lazy)
+    assert calls == []  # nothing read them yet: never worked out
+    assert dict(context["event"]["dimensions"]) == {k: list(v) for k, v in eager.dimensions.items()}
+    assert dict(lazy.dimensions) == dict(eager.dimensions) and calls == [1]  # once, then remembered
+    assert (lazy.dropped_links, eager.dropped_links) == (1, 2)  # the lazy ones' refusal is not tallied
+
+
 def test_clean_display_text() -> None:
     assert clean_display_text("  a \t b  ") == ("a b", False)
     assert clean_display_text(None) == ("", False)

@@ -486,6 +486,21 @@ def test_money(value: Any, args: tuple[str, ...], expected: str) -> None:
     assert money(value, *args) == expected
 
 
+def test_money_remembers_catalogue_decimals_and_formats_equal_ones_alike() -> None:
+    from include.triggerflow.render.filters import _money_cached
+
+    _money_cached.cache_clear()
+    assert [money(Decimal("39.9")), money(Decimal("39.90")), money(Decimal("39.9"), "€", "fr")] == [
+        "$39.90", "$39.90", "39,90\u00a0€"]
+    assert _money_cached.cache_info().hits == 1  # 39.9 and 39.90 are one amount
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity")])
+def test_money_refuses_decimals_that_are_not_finite(value: Decimal) -> None:
+    with pytest.raises(ValueError, match="money: "):
+        money(value)
+
+
 @pytest.mark.parametrize("value", ["abc", None, True, "nan", "inf", [1]])
 def test_money_rejects_non_numbers(value: Any) -> None:
     with pytest.raises(ValueError, match="money: "):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from include.triggerflow.content import clean_display_text, email_content
@@ -45,8 +45,28 @@ def build_context(
             "triggered_at": event.triggered_at,
             "pages": list(content.pages),
             "products": [product.as_context() for product in content.products],
-            "dimensions": {name: list(values) for name, values in content.dimensions.items()},
+            "dimensions": _DimensionLists(content.dimensions),
         },
         "links": dict(content.links),
         **(extra or {}),
     }
+
+
+class _DimensionLists(Mapping[str, list[str]]):
+    """The content's dimensions with list values, as templates have always seen them; converted on
+    access, so dimensions worked out lazily (content.LazyDimensions) stay unworked when no template
+    reads them."""
+
+    __slots__ = ("_dimensions",)
+
+    def __init__(self, dimensions: Mapping[str, tuple[str, ...]]) -> None:
+        self._dimensions = dimensions
+
+    def __getitem__(self, name: str) -> list[str]:
+        return list(self._dimensions[name])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dimensions)
+
+    def __len__(self) -> int:
+        return len(self._dimensions)

@@ -80,8 +80,12 @@ def money(value: Any, symbol: str = "$", locale: str | None = None) -> str:
     else raises ValueError so a garbled price fails the render instead of showing a wrong amount.
     """
     _raise_if_undefined(value)
-    if type(value) in _CACHEABLE_AMOUNTS and type(symbol) is str and (locale is None or type(locale) is str):
+    if type(symbol) is str and (locale is None or type(locale) is str) and (
+        type(value) in _CACHEABLE_AMOUNTS or (type(value) is Decimal and value.is_finite())
+    ):
         # Prices repeat (a catalog): remember the formatted amounts (bounded; errors are not cached).
+        # A catalogue's prices are Decimals (equal ones, 39.9 and 39.90, format the same); a NaN
+        # Decimal may not hash and is refused by _money anyway.
         return _money_cached(value, symbol, locale)
     return _money(value, symbol, locale)
 
@@ -113,8 +117,8 @@ def _money(value: Any, symbol: str, locale: str | None) -> str:
     return text.replace("\u00a4", symbol)
 
 
-# What JSON payloads carry. typed: 1 and 1.0 are different keys, as are "1" and 1; equal floats
-# (0.0 and -0.0 too) format the same.
+# What JSON payloads carry (and catalogue Decimals, above). typed: 1 and 1.0 are different keys, as
+# are "1" and 1; equal floats (0.0 and -0.0 too) format the same.
 _CACHEABLE_AMOUNTS = frozenset({int, float, str})
 _money_cached = lru_cache(maxsize=4096, typed=True)(_money)
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, func, or_, select
+from sqlalchemy import Connection, Engine, delete, func, or_, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.content import ProductSource, email_content
@@ -82,7 +82,7 @@ from include.triggerflow.states import Decision, EventStatus, SendState
 from include.triggerflow.stats import refresh_quietly
 from include.triggerflow.store.bulk import bulk_insert
 from include.triggerflow.store.lookups import select_in, where_in
-from include.triggerflow.store.schema import decision, event, send
+from include.triggerflow.store.schema import batch, decision, event, send
 from include.triggerflow.timeutil import utcnow
 
 __all__ = [
@@ -375,6 +375,8 @@ def _write(
             select(decision.c.decision, func.count()).where(decision.c.batch_id == batch_id).group_by(decision.c.decision)
         )
     }
+    # later batches' reconciles wait for this (stages/batch_order.py)
+    conn.execute(update(batch).where(batch.c.batch_id == batch_id).values(reconciled_at=now))
     return counts, chunks
 
 

@@ -37,6 +37,11 @@ back to ``pending`` in the commit before raising. Rows that fail before the SMTP
 (render, address) ride along with the next commit. The writes use one connection for the whole
 chunk and pre-compiled statements (``store.bulk.DriverStatement``).
 
+**One task per chunk at a time.** A send task leases its chunk (``tf_chunk_lease``, by DAG run)
+before it claims the rows and gives it back at the end. With overlapping runs, or a backfill of a
+minute whose run is still sending, a second task for the same chunk finds it leased and leaves it
+to the holder (counts all zero); the holder's own retry takes a lease a killed try left behind.
+
 Modules: the ledger's statements (claiming a chunk, the per-email writes) are ``ledger.py``,
 tf_send_log and the earlier refusals ``send_log.py``, each email's rendering ``compose.py``, dry
 runs ``stages/dry_run.py``; this module decides, per email, what its SMTP outcome means.
@@ -65,7 +70,9 @@ from include.triggerflow.ledger import (
     AmbiguousPolicy,
     Ledger,
     SendingMark,
+    acquire_chunk_lease,
     claim_chunk,
+    release_chunk_lease,
 )
 from include.triggerflow.mailer import (
     MAX_EMAIL_BYTES,
@@ -213,6 +220,31 @@ def send_chunk(
 ) -> SendResult:
     opts = options or SendOptions()
     unsubscribe = opts.check()
+    holder = opts.run_id or "outside a DAG run"
+    busy = acquire_chunk_lease(engine, batch_id, chunk, holder)
+    if busy is not None:
+        # another task (an overlapping run, a backfill) is sending this chunk: its rows are its
+        log.info("batch %s chunk %d: being sent by %s; left to it", batch_id, chunk, busy)
+        return SendResult(batch_id=batch_id, chunk=chunk, counts=dict.fromkeys(COUNT_KEYS, 0))
+    try:
+        return _send_leased_chunk(engine, batch_id, chunk, routing, renderer, open_session, opts, unsubscribe)
+    finally:
+        try:
+            release_chunk_lease(engine, batch_id, chunk, holder)
+        except Exception:  # the chunk's own error is the one to raise; a kept lease is this run's to retake
+            log.warning("batch %s chunk %d: lease not released", batch_id, chunk, exc_info=True)
+
+
+def _send_leased_chunk(
+    engine: Engine,
+    batch_id: str,
+    chunk: int,
+    routing: RoutingConfig,
+    renderer: Renderer,
+    open_session: Callable[[], AbstractContextManager[MailSession]],
+    opts: SendOptions,
+    unsubscribe: UnsubscribeLinkMaker,
+) -> SendResult:
     now = utcnow()
     counts = dict.fromkeys(COUNT_KEYS, 0)
     logger = SendLog(engine, batch_id, opts.run_id, opts.try_number)

@@ -35,6 +35,7 @@ ADDITIVE_MIGRATIONS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ..
     ("0008_status_summaries", "tf_source_stats", (), ()),
     ("0009_alert_value_subject_resolved", "tf_alert", ("value", "subject", "resolved_at"), ()),
     ("0010_batch_created_index", "tf_batch", (), ("ix_tf_batch_created",)),
+    ("0013_batch_reconciled_at", "tf_batch", ("reconciled_at",), ()),
 )
 
 #: Not additive: tf_send.event_id loses its foreign key to tf_event (the ledger outlives the
@@ -54,6 +55,7 @@ EVENT_MESSAGE_ID_INDEX_MIGRATION = "0012_event_message_id_index_dropped"
 MIGRATION_DATA_STEPS: dict[str, str] = {
     "0007_unsubscribe_token_key": "include.triggerflow.unsubscribe:backfill_token_keys",
     "0008_status_summaries": "include.triggerflow.stats:rebuild_all",
+    "0013_batch_reconciled_at": "include.triggerflow.stages.batch_order:backfill_reconciled_at",
 }
 
 

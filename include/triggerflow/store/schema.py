@@ -19,6 +19,8 @@ writes its output here; XCom only ever carries ids and counts.
                          ambiguous, dry-run, skipped-sent): the per-run audit of the ledger
     tf_suppression       addresses never to mail again (hard bounces, block list, manual)
     tf_dry_run           messages rendered by dry runs, with where they were written
+    tf_chunk_lease       which task is sending a ledger chunk (overlapping runs and backfills
+                         never send one chunk from two tasks at once)
     tf_unsubscribe       every opt-out received through a signed unsubscribe link (one row per
                          customer and token: a repeated POST adds nothing)
     tf_batch_stats       per batch: the status counters of its events and sends (refreshed by the
@@ -96,6 +98,10 @@ batch = Table(
     # object, blank...): counted here so the run summary shows them; JSON {reason: count}.
     Column("dropped", Integer),
     Column("dropped_reasons", Text),
+    # Set by reconcile when it decided the batch. Runs overlap (max_active_runs > 1) but batches
+    # are decided in landing order: a batch's reconcile waits for earlier batches without one
+    # whose runs are still going (include/triggerflow/stages/batch_order.py).
+    Column("reconciled_at", UtcDateTime),
 )
 # Retention finds the old batches by age (include/triggerflow/maintenance); one row a minute.
 Index("ix_tf_batch_created", batch.c.created_at)
@@ -306,6 +312,16 @@ suppression = Table(
     Column("expires_at", UtcDateTime),
     # the run whose send added it (hard bounces): lets an operator lift a bad day's suppressions
     Column("batch_id", String(250)),
+)
+
+chunk_lease = Table(
+    "tf_chunk_lease",
+    metadata,
+    Column("batch_id", String(250), primary_key=True),
+    Column("chunk", Integer, primary_key=True),
+    # the DAG run (and task) holding it: a retry of the same task takes its own lease back
+    Column("holder", String(300), nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
 )
 
 dry_run = Table(

@@ -29,7 +29,7 @@ from include.triggerflow.store.types import UtcDateTime
 STORE_TABLES = {
     "tf_source_position", "tf_batch", "tf_event", "tf_quarantine", "tf_decision", "tf_send",
     "tf_run_summary", "tf_source_health", "tf_source_gap", "tf_source_hourly", "tf_ims_token",
-    "tf_send_log", "tf_suppression", "tf_dry_run", "tf_unsubscribe", "tf_schema_version", "tf_alert", "tf_run_outcome", "tf_maintenance", "profiles",
+    "tf_send_log", "tf_suppression", "tf_dry_run", "tf_chunk_lease", "tf_unsubscribe", "tf_schema_version", "tf_alert", "tf_run_outcome", "tf_maintenance", "profiles",
     "profile_visitor_ids", "tf_batch_stats", "tf_source_stats", "catalog",
 }
 
