@@ -82,8 +82,9 @@ def readme_table(summary: dict[int, dict[str, float]], meta: dict[str, Any]) -> 
     base = summary.get(min(summary))
     lines = [
         f"Measured by `python -m bench.group_size` on {meta['when']} ({meta['machine']}; PostgreSQL {meta['pg_version']}, "
-        f"synchronous_commit {meta['pg_settings'].get('synchronous_commit')}); {meta['n']:,} emails per G in "
-        f"{meta['chunks']} send processes at once, median of {meta['repeats']} rounds. CPU in ms per email; project = "
+        f"synchronous_commit {meta['pg_settings'].get('synchronous_commit')}); a batch of {meta['n']:,} triggers per G "
+        f"(about {meta.get('emails', 0):,} emails) sent by {meta['chunks']} processes at once, median of "
+        f"{meta['repeats']} rounds. CPU in ms per email; project = "
         "send processes + PostgreSQL (the sink stands in for a remote relay).",
         "",
         "| G | emails/s | send processes | PostgreSQL | project CPU | vs G = 1 | SMTP sink | at most ambiguous after a crash |",
@@ -165,6 +166,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "when": datetime.now(UTC).strftime("%Y-%m-%d"), "n": args.n, "chunks": args.chunks, "repeats": args.repeats,
         "machine": f"{os.cpu_count()} vCPU, {mem_gb():.0f} GB RAM, Python {platform.python_version()}",
         "pg_version": pg_version, "pg_settings": pg_settings,
+        "emails": round(statistics.median(r["emails"] for rows in runs.values() for r in rows), -2),
     }
     table = readme_table(summary, meta)
     result = {"meta": meta, "runs": {str(k): v for k, v in runs.items()}, "summary": {str(k): v for k, v in summary.items()}}

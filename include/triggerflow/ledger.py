@@ -18,7 +18,7 @@ The statements are compiled once per dialect and run on the raw driver
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -55,7 +55,7 @@ AMBIGUOUS_POLICIES = tuple(p.value for p in AmbiguousPolicy)
 
 #: emails whose ``sending`` marks are committed in one transaction, when neither the run nor the
 #: SMTP connection says otherwise (README "Exactly once": the measurements behind it)
-DEFAULT_GROUP_SIZE = 1
+DEFAULT_GROUP_SIZE = 50
 #: the largest group a run may ask for: a crash leaves at most this many rows ``ambiguous``
 MAX_GROUP_SIZE = 1000
 
@@ -88,13 +88,15 @@ LEASE_STALE_AFTER = timedelta(minutes=45)
 
 
 def acquire_chunk_lease(engine: Engine, batch_id: str, chunk: int, holder: str, *, now: datetime | None = None,
-                        stale_after: timedelta = LEASE_STALE_AFTER) -> str | None:
+                        stale_after: timedelta = LEASE_STALE_AFTER,
+                        holder_running: Callable[[str], bool] | None = None) -> str | None:
     """Take the chunk for ``holder`` (its DAG run): None when it is ours now, else who holds it.
 
     Two tasks never send one chunk at once (overlapping runs both pick up an earlier batch's due
     quiet-hours emails; a backfill of a minute whose run is still sending): the second one leaves
     the chunk to the first. A holder's own retry takes its lease back at once (a SIGKILLed task
-    leaves it); a lease older than ``stale_after`` is taken over by anyone."""
+    leaves it). Another holder's lease is taken over when ``holder_running`` (Airflow, asked about
+    the holder's run) says its run is over, or once it is older than ``stale_after``."""
     now = now or utcnow()
     key = and_(chunk_lease.c.batch_id == batch_id, chunk_lease.c.chunk == chunk)
     with engine.begin() as conn:
@@ -106,9 +108,10 @@ def acquire_chunk_lease(engine: Engine, batch_id: str, chunk: int, holder: str, 
             taken = insert_ignore(conn, chunk_lease, [{"batch_id": batch_id, "chunk": chunk, "holder": holder,
                                                         "acquired_at": now}], keys=["batch_id", "chunk"])
             return None if taken else "another task"
-        if current.holder != holder and as_utc(current.acquired_at) > now - stale_after:
+        if (current.holder != holder and as_utc(current.acquired_at) > now - stale_after
+                and (holder_running is None or holder_running(str(current.holder)))):
             return str(current.holder)
-        # ours (a retry), or stale: take it over unless someone else just did
+        # ours (a retry), stale, or its run is over: take it over unless someone else just did
         moved = conn.execute(
             update(chunk_lease)
             .where(key, chunk_lease.c.holder == current.holder, chunk_lease.c.acquired_at == current.acquired_at)
@@ -218,10 +221,17 @@ class Ledger:
         self.finish(send_id, state=SendState.AMBIGUOUS, code=None, reply=reason)
         self.log(send_id, SendAction.AMBIGUOUS, detail=f"policy {policy}: {reason}")
 
-    def back_to_pending(self, send_id: int, reason: str = "session failed; will retry") -> None:
-        """Marked ``sending`` but its message was not accepted: the session broke before the end of
-        its DATA, or before its turn in the group came; a later try sends it."""
-        self.finish(send_id, state=SendState.PENDING, code=None, reply=reason)
+    def back_to_pending(self, send_id: int) -> None:
+        """The session broke before the end of DATA: nothing was accepted, the task retry sends it."""
+        self.finish(send_id, state=SendState.PENDING, code=None, reply="session failed; will retry")
+
+    def not_sent(self, send_id: int, attempts: int) -> None:
+        """Marked ``sending`` with its group but never handed to the server (the group stopped
+        before its turn): back to ``pending`` with its attempts as they were."""
+        self.queued.append((self.statements["not_sent"], {
+            "b_id": send_id, "b_attempts": attempts, "b_reply": "not sent: the group stopped before its turn; will retry",
+            "b_now": utcnow(),
+        }))
 
     def finish(self, send_id: int, *, state: SendState, code: int | None, reply: str, sent: bool = False,
                resend: bool = False) -> None:
@@ -301,6 +311,10 @@ def ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
         "sending": update(send).where(by_id).values(
             state=SendState.SENDING, message_id=bindparam("b_message_id"), subject=bindparam("b_subject"),
             attempts=bindparam("b_attempts"), locale=bindparam("b_locale"), updated_at=bindparam("b_now"),
+        ),
+        "not_sent": update(send).where(by_id).values(
+            state=SendState.PENDING, attempts=bindparam("b_attempts"), smtp_reply=bindparam("b_reply"),
+            updated_at=bindparam("b_now"),
         ),
         "suppress": _suppress_statement(engine),
     }

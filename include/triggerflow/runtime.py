@@ -85,7 +85,23 @@ def send_options(context: Mapping[str, Any]) -> SendOptions:
         refusal_limit=int(params.get("refusal_limit", SendOptions.refusal_limit)),
         max_email_bytes=int(params.get("max_email_bytes", SendOptions.max_email_bytes)),
         group_size=send_group_size(params),
+        lease_holder=f"{context['dag_run'].dag_id}|{context['dag_run'].run_id}",
+        holder_running=lambda holder: _run_going(ti, holder),
     )
+
+
+def _run_going(ti: Any, holder: str) -> bool:
+    """Whether the DAG run behind a chunk lease (``dag_id|run_id``) is still queued or running."""
+    from include.triggerflow.stages.batch_order import ACTIVE_RUN_STATES
+
+    dag_id, _, run_id = holder.partition("|")
+    if not run_id:
+        return True  # not a DAG run's lease (a CLI send): only its age frees it
+    try:
+        state = ti.get_dagrun_state(dag_id, run_id)
+    except Exception:  # the run was deleted (a replaced dag.test run, the metadata cleanup)
+        return False
+    return str(getattr(state, "value", state)) in ACTIVE_RUN_STATES
 
 
 def send_group_size(params: Mapping[str, Any]) -> int:

@@ -11,7 +11,8 @@ end-of-data 150 ms after storing the message, so the kill lands inside that grou
 Airflow retries the send task; the retry marks the group's rows ``ambiguous`` (default policy
 ``hold``: not sent again) — at most G of them — and sends the rest exactly once.
 
-``test_ambiguous_policy_resend_sends_the_row_again`` (dag.test-based, faster) kills a process
+``test_ambiguous_policy_resend_sends_the_row_again`` (dag.test-based, faster; G = 1, the policy is
+what it tests) kills a process
 running ``dag.test()`` while it waits for the 250 of one known message, then re-runs the same
 logical date (dag.test replaces the run; the batch is keyed on the interval, so it is the same
 batch) with ``ambiguous_policy='resend'``: the row is sent again, logged ``resent``.
@@ -147,7 +148,7 @@ _DAG_TEST_SCRIPT = """
 import sys
 from datetime import datetime
 from tests.e2e.fault_helpers import load_dag
-load_dag().test(logical_date=datetime.fromisoformat(sys.argv[1]))
+load_dag().test(logical_date=datetime.fromisoformat(sys.argv[1]), run_conf={"send_group_size": 1})
 """
 
 
@@ -198,7 +199,7 @@ def test_ambiguous_policy_resend_sends_the_row_again(
         assert before[victim] == "sending"
         assert recipients_received(smtp.messages())[victim] == 1  # stored, 250 never seen
 
-        run = load_dag().test(logical_date=logical, run_conf={"ambiguous_policy": "resend"})
+        run = load_dag().test(logical_date=logical, run_conf={"ambiguous_policy": "resend", "send_group_size": 1})
         assert run.state == DagRunState.SUCCESS
 
         batch_id = only_batch(store_engine)  # landed by the killed run, reprocessed by this one

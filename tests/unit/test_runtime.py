@@ -14,7 +14,7 @@ def _context(params: dict, *, try_number: int = 1, max_tries: int = 2) -> dict:
     return {
         "params": params,
         "ti": SimpleNamespace(try_number=try_number, max_tries=max_tries),
-        "dag_run": SimpleNamespace(run_id="manual__x"),
+        "dag_run": SimpleNamespace(run_id="manual__x", dag_id="trigger_emails"),
     }
 
 

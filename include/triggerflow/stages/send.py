@@ -167,6 +167,10 @@ class SendOptions:
     #: G: emails whose ``sending`` marks (and then outcomes) are committed in one transaction. A
     #: process that dies mid-group leaves at most G rows ``ambiguous``; 1 is one transaction per email
     group_size: int = DEFAULT_GROUP_SIZE
+    #: who leases the chunk (``tf_chunk_lease``): the DAG run, ``dag_id|run_id``; default the run id
+    lease_holder: str | None = None
+    #: whether another lease holder's run is still going (Airflow's answer); None: only its age counts
+    holder_running: Callable[[str], bool] | None = None
 
     def check(self) -> UnsubscribeLinkMaker:
         """ValueError for options that contradict each other; the unsubscribe signer, which
@@ -220,8 +224,8 @@ def send_chunk(
 ) -> SendResult:
     opts = options or SendOptions()
     unsubscribe = opts.check()
-    holder = opts.run_id or "outside a DAG run"
-    busy = acquire_chunk_lease(engine, batch_id, chunk, holder)
+    holder = opts.lease_holder or opts.run_id or "outside a DAG run"
+    busy = acquire_chunk_lease(engine, batch_id, chunk, holder, holder_running=opts.holder_running)
     if busy is not None:
         # another task (an overlapping run, a backfill) is sending this chunk: its rows are its
         log.info("batch %s chunk %d: being sent by %s; left to it", batch_id, chunk, busy)
@@ -352,7 +356,7 @@ def _send_group(mail: MailSession, ledger: Ledger, group: list[_Composed], opts:
 
 def _put_back(ledger: Ledger, unsent: list[_Composed]) -> None:
     for c in unsent:
-        ledger.back_to_pending(c.row.send_id, "not sent: the group stopped before its turn; will retry")
+        ledger.not_sent(c.row.send_id, c.row.attempts)
 
 
 def _record(ledger: Ledger, send_id: int, recipient: str, outcome: SmtpOutcome, resend: bool, batch_id: str,

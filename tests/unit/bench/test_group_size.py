@@ -26,10 +26,11 @@ def test_summary_is_the_median_per_size_and_project_cpu_excludes_the_sink() -> N
 
 def test_readme_table_compares_each_size_with_the_smallest_and_states_the_exposure() -> None:
     meta = {"when": "2026-12-06", "machine": "2 vCPU", "pg_version": "15.20", "pg_settings": {"synchronous_commit": "on"},
-            "n": 20_000, "chunks": 2, "repeats": 3}
+            "n": 20_000, "chunks": 2, "repeats": 3, "emails": 16_000}
     table = readme_table(summarise({1: [_run(350, 1.0, 0.4)], 50: [_run(980, 0.6, 0.1)]}), meta)
     lines = table.splitlines()
     assert "synchronous_commit on" in lines[0] and "median of 3 rounds" in lines[0]
+    assert "a batch of 20,000 triggers per G (about 16,000 emails)" in lines[0]
     g1 = next(line for line in lines if line.startswith("| 1 |"))
     g50 = next(line for line in lines if line.startswith("| 50 |"))
     assert "**1.400**" in g1 and "1 per killed send task" in g1

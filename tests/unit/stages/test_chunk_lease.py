@@ -34,6 +34,38 @@ def test_a_chunk_has_one_holder_its_retry_takes_it_back_and_a_stale_one_is_taken
     assert acquire_chunk_lease(engine, "b1", 0, "run-c", now=NOW) is None
 
 
+def test_the_lease_of_a_run_that_is_over_is_taken_over_at_once(kit) -> None:
+    engine = kit.engine
+    acquire_chunk_lease(engine, "b1", 0, "trigger_emails|manual__old", now=NOW)
+    asked: list[str] = []
+
+    def running(holder: str) -> bool:
+        asked.append(holder)
+        return holder != "trigger_emails|manual__old"
+
+    assert acquire_chunk_lease(engine, "b1", 0, "trigger_emails|manual__new", now=NOW, holder_running=running) is None
+    assert asked == ["trigger_emails|manual__old"]
+    # a holder whose run is still going keeps it
+    assert acquire_chunk_lease(engine, "b1", 0, "trigger_emails|other", now=NOW, holder_running=running) == \
+        "trigger_emails|manual__new"
+
+
+def test_runtime_asks_airflow_about_the_holders_run() -> None:
+    from types import SimpleNamespace
+
+    from include.triggerflow.runtime import _run_going
+
+    def state(dag_id: str, run_id: str) -> str:
+        if run_id == "gone":
+            raise LookupError("404")
+        return {"r-run": "running", "r-queued": "queued", "r-failed": "failed"}[run_id]
+
+    ti = SimpleNamespace(get_dagrun_state=state)
+    assert [_run_going(ti, f"trigger_emails|{r}") for r in ("r-run", "r-queued", "r-failed", "gone")] == [
+        True, True, False, False]
+    assert _run_going(ti, "outside a DAG run") is True  # not a run: only its age frees it
+
+
 class Session:
     sender = FROM_EMAIL
     from_name = None

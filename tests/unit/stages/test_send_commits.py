@@ -1,7 +1,8 @@
-"""The send stage's one commit per email keeps the exactly-once invariant.
+"""The send stage's commits keep the exactly-once invariant, one email per transaction (G = 1,
+first) and groups of G (below).
 
-The outcome of email i is committed with the ``sending`` mark of email i + 1. Whenever an SMTP
-transaction starts, what another connection reads from the store must be: every earlier row in
+With G = 1 the outcome of email i is committed with the ``sending`` mark of email i + 1. Whenever
+an SMTP transaction starts, what another connection reads from the store must be: every earlier row in
 its final state (with its tf_send_log row), this row ``sending``, every later row ``pending``. A
 process that dies anywhere leaves at most one row ``sending``."""
 
@@ -25,6 +26,13 @@ PROFILES = [
     for i in range(6)
 ]
 ACCEPTED = accepted()
+
+
+def grouped(size: int, **kwargs: Any):
+    """Options with G = ``size`` (1: one ledger transaction per email, the tests before the group section)."""
+    from include.triggerflow.stages.send import SendOptions
+
+    return SendOptions(group_size=size, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +89,7 @@ def test_each_row_is_committed_sending_before_its_transaction_and_earlier_outcom
         recipients[2]: read_reply(SmtpStage.RCPT, 550, "5.1.1 unknown"),
     })
 
-    result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), grouped(1))
 
     assert (result.counts["sent"], result.counts["deferred"], result.counts["failed"]) == (4, 1, 1)
     expected_final = ["sent", "deferred", "failed", "sent", "sent", "sent"]
@@ -100,14 +108,14 @@ def test_a_process_dying_mid_chunk_leaves_one_row_sending(kit, routing, renderer
     dying = ObservingSession(kit.engine, die_after=die_after)
 
     with pytest.raises(SystemExit):
-        send_chunk(kit.engine, "b1", 0, routing, renderer, dying.opener())
+        send_chunk(kit.engine, "b1", 0, routing, renderer, dying.opener(), grouped(1))
 
     states = [r["state"] for r in kit.rows(send, order_by=send.c.send_id)]
     assert states == ["sent"] * die_after + ["sending"] + ["pending"] * (len(rows) - die_after - 1)
 
     # the retry: the row in flight is ambiguous (not sent again), the rest is sent once
     retry = ObservingSession(kit.engine)
-    result = send_chunk(kit.engine, "b1", 0, routing, renderer, retry.opener())
+    result = send_chunk(kit.engine, "b1", 0, routing, renderer, retry.opener(), grouped(1))
     assert (result.counts["ambiguous"], result.counts["sent"], result.counts["skipped_already_sent"]) == (
         1, len(rows) - die_after - 1, die_after)
     assert [r for r, _, _ in retry.seen] == [r["recipient"] for r in rows[die_after + 1:]]
@@ -186,7 +194,7 @@ def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routi
 
     monkeypatch.setattr(Ledger, "mark_sending", mark_sending)
     with pytest.raises(RuntimeError, match="a bug"):
-        send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener())
+        send_chunk(kit.engine, "b1", 0, routing, renderer, session.opener(), grouped(1))
 
     # the second email's 250 was recorded although no later `sending` mark carried it
     assert [r["state"] for r in kit.rows(send, order_by=send.c.send_id)] == ["sent", "sent"] + ["pending"] * (len(rows) - 2)
@@ -194,12 +202,6 @@ def test_an_unexpected_error_still_records_the_outcomes_already_known(kit, routi
 
 
 # -- groups of G emails per transaction (SendOptions.group_size) -------------------------------------------
-def grouped(size: int, **kwargs: Any):
-    from include.triggerflow.stages.send import SendOptions
-
-    return SendOptions(group_size=size, **kwargs)
-
-
 @pytest.mark.parametrize("size", [2, 3, 4, 6, 50])
 def test_a_group_is_committed_sending_together_with_the_outcomes_of_the_group_before(kit, routing, renderer, size: int) -> None:
     rows = queue(kit, routing)
