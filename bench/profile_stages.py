@@ -740,14 +740,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sort", choices=("tottime", "cumulative"), default="tottime", help="profile order (tottime)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", metavar="PATH", help="write the full report here")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the README's CPU-per-trigger table (<!-- cpu-per-trigger:start --> ... end)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    if args.update_readme and (args.no_send or args.skip_validate or args.no_naive):
+        parser.error("--update-readme needs every stage and the naive loop (no --no-send, --skip-validate, --no-naive)")
     global SORT
     SORT = args.sort
     report = run(args)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.update_readme:
+        from bench.readme import replace_block
+
+        if not replace_block("cpu-per-trigger", cpu_table(report)):
+            raise SystemExit("README.md has no <!-- cpu-per-trigger:start --> ... <!-- cpu-per-trigger:end --> block")
+        print("README.md CPU-per-trigger table updated")
     return 0
+
+
+#: issue 15's target: project CPU per trigger across all stages (about 10 M/hour per core)
+CPU_TARGET_S_PER_1000 = 0.35
+
+
+def cpu_table(report: Mapping[str, Any]) -> str:
+    """The README's table: project CPU-seconds per 1,000 triggers per stage (own processes and the
+    PostgreSQL server apart), the total against the target, and the naive loop on the same batch."""
+    stages, cpu, naive = report["stages"], report["project_cpu_s_per_1000_triggers"], report.get("naive") or {}
+    n = report["n"]
+    lines = [
+        f"Measured by `python -m bench.profile_stages --pg --chunks {report['chunks']} --update-readme` on "
+        f"{report['machine']['cpus']} vCPU, Python {report['machine']['python']}, store {report['store']}: one batch of "
+        f"{n:,} triggers ({stages['send']['emails']:,} emails); the stage functions as the DAG runs them (Airflow's task "
+        "start-up is not in it), send over the SMTP sink; the emulator and the sink are not counted.",
+        "",
+        "| stage | own processes | PostgreSQL server | project CPU-s per 1,000 triggers |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in ("land", "validate", "reconcile", "send"):
+        st = stages[name]
+        own = st["client_cpu_s"] if name == "send" else st["process_cpu_s"]
+        server = st.get("server_cpu_s") or 0.0
+        lines.append(f"| {name} | {own / n * 1000:.3f} | {server / n * 1000:.3f} | {cpu[name]:.3f} |")
+    total = cpu["total"]
+    verdict = "met" if total <= CPU_TARGET_S_PER_1000 else f"{total / CPU_TARGET_S_PER_1000:.1f}× over"
+    lines.append(f"| **all stages** | | | **{total:.3f}** (target ≤ {CPU_TARGET_S_PER_1000}: {verdict}) |")
+    if naive:
+        lines.append(f"| the naive loop (`bench.naive_loop`, same batch) | {naive['loop_cpu_ms_per_trigger']:.3f} | "
+                     f"{naive['pg_server_cpu_ms_per_trigger'] or 0:.3f} | {naive['project_cpu_ms_per_trigger']:.3f} "
+                     f"({naive['project_cpu_ms_per_trigger'] / cpu['total']:.1f}× triggerflow's) |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
