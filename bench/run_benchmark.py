@@ -323,11 +323,23 @@ def readme_table(r: dict[str, Any]) -> str:
         f"| steady state, {s['rate_per_s']:.0f}/s for {s['duration_s']:.0f} s ({s['emails']:,} emails) — latency p50 / p95 / p99 / max | "
         f"{lat['p50']:.1f} / **{lat['p95']:.1f}** / **{lat['p99']:.1f}** / {lat['max']:.1f} s | p95 ≤ 90 s, p99 ≤ 120 s |"
         if lat.get("count") else "| steady state | no emails measured | |",
+        *_steady2_row(r.get("steady2")),
         f"| SMTP sink ceiling (minimal client, best of {', '.join(str(k) for k in c.get('sessions', []))} sessions) | "
         f"{ceiling:,.0f} msgs/s = {ceiling * 3600 / 1e6:.1f} M/hour; the backlog drain ran at "
         f"{b['emails'] / max(b['seconds'], 1e-9) / ceiling * 100:.0f} % of it |  |" if ceiling else "| SMTP ceiling | not measured | |",
     ]
     return "\n".join(lines)
+
+
+def _steady2_row(s2: dict[str, Any] | None) -> list[str]:
+    if not s2:
+        return []
+    lat = s2["latency_s"]
+    if not lat.get("count"):
+        return [f"| steady state, {s2['rate_per_s']:.0f}/s | no emails measured | |"]
+    return [f"| steady state, {s2['rate_per_s']:.0f}/s = {s2['rate_per_s'] * 3600 / 1e6:.1f} M/hour for "
+            f"{s2['duration_s']:.0f} s ({s2['emails']:,} emails) — latency p50 / p95 / p99 / max | "
+            f"{lat['p50']:.1f} / **{lat['p95']:.1f}** / **{lat['p99']:.1f}** / {lat['max']:.1f} s | p95 ≤ 90 s, p99 ≤ 120 s |"]
 
 
 def update_readme(table: str) -> None:
@@ -393,7 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the backlog's are beyond every profile and the steady state's land on backlog customers
         # (counted as duplicates there), never on a steady customer: the steady state measures
         # fresh triggers, not duplicates of the backlog inside the 24 h dedup window.
-        steady_customers = max(1, round(args.rate * args.duration))
+        steady_customers = max(1, round(args.rate * args.duration)) + round(args.rate2 * args.duration)
         injected = inject_backlog(emu.base_url, args.backlog, customers=args.backlog,
                                   customer_offset=steady_customers, progress=True)
         log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
@@ -430,24 +442,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"backlog: {args.backlog:,} triggers in {seconds:.0f} s = {args.backlog / seconds * 3600 / 1e6:.2f} M/hour; "
             f"{len(rows):,} emails")
 
-        # 2. steady state
-        log(f"phase 2: {args.rate}/s for {args.duration} s")
-        phase_start_ms = int(time.time() * 1000)
-        feeder = threading.Thread(
-            target=inject_rate, args=(emu.base_url, args.rate, args.duration),
-            kwargs={"customers": steady_customers, "customer_offset": 0, "progress": True}, daemon=True,
-        )
-        feeder.start()
-        feeder.join()
-        phase_end_ms = int(time.time() * 1000)
-        expected = args.backlog + round(args.rate * args.duration)
-        wait_processed(engine, expected, "steady (drain)", args.timeout, sink)
-        steady = sent_rows(engine, since_ms=phase_start_ms - 5_000, until_ms=phase_end_ms + 5_000)
-        latencies = [sent - ts / 1000 for ts, sent in steady]
-        result["steady"] = {"rate_per_s": args.rate, "duration_s": args.duration, "emails": len(steady),
-                            "latency_s": latency_stats(latencies)}
-        log(f"steady: latency {result['steady']['latency_s']}")
-        (out / "steady_latencies.json").write_text(json.dumps(steady), encoding="utf-8")
+        # 2. steady state: --rate (1 M/hour), then --rate2 (3 M/hour) on customers of its own
+        steady: list[tuple[int, float]] = []
+        expected = args.backlog
+        offset = 0
+        for key, rate in (("steady", args.rate), ("steady2", args.rate2)):
+            if not rate:
+                continue
+            customers = max(1, round(rate * args.duration))
+            log(f"phase {key}: {rate}/s for {args.duration} s (customers {offset + 1:,}..{offset + customers:,})")
+            phase_start_ms = int(time.time() * 1000)
+            feeder = threading.Thread(
+                target=inject_rate, args=(emu.base_url, rate, args.duration),
+                kwargs={"customers": customers, "customer_offset": offset, "progress": True}, daemon=True,
+            )
+            feeder.start()
+            feeder.join()
+            phase_end_ms = int(time.time() * 1000)
+            expected += round(rate * args.duration)
+            offset += customers
+            wait_processed(engine, expected, f"{key} (drain)", args.timeout, sink)
+            rows = sent_rows(engine, since_ms=phase_start_ms - 5_000, until_ms=phase_end_ms + 5_000)
+            latencies = [sent - ts / 1000 for ts, sent in rows]
+            result[key] = {"rate_per_s": rate, "duration_s": args.duration, "emails": len(rows),
+                           "latency_s": latency_stats(latencies)}
+            log(f"{key}: latency {result[key]['latency_s']}")
+            (out / f"{key}_latencies.json").write_text(json.dumps(rows), encoding="utf-8")
+            if key == "steady":
+                steady = rows
         result["executor"]["tasks_by_host"] = tasks_by_host(af, t_unpause, datetime.now(UTC))
 
     # 3. ceiling (alone on the machine)
@@ -542,7 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", type=int, default=1_000_000, help="at least backlog + rate x duration")
     p.add_argument("--backlog", type=int, default=1_000_000)
     p.add_argument("--rate", type=float, default=278.0, help="steady-state triggers per second")
-    p.add_argument("--duration", type=float, default=600.0, help="steady-state seconds")
+    p.add_argument("--rate2", type=float, default=833.0,
+                   help="a second steady state at this rate (default 833/s = 3 M/hour; 0: none)")
+    p.add_argument("--duration", type=float, default=600.0, help="seconds of each steady state")
     p.add_argument("--max-events", type=int, default=250_000, help="the DAG's max_events for the runs")
     p.add_argument("--chunk-size", type=int, default=10_000)
     p.add_argument("--max-chunks", type=int, default=4)
@@ -576,10 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_executor_args(parser, args)
     if args.quick:
-        args.profiles, args.backlog, args.rate, args.duration = 0, 20_000, 50.0, 60.0
+        args.profiles, args.backlog, args.rate, args.rate2, args.duration = 0, 20_000, 50.0, 150.0, 60.0
         args.ceiling_messages = 5_000
     # at least 1M customers, and enough that the steady state's customers follow the backlog's
-    args.profiles = max(args.profiles, args.backlog + int(args.rate * args.duration) + 1)
+    args.profiles = max(args.profiles, args.backlog + int((args.rate + args.rate2) * args.duration) + 2)
     run(args)
     return 0
 

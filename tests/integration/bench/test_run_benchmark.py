@@ -76,7 +76,7 @@ def test_benchmark_runs_on_two_celery_workers_at_a_tiny_scale(tmp_path: Path, mo
     monkeypatch.setattr(run_benchmark, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(run_benchmark, "PG_SERVER", pg)
     code = run_benchmark.main([
-        "--executor", "celery", "--workers", "2", "--profiles", "0", "--backlog", "60", "--rate", "1",
+        "--executor", "celery", "--workers", "2", "--profiles", "0", "--backlog", "60", "--rate", "1", "--rate2", "0",
         "--duration", "2", "--max-events", "1000", "--chunk-size", "10", "--max-chunks", "4",
         "--page-limit", "100", "--ceiling-messages", "200", "--timeout", "300",
     ])
@@ -94,3 +94,14 @@ def test_benchmark_runs_on_two_celery_workers_at_a_tiny_scale(tmp_path: Path, mo
     assert result["backlog"]["machine_cpu_ms_per_email"] > 0
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "CeleryExecutor, 2 workers × 2 processes, Redis broker" in table
+
+
+def test_the_table_shows_the_second_steady_state_and_the_kill() -> None:
+    table = run_benchmark.readme_table(_result(
+        steady2={"rate_per_s": 833.0, "duration_s": 600.0, "emails": 400_000,
+                 "latency_s": {"count": 5, "p50": 40.0, "p95": 70.0, "p99": 80.0, "max": 85.0}},
+        kill={"pid": 1, "accepted_at_kill": 5_000, "group_size": 50, "ambiguous": 37},
+    ))
+    assert "| steady state, 833/s = 3.0 M/hour for 600 s (400,000 emails)" in table and "**70.0**" in table
+    assert "a send task SIGKILLed after 5,000 emails (G = 50) | 37 row(s) ambiguous, the drain completed | ≤ G" in table
+    assert "steady state, 833" not in run_benchmark.readme_table(_result())  # no second phase, no row
