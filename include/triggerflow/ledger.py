@@ -18,7 +18,8 @@ The statements are compiled once per dialect and run on the raw driver
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -125,6 +126,23 @@ def release_chunk_lease(engine: Engine, batch_id: str, chunk: int, holder: str) 
     with engine.begin() as conn:
         conn.execute(delete(chunk_lease).where(
             chunk_lease.c.batch_id == batch_id, chunk_lease.c.chunk == chunk, chunk_lease.c.holder == holder))
+
+
+@contextmanager
+def leased_chunk(engine: Engine, batch_id: str, chunk: int, holder: str, *,
+                 holder_running: Callable[[str], bool] | None = None) -> Iterator[str | None]:
+    """``with leased_chunk(...) as busy:`` — None: the chunk is ours until the block ends; else who
+    holds it (the block must leave the chunk alone). A lease that cannot be given back is logged:
+    the block's own error is the one raised, and the run's retry takes its lease back anyway."""
+    busy = acquire_chunk_lease(engine, batch_id, chunk, holder, holder_running=holder_running)
+    try:
+        yield busy
+    finally:
+        if busy is None:
+            try:
+                release_chunk_lease(engine, batch_id, chunk, holder)
+            except Exception:
+                log.warning("batch %s chunk %d: lease not released", batch_id, chunk, exc_info=True)
 
 
 def claim_chunk(engine: Engine, batch_id: str, chunk: int, logger: SendLog, *, now: datetime,

@@ -70,9 +70,8 @@ from include.triggerflow.ledger import (
     AmbiguousPolicy,
     Ledger,
     SendingMark,
-    acquire_chunk_lease,
     claim_chunk,
-    release_chunk_lease,
+    leased_chunk,
 )
 from include.triggerflow.mailer import (
     MAX_EMAIL_BYTES,
@@ -225,30 +224,18 @@ def send_chunk(
     opts = options or SendOptions()
     unsubscribe = opts.check()
     holder = opts.lease_holder or opts.run_id or "outside a DAG run"
-    busy = acquire_chunk_lease(engine, batch_id, chunk, holder, holder_running=opts.holder_running)
-    if busy is not None:
-        # another task (an overlapping run, a backfill) is sending this chunk: its rows are its
-        log.info("batch %s chunk %d: being sent by %s; left to it", batch_id, chunk, busy)
-        return SendResult(batch_id=batch_id, chunk=chunk, counts=dict.fromkeys(COUNT_KEYS, 0))
-    try:
-        return _send_leased_chunk(engine, batch_id, chunk, routing, renderer, open_session, opts, unsubscribe)
-    finally:
-        try:
-            release_chunk_lease(engine, batch_id, chunk, holder)
-        except Exception:  # the chunk's own error is the one to raise; a kept lease is this run's to retake
-            log.warning("batch %s chunk %d: lease not released", batch_id, chunk, exc_info=True)
+    with leased_chunk(engine, batch_id, chunk, holder, holder_running=opts.holder_running) as busy:
+        if busy is not None:
+            # another task (an overlapping run, a backfill) is sending this chunk: its rows are its
+            log.info("batch %s chunk %d: being sent by %s; left to it", batch_id, chunk, busy)
+            return SendResult(batch_id=batch_id, chunk=chunk, counts=dict.fromkeys(COUNT_KEYS, 0))
+        return _send(engine, batch_id, chunk, routing, renderer, open_session, opts, unsubscribe)
 
 
-def _send_leased_chunk(
-    engine: Engine,
-    batch_id: str,
-    chunk: int,
-    routing: RoutingConfig,
-    renderer: Renderer,
-    open_session: Callable[[], AbstractContextManager[MailSession]],
-    opts: SendOptions,
-    unsubscribe: UnsubscribeLinkMaker,
-) -> SendResult:
+def _send(engine: Engine, batch_id: str, chunk: int, routing: RoutingConfig, renderer: Renderer,
+          open_session: Callable[[], AbstractContextManager[MailSession]], opts: SendOptions,
+          unsubscribe: UnsubscribeLinkMaker) -> SendResult:
+    """The chunk's send, once its lease is held."""
     now = utcnow()
     counts = dict.fromkeys(COUNT_KEYS, 0)
     logger = SendLog(engine, batch_id, opts.run_id, opts.try_number)
