@@ -50,7 +50,10 @@ def test_one_minute_data_interval_timetable(dag) -> None:
 
 
 def test_run_settings(dag) -> None:
-    assert dag.max_active_runs == 1
+    # runs overlap; the pull and the decisions do not (README "Overlapping runs")
+    assert dag.max_active_runs == 2
+    assert {t: dag.get_task(t).max_active_tis_per_dag for t in ("pull_and_land", "validate", "reconcile")} == {
+        "pull_and_land": 1, "validate": None, "reconcile": 1}
     assert dag.catchup is False
     assert dag.default_args["retries"] >= 2
     assert dag.dagrun_timeout == timedelta(minutes=30)
