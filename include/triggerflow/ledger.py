@@ -100,15 +100,13 @@ def acquire_chunk_lease(engine: Engine, batch_id: str, chunk: int, holder: str, 
     the holder's run) says its run is over, or once it is older than ``stale_after``."""
     now = now or utcnow()
     key = and_(chunk_lease.c.batch_id == batch_id, chunk_lease.c.chunk == chunk)
+    lease = [{"batch_id": batch_id, "chunk": chunk, "holder": holder, "acquired_at": now}]
     with engine.begin() as conn:
-        if insert_ignore(conn, chunk_lease, [{"batch_id": batch_id, "chunk": chunk, "holder": holder, "acquired_at": now}],
-                         keys=["batch_id", "chunk"]):
+        if insert_ignore(conn, chunk_lease, lease, keys=["batch_id", "chunk"]):
             return None
         current = conn.execute(select(chunk_lease.c.holder, chunk_lease.c.acquired_at).where(key)).first()
         if current is None:  # released meanwhile: try once more
-            taken = insert_ignore(conn, chunk_lease, [{"batch_id": batch_id, "chunk": chunk, "holder": holder,
-                                                        "acquired_at": now}], keys=["batch_id", "chunk"])
-            return None if taken else "another task"
+            return None if insert_ignore(conn, chunk_lease, lease, keys=["batch_id", "chunk"]) else "another task"
         if (current.holder != holder and as_utc(current.acquired_at) > now - stale_after
                 and (holder_running is None or holder_running(str(current.holder)))):
             return str(current.holder)

@@ -92,16 +92,12 @@ def send_options(context: Mapping[str, Any]) -> SendOptions:
 
 def _run_going(ti: Any, holder: str) -> bool:
     """Whether the DAG run behind a chunk lease (``dag_id|run_id``) is still queued or running."""
-    from include.triggerflow.stages.batch_order import ACTIVE_RUN_STATES
+    from include.triggerflow.stages.batch_order import run_going
 
     dag_id, _, run_id = holder.partition("|")
     if not run_id:
         return True  # not a DAG run's lease (a CLI send): only its age frees it
-    try:
-        state = ti.get_dagrun_state(dag_id, run_id)
-    except Exception:  # the run was deleted (a replaced dag.test run, the metadata cleanup)
-        return False
-    return str(getattr(state, "value", state)) in ACTIVE_RUN_STATES
+    return run_going(ti.get_dagrun_state, dag_id, run_id)
 
 
 def send_group_size(params: Mapping[str, Any]) -> int:

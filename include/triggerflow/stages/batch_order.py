@@ -108,8 +108,7 @@ def check_earlier_batches(engine: Engine, dag_id: str, step: OrderedStep, run_st
     blocking: list[EarlierBatch] = []
     passed: list[EarlierBatch] = []
     for other in earlier:
-        state = _state_of(run_state, dag_id, other.run_id)
-        (blocking if state in ACTIVE_RUN_STATES else passed).append(other)
+        (blocking if run_going(run_state, dag_id, other.run_id) else passed).append(other)
     if blocking:
         first = blocking[0]
         log.info("%s of %s waits for the earlier batch %s (run %s, still going) to be %s first", step,
@@ -126,13 +125,16 @@ def _done(step: OrderedStep) -> str:
     return "landed" if step is OrderedStep.PULL else "decided"
 
 
-def _state_of(run_state: RunState, dag_id: str, run_id: str) -> str | None:
+def run_going(run_state: RunState, dag_id: str, run_id: str) -> bool:
+    """Whether Airflow says the DAG run is still queued or running. A run it does not know (deleted
+    by the metadata cleanup, a dag.test run replaced) or cannot answer about counts as over: its
+    batch or chunk lease holds nothing back."""
     try:
         state = run_state(dag_id, run_id)
-    except Exception as exc:  # the run was deleted (metadata cleanup) or the API refused: not waited for
-        log.info("state of run %s not known (%s): not waiting for it", run_id, exc.__class__.__name__)
-        return None
-    return None if state is None else str(getattr(state, "value", state))
+    except Exception as exc:
+        log.info("state of run %s not known (%s): taken as over", run_id, exc.__class__.__name__)
+        return False
+    return state is not None and str(getattr(state, "value", state)) in ACTIVE_RUN_STATES
 
 
 def backfill_reconciled_at(conn: Connection) -> None:
