@@ -4,10 +4,12 @@ what the SMTP server really received, the ledger, the send log and the run's cou
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -73,6 +75,16 @@ def connection_env(emu: Any, smtp: Any, store_url: str, *, source: Mapping[str, 
         "AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}}),
         "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": UNSUBSCRIBE_CONN_JSON,
     }
+
+
+def metadata_db(server: str | None = None) -> AbstractContextManager[str | None]:
+    """Airflow's metadata DB for an e2e stack (``with metadata_db() as metadata_url``): a scratch
+    database on ``server`` — by default on the PostgreSQL pass's server (TRIGGERFLOW_TEST_PG_URL),
+    as under Astro — else None, the stack's own SQLite."""
+    from devstack.airflow_stack import postgres_metadata_db
+
+    server = server or os.environ.get("TRIGGERFLOW_TEST_PG_URL")
+    return postgres_metadata_db(server) if server else contextlib.nullcontext(None)
 
 
 def load_dag():

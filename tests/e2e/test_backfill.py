@@ -5,7 +5,6 @@ and says so for intervals that have no batch. Running the same backfill again se
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
+from devstack.airflow_stack import airflow_standalone
 from devstack.messages import (
     CART_ABANDONMENT_TRIGGER_ID,
     load_demo_catalog,
@@ -22,6 +21,7 @@ from devstack.messages import (
 )
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
+from tests.e2e.fault_helpers import metadata_db
 from tests.support import UNSUBSCRIBE_CONN_JSON
 
 pytestmark = pytest.mark.e2e
@@ -172,9 +172,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
             "AIRFLOW_CONN_TRIGGERFLOW_UNSUBSCRIBE": UNSUBSCRIBE_CONN_JSON,
             "TRIGGERFLOW_RETRY_DELAY_S": "2",
         }
-        server = _metadata_server()
-        metadata = postgres_metadata_db(server) if server else contextlib.nullcontext(None)
-        with metadata as metadata_url, airflow_standalone(
+        with metadata_db(_metadata_server()) as metadata_url, airflow_standalone(
             tmp_path / "airflow", env_overrides=env, metadata_url=metadata_url
         ) as af:
             af.unpause("trigger_emails")

@@ -10,16 +10,15 @@ integration tests of the DAG cannot show this.)
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from devstack.airflow_stack import AirflowStackError, airflow_standalone, postgres_metadata_db
+from devstack.airflow_stack import AirflowStackError, airflow_standalone
+from tests.e2e.fault_helpers import metadata_db
 
 pytestmark = pytest.mark.e2e
 
@@ -32,9 +31,7 @@ def test_clean_metadata_reaches_the_metadata_db_from_a_task_process(tmp_path: Pa
     from include.triggerflow.store.schema import maintenance
 
     env = {"AIRFLOW_CONN_TRIGGERS_DB": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": store_url}})}
-    pg_server = os.environ.get("TRIGGERFLOW_TEST_PG_URL")
-    metadata = postgres_metadata_db(pg_server) if pg_server else contextlib.nullcontext(None)
-    with metadata as metadata_url, airflow_standalone(tmp_path / "airflow", env_overrides=env, metadata_url=metadata_url) as af:
+    with metadata_db() as metadata_url, airflow_standalone(tmp_path / "airflow", env_overrides=env, metadata_url=metadata_url) as af:
         first = af.trigger(DAG_ID, conf={"metadata_days": 0})
         assert af.wait_run(DAG_ID, first, timeout=180) == "success", af.log_tail()
         time.sleep(TINY_DAYS * 86_400 + 3)  # the first run is now older than the cutoff

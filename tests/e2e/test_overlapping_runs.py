@@ -16,8 +16,6 @@ of those customers fire the trigger again (a later trigger time) and run 2 is tr
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
+from devstack.airflow_stack import airflow_standalone
 from devstack.messages import load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
@@ -38,6 +36,7 @@ from tests.e2e.fault_helpers import (
     decisions,
     keys_received,
     ledger,
+    metadata_db,
     recipients_received,
     summary,
     triggers_for,
@@ -71,9 +70,7 @@ def test_overlapping_runs_decide_in_landing_order_and_send_each_email_once(tmp_p
     ):
         env = {**connection_env(emu, smtp, store_url), "TRIGGERFLOW_MAX_ACTIVE_RUNS": "2"}
         emu.client.publish(triggers_for(people))
-        pg_server = os.environ.get("TRIGGERFLOW_TEST_PG_URL")
-        metadata = postgres_metadata_db(pg_server) if pg_server else contextlib.nullcontext(None)
-        with metadata as metadata_url, airflow_standalone(tmp_path / "airflow", env_overrides=env,
+        with metadata_db() as metadata_url, airflow_standalone(tmp_path / "airflow", env_overrides=env,
                                                           metadata_url=metadata_url) as af:
             run1 = af.trigger(DAG_ID)
             deadline = time.monotonic() + 120

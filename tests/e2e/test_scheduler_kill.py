@@ -20,7 +20,6 @@ batch) with ``ambiguous_policy='resend'``: the row is sent again, logged ``resen
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack.airflow_stack import airflow_standalone, postgres_metadata_db
+from devstack.airflow_stack import airflow_standalone
 from devstack.messages import load_demo_catalog
 from devstack.processes import start_emulator, start_smtp_sink
 from include.triggerflow.profiles import upsert_profiles
@@ -44,6 +43,7 @@ from tests.e2e.fault_helpers import (
     keys_received,
     ledger,
     load_dag,
+    metadata_db,
     minute,
     only_batch,
     recipients_received,
@@ -72,9 +72,7 @@ def test_killed_send_task_is_retried_by_the_scheduler(tmp_path: Path, store_url:
         env = {**connection_env(emu, smtp, store_url), "TRIGGERFLOW_RETRY_DELAY_S": "2"}
         emu.client.publish(triggers_for(people))
         # On the PostgreSQL pass Airflow's own metadata DB is on PostgreSQL too, as under Astro.
-        pg_server = os.environ.get("TRIGGERFLOW_TEST_PG_URL")
-        metadata = postgres_metadata_db(pg_server) if pg_server else contextlib.nullcontext(None)
-        with metadata as metadata_url, airflow_standalone(
+        with metadata_db() as metadata_url, airflow_standalone(
             tmp_path / "airflow", env_overrides=env, metadata_url=metadata_url
         ) as af:
             run_id = af.trigger(DAG_ID, conf={"send_group_size": GROUP})
