@@ -127,20 +127,14 @@ def start_airflow(args: argparse.Namespace, home: Path, env: dict[str, str], met
 
 
 # -- measuring ----------------------------------------------------------------------------------------
-def tasks_by_host(af: Any, since: datetime, until: datetime) -> dict[str, int]:
-    """How many task instances of runs started in the window each host ran (the Celery worker's
-    hostname under ``--executor celery``): how evenly the work spread. Task instances that ran
-    nowhere (skipped, or still queued when the benchmark ended) have no hostname and are left out."""
-    runs = af.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 500, "order_by": "-start_date"})["dag_runs"]
+def tasks_by_host(tis: list[dict[str, Any]]) -> dict[str, int]:
+    """How many of the task instances each host ran (the Celery worker's hostname under
+    ``--executor celery``): how evenly the work spread. Task instances that ran nowhere (skipped,
+    or still queued when the benchmark ended) have no hostname and are left out."""
     hosts: dict[str, int] = {}
-    for run in runs:
-        start = run.get("start_date")
-        if not start or not (since <= _iso(start) <= until):
-            continue
-        for ti in af.task_instances(DAG_ID, run["dag_run_id"]):
-            host = ti.get("hostname")
-            if host:
-                hosts[host] = hosts.get(host, 0) + 1
+    for ti in tis:
+        if host := ti.get("hostname"):
+            hosts[host] = hosts.get(host, 0) + 1
     return hosts
 
 
@@ -206,27 +200,32 @@ def first_landed(engine: Any) -> float:
         return _aware(conn.execute(select(func.min(event.c.received_at))).scalar_one()).timestamp()
 
 
-def stage_times(af: Any, since: datetime, until: datetime) -> dict[str, dict[str, float]]:
-    """Per task id: summed duration of its task instances in runs started in the window, and the
-    wall-clock span the mapped send tasks covered (they run in parallel)."""
+def run_task_instances(af: Any, since: datetime, until: datetime) -> list[dict[str, Any]]:
+    """The task instances (API records) of the runs of DAG_ID started in the window."""
     runs = af.api("GET", f"/dags/{DAG_ID}/dagRuns", params={"limit": 500, "order_by": "-start_date"})["dag_runs"]
-    per: dict[str, dict[str, float]] = {}
+    out: list[dict[str, Any]] = []
     for run in runs:
         start = run.get("start_date")
-        if not start or not (since <= _iso(start) <= until):
-            continue
-        tis = af.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances", params={"limit": 500})
-        spans: dict[str, list[tuple[float, float]]] = {}
-        for ti in tis["task_instances"]:
-            if not ti.get("start_date") or not ti.get("end_date"):
-                continue
+        if start and since <= _iso(start) <= until:
+            out += af.api("GET", f"/dags/{DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances",
+                          params={"limit": 500})["task_instances"]
+    return out
+
+
+def stage_times(tis: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per task id: summed duration of its task instances, and the wall-clock span the mapped
+    send tasks of each run covered (they run in parallel)."""
+    spans: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for ti in tis:
+        if ti.get("start_date") and ti.get("end_date"):
             s, e = _iso(ti["start_date"]).timestamp(), _iso(ti["end_date"]).timestamp()
-            spans.setdefault(ti["task_id"], []).append((s, e))
-        for task_id, items in spans.items():
-            entry = per.setdefault(task_id, {"task_seconds": 0.0, "wall_seconds": 0.0, "instances": 0})
-            entry["task_seconds"] += sum(e - s for s, e in items)
-            entry["wall_seconds"] += max(e for _, e in items) - min(s for s, _ in items)
-            entry["instances"] += len(items)
+            spans.setdefault((ti["dag_run_id"], ti["task_id"]), []).append((s, e))
+    per: dict[str, dict[str, float]] = {}
+    for (_, task_id), items in spans.items():
+        entry = per.setdefault(task_id, {"task_seconds": 0.0, "wall_seconds": 0.0, "instances": 0})
+        entry["task_seconds"] += sum(e - s for s, e in items)
+        entry["wall_seconds"] += max(e for _, e in items) - min(s for s, _ in items)
+        entry["instances"] += len(items)
     return per
 
 
@@ -328,7 +327,39 @@ def readme_table(r: dict[str, Any]) -> str:
         f"{ceiling:,.0f} msgs/s = {ceiling * 3600 / 1e6:.1f} M/hour; the backlog drain ran at "
         f"{b['emails'] / max(b['seconds'], 1e-9) / ceiling * 100:.0f} % of it |  |" if ceiling else "| SMTP ceiling | not measured | |",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + drain_cpu_table(b))
+
+
+STAGE_ORDER = ("pull_and_land", "validate", "reconcile", "send", "report")
+
+
+def drain_cpu_table(b: dict[str, Any]) -> list[str]:
+    """The drain's CPU booked per task instance (bench.task_cpu), per stage and per 1,000 triggers."""
+    cpu = b.get("cpu")
+    if not cpu or not cpu.get("stages"):
+        return []
+    per = cpu["stages"]
+    k = b["events"] / 1000
+    lines = [
+        "",
+        f"CPU of the drain booked per task instance (`bench.task_cpu`: every process sampled every 0.5 s; "
+        f"{cpu['booked_s']:,.0f} of the machine's {cpu['machine_busy_s']:,.0f} busy CPU-seconds booked):",
+        "",
+        "| stage | task instances | task processes | their PostgreSQL backends | **project CPU-s per 1,000 triggers** | Airflow's supervisor per 1,000 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    order = [t for t in STAGE_ORDER if t in per] + sorted(t for t in per if t not in STAGE_ORDER)
+    for task_id in order:
+        e = per[task_id]
+        lines.append(f"| `{task_id}` | {e['instances']} | {e['task_s']:,.1f} s | {e['store_s']:,.1f} s | "
+                     f"{e['project_per_1000']:.3f} | {e['supervisor_per_1000']:.3f} |")
+    total = sum(e["project_per_1000"] for e in per.values())
+    sup = sum(e["supervisor_per_1000"] for e in per.values())
+    lines.append(f"| **all stages** | {sum(e['instances'] for e in per.values())} | | | **{total:.3f}** (target ≤ 0.35) | {sup:.3f} |")
+    roles = cpu["roles_s"]
+    rest = ", ".join(f"{name} {roles[name] / k:.3f}" for name in roles if roles[name] > 0)
+    lines.append(f"| the rest of the machine, CPU-s per 1,000 triggers | | | | {rest} | |")
+    return lines
 
 
 def _steady2_row(s2: dict[str, Any] | None) -> list[str]:
@@ -352,6 +383,7 @@ def update_readme(table: str) -> None:
 # -- the run ------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from bench.profile_stages import machine_busy
+    from bench.task_cpu import TaskCpuSampler, per_stage
     from devstack.airflow_stack import postgres_metadata_db
     from devstack.loadgen import inject_backlog, inject_rate, load_profiles
     from devstack.processes import start_emulator, start_smtp_sink
@@ -411,6 +443,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"injected {injected.injected:,} in {injected.seconds:.1f} s; unpausing {DAG_ID}")
         t_unpause = datetime.now(UTC)
         busy0 = machine_busy()
+        sampler = TaskCpuSampler(store_url if args.store != "sqlite" else None)
+        sampler.start()
         killer = None
         if args.kill_send_after:
             killer = SendKiller(af, sink, args.kill_send_after)
@@ -420,12 +454,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if killer is not None:
             result["kill"] = killer.report(engine, config["group_size"])
         t_done = datetime.now(UTC)
+        attribution = sampler.stop()
         busy = machine_busy() - busy0
         rows = sent_rows(engine)
         start_s = first_landed(engine)
         last_accept = max((sent for _, sent in rows), default=time.time())
         seconds = max(last_accept - start_s, 1e-9)
-        stages = stage_times(af, t_unpause, t_done)
+        drain_tis = run_task_instances(af, t_unpause, t_done)
+        stages = stage_times(drain_tis)
         stage_report = {}
         for name, st in stages.items():
             basis = st["wall_seconds"] if name == "send" else st["task_seconds"]
@@ -438,6 +474,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # everything the machine did per email while draining (Airflow's components, the
             # executor's overhead, the store, the sink): the figure to compare between executors
             "machine_cpu_ms_per_email": round(busy / len(rows) * 1000, 3) if rows else None,
+            # the same CPU booked per task instance (bench.task_cpu): per stage, what the project
+            # costs where the emulator and the sink are remote
+            "cpu": {**per_stage(attribution, {ti["id"]: ti["task_id"] for ti in drain_tis if ti.get("id")}, args.backlog),
+                    "machine_busy_s": round(busy, 1), "looks": sampler.looks, "failed_looks": sampler.failed_looks},
         }
         log(f"backlog: {args.backlog:,} triggers in {seconds:.0f} s = {args.backlog / seconds * 3600 / 1e6:.2f} M/hour; "
             f"{len(rows):,} emails")
@@ -470,7 +510,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (out / f"{key}_latencies.json").write_text(json.dumps(rows), encoding="utf-8")
             if key == "steady":
                 steady = rows
-        result["executor"]["tasks_by_host"] = tasks_by_host(af, t_unpause, datetime.now(UTC))
+        result["executor"]["tasks_by_host"] = tasks_by_host(run_task_instances(af, t_unpause, datetime.now(UTC)))
 
     # 3. ceiling (alone on the machine)
     log("phase 3: the SMTP sink's own ceiling")

@@ -92,8 +92,17 @@ def test_benchmark_runs_on_two_celery_workers_at_a_tiny_scale(tmp_path: Path, mo
     assert result["backlog"]["events"] == 60 and result["backlog"]["emails"] > 0
     assert result["backlog"]["outcome"]["waiting"] == 0
     assert result["backlog"]["machine_cpu_ms_per_email"] > 0
+    # the drain's CPU booked to its task instances (bench.task_cpu): each stage's task processes,
+    # and the store's backends of those that query it
+    cpu = result["backlog"]["cpu"]
+    assert {"pull_and_land", "validate", "reconcile", "send"} <= set(cpu["stages"])
+    assert all(e["task_s"] > 0 for e in cpu["stages"].values()), cpu["stages"]
+    # (a tiny batch's queries may each stay under the kernel's 10 ms CPU tick: only the sum is sure)
+    assert cpu["backends_of_task_instances"] >= 4 and sum(e["store_s"] for e in cpu["stages"].values()) > 0, cpu
+    assert 0 < cpu["booked_s"] <= cpu["machine_busy_s"] * 1.1
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "CeleryExecutor, 2 workers × 2 processes, Redis broker" in table
+    assert "| `reconcile` |" in table
 
 
 def test_the_table_shows_the_second_steady_state_and_the_kill() -> None:
@@ -105,3 +114,16 @@ def test_the_table_shows_the_second_steady_state_and_the_kill() -> None:
     assert "| steady state, 833/s = 3.0 M/hour for 600 s (400,000 emails)" in table and "**70.0**" in table
     assert "a send task SIGKILLed after 5,000 emails (G = 50) | 37 row(s) ambiguous, the drain completed | ≤ G" in table
     assert "steady state, 833" not in run_benchmark.readme_table(_result())  # no second phase, no row
+
+
+def test_the_table_shows_the_drain_cpu_per_stage_per_1000_triggers() -> None:
+    cpu = {"booked_s": 90.0, "machine_busy_s": 100.0, "roles_s": {"airflow": 6.0, "emulator": 0.0, "smtp sink": 3.0},
+           "stages": {"send": {"instances": 4, "task_s": 30.0, "store_s": 6.0, "supervisor_s": 1.5,
+                               "project_per_1000": 0.6, "supervisor_per_1000": 0.025},
+                      "pull_and_land": {"instances": 1, "task_s": 3.0, "store_s": 0.0, "supervisor_s": 0.5,
+                                        "project_per_1000": 0.05, "supervisor_per_1000": 0.008}}}
+    table = run_benchmark.readme_table(_result(backlog={**_result()["backlog"], "events": 60_000, "cpu": cpu}))
+    assert table.index("| `pull_and_land` | 1 | 3.0 s | 0.0 s | 0.050 | 0.008 |") < table.index("| `send` | 4 |")
+    assert "| **all stages** | 5 | | | **0.650** (target ≤ 0.35) | 0.033 |" in table
+    assert "airflow 0.100, smtp sink 0.050" in table and "emulator" not in table.split("all stages")[1]
+    assert "90 of the machine's 100 busy CPU-seconds booked" in table
