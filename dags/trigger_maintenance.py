@@ -15,7 +15,8 @@ At a million triggers an hour the store takes ~24 M events a day and Airflow rec
      (sent, failed) deleted after `ledger_days`, never shorter than the routing file's longest
      dedup window or frequency-cap period (raised, and the run says so);
    - send log, dry runs, run summaries and outcomes, hourly counts, resolved alerts, source gaps and
-     health, and its own `tf_maintenance` rows by their own settings;
+     health, and its own `tf_maintenance` rows by their own settings; expired IMS tokens, and chunk
+     leases older than the ledger's staleness limit (left by send tasks killed and never retried);
    - then ANALYZE (PostgreSQL: VACUUM (ANALYZE)) of every table that lost `analyze_min_rows` rows.
    One `tf_maintenance` row per table and action: rows, seconds, cutoff.
 2. **clean_metadata** — `airflow db clean` of dag_run, task_instance(_history), task_reschedule,

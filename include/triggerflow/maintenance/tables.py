@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, delete, func, select, text, tuple_
 
+from include.triggerflow.ledger import LEASE_STALE_AFTER
 from include.triggerflow.maintenance.chunks import ChunkCounter, in_chunk, walk_by_id
 from include.triggerflow.maintenance.plan import Plan
 from include.triggerflow.store.schema import (
     alert,
+    chunk_lease,
     ims_token,
     maintenance,
     run_outcome,
@@ -54,6 +56,7 @@ def aged_tables(plan: Plan) -> list[AgedTable]:
     alert_cutoff = plan.cutoff(s.alert_days)
     source_cutoff = plan.cutoff(s.source_days)
     token_cutoff = plan.now - timedelta(days=1)
+    lease_cutoff = plan.now - LEASE_STALE_AFTER
     return [
         # a summary stays while its batch's events do (a kept batch is judged by it)
         AgedTable(run_summary, (run_summary.c.reported_at < run_cutoff) & no_events, run_cutoff),
@@ -67,6 +70,9 @@ def aged_tables(plan: Plan) -> list[AgedTable]:
         AgedTable(maintenance, maintenance.c.at < plan.cutoff(s.maintenance_days), plan.cutoff(s.maintenance_days)),
         # expired IMS tokens (a day's grace: a task may be using one that just expired)
         AgedTable(ims_token, ims_token.c.expires_at < token_cutoff, token_cutoff),
+        # chunk leases a killed, never retried send task left behind. Past the ledger's staleness
+        # limit (longer than a run may last) no live sender holds one; a younger one may be held
+        AgedTable(chunk_lease, chunk_lease.c.acquired_at < lease_cutoff, lease_cutoff),
     ]
 
 
@@ -92,7 +98,9 @@ def purge_aged(engine: Engine, aged: AgedTable, plan: Plan, *, dry_run: bool, co
                 where = pk[0].in_([k[0] for k in keys])
             else:
                 where = _key(table).in_([tuple(k) for k in keys])
-            return int(conn.execute(delete(table).where(where)).rowcount or 0)
+            # the condition again: a row may have changed since it was selected (a stale lease
+            # taken over by a sender has a fresh acquired_at and must stay)
+            return int(conn.execute(delete(table).where(where, aged.condition)).rowcount or 0)
 
         n = in_chunk(engine, work, counter, lock_timeout_ms=plan.settings.lock_timeout_ms)
         if not n:

@@ -5,10 +5,13 @@ exception an invariant needs. Store-dependent: runs on SQLite and on PostgreSQL
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event as sa_event
+from sqlalchemy import insert, select
 
+from include.triggerflow.ledger import LEASE_STALE_AFTER
 from include.triggerflow.maintenance.runner import run_maintenance
 from include.triggerflow.maintenance.settings import RetentionSettings
 from include.triggerflow.stats import recount_source, refresh_batch_stats
@@ -16,6 +19,7 @@ from include.triggerflow.store.schema import (
     alert,
     batch,
     batch_stats,
+    chunk_lease,
     decision,
     event,
     maintenance,
@@ -225,3 +229,41 @@ def test_tables_that_lost_many_rows_are_analysed(history: History) -> None:
     assert {r["table_name"] for r in history.rows(maintenance, maintenance.c.action == expected)} == analysed
     # a run that deletes nothing analyses nothing
     assert not any(s.action in ("analyze", "vacuum") for s in purge(history.engine, analyze_min_rows=3).steps)
+
+
+def _leases(history: History, **acquired: timedelta) -> None:
+    """One tf_chunk_lease row per batch id, acquired that long before NOW."""
+    with history.engine.begin() as conn:
+        conn.execute(insert(chunk_lease), [
+            {"batch_id": b, "chunk": 0, "holder": f"trigger_emails|{b}", "acquired_at": NOW - age} for b, age in acquired.items()
+        ])
+
+
+def test_a_lease_older_than_the_ledgers_staleness_limit_goes_and_a_younger_one_stays(history: History) -> None:
+    minute = timedelta(minutes=1)
+    _leases(history, left=LEASE_STALE_AFTER + minute, held=LEASE_STALE_AFTER - minute)
+    result = purge(history.engine)
+    assert [r["batch_id"] for r in history.rows(chunk_lease)] == ["held"]  # a live sender may hold it
+    assert result.as_xcom()["deleted"]["tf_chunk_lease"] == 1
+    recorded = {(r["table_name"], r["action"]): r for r in history.rows(maintenance)}
+    assert recorded[("tf_chunk_lease", "delete")]["rows"] == 1
+    assert recorded[("tf_chunk_lease", "delete")]["cutoff"] == NOW - LEASE_STALE_AFTER
+
+
+def test_a_stale_lease_taken_over_while_the_purge_runs_stays(history: History) -> None:
+    _leases(history, left=LEASE_STALE_AFTER + timedelta(minutes=1), held=timedelta(minutes=1))
+
+    def take_over(conn, cursor, statement, parameters, context, executemany) -> None:
+        # a sender takes the stale lease over between the purge's select and its delete
+        if statement.lstrip().upper().startswith("DELETE FROM TF_CHUNK_LEASE"):
+            cursor.execute(
+                "UPDATE tf_chunk_lease SET holder = 'taker', acquired_at = "
+                "(SELECT acquired_at FROM tf_chunk_lease WHERE batch_id = 'held') WHERE batch_id = 'left'"
+            )
+
+    sa_event.listen(history.engine, "before_cursor_execute", take_over)
+    try:
+        purge(history.engine)
+    finally:
+        sa_event.remove(history.engine, "before_cursor_execute", take_over)
+    assert {r["batch_id"]: r["holder"] for r in history.rows(chunk_lease)} == {"left": "taker", "held": "trigger_emails|held"}
