@@ -337,14 +337,17 @@ def _write(
     }
     n_chunks = max(1, min(max_chunks, math.ceil(len(queued) / max(chunk_size, 1))))
     ledger_rows = [email.as_row(i % n_chunks, now) for i, email in enumerate(queued)]
-    inserted = bulk_insert(conn, send, ledger_rows, ignore_conflicts_on=["idempotency_key"])
+    inserted = bulk_insert(conn, send, ledger_rows, ignore_conflicts_on=["trigger_ts", "idempotency_key"])
     # Which event owns each key now: an earlier batch's event means this one is a duplicate.
-    # (When every row was inserted, each key is owned by the event that queued it.)
+    # (When every row was inserted, each key is owned by the event that queued it.) Looked up by
+    # trigger time, the leading column of the ledger's unique index; other emails of the same
+    # millisecond come along and are left out by their keys.
     owners: dict[str, tuple[int, str]] = {e.idempotency_key: (e.event_id, batch_id) for e in queued}
     if inserted != len(queued):
         stmt = select(send.c.idempotency_key, send.c.event_id, send.c.batch_id)
-        for key, owner_event, owner_batch in select_in(conn, stmt, send.c.idempotency_key, list(owners)):
-            owners[key] = (int(owner_event), owner_batch)
+        for key, owner_event, owner_batch in select_in(conn, stmt, send.c.trigger_ts, {e.trigger_ts for e in queued}):
+            if key in owners:
+                owners[key] = (int(owner_event), owner_batch)
     for email in queued:
         owner_event, owner_batch = owners[email.idempotency_key]
         if owner_event != email.event_id:

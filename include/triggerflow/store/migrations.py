@@ -67,11 +67,17 @@ def _run_data_step(migration: str, conn: Connection) -> None:
     getattr(importlib.import_module(module_name), function)(conn)
 
 
+#: Not additive: the ledger's uniqueness moves from ``idempotency_key`` alone to
+#: ``(trigger_ts, idempotency_key)`` (schema.py says why). Applied by :func:`key_ledger_by_trigger_time`.
+SEND_KEY_BY_TRIGGER_TIME_MIGRATION = "0014_send_unique_by_trigger_time"
+
+
 def create_schema(engine: Engine) -> None:
     """Create missing tables and apply pending migrations (idempotent)."""
     _additive(engine)
     drop_send_event_fk(engine)
     drop_event_message_id_index(engine)
+    key_ledger_by_trigger_time(engine)
 
 
 def _additive(engine: Engine) -> None:
@@ -178,6 +184,43 @@ def drop_event_message_id_index(engine: Engine) -> None:
             return
         conn.exec_driver_sql("DROP INDEX IF EXISTS ix_tf_event_message_id")
         _record_applied(conn, EVENT_MESSAGE_ID_INDEX_MIGRATION)
+
+
+def key_ledger_by_trigger_time(engine: Engine) -> None:
+    """Migration 0014: the unique index ``ux_tf_send_ts_key (trigger_ts, idempotency_key)``, then
+    on PostgreSQL the old unique key on ``idempotency_key`` alone dropped, once, in one transaction.
+
+    Building the index holds writes to tf_send for its duration (19 s for 16.8 M rows on the soak's
+    store): the minute runs' reconcile and send wait, nothing fails. The old key stays where it
+    cannot go or must not: on SQLite (an inline UNIQUE; only a table rebuild drops it, and at
+    SQLite's sizes it costs nothing noticeable), and where a ledger row has no trigger_ts (the new
+    index treats NULLs as distinct, so only the old key would keep that row's key unique).
+    Reconcile's ``ON CONFLICT (trigger_ts, idempotency_key)`` is served by the new index either
+    way; a row that conflicts on the key conflicts on the pair."""
+    from sqlalchemy import inspect
+    from sqlalchemy.schema import CreateIndex
+
+    from include.triggerflow.store.schema import send
+
+    with engine.connect() as conn:
+        if _applied(conn, SEND_KEY_BY_TRIGGER_TIME_MIGRATION):
+            return
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # every task of a run starts by migrating: the first builds, the others wait, then see it done
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('triggerflow:migration-0014'))")
+        if _applied(conn, SEND_KEY_BY_TRIGGER_TIME_MIGRATION):
+            return
+        index = next(i for i in send.indexes if i.name == "ux_tf_send_ts_key")
+        if index.name not in {i["name"] for i in inspect(conn).get_indexes("tf_send")}:
+            conn.execute(CreateIndex(index, if_not_exists=True))
+        if conn.dialect.name == "postgresql" and conn.exec_driver_sql(
+            "SELECT NOT EXISTS (SELECT 1 FROM tf_send WHERE trigger_ts IS NULL)"
+        ).scalar_one():
+            for unique in inspect(conn).get_unique_constraints("tf_send"):
+                if unique["column_names"] == ["idempotency_key"] and unique.get("name"):
+                    conn.exec_driver_sql(f'ALTER TABLE tf_send DROP CONSTRAINT IF EXISTS "{unique["name"]}"')
+        _record_applied(conn, SEND_KEY_BY_TRIGGER_TIME_MIGRATION)
 
 
 def _rebuild_sqlite_send(engine: Engine) -> None:

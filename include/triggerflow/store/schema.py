@@ -170,8 +170,9 @@ send = Table(
     metadata,
     Column("send_id", BigId, primary_key=True, autoincrement=True),
     # sha256(trigger id, trigger timestamp, customer, template): the same trigger for the same
-    # customer can never produce two emails, whichever batch or retry it comes through.
-    Column("idempotency_key", String(64), nullable=False, unique=True),
+    # customer can never produce two emails, whichever batch or retry it comes through. Unique
+    # together with trigger_ts (ux_tf_send_ts_key below).
+    Column("idempotency_key", String(64), nullable=False),
     Column("batch_id", String(250), nullable=False),
     Column("chunk", Integer, nullable=False),
     # No foreign key to tf_event: the ledger outlives the events (retention keeps it as long as
@@ -201,6 +202,12 @@ send = Table(
     # The template locale the email was rendered in (None: the default templates).
     Column("locale", String(20)),
 )
+# The ledger's uniqueness. The key hashes trigger_ts in, so (trigger_ts, key) is unique exactly when
+# the key is (reconcile always writes trigger_ts); leading with the trigger time puts each batch's
+# new keys at the index's recent end instead of on random leaf pages of a table of days of emails:
+# on the soak's filled store reconcile ran 36 % slower than on an empty one with the key alone, 11 %
+# with this order (migration 0014 replaces the old unique key of existing stores).
+Index("ux_tf_send_ts_key", send.c.trigger_ts, send.c.idempotency_key, unique=True)
 Index("ix_tf_send_batch_chunk", send.c.batch_id, send.c.chunk, send.c.state)
 # Frequency caps and deduplication windows look up a customer's recent emails.
 Index("ix_tf_send_profile_created", send.c.profile_id, send.c.created_at)

@@ -92,10 +92,11 @@ def test_bulk_insert_conflict_raises_integrity_error_and_ignore_skips(store_engi
     with store_engine.begin() as conn:
         ids = list(conn.execute(select(event.c.event_id)).scalars())
         base = {"batch_id": "b1", "chunk": 0, "profile_id": "C1", "trigger_id": "t", "route": "r",
-                "recipient": "a@b.example", "state": "pending", "created_at": NOW, "updated_at": NOW}
+                "recipient": "a@b.example", "state": "pending", "trigger_ts": 1_700_000_000_000,
+                "created_at": NOW, "updated_at": NOW}
         assert bulk_insert(conn, send, [{**base, "idempotency_key": "k1", "event_id": ids[0]}]) == 1
         assert bulk_insert(conn, send, [{**base, "idempotency_key": k, "event_id": eid} for k, eid in zip(["k1", "k2", "k3"], ids[1:])],
-                           ignore_conflicts_on=["idempotency_key"]) == 2  # k1 was there
+                           ignore_conflicts_on=["trigger_ts", "idempotency_key"]) == 2  # k1 was there
     rows = stored(store_engine, send, send.c.send_id)
     assert [(r["idempotency_key"], r["event_id"]) for r in rows] == [("k1", ids[0]), ("k2", ids[2]), ("k3", ids[3])]
 
