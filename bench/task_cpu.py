@@ -90,8 +90,12 @@ class Attribution:
                 self._task_of_pid.setdefault(p.pid, ti)
                 tasks_by_parent[p.ppid] = ti
         self._reap(now)
+        held: dict[int, Proc | None] = {}
         for p in now.values():
             before = self._last.get(p.pid)
+            if p.pid not in self.backend_client and BACKEND_TITLE.match(p.title):
+                held[p.pid] = before  # its client not known yet: its CPU waits for the match
+                continue
             delta = p.cpu - before.cpu if before is not None else p.cpu
             if delta <= 0:
                 continue
@@ -112,7 +116,12 @@ class Attribution:
                     self.roles["postgres (other connections)"] += delta
             else:
                 self.roles[role_of(p, self.own_pid)] += delta
-        self._last = now
+        self._last = dict(now)
+        for pid, before in held.items():
+            if before is None:
+                del self._last[pid]
+            else:
+                self._last[pid] = before
 
     def _reap(self, now: Mapping[int, Proc]) -> None:
         """A task process gone since the last look: its parent reaped it, so the parent's children
@@ -170,16 +179,29 @@ def read_procs() -> list[Proc]:
     return out
 
 
-def backend_clients(query_activity: Callable[[], list[tuple[int, int | None]]], server_port: int) -> dict[int, int | None]:
-    """PostgreSQL backend pid -> client pid, for the server's TCP connections: the backend's client
-    port (``pg_stat_activity``) is the local port of the client's socket to ``server_port``."""
+def backend_clients(query_activity: Callable[[], list[tuple[int, int | None]]], server_port: int,
+                    candidates: Iterable[int]) -> dict[int, int | None]:
+    """PostgreSQL backend pid -> client pid among ``candidates`` (None: another client, or a
+    connection without a port), for the server's TCP connections: the backend's client port
+    (``pg_stat_activity``) is the local port of the client's socket to ``server_port``. Only the
+    candidates' sockets are read: scanning every process's descriptors on each look would cost the
+    measurement more than what it measures."""
     import psutil
 
     by_port: dict[int, int] = {}
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.raddr and conn.raddr.port == server_port and conn.laddr and conn.pid:
-            by_port[conn.laddr.port] = conn.pid
+    for pid in candidates:
+        try:
+            sockets = psutil.Process(pid).net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for conn in sockets:
+            if conn.raddr and conn.raddr.port == server_port and conn.laddr:
+                by_port[conn.laddr.port] = pid
     return {backend: by_port.get(port) if port else None for backend, port in query_activity()}
+
+
+#: looks a backend may go unmatched (not yet in pg_stat_activity) before it is booked as another client's
+MATCH_TRIES = 3
 
 
 class TaskCpuSampler(threading.Thread):
@@ -197,6 +219,7 @@ class TaskCpuSampler(threading.Thread):
         self._server_port = 5432
         self.looks = 0
         self.failed_looks = 0
+        self._misses: dict[int, int] = {}
         if server_url:
             from sqlalchemy import create_engine
             from sqlalchemy.engine import make_url
@@ -217,10 +240,17 @@ class TaskCpuSampler(threading.Thread):
         if self._engine is not None:
             unknown = [p.pid for p in procs if BACKEND_TITLE.match(p.title) and p.pid not in self.attribution.backend_client]
             if unknown:
-                found = backend_clients(self._activity, self._server_port)
+                candidates = [p.pid for p in procs if task_id_of(p.title) is not None] + [self.attribution.own_pid]
+                found = backend_clients(self._activity, self._server_port, candidates)
                 for pid in unknown:
-                    if pid in found:
+                    if found.get(pid) is not None:
                         self.attribution.backend_client[pid] = found[pid]
+                        continue
+                    # not a candidate's, or not in pg_stat_activity yet (just forked) or ever (another
+                    # server's backend): asked again a few looks, then booked as another client's
+                    self._misses[pid] = self._misses.get(pid, 0) + 1
+                    if self._misses[pid] >= MATCH_TRIES:
+                        self.attribution.backend_client[pid] = None
         self.attribution.observe(procs)
         self.looks += 1
 

@@ -105,3 +105,15 @@ def test_backends_not_matched_to_a_client_are_connections_not_background() -> No
     assert role_of(p(99, "postgres: postgres tf_soak 127.0.0.1(40112) INSERT", 0), own_pid=BENCH) == "postgres (other connections)"
     assert role_of(p(99, "postgres: 15/main: postgres af_meta [local] idle", 0), own_pid=BENCH) == "postgres (other connections)"
     assert role_of(p(99, "postgres: walwriter", 0), own_pid=BENCH) == "postgres (background)"
+
+
+def test_a_backend_not_matched_yet_keeps_its_cpu_until_it_is() -> None:
+    a = Attribution(own_pid=BENCH)
+    a.observe(base())
+    task = p(40, f"airflow worker -- {TI_A}", 0.5, ppid=WORKER)
+    backend = "postgres: postgres tf 127.0.0.1(50001) SELECT"
+    a.observe([*base(), task, p(BACKEND, backend, 0.3)])  # the sampler has not matched it yet
+    assert a.booked() == pytest.approx(0.5)
+    a.backend_client[BACKEND] = 40
+    a.observe([*base(), task, p(BACKEND, backend, 0.9)])
+    assert a.tasks[TI_A].store == pytest.approx(0.9)  # all of it, the first look's too
