@@ -175,7 +175,7 @@ def wait_processed(engine: Any, total: int, label: str, timeout_s: float, sink: 
                 return p
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{label}: {done} of {total} processed after {timeout_s:.0f} s: {p}")
-            # The counts scan tables of a million rows: polled every 2 s they cost the drain ~8 % of
+            # The counts scan tables of a million rows: polled every 2 s they cost the drain ~7 % of
             # the machine's CPU (bench.task_cpu's "benchmark" row). The figures come from the
             # ledger's times, not from when this loop notices the end, so a slower poll loses nothing.
             time.sleep(POLL_S)
