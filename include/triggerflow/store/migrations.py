@@ -212,8 +212,7 @@ def key_ledger_by_trigger_time(engine: Engine) -> None:
         if _applied(conn, SEND_KEY_BY_TRIGGER_TIME_MIGRATION):
             return
         index = next(i for i in send.indexes if i.name == "ux_tf_send_ts_key")
-        if index.name not in {i["name"] for i in inspect(conn).get_indexes("tf_send")}:
-            conn.execute(CreateIndex(index, if_not_exists=True))
+        conn.execute(CreateIndex(index, if_not_exists=True))  # a new store has it from create_all
         if conn.dialect.name == "postgresql" and conn.exec_driver_sql(
             "SELECT NOT EXISTS (SELECT 1 FROM tf_send WHERE trigger_ts IS NULL)"
         ).scalar_one():
