@@ -77,19 +77,15 @@ class Attribution:
 
     def observe(self, procs: Iterable[Proc]) -> None:
         now = {p.pid: p for p in procs}
-        if not self._started:
-            # what ran before the measurement is not the measurement's
-            self._last, self._started = now, True
-            for p in now.values():
-                if (ti := task_id_of(p.title)) is not None:
-                    self._task_of_pid[p.pid] = ti
-            return
         tasks_by_parent: dict[int, str] = {}
         for p in now.values():
             if (ti := task_id_of(p.title)) is not None:
                 self._task_of_pid.setdefault(p.pid, ti)
                 tasks_by_parent[p.ppid] = ti
-        self._reap(now)
+        if not self._started:
+            # what ran before the measurement is not the measurement's
+            self._last, self._started = now, True
+            return
         held: dict[int, Proc | None] = {}
         for p in now.values():
             before = self._last.get(p.pid)
@@ -116,6 +112,8 @@ class Attribution:
                     self.roles["postgres (other connections)"] += delta
             else:
                 self.roles[role_of(p, self.own_pid)] += delta
+        # after the booking: a backend still finishing for a task process that just exited is the task's
+        self._reap(now)
         self._last = dict(now)
         for pid, before in held.items():
             if before is None:

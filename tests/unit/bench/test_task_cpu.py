@@ -117,3 +117,15 @@ def test_a_backend_not_matched_yet_keeps_its_cpu_until_it_is() -> None:
     a.backend_client[BACKEND] = 40
     a.observe([*base(), task, p(BACKEND, backend, 0.9)])
     assert a.tasks[TI_A].store == pytest.approx(0.9)  # all of it, the first look's too
+
+
+def test_a_backend_outliving_its_task_process_by_a_look_is_still_the_tasks() -> None:
+    a = Attribution(own_pid=BENCH)
+    a.backend_client[BACKEND] = 40
+    backend = "postgres: postgres tf 127.0.0.1(50001) COMMIT"
+    a.observe([*base(), p(40, f"airflow worker -- {TI_A}", 1.0, ppid=WORKER), p(BACKEND, backend, 0.2)])
+    # the task process exited (reaped: 1.0 + 0.1); its backend did its last work meanwhile
+    a.observe([*base(worker_children=1.1), p(BACKEND, backend, 0.5)])
+    assert a.tasks[TI_A].store == pytest.approx(0.3)
+    assert a.tasks[TI_A].task == pytest.approx(0.1)
+    assert "postgres (other connections)" not in a.roles
