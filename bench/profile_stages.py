@@ -453,7 +453,8 @@ def postmaster_pid(url: str) -> int | None:
     try:
         with engine.connect() as conn:
             backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-        stat = Path(f"/proc/{backend}/stat").read_text()
+            # read while the connection is open: once it closes the backend exits and its /proc entry goes
+            stat = Path(f"/proc/{backend}/stat").read_text()
         return int(stat.rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
