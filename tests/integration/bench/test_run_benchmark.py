@@ -97,8 +97,10 @@ def test_benchmark_runs_on_two_celery_workers_at_a_tiny_scale(tmp_path: Path, mo
     cpu = result["backlog"]["cpu"]
     assert {"pull_and_land", "validate", "reconcile", "send"} <= set(cpu["stages"])
     assert all(e["task_s"] > 0 for e in cpu["stages"].values()), cpu["stages"]
-    # (a tiny batch's queries may each stay under the kernel's 10 ms CPU tick: only the sum is sure)
-    assert cpu["backends_of_task_instances"] >= 4 and sum(e["store_s"] for e in cpu["stages"].values()) > 0, cpu
+    # (a tiny batch's queries may each stay under the kernel's 10 ms CPU tick, and a task instance
+    # that opens and closes its connection between two looks 0.5 s apart leaves no backend to match:
+    # only that some backends were matched, and their sum, are sure — CI once saw 3 of 13)
+    assert cpu["backends_of_task_instances"] >= 1 and sum(e["store_s"] for e in cpu["stages"].values()) > 0, cpu
     assert 0 < cpu["booked_s"] <= cpu["machine_busy_s"] * 1.1
     table = (out / "table.md").read_text(encoding="utf-8")
     assert "CeleryExecutor, 2 workers × 2 processes, Redis broker" in table
