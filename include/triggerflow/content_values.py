@@ -56,8 +56,11 @@ def clean_display_text(value: Any, limit: int = MAX_NAME_CHARS) -> tuple[str, bo
     text = value if isinstance(value, str) else ("" if value is None or isinstance(value, bool) else str(value))
     longer = len(text) > _SCAN_CHARS
     text = text[:_SCAN_CHARS]
-    chars = [" " if unicodedata.category(c)[0] in "CZ" else c for c in text]
-    cleaned = _SPACES.sub(" ", "".join(chars)).strip()
+    if not text.isprintable():
+        text = "".join([" " if unicodedata.category(c)[0] in "CZ" else c for c in text])
+    # (printable text has no C or Z character but the ASCII space: nothing to replace, and the
+    # one scan in C spares the per-character look-up most names and dimension values would pay)
+    cleaned = (_SPACES.sub(" ", text) if "  " in text else text).strip()
     if len(cleaned) > limit or longer:
         return cleaned[: limit - 1].rstrip() + _ELLIPSIS, True
     return cleaned, False

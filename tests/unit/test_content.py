@@ -7,6 +7,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from include.triggerflow.catalog import CatalogItem as Item
 from include.triggerflow.config import IdentityRule, TriggerRoute
@@ -243,6 +245,25 @@ def test_clean_display_text() -> None:
     assert clean_display_text(None) == ("", False)
     assert clean_display_text(12) == ("12", False)
     assert clean_display_text("x" * 81) == ("x" * 79 + "\u2026", True)
+    assert clean_display_text("a\u200bb\u00a0\u00a0c\u202e") == ("a b c", False)  # format, separator chars
+
+
+def _clean_per_character(value: str, limit: int) -> tuple[str, bool]:
+    """clean_display_text as first written: every character looked up (the reference for the fast path)."""
+    import re
+    import unicodedata
+    text = value[: 4 * 80]
+    cleaned = re.sub(r"\s+", " ", "".join(" " if unicodedata.category(c)[0] in "CZ" else c for c in text)).strip()
+    if len(cleaned) > limit or len(value) > 4 * 80:
+        return cleaned[: limit - 1].rstrip() + "\u2026", True
+    return cleaned, False
+
+
+@given(st.text(max_size=400) | st.text(alphabet=" a\t\u00a0\u200b\u202e\u2028\x1f\x85é", max_size=40),
+       st.sampled_from([1, 2, 80, 200]))
+@settings(max_examples=400, deadline=None)
+def test_clean_display_text_is_the_per_character_cleaning(value: str, limit: int) -> None:
+    assert clean_display_text(value, limit) == _clean_per_character(value, limit)
 
 
 def test_content_is_total_on_odd_routes_and_events() -> None:
