@@ -1,6 +1,6 @@
 """Bulk writes for the stages: :func:`bulk_insert` (PostgreSQL COPY, SQLite executemany),
-:func:`insert_ignore`, and :class:`DriverStatement` / :class:`DriverSession` for the send stage's
-per-email ledger writes on a raw DBAPI connection.
+:func:`insert_ignore`, and :class:`DriverStatement` / :class:`RowsStatement` / :class:`DriverSession`
+for the send stage's ledger writes on a raw DBAPI connection.
 
 Every path stores exactly what SQLAlchemy Core would store (the column types' bind processors run,
 or the values are written as PostgreSQL reads them).
@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from sqlalchemy import Engine, Table, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,6 +43,15 @@ def chunked(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 def dialect_insert(conn_or_engine: Connection | Engine, table: Table) -> Any:
     """``insert(table)`` of the dialect's own module (for ``on_conflict_do_nothing``)."""
     return dialect_insert_for(conn_or_engine.dialect.name, table)
+
+
+class RawStatement(Protocol):
+    """SQL for the driver and its positional parameters: :class:`DriverStatement` (one row's values)
+    or :class:`RowsStatement` (many rows')."""
+
+    sql: str
+
+    def params(self, values: Any, /) -> tuple[Any, ...]: ...
 
 
 class DriverStatement:
@@ -105,6 +114,57 @@ class DriverStatement:
 _NO_VALUE = object()
 
 
+class RowsStatement:
+    """One PostgreSQL statement for many rows: each value column as an array, ``unnest``-ed.
+
+    ``UPDATE t SET c = v.p, ... FROM unnest(%s::type[], ...) AS v(...) WHERE t.k = v.kv`` (with
+    ``key=(k, kv)``: the key column and the name of its value), else ``INSERT INTO t (c, ...) SELECT ... FROM unnest(...)``: the SQL text is the same
+    for any number of rows, so the server parses and plans one statement per group of rows where
+    :class:`DriverStatement` costs one per row. ``columns`` maps each column set to the name of its
+    value in the row dicts (one value may feed two columns); ``constants`` are the same for every
+    row. Values go through the columns' bind processors, as :class:`DriverStatement`'s do. The rows
+    of an UPDATE must have distinct keys (a row matched twice is updated once, by either).
+    """
+
+    def __init__(self, table: Table, dialect: Any, *, columns: Mapping[str, str], key: tuple[str, str] | None = None,
+                 constants: Mapping[str, Any] | None = None) -> None:
+        if dialect.name != "postgresql":
+            raise StoreConfigError(f"{dialect.name}: RowsStatement is PostgreSQL's (unnest of arrays)")
+        constants = dict(constants or {})
+        #: (value name, column whose type it takes), in the order of the arrays
+        names: dict[str, str] = {}
+        if key is not None:
+            names[key[1]] = key[0]
+        for column, name in columns.items():
+            names.setdefault(name, column)
+        self.names = list(names)
+        self._array_procs = [_bind_processor(table.c[column].type, dialect) for column in names.values()]
+        self._constants = [(_bind_processor(table.c[column].type, dialect), value) for column, value in constants.items()]
+        arrays = ", ".join(f"%s::{table.c[column].type.compile(dialect=dialect)}[]" for column in names.values())
+        as_v = ", ".join(f'"{n}"' for n in self.names)
+        if key is None:
+            if constants:
+                raise ValueError("RowsStatement: an INSERT takes its values from the rows")
+            cols = ", ".join(f'"{c}"' for c in columns)
+            picked = ", ".join(f'v."{n}"' for n in columns.values())
+            self.sql = f'INSERT INTO "{table.name}" ({cols}) SELECT {picked} FROM unnest({arrays}) AS v({as_v})'
+        else:
+            sets = [f'"{c}" = %s' for c in constants] + [f'"{c}" = v."{n}"' for c, n in columns.items()]
+            self.sql = (f'UPDATE "{table.name}" SET {", ".join(sets)} FROM unnest({arrays}) AS v({as_v}) '
+                        f'WHERE "{table.name}"."{key[0]}" = v."{key[1]}"')
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+        out: list[Any] = [value if proc is None else proc(value) for proc, value in self._constants]
+        for name, proc in zip(self.names, self._array_procs, strict=True):
+            column = [row[name] for row in rows]
+            out.append(column if proc is None else [proc(value) for value in column])
+        return tuple(out)
+
+
+def _bind_processor(type_: Any, dialect: Any) -> Any:
+    return type_.dialect_impl(dialect).bind_processor(dialect)
+
+
 class DriverSession:
     """One raw DBAPI connection of the engine's pool for a loop of small transactions.
 
@@ -123,8 +183,8 @@ class DriverSession:
             self._driver.autocommit = True
         self.cursor = self.connection.cursor()
 
-    def transaction(self, items: Sequence[tuple[DriverStatement, Mapping[str, Any]]]) -> None:
-        """Execute the statements and commit them, all or nothing."""
+    def transaction(self, items: Sequence[tuple[RawStatement, Any]]) -> None:
+        """Execute the statements and commit them, all or nothing (:class:`RowsStatement`: PostgreSQL only)."""
         if not items:
             return
         if self._pg:
