@@ -73,7 +73,8 @@ def sku_of(value: Any) -> str | None:
     text = value.strip()
     if not text or len(text) > MAX_SKU_CHARS:
         return None
-    if any(unicodedata.category(c)[0] == "C" for c in text):
+    # (printable text has no C character: only text that is not needs the per-character look-up)
+    if not text.isprintable() and any(unicodedata.category(c)[0] == "C" for c in text):
         return None
     return text
 

@@ -21,6 +21,7 @@ from include.triggerflow.content import (
     clean_display_text,
     email_content,
     event_skus,
+    sku_of,
 )
 from include.triggerflow.events import TriggerEvent
 from include.triggerflow.links import LinkPolicy, LinkRefusal
@@ -269,3 +270,13 @@ def test_clean_display_text_is_the_per_character_cleaning(value: str, limit: int
 def test_content_is_total_on_odd_routes_and_events() -> None:
     content = email_content(TriggerEvent(), route(), {})
     assert content == EmailContent(source=ProductSource.CATALOG, links=content.links, dimensions={})
+
+
+@given(st.text(max_size=120) | st.text(alphabet=" a\t\u00a0\u200b\u202e\u2028\x1f\x85é", max_size=20))
+@settings(max_examples=400, deadline=None)
+def test_sku_of_refuses_exactly_the_texts_with_a_control_character(value: str) -> None:
+    import unicodedata
+    text = value.strip()
+    expected = None if not text or len(text) > 100 or any(unicodedata.category(c)[0] == "C" for c in text) else text
+    assert sku_of(value) == expected
+
