@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import lru_cache
 from urllib.parse import quote, urlsplit
 
 __all__ = [
@@ -170,6 +169,10 @@ class LinkPolicy:
 
     hosts: tuple[HostPattern, ...] = ()
     allow_http: bool = False
+    #: value -> verdict: catalogue and page URLs repeat across a chunk's emails. Per policy, so a
+    #: look-up hashes the value only (a cache keyed by (policy, value) hashed every host pattern
+    #: of the policy on each of the ~10 look-ups per event); emptied when it reaches its bound.
+    _verdicts: dict[str, LinkVerdict] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, hosts: Iterable[str], *, allow_http: bool = False) -> LinkPolicy:
@@ -186,7 +189,12 @@ class LinkPolicy:
             return LinkVerdict(None, LinkRefusal.NOT_TEXT)
         if len(value) > MAX_URL_CHARS:
             return LinkVerdict(None, LinkRefusal.TOO_LONG)
-        return _check_cached(self, value)
+        verdict = self._verdicts.get(value)
+        if verdict is None:
+            if len(self._verdicts) >= _VERDICTS_KEPT:
+                self._verdicts.clear()
+            verdict = self._verdicts[value] = _check(self, value)
+        return verdict
 
     def url(self, value: object) -> str | None:
         """The URL to emit for ``value``, or None when the policy refuses it."""
@@ -204,10 +212,8 @@ class LinkPolicy:
 NO_LINKS = LinkPolicy()
 
 
-@lru_cache(maxsize=8192)
-def _check_cached(policy: LinkPolicy, value: str) -> LinkVerdict:
-    # Catalogue and page URLs repeat across a chunk's emails: remember the verdicts (bounded).
-    return _check(policy, value)
+#: verdicts a policy remembers
+_VERDICTS_KEPT = 8192
 
 
 def _check(policy: LinkPolicy, value: str) -> LinkVerdict:

@@ -188,3 +188,18 @@ def test_policies_are_hashable_route_fields() -> None:
     # routes are cache keys of the renderer: a policy must hash, and equal policies hash equal
     assert hash(LinkPolicy.of(["shop.example.com"])) == hash(LinkPolicy.of(["SHOP.example.com."]))
     assert POLICY.describe() == "https to shop.example.com, *.cdn.example.com, xn--bcher-kva.example"
+
+
+def test_a_policy_remembers_a_bounded_number_of_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from include.triggerflow import links
+
+    monkeypatch.setattr(links, "_VERDICTS_KEPT", 3)
+    policy = LinkPolicy.of(["shop.example"])
+    urls = [f"https://shop.example/p/{i}" for i in range(5)] + ["javascript:alert(1)", "https://evil.example/"] * 2
+    verdicts = [policy.check(u) for u in urls]
+    assert verdicts == [links._check(policy, u) for u in urls]
+    assert [v.url is not None for v in verdicts] == [True] * 5 + [False] * 4
+    assert 0 < len(policy._verdicts) <= 3
+    # what a policy remembers is no part of what it is: routes use policies as cache keys
+    fresh = LinkPolicy.of(["shop.example"])
+    assert fresh == policy and hash(fresh) == hash(policy) and "_verdicts" not in repr(policy)
