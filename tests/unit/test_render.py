@@ -860,3 +860,18 @@ def test_last_page_ending_picks_the_last_matching_http_page() -> None:
     assert last_page_ending(pages, "cart", default="https://d.example/") == "https://s.example/CART"
     assert last_page_ending(["https://s.example/p/1"], "cart", default="https://d.example/") == "https://d.example/"
     assert last_page_ending(["javascript:x/cart"], "cart") == ""
+
+
+@pytest.mark.parametrize("name", ["name", "missing", "items", "get", "keys", "__class__", "__len__", "values"])
+def test_the_dict_attribute_path_finds_what_jinja_finds(name: str) -> None:
+    from include.triggerflow.render.renderer import _Environment
+
+    data = {"name": "Ada", "items": "a key named like a dict method", "values": None, "__len__": 3}
+    fast, jinja = _Environment(undefined=jinja2.StrictUndefined), jinja2.Environment(undefined=jinja2.StrictUndefined)
+    found, expected = fast.getattr(data, name), jinja.getattr(data, name)
+    if isinstance(expected, jinja2.Undefined):
+        assert isinstance(found, jinja2.StrictUndefined) and found._undefined_name == name
+    else:
+        assert found == expected
+    template = "{{ d.name }} {{ d.get('name') }} {{ d['items'] }} {{ d.items is callable }}"
+    assert fast.from_string(template).render(d=data) == jinja.from_string(template).render(d=data)

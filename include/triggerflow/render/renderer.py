@@ -142,6 +142,27 @@ class _Context(jinja2.runtime.Context):
         return super().call(__obj, *args, **kwargs)
 
 
+#: the names ``d.name`` finds on a dict itself (``items``, ``get``...): Jinja prefers them to a key
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Environment(Environment):
+    """Jinja's environment with a direct path for ``d.name`` on a plain dict.
+
+    Templates read the context's dicts by attribute (``profile.first_name``, ``item.name``: ~50
+    per email); Jinja's ``getattr`` tries the attribute first and takes the key when that raises,
+    ~1 µs per look-up on the exception. A dict instance has no attributes of its own, so unless the
+    name is one of the dict class's, the key is the answer: the same result, without the raise."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 class Renderer:
     """One Jinja environment per templates folder; each (route, variant) compiled once and cached.
 
@@ -152,7 +173,7 @@ class Renderer:
 
     def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
         self.templates_dir = Path(templates_dir)
-        self.env = Environment(
+        self.env = _Environment(
             loader=FileSystemLoader(str(self.templates_dir)),
             autoescape=select_autoescape(enabled_extensions=("html", "htm", "xml"), default_for_string=False),
             undefined=StrictUndefined,
