@@ -12,7 +12,9 @@ with the ``sending`` marks of group *k + 1*, just before *k + 1*'s first SMTP tr
 row is committed ``sending`` before its SMTP transaction starts and a process that dies leaves at
 most *G* rows ``sending`` (with *G* = 1, one transaction per email: at most one).
 The statements are compiled once per dialect and run on the raw driver
-(``store.bulk.DriverStatement``): the send stage is the benchmark's hot path.
+(``store.bulk.DriverStatement``): the send stage is the benchmark's hot path. On PostgreSQL a
+transaction's writes of one kind (the group's ``sending`` marks, the previous group's ``sent``
+outcomes, their send-log rows) go as one set-based statement (``store.bulk.RowsStatement``).
 """
 
 from __future__ import annotations
