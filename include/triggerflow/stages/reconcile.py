@@ -61,6 +61,7 @@ from include.triggerflow.config import RoutingConfig
 from include.triggerflow.content import ProductSource, email_content
 from include.triggerflow.event_json import clean_text
 from include.triggerflow.events import parse_envelope
+from include.triggerflow.gc_pause import collector_paused
 from include.triggerflow.payloads import ChunkRef, ReconciledXCom
 from include.triggerflow.rules import (
     QUEUED_DECISIONS,
@@ -255,6 +256,7 @@ def _decided(candidate: Candidate, customer_key: str | None, decision: Decision,
     )
 
 
+@collector_paused()
 def reconcile_batch(
     engine: Engine,
     batch_id: str,

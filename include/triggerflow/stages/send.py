@@ -62,6 +62,7 @@ from sqlalchemy import Engine, Row
 
 from include.triggerflow.compose import Composer, Email, SenderIdentity, UnsubscribeLinkMaker
 from include.triggerflow.config import RoutingConfig
+from include.triggerflow.gc_pause import collector_paused
 from include.triggerflow.ledger import (
     AMBIGUOUS_POLICIES,
     DEFAULT_GROUP_SIZE,
@@ -212,6 +213,7 @@ def _reason(exc: BaseException) -> str:
     return clean_reply_text(f"{exc.__class__.__name__}: {text}", limit=1000)
 
 
+@collector_paused()
 def send_chunk(
     engine: Engine,
     batch_id: str,
