@@ -34,6 +34,7 @@ from sqlalchemy import Engine, delete, func, select, update
 
 from include.triggerflow.config import RoutingConfig
 from include.triggerflow.events import parse_envelope
+from include.triggerflow.gc_pause import collector_paused
 from include.triggerflow.payloads import ValidatedXCom
 from include.triggerflow.stages.landing_payload import BENIGN_NOTES
 from include.triggerflow.states import EventStatus
@@ -257,7 +258,8 @@ def validate_batch(engine: Engine, batch_id: str, routing: RoutingConfig) -> Val
         already_valid = conn.execute(
             select(func.count()).select_from(event).where(event.c.batch_id == batch_id, event.c.status == EventStatus.VALID)
         ).scalar_one()
-    columns = frame_columns(stored, routing)
+    with collector_paused():  # every event of the batch parsed at once (gc_pause.py)
+        columns = frame_columns(stored, routing)
     del stored
     failures = run_expectations(columns)
     # The parse error itself is the most useful part of the reason; keep its text. A list column
