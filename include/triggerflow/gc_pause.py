@@ -1,7 +1,7 @@
 """Python's cyclic garbage collector paused while a stage holds its whole batch in memory.
 
-Reconcile parses every event of its batch and send holds every row of its chunk: hundreds of
-thousands of live objects. CPython (3.11) runs a full collection each time the objects that
+Validate and reconcile parse every event of their batch, send holds every row of its chunk:
+hundreds of thousands of live objects. CPython (3.11) runs a full collection each time the objects that
 survived earlier collections grow by a quarter, and each one walks all of them: measured on
 the benchmark's events, parsing 20,000 of them took 69 µs each with the collector on, 33 µs with
 it off. The stages make no reference cycles in their loops (rendering 2,000 emails with the
