@@ -117,10 +117,11 @@ _NO_VALUE = object()
 class RowsStatement:
     """One PostgreSQL statement for many rows: each value column as an array, ``unnest``-ed.
 
-    ``UPDATE t SET c = v.p, ... FROM unnest(%s::type[], ...) AS v(...) WHERE t.k = v.kv`` (with
-    ``key=(k, kv)``: the key column and the name of its value), else ``INSERT INTO t (c, ...) SELECT ... FROM unnest(...)``: the SQL text is the same
-    for any number of rows, so the server parses and plans one statement per group of rows where
-    :class:`DriverStatement` costs one per row. ``columns`` maps each column set to the name of its
+    With ``key=(k, kv)`` (the key column and the name of its value) an UPDATE, ``UPDATE t SET c =
+    v.p, ... FROM unnest(%s::type[], ...) AS v(...) WHERE t.k = v.kv``; without, ``INSERT INTO t
+    (c, ...) SELECT ... FROM unnest(...)``. The SQL text is the same for any number of rows, so the
+    server parses and plans one statement per group of rows where :class:`DriverStatement` costs
+    one per row. ``columns`` maps each column set to the name of its
     value in the row dicts (one value may feed two columns); ``constants`` are the same for every
     row. Values go through the columns' bind processors, as :class:`DriverStatement`'s do. The rows
     of an UPDATE must have distinct keys (a row matched twice is updated once, by either).
