@@ -309,7 +309,7 @@ class Ledger:
             by_kind: dict[str, list[dict[str, Any]]] = {}
             for kind, values in writes:
                 by_kind.setdefault(kind, []).append(values)
-            updated = [values["b_id"] for kind, rows in by_kind.items() if kind in _UPDATES for values in rows]
+            updated = [values[_BY_ID[1]] for kind, rows in by_kind.items() if kind in _UPDATES for values in rows]
             if len(set(updated)) == len(updated):
                 out: list[tuple[RawStatement, Any]] = []
                 for kind, rows in by_kind.items():
@@ -335,6 +335,22 @@ class Ledger:
             self.session = None
 
 
+#: the writes that update one ledger row each, by its send_id: (column -> the name of its value in
+#: the write's values, column -> constant). Both forms are built from these: the per-email
+#: statement and, on PostgreSQL, the set-based one, so the two always set the same columns.
+_FINISH = {"state": "b_state", "smtp_code": "b_code", "smtp_reply": "b_reply", "updated_at": "b_now"}
+_UPDATES: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
+    "finish": (_FINISH, {}),
+    "finish_sent": ({**_FINISH, "sent_at": "b_now"}, {}),
+    "finish_resent": ({**_FINISH, "sent_at": "b_now"}, {"resend": True}),
+    "sending": ({"message_id": "b_message_id", "subject": "b_subject", "attempts": "b_attempts", "locale": "b_locale",
+                 "updated_at": "b_now"}, {"state": SendState.SENDING}),
+    "not_sent": ({"attempts": "b_attempts", "smtp_reply": "b_reply", "updated_at": "b_now"}, {"state": SendState.PENDING}),
+}
+#: the value that names the row an update writes
+_BY_ID = ("send_id", "b_id")
+_LOG_COLUMNS = [c.name for c in send_log.columns if not c.primary_key]
+
 _STATEMENTS: dict[tuple[str, str], dict[str, DriverStatement]] = {}
 
 
@@ -345,39 +361,24 @@ def ledger_statements(engine: Engine) -> dict[str, DriverStatement]:
     found = _STATEMENTS.get(key)
     if found is not None:
         return found
-    by_id = send.c.send_id == bindparam("b_id")
-    finish: dict[str, Any] = {
-        "state": bindparam("b_state"), "smtp_code": bindparam("b_code"), "smtp_reply": bindparam("b_reply"),
-        "updated_at": bindparam("b_now"),
+    by_id = send.c[_BY_ID[0]] == bindparam(_BY_ID[1])
+    found = {
+        name: DriverStatement(
+            update(send).where(by_id).values({**{c: bindparam(v) for c, v in columns.items()}, **constants}), dialect
+        )
+        for name, (columns, constants) in _UPDATES.items()
     }
-    statements = {
-        "finish": update(send).where(by_id).values(**finish),
-        "finish_sent": update(send).where(by_id).values(**finish, sent_at=bindparam("b_now")),
-        "finish_resent": update(send).where(by_id).values(**finish, sent_at=bindparam("b_now"), resend=True),
-        "sending": update(send).where(by_id).values(
-            state=SendState.SENDING, message_id=bindparam("b_message_id"), subject=bindparam("b_subject"),
-            attempts=bindparam("b_attempts"), locale=bindparam("b_locale"), updated_at=bindparam("b_now"),
-        ),
-        "not_sent": update(send).where(by_id).values(
-            state=SendState.PENDING, attempts=bindparam("b_attempts"), smtp_reply=bindparam("b_reply"),
-            updated_at=bindparam("b_now"),
-        ),
-        "suppress": _suppress_statement(engine),
-    }
-    found = {name: DriverStatement(stmt, dialect) for name, stmt in statements.items()}
+    found["suppress"] = DriverStatement(_suppress_statement(engine), dialect)
     # bound by column name, so it takes SendLog.row() as it is ("b_" names: SQLAlchemy reserves
     # a column's own name for the VALUES clause)
-    log_columns = [c.name for c in send_log.columns if not c.primary_key]
     found["log"] = DriverStatement(
-        insert(send_log).inline().values({c: bindparam(f"b_{c}") for c in log_columns}), dialect,
-        names={f"b_{c}": c for c in log_columns},
+        insert(send_log).inline().values({c: bindparam(f"b_{c}") for c in _LOG_COLUMNS}), dialect,
+        names={f"b_{c}": c for c in _LOG_COLUMNS},
     )
     _STATEMENTS[key] = found
     return found
 
 
-#: the statements that update one ledger row each, by its send_id
-_UPDATES = frozenset({"finish", "finish_sent", "finish_resent", "sending", "not_sent"})
 _GROUPED: dict[tuple[str, str], dict[str, RowsStatement]] = {}
 
 
@@ -392,20 +393,11 @@ def grouped_ledger_statements(engine: Engine) -> dict[str, RowsStatement]:
     found = _GROUPED.get(key)
     if found is not None:
         return found
-    finish = {"state": "b_state", "smtp_code": "b_code", "smtp_reply": "b_reply", "updated_at": "b_now"}
-    by_id = ("send_id", "b_id")
     found = {
-        "finish": RowsStatement(send, dialect, key=by_id, columns=finish),
-        "finish_sent": RowsStatement(send, dialect, key=by_id, columns={**finish, "sent_at": "b_now"}),
-        "finish_resent": RowsStatement(send, dialect, key=by_id, columns={**finish, "sent_at": "b_now"},
-                                       constants={"resend": True}),
-        "sending": RowsStatement(send, dialect, key=by_id, constants={"state": SendState.SENDING}, columns={
-            "message_id": "b_message_id", "subject": "b_subject", "attempts": "b_attempts", "locale": "b_locale",
-            "updated_at": "b_now"}),
-        "not_sent": RowsStatement(send, dialect, key=by_id, constants={"state": SendState.PENDING}, columns={
-            "attempts": "b_attempts", "smtp_reply": "b_reply", "updated_at": "b_now"}),
-        "log": RowsStatement(send_log, dialect, columns={c.name: c.name for c in send_log.columns if not c.primary_key}),
+        name: RowsStatement(send, dialect, key=_BY_ID, columns=columns, constants=constants)
+        for name, (columns, constants) in _UPDATES.items()
     }
+    found["log"] = RowsStatement(send_log, dialect, columns={c: c for c in _LOG_COLUMNS})
     _GROUPED[key] = found
     return found
 

@@ -80,7 +80,7 @@ class DriverStatement:
             # a value given to the statement itself (``.values(state="sending")``) is its default
             constant = _NO_VALUE if bind.required else bind.effective_value
             key = names.get(name, name) if names else name
-            self._params.append((key, constant, bind.type.dialect_impl(dialect).bind_processor(dialect)))
+            self._params.append((key, constant, _bind_processor(bind.type, dialect)))
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         out = []
