@@ -257,8 +257,6 @@ def celery_env(
         "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{result_backend_url}",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
-        # nothing may bind the default log-server port another Airflow on this machine may hold
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
     })
     if heartbeat_timeout_s is not None:
         env.update({
