@@ -191,6 +191,7 @@ def wait_processed(engine: Any, total: int, label: str, timeout_s: float, sink: 
     deadline = time.monotonic() + timeout_s
     seen = 0
     last_sent = -1
+    shown_sent = 0  # the line never goes back: a counter refresh can lag an exact count already shown
     look = 0
     try:
         while True:
@@ -204,7 +205,8 @@ def wait_processed(engine: Any, total: int, label: str, timeout_s: float, sink: 
             last_sent = sent
             bar.update(max(0, min(processed, total) - seen))
             seen = max(seen, min(processed, total))
-            bar.set_postfix(sent=sent, accepted=sink.accepted())
+            shown_sent = max(shown_sent, sent)
+            bar.set_postfix(sent=shown_sent, accepted=sink.accepted())
             if time.monotonic() > deadline:
                 exact = store_progress(engine)
                 raise TimeoutError(f"{label}: {processed} of {total} processed after {timeout_s:.0f} s: {exact}")

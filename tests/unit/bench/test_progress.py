@@ -3,6 +3,7 @@ counts only when the phase may be over (or now and then, in case a counter went 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,3 +67,15 @@ def test_emails_still_waiting_keep_the_loop_going(monkeypatch: pytest.MonkeyPatc
     looks = _script(monkeypatch, [(100, 50), (100, 50), (100, 70), (100, 100), (100, 100)], exact)
     assert run_benchmark.wait_processed(object(), 100, "t", 60.0, _Sink())["waiting"] == 0
     assert [n for n in looks if n >= 0] == [0, 1, 4]
+
+
+def test_the_progress_line_never_shows_fewer_sent_than_an_exact_count_did(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # look 0 counts exactly (76,100 sent); the counters then lag behind it (sent=0 until refreshed)
+    exact = iter([_exact(50, 76100, 10), _exact(100, 76200, 0)])
+    _script(monkeypatch, [(50, 0), (60, 0), (70, 0), (100, 76200), (100, 76200)], exact)
+    run_benchmark.wait_processed(object(), 100, "t", 60.0, _Sink())
+    shown = [int(n) for n in re.findall(r"sent=(\d+)", capsys.readouterr().out)]
+    assert shown and shown[0] == 76100
+    assert shown == sorted(shown), shown
