@@ -267,6 +267,23 @@ def progress_line(injected: int, progress: dict[str, int], outbox: int) -> str:
     return f"{injected} triggers injected; decided since start: {decided}; {outbox} emails in the outbox"
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop asked by a signal other than Ctrl-C (SIGTERM from `kill`, `timeout` or a service
+    manager, SIGHUP from a closed terminal): handled exactly like Ctrl-C, so the emulator, the SMTP
+    sink and every Airflow process are stopped instead of outliving the demo."""
+
+
+def stop_on_signals(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)) -> None:
+    """Make ``signals`` raise :class:`Stopped` in the main thread (Python's default for SIGTERM is
+    to die at once, without running any ``finally``)."""
+
+    def _raise(signum: int, _frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    for signum in signals:
+        signal.signal(signum, _raise)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api-port", type=int, default=8080)
@@ -275,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete .local/ first (new DB, empty outbox)")
     parser.add_argument("--stop-after", type=float, default=0, help="stop after this many seconds (0 = until Ctrl-C)")
     args = parser.parse_args(argv)
+    stop_on_signals()
 
     if args.fresh and LOCAL.exists():
         shutil.rmtree(LOCAL)
@@ -369,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.every)
         say("demo", progress_line(injected, _progress_or_empty(store, since), len(smtp.eml_paths())))
         say("demo", f"stopping after {args.stop_after:.0f} s: {len(smtp.eml_paths())} emails in {OUTBOX}")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print("", flush=True)
-        say("stop", "Ctrl-C: stopping Airflow, the emulator and the SMTP sink")
+        why = f"{stop.args[0]}" if isinstance(stop, Stopped) else "Ctrl-C"
+        say("stop", f"{why}: stopping Airflow, the emulator and the SMTP sink")
     finally:
         if airflow_proc is not None and airflow_proc.poll() is None:
             import psutil
