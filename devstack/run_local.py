@@ -284,6 +284,13 @@ def stop_on_signals(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signa
         signal.signal(signum, _raise)
 
 
+def ignore_stop_signals() -> None:
+    """While the demo stops its processes: a second Ctrl-C, or the SIGTERM that `timeout` sends to
+    the whole process group after the demo's own, must not cut that short (the waits are bounded)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api-port", type=int, default=8080)
@@ -392,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         why = f"{stop.args[0]}" if isinstance(stop, Stopped) else "Ctrl-C"
         say("stop", f"{why}: stopping Airflow, the emulator and the SMTP sink")
     finally:
+        ignore_stop_signals()
         if airflow_proc is not None and airflow_proc.poll() is None:
             import psutil
 

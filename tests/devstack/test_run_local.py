@@ -134,13 +134,13 @@ def test_the_demo_keeps_sending_and_its_progress_line_says_what_was_decided(stor
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
-def test_a_terminating_signal_runs_the_demo_s_cleanup_like_ctrl_c(signum: signal.Signals, tmp_path: Path) -> None:
+def test_a_terminating_signal_runs_the_demo_s_whole_cleanup_like_ctrl_c(signum: signal.Signals, tmp_path: Path) -> None:
     # Python's default SIGTERM ends the process without running `finally`: the demo's Airflow,
     # emulator and sink outlived `timeout bin/demo` that way. A real process, a real signal.
     marker = tmp_path / "cleaned-up"
     script = (
         "import sys, time\n"
-        "from devstack.run_local import stop_on_signals, Stopped\n"
+        "from devstack.run_local import ignore_stop_signals, stop_on_signals, Stopped\n"
         "stop_on_signals()\n"
         "print('ready', flush=True)\n"
         "try:\n"
@@ -148,15 +148,24 @@ def test_a_terminating_signal_runs_the_demo_s_cleanup_like_ctrl_c(signum: signal
         "except KeyboardInterrupt as stop:\n"
         "    print('stopped by', stop.args[0] if isinstance(stop, Stopped) else 'Ctrl-C', flush=True)\n"
         "finally:\n"
+        "    ignore_stop_signals()\n"
+        "    print('cleaning up', flush=True)\n"
+        "    time.sleep(1)\n"
         f"    open({str(marker)!r}, 'w').close()\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         proc.send_signal(signum)
-        out, _ = proc.communicate(timeout=30)
+        stopped = proc.stdout.readline().strip()
+        assert proc.stdout.readline().strip() == "cleaning up"
+        # a second signal (`timeout` signals the child, then its whole group; a second Ctrl-C)
+        # must not cut the cleanup short
+        proc.send_signal(signum)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert out.strip() == f"stopped by {signum.name}"
+    assert stopped == f"stopped by {signum.name}"
     assert marker.exists()
     assert proc.returncode == 0
