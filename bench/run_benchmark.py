@@ -689,4 +689,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from devstack.signals import exit_on_signals
+
+    # a TERM or HUP ends the run through the context managers: the scratch store and the Airflow
+    # stack are stopped (set here, not in main(), which the tests call in their own process)
+    exit_on_signals()
     raise SystemExit(main())

@@ -676,10 +676,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
+    from devstack.signals import exit_on_signals
 
     # a TERM ends the run through the context managers: the scratch stores and the Airflow stack go
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    exit_on_signals()
     args = build_parser().parse_args(argv)
     if args.quick:
         args.hours, args.profiles, args.n, args.block = 0.25, 100_000, 5_000, 10_000

@@ -42,6 +42,7 @@ import requests
 import yaml
 
 from devstack.messages import DEMO_CATALOG_CSV
+from devstack.signals import Stopped, ignore_stop_signals, stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = ROOT / ".local"
@@ -265,30 +266,6 @@ def demo_progress(engine: Any, since: datetime) -> dict[str, int]:
 def progress_line(injected: int, progress: dict[str, int], outbox: int) -> str:
     decided = ", ".join(f"{key} {progress.get(key, 0)}" for key in PROGRESS_KEYS)
     return f"{injected} triggers injected; decided since start: {decided}; {outbox} emails in the outbox"
-
-
-class Stopped(KeyboardInterrupt):
-    """A stop asked by a signal other than Ctrl-C (SIGTERM from `kill`, `timeout` or a service
-    manager, SIGHUP from a closed terminal): handled exactly like Ctrl-C, so the emulator, the SMTP
-    sink and every Airflow process are stopped instead of outliving the demo."""
-
-
-def stop_on_signals(signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)) -> None:
-    """Make ``signals`` raise :class:`Stopped` in the main thread (Python's default for SIGTERM is
-    to die at once, without running any ``finally``)."""
-
-    def _raise(signum: int, _frame: object) -> None:
-        raise Stopped(signal.Signals(signum).name)
-
-    for signum in signals:
-        signal.signal(signum, _raise)
-
-
-def ignore_stop_signals() -> None:
-    """While the demo stops its processes: a second Ctrl-C, or the SIGTERM that `timeout` sends to
-    the whole process group after the demo's own, must not cut that short (the waits are bounded)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
