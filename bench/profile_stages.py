@@ -78,24 +78,22 @@ def scratch_store(pg_url: str | None, folder: Path) -> Iterator[str]:
 
 def profile_rows(count: int, rng: random.Random) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    rows = []
-    for i in range(count):
-        rows.append(
-            {
-                "customer_id": f"C{i:07d}",
-                "email": f"c{i:07d}@example.test",
-                "first_name": rng.choice(FIRST_NAMES),
-                "last_name": rng.choice(LAST_NAMES),
-                "locale": rng.choice(LOCALES),
-                "timezone": rng.choice(TIMEZONES),
-                "shopper_id": f"SHOP-{i:07d}",
-                "ecid": None,
-                "declared_id": None,
-                "opted_out": rng.random() < 0.01,
-                "updated_at": now - timedelta(days=rng.randint(0, 400)),
-            }
-        )
-    return rows
+    return [
+        {
+            "customer_id": f"C{i:07d}",
+            "email": f"c{i:07d}@example.test",
+            "first_name": rng.choice(FIRST_NAMES),
+            "last_name": rng.choice(LAST_NAMES),
+            "locale": rng.choice(LOCALES),
+            "timezone": rng.choice(TIMEZONES),
+            "shopper_id": f"SHOP-{i:07d}",
+            "ecid": None,
+            "declared_id": None,
+            "opted_out": rng.random() < 0.01,
+            "updated_at": now - timedelta(days=rng.randint(0, 400)),
+        }
+        for i in range(count)
+    ]
 
 
 def load_profiles(engine: Any, rows: list[dict[str, Any]]) -> float:

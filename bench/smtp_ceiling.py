@@ -113,7 +113,7 @@ def _client(host: str, port: int, first: int, count: int, template: bytes, start
         start.wait()
         t0 = time.perf_counter()
         for n, data in zip(range(first, first + count), messages):
-            smtp.sendmail(FROM_ADDR, ["c%07d@example.test" % (n % 10_000_000)], data)
+            smtp.sendmail(FROM_ADDR, [f"c{n % 10_000_000:07d}@example.test"], data)
         t1 = time.perf_counter()
         smtp.quit()
         out.put({"count": count, "seconds": t1 - t0, "t0": t0, "t1": t1, "error": None})

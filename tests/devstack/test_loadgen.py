@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -288,7 +289,7 @@ def test_backlog_reads_back_fully_in_pages(big_page_emulator: RunningEmulator) -
     events, pages = pull_journal(emu, 5_000)
     assert len(events) == 20_000 and len(pages) == 4
     seqs = [int(e["position"].split(":")[1]) for e in events]
-    assert all(a < b for a, b in zip(seqs, seqs[1:]))
+    assert all(a < b for a, b in itertools.pairwise(seqs))
     assert len({e["event"]["event_id"] for e in events}) == 20_000
     factory = MessageFactory(9, 50_000, Mix())
     offsets: dict[int, list[int]] = {}

@@ -238,9 +238,8 @@ def test_faults_file_given_at_start(tmp_path: Path) -> None:
     faults = tmp_path / "faults.json"
     faults.write_text('[{"rcpt_domain": "x.test", "code": 421, "message": "4.7.0 slow down"}]')
     with start_smtp_sink(tmp_path / "out", faults_file=faults) as running:
-        with smtplib.SMTP(running.host, running.port, timeout=10) as smtp:
-            with pytest.raises(smtplib.SMTPRecipientsRefused):
-                _send(smtp, "y@x.test")
+        with smtplib.SMTP(running.host, running.port, timeout=10) as smtp, pytest.raises(smtplib.SMTPRecipientsRefused):
+            _send(smtp, "y@x.test")
         assert running.faults_file == faults.resolve()
 
 
@@ -496,9 +495,11 @@ def test_drop_mid_data_resets_after_the_first_line_and_stores_nothing(any_engine
 
 def test_drop_at_end_of_data_keeps_the_message_but_never_answers(any_engine_sink: RunningSmtpSink) -> None:
     any_engine_sink.set_faults([{"drop_at": "end_of_data", "rcpt_domain": "example.org", "times": 1}])
-    with smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp:
-        with pytest.raises(smtplib.SMTPServerDisconnected):
-            smtp.sendmail("a@shop.example.com", ["x@example.org"], RAW)
+    with (
+        smtplib.SMTP(any_engine_sink.host, any_engine_sink.port, timeout=10) as smtp,
+        pytest.raises(smtplib.SMTPServerDisconnected),
+    ):
+        smtp.sendmail("a@shop.example.com", ["x@example.org"], RAW)
     # RFC 1047's window: the server has the message, the client never heard so
     assert any_engine_sink.wait_accepted(1, timeout=5) == 1
     if any_engine_sink.store == "eml":

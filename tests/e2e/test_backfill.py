@@ -198,7 +198,7 @@ def test_backfill_reprocesses_landed_batches_and_skips_empty_intervals(
             reports = {run_id: json.loads(c) for run_id, c in conn.execute(select(run_summary.c.run_id, run_summary.c.counts))}
         notes = [c.get("note", "") for c in reports.values()]
         assert any("no batch was landed" in n for n in notes), notes
-        landed_report = reports[[k for k, c in reports.items() if c["pulled"] == 2][0]]
+        landed_report = reports[next(k for k, c in reports.items() if c["pulled"] == 2)]
         assert landed_report["balanced"] and landed_report["sent"] == 2
         # the last replay of the landed batch skipped both emails as already sent
         assert landed_report["this_run"]["skipped_already_sent"] == 2

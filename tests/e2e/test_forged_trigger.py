@@ -108,7 +108,9 @@ CASES = ("evil_product", "look_alike", "userinfo", "attacker_text", "browse", "o
 
 @pytest.fixture
 def stack(tmp_path: Path, airflow_db: Path, store_url: str, store_engine, monkeypatch: pytest.MonkeyPatch):
-    source = lambda emu: source_connection("journal", emu, page_size=25, environment="forged")
+    def source(emu: Any) -> dict[str, Any]:
+        return source_connection("journal", emu, page_size=25, environment="forged")
+
     with emulator_stack(tmp_path, store_url, monkeypatch, source) as (emu, smtp):
         yield emu, smtp, store_engine
 

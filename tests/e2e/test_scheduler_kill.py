@@ -171,11 +171,11 @@ def test_ambiguous_policy_resend_sends_the_row_again(
             monkeypatch.setenv(key, value)
         emu.client.publish(triggers_for(people))
         logical = minute()
-        child = subprocess.Popen(
-            [sys.executable, "-c", _DAG_TEST_SCRIPT, logical.isoformat()],
-            cwd=PROJECT_ROOT, env=dict(os.environ),
-            stdout=open(tmp_path / "dag_test_1.log", "wb"), stderr=subprocess.STDOUT,
-        )
+        with open(tmp_path / "dag_test_1.log", "wb") as child_log:  # the child writes through its own copy
+            child = subprocess.Popen(
+                [sys.executable, "-c", _DAG_TEST_SCRIPT, logical.isoformat()],
+                cwd=PROJECT_ROOT, env=dict(os.environ), stdout=child_log, stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 90
             # the sink logs the delay rule firing right after it stored c005's message

@@ -64,5 +64,5 @@ def test_group_size_comes_from_the_connection_unless_the_run_sets_it(monkeypatch
 @pytest.mark.parametrize("bad", [0, "ten", 1001, True, -3, 2.5])
 def test_a_bad_group_size_in_the_connection_is_an_error_naming_the_extra(monkeypatch: pytest.MonkeyPatch, bad: object) -> None:
     _smtp_conn(monkeypatch, send_group_size=bad)
-    with pytest.raises(ValueError, match="'smtp_triggers': extra.send_group_size must be a whole number from 1 to 1000"):
+    with pytest.raises(ValueError, match=r"'smtp_triggers': extra\.send_group_size must be a whole number from 1 to 1000"):
         send_options(_context({}))
