@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         say("demo", f"stopping after {args.stop_after:.0f} s: {len(smtp.eml_paths())} emails in {OUTBOX}")
     except KeyboardInterrupt as stop:
         print("", flush=True)
-        why = f"{stop.args[0]}" if isinstance(stop, Stopped) else "Ctrl-C"
+        why = stop.args[0] if isinstance(stop, Stopped) else "Ctrl-C"
         say("stop", f"{why}: stopping Airflow, the emulator and the SMTP sink")
     finally:
         ignore_stop_signals()

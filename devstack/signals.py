@@ -6,6 +6,7 @@ SIGTERM ends the process at once, without running any of them."""
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP)
 
@@ -15,14 +16,19 @@ class Stopped(KeyboardInterrupt):
     manager, SIGHUP from a closed terminal); its argument is the signal's name."""
 
 
-def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
-    """Make ``signals`` raise :class:`Stopped` in the main thread."""
+def _raise_on(signals: tuple[signal.Signals, ...], exception: Callable[[int], BaseException]) -> None:
+    """Make each of ``signals`` raise ``exception(signum)`` in the main thread."""
 
     def _raise(signum: int, _frame: object) -> None:
-        raise Stopped(signal.Signals(signum).name)
+        raise exception(signum)
 
     for signum in signals:
         signal.signal(signum, _raise)
+
+
+def stop_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
+    """Make ``signals`` raise :class:`Stopped` in the main thread."""
+    _raise_on(signals, lambda signum: Stopped(signal.Signals(signum).name))
 
 
 def ignore_stop_signals() -> None:
@@ -37,9 +43,4 @@ def exit_on_signals(signals: tuple[signal.Signals, ...] = STOP_SIGNALS) -> None:
     """For a batch command without a Ctrl-C message of its own: ``signals`` end it through
     :class:`SystemExit` (status 128 + the signal's number, as a shell reports a killed command), so
     its context managers still stop what it started."""
-
-    def _exit(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    for signum in signals:
-        signal.signal(signum, _exit)
+    _raise_on(signals, lambda signum: SystemExit(128 + signum))

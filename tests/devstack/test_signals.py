@@ -13,7 +13,7 @@ from typing import IO
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from devstack.processes import PROJECT_ROOT
 
 # bin/demo's shape: stop signals raise, the `finally` stops what was started (the marker file)
 DEMO_LIKE = """
@@ -53,7 +53,7 @@ with stack():
 def running(script: str, marker: Path) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
     """The script in its own Python process, once it has printed "ready"; killed afterwards."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-c", script, str(marker)], stdout=subprocess.PIPE, text=True, cwd=PROJECT_ROOT
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
